@@ -1,0 +1,283 @@
+//! Switchyard's configuration contract: the YAML schema, its defaults and the
+//! one validation step that turns a file into a [`ValidatedConfig`].
+//!
+//! Pure by design: no tokio, no sockets. Every error names the field path, the
+//! offending value and `line:column` in the file, and all errors of a file are
+//! reported at once.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use validate::parse_duration;
+
+/// Data-plane HTTP listener (Triton's port).
+pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8000";
+/// Prometheus listener (Triton's port).
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:8002";
+/// Control API: loopback only unless configured otherwise.
+pub const DEFAULT_CONTROL_ADDRESS: &str = "127.0.0.1:9901";
+/// Largest request body accepted on the data port (64 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a client may take to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a backend may take to answer one request.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connect to a backend endpoint may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle keep-alive connections kept per backend endpoint.
+pub const DEFAULT_POOL_SIZE: usize = 64;
+/// Consecutive failures after which an endpoint is ejected.
+pub const DEFAULT_EJECT_AFTER_FAILURES: u32 = 5;
+/// How long an ejected endpoint stays out of rotation.
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
+/// Header that forces a variant by name.
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-switchyard-variant";
+/// Warm-up runs per loaded ONNX model version.
+pub const DEFAULT_WARMUP_RUNS: u32 = 3;
+/// How often the ONNX repository is rescanned when file events are missed.
+pub const DEFAULT_REPOSITORY_POLL: Duration = Duration::from_secs(2);
+
+/// A config that passed validation: every reference resolves, every value has its real type.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    pub listeners: Listeners,
+    pub limits: Limits,
+    pub routing: Routing,
+    pub runtime: OnnxRuntime,
+    pub logging: Logging,
+    pub backends: BTreeMap<Arc<str>, BackendConfig>,
+    pub models: BTreeMap<Arc<str>, ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub http: HttpListener,
+    pub metrics: Option<SocketAddr>,
+    pub control: Option<ControlListener>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpListener {
+    pub address: SocketAddr,
+    /// Where requests the listener does not understand natively are proxied unchanged.
+    pub default_upstream: Option<Upstream>,
+    /// Worker threads of the data plane (defaults to the machine's cores).
+    pub threads: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`, as it is dialled.
+    pub authority: String,
+    /// Path prefix prepended to every forwarded path (no trailing slash; may be empty).
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlListener {
+    pub address: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub backend_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Lower-case header name that forces a variant.
+    pub override_header: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda { device: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct OnnxRuntime {
+    /// Explicit path of `libonnxruntime.so`; `ORT_DYLIB_PATH` and the setup step's location are tried otherwise.
+    pub library_path: Option<PathBuf>,
+    /// Threads that run sessions (off the async reactor).
+    pub pool_threads: NonZeroUsize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: NonZeroUsize,
+    pub execution_provider: ExecutionProvider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    V2Http(V2HttpBackend),
+    Onnx(OnnxBackend),
+}
+
+impl BackendConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::V2Http(_) => "v2-http",
+            BackendConfig::Onnx(_) => "onnx",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryMode {
+    /// Use the binary tensor extension when the server advertises it in `GET /v2`.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct V2HttpBackend {
+    pub endpoints: Vec<Upstream>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pool_size: usize,
+    pub eject_after_failures: u32,
+    pub eject_for: Duration,
+    pub binary: BinaryMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    Latest(NonZeroUsize),
+    Specific(Vec<u64>),
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct OnnxBackend {
+    pub repository: PathBuf,
+    pub version_policy: VersionPolicy,
+    /// Models to serve from the repository; empty = all.
+    pub models: Vec<String>,
+    pub warmup: u32,
+    pub instances: NonZeroUsize,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model name clients use; `*` is the catch-all route.
+    pub name: Arc<str>,
+    /// Lower-case header whose value pins a client to a variant.
+    pub sticky_header: Option<String>,
+    pub variants: Vec<VariantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VariantConfig {
+    pub name: Arc<str>,
+    pub backend: Arc<str>,
+    /// Model name sent to the backend; `None` keeps the client's.
+    pub model: Option<Arc<str>>,
+    /// Model version sent to the backend; `None` keeps the client's.
+    pub version: Option<Arc<str>>,
+    pub weight: f64,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    /// Dotted field path, e.g. `models.mlp.variants[1].weight`.
+    pub path: String,
+    /// 1-based; 0 when the location is unknown (a missing field).
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{} ({}:{}): {}", self.path, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} error(s)", self.source_name, self.errors.len())?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidatedConfig {
+    /// Reads and validates a config file; relative paths in it resolve against its directory.
+    pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: path.display().to_string(),
+            errors: vec![FieldError {
+                path: "<file>".into(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|mut e| {
+            e.source_name = path.display().to_string();
+            e
+        })
+    }
+
+    /// Validates YAML text; `base_dir` anchors relative paths.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
+        validate::parse(text, base_dir)
+    }
+
+    /// One line for `switchyard validate`.
+    pub fn summary(&self) -> String {
+        let variants: usize = self.models.values().map(|m| m.variants.len()).sum();
+        format!(
+            "{} model route(s), {} variant(s), {} backend(s); data http {}",
+            self.models.len(),
+            variants,
+            self.backends.len(),
+            self.listeners.http.address
+        )
+    }
+}

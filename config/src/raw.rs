@@ -1,0 +1,175 @@
+//! The raw, serde-facing shape of a Switchyard config file.
+//!
+//! These structs mirror the YAML exactly (`deny_unknown_fields` everywhere) and
+//! carry source locations (`Spanned`) where validation needs to point back at
+//! the file. Nothing here is used outside the config crate: `validate` turns a
+//! `RawConfig` into a `ValidatedConfig` of real types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listeners: RawListeners,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
+    pub backends: BTreeMap<String, S<RawBackend>>,
+    #[serde(default)]
+    pub models: BTreeMap<String, S<RawModel>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawListeners {
+    pub http: Option<RawHttpListener>,
+    pub metrics: Option<RawPlainListener>,
+    pub control: Option<RawControlListener>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpListener {
+    pub address: Option<S<String>>,
+    pub default_upstream: Option<S<String>>,
+    pub threads: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlainListener {
+    pub address: Option<S<String>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlListener {
+    pub address: Option<S<String>>,
+    pub enabled: Option<bool>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<S<u64>>,
+    pub header_read_timeout: Option<S<String>>,
+    pub backend_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub sticky_header: Option<S<String>>,
+    pub override_header: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub onnx: Option<RawOnnxRuntime>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnnxRuntime {
+    pub library_path: Option<String>,
+    pub pool_threads: Option<S<u64>>,
+    pub intra_op_threads: Option<S<u64>>,
+    pub execution_provider: Option<S<String>>,
+    pub cuda_device: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub format: Option<S<String>>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub kind: S<String>,
+    /// v2-http: base URLs of the server's replicas.
+    #[serde(default)]
+    pub endpoints: Vec<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub pool_size: Option<S<u64>>,
+    pub eject_after_failures: Option<S<u64>>,
+    pub eject_for: Option<S<String>>,
+    /// v2-http: `auto` (ask `GET /v2`), `always` or `never`.
+    pub binary: Option<S<String>>,
+    /// onnx: the model repository directory (`MODEL/VERSION/model.onnx`).
+    pub repository: Option<S<String>>,
+    /// onnx: which versions of each model to load.
+    pub version_policy: Option<S<RawVersionPolicy>>,
+    /// onnx: models to serve; empty means every model in the repository.
+    #[serde(default)]
+    pub models: Vec<S<String>>,
+    /// onnx: warm-up runs per loaded version.
+    pub warmup: Option<S<u64>>,
+    /// onnx: sessions per loaded version.
+    pub instances: Option<S<u64>>,
+    /// onnx: poll interval fallback for repository watching.
+    pub poll_interval: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersionPolicy {
+    pub latest: Option<u64>,
+    pub specific: Option<Vec<u64>>,
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub sticky_header: Option<S<String>>,
+    pub variants: S<Vec<S<RawVariant>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    pub name: S<String>,
+    pub backend: S<String>,
+    /// Model name to ask the backend for (defaults to the route's name).
+    pub model: Option<S<String>>,
+    /// Model version to ask the backend for.
+    pub version: Option<S<serde_saphyr_scalar::Scalar>>,
+    #[serde(default = "default_weight")]
+    pub weight: S<f64>,
+}
+
+fn default_weight() -> S<f64> {
+    Spanned::new(1.0, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}
+
+/// A YAML scalar that may be written as a number or a string (`version: 2` or `version: "2"`).
+pub mod serde_saphyr_scalar {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum Scalar {
+        Int(u64),
+        Str(String),
+    }
+
+}

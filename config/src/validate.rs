@@ -1,0 +1,650 @@
+//! Raw YAML → `ValidatedConfig`: defaults, types and cross-references, with
+//! every error collected (not just the first) and pointed at its line:column.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::raw::*;
+use crate::*;
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn at(&mut self, path: impl Into<String>, loc: &Location, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        });
+    }
+}
+
+fn loc<T>(s: &Spanned<T>) -> &Location {
+    &s.referenced
+}
+
+pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
+    let raw: RawConfig = if text.trim().is_empty() {
+        RawConfig::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            ConfigError {
+                source_name: "<config>".into(),
+                errors: vec![FieldError {
+                    path: "<yaml>".into(),
+                    line,
+                    column,
+                    message: first_line(&e.to_string()),
+                }],
+            }
+        })?
+    };
+    let mut errs = Errors(Vec::new());
+    let cfg = build(raw, base_dir, &mut errs);
+    if errs.0.is_empty() {
+        Ok(cfg)
+    } else {
+        errs.0.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigError {
+            source_name: "<config>".into(),
+            errors: errs.0,
+        })
+    }
+}
+
+/// serde-saphyr renders a snippet under the message; the message line is what we report.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m`, `100us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{s}` has no unit (use us, ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let secs = match unit.trim() {
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (use us, ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn duration(
+    errs: &mut Errors,
+    path: &str,
+    v: &Option<Spanned<String>>,
+    default: Duration,
+    allow_zero: bool,
+) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(&s.value) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                errs.at(path, loc(s), "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(m) => {
+                errs.at(path, loc(s), m);
+                default
+            }
+        },
+    }
+}
+
+fn address(errs: &mut Errors, path: &str, v: &Option<Spanned<String>>, default: &str) -> SocketAddr {
+    let (text, l) = match v {
+        Some(s) => (s.value.as_str(), Some(loc(s))),
+        None => (default, None),
+    };
+    match text.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            errs.at(
+                path,
+                l.unwrap_or(&Location::UNKNOWN),
+                format!("`{text}` is not an address of the form IP:PORT (e.g. 0.0.0.0:8000)"),
+            );
+            default.parse().expect("default addresses parse")
+        }
+    }
+}
+
+fn positive(errs: &mut Errors, path: &str, v: &Option<Spanned<u64>>, default: usize) -> NonZeroUsize {
+    let n = match v {
+        None => default,
+        Some(s) if s.value == 0 => {
+            errs.at(path, loc(s), "must be at least 1");
+            default
+        }
+        Some(s) => s.value as usize,
+    };
+    NonZeroUsize::new(n.max(1)).expect("max(1) is non-zero")
+}
+
+/// `http://host:port[/prefix]` → `Upstream`.
+pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!("`{url}`: TLS to backends is not supported yet; use http://"));
+    } else {
+        return Err(format!("`{url}` must start with http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Err(format!("`{url}` needs an explicit port (http://host:port)"));
+    };
+    if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+        return Err(format!("`{url}` has no valid host:port"));
+    }
+    Ok(Upstream {
+        authority: authority.to_string(),
+        base_path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+fn header_name(errs: &mut Errors, path: &str, s: &Spanned<String>) -> String {
+    let v = s.value.trim().to_ascii_lowercase();
+    let ok = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        errs.at(path, loc(s), format!("`{}` is not a valid HTTP header name", s.value));
+    }
+    v
+}
+
+fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig {
+    let http_raw = raw.listeners.http.unwrap_or_default();
+    let default_upstream = http_raw.default_upstream.as_ref().and_then(|u| {
+        parse_upstream(&u.value)
+            .map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m))
+            .ok()
+    });
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let http = HttpListener {
+        address: address(errs, "listeners.http.address", &http_raw.address, DEFAULT_HTTP_ADDRESS),
+        default_upstream,
+        threads: positive(errs, "listeners.http.threads", &http_raw.threads, cores),
+    };
+    let metrics = match raw.listeners.metrics {
+        Some(m) if m.enabled == Some(false) => None,
+        Some(m) => Some(address(errs, "listeners.metrics.address", &m.address, DEFAULT_METRICS_ADDRESS)),
+        None => Some(DEFAULT_METRICS_ADDRESS.parse().expect("default parses")),
+    };
+    let control = match raw.listeners.control {
+        Some(c) if c.enabled == Some(false) => None,
+        None => None,
+        Some(c) => Some(ControlListener {
+            address: address(errs, "listeners.control.address", &c.address, DEFAULT_CONTROL_ADDRESS),
+            token: c.token.filter(|t| !t.is_empty()),
+        }),
+    };
+
+    let limits = Limits {
+        max_body_bytes: match &raw.limits.max_body_bytes {
+            Some(s) if s.value == 0 => {
+                errs.at("limits.max_body_bytes", loc(s), "must be at least 1");
+                DEFAULT_MAX_BODY_BYTES
+            }
+            Some(s) => s.value,
+            None => DEFAULT_MAX_BODY_BYTES,
+        },
+        header_read_timeout: duration(
+            errs,
+            "limits.header_read_timeout",
+            &raw.limits.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            false,
+        ),
+        backend_timeout: duration(
+            errs,
+            "limits.backend_timeout",
+            &raw.limits.backend_timeout,
+            DEFAULT_BACKEND_TIMEOUT,
+            false,
+        ),
+    };
+
+    let default_sticky = raw
+        .routing
+        .sticky_header
+        .as_ref()
+        .map(|s| header_name(errs, "routing.sticky_header", s));
+    let routing = Routing {
+        override_header: raw
+            .routing
+            .override_header
+            .as_ref()
+            .map(|s| header_name(errs, "routing.override_header", s))
+            .unwrap_or_else(|| DEFAULT_OVERRIDE_HEADER.to_string()),
+    };
+
+    let onnx = raw.runtime.onnx.unwrap_or_default();
+    let runtime = OnnxRuntime {
+        library_path: onnx.library_path.map(|p| base_dir.join(p)),
+        // Two cores: one session thread per core, one intra-op thread each, so
+        // concurrent requests never oversubscribe the box.
+        pool_threads: positive(errs, "runtime.onnx.pool_threads", &onnx.pool_threads, cores.min(4)),
+        intra_op_threads: positive(errs, "runtime.onnx.intra_op_threads", &onnx.intra_op_threads, 1),
+        execution_provider: match onnx.execution_provider.as_ref().map(|s| (s.value.as_str(), s)) {
+            None | Some(("cpu", _)) => ExecutionProvider::Cpu,
+            Some(("cuda", _)) => ExecutionProvider::Cuda {
+                device: onnx.cuda_device.unwrap_or(0),
+            },
+            Some((other, s)) => {
+                errs.at(
+                    "runtime.onnx.execution_provider",
+                    loc(s),
+                    format!("unknown execution provider `{other}` (expected cpu or cuda)"),
+                );
+                ExecutionProvider::Cpu
+            }
+        },
+    };
+
+    let logging = Logging {
+        format: match raw.logging.format.as_ref().map(|s| (s.value.as_str(), s)) {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, s)) => {
+                errs.at("logging.format", loc(s), format!("unknown log format `{other}` (expected text or json)"));
+                LogFormat::Text
+            }
+        },
+        level: raw.logging.level.unwrap_or_else(|| "info".into()),
+    };
+
+    let mut backends = BTreeMap::new();
+    for (name, b) in raw.backends {
+        let path = format!("backends.{name}");
+        if let Some(cfg) = backend(errs, &path, &b, base_dir, limits.backend_timeout) {
+            backends.insert(Arc::<str>::from(name), cfg);
+        }
+    }
+
+    let mut models = BTreeMap::new();
+    for (name, m) in raw.models {
+        let path = format!("models.{name}");
+        if name.is_empty() {
+            errs.at(&path, loc(&m), "model name must not be empty");
+            continue;
+        }
+        let sticky_header = m
+            .value
+            .sticky_header
+            .as_ref()
+            .map(|s| header_name(errs, &format!("{path}.sticky_header"), s))
+            .or_else(|| default_sticky.clone());
+        let vs = &m.value.variants;
+        if vs.value.is_empty() {
+            errs.at(format!("{path}.variants"), loc(vs), "a model needs at least one variant");
+        }
+        let mut seen = BTreeSet::new();
+        let mut variants = Vec::with_capacity(vs.value.len());
+        let mut sum = 0.0;
+        for (i, v) in vs.value.iter().enumerate() {
+            let vp = format!("{path}.variants[{i}]");
+            let v = &v.value;
+            if v.name.value.is_empty() {
+                errs.at(format!("{vp}.name"), loc(&v.name), "variant name must not be empty");
+            } else if !seen.insert(v.name.value.clone()) {
+                errs.at(
+                    format!("{vp}.name"),
+                    loc(&v.name),
+                    format!("duplicate variant name `{}` in model `{name}`", v.name.value),
+                );
+            }
+            if !backends.contains_key(v.backend.value.as_str()) {
+                let known: Vec<&str> = backends.keys().map(|k: &Arc<str>| k.as_ref()).collect();
+                errs.at(
+                    format!("{vp}.backend"),
+                    loc(&v.backend),
+                    format!("unknown backend `{}` (defined: {})", v.backend.value, known.join(", ")),
+                );
+            }
+            let w = v.weight.value;
+            if !w.is_finite() || w < 0.0 {
+                errs.at(
+                    format!("{vp}.weight"),
+                    loc(&v.weight),
+                    format!("weight must be a non-negative number, got {w}"),
+                );
+            } else {
+                sum += w;
+            }
+            variants.push(VariantConfig {
+                name: Arc::from(v.name.value.as_str()),
+                backend: Arc::from(v.backend.value.as_str()),
+                model: v.model.as_ref().map(|m| Arc::from(m.value.as_str())),
+                version: v
+                    .version
+                    .as_ref()
+                    .map(|s| Arc::from(serde_saphyr_scalar_string(&s.value).as_str())),
+                weight: w,
+            });
+        }
+        if !vs.value.is_empty() && sum <= 0.0 {
+            errs.at(
+                format!("{path}.variants"),
+                loc(vs),
+                "variant weights must have a positive sum",
+            );
+        }
+        models.insert(
+            Arc::<str>::from(name.as_str()),
+            ModelConfig {
+                name: Arc::from(name.as_str()),
+                sticky_header,
+                variants,
+            },
+        );
+    }
+
+    ValidatedConfig {
+        listeners: Listeners {
+            http,
+            metrics,
+            control,
+        },
+        limits,
+        routing,
+        runtime,
+        logging,
+        backends,
+        models,
+    }
+}
+
+fn serde_saphyr_scalar_string(s: &serde_saphyr_scalar::Scalar) -> String {
+    match s {
+        serde_saphyr_scalar::Scalar::Int(n) => n.to_string(),
+        serde_saphyr_scalar::Scalar::Str(s) => s.clone(),
+    }
+}
+
+fn backend(
+    errs: &mut Errors,
+    path: &str,
+    b: &Spanned<RawBackend>,
+    base_dir: &Path,
+    default_timeout: Duration,
+) -> Option<BackendConfig> {
+    let r = &b.value;
+    let only = |errs: &mut Errors, field: &str, present: bool, kind: &str| {
+        if present {
+            errs.at(format!("{path}.{field}"), loc(b), format!("`{field}` does not apply to a `{kind}` backend"));
+        }
+    };
+    match r.kind.value.as_str() {
+        "v2-http" => {
+            only(errs, "repository", r.repository.is_some(), "v2-http");
+            only(errs, "version_policy", r.version_policy.is_some(), "v2-http");
+            if r.endpoints.is_empty() {
+                errs.at(format!("{path}.endpoints"), loc(b), "a v2-http backend needs at least one endpoint");
+            }
+            let mut endpoints = Vec::new();
+            for (i, e) in r.endpoints.iter().enumerate() {
+                match parse_upstream(&e.value) {
+                    Ok(u) => endpoints.push(u),
+                    Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
+                }
+            }
+            let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
+                None | Some(("auto", _)) => BinaryMode::Auto,
+                Some(("always", _)) => BinaryMode::Always,
+                Some(("never", _)) => BinaryMode::Never,
+                Some((other, s)) => {
+                    errs.at(
+                        format!("{path}.binary"),
+                        loc(s),
+                        format!("unknown binary mode `{other}` (expected auto, always or never)"),
+                    );
+                    BinaryMode::Auto
+                }
+            };
+            Some(BackendConfig::V2Http(V2HttpBackend {
+                endpoints,
+                timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, default_timeout, false),
+                connect_timeout: duration(
+                    errs,
+                    &format!("{path}.connect_timeout"),
+                    &r.connect_timeout,
+                    DEFAULT_CONNECT_TIMEOUT,
+                    false,
+                ),
+                pool_size: positive(errs, &format!("{path}.pool_size"), &r.pool_size, DEFAULT_POOL_SIZE).get(),
+                eject_after_failures: positive(
+                    errs,
+                    &format!("{path}.eject_after_failures"),
+                    &r.eject_after_failures,
+                    DEFAULT_EJECT_AFTER_FAILURES as usize,
+                )
+                .get() as u32,
+                eject_for: duration(errs, &format!("{path}.eject_for"), &r.eject_for, DEFAULT_EJECT_FOR, true),
+                binary,
+            }))
+        }
+        "onnx" => {
+            only(errs, "endpoints", !r.endpoints.is_empty(), "onnx");
+            only(errs, "binary", r.binary.is_some(), "onnx");
+            only(errs, "pool_size", r.pool_size.is_some(), "onnx");
+            let Some(repo) = &r.repository else {
+                errs.at(format!("{path}.repository"), loc(b), "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx)");
+                return None;
+            };
+            let repository = base_dir.join(&repo.value);
+            if !repository.is_dir() {
+                errs.at(
+                    format!("{path}.repository"),
+                    loc(repo),
+                    format!("`{}` is not a directory", repository.display()),
+                );
+            }
+            let version_policy = match &r.version_policy {
+                None => VersionPolicy::Latest(NonZeroUsize::MIN),
+                Some(p) => {
+                    let v = &p.value;
+                    let given = v.latest.is_some() as u8 + v.specific.is_some() as u8 + v.all.is_some() as u8;
+                    if given != 1 {
+                        errs.at(
+                            format!("{path}.version_policy"),
+                            loc(p),
+                            "give exactly one of `latest: N`, `specific: [..]` or `all: true`",
+                        );
+                        VersionPolicy::Latest(NonZeroUsize::MIN)
+                    } else if let Some(n) = v.latest {
+                        match NonZeroUsize::new(n as usize) {
+                            Some(n) => VersionPolicy::Latest(n),
+                            None => {
+                                errs.at(format!("{path}.version_policy.latest"), loc(p), "must be at least 1");
+                                VersionPolicy::Latest(NonZeroUsize::MIN)
+                            }
+                        }
+                    } else if let Some(s) = &v.specific {
+                        if s.is_empty() {
+                            errs.at(format!("{path}.version_policy.specific"), loc(p), "list at least one version");
+                        }
+                        VersionPolicy::Specific(s.clone())
+                    } else {
+                        VersionPolicy::All
+                    }
+                }
+            };
+            Some(BackendConfig::Onnx(OnnxBackend {
+                repository,
+                version_policy,
+                models: r.models.iter().map(|m| m.value.clone()).collect(),
+                warmup: r.warmup.as_ref().map(|w| w.value as u32).unwrap_or(DEFAULT_WARMUP_RUNS),
+                instances: positive(errs, &format!("{path}.instances"), &r.instances, 1),
+                poll_interval: duration(
+                    errs,
+                    &format!("{path}.poll_interval"),
+                    &r.poll_interval,
+                    DEFAULT_REPOSITORY_POLL,
+                    false,
+                ),
+            }))
+        }
+        other => {
+            errs.at(
+                format!("{path}.kind"),
+                loc(&r.kind),
+                format!("unknown backend kind `{other}` (expected v2-http or onnx)"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<FieldError> {
+        parse(yaml, Path::new(".")).expect_err("config should be rejected").errors
+    }
+
+    const GOOD: &str = r#"
+backends:
+  a:
+    kind: v2-http
+    endpoints: ["http://127.0.0.1:9000"]
+  b:
+    kind: v2-http
+    endpoints: ["http://127.0.0.1:9010/prefix/"]
+    timeout: 250ms
+models:
+  mlp:
+    sticky_header: X-User-Id
+    variants:
+      - { name: stable, backend: a, weight: 90 }
+      - { name: canary, backend: b, weight: 10, model: mlp2, version: 2 }
+"#;
+
+    #[test]
+    fn good_config_gets_defaults_and_types() {
+        let c = parse(GOOD, Path::new(".")).unwrap();
+        assert_eq!(c.listeners.http.address.to_string(), DEFAULT_HTTP_ADDRESS);
+        assert_eq!(c.listeners.metrics.unwrap().to_string(), DEFAULT_METRICS_ADDRESS);
+        assert!(c.listeners.control.is_none());
+        let m = &c.models["mlp"];
+        assert_eq!(m.sticky_header.as_deref(), Some("x-user-id"));
+        assert_eq!(m.variants[1].version.as_deref(), Some("2"));
+        assert_eq!(m.variants[1].model.as_deref(), Some("mlp2"));
+        let BackendConfig::V2Http(b) = &c.backends["b"] else { panic!() };
+        assert_eq!(b.timeout, Duration::from_millis(250));
+        assert_eq!(b.endpoints[0].base_path, "/prefix");
+        assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn empty_file_is_a_valid_config_with_defaults() {
+        let c = parse("", Path::new(".")).unwrap();
+        assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn table_of_rejections() {
+        let cases: &[(&str, &str, &str, u64)] = &[
+            ("unknown top-level field", "bogus: 1\n", "unknown field", 1),
+            (
+                "unknown nested field",
+                "listeners:\n  http:\n    adress: 1.2.3.4:5\n",
+                "unknown field",
+                3,
+            ),
+            (
+                "bad address",
+                "listeners:\n  http:\n    address: nope\n",
+                "listeners.http.address",
+                3,
+            ),
+            (
+                "unknown backend",
+                "models:\n  m:\n    variants:\n      - name: a\n        backend: ghost\n",
+                "models.m.variants[0].backend",
+                5,
+            ),
+            (
+                "negative weight",
+                "backends:\n  b: {kind: v2-http, endpoints: ['http://h:1']}\nmodels:\n  m:\n    variants:\n      - {name: a, backend: b, weight: -1}\n",
+                "models.m.variants[0].weight",
+                6,
+            ),
+            (
+                "zero weight sum",
+                "backends:\n  b: {kind: v2-http, endpoints: ['http://h:1']}\nmodels:\n  m:\n    variants:\n      - {name: a, backend: b, weight: 0}\n",
+                "models.m.variants",
+                6,
+            ),
+            (
+                "bad duration",
+                "limits:\n  backend_timeout: 5 parsecs\n",
+                "limits.backend_timeout",
+                2,
+            ),
+            (
+                "https endpoint",
+                "backends:\n  b:\n    kind: v2-http\n    endpoints: ['https://h:1']\n",
+                "backends.b.endpoints[0]",
+                4,
+            ),
+            ("unknown kind", "backends:\n  b:\n    kind: grpc9\n", "backends.b.kind", 3),
+            (
+                "duplicate variant",
+                "backends:\n  b: {kind: v2-http, endpoints: ['http://h:1']}\nmodels:\n  m:\n    variants:\n      - {name: a, backend: b}\n      - {name: a, backend: b}\n",
+                "models.m.variants[1].name",
+                7,
+            ),
+            ("bad yaml", "models: [\n", "<yaml>", 0),
+        ];
+        for (what, yaml, needle, line) in cases {
+            let errs = errors(yaml);
+            let hit = errs.iter().find(|e| e.path.contains(needle) || e.message.contains(needle));
+            let hit = hit.unwrap_or_else(|| panic!("{what}: no error mentions `{needle}`: {errs:?}"));
+            if *line > 0 {
+                assert_eq!(hit.line, *line, "{what}: wrong line in {hit}");
+            }
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let errs = errors(
+            "listeners:\n  http:\n    address: nope\nlimits:\n  backend_timeout: 3\nmodels:\n  m:\n    variants:\n      - {name: a, backend: ghost}\n",
+        );
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}
