@@ -1,0 +1,361 @@
+//! Remote KServe V2 server over HTTP/1.1 (Triton, MLServer, OpenVINO, KServe
+//! runtimes): pooled keep-alive connections, several endpoints spread by least
+//! outstanding requests (power of two choices), ejection of endpoints that keep
+//! failing, and binary↔JSON conversion for servers without the extension.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use switchyard_config::{BinaryMode, Upstream, V2HttpBackend as Config};
+use tokio::sync::OnceCell;
+
+use super::{Backend, ModelTarget};
+use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
+use crate::error::BackendError;
+use crate::tensor::{InferRequest, InferResponse};
+
+/// How long a readiness probe of the backend may take.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Endpoint {
+    upstream: Upstream,
+    host: HeaderValue,
+    outstanding: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since the backend's epoch until which the endpoint is out of rotation.
+    ejected_until_ms: AtomicU64,
+}
+
+pub struct V2HttpBackend {
+    name: Arc<str>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    endpoints: Vec<Endpoint>,
+    timeout: Duration,
+    eject_after: u32,
+    eject_for: Duration,
+    binary: BinaryMode,
+    binary_supported: OnceCell<bool>,
+    epoch: Instant,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+enum CallError {
+    Request(hyper_util::client::legacy::Error),
+    Body(hyper::Error),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Request(e) => f.write_str(&error_chain(e)),
+            CallError::Body(e) => f.write_str(&error_chain(e)),
+        }
+    }
+}
+
+/// Decrements an endpoint's outstanding count however the call ends.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl V2HttpBackend {
+    pub fn new(name: &str, cfg: &Config) -> V2HttpBackend {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.pool_size)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        V2HttpBackend {
+            name: Arc::from(name),
+            client,
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .map(|u| Endpoint {
+                    host: HeaderValue::from_str(&u.authority).expect("validated authority"),
+                    upstream: u.clone(),
+                    outstanding: AtomicUsize::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                })
+                .collect(),
+            timeout: cfg.timeout,
+            eject_after: cfg.eject_after_failures,
+            eject_for: cfg.eject_for,
+            binary: cfg.binary,
+            binary_supported: OnceCell::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn in_rotation(&self, i: usize, now: u64) -> bool {
+        self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now
+    }
+
+    /// Power of two choices among endpoints in rotation, never `exclude`.
+    /// When every endpoint is ejected, all of them are candidates again
+    /// (a guess beats a certain failure).
+    fn pick(&self, exclude: &[usize]) -> Option<usize> {
+        let now = self.now_ms();
+        let eligible = |i: &usize| !exclude.contains(i);
+        let mut cands: Vec<usize> = (0..self.endpoints.len())
+            .filter(eligible)
+            .filter(|&i| self.in_rotation(i, now))
+            .collect();
+        if cands.is_empty() {
+            cands = (0..self.endpoints.len()).filter(eligible).collect();
+        }
+        match cands.len() {
+            0 => None,
+            1 => Some(cands[0]),
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let load = |i: usize| self.endpoints[cands[i]].outstanding.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { cands[b] } else { cands[a] })
+            }
+        }
+    }
+
+    fn record(&self, i: usize, ok: bool) {
+        let ep = &self.endpoints[i];
+        if ok {
+            ep.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.eject_after && self.endpoints.len() > 1 {
+            let until = self.now_ms() + self.eject_for.as_millis() as u64;
+            ep.ejected_until_ms.store(until, Ordering::Relaxed);
+            ep.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(backend = %self.name, endpoint = %ep.upstream, failures = n, eject_for = ?self.eject_for, "endpoint ejected");
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&'static str, HeaderValue)],
+        timeout: Duration,
+    ) -> Result<Reply, BackendError> {
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let i = self.pick(&tried).ok_or_else(|| BackendError::Unavailable(format!("backend `{}` has no endpoints", self.name)))?;
+            let ep = &self.endpoints[i];
+            ep.outstanding.fetch_add(1, Ordering::Relaxed);
+            let _guard = Outstanding(&ep.outstanding);
+            let uri = format!("http://{}{}{}", ep.upstream.authority, ep.upstream.base_path, path);
+            let mut rb = Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header(HOST, ep.host.clone())
+                .header(CONTENT_LENGTH, body.len());
+            for (k, v) in headers {
+                rb = rb.header(*k, v.clone());
+            }
+            let req = rb
+                .body(Full::new(body.clone()))
+                .map_err(|e| BackendError::Internal(format!("building request: {e}")))?;
+            let call = async {
+                let resp = self.client.request(req).await.map_err(CallError::Request)?;
+                let (parts, body) = resp.into_parts();
+                let body = body.collect().await.map_err(CallError::Body)?.to_bytes();
+                Ok::<_, CallError>(Reply {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                })
+            };
+            match tokio::time::timeout(timeout, call).await {
+                Err(_) => {
+                    self.record(i, false);
+                    return Err(BackendError::Timeout(timeout));
+                }
+                Ok(Err(CallError::Request(e))) if e.is_connect() => {
+                    self.record(i, false);
+                    tried.push(i);
+                    let err = BackendError::Connect {
+                        endpoint: ep.upstream.to_string(),
+                        message: error_chain(&e),
+                    };
+                    // Nothing was sent: another endpoint may take it.
+                    if tried.len() < self.endpoints.len() {
+                        tracing::debug!(backend = %self.name, error = %err, "retrying on another endpoint");
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(Err(e)) => {
+                    self.record(i, false);
+                    return Err(BackendError::Unavailable(format!(
+                        "backend {} failed mid-request: {}",
+                        ep.upstream,
+                        e
+                    )));
+                }
+                Ok(Ok(reply)) => {
+                    let overloaded = matches!(reply.status.as_u16(), 502..=504);
+                    self.record(i, !overloaded);
+                    return Ok(reply);
+                }
+            }
+        }
+    }
+
+    async fn use_binary(&self) -> bool {
+        match self.binary {
+            BinaryMode::Always => true,
+            BinaryMode::Never => false,
+            BinaryMode::Auto => {
+                let probe = self
+                    .binary_supported
+                    .get_or_try_init(|| async {
+                        let r = self.send(Method::GET, "/v2", Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
+                        if !r.status.is_success() {
+                            return Err(BackendError::Status {
+                                status: r.status.as_u16(),
+                                message: "GET /v2 failed".into(),
+                            });
+                        }
+                        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                        let yes = v["extensions"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|e| e == "binary_tensor_data"));
+                        tracing::info!(backend = %self.name, binary_tensor_data = yes, "backend extensions read");
+                        Ok::<bool, BackendError>(yes)
+                    })
+                    .await;
+                // Unknown (server down): JSON, which every V2 server speaks; ask again next time.
+                probe.copied().unwrap_or(false)
+            }
+        }
+    }
+
+    fn model_path(target: &ModelTarget, suffix: &str) -> String {
+        match &target.version {
+            Some(v) => format!("/v2/models/{}/versions/{}{}", target.name, v, suffix),
+            None => format!("/v2/models/{}{}", target.name, suffix),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The backend's own error message: V2 `{"error": ...}`, else the last line of its text.
+fn backend_message(body: &Bytes) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            return e.to_string();
+        }
+        if let Some(d) = v.get("detail") {
+            return d.to_string().chars().take(512).collect();
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    line.trim().chars().take(512).collect()
+}
+
+fn status_error(reply: &Reply) -> BackendError {
+    BackendError::Status {
+        status: reply.status.as_u16(),
+        message: backend_message(&reply.body),
+    }
+}
+
+#[async_trait]
+impl Backend for V2HttpBackend {
+    fn kind(&self) -> &'static str {
+        "v2-http"
+    }
+
+    async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
+        let binary = self.use_binary().await;
+        let enc = v2::encode_request(&req, binary);
+        let mut headers: Vec<(&'static str, HeaderValue)> = Vec::with_capacity(2);
+        match enc.header_len {
+            Some(n) => {
+                headers.push((CONTENT_TYPE.as_str(), HeaderValue::from_static("application/octet-stream")));
+                headers.push((HEADER_CONTENT_LENGTH, HeaderValue::from(n)));
+            }
+            None => headers.push((CONTENT_TYPE.as_str(), HeaderValue::from_static("application/json"))),
+        }
+        let path = Self::model_path(target, "/infer");
+        let reply = self.send(Method::POST, &path, enc.body, &headers, self.timeout).await?;
+        if reply.status != StatusCode::OK {
+            return Err(status_error(&reply));
+        }
+        let header_len = match reply.headers.get(HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| BackendError::Protocol("bad Inference-Header-Content-Length".into()))?,
+            ),
+        };
+        v2::decode_response(&reply.body, header_len).map_err(|e| BackendError::Protocol(e.to_string()))
+    }
+
+    async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError> {
+        let reply = self
+            .send(Method::GET, &Self::model_path(target, ""), Bytes::new(), &[], self.timeout)
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(status_error(&reply));
+        }
+        serde_json::from_slice(&reply.body).map_err(|e| BackendError::Protocol(format!("model metadata: {e}")))
+    }
+
+    async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError> {
+        let reply = self
+            .send(Method::GET, &Self::model_path(target, "/ready"), Bytes::new(), &[], READY_PROBE_TIMEOUT)
+            .await?;
+        Ok(reply.status == StatusCode::OK)
+    }
+
+    async fn ready(&self) -> bool {
+        match self.send(Method::GET, "/v2/health/ready", Bytes::new(), &[], READY_PROBE_TIMEOUT).await {
+            Ok(r) => r.status == StatusCode::OK,
+            Err(_) => false,
+        }
+    }
+}

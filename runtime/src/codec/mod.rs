@@ -1,0 +1,3 @@
+//! Wire codecs: each protocol's bodies to and from the tensor model.
+
+pub mod v2;
