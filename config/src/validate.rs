@@ -62,7 +62,13 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError
 
 /// serde-saphyr renders a snippet under the message; the message line is what we report.
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_string()
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // The location is reported separately.
+    match line.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, msg)) => msg.to_string(),
+        None => line.to_string(),
+    }
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `3m`, `100us`.
@@ -319,10 +325,15 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
             }
             if !backends.contains_key(v.backend.value.as_str()) {
                 let known: Vec<&str> = backends.keys().map(|k: &Arc<str>| k.as_ref()).collect();
+                let known = if known.is_empty() {
+                    "no backends are defined".to_string()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
                 errs.at(
                     format!("{vp}.backend"),
                     loc(&v.backend),
-                    format!("unknown backend `{}` (defined: {})", v.backend.value, known.join(", ")),
+                    format!("unknown backend `{}` ({known})", v.backend.value),
                 );
             }
             let w = v.weight.value;

@@ -1,1 +1,65 @@
-//! placeholder
+//! Switchyard's data plane: the pingora HTTP listener speaking KServe V2,
+//! routing and A/B selection over a swappable snapshot, and metrics.
+
+pub mod admin;
+pub mod dataplane;
+pub mod metrics;
+pub mod respond;
+pub mod routing;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use switchyard_config::ValidatedConfig;
+
+pub use dataplane::DataPlane;
+pub use metrics::Metrics;
+pub use routing::RoutingTable;
+
+/// Seconds an old listener keeps serving after SIGTERM before shutdown starts.
+const GRACE_PERIOD_SECS: u64 = 1;
+/// Seconds in-flight requests get to finish during shutdown.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+/// Starts the listeners and serves until the process is told to stop.
+///
+/// `table` is the published routing snapshot: whoever holds the other end
+/// (the control plane) swaps it; requests load it once each.
+pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Metrics) -> ! {
+    let conf = ServerConf {
+        threads: cfg.listeners.http.threads.get(),
+        grace_period_seconds: Some(GRACE_PERIOD_SECS),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let plane = DataPlane {
+        table,
+        metrics: metrics.clone(),
+        limits: cfg.limits.clone(),
+        default_upstream: cfg.listeners.http.default_upstream.clone(),
+    };
+    let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
+    data.add_tcp(&cfg.listeners.http.address.to_string());
+    server.add_service(data);
+
+    if let Some(addr) = cfg.listeners.metrics {
+        let mut svc = Service::new("switchyard-metrics".into(), HttpServer::new_app(admin::MetricsApp { metrics }));
+        svc.threads = Some(1);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    tracing::info!(
+        http = %cfg.listeners.http.address,
+        metrics = ?cfg.listeners.metrics,
+        default_upstream = ?cfg.listeners.http.default_upstream.as_ref().map(|u| u.to_string()),
+        "switchyard listening"
+    );
+    server.run_forever()
+}

@@ -1,0 +1,520 @@
+//! The data-plane HTTP listener on pingora: KServe V2 REST and the probes are
+//! answered natively in `request_filter`; every other path is proxied
+//! unchanged to the listener's default upstream by pingora itself.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+use switchyard_config::{Limits, Upstream};
+use switchyard_runtime::codec::v2::{self, HEADER_CONTENT_LENGTH};
+use switchyard_runtime::tensor::RequestedOutput;
+
+use crate::metrics::Metrics;
+use crate::respond::ApiError;
+use crate::routing::{RoutingTable, Selection};
+
+pub const VARIANT_HEADER: &str = "x-switchyard-variant";
+pub const OVERHEAD_HEADER: &str = "x-switchyard-overhead-us";
+
+/// What a request path asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Health,
+    Ready,
+    Startup,
+    V2Live,
+    V2Ready,
+    V2Server,
+    ModelMetadata(&'a str, Option<&'a str>),
+    ModelReady(&'a str, Option<&'a str>),
+    Infer(&'a str, Option<&'a str>),
+    /// A path we know, with the wrong method.
+    WrongMethod(&'static str),
+    /// Anything else: passed through to the default upstream.
+    Other,
+}
+
+fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
+    let get = method == Method::GET || method == Method::HEAD;
+    let simple = |e: Endpoint<'a>| if get { e } else { Endpoint::WrongMethod("GET") };
+    match path {
+        "/health" => return simple(Endpoint::Health),
+        "/ready" => return simple(Endpoint::Ready),
+        "/startup" => return simple(Endpoint::Startup),
+        "/v2/health/live" => return simple(Endpoint::V2Live),
+        "/v2/health/ready" => return simple(Endpoint::V2Ready),
+        "/v2" | "/v2/" => return simple(Endpoint::V2Server),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/models/") else {
+        return Endpoint::Other;
+    };
+    let mut parts = rest.split('/');
+    let model = match parts.next() {
+        Some(m) if !m.is_empty() => m,
+        _ => return Endpoint::Other,
+    };
+    let mut next = parts.next();
+    let mut version = None;
+    if next == Some("versions") {
+        match parts.next() {
+            Some(v) if !v.is_empty() => version = Some(v),
+            _ => return Endpoint::Other,
+        }
+        next = parts.next();
+    }
+    let action = match (next, parts.next()) {
+        (None, _) | (Some(""), None) => "",
+        (Some(a), None) => a,
+        _ => return Endpoint::Other,
+    };
+    match action {
+        "" => simple(Endpoint::ModelMetadata(model, version)),
+        "ready" => simple(Endpoint::ModelReady(model, version)),
+        "infer" if method == Method::POST => Endpoint::Infer(model, version),
+        "infer" => Endpoint::WrongMethod("POST"),
+        _ => Endpoint::Other,
+    }
+}
+
+/// Shared state of the data plane, cheap to clone into pingora.
+pub struct DataPlane {
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub default_upstream: Option<Upstream>,
+}
+
+pub struct Ctx {
+    start: Instant,
+    passthrough: bool,
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What the client asked of the outputs, kept after the request moves to the backend.
+struct OutputPrefs {
+    outputs: Vec<RequestedOutput>,
+    default_binary: bool,
+}
+
+impl OutputPrefs {
+    fn binary(&self, name: &str) -> bool {
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.binary)
+            .unwrap_or(self.default_binary)
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Bytes,
+    content_type: &'static str,
+    header_len: Option<usize>,
+    variant: Option<HeaderValue>,
+    overhead_us: Option<u64>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            body: Bytes::from(body),
+            content_type: "application/json",
+            header_len: None,
+            variant: None,
+            overhead_us: None,
+        }
+    }
+
+    fn error(e: &ApiError) -> Reply {
+        Reply {
+            status: e.status,
+            body: v2::error_body(&e.message),
+            content_type: "application/json",
+            header_len: None,
+            variant: None,
+            overhead_us: None,
+        }
+    }
+}
+
+fn header_len(req: &RequestHeader) -> std::result::Result<Option<usize>, ApiError> {
+    match req.headers.get(HEADER_CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::new(400, "Inference-Header-Content-Length must be a non-negative integer")),
+    }
+}
+
+async fn read_body(session: &mut Session, limits: &Limits) -> std::result::Result<Bytes, ApiError> {
+    let max = limits.max_body_bytes;
+    let too_big = |n: u64| {
+        ApiError::new(
+            413,
+            format!("request body of {n} bytes exceeds the limit of {max} bytes (limits.max_body_bytes)"),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > max) {
+        return Err(too_big(n));
+    }
+    session.set_read_timeout(Some(limits.header_read_timeout));
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = session.read_request_body().await.map_err(|e| {
+            if e.etype() == &ErrorType::ReadTimedout {
+                ApiError::new(408, "timed out reading the request body")
+            } else {
+                ApiError::new(400, format!("cannot read the request body: {e}"))
+            }
+        })?;
+        let Some(chunk) = chunk else { break };
+        let have = first.as_ref().map_or(0, |f| f.len()) + buf.len();
+        if (have + chunk.len()) as u64 > max {
+            return Err(too_big((have + chunk.len()) as u64));
+        }
+        // The common case is one chunk: keep it without copying.
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            None => buf.extend_from_slice(&chunk),
+            Some(f) => {
+                buf.reserve(declared.unwrap_or(0) as usize);
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+impl DataPlane {
+    fn select<'t>(
+        &self,
+        table: &'t RoutingTable,
+        req: &RequestHeader,
+        model: &str,
+        version: Option<&str>,
+    ) -> std::result::Result<Selection<'t>, ApiError> {
+        let route = table.route(model)?;
+        let override_v = req.headers.get(&table.override_header).map(|v| v.as_bytes());
+        let sticky = route
+            .sticky_header
+            .as_ref()
+            .and_then(|h| req.headers.get(h))
+            .map(|v| v.as_bytes());
+        Ok(route.select(model, version, override_v, sticky)?)
+    }
+
+    async fn infer(
+        &self,
+        session: &mut Session,
+        table: &RoutingTable,
+        model: &str,
+        version: Option<&str>,
+        start: Instant,
+    ) -> Reply {
+        let sel = match self.select(table, session.req_header(), model, version) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.count_unrouted(model, e.status);
+                return Reply::error(&e);
+            }
+        };
+        let variant = sel.variant;
+        let mut backend_time = std::time::Duration::ZERO;
+        let result: std::result::Result<Reply, ApiError> = async {
+            let header_len = header_len(session.req_header())?;
+            let body = read_body(session, &self.limits).await?;
+            let req = v2::decode_request(&body, header_len)?;
+            drop(body);
+            let prefs = OutputPrefs {
+                outputs: req.outputs.clone(),
+                default_binary: req.binary_output,
+            };
+            let id = req.id.clone();
+            let t0 = Instant::now();
+            let result = variant.backend.infer(&sel.target, req).await;
+            backend_time = t0.elapsed();
+            let mut resp = result?;
+            resp.model_name = model.to_string();
+            if id.is_some() {
+                resp.id = id;
+            }
+            let enc = v2::encode_response(&resp, |n| prefs.binary(n));
+            Ok(Reply {
+                status: 200,
+                content_type: if enc.header_len.is_some() {
+                    "application/octet-stream"
+                } else {
+                    "application/json"
+                },
+                header_len: enc.header_len,
+                body: enc.body,
+                variant: None,
+                overhead_us: None,
+            })
+        }
+        .await;
+        let mut reply = result.unwrap_or_else(|e| Reply::error(&e));
+        reply.variant = Some(variant.header_value.clone());
+        let total = start.elapsed();
+        reply.overhead_us = Some(total.saturating_sub(backend_time).as_micros() as u64);
+        variant.metrics.count(reply.status);
+        variant.metrics.request_duration.observe(total.as_secs_f64());
+        if !backend_time.is_zero() {
+            variant.metrics.backend_duration.observe(backend_time.as_secs_f64());
+        }
+        reply
+    }
+
+    async fn model_metadata(&self, req: &RequestHeader, table: &RoutingTable, model: &str, version: Option<&str>) -> Reply {
+        let sel = match self.select(table, req, model, version) {
+            Ok(s) => s,
+            Err(e) => return Reply::error(&e),
+        };
+        let mut reply = match sel.variant.backend.model_metadata(&sel.target).await {
+            Ok(mut meta) => {
+                // Clients know the model by its public name, whatever the backend calls it.
+                if let Some(obj) = meta.as_object_mut() {
+                    obj.insert("name".into(), serde_json::Value::from(model));
+                }
+                Reply::json(200, serde_json::to_vec(&meta).expect("json"))
+            }
+            Err(e) => Reply::error(&e.into()),
+        };
+        reply.variant = Some(sel.variant.header_value.clone());
+        reply
+    }
+
+    async fn model_ready(&self, req: &RequestHeader, table: &RoutingTable, model: &str, version: Option<&str>) -> Reply {
+        let sel = match self.select(table, req, model, version) {
+            Ok(s) => s,
+            Err(e) => return Reply::error(&e),
+        };
+        let mut reply = match sel.variant.backend.model_ready(&sel.target).await {
+            Ok(true) => Reply::json(200, Vec::new()),
+            Ok(false) => Reply::error(&ApiError::new(503, format!("model '{model}' is not ready"))),
+            Err(e) => Reply::error(&e.into()),
+        };
+        reply.variant = Some(sel.variant.header_value.clone());
+        reply
+    }
+
+    /// Every route has at least one variant whose backend is ready.
+    async fn unready_routes(&self, table: &RoutingTable) -> Vec<String> {
+        let mut checked: Vec<(usize, bool)> = Vec::new();
+        let mut unready = Vec::new();
+        for route in table.all_routes() {
+            let mut ok = false;
+            for v in route.variants.iter().filter(|v| v.weight > 0.0) {
+                let key = Arc::as_ptr(&v.backend) as *const () as usize;
+                let ready = match checked.iter().find(|(k, _)| *k == key) {
+                    Some((_, r)) => *r,
+                    None => {
+                        let r = v.backend.ready().await;
+                        checked.push((key, r));
+                        r
+                    }
+                };
+                if ready {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                unready.push(route.name.to_string());
+            }
+        }
+        unready.sort();
+        unready
+    }
+
+    async fn readiness(&self, table: &RoutingTable, v2_style: bool) -> Reply {
+        let unready = self.unready_routes(table).await;
+        if unready.is_empty() {
+            if v2_style {
+                Reply::json(200, Vec::new())
+            } else {
+                Reply::json(200, br#"{"status":"ready"}"#.to_vec())
+            }
+        } else {
+            Reply::error(&ApiError::new(
+                503,
+                format!("no ready backend for model(s): {}", unready.join(", ")),
+            ))
+        }
+    }
+
+    async fn write(&self, session: &mut Session, reply: Reply) -> Result<()> {
+        let mut h = ResponseHeader::build(reply.status, Some(6))?;
+        h.insert_header(http::header::CONTENT_TYPE, reply.content_type)?;
+        h.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+        if let Some(n) = reply.header_len {
+            h.insert_header(HEADER_CONTENT_LENGTH, n)?;
+        }
+        if let Some(v) = reply.variant {
+            h.insert_header(VARIANT_HEADER, v)?;
+        }
+        if let Some(us) = reply.overhead_us {
+            h.insert_header(OVERHEAD_HEADER, us)?;
+        }
+        let head_only = session.req_header().method == Method::HEAD;
+        session.write_response_header(Box::new(h), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(reply.body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for DataPlane {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            passthrough: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.start = Instant::now();
+        // The URI is refcounted: cloning it frees `session` for body reads.
+        let uri = session.req_header().uri.clone();
+        let method = session.req_header().method.clone();
+        let endpoint = classify(&method, uri.path());
+        if endpoint == Endpoint::Other {
+            if self.default_upstream.is_some() {
+                ctx.passthrough = true;
+                return Ok(false);
+            }
+            let e = ApiError::new(404, format!("no route for {} {}", method, uri.path()));
+            self.write(session, Reply::error(&e)).await?;
+            return Ok(true);
+        }
+        self.metrics.in_flight.inc();
+        let _in_flight = InFlight(&self.metrics.in_flight);
+        // One snapshot per request, kept to the end.
+        let table = self.table.load_full();
+        let reply = match endpoint {
+            Endpoint::Health => Reply::json(200, br#"{"status":"live"}"#.to_vec()),
+            Endpoint::Startup => Reply::json(200, br#"{"status":"started"}"#.to_vec()),
+            Endpoint::V2Live => Reply::json(200, Vec::new()),
+            Endpoint::Ready => self.readiness(&table, false).await,
+            Endpoint::V2Ready => self.readiness(&table, true).await,
+            Endpoint::V2Server => Reply::json(
+                200,
+                serde_json::to_vec(&serde_json::json!({
+                    "name": "switchyard",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data"],
+                }))
+                .expect("json"),
+            ),
+            Endpoint::ModelMetadata(m, v) => self.model_metadata(session.req_header(), &table, m, v).await,
+            Endpoint::ModelReady(m, v) => self.model_ready(session.req_header(), &table, m, v).await,
+            Endpoint::Infer(m, v) => self.infer(session, &table, m, v, ctx.start).await,
+            Endpoint::WrongMethod(allowed) => Reply::error(&ApiError::new(
+                405,
+                format!("{} is not allowed on {} (use {allowed})", method, uri.path()),
+            )),
+            Endpoint::Other => unreachable!("handled above"),
+        };
+        self.write(session, reply).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let up = self
+            .default_upstream
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no default upstream"))?;
+        Ok(Box::new(HttpPeer::new(up.authority.as_str(), false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(up) = &self.default_upstream {
+            if !up.base_path.is_empty() {
+                let pq = upstream_request.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let uri: http::Uri = format!("{}{}", up.base_path, pq)
+                    .parse()
+                    .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
+                upstream_request.set_uri(uri);
+            }
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.passthrough {
+            let code = session.response_written().map_or(0, |r| r.status.as_u16());
+            self.metrics.passthrough.with_label_values(&[&code.to_string()]).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_classify() {
+        let get = Method::GET;
+        let post = Method::POST;
+        let cases: Vec<(&Method, &str, Endpoint)> = vec![
+            (&get, "/health", Endpoint::Health),
+            (&get, "/v2", Endpoint::V2Server),
+            (&get, "/v2/health/ready", Endpoint::V2Ready),
+            (&get, "/v2/models/mlp", Endpoint::ModelMetadata("mlp", None)),
+            (&get, "/v2/models/mlp/versions/2", Endpoint::ModelMetadata("mlp", Some("2"))),
+            (&get, "/v2/models/mlp/ready", Endpoint::ModelReady("mlp", None)),
+            (&get, "/v2/models/mlp/versions/3/ready", Endpoint::ModelReady("mlp", Some("3"))),
+            (&post, "/v2/models/mlp/infer", Endpoint::Infer("mlp", None)),
+            (&post, "/v2/models/mlp/versions/1/infer", Endpoint::Infer("mlp", Some("1"))),
+            (&get, "/v2/models/mlp/infer", Endpoint::WrongMethod("POST")),
+            (&post, "/health", Endpoint::WrongMethod("GET")),
+            (&get, "/v2/models/mlp/config", Endpoint::Other),
+            (&get, "/v2/repository/index", Endpoint::Other),
+            (&post, "/v1/models/x:predict", Endpoint::Other),
+            (&get, "/v2/models/", Endpoint::Other),
+            (&get, "/v2/models/mlp/versions/", Endpoint::Other),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(classify(m, p), want, "{m} {p}");
+        }
+    }
+}

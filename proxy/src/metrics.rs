@@ -1,0 +1,146 @@
+//! Prometheus metrics of the data plane. Per-variant handles are resolved when
+//! a routing snapshot is built, so the hot path only bumps atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets from 50 µs to 10 s: proxy overhead and model time alike.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status codes whose counters are resolved ahead of time.
+const COMMON_CODES: [u16; 10] = [200, 400, 404, 413, 422, 500, 502, 503, 504, 499];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    backend_duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub passthrough: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub config_last_reload_successful: IntGauge,
+}
+
+#[derive(Clone)]
+pub struct VariantMetrics {
+    model: String,
+    variant: String,
+    requests: IntCounterVec,
+    by_code: [IntCounter; COMMON_CODES.len()],
+    pub request_duration: Histogram,
+    pub backend_duration: Histogram,
+}
+
+impl VariantMetrics {
+    pub fn count(&self, code: u16) {
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.by_code[i].inc(),
+            None => self
+                .requests
+                .with_label_values(&[&self.model, &self.variant, &code.to_string()])
+                .inc(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Metrics in their own registry (served by the metrics listener).
+    pub fn new_unregistered() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("switchyard_requests_total", "Inference requests answered, by model, variant and HTTP status"),
+            &["model", "variant", "code"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request received to response written, by model and variant",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "variant"],
+        )
+        .expect("valid metric");
+        let backend_duration = HistogramVec::new(
+            HistogramOpts::new("switchyard_backend_request_duration_seconds", "Time spent in the backend call")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "variant"],
+        )
+        .expect("valid metric");
+        let in_flight =
+            IntGauge::new("switchyard_requests_in_flight", "Requests being processed on the data port").expect("valid");
+        let passthrough = IntCounterVec::new(
+            Opts::new(
+                "switchyard_passthrough_requests_total",
+                "Requests proxied unchanged to the listener's default upstream, by status",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let config_generation =
+            IntGauge::new("switchyard_config_generation", "Generation of the routing snapshot in use").expect("valid");
+        let config_last_reload_successful = IntGauge::new(
+            "switchyard_config_last_reload_successful",
+            "1 when the last config load or reload was applied, 0 when it was rejected",
+        )
+        .expect("valid");
+        let build_info = IntGaugeVec::new(
+            Opts::new("switchyard_build_info", "Build information; the value is always 1"),
+            &["version"],
+        )
+        .expect("valid");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(backend_duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(passthrough.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            backend_duration,
+            in_flight,
+            passthrough,
+            config_generation,
+            config_last_reload_successful,
+        }
+    }
+
+    pub fn variant(&self, model: &str, variant: &str) -> VariantMetrics {
+        VariantMetrics {
+            model: model.to_string(),
+            variant: variant.to_string(),
+            requests: self.requests.clone(),
+            by_code: COMMON_CODES.map(|c| self.requests.with_label_values(&[model, variant, &c.to_string()])),
+            request_duration: self.request_duration.with_label_values(&[model, variant]),
+            backend_duration: self.backend_duration.with_label_values(&[model, variant]),
+        }
+    }
+
+    /// Counts a request that never reached a variant (unknown model, bad body...).
+    pub fn count_unrouted(&self, model: &str, code: u16) {
+        self.requests.with_label_values(&[model, "", &code.to_string()]).inc();
+    }
+
+    /// Prometheus text exposition of Switchyard's metrics and the process-wide default registry.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&families, &mut out).expect("encoding to memory");
+        out
+    }
+}

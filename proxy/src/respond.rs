@@ -1,0 +1,102 @@
+//! The one place errors become HTTP statuses: 4xx when the client is at
+//! fault, 503 for overload or unready, 502/504 when the backend failed.
+
+use switchyard_runtime::{BackendError, CodecError};
+
+use crate::routing::RouteError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CodecError> for ApiError {
+    fn from(e: CodecError) -> ApiError {
+        ApiError::new(400, e.to_string())
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> ApiError {
+        match e {
+            RouteError::UnknownModel(_) => ApiError::new(404, e.to_string()),
+            RouteError::UnknownVariant { .. } => ApiError::new(400, e.to_string()),
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> ApiError {
+        let status = match &e {
+            BackendError::Connect { .. } => 502,
+            BackendError::Unavailable(_) => 503,
+            BackendError::Timeout(_) => 504,
+            // The backend's own client errors are the client's to fix: relay them.
+            BackendError::Status { status, .. } if (400..500).contains(status) => *status,
+            BackendError::Status { status, message } => {
+                return ApiError::new(502, format!("backend error (HTTP {status}): {message}"));
+            }
+            BackendError::Protocol(_) => 502,
+            BackendError::InvalidInput(_) => 400,
+            BackendError::NotFound(_) => 404,
+            BackendError::Internal(_) => 500,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn statuses_say_who_failed() {
+        let cases: Vec<(ApiError, u16)> = vec![
+            (CodecError::invalid("x").into(), 400),
+            (RouteError::UnknownModel("m".into()).into(), 404),
+            (
+                BackendError::Connect {
+                    endpoint: "e".into(),
+                    message: "refused".into(),
+                }
+                .into(),
+                502,
+            ),
+            (BackendError::Unavailable("x".into()).into(), 503),
+            (BackendError::Timeout(Duration::from_secs(1)).into(), 504),
+            (
+                BackendError::Status {
+                    status: 404,
+                    message: "no such model".into(),
+                }
+                .into(),
+                404,
+            ),
+            (
+                BackendError::Status {
+                    status: 500,
+                    message: "boom".into(),
+                }
+                .into(),
+                502,
+            ),
+            (BackendError::InvalidInput("x".into()).into(), 400),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status, status, "{e:?}");
+            assert!(!e.message.is_empty());
+        }
+    }
+}
