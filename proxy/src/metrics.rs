@@ -1,6 +1,8 @@
 //! Prometheus metrics of the data plane. Per-variant handles are resolved when
 //! a routing snapshot is built, so the hot path only bumps atomics.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -31,7 +33,8 @@ pub struct VariantMetrics {
     model: String,
     variant: String,
     requests: IntCounterVec,
-    by_code: [IntCounter; COMMON_CODES.len()],
+    /// Resolved on first use, so unused codes export no series.
+    by_code: Arc<[OnceLock<IntCounter>; COMMON_CODES.len()]>,
     pub request_duration: Histogram,
     pub backend_duration: Histogram,
 }
@@ -39,7 +42,12 @@ pub struct VariantMetrics {
 impl VariantMetrics {
     pub fn count(&self, code: u16) {
         match COMMON_CODES.iter().position(|c| *c == code) {
-            Some(i) => self.by_code[i].inc(),
+            Some(i) => self.by_code[i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[&self.model, &self.variant, &code.to_string()])
+                })
+                .inc(),
             None => self
                 .requests
                 .with_label_values(&[&self.model, &self.variant, &code.to_string()])
@@ -124,7 +132,7 @@ impl Metrics {
             model: model.to_string(),
             variant: variant.to_string(),
             requests: self.requests.clone(),
-            by_code: COMMON_CODES.map(|c| self.requests.with_label_values(&[model, variant, &c.to_string()])),
+            by_code: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             request_duration: self.request_duration.with_label_values(&[model, variant]),
             backend_duration: self.backend_duration.with_label_values(&[model, variant]),
         }
