@@ -1,6 +1,7 @@
 //! Backends: where an inference actually runs. Every backend speaks the tensor
 //! model, so routing, batching and caching never depend on which one it is.
 
+pub mod onnx;
 pub mod v2_http;
 
 use std::collections::BTreeMap;
@@ -42,11 +43,17 @@ pub type Backends = BTreeMap<Arc<str>, Arc<dyn Backend>>;
 /// Builds every configured backend; ONNX models are loaded and warmed before this returns.
 pub async fn build_backends(cfg: &ValidatedConfig) -> Result<Backends, String> {
     let mut out: Backends = BTreeMap::new();
+    // Loaded on the first onnx backend: configs without one never need the library.
+    let mut onnx_shared: Option<onnx::OnnxShared> = None;
     for (name, b) in &cfg.backends {
         let backend: Arc<dyn Backend> = match b {
             BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c)),
-            BackendConfig::Onnx(_) => {
-                return Err(format!("backend `{name}`: the onnx backend is not built in yet"));
+            BackendConfig::Onnx(c) => {
+                let shared = match &onnx_shared {
+                    Some(s) => s,
+                    None => onnx_shared.insert(onnx::OnnxShared::new(&cfg.runtime).map_err(|e| format!("backend `{name}`: {e}"))?),
+                };
+                Arc::new(onnx::OnnxBackend::start(name, c, shared).await?)
             }
         };
         out.insert(name.clone(), backend);

@@ -1,0 +1,192 @@
+//! The embedded ONNX Runtime backend (`kind: onnx`): serves a Triton-style
+//! model repository with `ort` (library loaded at run time), runs sessions on a
+//! dedicated thread pool, and hot-loads versions as the repository changes.
+//!
+//! **Architecture Invariant:** no ONNX Runtime call runs on a tokio worker:
+//! inference runs on the [`pool::Pool`] threads, loading on `spawn_blocking`.
+
+pub mod convert;
+pub mod library;
+pub mod model;
+pub mod pool;
+pub mod repository;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use switchyard_config::{OnnxBackend as Config, OnnxRuntime};
+
+use self::library::Library;
+use self::model::{LoadedVersion, SessionSettings};
+use self::pool::Pool;
+use self::repository::{LoadFailure, Repository};
+use super::{Backend, ModelTarget};
+use crate::error::BackendError;
+use crate::tensor::{InferRequest, InferResponse, ModelMetadata};
+
+/// V2 `platform` of every model this backend serves.
+pub const PLATFORM: &str = "onnxruntime_onnx";
+
+/// What every ONNX backend of a process shares: the library and the execution pool.
+#[derive(Clone)]
+pub struct OnnxShared {
+    pub library: Library,
+    pub pool: Arc<Pool>,
+    pub runtime: OnnxRuntime,
+}
+
+impl OnnxShared {
+    /// Loads the ONNX Runtime library (once per process) and starts the pool.
+    pub fn new(runtime: &OnnxRuntime) -> Result<OnnxShared, String> {
+        let library = library::load(runtime)?;
+        library::check_provider(&library, runtime.execution_provider)?;
+        Ok(OnnxShared {
+            library,
+            pool: Arc::new(Pool::new(runtime.pool_threads.get())?),
+            runtime: runtime.clone(),
+        })
+    }
+}
+
+pub struct OnnxBackend {
+    repo: Arc<Repository>,
+    pool: Arc<Pool>,
+}
+
+impl OnnxBackend {
+    /// Loads and warms up every version the policy selects, then starts watching
+    /// the repository. Fails when a model named in `models` has no loadable version.
+    /// Must run inside a tokio runtime that outlives the backend (the watcher is spawned on it).
+    pub async fn start(name: &str, cfg: &Config, shared: &OnnxShared) -> Result<OnnxBackend, String> {
+        let settings = SessionSettings {
+            library: shared.library.clone(),
+            intra_op_threads: shared.runtime.intra_op_threads.get(),
+            provider: shared.runtime.execution_provider,
+            instances: cfg.instances.get(),
+            warmup: cfg.warmup,
+        };
+        let repo = Arc::new(Repository::new(Arc::from(name), cfg.clone(), settings));
+        let r = repo.clone();
+        tokio::task::spawn_blocking(move || r.rescan())
+            .await
+            .map_err(|e| format!("backend `{name}`: loading the model repository failed: {e}"))?;
+        let snapshot = repo.snapshot();
+        let failures = repo.failures();
+        for m in &cfg.models {
+            if !snapshot.contains_key(m.as_str()) {
+                let why: Vec<String> = failures
+                    .iter()
+                    .filter(|f| &f.model == m)
+                    .map(|f| format!("version {}: {}", f.version, f.error))
+                    .collect();
+                return Err(format!(
+                    "backend `{name}`: model `{m}` has no loadable version in {} ({})",
+                    cfg.repository.display(),
+                    if why.is_empty() {
+                        "no MODEL/VERSION/model.onnx matches the version policy".to_owned()
+                    } else {
+                        why.join("; ")
+                    }
+                ));
+            }
+        }
+        drop(snapshot);
+        repository::spawn_watcher(&repo);
+        Ok(OnnxBackend {
+            repo,
+            pool: shared.pool.clone(),
+        })
+    }
+
+    /// Loaded versions of `model`, ascending (empty when it is not loaded).
+    pub fn versions(&self, model: &str) -> Vec<u64> {
+        self.repo
+            .snapshot()
+            .get(model)
+            .map(|e| e.versions.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Versions that failed to load (until their file changes): for status and tests.
+    pub fn load_failures(&self) -> Vec<LoadFailure> {
+        self.repo.failures()
+    }
+
+    /// Rescans the repository now (the watcher does this on its own).
+    pub async fn rescan(&self) {
+        let r = self.repo.clone();
+        let _ = tokio::task::spawn_blocking(move || r.rescan()).await;
+    }
+
+    fn resolve(&self, target: &ModelTarget) -> Result<Arc<LoadedVersion>, BackendError> {
+        let snapshot = self.repo.snapshot();
+        let Some(entry) = snapshot.get(&*target.name) else {
+            let mut loaded: Vec<&str> = snapshot.keys().map(|k| &**k).collect();
+            loaded.sort_unstable();
+            return Err(BackendError::NotFound(format!(
+                "model '{}' is not loaded (loaded: {})",
+                target.name,
+                loaded.join(", ")
+            )));
+        };
+        let found = match &target.version {
+            None => entry.versions.last_key_value().map(|(_, v)| v),
+            Some(v) => v.parse::<u64>().ok().and_then(|v| entry.versions.get(&v)),
+        };
+        found.cloned().ok_or_else(|| {
+            let loaded: Vec<String> = entry.versions.keys().map(u64::to_string).collect();
+            BackendError::NotFound(format!(
+                "model '{}' version '{}' is not loaded (loaded: {})",
+                target.name,
+                target.version.as_deref().unwrap_or("latest"),
+                loaded.join(", ")
+            ))
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for OnnxBackend {
+    fn kind(&self) -> &'static str {
+        "onnx"
+    }
+
+    async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
+        let lv = self.resolve(target)?;
+        lv.validate(&req)?;
+        let id = req.id.clone();
+        let model_version = Some(lv.label.to_string());
+        let outputs = self.pool.run(move || lv.run(&req)).await??;
+        Ok(InferResponse {
+            model_name: target.name.to_string(),
+            model_version,
+            id,
+            parameters: Default::default(),
+            outputs,
+        })
+    }
+
+    async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError> {
+        let lv = self.resolve(target)?;
+        let md = ModelMetadata {
+            name: target.name.to_string(),
+            versions: self.versions(&target.name).iter().map(u64::to_string).collect(),
+            platform: PLATFORM.to_owned(),
+            inputs: lv.inputs.iter().map(|i| i.spec()).collect(),
+            outputs: lv.outputs.iter().map(|o| o.spec()).collect(),
+        };
+        serde_json::to_value(md).map_err(|e| BackendError::Internal(e.to_string()))
+    }
+
+    async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError> {
+        Ok(self.resolve(target).is_ok())
+    }
+
+    async fn ready(&self) -> bool {
+        let snapshot = self.repo.snapshot();
+        self.repo.cfg.models.iter().all(|m| snapshot.contains_key(m.as_str()))
+    }
+}
