@@ -12,7 +12,11 @@ use switchyard_control::ConfigSource;
 use switchyard_proxy::{Metrics, RoutingTable};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "A data plane for model serving: routes, batches, caches and A/B-splits inference requests")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A data plane for model serving: routes, batches, caches and A/B-splits inference requests"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,8 +43,9 @@ enum Format {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -83,12 +88,15 @@ fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the background runtime")?;
-    let backends = background
-        .block_on(switchyard_runtime::backend::build_backends(&cfg))
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let backends =
+        background.block_on(switchyard_runtime::backend::build_backends(&cfg)).map_err(|e| anyhow::anyhow!(e))?;
 
     let metrics = Metrics::new_unregistered();
-    let table = RoutingTable::build(&cfg, &backends, &metrics, generation.number).map_err(|e| anyhow::anyhow!(e))?;
+    let table = {
+        // Batch schedulers live on the background runtime.
+        let _rt = background.enter();
+        RoutingTable::build(&cfg, &backends, &metrics, generation.number).map_err(|e| anyhow::anyhow!(e))?
+    };
     metrics.config_generation.set(generation.number as i64);
     metrics.config_last_reload_successful.set(1);
     let table = Arc::new(arc_swap::ArcSwap::from_pointee(table));

@@ -205,7 +205,36 @@ pub struct VariantConfig {
     /// Model version sent to the backend; `None` keeps the client's.
     pub version: Option<Arc<str>>,
     pub weight: f64,
+    pub batching: Option<BatchingConfig>,
 }
+
+/// Dynamic batching of one variant (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchingConfig {
+    /// Most rows (first-dimension entries) merged into one backend call.
+    pub max_batch_size: NonZeroUsize,
+    /// Longest a request waits for companions before its batch is sent.
+    pub max_queue_delay: Duration,
+    /// Batch sizes sent as soon as they can be formed (ascending).
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests queued at once; more are rejected at once with 503.
+    pub max_queue_size: usize,
+    /// Deadline of a queued request that names none (`timeout` parameter, µs).
+    pub default_timeout: Option<Duration>,
+    /// Priority levels; level 1 is served first.
+    pub priority_levels: NonZeroUsize,
+    /// Level of requests that name none (1-based).
+    pub default_priority: usize,
+    /// Size the wait from the observed arrival rate (within `max_queue_delay`).
+    pub adaptive: bool,
+    /// Batches of this queue running at once.
+    pub max_concurrent_batches: NonZeroUsize,
+}
+
+/// Longest wait for a batch to fill when not given.
+pub const DEFAULT_MAX_QUEUE_DELAY: Duration = Duration::from_millis(1);
+/// Requests a batch queue holds before it rejects.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq)]

@@ -155,6 +155,23 @@ pub struct RawVariant {
     pub version: Option<S<serde_saphyr_scalar::Scalar>>,
     #[serde(default = "default_weight")]
     pub weight: S<f64>,
+    /// Dynamic batching of this variant's requests.
+    pub batching: Option<S<RawBatching>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatching {
+    pub max_batch_size: S<u64>,
+    pub max_queue_delay: Option<S<String>>,
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<u64>,
+    pub max_queue_size: Option<S<u64>>,
+    pub default_timeout: Option<S<String>>,
+    pub priority_levels: Option<S<u64>>,
+    pub default_priority: Option<S<u64>>,
+    pub adaptive: Option<bool>,
+    pub max_concurrent_batches: Option<S<u64>>,
 }
 
 fn default_weight() -> S<f64> {
@@ -171,5 +188,4 @@ pub mod serde_saphyr_scalar {
         Int(u64),
         Str(String),
     }
-
 }

@@ -17,12 +17,7 @@ struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn at(&mut self, path: impl Into<String>, loc: &Location, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            line: loc.line(),
-            column: loc.column(),
-            message: message.into(),
-        });
+        self.0.push(FieldError { path: path.into(), line: loc.line(), column: loc.column(), message: message.into() });
     }
 }
 
@@ -38,12 +33,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError
             let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
             ConfigError {
                 source_name: "<config>".into(),
-                errors: vec![FieldError {
-                    path: "<yaml>".into(),
-                    line,
-                    column,
-                    message: first_line(&e.to_string()),
-                }],
+                errors: vec![FieldError { path: "<yaml>".into(), line, column, message: first_line(&e.to_string()) }],
             }
         })?
     };
@@ -53,10 +43,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError
         Ok(cfg)
     } else {
         errs.0.sort_by_key(|e| (e.line, e.column));
-        Err(ConfigError {
-            source_name: "<config>".into(),
-            errors: errs.0,
-        })
+        Err(ConfigError { source_name: "<config>".into(), errors: errs.0 })
     }
 }
 
@@ -165,17 +152,12 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, String> {
     if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
         return Err(format!("`{url}` has no valid host:port"));
     }
-    Ok(Upstream {
-        authority: authority.to_string(),
-        base_path: path.trim_end_matches('/').to_string(),
-    })
+    Ok(Upstream { authority: authority.to_string(), base_path: path.trim_end_matches('/').to_string() })
 }
 
 fn header_name(errs: &mut Errors, path: &str, s: &Spanned<String>) -> String {
     let v = s.value.trim().to_ascii_lowercase();
-    let ok = !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !ok {
         errs.at(path, loc(s), format!("`{}` is not a valid HTTP header name", s.value));
     }
@@ -184,11 +166,10 @@ fn header_name(errs: &mut Errors, path: &str, s: &Spanned<String>) -> String {
 
 fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig {
     let http_raw = raw.listeners.http.unwrap_or_default();
-    let default_upstream = http_raw.default_upstream.as_ref().and_then(|u| {
-        parse_upstream(&u.value)
-            .map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m))
-            .ok()
-    });
+    let default_upstream = http_raw
+        .default_upstream
+        .as_ref()
+        .and_then(|u| parse_upstream(&u.value).map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let http = HttpListener {
         address: address(errs, "listeners.http.address", &http_raw.address, DEFAULT_HTTP_ADDRESS),
@@ -234,11 +215,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         ),
     };
 
-    let default_sticky = raw
-        .routing
-        .sticky_header
-        .as_ref()
-        .map(|s| header_name(errs, "routing.sticky_header", s));
+    let default_sticky = raw.routing.sticky_header.as_ref().map(|s| header_name(errs, "routing.sticky_header", s));
     let routing = Routing {
         override_header: raw
             .routing
@@ -257,9 +234,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         intra_op_threads: positive(errs, "runtime.onnx.intra_op_threads", &onnx.intra_op_threads, 1),
         execution_provider: match onnx.execution_provider.as_ref().map(|s| (s.value.as_str(), s)) {
             None | Some(("cpu", _)) => ExecutionProvider::Cpu,
-            Some(("cuda", _)) => ExecutionProvider::Cuda {
-                device: onnx.cuda_device.unwrap_or(0),
-            },
+            Some(("cuda", _)) => ExecutionProvider::Cuda { device: onnx.cuda_device.unwrap_or(0) },
             Some((other, s)) => {
                 errs.at(
                     "runtime.onnx.execution_provider",
@@ -350,42 +325,83 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
                 name: Arc::from(v.name.value.as_str()),
                 backend: Arc::from(v.backend.value.as_str()),
                 model: v.model.as_ref().map(|m| Arc::from(m.value.as_str())),
-                version: v
-                    .version
-                    .as_ref()
-                    .map(|s| Arc::from(serde_saphyr_scalar_string(&s.value).as_str())),
+                version: v.version.as_ref().map(|s| Arc::from(serde_saphyr_scalar_string(&s.value).as_str())),
                 weight: w,
+                batching: v.batching.as_ref().map(|b| batching(errs, &format!("{vp}.batching"), b)),
             });
         }
         if !vs.value.is_empty() && sum <= 0.0 {
-            errs.at(
-                format!("{path}.variants"),
-                loc(vs),
-                "variant weights must have a positive sum",
-            );
+            errs.at(format!("{path}.variants"), loc(vs), "variant weights must have a positive sum");
         }
         models.insert(
             Arc::<str>::from(name.as_str()),
-            ModelConfig {
-                name: Arc::from(name.as_str()),
-                sticky_header,
-                variants,
-            },
+            ModelConfig { name: Arc::from(name.as_str()), sticky_header, variants },
         );
     }
 
     ValidatedConfig {
-        listeners: Listeners {
-            http,
-            metrics,
-            control,
-        },
+        listeners: Listeners { http, metrics, control },
         limits,
         routing,
         runtime,
         logging,
         backends,
         models,
+    }
+}
+
+fn batching(errs: &mut Errors, path: &str, b: &Spanned<RawBatching>) -> BatchingConfig {
+    let r = &b.value;
+    let max_batch_size = match NonZeroUsize::new(r.max_batch_size.value as usize) {
+        Some(n) => n,
+        None => {
+            errs.at(format!("{path}.max_batch_size"), loc(&r.max_batch_size), "must be at least 1");
+            NonZeroUsize::MIN
+        }
+    };
+    let mut preferred: Vec<usize> = r.preferred_batch_sizes.iter().map(|n| *n as usize).collect();
+    preferred.sort_unstable();
+    preferred.dedup();
+    if let Some(bad) = preferred.iter().find(|p| **p == 0 || **p > max_batch_size.get()) {
+        errs.at(
+            format!("{path}.preferred_batch_sizes"),
+            loc(b),
+            format!("preferred batch size {bad} must be between 1 and max_batch_size ({max_batch_size})"),
+        );
+    }
+    let priority_levels = positive(errs, &format!("{path}.priority_levels"), &r.priority_levels, 1);
+    let default_priority = match &r.default_priority {
+        None => 1,
+        Some(p) if p.value == 0 || p.value as usize > priority_levels.get() => {
+            errs.at(
+                format!("{path}.default_priority"),
+                loc(p),
+                format!("must be between 1 and priority_levels ({priority_levels})"),
+            );
+            1
+        }
+        Some(p) => p.value as usize,
+    };
+    BatchingConfig {
+        max_batch_size,
+        max_queue_delay: duration(
+            errs,
+            &format!("{path}.max_queue_delay"),
+            &r.max_queue_delay,
+            DEFAULT_MAX_QUEUE_DELAY,
+            true,
+        ),
+        preferred_batch_sizes: preferred,
+        max_queue_size: positive(errs, &format!("{path}.max_queue_size"), &r.max_queue_size, DEFAULT_MAX_QUEUE_SIZE)
+            .get(),
+        default_timeout: r
+            .default_timeout
+            .as_ref()
+            .map(|_| duration(errs, &format!("{path}.default_timeout"), &r.default_timeout, Duration::ZERO, false)),
+        priority_levels,
+        default_priority,
+        adaptive: r.adaptive.unwrap_or(false),
+        max_concurrent_batches: positive(errs, &format!("{path}.max_concurrent_batches"), &r.max_concurrent_batches, 1),
     }
 }
 
@@ -463,7 +479,11 @@ fn backend(
             only(errs, "binary", r.binary.is_some(), "onnx");
             only(errs, "pool_size", r.pool_size.is_some(), "onnx");
             let Some(repo) = &r.repository else {
-                errs.at(format!("{path}.repository"), loc(b), "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx)");
+                errs.at(
+                    format!("{path}.repository"),
+                    loc(b),
+                    "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx)",
+                );
                 return None;
             };
             let repository = base_dir.join(&repo.value);

@@ -23,10 +23,7 @@ pub struct ConfigSource {
 
 impl ConfigSource {
     pub fn new(path: &Path) -> ConfigSource {
-        ConfigSource {
-            path: path.to_path_buf(),
-            next: AtomicU64::new(1),
-        }
+        ConfigSource { path: path.to_path_buf(), next: AtomicU64::new(1) }
     }
 
     pub fn path(&self) -> &Path {
@@ -38,9 +35,6 @@ impl ConfigSource {
         let config = ValidatedConfig::load(&self.path)?;
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         tracing::info!(generation = number, path = %self.path.display(), "config loaded");
-        Ok(Generation {
-            number,
-            config: Arc::new(config),
-        })
+        Ok(Generation { number, config: Arc::new(config) })
     }
 }

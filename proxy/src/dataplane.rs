@@ -23,6 +23,9 @@ use crate::routing::{RoutingTable, Selection};
 
 pub const VARIANT_HEADER: &str = "x-switchyard-variant";
 pub const OVERHEAD_HEADER: &str = "x-switchyard-overhead-us";
+pub const BATCH_SIZE_HEADER: &str = "x-switchyard-batch-size";
+/// nginx's "client closed request": counted, never written.
+const CLIENT_CLOSED: u16 = 499;
 
 /// What a request path asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -115,14 +118,11 @@ struct OutputPrefs {
 
 impl OutputPrefs {
     fn binary(&self, name: &str) -> bool {
-        self.outputs
-            .iter()
-            .find(|o| o.name == name)
-            .and_then(|o| o.binary)
-            .unwrap_or(self.default_binary)
+        self.outputs.iter().find(|o| o.name == name).and_then(|o| o.binary).unwrap_or(self.default_binary)
     }
 }
 
+#[derive(Default)]
 struct Reply {
     status: u16,
     body: Bytes,
@@ -130,18 +130,13 @@ struct Reply {
     header_len: Option<usize>,
     variant: Option<HeaderValue>,
     overhead_us: Option<u64>,
+    batch_rows: Option<usize>,
+    retry_after: Option<u32>,
 }
 
 impl Reply {
     fn json(status: u16, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            body: Bytes::from(body),
-            content_type: "application/json",
-            header_len: None,
-            variant: None,
-            overhead_us: None,
-        }
+        Reply { status, body: Bytes::from(body), content_type: "application/json", ..Reply::default() }
     }
 
     fn error(e: &ApiError) -> Reply {
@@ -149,9 +144,8 @@ impl Reply {
             status: e.status,
             body: v2::error_body(&e.message),
             content_type: "application/json",
-            header_len: None,
-            variant: None,
-            overhead_us: None,
+            retry_after: e.retry_after,
+            ..Reply::default()
         }
     }
 }
@@ -225,11 +219,7 @@ impl DataPlane {
     ) -> std::result::Result<Selection<'t>, ApiError> {
         let route = table.route(model)?;
         let override_v = req.headers.get(&table.override_header).map(|v| v.as_bytes());
-        let sticky = route
-            .sticky_header
-            .as_ref()
-            .and_then(|h| req.headers.get(h))
-            .map(|v| v.as_bytes());
+        let sticky = route.sticky_header.as_ref().and_then(|h| req.headers.get(h)).map(|v| v.as_bytes());
         Ok(route.select(model, version, override_v, sticky)?)
     }
 
@@ -250,20 +240,37 @@ impl DataPlane {
         };
         let variant = sel.variant;
         let mut backend_time = std::time::Duration::ZERO;
+        let mut batch_rows = None;
         let result: std::result::Result<Reply, ApiError> = async {
             let header_len = header_len(session.req_header())?;
             let body = read_body(session, &self.limits).await?;
             let req = v2::decode_request(&body, header_len)?;
             drop(body);
-            let prefs = OutputPrefs {
-                outputs: req.outputs.clone(),
-                default_binary: req.binary_output,
-            };
+            let prefs = OutputPrefs { outputs: req.outputs.clone(), default_binary: req.binary_output };
             let id = req.id.clone();
             let t0 = Instant::now();
-            let result = variant.backend.infer(&sel.target, req).await;
+            let call = async {
+                match &variant.batcher {
+                    Some(b) if b.target == sel.target => {
+                        b.submit(req).await.map(|(r, rows)| (r, Some(rows))).map_err(ApiError::from)
+                    }
+                    _ => variant.backend.infer(&sel.target, req).await.map(|r| (r, None)).map_err(ApiError::from),
+                }
+            };
+            // A client that hangs up stops the wait: its queued work is dropped
+            // and an unbatched backend call is cancelled.
+            session.set_abort_on_close(true);
+            tokio::pin!(call);
+            let result = tokio::select! {
+                r = &mut call => r,
+                idle = session.read_body_or_idle(true) => match idle {
+                    Err(_) => Err(ApiError::new(CLIENT_CLOSED, "client closed the connection")),
+                    Ok(_) => call.await,
+                },
+            };
             backend_time = t0.elapsed();
-            let mut resp = result?;
+            let (mut resp, rows) = result?;
+            batch_rows = rows;
             resp.model_name = model.to_string();
             if id.is_some() {
                 resp.id = id;
@@ -271,20 +278,16 @@ impl DataPlane {
             let enc = v2::encode_response(&resp, |n| prefs.binary(n));
             Ok(Reply {
                 status: 200,
-                content_type: if enc.header_len.is_some() {
-                    "application/octet-stream"
-                } else {
-                    "application/json"
-                },
+                content_type: if enc.header_len.is_some() { "application/octet-stream" } else { "application/json" },
                 header_len: enc.header_len,
                 body: enc.body,
-                variant: None,
-                overhead_us: None,
+                ..Reply::default()
             })
         }
         .await;
         let mut reply = result.unwrap_or_else(|e| Reply::error(&e));
         reply.variant = Some(variant.header_value.clone());
+        reply.batch_rows = batch_rows;
         let total = start.elapsed();
         reply.overhead_us = Some(total.saturating_sub(backend_time).as_micros() as u64);
         variant.metrics.count(reply.status);
@@ -295,7 +298,13 @@ impl DataPlane {
         reply
     }
 
-    async fn model_metadata(&self, req: &RequestHeader, table: &RoutingTable, model: &str, version: Option<&str>) -> Reply {
+    async fn model_metadata(
+        &self,
+        req: &RequestHeader,
+        table: &RoutingTable,
+        model: &str,
+        version: Option<&str>,
+    ) -> Reply {
         let sel = match self.select(table, req, model, version) {
             Ok(s) => s,
             Err(e) => return Reply::error(&e),
@@ -314,7 +323,13 @@ impl DataPlane {
         reply
     }
 
-    async fn model_ready(&self, req: &RequestHeader, table: &RoutingTable, model: &str, version: Option<&str>) -> Reply {
+    async fn model_ready(
+        &self,
+        req: &RequestHeader,
+        table: &RoutingTable,
+        model: &str,
+        version: Option<&str>,
+    ) -> Reply {
         let sel = match self.select(table, req, model, version) {
             Ok(s) => s,
             Err(e) => return Reply::error(&e),
@@ -366,14 +381,14 @@ impl DataPlane {
                 Reply::json(200, br#"{"status":"ready"}"#.to_vec())
             }
         } else {
-            Reply::error(&ApiError::new(
-                503,
-                format!("no ready backend for model(s): {}", unready.join(", ")),
-            ))
+            Reply::error(&ApiError::new(503, format!("no ready backend for model(s): {}", unready.join(", "))))
         }
     }
 
     async fn write(&self, session: &mut Session, reply: Reply) -> Result<()> {
+        if reply.status == CLIENT_CLOSED {
+            return Ok(());
+        }
         let mut h = ResponseHeader::build(reply.status, Some(6))?;
         h.insert_header(http::header::CONTENT_TYPE, reply.content_type)?;
         h.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
@@ -385,6 +400,12 @@ impl DataPlane {
         }
         if let Some(us) = reply.overhead_us {
             h.insert_header(OVERHEAD_HEADER, us)?;
+        }
+        if let Some(rows) = reply.batch_rows {
+            h.insert_header(BATCH_SIZE_HEADER, rows)?;
+        }
+        if let Some(secs) = reply.retry_after {
+            h.insert_header(http::header::RETRY_AFTER, secs)?;
         }
         let head_only = session.req_header().method == Method::HEAD;
         session.write_response_header(Box::new(h), head_only).await?;
@@ -400,10 +421,7 @@ impl ProxyHttp for DataPlane {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            passthrough: false,
-        }
+        Ctx { start: Instant::now(), passthrough: false }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

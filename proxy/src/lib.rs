@@ -2,6 +2,7 @@
 //! routing and A/B selection over a swappable snapshot, and metrics.
 
 pub mod admin;
+pub mod batch;
 pub mod dataplane;
 pub mod metrics;
 pub mod respond;

@@ -9,9 +9,8 @@ use prometheus::{
 };
 
 /// Latency buckets from 50 µs to 10 s: proxy overhead and model time alike.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Status codes whose counters are resolved ahead of time.
 const COMMON_CODES: [u16; 10] = [200, 400, 404, 413, 422, 500, 502, 503, 504, 499];
@@ -26,6 +25,23 @@ pub struct Metrics {
     pub passthrough: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_last_reload_successful: IntGauge,
+    batch_size: HistogramVec,
+    batch_queue_time: HistogramVec,
+    batch_execution_time: HistogramVec,
+    batch_queue_depth: IntGaugeVec,
+    batch_rejections: IntCounterVec,
+}
+
+/// Metric handles of one batch queue.
+#[derive(Clone)]
+pub struct BatchMetrics {
+    pub batch_size: Histogram,
+    pub queue_time: Histogram,
+    pub execution_time: Histogram,
+    pub queue_depth: IntGauge,
+    pub rejected_full: IntCounter,
+    pub rejected_timeout: IntCounter,
+    pub rejected_cancelled: IntCounter,
 }
 
 #[derive(Clone)]
@@ -43,15 +59,9 @@ impl VariantMetrics {
     pub fn count(&self, code: u16) {
         match COMMON_CODES.iter().position(|c| *c == code) {
             Some(i) => self.by_code[i]
-                .get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[&self.model, &self.variant, &code.to_string()])
-                })
+                .get_or_init(|| self.requests.with_label_values(&[&self.model, &self.variant, &code.to_string()]))
                 .inc(),
-            None => self
-                .requests
-                .with_label_values(&[&self.model, &self.variant, &code.to_string()])
-                .inc(),
+            None => self.requests.with_label_values(&[&self.model, &self.variant, &code.to_string()]).inc(),
         }
     }
 }
@@ -103,6 +113,38 @@ impl Metrics {
         )
         .expect("valid");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let batch_labels = &["model", "version", "backend"];
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("switchyard_batch_size", "Rows per batch sent to the backend")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            batch_labels,
+        )
+        .expect("valid metric");
+        let batch_queue_time = HistogramVec::new(
+            HistogramOpts::new("switchyard_batch_queue_seconds", "Time a request waited in the batch queue")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            batch_labels,
+        )
+        .expect("valid metric");
+        let batch_execution_time = HistogramVec::new(
+            HistogramOpts::new("switchyard_batch_execution_seconds", "Backend time of one batch")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            batch_labels,
+        )
+        .expect("valid metric");
+        let batch_queue_depth = IntGaugeVec::new(
+            Opts::new("switchyard_batch_queue_depth", "Requests waiting in the batch queue"),
+            batch_labels,
+        )
+        .expect("valid metric");
+        let batch_rejections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_batch_rejections_total",
+                "Requests that left the batch queue without a backend answer, by reason",
+            ),
+            &["model", "version", "backend", "reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -112,6 +154,11 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(config_last_reload_successful.clone()),
             Box::new(build_info),
+            Box::new(batch_size.clone()),
+            Box::new(batch_queue_time.clone()),
+            Box::new(batch_execution_time.clone()),
+            Box::new(batch_queue_depth.clone()),
+            Box::new(batch_rejections.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -124,6 +171,25 @@ impl Metrics {
             passthrough,
             config_generation,
             config_last_reload_successful,
+            batch_size,
+            batch_queue_time,
+            batch_execution_time,
+            batch_queue_depth,
+            batch_rejections,
+        }
+    }
+
+    pub fn batch(&self, model: &str, version: &str, backend: &str) -> BatchMetrics {
+        let l = [model, version, backend];
+        let reason = |r: &str| self.batch_rejections.with_label_values(&[model, version, backend, r]);
+        BatchMetrics {
+            batch_size: self.batch_size.with_label_values(&l),
+            queue_time: self.batch_queue_time.with_label_values(&l),
+            execution_time: self.batch_execution_time.with_label_values(&l),
+            queue_depth: self.batch_queue_depth.with_label_values(&l),
+            rejected_full: reason("queue_full"),
+            rejected_timeout: reason("timeout"),
+            rejected_cancelled: reason("cancelled"),
         }
     }
 

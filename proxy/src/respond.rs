@@ -3,19 +3,31 @@
 
 use switchyard_runtime::{BackendError, CodecError};
 
+use crate::batch::BatchError;
 use crate::routing::RouteError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// Seconds for a `Retry-After` header (overload).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
+        ApiError { status, message: message.into(), retry_after: None }
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> ApiError {
+        match e {
+            BatchError::QueueFull { .. } => ApiError { retry_after: Some(1), ..ApiError::new(503, e.to_string()) },
+            BatchError::Expired { .. } => ApiError::new(504, e.to_string()),
+            BatchError::BadParameter(_) => ApiError::new(400, e.to_string()),
+            BatchError::Closed => ApiError::new(503, e.to_string()),
+            BatchError::Backend(b) => b.into(),
         }
     }
 }
@@ -66,32 +78,11 @@ mod tests {
         let cases: Vec<(ApiError, u16)> = vec![
             (CodecError::invalid("x").into(), 400),
             (RouteError::UnknownModel("m".into()).into(), 404),
-            (
-                BackendError::Connect {
-                    endpoint: "e".into(),
-                    message: "refused".into(),
-                }
-                .into(),
-                502,
-            ),
+            (BackendError::Connect { endpoint: "e".into(), message: "refused".into() }.into(), 502),
             (BackendError::Unavailable("x".into()).into(), 503),
             (BackendError::Timeout(Duration::from_secs(1)).into(), 504),
-            (
-                BackendError::Status {
-                    status: 404,
-                    message: "no such model".into(),
-                }
-                .into(),
-                404,
-            ),
-            (
-                BackendError::Status {
-                    status: 500,
-                    message: "boom".into(),
-                }
-                .into(),
-                502,
-            ),
+            (BackendError::Status { status: 404, message: "no such model".into() }.into(), 404),
+            (BackendError::Status { status: 500, message: "boom".into() }.into(), 502),
             (BackendError::InvalidInput("x".into()).into(), 400),
         ];
         for (e, status) in cases {

@@ -12,6 +12,7 @@ use switchyard_config::ValidatedConfig;
 use switchyard_runtime::{Backend, Backends, ModelTarget};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::batch::Batcher;
 use crate::metrics::{Metrics, VariantMetrics};
 
 /// The catch-all route's model name.
@@ -32,6 +33,8 @@ pub struct Variant {
     /// Pre-built `x-switchyard-variant` value.
     pub header_value: HeaderValue,
     pub metrics: VariantMetrics,
+    /// The batch queue of this variant's (backend, model, version), when batching is on.
+    pub batcher: Option<Arc<Batcher>>,
 }
 
 pub struct Route {
@@ -127,22 +130,17 @@ impl Route {
         sticky: Option<&[u8]>,
     ) -> Result<Selection<'a>, RouteError> {
         let idx = if let Some(want) = override_variant {
-            self.variants
-                .iter()
-                .position(|v| v.name.as_bytes() == want)
-                .ok_or_else(|| RouteError::UnknownVariant {
-                    model: model.to_string(),
-                    variant: String::from_utf8_lossy(want).into_owned(),
-                    known: self.variants.iter().map(|v| v.name.as_ref()).collect::<Vec<_>>().join(", "),
-                })?
+            self.variants.iter().position(|v| v.name.as_bytes() == want).ok_or_else(|| RouteError::UnknownVariant {
+                model: model.to_string(),
+                variant: String::from_utf8_lossy(want).into_owned(),
+                known: self.variants.iter().map(|v| v.name.as_ref()).collect::<Vec<_>>().join(", "),
+            })?
         } else {
             let u = self.point(sticky);
             let by_version = version.filter(|v| self.variants.iter().any(|x| x.version.as_deref() == Some(*v)));
             match by_version {
-                Some(v) => self.walk(
-                    u,
-                    (0..self.variants.len()).filter(move |&i| self.variants[i].version.as_deref() == Some(v)),
-                ),
+                Some(v) => self
+                    .walk(u, (0..self.variants.len()).filter(move |&i| self.variants[i].version.as_deref() == Some(v))),
                 None => self.walk(u, 0..self.variants.len()),
             }
             .expect("validated routes have variants")
@@ -150,10 +148,7 @@ impl Route {
         let variant = &self.variants[idx];
         let target = match (&self.targets[idx], version) {
             (Some(t), None) => t.clone(),
-            (Some(t), Some(v)) => ModelTarget {
-                name: t.name.clone(),
-                version: Some(Arc::from(v)),
-            },
+            (Some(t), Some(v)) => ModelTarget { name: t.name.clone(), version: Some(Arc::from(v)) },
             (None, v) => ModelTarget {
                 name: variant.model.clone().unwrap_or_else(|| Arc::from(model)),
                 version: v.map(Arc::from).or_else(|| variant.version.clone()),
@@ -171,8 +166,16 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    pub fn build(cfg: &ValidatedConfig, backends: &Backends, metrics: &Metrics, generation: u64) -> Result<RoutingTable, String> {
+    /// Builds a snapshot; batch schedulers are spawned on the current tokio runtime.
+    pub fn build(
+        cfg: &ValidatedConfig,
+        backends: &Backends,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Result<RoutingTable, String> {
         let mut routes = HashMap::new();
+        // One queue per (backend, model, version), shared by variants that agree on all three.
+        let mut batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>> = HashMap::new();
         let mut wildcard = None;
         for (name, m) in &cfg.models {
             let is_wild = name.as_ref() == WILDCARD;
@@ -181,12 +184,33 @@ impl RoutingTable {
             for v in &m.variants {
                 let backend = backends
                     .get(&v.backend)
-                    .ok_or_else(|| format!("model `{name}` variant `{}`: backend `{}` is not built", v.name, v.backend))?
+                    .ok_or_else(|| {
+                        format!("model `{name}` variant `{}`: backend `{}` is not built", v.name, v.backend)
+                    })?
                     .clone();
-                targets.push((!is_wild).then(|| ModelTarget {
+                let target = (!is_wild).then(|| ModelTarget {
                     name: v.model.clone().unwrap_or_else(|| name.clone()),
                     version: v.version.clone(),
-                }));
+                });
+                let batcher = match (&v.batching, &target) {
+                    (None, _) => None,
+                    (Some(_), None) => {
+                        return Err(format!(
+                            "model `{name}` variant `{}`: batching needs a named model route, not `*`",
+                            v.name
+                        ))
+                    }
+                    (Some(b), Some(t)) => Some(
+                        batchers
+                            .entry((v.backend.clone(), t.clone()))
+                            .or_insert_with(|| {
+                                let m = metrics.batch(&t.name, t.version.as_deref().unwrap_or(""), &v.backend);
+                                Batcher::spawn(backend.clone(), t.clone(), b.clone(), m)
+                            })
+                            .clone(),
+                    ),
+                };
+                targets.push(target);
                 variants.push(Variant {
                     name: v.name.clone(),
                     weight: v.weight,
@@ -197,6 +221,7 @@ impl RoutingTable {
                     header_value: HeaderValue::from_str(&v.name)
                         .map_err(|_| format!("variant name `{}` is not a valid header value", v.name))?,
                     metrics: metrics.variant(name, &v.name),
+                    batcher,
                 });
             }
             let route = Arc::new(Route {
@@ -220,11 +245,7 @@ impl RoutingTable {
             generation,
             routes,
             wildcard,
-            override_header: cfg
-                .routing
-                .override_header
-                .parse()
-                .map_err(|_| "bad override header".to_string())?,
+            override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
         })
     }
 

@@ -110,13 +110,7 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(name: impl Into<String>, datatype: DataType, shape: Vec<i64>, data: Bytes) -> Tensor {
-        Tensor {
-            name: name.into(),
-            datatype,
-            shape,
-            data,
-            parameters: Parameters::new(),
-        }
+        Tensor { name: name.into(), datatype, shape, data, parameters: Parameters::new() }
     }
 
     pub fn element_count(&self) -> Result<usize, TensorError> {
@@ -130,10 +124,7 @@ impl Tensor {
             Some(size) => {
                 let want = n.checked_mul(size).ok_or(TensorError::ShapeOverflow)?;
                 if self.data.len() != want {
-                    return Err(TensorError::SizeMismatch {
-                        expected: want,
-                        got: self.data.len(),
-                    });
+                    return Err(TensorError::SizeMismatch { expected: want, got: self.data.len() });
                 }
             }
             None => {
@@ -228,11 +219,7 @@ impl InferRequest {
 
     /// Whether the output named `name` should be sent as binary.
     pub fn wants_binary(&self, name: &str) -> bool {
-        self.outputs
-            .iter()
-            .find(|o| o.name == name)
-            .and_then(|o| o.binary)
-            .unwrap_or(self.binary_output)
+        self.outputs.iter().find(|o| o.name == name).and_then(|o| o.binary).unwrap_or(self.binary_output)
     }
 }
 

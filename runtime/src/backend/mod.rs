@@ -51,7 +51,8 @@ pub async fn build_backends(cfg: &ValidatedConfig) -> Result<Backends, String> {
             BackendConfig::Onnx(c) => {
                 let shared = match &onnx_shared {
                     Some(s) => s,
-                    None => onnx_shared.insert(onnx::OnnxShared::new(&cfg.runtime).map_err(|e| format!("backend `{name}`: {e}"))?),
+                    None => onnx_shared
+                        .insert(onnx::OnnxShared::new(&cfg.runtime).map_err(|e| format!("backend `{name}`: {e}"))?),
                 };
                 Arc::new(onnx::OnnxBackend::start(name, c, shared).await?)
             }

@@ -122,10 +122,8 @@ impl V2HttpBackend {
     fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let now = self.now_ms();
         let eligible = |i: &usize| !exclude.contains(i);
-        let mut cands: Vec<usize> = (0..self.endpoints.len())
-            .filter(eligible)
-            .filter(|&i| self.in_rotation(i, now))
-            .collect();
+        let mut cands: Vec<usize> =
+            (0..self.endpoints.len()).filter(eligible).filter(|&i| self.in_rotation(i, now)).collect();
         if cands.is_empty() {
             cands = (0..self.endpoints.len()).filter(eligible).collect();
         }
@@ -169,7 +167,9 @@ impl V2HttpBackend {
     ) -> Result<Reply, BackendError> {
         let mut tried: Vec<usize> = Vec::new();
         loop {
-            let i = self.pick(&tried).ok_or_else(|| BackendError::Unavailable(format!("backend `{}` has no endpoints", self.name)))?;
+            let i = self
+                .pick(&tried)
+                .ok_or_else(|| BackendError::Unavailable(format!("backend `{}` has no endpoints", self.name)))?;
             let ep = &self.endpoints[i];
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _guard = Outstanding(&ep.outstanding);
@@ -189,11 +189,7 @@ impl V2HttpBackend {
                 let resp = self.client.request(req).await.map_err(CallError::Request)?;
                 let (parts, body) = resp.into_parts();
                 let body = body.collect().await.map_err(CallError::Body)?.to_bytes();
-                Ok::<_, CallError>(Reply {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                })
+                Ok::<_, CallError>(Reply { status: parts.status, headers: parts.headers, body })
             };
             match tokio::time::timeout(timeout, call).await {
                 Err(_) => {
@@ -203,10 +199,7 @@ impl V2HttpBackend {
                 Ok(Err(CallError::Request(e))) if e.is_connect() => {
                     self.record(i, false);
                     tried.push(i);
-                    let err = BackendError::Connect {
-                        endpoint: ep.upstream.to_string(),
-                        message: error_chain(&e),
-                    };
+                    let err = BackendError::Connect { endpoint: ep.upstream.to_string(), message: error_chain(&e) };
                     // Nothing was sent: another endpoint may take it.
                     if tried.len() < self.endpoints.len() {
                         tracing::debug!(backend = %self.name, error = %err, "retrying on another endpoint");
@@ -218,8 +211,7 @@ impl V2HttpBackend {
                     self.record(i, false);
                     return Err(BackendError::Unavailable(format!(
                         "backend {} failed mid-request: {}",
-                        ep.upstream,
-                        e
+                        ep.upstream, e
                     )));
                 }
                 Ok(Ok(reply)) => {
@@ -247,9 +239,8 @@ impl V2HttpBackend {
                             });
                         }
                         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                        let yes = v["extensions"]
-                            .as_array()
-                            .is_some_and(|a| a.iter().any(|e| e == "binary_tensor_data"));
+                        let yes =
+                            v["extensions"].as_array().is_some_and(|a| a.iter().any(|e| e == "binary_tensor_data"));
                         tracing::info!(backend = %self.name, binary_tensor_data = yes, "backend extensions read");
                         Ok::<bool, BackendError>(yes)
                     })
@@ -295,10 +286,7 @@ fn backend_message(body: &Bytes) -> String {
 }
 
 fn status_error(reply: &Reply) -> BackendError {
-    BackendError::Status {
-        status: reply.status.as_u16(),
-        message: backend_message(&reply.body),
-    }
+    BackendError::Status { status: reply.status.as_u16(), message: backend_message(&reply.body) }
 }
 
 #[async_trait]
@@ -336,9 +324,7 @@ impl Backend for V2HttpBackend {
     }
 
     async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError> {
-        let reply = self
-            .send(Method::GET, &Self::model_path(target, ""), Bytes::new(), &[], self.timeout)
-            .await?;
+        let reply = self.send(Method::GET, &Self::model_path(target, ""), Bytes::new(), &[], self.timeout).await?;
         if reply.status != StatusCode::OK {
             return Err(status_error(&reply));
         }
@@ -346,9 +332,8 @@ impl Backend for V2HttpBackend {
     }
 
     async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError> {
-        let reply = self
-            .send(Method::GET, &Self::model_path(target, "/ready"), Bytes::new(), &[], READY_PROBE_TIMEOUT)
-            .await?;
+        let reply =
+            self.send(Method::GET, &Self::model_path(target, "/ready"), Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
         Ok(reply.status == StatusCode::OK)
     }
 

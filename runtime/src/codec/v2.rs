@@ -100,20 +100,10 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
         .map(|o| {
             let mut parameters = o.parameters.unwrap_or_default();
             let binary = take_bool(&mut parameters, "binary_data")?;
-            Ok(RequestedOutput {
-                name: o.name,
-                binary,
-                parameters,
-            })
+            Ok(RequestedOutput { name: o.name, binary, parameters })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;
-    let req = InferRequest {
-        id: raw.id,
-        inputs,
-        outputs,
-        parameters,
-        binary_output,
-    };
+    let req = InferRequest { id: raw.id, inputs, outputs, parameters, binary_output };
     req.validate()?;
     Ok(req)
 }
@@ -126,8 +116,7 @@ pub fn decode_response(body: &Bytes, header_len: Option<usize>) -> Result<InferR
     let mut outputs = Vec::with_capacity(raw.outputs.len());
     for t in raw.outputs {
         let t = decode_tensor(t, "output", &binary, &mut cursor)?;
-        t.validate()
-            .map_err(|e| CodecError::invalid(format!("output '{}': {e}", t.name)))?;
+        t.validate().map_err(|e| CodecError::invalid(format!("output '{}': {e}", t.name)))?;
         outputs.push(t);
     }
     check_trailing(&binary, cursor)?;
@@ -160,9 +149,8 @@ fn take_bool(p: &mut Parameters, key: &str) -> Result<Option<bool>, CodecError> 
 
 fn decode_tensor(t: RawTensor, role: &str, binary: &Bytes, cursor: &mut usize) -> Result<Tensor, CodecError> {
     let name = t.name;
-    let datatype = DataType::parse(t.datatype).ok_or_else(|| {
-        CodecError::invalid(format!("{role} '{name}': unknown datatype '{}'", t.datatype))
-    })?;
+    let datatype = DataType::parse(t.datatype)
+        .ok_or_else(|| CodecError::invalid(format!("{role} '{name}': unknown datatype '{}'", t.datatype)))?;
     let mut parameters = t.parameters.unwrap_or_default();
     let data = match parameters.remove(BINARY_DATA_SIZE) {
         Some(size) => {
@@ -170,9 +158,7 @@ fn decode_tensor(t: RawTensor, role: &str, binary: &Bytes, cursor: &mut usize) -
                 CodecError::invalid(format!("{role} '{name}': binary_data_size must be a non-negative integer"))
             })? as usize;
             if t.data.is_some() {
-                return Err(CodecError::invalid(format!(
-                    "{role} '{name}' has both 'data' and binary_data_size"
-                )));
+                return Err(CodecError::invalid(format!("{role} '{name}' has both 'data' and binary_data_size")));
             }
             let end = cursor.checked_add(size).filter(|&e| e <= binary.len()).ok_or_else(|| {
                 CodecError::invalid(format!(
@@ -185,29 +171,17 @@ fn decode_tensor(t: RawTensor, role: &str, binary: &Bytes, cursor: &mut usize) -
             data
         }
         None => {
-            let raw = t
-                .data
-                .ok_or_else(|| CodecError::invalid(format!("{role} '{name}' has no 'data'")))?;
+            let raw = t.data.ok_or_else(|| CodecError::invalid(format!("{role} '{name}' has no 'data'")))?;
             let mut out = Vec::new();
             let mut count = 0usize;
             let mut de = serde_json::Deserializer::from_str(raw.get());
-            Flatten {
-                dt: datatype,
-                out: &mut out,
-                count: &mut count,
-            }
-            .deserialize(&mut de)
-            .map_err(|e| CodecError::invalid(format!("{role} '{name}': {}", strip_position(&e))))?;
+            Flatten { dt: datatype, out: &mut out, count: &mut count }
+                .deserialize(&mut de)
+                .map_err(|e| CodecError::invalid(format!("{role} '{name}': {}", strip_position(&e))))?;
             Bytes::from(out)
         }
     };
-    Ok(Tensor {
-        name,
-        datatype,
-        shape: t.shape,
-        data,
-        parameters,
-    })
+    Ok(Tensor { name, datatype, shape: t.shape, data, parameters })
 }
 
 /// serde_json appends " at line 1 column N" of the *data* fragment, which misleads.
@@ -228,11 +202,7 @@ struct Flatten<'a> {
 
 impl Flatten<'_> {
     fn reborrow(&mut self) -> Flatten<'_> {
-        Flatten {
-            dt: self.dt,
-            out: self.out,
-            count: self.count,
-        }
+        Flatten { dt: self.dt, out: self.out, count: self.count }
     }
 
     fn int<E: de::Error>(self, v: i128) -> Result<(), E> {
@@ -405,17 +375,9 @@ pub struct Encoded {
 fn finish(json: BytesMut, tensors: &[&Tensor], binary: &[bool]) -> Encoded {
     let header_len = json.len();
     if !binary.iter().any(|b| *b) {
-        return Encoded {
-            body: json.freeze(),
-            header_len: None,
-        };
+        return Encoded { body: json.freeze(), header_len: None };
     }
-    let extra: usize = tensors
-        .iter()
-        .zip(binary)
-        .filter(|(_, b)| **b)
-        .map(|(t, _)| t.data.len())
-        .sum();
+    let extra: usize = tensors.iter().zip(binary).filter(|(_, b)| **b).map(|(t, _)| t.data.len()).sum();
     let mut out = json;
     out.reserve(extra);
     for (t, b) in tensors.iter().zip(binary) {
@@ -423,10 +385,7 @@ fn finish(json: BytesMut, tensors: &[&Tensor], binary: &[bool]) -> Encoded {
             out.extend_from_slice(&t.data);
         }
     }
-    Encoded {
-        body: out.freeze(),
-        header_len: Some(header_len),
-    }
+    Encoded { body: out.freeze(), header_len: Some(header_len) }
 }
 
 #[derive(Serialize)]
@@ -449,12 +408,7 @@ pub fn encode_response(resp: &InferResponse, binary: impl Fn(&str) -> bool) -> E
         model_version: resp.model_version.as_deref(),
         id: resp.id.as_deref(),
         parameters: &resp.parameters,
-        outputs: resp
-            .outputs
-            .iter()
-            .zip(&flags)
-            .map(|(t, &binary)| TensorJson { t, binary })
-            .collect(),
+        outputs: resp.outputs.iter().zip(&flags).map(|(t, &binary)| TensorJson { t, binary }).collect(),
     };
     let mut json = BytesMut::with_capacity(256).writer();
     serde_json::to_writer(&mut json, &body).expect("serializing to memory cannot fail");
@@ -557,11 +511,7 @@ mod tests {
             let body = format!(r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{dt}","data":{data}}}]}}"#);
             let r = req(&body).unwrap_or_else(|e| panic!("{dt}: {e}"));
             // JSON out and back.
-            let resp = InferResponse {
-                model_name: "m".into(),
-                outputs: r.inputs.clone(),
-                ..Default::default()
-            };
+            let resp = InferResponse { model_name: "m".into(), outputs: r.inputs.clone(), ..Default::default() };
             let enc = encode_response(&resp, |_| false);
             let back = decode_response(&enc.body, enc.header_len).unwrap();
             assert_eq!(back.outputs[0].data, r.inputs[0].data, "{dt} json");
@@ -601,14 +551,23 @@ mod tests {
             (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP33","data":[1,2]}]}"#, "unknown datatype 'FP33'"),
             (r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, "input 'x'"),
             (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative"),
-            (r#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#, "overflow"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#,
+                "overflow",
+            ),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#, "out of range for INT8"),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#, "expected an integer"),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#, "got a string"),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "has no 'data'"),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[null]}]}"#, "null"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#, "more than once"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#, "past the end"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+                "more than once",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#,
+                "past the end",
+            ),
         ];
         for (body, needle) in cases {
             let e = req(body).expect_err(body).to_string();

@@ -2,7 +2,6 @@
 //! ONNX Runtime values. Inputs whose bytes are aligned for their element type
 //! are handed to ONNX Runtime in place; others are copied once.
 
-use std::borrow::Cow;
 use std::fmt::Debug;
 
 use bytes::Bytes;
@@ -127,7 +126,8 @@ pub fn output_tensor(name: &str, v: &DynValue) -> Result<Tensor, String> {
         ValueType::Tensor { ty, .. } => *ty,
         other => return Err(format!("output '{name}' is not a tensor ({other:?})")),
     };
-    let datatype = datatype_of(ty).ok_or_else(|| format!("output '{name}' has ONNX element type {ty}, which Switchyard does not serve"))?;
+    let datatype = datatype_of(ty)
+        .ok_or_else(|| format!("output '{name}' has ONNX element type {ty}, which Switchyard does not serve"))?;
     let r = match datatype {
         DataType::Fp32 => raw::<f32>(v),
         DataType::Fp64 => raw::<f64>(v),
@@ -171,11 +171,6 @@ pub fn zero_tensor(name: &str, datatype: DataType, shape: &[i64]) -> Tensor {
     // BYTES: each element is a zero u32 length prefix, i.e. an empty string.
     let size = datatype.size().unwrap_or(4);
     Tensor::new(name, datatype, shape, Bytes::from(vec![0u8; n * size]))
-}
-
-/// Names borrowed for `Session::run`.
-pub fn input_name(t: &Tensor) -> Cow<'_, str> {
-    Cow::Borrowed(t.name.as_str())
 }
 
 #[cfg(test)]

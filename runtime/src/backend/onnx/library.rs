@@ -179,7 +179,10 @@ mod tests {
             None,
         );
         let err = find_library(&c).unwrap_err();
-        assert!(err.starts_with("ONNX Runtime library not found (looked in: /nonexistent/a/libonnxruntime.so, "), "{err}");
+        assert!(
+            err.starts_with("ONNX Runtime library not found (looked in: /nonexistent/a/libonnxruntime.so, "),
+            "{err}"
+        );
         assert!(err.contains("/nonexistent/b/libonnxruntime.so"), "{err}");
         assert!(err.contains("/nonexistent/cwd/.switchyard/lib/libonnxruntime.so"), "{err}");
         assert!(err.contains("Run scripts/setup.sh, or set ORT_DYLIB_PATH"), "{err}");

@@ -43,11 +43,7 @@ impl OnnxShared {
     pub fn new(runtime: &OnnxRuntime) -> Result<OnnxShared, String> {
         let library = library::load(runtime)?;
         library::check_provider(&library, runtime.execution_provider)?;
-        Ok(OnnxShared {
-            library,
-            pool: Arc::new(Pool::new(runtime.pool_threads.get())?),
-            runtime: runtime.clone(),
-        })
+        Ok(OnnxShared { library, pool: Arc::new(Pool::new(runtime.pool_threads.get())?), runtime: runtime.clone() })
     }
 }
 
@@ -95,19 +91,12 @@ impl OnnxBackend {
         }
         drop(snapshot);
         repository::spawn_watcher(&repo);
-        Ok(OnnxBackend {
-            repo,
-            pool: shared.pool.clone(),
-        })
+        Ok(OnnxBackend { repo, pool: shared.pool.clone() })
     }
 
     /// Loaded versions of `model`, ascending (empty when it is not loaded).
     pub fn versions(&self, model: &str) -> Vec<u64> {
-        self.repo
-            .snapshot()
-            .get(model)
-            .map(|e| e.versions.keys().copied().collect())
-            .unwrap_or_default()
+        self.repo.snapshot().get(model).map(|e| e.versions.keys().copied().collect()).unwrap_or_default()
     }
 
     /// Versions that failed to load (until their file changes): for status and tests.

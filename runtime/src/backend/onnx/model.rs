@@ -1,6 +1,7 @@
 //! One loaded model version: its sessions, its signature, request validation
 //! against that signature, and running a request (on a pool thread).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
@@ -25,10 +26,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     pub fn of(path: &Path) -> std::io::Result<Fingerprint> {
         let m = std::fs::metadata(path)?;
-        Ok(Fingerprint {
-            len: m.len(),
-            modified: m.modified().ok(),
-        })
+        Ok(Fingerprint { len: m.len(), modified: m.modified().ok() })
     }
 }
 
@@ -43,11 +41,7 @@ pub struct Io {
 
 impl Io {
     pub fn spec(&self) -> TensorSpec {
-        TensorSpec {
-            name: self.name.clone(),
-            datatype: self.datatype.as_str(),
-            shape: self.shape.clone(),
-        }
+        TensorSpec { name: self.name.clone(), datatype: self.datatype.as_str(), shape: self.shape.clone() }
     }
 }
 
@@ -92,11 +86,7 @@ impl LoadedVersion {
                 .iter()
                 .map(|o| {
                     let (datatype, shape) = convert::tensor_signature(o.name(), o.dtype())?;
-                    Ok(Io {
-                        name: o.name().to_owned(),
-                        datatype,
-                        shape,
-                    })
+                    Ok(Io { name: o.name().to_owned(), datatype, shape })
                 })
                 .collect()
         };
@@ -121,11 +111,8 @@ impl LoadedVersion {
         if runs == 0 {
             return Ok(());
         }
-        let inputs: Vec<Tensor> = self
-            .inputs
-            .iter()
-            .map(|i| convert::zero_tensor(&i.name, i.datatype, &i.shape))
-            .collect();
+        let inputs: Vec<Tensor> =
+            self.inputs.iter().map(|i| convert::zero_tensor(&i.name, i.datatype, &i.shape)).collect();
         for session in &self.sessions {
             let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
             for _ in 0..runs {
@@ -149,10 +136,7 @@ impl LoadedVersion {
                 ));
             };
             if t.datatype != io.datatype {
-                return invalid(format!(
-                    "input '{}': model expects {}, got {}",
-                    t.name, io.datatype, t.datatype
-                ));
+                return invalid(format!("input '{}': model expects {}, got {}", t.name, io.datatype, t.datatype));
             }
             if t.shape.len() != io.shape.len() {
                 return invalid(format!(
@@ -171,6 +155,24 @@ impl LoadedVersion {
                     shape_str(&io.shape),
                     shape_str(&t.shape)
                 ));
+            }
+            if t.datatype == DataType::Bytes {
+                // ONNX string tensors hold C strings of text: refuse here, not on the pool.
+                for (i, el) in crate::tensor::bytes_elements(&t.data).enumerate() {
+                    let el = el.map_err(|e| BackendError::InvalidInput(format!("input '{}': {e}", t.name)))?;
+                    match std::str::from_utf8(el) {
+                        Err(_) => {
+                            return invalid(format!(
+                                "input '{}': BYTES element {i} is not UTF-8, which ONNX string tensors need",
+                                t.name
+                            ))
+                        }
+                        Ok(s) if s.contains('\0') => {
+                            return invalid(format!("input '{}': BYTES element {i} contains a NUL byte", t.name))
+                        }
+                        Ok(_) => {}
+                    }
+                }
             }
         }
         if let Some(missing) = self.inputs.iter().find(|i| !req.inputs.iter().any(|t| t.name == i.name)) {
@@ -215,16 +217,19 @@ impl LoadedVersion {
         f(&mut g)
     }
 
-    fn run_on(&self, session: &mut Session, inputs: &[Tensor], wanted: &[RequestedOutput]) -> Result<Vec<Tensor>, String> {
+    fn run_on(
+        &self,
+        session: &mut Session,
+        inputs: &[Tensor],
+        wanted: &[RequestedOutput],
+    ) -> Result<Vec<Tensor>, String> {
         let mut values = Vec::with_capacity(inputs.len());
         for t in inputs {
-            values.push((convert::input_name(t), convert::input_value(t)?));
+            values.push((Cow::Borrowed(t.name.as_str()), convert::input_value(t)?));
         }
         let outputs = session.run(values).map_err(|e| e.to_string())?;
         let pick = |name: &str| -> Result<Tensor, String> {
-            let v = outputs
-                .get(name)
-                .ok_or_else(|| format!("ONNX Runtime returned no output '{name}'"))?;
+            let v = outputs.get(name).ok_or_else(|| format!("ONNX Runtime returned no output '{name}'"))?;
             convert::output_tensor(name, v)
         };
         if wanted.is_empty() {
@@ -244,10 +249,7 @@ fn build_session(path: &Path, s: &SessionSettings) -> Result<Session, String> {
         .map_err(|e| e.to_string())?;
     if let ExecutionProvider::Cuda { device } = s.provider {
         b = b
-            .with_execution_providers([ep::CUDA::default()
-                .with_device_id(device as i32)
-                .build()
-                .error_on_failure()])
+            .with_execution_providers([ep::CUDA::default().with_device_id(device as i32).build().error_on_failure()])
             .map_err(|e| cuda_unavailable(&s.library, &e.to_string()))?;
     }
     b.commit_from_file(path).map_err(|e| e.to_string())

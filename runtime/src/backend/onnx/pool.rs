@@ -56,10 +56,9 @@ impl Pool {
         });
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(BackendError::Unavailable(format!(
-                "ONNX execution queue is full ({} jobs waiting)",
-                self.capacity
-            ))),
+            Err(TrySendError::Full(_)) => {
+                Err(BackendError::Unavailable(format!("ONNX execution queue is full ({} jobs waiting)", self.capacity)))
+            }
             Err(TrySendError::Disconnected(_)) => Err(BackendError::Unavailable("ONNX execution pool stopped".into())),
         }
     }

@@ -80,7 +80,9 @@ impl Repository {
         let mut out = OnDisk::new();
         for m in std::fs::read_dir(&self.cfg.repository)? {
             let m = m?;
-            let Ok(model) = m.file_name().into_string() else { continue };
+            let Ok(model) = m.file_name().into_string() else {
+                continue;
+            };
             if model.starts_with('.') || !m.path().is_dir() {
                 continue;
             }
@@ -88,10 +90,14 @@ impl Repository {
                 continue;
             }
             let mut versions = BTreeMap::new();
-            let Ok(entries) = std::fs::read_dir(m.path()) else { continue };
+            let Ok(entries) = std::fs::read_dir(m.path()) else {
+                continue;
+            };
             for v in entries.flatten() {
                 let name = v.file_name();
-                let Some(version) = name.to_str().and_then(parse_version) else { continue };
+                let Some(version) = name.to_str().and_then(parse_version) else {
+                    continue;
+                };
                 if let Ok(fp) = Fingerprint::of(&v.path().join(MODEL_FILE)) {
                     versions.insert(version, fp);
                 }
@@ -186,12 +192,7 @@ impl Repository {
                         tracing::error!(backend = %self.backend, model, version = v, path = %path.display(), "cannot load model version: {error}");
                         failures.insert(
                             (model.to_owned(), v),
-                            LoadFailure {
-                                model: model.to_owned(),
-                                version: v,
-                                error,
-                                fingerprint: fp,
-                            },
+                            LoadFailure { model: model.to_owned(), version: v, error, fingerprint: fp },
                         );
                         if let Some(lv) = old_version(v) {
                             out.insert(v, lv);
