@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Switchyard environment setup: Debian packages, Python venv, ONNX Runtime dylib link.
 # Idempotent; fast when everything is already in place.
+#
+#   scripts/setup.sh                 everything the tests and benchmarks need
+#   scripts/setup.sh --runtime-only  just ONNX Runtime (what the quickstart needs)
 set -euo pipefail
+RUNTIME_ONLY=0
+[ "${1:-}" = "--runtime-only" ] && RUNTIME_ONLY=1
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null || (cd "$SCRIPT_DIR/.." && pwd))"
@@ -13,6 +18,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # ---------------------------------------------------------------- apt
+if [ "$RUNTIME_ONLY" -eq 0 ]; then
 APT_PKGS=(cmake protobuf-compiler redis-server nginx haproxy wrk)
 missing=0
 for bin in cmake protoc redis-server nginx haproxy wrk; do
@@ -42,6 +48,8 @@ if [ "$missing" -eq 1 ]; then
   done
 fi
 
+fi
+
 # ---------------------------------------------------------------- venv
 export XDG_CACHE_HOME="${XDG_CACHE_HOME_SETUP:-$(mktemp -d -t switchyard-xdg.XXXXXX)}"
 trap 'rm -rf "$XDG_CACHE_HOME"' EXIT
@@ -56,7 +64,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv at $VENV"
   "$PY" -m venv "$VENV"
 fi
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
+if [ "$RUNTIME_ONLY" -eq 1 ]; then
+  if ! "$VENV/bin/python" -c "import onnxruntime" >/dev/null 2>&1; then
+    log "installing ONNX Runtime"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$(grep -E '^onnxruntime==' "$REQ")"
+  fi
+elif [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
   log "installing Python requirements (this takes ~1 min)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
@@ -80,15 +93,5 @@ LINK="$REPO/.switchyard/lib/libonnxruntime.so"
 if [ "$(readlink "$LINK" 2>/dev/null || true)" != "$ORT_LIB" ]; then
   ln -sfn "$ORT_LIB" "$LINK"
 fi
-
-# ---------------------------------------------------------------- .gitignore
-GI="$REPO/.gitignore"
-touch "$GI"
-if [ -s "$GI" ] && [ -n "$(tail -c1 "$GI")" ]; then printf '\n' >> "$GI"; fi
-for line in ".venv/" ".switchyard/" "target/"; do
-  # "/.venv/", ".venv" etc. count as already present.
-  base="${line%/}"
-  grep -qxE "/?${base//./\\.}/?" "$GI" || printf '%s\n' "$line" >> "$GI"
-done
 
 echo "ORT_DYLIB_PATH=$LINK"
