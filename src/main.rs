@@ -56,7 +56,7 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-fn validate(file: &PathBuf) -> ExitCode {
+fn validate(file: &std::path::Path) -> ExitCode {
     match ValidatedConfig::load(file) {
         Ok(cfg) => {
             println!("{}: ok: {}", file.display(), cfg.summary());
@@ -79,6 +79,9 @@ fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
         None => cfg.logging.format,
     };
     init_logging(format, &cfg.logging.level);
+    if let Some(control) = &cfg.listeners.control {
+        tracing::warn!(address = %control.address, "listeners.control is set, but the control API is not part of this build yet; nothing listens there");
+    }
 
     // Background work (model repository watching, backend probes) runs on its
     // own runtime; pingora runs the data plane on runtimes of its own.

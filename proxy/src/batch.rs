@@ -434,7 +434,7 @@ fn split(resp: InferResponse, items: &[Item], rows: usize) -> Result<Vec<InferRe
         // Byte offset of each row boundary.
         let bounds: Vec<usize> = match t.datatype.size() {
             Some(_) => {
-                if t.data.len() % rows != 0 {
+                if !t.data.len().is_multiple_of(rows) {
                     return Err(BackendError::Protocol(format!(
                         "output '{}' does not divide into {rows} rows",
                         t.name
@@ -447,7 +447,7 @@ fn split(resp: InferResponse, items: &[Item], rows: usize) -> Result<Vec<InferRe
                 let elements: Vec<&[u8]> = bytes_elements(&t.data)
                     .collect::<Result<_, _>>()
                     .map_err(|e| BackendError::Protocol(format!("output '{}': {e}", t.name)))?;
-                if elements.len() % rows != 0 {
+                if !elements.len().is_multiple_of(rows) {
                     return Err(BackendError::Protocol(format!(
                         "output '{}' does not divide into {rows} rows",
                         t.name
@@ -456,8 +456,8 @@ fn split(resp: InferResponse, items: &[Item], rows: usize) -> Result<Vec<InferRe
                 let per_row = elements.len() / rows;
                 let mut bounds = vec![0];
                 let mut off = 0;
-                for chunk in elements.chunks(per_row) {
-                    off += chunk.iter().map(|e| 4 + e.len()).sum::<usize>();
+                for r in 0..rows {
+                    off += elements[r * per_row..(r + 1) * per_row].iter().map(|e| 4 + e.len()).sum::<usize>();
                     bounds.push(off);
                 }
                 bounds
