@@ -18,6 +18,7 @@ use switchyard_runtime::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use switchyard_runtime::tensor::RequestedOutput;
 
 use crate::metrics::Metrics;
+use crate::pipeline;
 use crate::respond::ApiError;
 use crate::routing::{RoutingTable, Selection};
 
@@ -217,10 +218,7 @@ impl DataPlane {
         model: &str,
         version: Option<&str>,
     ) -> std::result::Result<Selection<'t>, ApiError> {
-        let route = table.route(model)?;
-        let override_v = req.headers.get(&table.override_header).map(|v| v.as_bytes());
-        let sticky = route.sticky_header.as_ref().and_then(|h| req.headers.get(h)).map(|v| v.as_bytes());
-        Ok(route.select(model, version, override_v, sticky)?)
+        pipeline::select(table, model, version, |h| req.headers.get(h).map(|v| v.as_bytes()))
     }
 
     async fn infer(
@@ -249,14 +247,7 @@ impl DataPlane {
             let prefs = OutputPrefs { outputs: req.outputs.clone(), default_binary: req.binary_output };
             let id = req.id.clone();
             let t0 = Instant::now();
-            let call = async {
-                match &variant.batcher {
-                    Some(b) if b.target == sel.target => {
-                        b.submit(req).await.map(|(r, rows)| (r, Some(rows))).map_err(ApiError::from)
-                    }
-                    _ => variant.backend.infer(&sel.target, req).await.map(|r| (r, None)).map_err(ApiError::from),
-                }
-            };
+            let call = pipeline::execute(&sel, req);
             // A client that hangs up stops the wait: its queued work is dropped
             // and an unbatched backend call is cancelled.
             session.set_abort_on_close(true);
@@ -269,7 +260,7 @@ impl DataPlane {
                 },
             };
             backend_time = t0.elapsed();
-            let (mut resp, rows) = result?;
+            let pipeline::Executed { response: mut resp, batch_rows: rows } = result?;
             batch_rows = rows;
             resp.model_name = model.to_string();
             if id.is_some() {
@@ -290,11 +281,7 @@ impl DataPlane {
         reply.batch_rows = batch_rows;
         let total = start.elapsed();
         reply.overhead_us = Some(total.saturating_sub(backend_time).as_micros() as u64);
-        variant.metrics.count(reply.status);
-        variant.metrics.request_duration.observe(total.as_secs_f64());
-        if !backend_time.is_zero() {
-            variant.metrics.backend_duration.observe(backend_time.as_secs_f64());
-        }
+        pipeline::record(variant, reply.status, total, backend_time);
         reply
     }
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod batch;
 pub mod dataplane;
 pub mod metrics;
+pub mod pipeline;
 pub mod respond;
 pub mod routing;
 

@@ -1,0 +1,52 @@
+//! The protocol-independent part of an inference: pick the variant, run the
+//! request (through the variant's batch queue or straight to its backend),
+//! record the outcome. Listeners decode before and encode after; everything
+//! in between is here, so every protocol routes, batches and counts alike.
+
+use std::time::Duration;
+
+use http::HeaderName;
+use switchyard_runtime::{InferRequest, InferResponse};
+
+use crate::respond::ApiError;
+use crate::routing::{RoutingTable, Selection, Variant};
+
+/// Picks the variant for a request; `header` reads a request header (HTTP) or metadata entry (gRPC).
+pub fn select<'t, 'h>(
+    table: &'t RoutingTable,
+    model: &str,
+    version: Option<&str>,
+    header: impl Fn(&HeaderName) -> Option<&'h [u8]>,
+) -> Result<Selection<'t>, ApiError> {
+    let route = table.route(model)?;
+    let override_variant = header(&table.override_header);
+    let sticky = route.sticky_header.as_ref().and_then(&header);
+    Ok(route.select(model, version, override_variant, sticky)?)
+}
+
+pub struct Executed {
+    pub response: InferResponse,
+    /// Rows of the batch the request ran in, when it went through a batch queue.
+    pub batch_rows: Option<usize>,
+}
+
+/// Runs a decoded, validated request on the selected variant.
+pub async fn execute(sel: &Selection<'_>, req: InferRequest) -> Result<Executed, ApiError> {
+    let variant = sel.variant;
+    match &variant.batcher {
+        Some(b) if b.target == sel.target => {
+            let (response, rows) = b.submit(req).await?;
+            Ok(Executed { response, batch_rows: Some(rows) })
+        }
+        _ => Ok(Executed { response: variant.backend.infer(&sel.target, req).await?, batch_rows: None }),
+    }
+}
+
+/// Records one answered request: status counter and latency histograms.
+pub fn record(variant: &Variant, status: u16, total: Duration, backend: Duration) {
+    variant.metrics.count(status);
+    variant.metrics.request_duration.observe(total.as_secs_f64());
+    if !backend.is_zero() {
+        variant.metrics.backend_duration.observe(backend.as_secs_f64());
+    }
+}
