@@ -134,6 +134,9 @@ models:
   slow:
     variants:
       - {{name: main, backend: impatient}}
+  sleepy:
+    variants:
+      - {{name: main, backend: ml, model: slow}}
   "*":
     variants:
       - {{name: default, backend: ml}}
@@ -254,7 +257,9 @@ models:
     let bin_header = &ok_bin[..ok_n];
     let bin_data = &ok_bin[ok_n..];
     let concat = |a: &[u8], b: &[u8]| -> Vec<u8> { [a, b].concat() };
-    let cases: Vec<(&str, Vec<u8>, Option<String>, &[&str])> = vec![
+    // (what, body, Inference-Header-Content-Length, words the error must contain)
+    type Case<'a> = (&'a str, Vec<u8>, Option<String>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         ("invalid JSON", b"{\"inputs\": [".to_vec(), None, &["JSON"]),
         ("not an object", b"[1, 2, 3]".to_vec(), None, &["JSON"]),
         ("unknown datatype", tensor(json!([1, 2]), "FP31", json!([1, 2])).into(), None, &["FP31"]),
@@ -357,6 +362,29 @@ models:
     assert!(r.error().contains("50ms"), "the error should give the timeout: {}", r.text());
     let m = sy.metrics().await;
     assert_eq!(m.value("switchyard_requests_total", &[("model", "slow"), ("variant", "main"), ("code", "504")]), 1.0);
+    // A client that hangs up while the backend works is counted as 499 and
+    // leaves nothing in flight (`sleepy` is MLServer's `slow`, 200 ms, with the default timeout).
+    {
+        use tokio::io::AsyncWriteExt;
+        let body = infer_body(1, 5);
+        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.expect("connect");
+        let head = format!(
+            "POST /v2/models/sleepy/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        sock.write_all(head.as_bytes()).await.expect("write");
+        sock.write_all(body.as_bytes()).await.expect("write");
+        drop(sock);
+    }
+    assert_eventually!(
+        sy.metrics().await.value("switchyard_requests_total", &[("model", "sleepy"), ("code", "499")]) == 1.0,
+        "a client that hung up is not counted as 499:\n{}",
+        sy.metrics().await.0
+    );
+    assert_eventually!(
+        sy.metrics().await.get("switchyard_requests_in_flight", &[]) == Some(0.0),
+        "requests_in_flight never back to 0"
+    );
     drop(sy);
 
     // --- Without a default upstream or catch-all route, unknown paths and models are 404s of our own.
@@ -617,4 +645,51 @@ fn every_shipped_example_config_validates() {
         }
     }
     assert!(seen >= 2, "expected the shipped examples, found {seen}");
+}
+
+/// Pass-through is plain proxying, but still on the data port: the body limit
+/// holds there too, and a pass-through answer reaches the client unchanged.
+#[tokio::test]
+async fn passthrough_honours_max_body_bytes() {
+    let upstream = common::TestUpstream::start().await;
+    let sy = Switchyard::config(&format!(
+        "limits:\n  max_body_bytes: 1024\nbackends:\n  ml:\n    kind: v2-http\n    endpoints: [\"{}\"]\nmodels:\n  mlp:\n    variants:\n      - {{name: stable, backend: ml}}\n",
+        upstream.url()
+    ))
+    .default_upstream(&upstream.url())
+    .start()
+    .await;
+    let r = sy.post("/v2/repository/index", &[JSON], "{}").await;
+    assert_eq!((r.status, r.text()), (200, r#"{"upstream":"test"}"#.to_string()));
+    assert_eq!(upstream.received(), vec![("POST /v2/repository/index HTTP/1.1".to_string(), 2)]);
+
+    let r = sy.post("/v2/repository/index", &[JSON], "x".repeat(4096)).await;
+    assert_eq!(r.status, 413, "a 4096-byte body on a 1024-byte limit was answered {}: {}", r.status, r.text());
+    assert_eq!(upstream.received().len(), 1, "the oversized body was forwarded: {:?}", upstream.received());
+}
+
+/// A pass-through whose upstream cannot be reached still gets a V2 error body,
+/// like every other answer of the data port (DESIGN §2: "an error in the
+/// client's own protocol").
+#[tokio::test]
+async fn passthrough_to_unreachable_upstream_is_a_v2_502() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let sy = Switchyard::config(&format!(
+        "backends:\n  ml:\n    kind: v2-http\n    endpoints: [\"{dead}\"]\nmodels:\n  mlp:\n    variants:\n      - {{name: stable, backend: ml}}\n"
+    ))
+    .default_upstream(&dead)
+    .start()
+    .await;
+    let r = sy.post("/v2/repository/index", &[JSON], "{}").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json"),
+        "pass-through failure answered with {:?} and body {:?}",
+        r.headers,
+        r.text()
+    );
+    assert!(!r.error().is_empty());
+    let m = sy.metrics().await;
+    assert_eq!(m.value("switchyard_passthrough_requests_total", &[("code", "502")]), 1.0, "{}", m.0);
 }

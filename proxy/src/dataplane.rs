@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use switchyard_config::{Limits, Upstream};
 use switchyard_runtime::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use switchyard_runtime::tensor::RequestedOutput;
@@ -100,6 +100,8 @@ pub struct DataPlane {
 pub struct Ctx {
     start: Instant,
     passthrough: bool,
+    /// Body bytes seen so far on a pass-through request.
+    passthrough_bytes: u64,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -161,6 +163,14 @@ fn header_len(req: &RequestHeader) -> std::result::Result<Option<usize>, ApiErro
             .map(Some)
             .ok_or_else(|| ApiError::new(400, "Inference-Header-Content-Length must be a non-negative integer")),
     }
+}
+
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
+fn body_too_big(n: u64, max: u64) -> ApiError {
+    ApiError::new(413, format!("request body of {n} bytes exceeds the limit of {max} bytes (limits.max_body_bytes)"))
 }
 
 async fn read_body(session: &mut Session, limits: &Limits) -> std::result::Result<Bytes, ApiError> {
@@ -408,7 +418,7 @@ impl ProxyHttp for DataPlane {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), passthrough: false }
+        Ctx { start: Instant::now(), passthrough: false, passthrough_bytes: 0 }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -420,6 +430,10 @@ impl ProxyHttp for DataPlane {
         if endpoint == Endpoint::Other {
             if self.default_upstream.is_some() {
                 ctx.passthrough = true;
+                if let Some(n) = declared_length(session.req_header()).filter(|n| *n > self.limits.max_body_bytes) {
+                    self.write(session, Reply::error(&body_too_big(n, self.limits.max_body_bytes))).await?;
+                    return Ok(true);
+                }
                 return Ok(false);
             }
             let e = ApiError::new(404, format!("no route for {} {}", method, uri.path()));
@@ -482,6 +496,57 @@ impl ProxyHttp for DataPlane {
             }
         }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Chunked pass-through bodies have no Content-Length to check up front.
+        if let Some(b) = body {
+            ctx.passthrough_bytes += b.len() as u64;
+            if ctx.passthrough_bytes > self.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        // Pass-through failures still answer in V2's shape, saying who failed.
+        let (code, message) = match e.etype() {
+            ErrorType::HTTPStatus(413) => (
+                413,
+                format!(
+                    "request body exceeds the limit of {} bytes (limits.max_body_bytes)",
+                    self.limits.max_body_bytes
+                ),
+            ),
+            ErrorType::HTTPStatus(code) => (*code, format!("pass-through failed: {e}")),
+            _ => match e.esource() {
+                ErrorSource::Upstream => {
+                    let upstream = self.default_upstream.as_ref().map(|u| u.to_string()).unwrap_or_default();
+                    let code = if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::ConnectTimedout) {
+                        504
+                    } else {
+                        502
+                    };
+                    (code, format!("default upstream {upstream} failed: {}", e.etype().as_str()))
+                }
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, String::new()),
+                    _ => (400, format!("bad request: {}", e.etype().as_str())),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => (500, format!("internal error: {}", e.etype().as_str())),
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let _ = self.write(session, Reply::error(&ApiError::new(code, message))).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -1,0 +1,256 @@
+"""The real Triton HTTP client (`tritonclient.http`) through Switchyard in front
+of a real MLServer, with onnxruntime on the shipped ONNX files as the reference.
+
+Run: .venv/bin/python -m pytest tests/python -q
+(after `cargo build`; set SWITCHYARD_BIN to test another binary).
+"""
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+# Before onnxruntime is imported: its first use writes telemetry under XDG_CACHE_HOME.
+_XDG = tempfile.TemporaryDirectory(prefix="switchyard-pytest-xdg-")
+os.environ["XDG_CACHE_HOME"] = _XDG.name
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import pytest  # noqa: E402
+import requests  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+POLL_S = 0.05
+MLSERVER_PATIENCE_S = 60.0
+SWITCHYARD_PATIENCE_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child in its own process group, killed with its group by stop()."""
+
+    def __init__(self, name, argv, log_path, env=None, cwd=None):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def wait_until_ok(self, url, patience_s):
+        deadline = time.monotonic() + patience_s
+        while True:
+            if self.p.poll() is not None:
+                pytest.fail(f"{self.name} exited with {self.p.returncode}:\n{self.log()}")
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{self.name} not ready at {url} within {patience_s}s:\n{self.log()}")
+            time.sleep(POLL_S)
+
+    def stop(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+        self._log.close()
+
+
+def switchyard_bin() -> str:
+    path = os.environ.get("SWITCHYARD_BIN") or str(REPO / "target" / "debug" / "switchyard")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no switchyard binary at {path}: run `cargo build` or set SWITCHYARD_BIN")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """MLServer (mlp v1+v2) and Switchyard in front of it; yields Switchyard's host:port."""
+    tmp = tmp_path_factory.mktemp("stack")
+    procs = []
+    try:
+        ml_port, grpc_port = free_port(), free_port()
+        env = dict(os.environ, TMPDIR=str(tmp), XDG_CACHE_HOME=str(tmp / "xdg"))
+        ml = Proc(
+            "mlserver",
+            [str(REPO / "tests" / "mlserver" / "start.sh"), str(ml_port), str(grpc_port)],
+            tmp / "mlserver.log",
+            env=env,
+        )
+        procs.append(ml)
+        ml.wait_until_ok(f"http://127.0.0.1:{ml_port}/v2/health/ready", MLSERVER_PATIENCE_S)
+
+        http_port, metrics_port = free_port(), free_port()
+        config = tmp / "switchyard.yaml"
+        config.write_text(
+            f"""
+listeners:
+  http:
+    address: 127.0.0.1:{http_port}
+  metrics:
+    address: 127.0.0.1:{metrics_port}
+routing:
+  sticky_header: x-user-id
+backends:
+  ml:
+    kind: v2-http
+    endpoints: ["http://127.0.0.1:{ml_port}"]
+models:
+  mlp:
+    variants:
+      - {{name: stable, backend: ml, version: 1, weight: 90}}
+      - {{name: canary, backend: ml, version: 2, weight: 10}}
+"""
+        )
+        sy = Proc(
+            "switchyard",
+            [switchyard_bin(), "serve", "--config", str(config)],
+            tmp / "switchyard.log",
+            env=dict(os.environ, SWITCHYARD_LOG_FORMAT="text"),
+            cwd=str(tmp),
+        )
+        procs.append(sy)
+        sy.wait_until_ok(f"http://127.0.0.1:{http_port}/startup", SWITCHYARD_PATIENCE_S)
+        yield f"127.0.0.1:{http_port}"
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+@pytest.fixture
+def client(stack):
+    c = httpclient.InferenceServerClient(url=stack, concurrency=4)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """onnxruntime sessions on the same ONNX files MLServer serves, by version."""
+    sessions = {}
+    for v in ("1", "2"):
+        path = REPO / "examples" / "models" / "mlp" / v / "model.onnx"
+        sessions[v] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda version, x: sessions[version].run(["probabilities"], {"input": x})[0]
+
+
+def batch(rows=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((rows, 16)).astype(np.float32)
+
+
+def infer(client, x, *, binary_in, binary_out, version="", headers=None):
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=binary_out)
+    return client.infer("mlp", [inp], model_version=version, outputs=[out], headers=headers)
+
+
+def test_server_and_model_endpoints(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    assert client.is_model_ready("mlp", "1")
+    assert client.is_model_ready("mlp", "2")
+    assert not client.is_model_ready("no-such-model")
+
+    meta = client.get_server_metadata()
+    assert "binary_tensor_data" in meta["extensions"], meta
+
+    for version in ("1", "2"):
+        m = client.get_model_metadata("mlp", version)
+        assert m["name"] == "mlp"
+        assert m["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 16]}]
+        assert m["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 4]}]
+
+
+@pytest.mark.parametrize("binary_in", [True, False], ids=["bin-in", "json-in"])
+@pytest.mark.parametrize("binary_out", [True, False], ids=["bin-out", "json-out"])
+def test_infer_matches_onnxruntime(client, reference, binary_in, binary_out):
+    x = batch(5, seed=1)
+    for version in ("1", "2"):
+        res = infer(client, x, binary_in=binary_in, binary_out=binary_out, version=version)
+        got = res.as_numpy("probabilities")
+        assert got.dtype == np.float32 and got.shape == (5, 4)
+        assert res.get_response()["model_version"] == version
+        diff = np.max(np.abs(got - reference(version, x)))
+        assert diff <= 1e-6, f"v{version}: max abs diff {diff}"
+
+
+def test_versions_give_different_outputs(client, reference):
+    x = batch(3, seed=2)
+    v1 = infer(client, x, binary_in=True, binary_out=True, version="1").as_numpy("probabilities")
+    v2 = infer(client, x, binary_in=True, binary_out=True, version="2").as_numpy("probabilities")
+    assert np.max(np.abs(v1 - v2)) > 1e-3, "versions 1 and 2 should be different models"
+    assert np.max(np.abs(v2 - reference("2", x))) <= 1e-6
+
+
+def test_async_infer(client, reference):
+    xs = [batch(2, seed=10 + i) for i in range(8)]
+    pending = []
+    for x in xs:
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        out = httpclient.InferRequestedOutput("probabilities", binary_data=True)
+        pending.append(client.async_infer("mlp", [inp], model_version="2", outputs=[out], request_id=f"a{len(pending)}"))
+    for i, (x, req) in enumerate(zip(xs, pending)):
+        res = req.get_result()
+        assert res.get_response()["id"] == f"a{i}"
+        assert np.max(np.abs(res.as_numpy("probabilities") - reference("2", x))) <= 1e-6
+
+
+@pytest.mark.parametrize("binary_in", [True, False], ids=["bin-in", "json-in"])
+def test_bad_shape_is_a_400(client, binary_in):
+    x = batch(1, seed=3)
+    inp = httpclient.InferInput("input", [1, 16], "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    inp.set_shape([1, 15])  # 16 values no longer fit the declared shape
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("mlp", [inp])
+    assert e.value.status() == "400", e.value
+    assert "input" in e.value.message(), e.value
+
+
+def test_sticky_and_override_headers(client, reference):
+    x = batch(1, seed=4)
+    versions = {}
+    for user in range(40):
+        seen = {
+            infer(client, x, binary_in=True, binary_out=True, headers={"x-user-id": f"user-{user}"})
+            .get_response()["model_version"]
+            for _ in range(3)
+        }
+        assert len(seen) == 1, f"user-{user} moved between versions {seen}"
+        versions[user] = seen.pop()
+    assert set(versions.values()) <= {"1", "2"}
+
+    for _ in range(5):
+        res = infer(client, x, binary_in=False, binary_out=True, headers={"x-switchyard-variant": "canary"})
+        assert res.get_response()["model_version"] == "2"
+        assert np.max(np.abs(res.as_numpy("probabilities") - reference("2", x))) <= 1e-6
+    with pytest.raises(InferenceServerException) as e:
+        infer(client, x, binary_in=False, binary_out=False, headers={"x-switchyard-variant": "nope"})
+    assert e.value.status() == "400"
+    assert "nope" in e.value.message()
