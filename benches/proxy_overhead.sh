@@ -280,7 +280,7 @@ record meta duration "$DURATION"
 record meta sat_duration "$SAT_DURATION"
 record meta body_bytes "$(wc -c < "$BODY")"
 record meta resp_bytes "$(wc -c < "$WORK/response.json")"
-record meta machine "$(nproc) CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2), $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), $("$OHA" --version)"
+record meta machine "$(nproc) CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr)); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2), $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), $("$OHA" --version)"
 record meta load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 labels_json="$(for p in "${ORDER[@]}"; do printf '%s\t%s\n' "$p" "${LABEL[$p]}"; done |
   python3 -c 'import json,sys; print(json.dumps(dict(l.rstrip("\n").split("\t") for l in sys.stdin)))')"

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_config::{LogFormat, ValidatedConfig};
-use switchyard_control::ConfigSource;
-use switchyard_proxy::{Metrics, RoutingTable};
+use switchyard_control::ControlPlane;
+use switchyard_proxy::Metrics;
+
+mod plane;
+use plane::Plane;
 
 #[derive(Parser)]
 #[command(
@@ -70,39 +73,47 @@ fn validate(file: &std::path::Path) -> ExitCode {
 }
 
 fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
-    let source = ConfigSource::new(&config);
-    let generation = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cfg = generation.config.clone();
+    // Read once for logging and listeners; the control plane owns the config from here on.
+    let cfg = ValidatedConfig::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let format = match log_format {
         Some(Format::Json) => LogFormat::Json,
         Some(Format::Text) => LogFormat::Text,
         None => cfg.logging.format,
     };
     init_logging(format, &cfg.logging.level);
-    if let Some(control) = &cfg.listeners.control {
-        tracing::warn!(address = %control.address, "listeners.control is set, but the control API is not part of this build yet; nothing listens there");
-    }
 
-    // Background work (model repository watching, backend probes) runs on its
-    // own runtime; pingora runs the data plane on runtimes of its own.
+    // The control plane, backends (repository watching, batch schedulers) and
+    // the control API run on a background runtime; pingora runs the data plane
+    // on runtimes of its own.
     let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("switchyard-bg")
         .enable_all()
         .build()
         .context("starting the background runtime")?;
-    let backends =
-        background.block_on(switchyard_runtime::backend::build_backends(&cfg)).map_err(|e| anyhow::anyhow!(e))?;
-
-    let metrics = Metrics::new_unregistered();
-    let table = {
-        // Batch schedulers live on the background runtime.
+    let plane = Arc::new(Plane::new(Metrics::new_unregistered()));
+    let control = background.block_on(ControlPlane::start(&config, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(c) = &cfg.listeners.control {
+        let token =
+            std::env::var(switchyard_control::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()).or(c.token.clone());
+        background
+            .block_on(switchyard_control::api::serve(control.clone(), c.address, token))
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    {
         let _rt = background.enter();
-        RoutingTable::build(&cfg, &backends, &metrics, generation.number).map_err(|e| anyhow::anyhow!(e))?
+        switchyard_control::watch::spawn(control).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
+
+    // gRPC is served by tonic on a runtime of its own, beside pingora's.
+    let _grpc = match &cfg.listeners.grpc {
+        Some(g) => Some(
+            switchyard_proxy::grpc::serve(g, cfg.listeners.http.threads.get(), table.clone(), metrics.clone())
+                .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
+        ),
+        None => None,
     };
-    metrics.config_generation.set(generation.number as i64);
-    metrics.config_last_reload_successful.set(1);
-    let table = Arc::new(arc_swap::ArcSwap::from_pointee(table));
 
     // `run` never returns; the background runtime lives as long as the process.
     let _background = background;

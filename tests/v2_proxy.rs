@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{free_port, repo_root, HttpClient, MlServer, Resp, Switchyard, TempDir};
+use common::{dead_address, repo_root, HttpClient, MlServer, Resp, Switchyard, TempDir};
 use serde_json::{json, Value};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -104,7 +104,7 @@ fn sorted_index(v: Value) -> Vec<Value> {
 #[tokio::test]
 async fn v2_protocol_passthrough_validation_and_faults() {
     let ml = MlServer::start().await;
-    let dead = free_port();
+    let dead = dead_address();
     let direct = HttpClient::new();
     let sy = Switchyard::config(&format!(
         r#"
@@ -116,7 +116,7 @@ backends:
     endpoints: ["{ml}"]
   pair:
     kind: v2-http
-    endpoints: ["http://127.0.0.1:{dead}", "{ml}"]
+    endpoints: ["http://{dead}", "{ml}"]
     eject_after_failures: 2
     eject_for: 10m
   impatient:
@@ -555,9 +555,9 @@ models:
 /// A backend with nothing listening: 502 naming the endpoint, and not ready.
 #[tokio::test]
 async fn backend_down_is_502_and_unready() {
-    let dead = free_port();
+    let dead = dead_address();
     let sy = Switchyard::config(&format!(
-        "backends:\n  down:\n    kind: v2-http\n    endpoints: [\"http://127.0.0.1:{dead}\"]\n    connect_timeout: 500ms\nmodels:\n  \"*\":\n    variants:\n      - {{name: default, backend: down}}\n"
+        "backends:\n  down:\n    kind: v2-http\n    endpoints: [\"http://{dead}\"]\n    connect_timeout: 500ms\nmodels:\n  \"*\":\n    variants:\n      - {{name: default, backend: down}}\n"
     ))
     .start()
     .await;
@@ -673,7 +673,7 @@ async fn passthrough_honours_max_body_bytes() {
 /// client's own protocol").
 #[tokio::test]
 async fn passthrough_to_unreachable_upstream_is_a_v2_502() {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://{}", dead_address());
     let sy = Switchyard::config(&format!(
         "backends:\n  ml:\n    kind: v2-http\n    endpoints: [\"{dead}\"]\nmodels:\n  mlp:\n    variants:\n      - {{name: stable, backend: ml}}\n"
     ))

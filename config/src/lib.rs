@@ -20,6 +20,10 @@ pub use validate::parse_duration;
 
 /// Data-plane HTTP listener (Triton's port).
 pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8000";
+/// Data-plane gRPC listener (Triton's port).
+pub const DEFAULT_GRPC_ADDRESS: &str = "0.0.0.0:8001";
+/// Largest gRPC message accepted or sent, both directions (64 MiB; gRPC's own default is 4 MiB).
+pub const DEFAULT_GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Prometheus listener (Triton's port).
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:8002";
 /// Control API: loopback only unless configured otherwise.
@@ -46,7 +50,7 @@ pub const DEFAULT_WARMUP_RUNS: u32 = 3;
 pub const DEFAULT_REPOSITORY_POLL: Duration = Duration::from_secs(2);
 
 /// A config that passed validation: every reference resolves, every value has its real type.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedConfig {
     pub listeners: Listeners,
     pub limits: Limits,
@@ -57,14 +61,23 @@ pub struct ValidatedConfig {
     pub models: BTreeMap<Arc<str>, ModelConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listeners {
     pub http: HttpListener,
     pub metrics: Option<SocketAddr>,
     pub control: Option<ControlListener>,
+    /// KServe V2 gRPC; `None` when `listeners.grpc.enabled: false`.
+    pub grpc: Option<GrpcListener>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcListener {
+    pub address: SocketAddr,
+    /// Largest message accepted from a client and sent to it; beyond it RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpListener {
     pub address: SocketAddr,
     /// Where requests the listener does not understand natively are proxied unchanged.
@@ -87,20 +100,23 @@ impl fmt::Display for Upstream {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ControlListener {
     pub address: SocketAddr,
+    /// Bearer token every control call must carry (`SWITCHYARD_CONTROL_TOKEN` overrides it).
     pub token: Option<String>,
+    /// Where API changes persist; `None` = `<config file>.state.json`.
+    pub state_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub backend_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
     /// Lower-case header name that forces a variant.
     pub override_header: String,
@@ -112,7 +128,7 @@ pub enum ExecutionProvider {
     Cuda { device: u32 },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OnnxRuntime {
     /// Explicit path of `libonnxruntime.so`; `ORT_DYLIB_PATH` and the setup step's location are tried otherwise.
     pub library_path: Option<PathBuf>,
@@ -129,15 +145,16 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Logging {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BackendConfig {
     V2Http(V2HttpBackend),
+    V2Grpc(V2GrpcBackend),
     Onnx(OnnxBackend),
 }
 
@@ -145,6 +162,7 @@ impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::V2Http(_) => "v2-http",
+            BackendConfig::V2Grpc(_) => "v2-grpc",
             BackendConfig::Onnx(_) => "onnx",
         }
     }
@@ -158,7 +176,7 @@ pub enum BinaryMode {
     Never,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct V2HttpBackend {
     pub endpoints: Vec<Upstream>,
     pub timeout: Duration,
@@ -169,6 +187,18 @@ pub struct V2HttpBackend {
     pub binary: BinaryMode,
 }
 
+/// A remote KServe V2 server over gRPC (Triton, MLServer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct V2GrpcBackend {
+    /// `host:port` of each replica (`base_path` is always empty).
+    pub endpoints: Vec<Upstream>,
+    /// Per request; sent to the server as the `grpc-timeout` deadline.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Largest message sent to or accepted from the server.
+    pub max_message_bytes: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionPolicy {
     Latest(NonZeroUsize),
@@ -176,7 +206,7 @@ pub enum VersionPolicy {
     All,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OnnxBackend {
     pub repository: PathBuf,
     pub version_policy: VersionPolicy,
@@ -187,16 +217,43 @@ pub struct OnnxBackend {
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// The model name clients use; `*` is the catch-all route.
     pub name: Arc<str>,
     /// Lower-case header whose value pins a client to a variant.
     pub sticky_header: Option<String>,
     pub variants: Vec<VariantConfig>,
+    pub rollout: Option<RolloutConfig>,
 }
 
-#[derive(Debug, Clone)]
+/// Automated canary analysis of one model (docs/operations.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    pub baseline: Arc<str>,
+    pub canary: Arc<str>,
+    /// Canary weight (percent) at each step, ascending, ending at 100 to promote.
+    pub steps: Vec<f64>,
+    /// How often the canary is judged.
+    pub interval: Duration,
+    /// Largest tolerated canary error rate above the baseline's (absolute, 0.01 = one point).
+    pub max_error_rate_increase: f64,
+    /// Largest tolerated canary p99 latency as a multiple of the baseline's.
+    pub max_p99_ratio: f64,
+    /// Canary requests needed in a step before it is judged.
+    pub min_requests: u64,
+}
+
+/// How often a rollout is judged when not given.
+pub const DEFAULT_ROLLOUT_INTERVAL: Duration = Duration::from_secs(30);
+/// Canary error-rate margin over the baseline when not given.
+pub const DEFAULT_MAX_ERROR_RATE_INCREASE: f64 = 0.01;
+/// Canary p99 margin over the baseline when not given.
+pub const DEFAULT_MAX_P99_RATIO: f64 = 1.5;
+/// Canary requests per step when not given.
+pub const DEFAULT_MIN_REQUESTS: u64 = 100;
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct VariantConfig {
     pub name: Arc<str>,
     pub backend: Arc<str>,
@@ -206,6 +263,8 @@ pub struct VariantConfig {
     pub version: Option<Arc<str>>,
     pub weight: f64,
     pub batching: Option<BatchingConfig>,
+    /// Percent of the model's requests mirrored here, off the request path.
+    pub shadow_percent: Option<f64>,
 }
 
 /// Dynamic batching of one variant (DESIGN §4).

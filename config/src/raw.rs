@@ -37,6 +37,15 @@ pub struct RawListeners {
     pub http: Option<RawHttpListener>,
     pub metrics: Option<RawPlainListener>,
     pub control: Option<RawControlListener>,
+    pub grpc: Option<RawGrpcListener>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcListener {
+    pub address: Option<S<String>>,
+    pub enabled: Option<bool>,
+    pub max_message_bytes: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -60,6 +69,8 @@ pub struct RawControlListener {
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
     pub token: Option<String>,
+    /// Where API changes persist (default: `<config file>.state.json`).
+    pub state_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -114,6 +125,8 @@ pub struct RawBackend {
     pub eject_for: Option<S<String>>,
     /// v2-http: `auto` (ask `GET /v2`), `always` or `never`.
     pub binary: Option<S<String>>,
+    /// v2-grpc: largest message either way.
+    pub max_message_bytes: Option<S<u64>>,
     /// onnx: the model repository directory (`MODEL/VERSION/model.onnx`).
     pub repository: Option<S<String>>,
     /// onnx: which versions of each model to load.
@@ -142,6 +155,20 @@ pub struct RawVersionPolicy {
 pub struct RawModel {
     pub sticky_header: Option<S<String>>,
     pub variants: S<Vec<S<RawVariant>>>,
+    /// Automated canary analysis between two of the variants.
+    pub rollout: Option<S<RawRollout>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub baseline: S<String>,
+    pub canary: S<String>,
+    pub steps: S<Vec<f64>>,
+    pub interval: Option<S<String>>,
+    pub max_error_rate_increase: Option<S<f64>>,
+    pub max_p99_ratio: Option<S<f64>>,
+    pub min_requests: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +184,8 @@ pub struct RawVariant {
     pub weight: S<f64>,
     /// Dynamic batching of this variant's requests.
     pub batching: Option<S<RawBatching>>,
+    /// Percent of the model's requests mirrored to this variant (a shadow gets no primary traffic).
+    pub shadow_percent: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

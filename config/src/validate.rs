@@ -155,6 +155,28 @@ pub(crate) fn parse_upstream(url: &str) -> Result<Upstream, String> {
     Ok(Upstream { authority: authority.to_string(), base_path: path.trim_end_matches('/').to_string() })
 }
 
+/// A gRPC message limit: at least 1 byte, at most 4 GiB (the length prefix is a u32).
+fn message_bytes(errs: &mut Errors, path: &str, v: &Option<Spanned<u64>>) -> usize {
+    match v {
+        None => DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+        Some(s) if s.value == 0 || s.value > u32::MAX as u64 => {
+            errs.at(path, loc(s), format!("must be between 1 and {} bytes, got {}", u32::MAX, s.value));
+            DEFAULT_GRPC_MAX_MESSAGE_BYTES
+        }
+        Some(s) => s.value as usize,
+    }
+}
+
+/// A gRPC endpoint: `host:port` or `http://host:port` (no path: gRPC paths are fixed).
+pub(crate) fn parse_grpc_endpoint(text: &str) -> Result<Upstream, String> {
+    let url = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
+    let up = parse_upstream(&url)?;
+    if !up.base_path.is_empty() {
+        return Err(format!("`{text}`: a gRPC endpoint is host:port, without a path"));
+    }
+    Ok(up)
+}
+
 fn header_name(errs: &mut Errors, path: &str, s: &Spanned<String>) -> String {
     let v = s.value.trim().to_ascii_lowercase();
     let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
@@ -181,12 +203,27 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         Some(m) => Some(address(errs, "listeners.metrics.address", &m.address, DEFAULT_METRICS_ADDRESS)),
         None => Some(DEFAULT_METRICS_ADDRESS.parse().expect("default parses")),
     };
+    let grpc = match raw.listeners.grpc {
+        Some(g) if g.enabled == Some(false) => None,
+        g => {
+            let g = g.unwrap_or_default();
+            Some(GrpcListener {
+                address: address(errs, "listeners.grpc.address", &g.address, DEFAULT_GRPC_ADDRESS),
+                max_message_bytes: message_bytes(errs, "listeners.grpc.max_message_bytes", &g.max_message_bytes),
+            })
+        }
+    };
     let control = match raw.listeners.control {
         Some(c) if c.enabled == Some(false) => None,
-        None => None,
+        None => Some(ControlListener {
+            address: DEFAULT_CONTROL_ADDRESS.parse().expect("default parses"),
+            token: None,
+            state_file: None,
+        }),
         Some(c) => Some(ControlListener {
             address: address(errs, "listeners.control.address", &c.address, DEFAULT_CONTROL_ADDRESS),
             token: c.token.filter(|t| !t.is_empty()),
+            state_file: c.state_file.map(|p| base_dir.join(p)),
         }),
     };
 
@@ -328,25 +365,87 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
                 version: v.version.as_ref().map(|s| Arc::from(serde_saphyr_scalar_string(&s.value).as_str())),
                 weight: w,
                 batching: v.batching.as_ref().map(|b| batching(errs, &format!("{vp}.batching"), b)),
+                shadow_percent: v.shadow_percent.as_ref().map(|p| {
+                    if !(p.value > 0.0 && p.value <= 100.0) {
+                        errs.at(
+                            format!("{vp}.shadow_percent"),
+                            loc(p),
+                            format!("must be in (0, 100], got {}", p.value),
+                        );
+                    }
+                    if w > 0.0 {
+                        errs.at(
+                            format!("{vp}.weight"),
+                            loc(&v.weight),
+                            "a shadow variant gets mirrored copies only: its weight must be 0",
+                        );
+                    }
+                    p.value
+                }),
             });
         }
         if !vs.value.is_empty() && sum <= 0.0 {
             errs.at(format!("{path}.variants"), loc(vs), "variant weights must have a positive sum");
         }
+        let rollout = m.value.rollout.as_ref().map(|r| rollout(errs, &format!("{path}.rollout"), r, &variants));
         models.insert(
             Arc::<str>::from(name.as_str()),
-            ModelConfig { name: Arc::from(name.as_str()), sticky_header, variants },
+            ModelConfig { name: Arc::from(name.as_str()), sticky_header, variants, rollout },
         );
     }
 
     ValidatedConfig {
-        listeners: Listeners { http, metrics, control },
+        listeners: Listeners { http, metrics, control, grpc },
         limits,
         routing,
         runtime,
         logging,
         backends,
         models,
+    }
+}
+
+fn rollout(errs: &mut Errors, path: &str, r: &Spanned<RawRollout>, variants: &[VariantConfig]) -> RolloutConfig {
+    let v = &r.value;
+    for (field, name) in [("baseline", &v.baseline), ("canary", &v.canary)] {
+        if !variants.iter().any(|x| x.name.as_ref() == name.value) {
+            errs.at(format!("{path}.{field}"), loc(name), format!("no variant named `{}` in this model", name.value));
+        }
+    }
+    if v.baseline.value == v.canary.value {
+        errs.at(format!("{path}.canary"), loc(&v.canary), "canary and baseline must be different variants");
+    }
+    let steps = v.steps.value.clone();
+    let ascending = steps.windows(2).all(|w| w[0] < w[1]);
+    if steps.is_empty() || !ascending || steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0)) {
+        errs.at(
+            format!("{path}.steps"),
+            loc(&v.steps),
+            "steps must be ascending canary weights in (0, 100], e.g. [5, 25, 50, 100]",
+        );
+    }
+    let ratio = |errs: &mut Errors, f: &str, x: &Option<Spanned<f64>>, d: f64, min: f64| match x {
+        None => d,
+        Some(s) if s.value.is_finite() && s.value >= min => s.value,
+        Some(s) => {
+            errs.at(format!("{path}.{f}"), loc(s), format!("must be a number ≥ {min}, got {}", s.value));
+            d
+        }
+    };
+    RolloutConfig {
+        baseline: Arc::from(v.baseline.value.as_str()),
+        canary: Arc::from(v.canary.value.as_str()),
+        steps,
+        interval: duration(errs, &format!("{path}.interval"), &v.interval, DEFAULT_ROLLOUT_INTERVAL, false),
+        max_error_rate_increase: ratio(
+            errs,
+            "max_error_rate_increase",
+            &v.max_error_rate_increase,
+            DEFAULT_MAX_ERROR_RATE_INCREASE,
+            0.0,
+        ),
+        max_p99_ratio: ratio(errs, "max_p99_ratio", &v.max_p99_ratio, DEFAULT_MAX_P99_RATIO, 1.0),
+        min_requests: v.min_requests.as_ref().map(|m| m.value).unwrap_or(DEFAULT_MIN_REQUESTS),
     }
 }
 
@@ -429,6 +528,7 @@ fn backend(
         "v2-http" => {
             only(errs, "repository", r.repository.is_some(), "v2-http");
             only(errs, "version_policy", r.version_policy.is_some(), "v2-http");
+            only(errs, "max_message_bytes", r.max_message_bytes.is_some(), "v2-http");
             if r.endpoints.is_empty() {
                 errs.at(format!("{path}.endpoints"), loc(b), "a v2-http backend needs at least one endpoint");
             }
@@ -474,8 +574,47 @@ fn backend(
                 binary,
             }))
         }
+        "v2-grpc" => {
+            for (field, present) in [
+                ("repository", r.repository.is_some()),
+                ("version_policy", r.version_policy.is_some()),
+                ("binary", r.binary.is_some()),
+                ("pool_size", r.pool_size.is_some()),
+                ("eject_after_failures", r.eject_after_failures.is_some()),
+                ("eject_for", r.eject_for.is_some()),
+            ] {
+                only(errs, field, present, "v2-grpc");
+            }
+            if r.endpoints.is_empty() {
+                errs.at(
+                    format!("{path}.endpoints"),
+                    loc(b),
+                    "a v2-grpc backend needs at least one endpoint (host:port)",
+                );
+            }
+            let mut endpoints = Vec::new();
+            for (i, e) in r.endpoints.iter().enumerate() {
+                match parse_grpc_endpoint(&e.value) {
+                    Ok(u) => endpoints.push(u),
+                    Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
+                }
+            }
+            Some(BackendConfig::V2Grpc(V2GrpcBackend {
+                endpoints,
+                timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, default_timeout, false),
+                connect_timeout: duration(
+                    errs,
+                    &format!("{path}.connect_timeout"),
+                    &r.connect_timeout,
+                    DEFAULT_CONNECT_TIMEOUT,
+                    false,
+                ),
+                max_message_bytes: message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes),
+            }))
+        }
         "onnx" => {
             only(errs, "endpoints", !r.endpoints.is_empty(), "onnx");
+            only(errs, "max_message_bytes", r.max_message_bytes.is_some(), "onnx");
             only(errs, "binary", r.binary.is_some(), "onnx");
             only(errs, "pool_size", r.pool_size.is_some(), "onnx");
             let Some(repo) = &r.repository else {
@@ -543,7 +682,7 @@ fn backend(
             errs.at(
                 format!("{path}.kind"),
                 loc(&r.kind),
-                format!("unknown backend kind `{other}` (expected v2-http or onnx)"),
+                format!("unknown backend kind `{other}` (expected v2-http, v2-grpc or onnx)"),
             );
             None
         }
@@ -580,7 +719,7 @@ models:
         let c = parse(GOOD, Path::new(".")).unwrap();
         assert_eq!(c.listeners.http.address.to_string(), DEFAULT_HTTP_ADDRESS);
         assert_eq!(c.listeners.metrics.unwrap().to_string(), DEFAULT_METRICS_ADDRESS);
-        assert!(c.listeners.control.is_none());
+        assert_eq!(c.listeners.control.unwrap().address.to_string(), DEFAULT_CONTROL_ADDRESS);
         let m = &c.models["mlp"];
         assert_eq!(m.sticky_header.as_deref(), Some("x-user-id"));
         assert_eq!(m.variants[1].version.as_deref(), Some("2"));
@@ -645,6 +784,19 @@ models:
             ),
             ("unknown kind", "backends:\n  b:\n    kind: grpc9\n", "backends.b.kind", 3),
             (
+                "grpc endpoint with a path",
+                "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1/x']\n",
+                "backends.b.endpoints[0]",
+                4,
+            ),
+            (
+                "grpc backend with http-only field",
+                "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1']\n    binary: always\n",
+                "backends.b.binary",
+                0,
+            ),
+            ("zero grpc limit", "listeners:\n  grpc:\n    max_message_bytes: 0\n", "listeners.grpc.max_message_bytes", 3),
+            (
                 "duplicate variant",
                 "backends:\n  b: {kind: v2-http, endpoints: ['http://h:1']}\nmodels:\n  m:\n    variants:\n      - {name: a, backend: b}\n      - {name: a, backend: b}\n",
                 "models.m.variants[1].name",
@@ -668,6 +820,27 @@ models:
             "listeners:\n  http:\n    address: nope\nlimits:\n  backend_timeout: 3\nmodels:\n  m:\n    variants:\n      - {name: a, backend: ghost}\n",
         );
         assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn grpc_listener_and_backend() {
+        let c = parse("", Path::new(".")).unwrap();
+        let g = c.listeners.grpc.expect("on by default");
+        assert_eq!(g.address.to_string(), DEFAULT_GRPC_ADDRESS);
+        assert_eq!(g.max_message_bytes, DEFAULT_GRPC_MAX_MESSAGE_BYTES);
+        let c = parse("listeners:\n  grpc: {enabled: false}\n", Path::new(".")).unwrap();
+        assert!(c.listeners.grpc.is_none());
+        let c = parse(
+            "listeners:\n  grpc: {address: 127.0.0.1:9001, max_message_bytes: 1024}\nbackends:\n  t:\n    kind: v2-grpc\n    endpoints: ['127.0.0.1:8001', 'http://triton:8001']\n    timeout: 2s\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.listeners.grpc.unwrap().max_message_bytes, 1024);
+        let BackendConfig::V2Grpc(b) = &c.backends["t"] else { panic!() };
+        assert_eq!(b.endpoints[0].authority, "127.0.0.1:8001");
+        assert_eq!(b.endpoints[1].authority, "triton:8001");
+        assert_eq!(b.timeout, Duration::from_secs(2));
+        assert_eq!(b.max_message_bytes, DEFAULT_GRPC_MAX_MESSAGE_BYTES);
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub struct Batcher {
     queued: Arc<AtomicUsize>,
     cfg: Arc<BatchingConfig>,
     metrics: BatchMetrics,
+    backend: Arc<dyn Backend>,
     pub target: ModelTarget,
 }
 
@@ -101,7 +102,7 @@ impl Batcher {
         let cfg = Arc::new(cfg);
         let scheduler = Scheduler {
             rx,
-            backend,
+            backend: backend.clone(),
             target: target.clone(),
             cfg: cfg.clone(),
             queued: queued.clone(),
@@ -112,7 +113,7 @@ impl Batcher {
             last_arrival: None,
         };
         tokio::spawn(scheduler.run());
-        Arc::new(Batcher { tx, queued, cfg, metrics, target })
+        Arc::new(Batcher { tx, queued, cfg, metrics, backend, target })
     }
 
     /// Queues a request and waits for its share of a batch. Returns the
@@ -163,6 +164,11 @@ impl Batcher {
             return Err(BatchError::Closed);
         }
         rx.await.unwrap_or(Err(BatchError::Closed))
+    }
+
+    /// Whether this queue already is what a new snapshot asks for (same backend instance, same settings).
+    pub fn serves(&self, backend: &Arc<dyn Backend>, cfg: &BatchingConfig) -> bool {
+        Arc::ptr_eq(&self.backend, backend) && *self.cfg == *cfg
     }
 
     /// Requests waiting now.

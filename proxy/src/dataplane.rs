@@ -257,7 +257,7 @@ impl DataPlane {
             let prefs = OutputPrefs { outputs: req.outputs.clone(), default_binary: req.binary_output };
             let id = req.id.clone();
             let t0 = Instant::now();
-            let call = pipeline::execute(&sel, req);
+            let call = pipeline::execute(&sel, model, version, req);
             // A client that hangs up stops the wait: its queued work is dropped
             // and an unbatched backend call is cancelled.
             session.set_abort_on_close(true);

@@ -1,13 +1,15 @@
-//! Switchyard's data plane: the pingora HTTP listener speaking KServe V2,
-//! routing and A/B selection over a swappable snapshot, and metrics.
+//! Switchyard's data plane: the pingora HTTP listener and the tonic gRPC
+//! listener speaking KServe V2, routing and A/B selection over a swappable snapshot, and metrics.
 
 pub mod admin;
 pub mod batch;
 pub mod dataplane;
+pub mod grpc;
 pub mod metrics;
 pub mod pipeline;
 pub mod respond;
 pub mod routing;
+pub mod shadow;
 
 use std::sync::Arc;
 

@@ -23,13 +23,14 @@ pub struct Metrics {
     backend_duration: HistogramVec,
     pub in_flight: IntGauge,
     pub passthrough: IntCounterVec,
-    pub config_generation: IntGauge,
-    pub config_last_reload_successful: IntGauge,
     batch_size: HistogramVec,
     batch_queue_time: HistogramVec,
     batch_execution_time: HistogramVec,
     batch_queue_depth: IntGaugeVec,
     batch_rejections: IntCounterVec,
+    shadow_requests: IntCounterVec,
+    shadow_rows: IntCounterVec,
+    shadow_max_abs_error: HistogramVec,
 }
 
 /// Metric handles of one batch queue.
@@ -49,6 +50,9 @@ pub struct VariantMetrics {
     model: String,
     variant: String,
     requests: IntCounterVec,
+    shadow_requests: IntCounterVec,
+    shadow_rows: IntCounterVec,
+    shadow_max_abs_error: Histogram,
     /// Resolved on first use, so unused codes export no series.
     by_code: Arc<[OnceLock<IntCounter>; COMMON_CODES.len()]>,
     pub request_duration: Histogram,
@@ -56,6 +60,19 @@ pub struct VariantMetrics {
 }
 
 impl VariantMetrics {
+    /// A mirrored request that was `dropped` or `failed`.
+    pub fn shadow_outcome(&self, outcome: &str) {
+        self.shadow_requests.with_label_values(&[&self.model, &self.variant, outcome]).inc();
+    }
+
+    /// A mirrored request compared with the primary's answer.
+    pub fn shadow_compared(&self, rows: u64, agreeing: u64, max_abs_error: f64) {
+        self.shadow_outcome("compared");
+        self.shadow_rows.with_label_values(&[&self.model, &self.variant, "agree"]).inc_by(agreeing);
+        self.shadow_rows.with_label_values(&[&self.model, &self.variant, "disagree"]).inc_by(rows - agreeing);
+        self.shadow_max_abs_error.observe(max_abs_error);
+    }
+
     pub fn count(&self, code: u16) {
         match COMMON_CODES.iter().position(|c| *c == code) {
             Some(i) => self.by_code[i]
@@ -100,13 +117,6 @@ impl Metrics {
             &["code"],
         )
         .expect("valid metric");
-        let config_generation =
-            IntGauge::new("switchyard_config_generation", "Generation of the routing snapshot in use").expect("valid");
-        let config_last_reload_successful = IntGauge::new(
-            "switchyard_config_last_reload_successful",
-            "1 when the last config load or reload was applied, 0 when it was rejected",
-        )
-        .expect("valid");
         let build_info = IntGaugeVec::new(
             Opts::new("switchyard_build_info", "Build information; the value is always 1"),
             &["version"],
@@ -145,20 +155,43 @@ impl Metrics {
             &["model", "version", "backend", "reason"],
         )
         .expect("valid metric");
+        let shadow_requests = IntCounterVec::new(
+            Opts::new("switchyard_shadow_requests_total", "Mirrored requests to shadow variants, by outcome"),
+            &["model", "variant", "outcome"],
+        )
+        .expect("valid metric");
+        let shadow_rows = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_argmax_rows_total",
+                "Rows compared between shadow and primary, by whether their argmax agreed",
+            ),
+            &["model", "variant", "result"],
+        )
+        .expect("valid metric");
+        let shadow_max_abs_error = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_shadow_max_abs_error",
+                "Largest absolute difference between shadow and primary outputs, per mirrored request",
+            )
+            .buckets(vec![1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0]),
+            &["model", "variant"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(backend_duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(passthrough.clone()),
-            Box::new(config_generation.clone()),
-            Box::new(config_last_reload_successful.clone()),
             Box::new(build_info),
             Box::new(batch_size.clone()),
             Box::new(batch_queue_time.clone()),
             Box::new(batch_execution_time.clone()),
             Box::new(batch_queue_depth.clone()),
             Box::new(batch_rejections.clone()),
+            Box::new(shadow_requests.clone()),
+            Box::new(shadow_rows.clone()),
+            Box::new(shadow_max_abs_error.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -169,13 +202,14 @@ impl Metrics {
             backend_duration,
             in_flight,
             passthrough,
-            config_generation,
-            config_last_reload_successful,
             batch_size,
             batch_queue_time,
             batch_execution_time,
             batch_queue_depth,
             batch_rejections,
+            shadow_requests,
+            shadow_rows,
+            shadow_max_abs_error,
         }
     }
 
@@ -198,6 +232,9 @@ impl Metrics {
             model: model.to_string(),
             variant: variant.to_string(),
             requests: self.requests.clone(),
+            shadow_requests: self.shadow_requests.clone(),
+            shadow_rows: self.shadow_rows.clone(),
+            shadow_max_abs_error: self.shadow_max_abs_error.with_label_values(&[model, variant]),
             by_code: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             request_duration: self.request_duration.with_label_values(&[model, variant]),
             backend_duration: self.backend_duration.with_label_values(&[model, variant]),

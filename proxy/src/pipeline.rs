@@ -10,6 +10,7 @@ use switchyard_runtime::{InferRequest, InferResponse};
 
 use crate::respond::ApiError;
 use crate::routing::{RoutingTable, Selection, Variant};
+use crate::shadow;
 
 /// Picks the variant for a request; `header` reads a request header (HTTP) or metadata entry (gRPC).
 pub fn select<'t, 'h>(
@@ -30,8 +31,26 @@ pub struct Executed {
     pub batch_rows: Option<usize>,
 }
 
-/// Runs a decoded, validated request on the selected variant.
-pub async fn execute(sel: &Selection<'_>, req: InferRequest) -> Result<Executed, ApiError> {
+/// Runs a decoded, validated request on the selected variant, mirroring it
+/// to the route's shadow variants when sampled.
+pub async fn execute(
+    sel: &Selection<'_>,
+    model: &str,
+    version: Option<&str>,
+    req: InferRequest,
+) -> Result<Executed, ApiError> {
+    if sel.route.shadows.is_empty() {
+        return run(sel, req).await;
+    }
+    let mirrors = shadow::start(sel.route, sel.index, model, version, &req);
+    let result = run(sel, req).await;
+    if let Ok(done) = &result {
+        mirrors.primary_answered(&done.response);
+    }
+    result
+}
+
+async fn run(sel: &Selection<'_>, req: InferRequest) -> Result<Executed, ApiError> {
     let variant = sel.variant;
     match &variant.batcher {
         Some(b) if b.target == sel.target => {
@@ -42,9 +61,11 @@ pub async fn execute(sel: &Selection<'_>, req: InferRequest) -> Result<Executed,
     }
 }
 
-/// Records one answered request: status counter and latency histograms.
+/// Records one answered request: status counter, latency histograms and the
+/// live stats the control plane reads (5xx counts against the variant).
 pub fn record(variant: &Variant, status: u16, total: Duration, backend: Duration) {
     variant.metrics.count(status);
+    variant.stats.record(total, status >= 500);
     variant.metrics.request_duration.observe(total.as_secs_f64());
     if !backend.is_zero() {
         variant.metrics.backend_duration.observe(backend.as_secs_f64());

@@ -1,5 +1,6 @@
 //! The one place errors become HTTP statuses: 4xx when the client is at
-//! fault, 503 for overload or unready, 502/504 when the backend failed.
+//! fault, 503 for overload or unready, 502/504 when the backend failed —
+//! and, from those, gRPC status codes (`ApiError::grpc_status`).
 
 use switchyard_runtime::{BackendError, CodecError};
 
@@ -17,6 +18,33 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into(), retry_after: None }
+    }
+}
+
+impl ApiError {
+    /// The same error as a gRPC status, with the code that says who failed:
+    /// INVALID_ARGUMENT (400), NOT_FOUND (404), RESOURCE_EXHAUSTED (413, 429),
+    /// UNAVAILABLE (502, 503 — a full batch queue too, as Triton answers),
+    /// DEADLINE_EXCEEDED (408, 504), CANCELLED (499), UNIMPLEMENTED (405, 501),
+    /// INTERNAL (500).
+    pub fn grpc_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self.status {
+            400 | 422 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            405 | 501 => Code::Unimplemented,
+            408 | 504 => Code::DeadlineExceeded,
+            409 => Code::Aborted,
+            413 | 429 => Code::ResourceExhausted,
+            499 => Code::Cancelled,
+            502 | 503 => Code::Unavailable,
+            500 => Code::Internal,
+            400..=499 => Code::FailedPrecondition,
+            _ => Code::Unknown,
+        };
+        tonic::Status::new(code, self.message.clone())
     }
 }
 
@@ -88,6 +116,25 @@ mod tests {
         for (e, status) in cases {
             assert_eq!(e.status, status, "{e:?}");
             assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn grpc_codes_say_who_failed() {
+        use tonic::Code;
+        let cases: Vec<(ApiError, Code)> = vec![
+            (CodecError::invalid("bad tensor").into(), Code::InvalidArgument),
+            (RouteError::UnknownModel("m".into()).into(), Code::NotFound),
+            (BackendError::Connect { endpoint: "e".into(), message: "refused".into() }.into(), Code::Unavailable),
+            (BackendError::Unavailable("x".into()).into(), Code::Unavailable),
+            (BackendError::Timeout(Duration::from_secs(1)).into(), Code::DeadlineExceeded),
+            (BackendError::Internal("x".into()).into(), Code::Internal),
+            (ApiError::new(413, "too big"), Code::ResourceExhausted),
+        ];
+        for (e, code) in cases {
+            let s = e.grpc_status();
+            assert_eq!(s.code(), code, "{e:?}");
+            assert_eq!(s.message(), e.message);
         }
     }
 }

@@ -12,6 +12,8 @@ use switchyard_config::ValidatedConfig;
 use switchyard_runtime::{Backend, Backends, ModelTarget};
 use xxhash_rust::xxh3::xxh3_64;
 
+use switchyard_stats::{LiveStats, StatsRegistry};
+
 use crate::batch::Batcher;
 use crate::metrics::{Metrics, VariantMetrics};
 
@@ -35,6 +37,11 @@ pub struct Variant {
     pub metrics: VariantMetrics,
     /// The batch queue of this variant's (backend, model, version), when batching is on.
     pub batcher: Option<Arc<Batcher>>,
+    /// Live counters the control plane judges canaries and experiments from (kept across snapshots).
+    pub stats: Arc<LiveStats>,
+    /// Percent of the model's requests mirrored to this (shadow) variant.
+    pub shadow_percent: Option<f64>,
+    shadow_counter: AtomicU64,
 }
 
 pub struct Route {
@@ -44,6 +51,8 @@ pub struct Route {
     /// Pre-built target per variant (named routes only; the wildcard keeps the client's name).
     targets: Vec<Option<ModelTarget>>,
     counter: AtomicU64,
+    /// Indices of the shadow variants.
+    pub shadows: Vec<usize>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +76,8 @@ impl std::fmt::Display for RouteError {
 pub struct Selection<'a> {
     pub route: &'a Route,
     pub variant: &'a Variant,
+    /// Index of `variant` in `route.variants`.
+    pub index: usize,
     pub target: ModelTarget,
 }
 
@@ -146,15 +157,25 @@ impl Route {
             .expect("validated routes have variants")
         };
         let variant = &self.variants[idx];
-        let target = match (&self.targets[idx], version) {
+        Ok(Selection { route: self, variant, index: idx, target: self.target_of(idx, model, version) })
+    }
+
+    /// What variant `idx` asks its backend for, given the client's model and version.
+    pub fn target_of(&self, idx: usize, model: &str, version: Option<&str>) -> ModelTarget {
+        let variant = &self.variants[idx];
+        match (&self.targets[idx], version) {
             (Some(t), None) => t.clone(),
             (Some(t), Some(v)) => ModelTarget { name: t.name.clone(), version: Some(Arc::from(v)) },
             (None, v) => ModelTarget {
                 name: variant.model.clone().unwrap_or_else(|| Arc::from(model)),
                 version: v.map(Arc::from).or_else(|| variant.version.clone()),
             },
-        };
-        Ok(Selection { route: self, variant, target })
+        }
+    }
+
+    /// Whether this request is mirrored to shadow variant `idx`.
+    pub fn sample_shadow(&self, idx: usize, percent: f64) -> bool {
+        crate::shadow::sample(&self.variants[idx].shadow_counter, percent)
     }
 }
 
@@ -163,16 +184,34 @@ pub struct RoutingTable {
     pub routes: HashMap<Arc<str>, Arc<Route>>,
     pub wildcard: Option<Arc<Route>>,
     pub override_header: http::HeaderName,
+    /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
+    batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
+}
+
+/// What a snapshot is built from besides the config.
+pub struct BuildContext<'a> {
+    pub backends: &'a Backends,
+    pub metrics: &'a Metrics,
+    pub stats: &'a StatsRegistry,
+    /// The snapshot being replaced: unchanged batch queues are carried over.
+    pub previous: Option<&'a RoutingTable>,
 }
 
 impl RoutingTable {
+    /// A table with no routes, published until the first generation is applied.
+    pub fn empty() -> RoutingTable {
+        RoutingTable {
+            generation: 0,
+            routes: HashMap::new(),
+            wildcard: None,
+            override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
+            batchers: HashMap::new(),
+        }
+    }
+
     /// Builds a snapshot; batch schedulers are spawned on the current tokio runtime.
-    pub fn build(
-        cfg: &ValidatedConfig,
-        backends: &Backends,
-        metrics: &Metrics,
-        generation: u64,
-    ) -> Result<RoutingTable, String> {
+    pub fn build(cfg: &ValidatedConfig, ctx: &BuildContext<'_>, generation: u64) -> Result<RoutingTable, String> {
+        let (backends, metrics) = (ctx.backends, ctx.metrics);
         let mut routes = HashMap::new();
         // One queue per (backend, model, version), shared by variants that agree on all three.
         let mut batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>> = HashMap::new();
@@ -200,15 +239,25 @@ impl RoutingTable {
                             v.name
                         ))
                     }
-                    (Some(b), Some(t)) => Some(
-                        batchers
-                            .entry((v.backend.clone(), t.clone()))
-                            .or_insert_with(|| {
-                                let m = metrics.batch(&t.name, t.version.as_deref().unwrap_or(""), &v.backend);
-                                Batcher::spawn(backend.clone(), t.clone(), b.clone(), m)
-                            })
-                            .clone(),
-                    ),
+                    (Some(b), Some(t)) => {
+                        let key = (v.backend.clone(), t.clone());
+                        let reuse = ctx
+                            .previous
+                            .and_then(|p| p.batchers.get(&key))
+                            .filter(|old| old.serves(&backend, b))
+                            .cloned();
+                        Some(
+                            batchers
+                                .entry(key)
+                                .or_insert_with(|| {
+                                    reuse.unwrap_or_else(|| {
+                                        let m = metrics.batch(&t.name, t.version.as_deref().unwrap_or(""), &v.backend);
+                                        Batcher::spawn(backend.clone(), t.clone(), b.clone(), m)
+                                    })
+                                })
+                                .clone(),
+                        )
+                    }
                 };
                 targets.push(target);
                 variants.push(Variant {
@@ -222,9 +271,15 @@ impl RoutingTable {
                         .map_err(|_| format!("variant name `{}` is not a valid header value", v.name))?,
                     metrics: metrics.variant(name, &v.name),
                     batcher,
+                    stats: ctx.stats.get_or_create(name, &v.name),
+                    shadow_percent: v.shadow_percent,
+                    shadow_counter: AtomicU64::new(0),
                 });
             }
+            let shadows =
+                variants.iter().enumerate().filter(|(_, v)| v.shadow_percent.is_some()).map(|(i, _)| i).collect();
             let route = Arc::new(Route {
+                shadows,
                 name: name.clone(),
                 sticky_header: m
                     .sticky_header
@@ -245,6 +300,7 @@ impl RoutingTable {
             generation,
             routes,
             wildcard,
+            batchers,
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
         })
     }
@@ -276,7 +332,13 @@ mod tests {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
             backends.insert(name.clone(), Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c)));
         }
-        RoutingTable::build(&cfg, &backends, &Metrics::new_unregistered(), 1).unwrap()
+        let ctx = BuildContext {
+            backends: &backends,
+            metrics: &Metrics::new_unregistered(),
+            stats: &StatsRegistry::default(),
+            previous: None,
+        };
+        RoutingTable::build(&cfg, &ctx, 1).unwrap()
     }
 
     const SPLIT: &str = r#"

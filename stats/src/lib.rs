@@ -42,6 +42,29 @@ pub struct LiveStats {
     errors: AtomicU64,
     latency_us_sum: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
+    shadow: ShadowStats,
+}
+
+/// How a shadow variant's mirrored answers compare with the primary's.
+#[derive(Default)]
+struct ShadowStats {
+    mirrored: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    compared_rows: AtomicU64,
+    agreeing_rows: AtomicU64,
+    /// f64 bits; non-negative floats order like their bits.
+    max_abs_error: AtomicU64,
+}
+
+/// One mirrored request's outcome.
+pub enum ShadowOutcome {
+    /// Answered; `rows` compared by argmax, `agreeing` of them equal, `max_abs_error` over every element.
+    Compared { rows: u64, agreeing: u64, max_abs_error: f64 },
+    /// The shadow failed or timed out.
+    Failed,
+    /// Not sent: too many shadow requests already in flight.
+    Dropped,
 }
 
 impl Default for LiveStats {
@@ -51,6 +74,7 @@ impl Default for LiveStats {
             errors: AtomicU64::new(0),
             latency_us_sum: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            shadow: ShadowStats::default(),
         }
     }
 }
@@ -67,12 +91,42 @@ impl LiveStats {
         self.buckets[bucket_of(us as f64)].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn record_shadow(&self, outcome: ShadowOutcome) {
+        let s = &self.shadow;
+        match outcome {
+            ShadowOutcome::Compared { rows, agreeing, max_abs_error } => {
+                s.mirrored.fetch_add(1, Ordering::Relaxed);
+                s.compared_rows.fetch_add(rows, Ordering::Relaxed);
+                s.agreeing_rows.fetch_add(agreeing, Ordering::Relaxed);
+                if max_abs_error.is_finite() && max_abs_error >= 0.0 {
+                    s.max_abs_error.fetch_max(max_abs_error.to_bits(), Ordering::Relaxed);
+                }
+            }
+            ShadowOutcome::Failed => {
+                s.mirrored.fetch_add(1, Ordering::Relaxed);
+                s.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ShadowOutcome::Dropped => {
+                s.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
+        let s = &self.shadow;
         Snapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             latency_us_sum: self.latency_us_sum.load(Ordering::Relaxed),
             buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            shadow: ShadowSnapshot {
+                mirrored: s.mirrored.load(Ordering::Relaxed),
+                failed: s.failed.load(Ordering::Relaxed),
+                dropped: s.dropped.load(Ordering::Relaxed),
+                compared_rows: s.compared_rows.load(Ordering::Relaxed),
+                agreeing_rows: s.agreeing_rows.load(Ordering::Relaxed),
+                max_abs_error: f64::from_bits(s.max_abs_error.load(Ordering::Relaxed)),
+            },
         }
     }
 }
@@ -84,6 +138,25 @@ pub struct Snapshot {
     pub errors: u64,
     pub latency_us_sum: u64,
     pub buckets: Vec<u64>,
+    pub shadow: ShadowSnapshot,
+}
+
+/// Shadow comparison counts (cumulative; `max_abs_error` is the largest seen since start).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShadowSnapshot {
+    pub mirrored: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub compared_rows: u64,
+    pub agreeing_rows: u64,
+    pub max_abs_error: f64,
+}
+
+impl ShadowSnapshot {
+    /// Share of compared rows whose argmax matched the primary's.
+    pub fn agreement(&self) -> Option<f64> {
+        (self.compared_rows > 0).then(|| self.agreeing_rows as f64 / self.compared_rows as f64)
+    }
 }
 
 impl Snapshot {
@@ -98,6 +171,14 @@ impl Snapshot {
                 .enumerate()
                 .map(|(i, b)| b.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
                 .collect(),
+            shadow: ShadowSnapshot {
+                mirrored: self.shadow.mirrored.saturating_sub(earlier.shadow.mirrored),
+                failed: self.shadow.failed.saturating_sub(earlier.shadow.failed),
+                dropped: self.shadow.dropped.saturating_sub(earlier.shadow.dropped),
+                compared_rows: self.shadow.compared_rows.saturating_sub(earlier.shadow.compared_rows),
+                agreeing_rows: self.shadow.agreeing_rows.saturating_sub(earlier.shadow.agreeing_rows),
+                max_abs_error: self.shadow.max_abs_error,
+            },
         }
     }
 

@@ -63,6 +63,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
+/// `host:port` where nothing listens. It is on 127.0.0.2: test servers bind
+/// 127.0.0.1 only, so a port handed out by `free_port` can never come to life
+/// there (on 127.0.0.1 the kernel may give the same port to the next server).
+pub fn dead_address() -> String {
+    format!("127.0.0.2:{}", free_port())
+}
+
 /// A fresh directory under the system temp dir, removed on drop unless the
 /// thread is panicking (then it is kept for the post-mortem and its path printed).
 pub struct TempDir(PathBuf);
@@ -176,6 +183,7 @@ async fn wait_ready(proc: &mut Proc, client: &HttpClient, url: &str, patience: D
 /// A real MLServer (tests/mlserver/start.sh) serving `mlp` v1+v2 and `slow`.
 pub struct MlServer {
     pub http_port: u16,
+    pub grpc_port: u16,
     // Field order matters: the process dies before its scratch directory goes.
     proc: Proc,
     _dir: TempDir,
@@ -195,7 +203,7 @@ impl MlServer {
         let mut proc = Proc::spawn("mlserver", cmd, dir.path().join("mlserver.log"));
         let url = format!("http://127.0.0.1:{http_port}/v2/health/ready");
         wait_ready(&mut proc, &HttpClient::new(), &url, MLSERVER_PATIENCE).await;
-        MlServer { http_port, proc, _dir: dir }
+        MlServer { http_port, grpc_port, proc, _dir: dir }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -213,9 +221,23 @@ impl MlServer {
 pub struct SwitchyardBuilder {
     body: String,
     default_upstream: Option<String>,
+    grpc_max_message_bytes: Option<usize>,
+    control_token: Option<String>,
 }
 
 impl SwitchyardBuilder {
+    /// `listeners.grpc.max_message_bytes` of the gRPC listener.
+    pub fn grpc_max_message_bytes(mut self, n: usize) -> Self {
+        self.grpc_max_message_bytes = Some(n);
+        self
+    }
+
+    /// Every control API call must carry this bearer token.
+    pub fn control_token(mut self, token: &str) -> Self {
+        self.control_token = Some(token.to_string());
+        self
+    }
+
     /// Listeners pass unknown paths through to this base URL.
     pub fn default_upstream(mut self, url: &str) -> Self {
         self.default_upstream = Some(url.to_string());
@@ -227,11 +249,21 @@ impl SwitchyardBuilder {
         let dir = TempDir::new("switchyard");
         let http_port = free_port();
         let metrics_port = free_port();
+        let grpc_port = free_port();
+        let control_port = free_port();
         let mut yaml = format!("listeners:\n  http:\n    address: 127.0.0.1:{http_port}\n");
         if let Some(up) = &self.default_upstream {
             yaml.push_str(&format!("    default_upstream: {up}\n"));
         }
         yaml.push_str(&format!("  metrics:\n    address: 127.0.0.1:{metrics_port}\n"));
+        yaml.push_str(&format!("  control:\n    address: 127.0.0.1:{control_port}\n"));
+        if let Some(t) = &self.control_token {
+            yaml.push_str(&format!("    token: {t}\n"));
+        }
+        yaml.push_str(&format!("  grpc:\n    address: 127.0.0.1:{grpc_port}\n"));
+        if let Some(n) = self.grpc_max_message_bytes {
+            yaml.push_str(&format!("    max_message_bytes: {n}\n"));
+        }
         yaml.push_str(&self.body);
         let config = dir.path().join("switchyard.yaml");
         std::fs::write(&config, &yaml).expect("write config");
@@ -241,7 +273,7 @@ impl SwitchyardBuilder {
         let client = HttpClient::new();
         let url = format!("http://127.0.0.1:{http_port}/startup");
         wait_ready(&mut proc, &client, &url, PATIENCE).await;
-        Switchyard { http_port, metrics_port, config, client, proc, _dir: dir }
+        Switchyard { http_port, metrics_port, grpc_port, control_port, config, client, proc, _dir: dir }
     }
 }
 
@@ -249,6 +281,8 @@ impl SwitchyardBuilder {
 pub struct Switchyard {
     pub http_port: u16,
     pub metrics_port: u16,
+    pub grpc_port: u16,
+    pub control_port: u16,
     pub config: PathBuf,
     pub client: HttpClient,
     proc: Proc,
@@ -258,11 +292,20 @@ pub struct Switchyard {
 impl Switchyard {
     /// `config` is the YAML after the `listeners` section (backends, models, limits, routing...).
     pub fn config(body: &str) -> SwitchyardBuilder {
-        SwitchyardBuilder { body: body.to_string(), default_upstream: None }
+        SwitchyardBuilder {
+            body: body.to_string(),
+            default_upstream: None,
+            grpc_max_message_bytes: None,
+            control_token: None,
+        }
     }
 
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.control_port)
     }
 
     pub fn metrics_url(&self) -> String {

@@ -111,6 +111,8 @@ listeners:
     address: 127.0.0.1:{http_port}
   metrics:
     address: 127.0.0.1:{metrics_port}
+  grpc:
+    enabled: false
 routing:
   sticky_header: x-user-id
 backends:

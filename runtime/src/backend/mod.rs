@@ -2,6 +2,7 @@
 //! model, so routing, batching and caching never depend on which one it is.
 
 pub mod onnx;
+pub mod v2_grpc;
 pub mod v2_http;
 
 use std::collections::BTreeMap;
@@ -36,28 +37,64 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the backend as a whole can take requests now.
     async fn ready(&self) -> bool;
+
+    /// The KServe V2 gRPC client of a `v2-grpc` backend: the gRPC front end
+    /// passes ModelConfig, ModelStatistics and Repository* RPCs through it.
+    fn v2_grpc(&self) -> Option<&v2_grpc::V2GrpcBackend> {
+        None
+    }
 }
 
 pub type Backends = BTreeMap<Arc<str>, Arc<dyn Backend>>;
 
+/// The built backends of one config generation, with the configs they were
+/// built from, so that the next generation reuses every backend whose config
+/// did not change (its connection pools, loaded models and batch queues stay).
+#[derive(Default)]
+pub struct BackendSet {
+    entries: BTreeMap<Arc<str>, (BackendConfig, Arc<dyn Backend>)>,
+    /// Loaded on the first onnx backend: configs without one never need the library.
+    onnx: Option<Arc<onnx::OnnxShared>>,
+}
+
+impl BackendSet {
+    /// Builds the backends of `cfg`, reusing those of `previous` whose config is unchanged.
+    /// ONNX models are loaded and warmed before this returns.
+    pub async fn build(cfg: &ValidatedConfig, previous: Option<&BackendSet>) -> Result<BackendSet, String> {
+        let mut out = BackendSet { entries: BTreeMap::new(), onnx: previous.and_then(|p| p.onnx.clone()) };
+        for (name, b) in &cfg.backends {
+            if let Some((old_cfg, old)) = previous.and_then(|p| p.entries.get(name)) {
+                if old_cfg == b {
+                    out.entries.insert(name.clone(), (b.clone(), old.clone()));
+                    continue;
+                }
+            }
+            let backend: Arc<dyn Backend> = match b {
+                BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c)),
+                BackendConfig::V2Grpc(c) => Arc::new(v2_grpc::V2GrpcBackend::new(name, c)?),
+                BackendConfig::Onnx(c) => {
+                    let shared = match &out.onnx {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s =
+                                onnx::OnnxShared::new(&cfg.runtime).map_err(|e| format!("backend `{name}`: {e}"))?;
+                            out.onnx.insert(Arc::new(s)).clone()
+                        }
+                    };
+                    Arc::new(onnx::OnnxBackend::start(name, c, &shared).await?)
+                }
+            };
+            out.entries.insert(name.clone(), (b.clone(), backend));
+        }
+        Ok(out)
+    }
+
+    pub fn backends(&self) -> Backends {
+        self.entries.iter().map(|(k, (_, b))| (k.clone(), b.clone())).collect()
+    }
+}
+
 /// Builds every configured backend; ONNX models are loaded and warmed before this returns.
 pub async fn build_backends(cfg: &ValidatedConfig) -> Result<Backends, String> {
-    let mut out: Backends = BTreeMap::new();
-    // Loaded on the first onnx backend: configs without one never need the library.
-    let mut onnx_shared: Option<onnx::OnnxShared> = None;
-    for (name, b) in &cfg.backends {
-        let backend: Arc<dyn Backend> = match b {
-            BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c)),
-            BackendConfig::Onnx(c) => {
-                let shared = match &onnx_shared {
-                    Some(s) => s,
-                    None => onnx_shared
-                        .insert(onnx::OnnxShared::new(&cfg.runtime).map_err(|e| format!("backend `{name}`: {e}"))?),
-                };
-                Arc::new(onnx::OnnxBackend::start(name, c, shared).await?)
-            }
-        };
-        out.insert(name.clone(), backend);
-    }
-    Ok(out)
+    Ok(BackendSet::build(cfg, None).await?.backends())
 }

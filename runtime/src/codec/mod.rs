@@ -1,3 +1,4 @@
 //! Wire codecs: each protocol's bodies to and from the tensor model.
 
+pub mod grpc;
 pub mod v2;

@@ -1,0 +1,194 @@
+//! Raw in-process ONNX Runtime baseline for the embedded backend (issue 3 item 8):
+//! `Session::run` latency and throughput per batch size, with the session
+//! settings Switchyard uses (`intra_op_threads` 1, `inter_op_threads` 1, default
+//! graph optimisation) and the same per-call work as its pool threads do
+//! (input handed in place with `TensorRef::from_array_view`, output copied out).
+//!
+//! `threads = N` runs N std threads, each with its own session, like
+//! Switchyard's pool with `instances: N`.
+//!
+//!     ORT_DYLIB_PATH=$PWD/.switchyard/lib/libonnxruntime.so \
+//!       cargo bench --bench onnx_raw -- --model examples/models/mlp_heavy/1/model.onnx \
+//!       --batches 1,2,4,8,16,32,64 --threads 1,2 --seconds 2
+//!
+//! Prints one TSV line per (model, batch, threads):
+//! `model batch threads calls p50_us p99_us mean_us rows_per_s calls_per_s`.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+
+struct Args {
+    models: Vec<PathBuf>,
+    batches: Vec<usize>,
+    threads: Vec<usize>,
+    seconds: f64,
+    library: PathBuf,
+}
+
+fn parse_list(s: &str) -> Vec<usize> {
+    s.split(',').filter(|x| !x.is_empty()).map(|x| x.trim().parse().expect("a number")).collect()
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        models: Vec::new(),
+        batches: vec![1, 2, 4, 8, 16, 32, 64],
+        threads: vec![1, 2],
+        seconds: 2.0,
+        library: std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".switchyard/lib/libonnxruntime.so")),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        match k.as_str() {
+            "--model" => a.models.push(PathBuf::from(it.next().expect("--model PATH"))),
+            "--batches" => a.batches = parse_list(&it.next().expect("--batches LIST")),
+            "--threads" => a.threads = parse_list(&it.next().expect("--threads LIST")),
+            "--seconds" => a.seconds = it.next().expect("--seconds S").parse().expect("seconds"),
+            "--library" => a.library = PathBuf::from(it.next().expect("--library PATH")),
+            // `cargo bench` passes `--bench`; ignore it and anything else cargo adds.
+            _ => {}
+        }
+    }
+    if a.models.is_empty() {
+        a.models = vec![
+            PathBuf::from("examples/models/mlp/1/model.onnx"),
+            PathBuf::from("examples/models/mlp_heavy/1/model.onnx"),
+        ];
+    }
+    a
+}
+
+/// A session built the way `runtime/src/backend/onnx/model.rs::build_session` builds one.
+fn session(env: &ort::environment::Environment, path: &Path) -> Session {
+    let build = || -> Result<Session, String> {
+        Session::builder(env)
+            .map_err(|e| e.to_string())?
+            .with_intra_threads(1)
+            .map_err(|e| e.to_string())?
+            .with_inter_threads(1)
+            .map_err(|e| e.to_string())?
+            .commit_from_file(path)
+            .map_err(|e| e.to_string())
+    };
+    build().unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// Input name, feature count (second dim) and output name of a `[N, F] -> [N, K]` model.
+fn signature(s: &Session) -> (String, usize, String) {
+    let input = &s.inputs()[0];
+    let features = match input.dtype() {
+        ValueType::Tensor { shape, .. } => shape[1] as usize,
+        other => panic!("unexpected input type {other:?}"),
+    };
+    (input.name().to_owned(), features, s.outputs()[0].name().to_owned())
+}
+
+/// One call as a Switchyard pool thread makes it: borrowed input, output copied to bytes.
+fn call(s: &mut Session, input: &str, output: &str, shape: &[i64], data: &[f32]) -> usize {
+    let v = TensorRef::from_array_view((shape.to_vec(), data)).expect("input tensor");
+    let outs = s.run(vec![(Cow::Borrowed(input), ort::session::SessionInputValue::from(v))]).expect("run");
+    let (_, y) = outs.get(output).expect("output").try_extract_tensor::<f32>().expect("f32 output");
+    // SAFETY: f32 has no padding; the byte view lives no longer than `y`.
+    let bytes = unsafe { std::slice::from_raw_parts(y.as_ptr().cast::<u8>(), std::mem::size_of_val(y)) };
+    let copied = bytes.to_vec();
+    std::hint::black_box(&copied);
+    copied.len()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn main() {
+    let a = args();
+    let env = ort::init_from(&a.library)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", a.library.display()))
+        .with_name("onnx_raw")
+        .with_telemetry(false)
+        .build()
+        .expect("ONNX Runtime environment");
+    println!("model\tbatch\tthreads\tcalls\tp50_us\tp99_us\tmean_us\trows_per_s\tcalls_per_s");
+    for model in &a.models {
+        let label = model
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| model.display().to_string());
+        let max_threads = a.threads.iter().copied().max().unwrap_or(1);
+        // One session per thread, built once per model and reused for every point.
+        let mut sessions: Vec<Session> = (0..max_threads).map(|_| session(&env, model)).collect();
+        let (input, features, output) = signature(&sessions[0]);
+        for &batch in &a.batches {
+            let shape = vec![batch as i64, features as i64];
+            let data: Arc<Vec<f32>> =
+                Arc::new((0..batch * features).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect());
+            for s in sessions.iter_mut() {
+                for _ in 0..20 {
+                    call(s, &input, &output, &shape, &data);
+                }
+            }
+            for &threads in &a.threads {
+                let dur = Duration::from_secs_f64(a.seconds);
+                let barrier = Arc::new(Barrier::new(threads));
+                let (lat, elapsed) = std::thread::scope(|scope| {
+                    let handles: Vec<_> = sessions
+                        .iter_mut()
+                        .take(threads)
+                        .map(|s| {
+                            let (input, output, shape, data, barrier) =
+                                (&input, &output, &shape, data.clone(), barrier.clone());
+                            scope.spawn(move || {
+                                let mut lat = Vec::with_capacity(1 << 16);
+                                barrier.wait();
+                                let start = Instant::now();
+                                let end = start + dur;
+                                loop {
+                                    let t = Instant::now();
+                                    if t >= end {
+                                        break;
+                                    }
+                                    call(s, input, output, shape, &data);
+                                    lat.push(t.elapsed().as_nanos() as u64);
+                                }
+                                (lat, start.elapsed())
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::new();
+                    let mut elapsed = Duration::ZERO;
+                    for h in handles {
+                        let (l, e) = h.join().expect("bench thread");
+                        all.extend(l);
+                        elapsed = elapsed.max(e);
+                    }
+                    (all, elapsed)
+                });
+                let mut lat = lat;
+                lat.sort_unstable();
+                let calls = lat.len();
+                let mean = lat.iter().sum::<u64>() as f64 / calls.max(1) as f64;
+                let secs = elapsed.as_secs_f64();
+                println!(
+                    "{label}\t{batch}\t{threads}\t{calls}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.0}",
+                    percentile(&lat, 0.5) as f64 / 1e3,
+                    percentile(&lat, 0.99) as f64 / 1e3,
+                    mean / 1e3,
+                    (calls * batch) as f64 / secs,
+                    calls as f64 / secs,
+                );
+            }
+        }
+    }
+}

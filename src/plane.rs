@@ -1,0 +1,88 @@
+//! The binary's bridge between control plane and data plane: it builds
+//! backends and routing snapshots for each generation the control plane
+//! commits, and answers the control plane's questions about live variants.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use switchyard_config::ValidatedConfig;
+use switchyard_control::DataPlane;
+use switchyard_proxy::routing::BuildContext;
+use switchyard_proxy::{Metrics, RoutingTable};
+use switchyard_runtime::backend::BackendSet;
+use switchyard_stats::{Snapshot, StatsRegistry};
+use tokio::sync::Mutex;
+
+pub struct Plane {
+    /// The published routing snapshot every request loads once.
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub metrics: Metrics,
+    stats: StatsRegistry,
+    /// Backends of the live generation, reused by the next where unchanged.
+    backends: Mutex<Option<BackendSet>>,
+}
+
+impl Plane {
+    pub fn new(metrics: Metrics) -> Plane {
+        Plane {
+            table: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
+            metrics,
+            stats: StatsRegistry::default(),
+            backends: Mutex::new(None),
+        }
+    }
+
+    fn variant_target(
+        &self,
+        model: &str,
+        variant: &str,
+    ) -> Option<(Arc<dyn switchyard_runtime::Backend>, switchyard_runtime::ModelTarget)> {
+        let table = self.table.load();
+        let route = table.routes.get(model).or(table.wildcard.as_ref())?;
+        let idx = route.variants.iter().position(|v| v.name.as_ref() == variant)?;
+        Some((route.variants[idx].backend.clone(), route.target_of(idx, model, None)))
+    }
+}
+
+#[async_trait]
+impl DataPlane for Plane {
+    async fn apply(&self, cfg: Arc<ValidatedConfig>, generation: u64) -> Result<(), String> {
+        let mut backends = self.backends.lock().await;
+        let set = BackendSet::build(&cfg, backends.as_ref()).await?;
+        let previous = self.table.load_full();
+        let ctx = BuildContext {
+            backends: &set.backends(),
+            metrics: &self.metrics,
+            stats: &self.stats,
+            previous: Some(&previous),
+        };
+        let table = RoutingTable::build(&cfg, &ctx, generation)?;
+        self.table.store(Arc::new(table));
+        *backends = Some(set);
+        Ok(())
+    }
+
+    async fn variant_ready(&self, model: &str, variant: &str) -> bool {
+        match self.variant_target(model, variant) {
+            Some((backend, target)) => backend.model_ready(&target).await.unwrap_or(false),
+            None => false,
+        }
+    }
+
+    async fn model_versions(&self, model: &str, variant: &str) -> Vec<String> {
+        let Some((backend, target)) = self.variant_target(model, variant) else { return vec![] };
+        let target = switchyard_runtime::ModelTarget { version: None, ..target };
+        match backend.model_metadata(&target).await {
+            Ok(meta) => meta["versions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            Err(_) => vec![],
+        }
+    }
+
+    fn stats(&self, model: &str, variant: &str) -> Option<Snapshot> {
+        self.stats.snapshot(model, variant)
+    }
+}
