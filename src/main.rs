@@ -47,7 +47,7 @@ enum Format {
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn"))
+        tracing_subscriber::EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn,ort=warn"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -91,7 +91,13 @@ fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the background runtime")?;
-    let plane = Arc::new(Plane::new(Metrics::new_unregistered()));
+    let metrics = Metrics::new_unregistered();
+    // Redis connections are driven by the background runtime: the cache is made inside it.
+    let cache = {
+        let _rt = background.enter();
+        switchyard_proxy::cache::ResponseCache::new(&cfg.cache, &metrics.registry).map_err(|e| anyhow::anyhow!(e))?
+    };
+    let plane = Arc::new(Plane::new(metrics).with_cache(cache));
     let control = background.block_on(ControlPlane::start(&config, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(c) = &cfg.listeners.control {
         let token =

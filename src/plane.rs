@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
 use switchyard_control::DataPlane;
+use switchyard_proxy::cache::ResponseCache;
 use switchyard_proxy::routing::BuildContext;
 use switchyard_proxy::{Metrics, RoutingTable};
 use switchyard_runtime::backend::BackendSet;
@@ -21,6 +22,8 @@ pub struct Plane {
     stats: StatsRegistry,
     /// Backends of the live generation, reused by the next where unchanged.
     backends: Mutex<Option<BackendSet>>,
+    /// The response cache every generation's cached variants share (kept across reloads).
+    cache: Option<Arc<ResponseCache>>,
 }
 
 impl Plane {
@@ -30,7 +33,14 @@ impl Plane {
             metrics,
             stats: StatsRegistry::default(),
             backends: Mutex::new(None),
+            cache: None,
         }
+    }
+
+    /// Cached variants of every generation use `cache`.
+    pub fn with_cache(mut self, cache: Arc<ResponseCache>) -> Plane {
+        self.cache = Some(cache);
+        self
     }
 
     fn variant_target(
@@ -56,6 +66,7 @@ impl DataPlane for Plane {
             metrics: &self.metrics,
             stats: &self.stats,
             previous: Some(&previous),
+            cache: self.cache.as_ref(),
         };
         let table = RoutingTable::build(&cfg, &ctx, generation)?;
         self.table.store(Arc::new(table));

@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use common::{dead_address, free_port, repo_root, MlServer, Resp, Switchyard};
+use common::{dead_address, repo_root, MlServer, Resp, Switchyard};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;

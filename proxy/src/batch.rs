@@ -166,6 +166,10 @@ impl Batcher {
         rx.await.unwrap_or(Err(BatchError::Closed))
     }
 
+    pub fn config(&self) -> &BatchingConfig {
+        &self.cfg
+    }
+
     /// Whether this queue already is what a new snapshot asks for (same backend instance, same settings).
     pub fn serves(&self, backend: &Arc<dyn Backend>, cfg: &BatchingConfig) -> bool {
         Arc::ptr_eq(&self.backend, backend) && *self.cfg == *cfg

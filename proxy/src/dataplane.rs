@@ -134,6 +134,7 @@ struct Reply {
     variant: Option<HeaderValue>,
     overhead_us: Option<u64>,
     batch_rows: Option<usize>,
+    cache: Option<crate::cache::CacheStatus>,
     retry_after: Option<u32>,
 }
 
@@ -249,6 +250,7 @@ impl DataPlane {
         let variant = sel.variant;
         let mut backend_time = std::time::Duration::ZERO;
         let mut batch_rows = None;
+        let mut cache = None;
         let result: std::result::Result<Reply, ApiError> = async {
             let header_len = header_len(session.req_header())?;
             let body = read_body(session, &self.limits).await?;
@@ -257,7 +259,10 @@ impl DataPlane {
             let prefs = OutputPrefs { outputs: req.outputs.clone(), default_binary: req.binary_output };
             let id = req.id.clone();
             let t0 = Instant::now();
-            let call = pipeline::execute(&sel, model, version, req);
+            let directive = crate::cache::Directive::from_header(
+                session.req_header().headers.get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()),
+            );
+            let call = pipeline::execute(&sel, model, version, req, directive);
             // A client that hangs up stops the wait: its queued work is dropped
             // and an unbatched backend call is cancelled.
             session.set_abort_on_close(true);
@@ -270,8 +275,9 @@ impl DataPlane {
                 },
             };
             backend_time = t0.elapsed();
-            let pipeline::Executed { response: mut resp, batch_rows: rows } = result?;
+            let pipeline::Executed { response: mut resp, batch_rows: rows, cache: status } = result?;
             batch_rows = rows;
+            cache = status;
             resp.model_name = model.to_string();
             if id.is_some() {
                 resp.id = id;
@@ -289,6 +295,7 @@ impl DataPlane {
         let mut reply = result.unwrap_or_else(|e| Reply::error(&e));
         reply.variant = Some(variant.header_value.clone());
         reply.batch_rows = batch_rows;
+        reply.cache = cache;
         let total = start.elapsed();
         reply.overhead_us = Some(total.saturating_sub(backend_time).as_micros() as u64);
         pipeline::record(variant, reply.status, total, backend_time);
@@ -397,6 +404,9 @@ impl DataPlane {
         }
         if let Some(us) = reply.overhead_us {
             h.insert_header(OVERHEAD_HEADER, us)?;
+        }
+        if let Some(status) = reply.cache {
+            h.insert_header(crate::cache::CACHE_HEADER, status.as_str())?;
         }
         if let Some(rows) = reply.batch_rows {
             h.insert_header(BATCH_SIZE_HEADER, rows)?;

@@ -158,6 +158,7 @@ struct Answer {
     response: pb::ModelInferResponse,
     variant: HeaderValue,
     batch_rows: Option<usize>,
+    cache: Option<crate::cache::CacheStatus>,
     overhead: Duration,
 }
 
@@ -213,11 +214,15 @@ impl Shared {
         };
         let mut backend_time = Duration::ZERO;
         let mut batch_rows = None;
+        let mut cache = None;
         let result: Result<pb::ModelInferResponse, ApiError> = async {
             let decoded = codec::decode_request(msg)?;
             let id = decoded.request.id.clone();
             let t0 = Instant::now();
-            let call = pipeline::execute(&sel, &model, version_opt(&version), decoded.request);
+            let directive = crate::cache::Directive::from_header(
+                headers.get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()),
+            );
+            let call = pipeline::execute(&sel, &model, version_opt(&version), decoded.request, directive);
             let executed = match deadline {
                 None => call.await,
                 Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
@@ -225,8 +230,9 @@ impl Shared {
                 }),
             };
             backend_time = t0.elapsed();
-            let pipeline::Executed { response: mut resp, batch_rows: rows } = executed?;
+            let pipeline::Executed { response: mut resp, batch_rows: rows, cache: status } = executed?;
             batch_rows = rows;
+            cache = status;
             resp.model_name = model.clone();
             if id.is_some() {
                 resp.id = id;
@@ -252,6 +258,7 @@ impl Shared {
             response,
             variant: sel.variant.header_value.clone(),
             batch_rows,
+            cache,
             overhead: total.saturating_sub(backend_time),
         })
     }
@@ -413,6 +420,9 @@ impl GrpcInferenceService for FrontEnd {
         h.insert(OVERHEAD_HEADER, HeaderValue::from(a.overhead.as_micros() as u64));
         if let Some(rows) = a.batch_rows {
             h.insert(BATCH_SIZE_HEADER, HeaderValue::from(rows));
+        }
+        if let Some(status) = a.cache {
+            h.insert(crate::cache::CACHE_HEADER, status.header_value());
         }
         Ok(resp)
     }

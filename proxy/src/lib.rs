@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod cache;
 pub mod dataplane;
 pub mod grpc;
 pub mod metrics;

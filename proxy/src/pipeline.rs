@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 use switchyard_runtime::{InferRequest, InferResponse};
 
+use crate::cache::{CacheStatus, Directive};
 use crate::respond::ApiError;
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::shadow;
@@ -25,39 +26,65 @@ pub fn select<'t, 'h>(
     Ok(route.select(model, version, override_variant, sticky)?)
 }
 
+#[derive(Clone)]
 pub struct Executed {
     pub response: InferResponse,
     /// Rows of the batch the request ran in, when it went through a batch queue.
     pub batch_rows: Option<usize>,
+    /// Where the answer came from, when the variant is cached (`x-switchyard-cache`).
+    pub cache: Option<CacheStatus>,
+}
+
+impl Executed {
+    pub fn with_cache(self, status: CacheStatus) -> Executed {
+        Executed { cache: Some(status), ..self }
+    }
 }
 
 /// Runs a decoded, validated request on the selected variant, mirroring it
-/// to the route's shadow variants when sampled.
+/// to the route's shadow variants when sampled. A cached variant answers from
+/// its cache when it can (after routing, before the batch queue); `cache`
+/// is what the client's `cache-control` asks.
 pub async fn execute(
     sel: &Selection<'_>,
     model: &str,
     version: Option<&str>,
     req: InferRequest,
+    cache: Directive,
 ) -> Result<Executed, ApiError> {
     if sel.route.shadows.is_empty() {
-        return run(sel, req).await;
+        return cached(sel, model, req, cache).await;
     }
     let mirrors = shadow::start(sel.route, sel.index, model, version, &req);
-    let result = run(sel, req).await;
+    let result = cached(sel, model, req, cache).await;
     if let Ok(done) = &result {
         mirrors.primary_answered(&done.response);
     }
     result
 }
 
+async fn cached(sel: &Selection<'_>, model: &str, req: InferRequest, directive: Directive) -> Result<Executed, ApiError> {
+    match &sel.variant.cache {
+        None => run(sel, req).await,
+        Some(c) => c.serve(sel.variant.backend.as_ref(), &sel.target, model, req, directive, |req| run(sel, req)).await,
+    }
+}
+
 async fn run(sel: &Selection<'_>, req: InferRequest) -> Result<Executed, ApiError> {
     let variant = sel.variant;
-    match &variant.batcher {
-        Some(b) if b.target == sel.target => {
+    let queue = match (&variant.batcher, &variant.other_versions) {
+        (Some(b), _) if b.target == sel.target => Some(b.clone()),
+        (Some(_), Some(others)) => others.get(&variant.backend, &sel.target),
+        _ => None,
+    };
+    match queue {
+        Some(b) => {
             let (response, rows) = b.submit(req).await?;
-            Ok(Executed { response, batch_rows: Some(rows) })
+            Ok(Executed { response, batch_rows: Some(rows), cache: None })
         }
-        _ => Ok(Executed { response: variant.backend.infer(&sel.target, req).await?, batch_rows: None }),
+        None => {
+            Ok(Executed { response: variant.backend.infer(&sel.target, req).await?, batch_rows: None, cache: None })
+        }
     }
 }
 

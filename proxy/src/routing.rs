@@ -37,11 +37,56 @@ pub struct Variant {
     pub metrics: VariantMetrics,
     /// The batch queue of this variant's (backend, model, version), when batching is on.
     pub batcher: Option<Arc<Batcher>>,
+    /// Queues for other versions clients name explicitly (`/versions/{v}`), made on first use.
+    pub other_versions: Option<VersionBatchers>,
     /// Live counters the control plane judges canaries and experiments from (kept across snapshots).
     pub stats: Arc<LiveStats>,
     /// Percent of the model's requests mirrored to this (shadow) variant.
     pub shadow_percent: Option<f64>,
     shadow_counter: AtomicU64,
+    /// The response cache as this variant uses it, when the variant is cached.
+    pub cache: Option<crate::cache::VariantCache>,
+}
+
+/// Most queues made on demand per variant; requests for further versions run unbatched.
+const MAX_ON_DEMAND_QUEUES: usize = 16;
+
+/// Batch queues of a batching variant for the versions clients ask for by name.
+pub struct VersionBatchers {
+    cfg: switchyard_config::BatchingConfig,
+    backend_name: Arc<str>,
+    metrics: Metrics,
+    queues: arc_swap::ArcSwap<HashMap<ModelTarget, Arc<Batcher>>>,
+}
+
+impl VersionBatchers {
+    fn new(cfg: switchyard_config::BatchingConfig, backend_name: Arc<str>, metrics: Metrics) -> VersionBatchers {
+        VersionBatchers { cfg, backend_name, metrics, queues: Default::default() }
+    }
+
+    /// The queue for `target`, made on first use; `None` once the cap is reached.
+    pub fn get(&self, backend: &Arc<dyn Backend>, target: &ModelTarget) -> Option<Arc<Batcher>> {
+        if let Some(b) = self.queues.load().get(target) {
+            return Some(b.clone());
+        }
+        let mut made: Option<Arc<Batcher>> = None;
+        self.queues.rcu(|m| {
+            if m.contains_key(target) || m.len() >= MAX_ON_DEMAND_QUEUES {
+                return m.clone();
+            }
+            let b = made
+                .get_or_insert_with(|| {
+                    let metrics =
+                        self.metrics.batch(&target.name, target.version.as_deref().unwrap_or(""), &self.backend_name);
+                    Batcher::spawn(backend.clone(), target.clone(), self.cfg.clone(), metrics)
+                })
+                .clone();
+            let mut m = HashMap::clone(m);
+            m.insert(target.clone(), b);
+            Arc::new(m)
+        });
+        self.queues.load().get(target).cloned()
+    }
 }
 
 pub struct Route {
@@ -195,6 +240,8 @@ pub struct BuildContext<'a> {
     pub stats: &'a StatsRegistry,
     /// The snapshot being replaced: unchanged batch queues are carried over.
     pub previous: Option<&'a RoutingTable>,
+    /// The process's response cache; `None`: no variant is cached.
+    pub cache: Option<&'a Arc<crate::cache::ResponseCache>>,
 }
 
 impl RoutingTable {
@@ -246,6 +293,17 @@ impl RoutingTable {
                             .and_then(|p| p.batchers.get(&key))
                             .filter(|old| old.serves(&backend, b))
                             .cloned();
+                        if let Some(existing) = batchers.get(&key).filter(|e| e.config() != b) {
+                            return Err(format!(
+                                "model `{name}` variant `{}`: batching settings differ from another variant's on the same backend `{}`, model `{}` and version `{}` ({:?} vs {:?}); they share one queue, so make them equal",
+                                v.name,
+                                v.backend,
+                                t.name,
+                                t.version.as_deref().unwrap_or("latest"),
+                                b,
+                                existing.config()
+                            ));
+                        }
                         Some(
                             batchers
                                 .entry(key)
@@ -270,10 +328,15 @@ impl RoutingTable {
                     header_value: HeaderValue::from_str(&v.name)
                         .map_err(|_| format!("variant name `{}` is not a valid header value", v.name))?,
                     metrics: metrics.variant(name, &v.name),
+                    other_versions: match (&v.batching, &batcher) {
+                        (Some(b), Some(_)) => Some(VersionBatchers::new(b.clone(), v.backend.clone(), metrics.clone())),
+                        _ => None,
+                    },
                     batcher,
                     stats: ctx.stats.get_or_create(name, &v.name),
                     shadow_percent: v.shadow_percent,
                     shadow_counter: AtomicU64::new(0),
+                    cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
                 });
             }
             let shadows =
@@ -337,6 +400,7 @@ mod tests {
             metrics: &Metrics::new_unregistered(),
             stats: &StatsRegistry::default(),
             previous: None,
+            cache: None,
         };
         RoutingTable::build(&cfg, &ctx, 1).unwrap()
     }

@@ -1,0 +1,367 @@
+//! L2: Redis (standalone or cluster) through one multiplexed connection,
+//! behind a per-call timeout and a circuit breaker.
+//!
+//! The cache may be lost, the request never: every GET and SET is bounded by
+//! `cache.redis.timeout`; `breaker_failures` consecutive failures (errors,
+//! timeouts, failed connects) open the breaker, and while it is open Redis is
+//! not called at all. After `breaker_cooldown` one probe goes through; its
+//! success closes the breaker, its failure re-opens it. Connecting happens in
+//! the background, never on a request: a request that finds no connection
+//! just skips L2 (and wakes the connector).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, RedisError};
+use switchyard_config::RedisConfig;
+
+/// SCAN page size of a model purge.
+const PURGE_PAGE: usize = 500;
+
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// What a GET found.
+#[derive(Debug, PartialEq)]
+pub enum Lookup {
+    Hit(Bytes),
+    Miss,
+    /// Redis was skipped (breaker open, not connected) or failed; the request goes on without it.
+    Unavailable,
+}
+
+pub struct L2Metrics {
+    pub errors: IntCounterVec,
+    pub skipped: IntCounter,
+    pub breaker_state: IntGauge,
+}
+
+pub struct L2 {
+    cfg: RedisConfig,
+    client: Client,
+    conn: ArcSwapOption<Conn>,
+    connecting: AtomicBool,
+    breaker: Breaker,
+    runtime: tokio::runtime::Handle,
+    metrics: L2Metrics,
+}
+
+/// Breaker states, as exported in `switchyard_cache_redis_breaker_state`.
+pub const CLOSED: i64 = 0;
+pub const OPEN: i64 = 1;
+pub const HALF_OPEN: i64 = 2;
+
+struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    base: Instant,
+    failures: AtomicU32,
+    /// Millis since `base` until which the breaker is open; 0 = closed.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+    state: IntGauge,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a call may go to Redis now.
+    fn allow(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if self.now_ms() < until {
+            return false;
+        }
+        // Cool-down over: exactly one probe.
+        let probe = self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if probe {
+            self.state.set(HALF_OPEN);
+        }
+        probe
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("redis is back: cache L2 breaker closed");
+        }
+        self.probing.store(false, Ordering::Release);
+        self.state.set(CLOSED);
+    }
+
+    fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let probing = self.probing.swap(false, Ordering::AcqRel);
+        if probing || n >= self.threshold {
+            let was = self.open_until.swap(self.now_ms() + self.cooldown.as_millis() as u64, Ordering::AcqRel);
+            if was == 0 {
+                tracing::warn!(failures = n, cooldown = ?self.cooldown, "redis failing: cache L2 breaker open");
+            }
+            self.state.set(OPEN);
+        }
+    }
+}
+
+impl L2 {
+    /// Must be called inside a tokio runtime that outlives the cache: connects
+    /// and background writes run on it.
+    pub fn new(cfg: &RedisConfig, metrics: L2Metrics) -> Result<Arc<L2>, String> {
+        let client = if cfg.cluster {
+            Client::Cluster(
+                redis::cluster::ClusterClient::builder(cfg.urls.clone())
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(cfg.timeout)
+                    .retries(0)
+                    .build()
+                    .map_err(|e| format!("cache.redis.cluster: {e}"))?,
+            )
+        } else {
+            let url = cfg.urls.first().ok_or("cache.redis.url is missing")?;
+            Client::Single(redis::Client::open(url.as_str()).map_err(|e| format!("cache.redis.url `{url}`: {e}"))?)
+        };
+        metrics.breaker_state.set(CLOSED);
+        let l2 = Arc::new(L2 {
+            breaker: Breaker {
+                threshold: cfg.breaker_failures.max(1),
+                cooldown: cfg.breaker_cooldown,
+                base: Instant::now(),
+                failures: AtomicU32::new(0),
+                open_until: AtomicU64::new(0),
+                probing: AtomicBool::new(false),
+                state: metrics.breaker_state.clone(),
+            },
+            cfg: cfg.clone(),
+            client,
+            conn: ArcSwapOption::empty(),
+            connecting: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::try_current().map_err(|_| "the cache needs a tokio runtime")?,
+            metrics,
+        });
+        l2.connect_in_background();
+        Ok(l2)
+    }
+
+    fn connect_in_background(self: &Arc<Self>) {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            let attempt = async {
+                match &this.client {
+                    Client::Single(c) => {
+                        let config = AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(this.cfg.connect_timeout))
+                            .set_response_timeout(Some(this.cfg.timeout));
+                        c.get_multiplexed_async_connection_with_config(&config).await.map(Conn::Single)
+                    }
+                    Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
+                }
+            };
+            match tokio::time::timeout(this.cfg.connect_timeout, attempt).await {
+                Ok(Ok(conn)) => {
+                    this.conn.store(Some(Arc::new(conn)));
+                    this.breaker.success();
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "redis connect failed");
+                    this.metrics.errors.with_label_values(&["connect"]).inc();
+                    this.breaker.failure();
+                }
+                Err(_) => {
+                    this.metrics.errors.with_label_values(&["connect"]).inc();
+                    this.breaker.failure();
+                }
+            }
+            this.connecting.store(false, Ordering::Release);
+        });
+    }
+
+    /// The connection to use now, if the breaker lets a call through.
+    fn conn(self: &Arc<Self>) -> Option<Arc<Conn>> {
+        if !self.breaker.allow() {
+            self.metrics.skipped.inc();
+            return None;
+        }
+        match self.conn.load_full() {
+            Some(c) => Some(c),
+            None => {
+                self.metrics.skipped.inc();
+                self.connect_in_background();
+                None
+            }
+        }
+    }
+
+    /// Runs one command under the timeout; failures feed the breaker.
+    async fn call<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, cmd: redis::Cmd) -> Option<T> {
+        let mut c = (*conn).clone();
+        let fut = async {
+            match &mut c {
+                Conn::Single(c) => query(c, &cmd).await,
+                Conn::Cluster(c) => query(c, &cmd).await,
+            }
+        };
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.metrics.errors.with_label_values(&["error"]).inc();
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    // Drop the dead connection (if nobody replaced it yet) and reconnect off the request path.
+                    let _ = self.conn.compare_and_swap(&Some(conn), None);
+                    self.connect_in_background();
+                }
+                tracing::debug!(error = %e, "redis call failed");
+                self.breaker.failure();
+                None
+            }
+            Err(_) => {
+                self.metrics.errors.with_label_values(&["timeout"]).inc();
+                self.breaker.failure();
+                None
+            }
+        }
+    }
+
+    pub async fn get(self: &Arc<Self>, key: &str) -> Lookup {
+        let Some(conn) = self.conn() else { return Lookup::Unavailable };
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        match self.call::<Option<Vec<u8>>>(conn, cmd).await {
+            Some(Some(v)) => Lookup::Hit(Bytes::from(v)),
+            Some(None) => Lookup::Miss,
+            None => Lookup::Unavailable,
+        }
+    }
+
+    /// `SET key value PX ttl`, off the request path.
+    pub fn set_in_background(self: &Arc<Self>, key: String, value: Bytes, ttl: Duration) {
+        let Some(conn) = self.conn() else { return };
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(value.as_ref()).arg("PX").arg(ttl.as_millis().max(1) as u64);
+            this.call::<()>(conn, cmd).await;
+        });
+    }
+
+    /// Deletes every key matching `pattern` (standalone only), off the request path.
+    pub fn purge_in_background(self: &Arc<Self>, pattern: String) {
+        let Some(conn) = self.conn() else { return };
+        if matches!(*conn, Conn::Cluster(_)) {
+            tracing::warn!(pattern, "cache purge in Redis Cluster is not supported; entries expire by TTL");
+            return;
+        }
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            let mut cursor: u64 = 0;
+            let mut deleted = 0usize;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(PURGE_PAGE);
+                let Some((next, keys)) = this.call::<(u64, Vec<String>)>(conn.clone(), scan).await else { return };
+                if !keys.is_empty() {
+                    deleted += keys.len();
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(keys);
+                    this.call::<()>(conn.clone(), unlink).await;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            tracing::info!(pattern, deleted, "cache entries purged from redis");
+        });
+    }
+
+    /// `OPEN`, `CLOSED` or `HALF_OPEN`.
+    pub fn breaker_state(&self) -> i64 {
+        self.breaker.state.get()
+    }
+}
+
+async fn query<C: ConnectionLike, T: redis::FromRedisValue>(c: &mut C, cmd: &redis::Cmd) -> Result<T, RedisError> {
+    cmd.query_async(c).await
+}
+
+/// Escapes glob characters of a SCAN MATCH pattern.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            threshold,
+            cooldown,
+            base: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            state: IntGauge::new("b", "b").unwrap(),
+        }
+    }
+
+    #[test]
+    fn breaker_opens_probes_once_and_recovers() {
+        let b = breaker(3, Duration::from_millis(30));
+        b.failure();
+        b.failure();
+        assert!(b.allow(), "below the threshold it stays closed");
+        b.success();
+        b.failure();
+        b.failure();
+        assert!(b.allow(), "success resets the count");
+        b.failure();
+        assert!(!b.allow(), "open after 3 consecutive failures");
+        assert_eq!(b.state.get(), OPEN);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "one probe after the cool-down");
+        assert!(!b.allow(), "only one");
+        assert_eq!(b.state.get(), HALF_OPEN);
+        b.failure();
+        assert!(!b.allow(), "a failed probe re-opens");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow());
+        b.success();
+        assert!(b.allow() && b.allow());
+        assert_eq!(b.state.get(), CLOSED);
+    }
+
+    #[test]
+    fn glob_escaping() {
+        assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    }
+}
