@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{dead_address, free_port, repo_root, MlServer, Switchyard};
+use common::{dead_address, repo_root, MlServer, Switchyard};
 use serde_json::{json, Value};
 use switchyard_runtime::codec::grpc::pb;
 use tonic::transport::{Channel, Endpoint};

@@ -59,6 +59,8 @@ pub struct ValidatedConfig {
     pub logging: Logging,
     pub backends: BTreeMap<Arc<str>, BackendConfig>,
     pub models: BTreeMap<Arc<str>, ModelConfig>,
+    /// Response cache tiers (restart to change; per-variant policies reload).
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -265,6 +267,58 @@ pub struct VariantConfig {
     pub batching: Option<BatchingConfig>,
     /// Percent of the model's requests mirrored here, off the request path.
     pub shadow_percent: Option<f64>,
+    /// Response caching of this variant (the model's policy applied); `None` = not cached.
+    pub cache: Option<CachePolicy>,
+    /// `false`: the model may answer the same input differently; never cached.
+    pub deterministic: bool,
+}
+
+/// In-process L1 bound when not given (256 MiB).
+pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest cached answer when not given (1 MiB).
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Per-call Redis deadline when not given: past it the request goes on without L2.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+/// Redis connect deadline when not given (connects run off the request path).
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Consecutive Redis failures that open the breaker when not given.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker skips Redis before one probe, when not given.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
+/// Prefix of every Redis key Switchyard writes when not given.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "switchyard";
+
+/// The cache tiers every cached variant shares (docs/cache.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Bytes of answers kept in process; 0 turns L1 off.
+    pub l1_max_bytes: u64,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://` URLs: one for standalone, the seed nodes for cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// Deadline of each GET/SET; past it the cache is skipped for that request.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Consecutive failures (errors or timeouts) that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the open breaker skips Redis before letting one probe through.
+    pub breaker_cooldown: Duration,
+    pub key_prefix: String,
+}
+
+/// Per-variant opt-in (a model-level `cache` applies to its deterministic variants).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    /// Larger answers are returned but not cached.
+    pub max_entry_bytes: usize,
+    /// Also store in / read from Redis (needs `cache.redis`).
+    pub l2: bool,
 }
 
 /// Dynamic batching of one variant (DESIGN §4).

@@ -29,6 +29,39 @@ pub struct RawConfig {
     pub backends: BTreeMap<String, S<RawBackend>>,
     #[serde(default)]
     pub models: BTreeMap<String, S<RawModel>>,
+    /// Response cache tiers shared by every cached variant.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub l1_max_bytes: Option<S<u64>>,
+    pub redis: Option<S<RawRedis>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// Standalone: one `redis://host:port[/db]`.
+    pub url: Option<S<String>>,
+    /// Redis Cluster: seed nodes.
+    pub cluster: Option<S<Vec<S<String>>>>,
+    pub timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub breaker_failures: Option<S<u64>>,
+    pub breaker_cooldown: Option<S<String>>,
+    pub key_prefix: Option<S<String>>,
+}
+
+/// Per-model or per-variant cache opt-in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCachePolicy {
+    pub ttl: S<String>,
+    pub max_entry_bytes: Option<S<u64>>,
+    pub l2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -157,6 +190,8 @@ pub struct RawModel {
     pub variants: S<Vec<S<RawVariant>>>,
     /// Automated canary analysis between two of the variants.
     pub rollout: Option<S<RawRollout>>,
+    /// Response cache for every deterministic variant of the model.
+    pub cache: Option<S<RawCachePolicy>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +221,10 @@ pub struct RawVariant {
     pub batching: Option<S<RawBatching>>,
     /// Percent of the model's requests mirrored to this variant (a shadow gets no primary traffic).
     pub shadow_percent: Option<S<f64>>,
+    /// Response cache of this variant (wins over the model's).
+    pub cache: Option<S<RawCachePolicy>>,
+    /// `false`: answers may differ for the same input; never cached.
+    pub deterministic: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

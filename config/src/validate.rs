@@ -303,6 +303,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         }
     }
 
+    let cache = cache_config(errs, &raw.cache);
     let mut models = BTreeMap::new();
     for (name, m) in raw.models {
         let path = format!("models.{name}");
@@ -320,6 +321,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         if vs.value.is_empty() {
             errs.at(format!("{path}.variants"), loc(vs), "a model needs at least one variant");
         }
+        let model_cache =
+            m.value.cache.as_ref().map(|c| cache_policy(errs, &format!("{path}.cache"), c, cache.redis.is_some()));
         let mut seen = BTreeSet::new();
         let mut variants = Vec::with_capacity(vs.value.len());
         let mut sum = 0.0;
@@ -382,6 +385,20 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
                     }
                     p.value
                 }),
+                cache: match (&v.cache, v.deterministic) {
+                    (Some(c), Some(false)) => {
+                        errs.at(
+                            format!("{vp}.cache"),
+                            loc(c),
+                            "a variant marked `deterministic: false` is never cached; remove `cache` or the mark",
+                        );
+                        None
+                    }
+                    (Some(c), _) => Some(cache_policy(errs, &format!("{vp}.cache"), c, cache.redis.is_some())),
+                    (None, Some(false)) => None,
+                    (None, _) => model_cache.clone(),
+                },
+                deterministic: v.deterministic.unwrap_or(true),
             });
         }
         if !vs.value.is_empty() && sum <= 0.0 {
@@ -402,6 +419,89 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         logging,
         backends,
         models,
+        cache,
+    }
+}
+
+fn cache_config(errs: &mut Errors, raw: &RawCache) -> CacheConfig {
+    let redis = raw.redis.as_ref().map(|r| {
+        let path = "cache.redis";
+        let v = &r.value;
+        let (urls, cluster) = match (&v.url, &v.cluster) {
+            (Some(u), None) => (vec![u], false),
+            (None, Some(c)) if !c.value.is_empty() => (c.value.iter().collect(), true),
+            (None, Some(c)) => {
+                errs.at(format!("{path}.cluster"), loc(c), "list at least one seed node");
+                (vec![], true)
+            }
+            _ => {
+                errs.at(path, loc(r), "give exactly one of `url` (standalone) or `cluster` (seed node URLs)");
+                (vec![], false)
+            }
+        };
+        for u in &urls {
+            let ok = u.value.starts_with("redis://") || u.value.starts_with("rediss://");
+            if !ok || u.value.len() <= "redis://".len() {
+                errs.at(
+                    format!("{path}.{}", if cluster { "cluster" } else { "url" }),
+                    loc(u),
+                    format!("`{}` is not a redis://host:port URL", u.value),
+                );
+            }
+        }
+        let breaker_failures =
+            positive(errs, &format!("{path}.breaker_failures"), &v.breaker_failures, DEFAULT_BREAKER_FAILURES as usize)
+                .get()
+                .min(u32::MAX as usize) as u32;
+        RedisConfig {
+            urls: urls.iter().map(|u| u.value.clone()).collect(),
+            cluster,
+            timeout: duration(errs, &format!("{path}.timeout"), &v.timeout, DEFAULT_REDIS_TIMEOUT, false),
+            connect_timeout: duration(
+                errs,
+                &format!("{path}.connect_timeout"),
+                &v.connect_timeout,
+                DEFAULT_REDIS_CONNECT_TIMEOUT,
+                false,
+            ),
+            breaker_failures,
+            breaker_cooldown: duration(
+                errs,
+                &format!("{path}.breaker_cooldown"),
+                &v.breaker_cooldown,
+                DEFAULT_BREAKER_COOLDOWN,
+                false,
+            ),
+            key_prefix: match &v.key_prefix {
+                Some(p) if p.value.is_empty() || p.value.contains(char::is_whitespace) => {
+                    errs.at(format!("{path}.key_prefix"), loc(p), "must be non-empty, without whitespace");
+                    DEFAULT_REDIS_KEY_PREFIX.to_string()
+                }
+                Some(p) => p.value.clone(),
+                None => DEFAULT_REDIS_KEY_PREFIX.to_string(),
+            },
+        }
+    });
+    CacheConfig { l1_max_bytes: raw.l1_max_bytes.as_ref().map(|b| b.value).unwrap_or(DEFAULT_L1_MAX_BYTES), redis }
+}
+
+fn cache_policy(errs: &mut Errors, path: &str, c: &Spanned<RawCachePolicy>, have_redis: bool) -> CachePolicy {
+    let r = &c.value;
+    let l2 = r.l2.unwrap_or(false);
+    if l2 && !have_redis {
+        errs.at(format!("{path}.l2"), loc(c), "`l2: true` needs a `cache.redis` section");
+    }
+    CachePolicy {
+        ttl: duration(errs, &format!("{path}.ttl"), &Some(r.ttl.clone()), Duration::from_secs(60), false),
+        max_entry_bytes: match &r.max_entry_bytes {
+            None => DEFAULT_MAX_ENTRY_BYTES,
+            Some(b) if b.value == 0 => {
+                errs.at(format!("{path}.max_entry_bytes"), loc(b), "must be at least 1");
+                DEFAULT_MAX_ENTRY_BYTES
+            }
+            Some(b) => b.value as usize,
+        },
+        l2,
     }
 }
 
@@ -841,6 +941,37 @@ models:
         assert_eq!(b.endpoints[1].authority, "triton:8001");
         assert_eq!(b.timeout, Duration::from_secs(2));
         assert_eq!(b.max_message_bytes, DEFAULT_GRPC_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn cache_policies_resolve_per_variant() {
+        let c = parse(
+            "cache:\n  l1_max_bytes: 1024\n  redis: {url: 'redis://127.0.0.1:6379', timeout: 5ms}\nbackends:\n  b: {kind: v2-http, endpoints: ['http://h:1']}\nmodels:\n  m:\n    cache: {ttl: 30s, l2: true}\n    variants:\n      - {name: a, backend: b}\n      - {name: n, backend: b, deterministic: false}\n      - {name: o, backend: b, cache: {ttl: 1s, max_entry_bytes: 10}}\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.cache.l1_max_bytes, 1024);
+        let r = c.cache.redis.as_ref().unwrap();
+        assert_eq!((r.timeout, r.breaker_failures, r.cluster), (Duration::from_millis(5), 5, false));
+        let v = &c.models["m"].variants;
+        assert_eq!(v[0].cache, Some(CachePolicy { ttl: Duration::from_secs(30), max_entry_bytes: 1 << 20, l2: true }));
+        assert_eq!(v[1].cache, None);
+        assert!(!v[1].deterministic);
+        assert_eq!(v[2].cache, Some(CachePolicy { ttl: Duration::from_secs(1), max_entry_bytes: 10, l2: false }));
+        assert_eq!(parse("", Path::new(".")).unwrap().cache.l1_max_bytes, DEFAULT_L1_MAX_BYTES);
+
+        let b = "backends:\n  b: {kind: v2-http, endpoints: ['http://h:1']}\n";
+        for (yaml, needle) in [
+            (format!("{b}models:\n  m:\n    variants:\n      - {{name: a, backend: b, cache: {{ttl: 1s, l2: true}}}}\n"), "variants[0].cache.l2"),
+            (format!("{b}models:\n  m:\n    variants:\n      - {{name: a, backend: b, deterministic: false, cache: {{ttl: 1s}}}}\n"), "variants[0].cache"),
+            (format!("{b}models:\n  m:\n    variants:\n      - {{name: a, backend: b, cache: {{ttl: 0s}}}}\n"), "cache.ttl"),
+            ("cache:\n  redis: {url: 'http://x:1'}\n".to_string(), "cache.redis.url"),
+            ("cache:\n  redis: {timeout: 1ms}\n".to_string(), "cache.redis"),
+            ("cache:\n  redis: {cluster: []}\n".to_string(), "cache.redis.cluster"),
+        ] {
+            let errs = errors(&yaml);
+            assert!(errs.iter().any(|e| e.path.contains(needle)), "{needle}: {errs:?}");
+        }
     }
 
     #[test]

@@ -219,9 +219,8 @@ impl Shared {
             let decoded = codec::decode_request(msg)?;
             let id = decoded.request.id.clone();
             let t0 = Instant::now();
-            let directive = crate::cache::Directive::from_header(
-                headers.get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()),
-            );
+            let directive =
+                crate::cache::Directive::from_header(headers.get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()));
             let call = pipeline::execute(&sel, &model, version_opt(&version), decoded.request, directive);
             let executed = match deadline {
                 None => call.await,

@@ -63,7 +63,12 @@ pub async fn execute(
     result
 }
 
-async fn cached(sel: &Selection<'_>, model: &str, req: InferRequest, directive: Directive) -> Result<Executed, ApiError> {
+async fn cached(
+    sel: &Selection<'_>,
+    model: &str,
+    req: InferRequest,
+    directive: Directive,
+) -> Result<Executed, ApiError> {
     match &sel.variant.cache {
         None => run(sel, req).await,
         Some(c) => c.serve(sel.variant.backend.as_ref(), &sel.target, model, req, directive, |req| run(sel, req)).await,

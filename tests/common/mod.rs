@@ -543,3 +543,6 @@ impl Drop for TestUpstream {
         self.task.abort();
     }
 }
+
+pub mod fault;
+pub mod redis;

@@ -264,7 +264,14 @@ mod tests {
             full_key(8, "m", &t, ModelTag::Observed(3), 0, d),
             full_key(7, "n", &t, ModelTag::Observed(3), 0, d),
             full_key(7, "m", &ModelTarget { name: Arc::from("m2"), version: None }, ModelTag::Observed(3), 0, d),
-            full_key(7, "m", &ModelTarget { name: Arc::from("m"), version: Some(Arc::from("2")) }, ModelTag::Observed(3), 0, d),
+            full_key(
+                7,
+                "m",
+                &ModelTarget { name: Arc::from("m"), version: Some(Arc::from("2")) },
+                ModelTag::Observed(3),
+                0,
+                d,
+            ),
             full_key(7, "m", &t, ModelTag::Observed(4), 0, d),
             full_key(7, "m", &t, ModelTag::Identity(3), 0, d),
             full_key(7, "m", &t, ModelTag::Observed(3), 1, d),
@@ -291,14 +298,65 @@ mod tests {
     #[test]
     fn json_and_binary_encodings_of_the_same_tensors_share_a_key() {
         let json_body = br#"{"id":"1","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.0,2.0]},{"name":"mask","shape":[1],"datatype":"INT32","data":[1]}],"outputs":[{"name":"y"}],"parameters":{"temperature":0}}"#;
-        let from_json = v2::decode_request(json_body, None).unwrap();
+        let from_json = v2::decode_request(&Bytes::from_static(json_body), None).unwrap();
         let header = br#"{"inputs":[{"name":"mask","shape":[1],"datatype":"INT32","parameters":{"binary_data_size":4}},{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":8}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}],"parameters":{"temperature":0,"binary_data_output":true}}"#;
         let mut body = header.to_vec();
         body.extend_from_slice(&[1, 0, 0, 0]);
         body.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]);
-        let from_binary = v2::decode_request(&body, Some(header.len())).unwrap();
+        let from_binary = v2::decode_request(&Bytes::from(body), Some(header.len())).unwrap();
         assert_eq!(key_of(&from_json), key_of(&from_binary));
         assert_eq!(key_of(&from_json), key_of(&base()));
+
+        // gRPC, typed contents and raw_input_contents.
+        use switchyard_runtime::codec::grpc::{self as g, pb};
+        let mut params = std::collections::HashMap::new();
+        params.insert(
+            "temperature".to_string(),
+            pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(0)) },
+        );
+        let input = |name: &str, dt: &str, shape: Vec<i64>, contents: Option<pb::InferTensorContents>| {
+            pb::model_infer_request::InferInputTensor {
+                name: name.into(),
+                datatype: dt.into(),
+                shape,
+                parameters: Default::default(),
+                contents,
+            }
+        };
+        let typed = pb::ModelInferRequest {
+            model_name: "m".into(),
+            id: "g".into(),
+            parameters: params.clone(),
+            inputs: vec![
+                input(
+                    "x",
+                    "FP32",
+                    vec![1, 2],
+                    Some(pb::InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() }),
+                ),
+                input(
+                    "mask",
+                    "INT32",
+                    vec![1],
+                    Some(pb::InferTensorContents { int_contents: vec![1], ..Default::default() }),
+                ),
+            ],
+            outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let raw = pb::ModelInferRequest {
+            inputs: vec![input("x", "FP32", vec![1, 2], None), input("mask", "INT32", vec![1], None)],
+            raw_input_contents: vec![
+                Bytes::from_static(&[0, 0, 128, 63, 0, 0, 0, 64]),
+                Bytes::from_static(&[1, 0, 0, 0]),
+            ],
+            ..typed.clone()
+        };
+        assert_eq!(key_of(&g::decode_request(typed).unwrap().request), key_of(&from_json));
+        assert_eq!(key_of(&g::decode_request(raw).unwrap().request), key_of(&from_json));
     }
 
     #[test]

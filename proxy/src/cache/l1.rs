@@ -72,7 +72,10 @@ impl L1 {
             .weight_capacity(max_bytes)
             .build()
             .expect("valid cache options");
-        Some(L1 { cache: Cache::with_options(options, ByBytes, DefaultHashBuilder::default(), CountEvictions), max_bytes })
+        Some(L1 {
+            cache: Cache::with_options(options, ByBytes, DefaultHashBuilder::default(), CountEvictions),
+            max_bytes,
+        })
     }
 
     /// A live entry; an expired one is removed and reported as absent.

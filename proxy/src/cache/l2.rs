@@ -227,11 +227,11 @@ impl L2 {
             }
             Ok(Err(e)) => {
                 self.metrics.errors.with_label_values(&["error"]).inc();
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                    // Drop the dead connection (if nobody replaced it yet) and reconnect off the request path.
-                    let _ = self.conn.compare_and_swap(&Some(conn), None);
-                    self.connect_in_background();
-                }
+                // A multiplexed connection whose server went away fails every call (not always
+                // as an I/O error): drop it (if nobody replaced it yet) and reconnect off the
+                // request path. A reply error on a live connection costs one reconnect.
+                let _ = self.conn.compare_and_swap(&Some(conn), None);
+                self.connect_in_background();
                 tracing::debug!(error = %e, "redis call failed");
                 self.breaker.failure();
                 None

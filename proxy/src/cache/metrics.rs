@@ -57,8 +57,18 @@ impl CacheMetrics {
         .expect("valid metric");
         registry.register(Box::new(redis_skipped.clone())).expect("cache metrics are registered once");
         CacheMetrics {
-            hits: counter_vec(registry, "switchyard_cache_hits_total", "Answers served from the cache", &["tier", "model"]),
-            misses: counter_vec(registry, "switchyard_cache_misses_total", "Cache lookups that found nothing", &["tier", "model"]),
+            hits: counter_vec(
+                registry,
+                "switchyard_cache_hits_total",
+                "Answers served from the cache",
+                &["tier", "model"],
+            ),
+            misses: counter_vec(
+                registry,
+                "switchyard_cache_misses_total",
+                "Cache lookups that found nothing",
+                &["tier", "model"],
+            ),
             bypass: counter_vec(
                 registry,
                 "switchyard_cache_bypass_total",

@@ -243,8 +243,12 @@ impl VariantCache {
             self.metrics.bypass.inc();
             return run(req).await.map(|e| e.with_cache(CacheStatus::Bypass));
         }
-        let parts =
-            KeyParts { model, target, epoch: self.state.epoch.load(Ordering::Acquire), digest: key::request_digest(&req) };
+        let parts = KeyParts {
+            model,
+            target,
+            epoch: self.state.epoch.load(Ordering::Acquire),
+            digest: key::request_digest(&req),
+        };
         let tag = match backend.model_identity(target) {
             Some(id) => ModelTag::Identity(id),
             None => ModelTag::Observed(self.state.observed.load(Ordering::Acquire)),
@@ -269,7 +273,11 @@ impl VariantCache {
         if let Some(l1) = &self.cache.l1 {
             if let Some(e) = l1.get(key.0, Instant::now()) {
                 self.metrics.hit_l1.inc();
-                return Ok(Executed { response: e.response.clone(), batch_rows: None, cache: Some(CacheStatus::HitL1) });
+                return Ok(Executed {
+                    response: e.response.clone(),
+                    batch_rows: None,
+                    cache: Some(CacheStatus::HitL1),
+                });
             }
             self.metrics.miss_l1.inc();
         }
@@ -374,12 +382,7 @@ impl VariantCache {
         let weight = L1Entry::weigh(resp);
         l1.insert(
             key.0,
-            Arc::new(L1Entry {
-                response: resp.clone(),
-                expires,
-                weight,
-                evictions: self.metrics.evicted_l1.clone(),
-            }),
+            Arc::new(L1Entry { response: resp.clone(), expires, weight, evictions: self.metrics.evicted_l1.clone() }),
         );
         self.metrics.stored_l1.inc_by(weight);
         self.cache.metrics.l1_bytes.set(l1.weight() as i64);
@@ -399,10 +402,7 @@ mod tests {
     fn directives_parse() {
         assert_eq!(Directive::from_header(None), Directive::default());
         assert_eq!(Directive::from_header(Some(b"No-Cache")), Directive { no_cache: true, no_store: false });
-        assert_eq!(
-            Directive::from_header(Some(b"max-age=0, no-store")),
-            Directive { no_cache: false, no_store: true }
-        );
+        assert_eq!(Directive::from_header(Some(b"max-age=0, no-store")), Directive { no_cache: false, no_store: true });
         assert_eq!(Directive::from_header(Some(b"private")), Directive::default());
     }
 }

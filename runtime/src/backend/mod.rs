@@ -38,6 +38,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the backend as a whole can take requests now.
     async fn ready(&self) -> bool;
 
+    /// What `target` resolves to right now, when the backend knows it exactly
+    /// (the embedded runtime: the loaded version and its file). The response
+    /// cache keys on it, so a hot-added or replaced version never serves an
+    /// older version's answers. `None`: unknown (remote servers), and the cache
+    /// falls back to the `model_version` the answers report. Must be cheap.
+    fn model_identity(&self, _target: &ModelTarget) -> Option<u64> {
+        None
+    }
+
     /// The KServe V2 gRPC client of a `v2-grpc` backend: the gRPC front end
     /// passes ModelConfig, ModelStatistics and Repository* RPCs through it.
     fn v2_grpc(&self) -> Option<&v2_grpc::V2GrpcBackend> {

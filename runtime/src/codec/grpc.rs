@@ -163,7 +163,7 @@ pub fn bytes_to_contents(t: &Tensor) -> Option<InferTensorContents> {
     let d = &t.data[..];
     let mut c = InferTensorContents::default();
     fn le<const N: usize, T>(d: &[u8], f: impl Fn([u8; N]) -> T) -> Option<Vec<T>> {
-        if d.len() % N != 0 {
+        if !d.len().is_multiple_of(N) {
             return None;
         }
         Some(d.chunks_exact(N).map(|b| f(b.try_into().expect("N bytes"))).collect())

@@ -174,6 +174,24 @@ impl Backend for OnnxBackend {
         Ok(self.resolve(target).is_ok())
     }
 
+    fn model_identity(&self, target: &ModelTarget) -> Option<u64> {
+        let lv = self.resolve(target).ok()?;
+        let mut id = [0u8; 28];
+        id[..8].copy_from_slice(&lv.version.to_le_bytes());
+        id[8..16].copy_from_slice(&lv.fingerprint.len.to_le_bytes());
+        let modified = lv.fingerprint.modified.and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok());
+        if let Some(m) = modified {
+            id[16..24].copy_from_slice(&m.as_secs().to_le_bytes());
+            id[24..].copy_from_slice(&m.subsec_nanos().to_le_bytes());
+        }
+        // Two loads of the same file are the same model; a reload of a changed file is not.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.iter().chain(target.name.as_bytes()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Some(h)
+    }
+
     async fn ready(&self) -> bool {
         let snapshot = self.repo.snapshot();
         self.repo.cfg.models.iter().all(|m| snapshot.contains_key(m.as_str()))
