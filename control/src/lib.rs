@@ -79,6 +79,8 @@ pub struct Published {
 struct Inner {
     file: Arc<ValidatedConfig>,
     file_text: String,
+    /// The last file contents that were refused (not re-parsed or re-counted until they change).
+    refused_text: Option<String>,
     overrides: BTreeMap<String, ModelOverride>,
     history: BTreeMap<String, Vec<HistoryEntry>>,
     experiments: BTreeMap<String, Experiment>,
@@ -198,6 +200,7 @@ impl ControlPlane {
             inner: Mutex::new(Inner {
                 file: Arc::new(file),
                 file_text: text,
+                refused_text: None,
                 overrides,
                 history: BTreeMap::new(),
                 experiments: persisted
@@ -261,6 +264,18 @@ impl ControlPlane {
 
     /// Builds the effective config from `inner`, applies it, and commits a new generation.
     async fn commit(&self, inner: &mut Inner, reason: &str, trigger: &str) -> Result<u64, ControlError> {
+        self.commit_with(inner, reason, trigger, None).await
+    }
+
+    /// Like `commit`; a file reload passes its status so that the new generation
+    /// and "last reload successful" become visible together.
+    async fn commit_with(
+        &self,
+        inner: &mut Inner,
+        reason: &str,
+        trigger: &str,
+        reload: Option<ReloadStatus>,
+    ) -> Result<u64, ControlError> {
         let (eff, sources, dropped) = effective(&inner.file, &mut inner.overrides);
         for d in &dropped {
             tracing::warn!(target: "audit", "{d}");
@@ -271,7 +286,13 @@ impl ControlPlane {
             return Err(ControlError::new(500, format!("the data plane refused generation {generation}: {e}")));
         }
         Self::record_history(inner, &eff, generation, reason);
-        let last_reload = self.published.load().last_reload.clone();
+        let last_reload = match reload {
+            Some(r) => {
+                self.metrics.reload_ok(r.successful);
+                r
+            }
+            None => self.published.load().last_reload.clone(),
+        };
         self.published.store(Arc::new(Published { generation, effective: eff, sources, last_reload }));
         self.metrics.generation.set(generation as i64);
         self.persist(inner, generation);
@@ -310,10 +331,32 @@ impl ControlPlane {
         if text == inner.file_text {
             return Ok(self.published.load().generation);
         }
+        if inner.refused_text.as_deref() == Some(text.as_str()) {
+            // Already refused and reported; the status still says why.
+            let errors = self.published.load().last_reload.errors.join("; ");
+            return Err(ControlError::new(422, format!("invalid config: {errors}")));
+        }
+        if text.trim().is_empty() {
+            // Most likely a truncated write caught mid-way: never drop every route for it.
+            let msg = format!(
+                "{}: the file is empty; refusing to reload to a config with no routes",
+                self.config_path.display()
+            );
+            tracing::error!(trigger, "config reload refused: {msg}");
+            inner.refused_text = Some(text);
+            self.set_reload_status(ReloadStatus {
+                successful: false,
+                at: now_secs(),
+                trigger: trigger.into(),
+                errors: vec![msg.clone()],
+            });
+            return Err(ControlError::new(422, msg));
+        }
         let base = self.config_path.parent().unwrap_or(Path::new("."));
         let file = match ValidatedConfig::parse(&text, base) {
             Ok(f) => f,
             Err(e) => {
+                inner.refused_text = Some(text.clone());
                 let errors: Vec<String> = e.errors.iter().map(|x| x.to_string()).collect();
                 tracing::error!(trigger, errors = ?errors, "config reload refused; the last good config stays live");
                 self.set_reload_status(ReloadStatus {
@@ -334,22 +377,19 @@ impl ControlPlane {
             tracing::warn!("listener addresses and runtime settings take effect on restart only");
         }
         let previous = std::mem::replace(&mut inner.file, Arc::new(file));
-        match self.commit(&mut inner, "config file", trigger).await {
+        let previous_rollouts = inner.rollouts.clone();
+        let file = inner.file.clone();
+        rollout::reconcile(&mut inner.rollouts, &file);
+        let status = ReloadStatus { successful: true, at: now_secs(), trigger: trigger.into(), errors: vec![] };
+        match self.commit_with(&mut inner, "config file", trigger, Some(status)).await {
             Ok(generation) => {
                 inner.file_text = text;
-                let eff = self.published.load().effective.clone();
-                rollout::reconcile(&mut inner.rollouts, &eff);
-                self.persist(&inner, generation);
-                self.set_reload_status(ReloadStatus {
-                    successful: true,
-                    at: now_secs(),
-                    trigger: trigger.into(),
-                    errors: vec![],
-                });
+                inner.refused_text = None;
                 Ok(generation)
             }
             Err(e) => {
                 inner.file = previous;
+                inner.rollouts = previous_rollouts;
                 self.set_reload_status(ReloadStatus {
                     successful: false,
                     at: now_secs(),

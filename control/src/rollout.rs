@@ -48,6 +48,7 @@ pub struct PersistedRollout {
     pub fingerprint: String,
 }
 
+#[derive(Clone)]
 pub struct RolloutState {
     cfg: RolloutConfig,
     step: usize,
@@ -92,14 +93,15 @@ impl RolloutState {
         }
     }
 
-    pub fn status_json(&self) -> Value {
+    /// `live_weight`: the canary's weight in the live routing state.
+    pub fn status_json(&self, live_weight: Option<f64>) -> Value {
         json!({
             "baseline": self.cfg.baseline.as_ref(),
             "canary": self.cfg.canary.as_ref(),
             "status": self.status,
             "step": self.step,
             "steps": self.cfg.steps,
-            "canary_weight": self.cfg.steps.get(self.step),
+            "canary_weight": live_weight,
             "reason": self.reason,
         })
     }
@@ -179,6 +181,10 @@ impl ControlPlane {
             }
             let canary = stats(&r.cfg.canary).since(&r.canary_at_step);
             let baseline = stats(&r.cfg.baseline).since(&r.baseline_at_step);
+            if canary.requests < r.cfg.min_requests {
+                // Too little evidence to judge either way: keep the step running.
+                continue;
+            }
             let breach = judge(&r.cfg, &canary, &baseline);
             if let Some(reason) = breach {
                 r.status = Status::RolledBack;
@@ -191,10 +197,6 @@ impl ControlPlane {
                     weights: r.weights(0.0),
                     reason: format!("automated rollback: {reason}"),
                 });
-                continue;
-            }
-            if canary.requests < r.cfg.min_requests {
-                // Not enough evidence yet: keep judging the same step.
                 continue;
             }
             r.step += 1;
@@ -220,7 +222,15 @@ impl ControlPlane {
     }
 
     pub async fn rollout_status(&self, model: &str) -> Option<Value> {
-        self.inner.lock().await.rollouts.get(model).map(|r| r.status_json())
+        let eff = self.published().effective.clone();
+        self.inner.lock().await.rollouts.get(model).map(|r| {
+            let live = eff
+                .models
+                .get(model)
+                .and_then(|m| m.variants.iter().find(|v| v.name == r.cfg.canary))
+                .map(|v| v.weight);
+            r.status_json(live)
+        })
     }
 
     pub(crate) async fn abort_rollout(&self, model: &str, reason: &str) {
@@ -229,6 +239,9 @@ impl ControlPlane {
         }
     }
 }
+
+/// Smallest p99 difference (ms) that can count as a latency breach.
+const P99_SLACK_MS: f64 = 10.0;
 
 /// Why the canary fails this interval, if it does.
 fn judge(cfg: &RolloutConfig, canary: &Snapshot, baseline: &Snapshot) -> Option<String> {
@@ -248,7 +261,9 @@ fn judge(cfg: &RolloutConfig, canary: &Snapshot, baseline: &Snapshot) -> Option<
     }
     if baseline.requests > 0 {
         if let (Some(cp), Some(bp)) = (canary.quantile_ms(0.99), baseline.quantile_ms(0.99)) {
-            if cp > cfg.max_p99_ratio * bp {
+            // The ratio alone would trip on a millisecond of scheduling noise
+            // when both are fast; a breach must also be P99_SLACK_MS slower.
+            if cp > cfg.max_p99_ratio * bp && cp - bp > P99_SLACK_MS {
                 return Some(format!("canary p99 {cp:.1} ms exceeds {} × baseline p99 {bp:.1} ms", cfg.max_p99_ratio));
             }
         }
@@ -296,6 +311,8 @@ mod tests {
         assert!(judge(&c, &snap(100, 5, 10), &snap(100, 0, 10)).unwrap().contains("error rate"));
         assert!(judge(&c, &snap(100, 0, 300), &snap(100, 0, 10)).unwrap().contains("p99"));
         assert_eq!(judge(&c, &snap(100, 0, 11), &snap(100, 0, 10)), None);
+        // Twice as slow but only by a few milliseconds: noise, not a breach.
+        assert_eq!(judge(&c, &snap(100, 0, 8), &snap(100, 0, 3)), None);
         assert_eq!(judge(&c, &snap(0, 0, 0), &snap(100, 0, 10)), None);
     }
 }
