@@ -13,6 +13,12 @@
 //!
 //! Prints one TSV line per (model, batch, threads):
 //! `model batch threads calls p50_us p99_us mean_us rows_per_s calls_per_s`.
+//!
+//! With `--paced RATE` it instead makes RATE calls per second (a low, open-loop
+//! rate like the served latency runs) two ways: `inline` in the timing thread,
+//! and `handoff` sent to a worker thread owning the session and answered on a
+//! channel, as Switchyard's pool does; `threads` then names the way. The
+//! difference is the cost of waking a parked thread and being woken back.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,9 @@ struct Args {
     threads: Vec<usize>,
     seconds: f64,
     library: PathBuf,
+    /// When set: calls paced at this rate (per second), in the calling thread and
+    /// handed to a worker thread and back, instead of the tight loops.
+    paced: Option<f64>,
 }
 
 fn parse_list(s: &str) -> Vec<usize> {
@@ -43,6 +52,7 @@ fn args() -> Args {
         library: std::env::var_os("ORT_DYLIB_PATH")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(".switchyard/lib/libonnxruntime.so")),
+        paced: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -52,6 +62,7 @@ fn args() -> Args {
             "--threads" => a.threads = parse_list(&it.next().expect("--threads LIST")),
             "--seconds" => a.seconds = it.next().expect("--seconds S").parse().expect("seconds"),
             "--library" => a.library = PathBuf::from(it.next().expect("--library PATH")),
+            "--paced" => a.paced = Some(it.next().expect("--paced RATE").parse().expect("rate")),
             // `cargo bench` passes `--bench`; ignore it and anything else cargo adds.
             _ => {}
         }
@@ -110,6 +121,92 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i]
 }
 
+fn model_label(model: &Path) -> String {
+    model
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model.display().to_string())
+}
+
+fn print_line(label: &str, batch: usize, way: &str, mut lat: Vec<u64>, secs: f64) {
+    lat.sort_unstable();
+    let calls = lat.len();
+    let mean = lat.iter().sum::<u64>() as f64 / calls.max(1) as f64;
+    println!(
+        "{label}\t{batch}\t{way}\t{calls}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.0}",
+        percentile(&lat, 0.5) as f64 / 1e3,
+        percentile(&lat, 0.99) as f64 / 1e3,
+        mean / 1e3,
+        (calls * batch) as f64 / secs,
+        calls as f64 / secs,
+    );
+}
+
+/// Low-rate calls: inline, then through a worker thread (std channels park both sides, like the pool's).
+fn paced(env: &ort::environment::Environment, a: &Args, rate: f64) {
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let n = ((a.seconds * rate) as usize).max(10);
+    // ONNX_RAW_SPIN=1: wait by spinning instead of sleeping (inline way only), to tell
+    // the cost of a sleeping CPU (caches, idle states) from the cost of the call.
+    let spin = std::env::var_os("ONNX_RAW_SPIN").is_some_and(|v| v == "1");
+    for model in &a.models {
+        let label = model_label(model);
+        let mut s = session(env, model);
+        let (input, features, output) = signature(&s);
+        for &batch in &a.batches {
+            let shape = vec![batch as i64, features as i64];
+            let data: Vec<f32> = (0..batch * features).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+            for _ in 0..20 {
+                call(&mut s, &input, &output, &shape, &data);
+            }
+            let start = Instant::now();
+            let mut lat = Vec::with_capacity(n);
+            for i in 0..n {
+                let at = start + gap * i as u32;
+                if spin {
+                    while Instant::now() < at {
+                        std::hint::spin_loop();
+                    }
+                } else if let Some(d) = at.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+                let t = Instant::now();
+                call(&mut s, &input, &output, &shape, &data);
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            print_line(&label, batch, "inline", lat, start.elapsed().as_secs_f64());
+            let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<std::sync::mpsc::Sender<usize>>(256);
+            let start = std::thread::scope(|scope| {
+                let (s, input, output, shape, data) = (&mut s, &input, &output, &shape, &data);
+                scope.spawn(move || {
+                    for reply in job_rx.iter() {
+                        let _ = reply.send(call(s, input, output, shape, data));
+                    }
+                });
+                let start = Instant::now();
+                let mut lat = Vec::with_capacity(n);
+                for i in 0..n {
+                    let at = start + gap * i as u32;
+                    if let Some(d) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    let t = Instant::now();
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    job_tx.send(tx).expect("worker alive");
+                    rx.recv().expect("worker answered");
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                drop(job_tx);
+                (start, lat)
+            });
+            let (start, lat) = start;
+            print_line(&label, batch, "handoff", lat, start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 fn main() {
     let a = args();
     let env = ort::init_from(&a.library)
@@ -119,6 +216,10 @@ fn main() {
         .build()
         .expect("ONNX Runtime environment");
     println!("model\tbatch\tthreads\tcalls\tp50_us\tp99_us\tmean_us\trows_per_s\tcalls_per_s");
+    if let Some(rate) = a.paced {
+        paced(&env, &a, rate);
+        return;
+    }
     for model in &a.models {
         let label = model
             .parent()

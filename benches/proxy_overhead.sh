@@ -81,13 +81,15 @@ python3 "$HELPER" payloads "$WORK"
 BODY="$WORK/request.json"
 RESP="$(cat "$WORK/response.json")"
 META="$(cat "$WORK/metadata.json")"
-mapfile -t PORTS < <(python3 "$HELPER" freeports 12)
+mapfile -t PORTS < <(python3 "$HELPER" freeports 15)
 P_BACKEND=${PORTS[0]} P_NGINX=${PORTS[1]} P_HAPROXY=${PORTS[2]}
-# Data, metrics and control port of each Switchyard instance: two measured,
-# one for the saturation search.
+# Data, metrics, control and gRPC port of each Switchyard instance: two
+# measured, one for the saturation search. Every listener Switchyard opens by
+# default gets a free loopback port, so instances never collide.
 SY_PORTS=("${PORTS[3]}" "${PORTS[4]}" "${PORTS[5]}")
 SY_METRICS=("${PORTS[6]}" "${PORTS[7]}" "${PORTS[8]}")
 SY_CONTROL=("${PORTS[9]}" "${PORTS[10]}" "${PORTS[11]}")
+SY_GRPC=("${PORTS[12]}" "${PORTS[13]}" "${PORTS[14]}")
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
@@ -181,7 +183,7 @@ backend be
   server s1 127.0.0.1:$P_BACKEND
 EOF
 
-sy_config() { # $1 = data port, $2 = metrics port, $3 = threads, $4 = control port
+sy_config() { # $1 = data port, $2 = metrics port, $3 = threads, $4 = control port, $5 = gRPC port
   cat <<EOF
 # Like examples/v2-proxy.yaml, on free loopback ports.
 listeners:
@@ -193,6 +195,8 @@ listeners:
     address: 127.0.0.1:$2
   control:
     address: 127.0.0.1:$4
+  grpc:
+    address: 127.0.0.1:$5
 logging:
   level: warn
 backends:
@@ -255,7 +259,7 @@ ORDER=(direct)
 i=0
 for t in $SY_THREADS; do
   [ "$i" -lt 2 ] || die "at most two SY_THREADS values"
-  sy_config "${SY_PORTS[$i]}" "${SY_METRICS[$i]}" "$t" "${SY_CONTROL[$i]}" > "$WORK/switchyard-t$t.yaml"
+  sy_config "${SY_PORTS[$i]}" "${SY_METRICS[$i]}" "$t" "${SY_CONTROL[$i]}" "${SY_GRPC[$i]}" > "$WORK/switchyard-t$t.yaml"
   "$SWITCHYARD" validate "$WORK/switchyard-t$t.yaml" >&2
   start "switchyard-t$t" "$SWITCHYARD" serve --config "$WORK/switchyard-t$t.yaml"
   PROXY_PID[switchyard-t$t]=$LAST_PID
@@ -296,7 +300,7 @@ record meta labels "$labels_json"
 # that of the open-loop points only.
 first_t="${SY_THREADS%% *}"
 if [ -z "${RATES:-}" ]; then
-  sy_config "${SY_PORTS[2]}" "${SY_METRICS[2]}" "$first_t" "${SY_CONTROL[2]}" > "$WORK/switchyard-sat.yaml"
+  sy_config "${SY_PORTS[2]}" "${SY_METRICS[2]}" "$first_t" "${SY_CONTROL[2]}" "${SY_GRPC[2]}" > "$WORK/switchyard-sat.yaml"
   start switchyard-sat "$SWITCHYARD" serve --config "$WORK/switchyard-sat.yaml"
   sat_pid=$LAST_PID
   URL[switchyard-sat]="http://127.0.0.1:${SY_PORTS[2]}"

@@ -219,7 +219,7 @@ fn dtype_values(name: &str) -> Value {
         // 0.9179999999999999 is one ULP below 0.918: a parser that is not correctly rounded reads 0.918.
         "f64" => json!([0.1, -1e300, f64::MAX, f64::MIN_POSITIVE, 5e-324, 0.9179999999999999]),
         // Exactly representable in f16 (65504 is its max).
-        "f16" => json!([0.5, -1.25, 2.0, 1024.0, 65504.0, -0.000060975551605224609]),
+        "f16" => json!([0.5, -1.25, 2.0, 1024.0, 65504.0, -6.097_555_160_522_461e-5]),
         "i8" => json!([-128, 127, 0, -1, 1, 42]),
         "i16" => json!([-32768, 32767, 0, -1, 1, 4242]),
         "i32" => json!([i32::MIN, i32::MAX, 0, -1, 1, 424242]),

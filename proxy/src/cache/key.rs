@@ -99,11 +99,11 @@ pub fn full_key(seed: u128, model: &str, target: &ModelTarget, tag: ModelTag, ep
     }
     match tag {
         ModelTag::Identity(id) => {
-            h.update(&[b'i']);
+            h.update(b"i");
             h.update(&id.to_le_bytes());
         }
         ModelTag::Observed(v) => {
-            h.update(&[b'o']);
+            h.update(b"o");
             h.update(&v.to_le_bytes());
         }
     }

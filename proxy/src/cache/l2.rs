@@ -32,7 +32,7 @@ enum Conn {
 
 enum Client {
     Single(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// What a GET found.
@@ -125,14 +125,14 @@ impl L2 {
     /// and background writes run on it.
     pub fn new(cfg: &RedisConfig, metrics: L2Metrics) -> Result<Arc<L2>, String> {
         let client = if cfg.cluster {
-            Client::Cluster(
+            Client::Cluster(Box::new(
                 redis::cluster::ClusterClient::builder(cfg.urls.clone())
                     .connection_timeout(cfg.connect_timeout)
                     .response_timeout(cfg.timeout)
                     .retries(0)
                     .build()
                     .map_err(|e| format!("cache.redis.cluster: {e}"))?,
-            )
+            ))
         } else {
             let url = cfg.urls.first().ok_or("cache.redis.url is missing")?;
             Client::Single(redis::Client::open(url.as_str()).map_err(|e| format!("cache.redis.url `{url}`: {e}"))?)

@@ -87,6 +87,9 @@ impl Directive {
     }
 }
 
+/// (route, variant) names.
+type RouteVariant = (Arc<str>, Arc<str>);
+
 /// Per-variant state that outlives routing snapshots while the variant's config is unchanged.
 struct VariantState {
     seed: u128,
@@ -103,7 +106,7 @@ pub struct ResponseCache {
     l2_prefix: String,
     flights: Flights<Result<Executed, ApiError>>,
     metrics: CacheMetrics,
-    states: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<VariantState>>>,
+    states: Mutex<HashMap<RouteVariant, Arc<VariantState>>>,
 }
 
 impl ResponseCache {
