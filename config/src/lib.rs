@@ -346,6 +346,8 @@ pub struct BatchingConfig {
 
 /// Longest wait for a batch to fill when not given.
 pub const DEFAULT_MAX_QUEUE_DELAY: Duration = Duration::from_millis(1);
+/// Batches of one queue running at once (two keep a two-core box busy).
+pub const DEFAULT_MAX_CONCURRENT_BATCHES: usize = 2;
 /// Requests a batch queue holds before it rejects.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
 

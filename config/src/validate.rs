@@ -298,7 +298,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let mut backends = BTreeMap::new();
     for (name, b) in raw.backends {
         let path = format!("backends.{name}");
-        if let Some(cfg) = backend(errs, &path, &b, base_dir, limits.backend_timeout) {
+        if let Some(cfg) = backend(errs, &path, &b, base_dir, limits.backend_timeout, runtime.pool_threads.get()) {
             backends.insert(Arc::<str>::from(name), cfg);
         }
     }
@@ -600,7 +600,12 @@ fn batching(errs: &mut Errors, path: &str, b: &Spanned<RawBatching>) -> Batching
         priority_levels,
         default_priority,
         adaptive: r.adaptive.unwrap_or(false),
-        max_concurrent_batches: positive(errs, &format!("{path}.max_concurrent_batches"), &r.max_concurrent_batches, 1),
+        max_concurrent_batches: positive(
+            errs,
+            &format!("{path}.max_concurrent_batches"),
+            &r.max_concurrent_batches,
+            DEFAULT_MAX_CONCURRENT_BATCHES,
+        ),
     }
 }
 
@@ -617,6 +622,7 @@ fn backend(
     b: &Spanned<RawBackend>,
     base_dir: &Path,
     default_timeout: Duration,
+    pool_threads: usize,
 ) -> Option<BackendConfig> {
     let r = &b.value;
     let only = |errs: &mut Errors, field: &str, present: bool, kind: &str| {
@@ -768,7 +774,8 @@ fn backend(
                 version_policy,
                 models: r.models.iter().map(|m| m.value.clone()).collect(),
                 warmup: r.warmup.as_ref().map(|w| w.value as u32).unwrap_or(DEFAULT_WARMUP_RUNS),
-                instances: positive(errs, &format!("{path}.instances"), &r.instances, 1),
+                // One session per pool thread, so one model can use every core.
+                instances: positive(errs, &format!("{path}.instances"), &r.instances, pool_threads),
                 poll_interval: duration(
                     errs,
                     &format!("{path}.poll_interval"),

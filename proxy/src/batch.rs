@@ -296,6 +296,11 @@ impl Scheduler {
         if !self.cfg.adaptive {
             return self.cfg.max_queue_delay;
         }
+        // Nothing running: whatever waits is all the work there is; send it now.
+        // Batches build up on their own while earlier ones run.
+        if self.in_flight == 0 {
+            return Duration::ZERO;
+        }
         let Some(gap) = self.arrival_gap_ewma.filter(|g| *g > 0.0) else {
             return Duration::ZERO;
         };
@@ -338,7 +343,7 @@ impl Scheduler {
             max
         } else if preferred.is_some_and(|p| avail >= p) {
             preferred.unwrap_or(avail)
-        } else if waited >= self.delay(avail) {
+        } else if waited + timer_slack(self.delay(avail)) >= self.delay(avail) {
             avail
         } else {
             return None;
@@ -369,7 +374,8 @@ impl Scheduler {
         let dispatch = if self.in_flight < self.cfg.max_concurrent_batches.get() {
             self.head().and_then(|h| {
                 let rows = h.sig.as_ref().map_or(0, |s| self.compatible_rows(s));
-                let at = h.enqueued + self.delay(rows);
+                let delay = self.delay(rows);
+                let at = h.enqueued + delay - timer_slack(delay);
                 // A due head that did not go out is waiting on capacity, not time.
                 (at > now).then_some(at)
             })
@@ -381,6 +387,12 @@ impl Scheduler {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// tokio's timer rounds a sleep up to the next millisecond, so a 2 ms delay
+/// would wait up to 3 ms; a batch counts as due up to this much early instead.
+fn timer_slack(delay: Duration) -> Duration {
+    (delay / 2).min(Duration::from_millis(1))
 }
 
 async fn sleep_until(at: Option<Instant>) {
