@@ -96,4 +96,8 @@ impl DataPlane for Plane {
     fn stats(&self, model: &str, variant: &str) -> Option<Snapshot> {
         self.stats.snapshot(model, variant)
     }
+
+    fn invalidate_cache(&self, model: &str) -> Option<usize> {
+        self.cache.as_ref().map(|c| c.invalidate_model(model))
+    }
 }

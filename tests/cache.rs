@@ -427,3 +427,24 @@ async fn a_new_version_never_serves_older_answers() {
         "the reloaded variant serves version 2"
     );
 }
+
+#[tokio::test]
+async fn the_control_api_invalidates_a_models_entries() {
+    let cfg = embedded(
+        &examples(),
+        "{latest: 1}",
+        "cache:\n  l1_max_bytes: 1048576\n",
+        "name: main, backend: ex, cache: {ttl: 60s}",
+    );
+    let sy = Switchyard::config(&cfg).start().await;
+    assert_eq!(status(&infer(&sy, 7, &[]).await), "miss");
+    assert_eq!(status(&infer(&sy, 7, &[]).await), "hit-l1");
+    let url = format!("{}/ml/models/mlp/cache/invalidate", sy.control_url());
+    let r = sy.client.post(&url, &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["invalidated_variants"], 1);
+    assert_eq!(status(&infer(&sy, 7, &[]).await), "miss", "an invalidated entry was served");
+    assert_eq!(status(&infer(&sy, 7, &[]).await), "hit-l1");
+    let r = sy.client.post(&format!("{}/ml/models/nope/cache/invalidate", sy.control_url()), &[], "").await;
+    assert_eq!(r.status, 404);
+}

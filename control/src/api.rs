@@ -112,6 +112,7 @@ async fn handle(
         ["ml", "models", _, "rollback"] => Some((Method::POST, 6)),
         ["ml", "ab-tests", "create"] => Some((Method::POST, 7)),
         ["ml", "ab-tests", _, "results"] => Some((Method::GET, 8)),
+        ["ml", "models", _, "cache", "invalidate"] => Some((Method::POST, 9)),
         _ => None,
     };
     let Some((allowed, id)) = route else {
@@ -135,9 +136,10 @@ async fn handle(
             Ok(r) => plane.create_experiment(r, &who).await,
             Err(e) => Err(e),
         },
-        _ => plane.experiment_results(segs[2]).await,
+        8 => plane.experiment_results(segs[2]).await,
+        _ => invalidate(&plane, &model),
     };
-    if matches!(id, 1 | 5 | 6 | 7) {
+    if matches!(id, 1 | 5 | 6 | 7 | 9) {
         let outcome = match &result {
             Ok(v) => format!("ok generation={}", v["generation"]),
             Err(e) => format!("refused {}: {}", e.status, e.message),
@@ -279,6 +281,18 @@ async fn traffic(plane: &ControlPlane, model: &str, req: Request<Incoming>, who:
     };
     plane.abort_rollout(model, &format!("manual traffic change by {who}")).await;
     Ok(json!({ "model": model, "generation": generation, "weights": weights_now(plane, model) }))
+}
+
+fn invalidate(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
+    let p = plane.published();
+    if !p.effective.models.contains_key(model) {
+        return Err(ControlError::new(404, format!("unknown model '{model}'")));
+    }
+    let n = plane
+        .data()
+        .invalidate_cache(model)
+        .ok_or_else(|| ControlError::new(409, "no response cache is configured"))?;
+    Ok(json!({ "model": model, "generation": p.generation, "invalidated_variants": n }))
 }
 
 #[derive(Deserialize)]

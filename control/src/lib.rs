@@ -41,6 +41,8 @@ pub trait DataPlane: Send + Sync + 'static {
     async fn model_versions(&self, model: &str, variant: &str) -> Vec<String>;
     /// Cumulative live stats of a variant.
     fn stats(&self, model: &str, variant: &str) -> Option<Snapshot>;
+    /// Drops every cached answer of a model; the number of cached variants, `None` without a cache.
+    fn invalidate_cache(&self, model: &str) -> Option<usize>;
 }
 
 /// A control-plane failure, with the HTTP status the API answers it with.
