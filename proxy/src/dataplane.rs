@@ -347,37 +347,8 @@ impl DataPlane {
         reply
     }
 
-    /// Every route has at least one variant whose backend is ready.
-    async fn unready_routes(&self, table: &RoutingTable) -> Vec<String> {
-        let mut checked: Vec<(usize, bool)> = Vec::new();
-        let mut unready = Vec::new();
-        for route in table.all_routes() {
-            let mut ok = false;
-            for v in route.variants.iter().filter(|v| v.weight > 0.0) {
-                let key = Arc::as_ptr(&v.backend) as *const () as usize;
-                let ready = match checked.iter().find(|(k, _)| *k == key) {
-                    Some((_, r)) => *r,
-                    None => {
-                        let r = v.backend.ready().await;
-                        checked.push((key, r));
-                        r
-                    }
-                };
-                if ready {
-                    ok = true;
-                    break;
-                }
-            }
-            if !ok {
-                unready.push(route.name.to_string());
-            }
-        }
-        unready.sort();
-        unready
-    }
-
     async fn readiness(&self, table: &RoutingTable, v2_style: bool) -> Reply {
-        let unready = self.unready_routes(table).await;
+        let unready = pipeline::unready_routes(table).await;
         if unready.is_empty() {
             if v2_style {
                 Reply::json(200, Vec::new())

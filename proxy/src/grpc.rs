@@ -274,34 +274,6 @@ impl Shared {
             },
         }
     }
-
-    /// Route names without a ready backend (a variant with weight > 0 whose backend is ready).
-    async fn unready_routes(&self, table: &RoutingTable) -> Vec<String> {
-        let mut checked: Vec<(usize, bool)> = Vec::new();
-        let mut unready = Vec::new();
-        for route in table.all_routes() {
-            let mut ok = false;
-            for v in route.variants.iter().filter(|v| v.weight > 0.0) {
-                let key = Arc::as_ptr(&v.backend) as *const () as usize;
-                let ready = match checked.iter().find(|(k, _)| *k == key) {
-                    Some((_, r)) => *r,
-                    None => {
-                        let r = v.backend.ready().await;
-                        checked.push((key, r));
-                        r
-                    }
-                };
-                if ready {
-                    ok = true;
-                    break;
-                }
-            }
-            if !ok {
-                unready.push(route.name.to_string());
-            }
-        }
-        unready
-    }
 }
 
 /// The v2-grpc backend a pass-through RPC about `model` goes to, with the selection made for it.
@@ -357,7 +329,7 @@ impl GrpcInferenceService for FrontEnd {
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         let table = self.shared.table.load_full();
-        let unready = self.shared.unready_routes(&table).await;
+        let unready = pipeline::unready_routes(&table).await;
         Ok(Response::new(pb::ServerReadyResponse { ready: unready.is_empty() }))
     }
 

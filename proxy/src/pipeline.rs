@@ -103,3 +103,34 @@ pub fn record(variant: &Variant, status: u16, total: Duration, backend: Duration
         variant.metrics.backend_duration.observe(backend.as_secs_f64());
     }
 }
+
+/// Names of the routes (sorted) with no variant of weight > 0 whose backend is
+/// ready: `/ready`, `/v2/health/ready` and gRPC `ServerReady` all answer from it.
+/// Each backend is asked once, however many variants share it.
+pub async fn unready_routes(table: &RoutingTable) -> Vec<String> {
+    let mut checked: Vec<(usize, bool)> = Vec::new();
+    let mut unready = Vec::new();
+    for route in table.all_routes() {
+        let mut ok = false;
+        for v in route.variants.iter().filter(|v| v.weight > 0.0) {
+            let key = std::sync::Arc::as_ptr(&v.backend) as *const () as usize;
+            let ready = match checked.iter().find(|(k, _)| *k == key) {
+                Some((_, r)) => *r,
+                None => {
+                    let r = v.backend.ready().await;
+                    checked.push((key, r));
+                    r
+                }
+            };
+            if ready {
+                ok = true;
+                break;
+            }
+        }
+        if !ok {
+            unready.push(route.name.to_string());
+        }
+    }
+    unready.sort();
+    unready
+}
