@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Embedded ONNX Runtime benchmarks (docs/benchmarks-embedded.md):
+# Embedded ONNX Runtime benchmarks (docs/benchmarks.md, "Embedded ONNX Runtime"):
 #   raw      in-process Session::run per batch size (benches/onnx_raw.rs)        issue 3 item 8
 #   served   the same models through Switchyard over HTTP (oha), batch 1 and 32  issue 3 item 8
 #   batching batch-1 open-loop load, batching off / fixed delay / adaptive      issue 4 item 9
