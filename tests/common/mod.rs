@@ -546,3 +546,4 @@ impl Drop for TestUpstream {
 
 pub mod fault;
 pub mod redis;
+pub mod redis_cluster;

@@ -107,6 +107,13 @@ impl Breaker {
         self.state.set(CLOSED);
     }
 
+    /// The breaker let a call through but there is no connection to make it on.
+    fn no_connection(&self) {
+        if self.probing.load(Ordering::Acquire) || self.open_until.load(Ordering::Acquire) != 0 {
+            self.failure();
+        }
+    }
+
     fn failure(&self) {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let probing = self.probing.swap(false, Ordering::AcqRel);
@@ -178,8 +185,9 @@ impl L2 {
             };
             match tokio::time::timeout(this.cfg.connect_timeout, attempt).await {
                 Ok(Ok(conn)) => {
+                    // A connection is not proof of health (a cluster connects while a
+                    // master is down): an open breaker stays open until its probe succeeds.
                     this.conn.store(Some(Arc::new(conn)));
-                    this.breaker.success();
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "redis connect failed");
@@ -205,6 +213,10 @@ impl L2 {
             Some(c) => Some(c),
             None => {
                 self.metrics.skipped.inc();
+                // A probe that finds no connection counts as a failed probe (the
+                // breaker re-opens for another cool-down) instead of holding the
+                // half-open slot forever.
+                self.breaker.no_connection();
                 self.connect_in_background();
                 None
             }
@@ -229,9 +241,12 @@ impl L2 {
                 self.metrics.errors.with_label_values(&["error"]).inc();
                 // A multiplexed connection whose server went away fails every call (not always
                 // as an I/O error): drop it (if nobody replaced it yet) and reconnect off the
-                // request path. A reply error on a live connection costs one reconnect.
-                let _ = self.conn.compare_and_swap(&Some(conn), None);
-                self.connect_in_background();
+                // request path. A cluster connection repairs itself (slot refresh,
+                // reconnects per node), so it is kept.
+                if matches!(*conn, Conn::Single(_)) {
+                    let _ = self.conn.compare_and_swap(&Some(conn), None);
+                    self.connect_in_background();
+                }
                 tracing::debug!(error = %e, "redis call failed");
                 self.breaker.failure();
                 None
