@@ -152,8 +152,8 @@ async fn handle(
     })
 }
 
-fn model_json(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
-    let p = plane.published();
+/// One model's routing state, read from one published snapshot (never mixed with a newer one).
+fn model_json(p: &crate::Published, model: &str) -> Result<Value, ControlError> {
     let m = p.effective.models.get(model).ok_or_else(|| ControlError::new(404, format!("unknown model '{model}'")))?;
     let src = p.sources.get(model);
     Ok(json!({
@@ -175,7 +175,7 @@ fn model_json(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> 
 fn config(plane: &ControlPlane) -> Value {
     let p = plane.published();
     let models: BTreeMap<&str, Value> =
-        p.effective.models.keys().map(|m| (m.as_ref(), model_json(plane, m).unwrap_or(Value::Null))).collect();
+        p.effective.models.keys().map(|m| (m.as_ref(), model_json(&p, m).unwrap_or(Value::Null))).collect();
     let backends: BTreeMap<&str, &str> = p.effective.backends.iter().map(|(k, b)| (k.as_ref(), b.kind())).collect();
     json!({
         "generation": p.generation,
@@ -192,8 +192,11 @@ fn config(plane: &ControlPlane) -> Value {
 }
 
 async fn status(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
+    // The rollout first: it waits for any step in progress, so the weights read
+    // next are the ones that step published.
+    let rollout = plane.rollout_status(model).await;
     let p = plane.published();
-    let mut m = model_json(plane, model)?;
+    let mut m = model_json(&p, model)?;
     let variants = m["variants"].as_array_mut().expect("built above");
     for v in variants.iter_mut() {
         let name = v["name"].as_str().unwrap_or_default().to_string();
@@ -203,7 +206,7 @@ async fn status(plane: &ControlPlane, model: &str) -> Result<Value, ControlError
         "model": model,
         "generation": p.generation,
         "variants": m["variants"],
-        "rollout": plane.rollout_status(model).await,
+        "rollout": rollout,
         "last_reload": p.last_reload,
     }))
 }

@@ -222,8 +222,10 @@ impl ControlPlane {
     }
 
     pub async fn rollout_status(&self, model: &str) -> Option<Value> {
+        let inner = self.inner.lock().await;
+        // Read under the lock: a rollout step publishes its weights before releasing it.
         let eff = self.published().effective.clone();
-        self.inner.lock().await.rollouts.get(model).map(|r| {
+        inner.rollouts.get(model).map(|r| {
             let live = eff
                 .models
                 .get(model)

@@ -14,6 +14,9 @@ use crate::{rollout, ControlPlane};
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Longest wait after the first event: a directory that never goes quiet
+/// (a config rewritten every few milliseconds) still gets read.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
 /// Content check that catches a missed event.
 const SAFETY_NET: Duration = Duration::from_secs(5);
 
@@ -26,9 +29,17 @@ pub fn spawn(plane: Arc<ControlPlane>) -> Result<(), String> {
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let name = plane.config_path().file_name().map(|n| n.to_os_string()).unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.send(());
+        // Only the config file (saved in place or renamed into place) and
+        // Kubernetes' `..data` symlink swaps matter; other files beside it do not.
+        let relevant = |p: &std::path::PathBuf| {
+            p.file_name().is_some_and(|f| f == name.as_os_str() || f.to_string_lossy().starts_with(".."))
+        };
+        if let Ok(ev) = res {
+            if ev.paths.is_empty() || ev.paths.iter().any(relevant) {
+                let _ = tx.send(());
+            }
         }
     })
     .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
@@ -52,9 +63,14 @@ pub fn spawn(plane: Arc<ControlPlane>) -> Result<(), String> {
                     if ev.is_none() {
                         return;
                     }
-                    // Let a burst of events (write, rename, symlink swap) settle.
+                    // Let a burst of events (write, rename, symlink swap) settle, but not forever.
+                    let settle_by = tokio::time::Instant::now() + MAX_SETTLE;
                     loop {
-                        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                        let wait = DEBOUNCE.min(settle_by.saturating_duration_since(tokio::time::Instant::now()));
+                        if wait.is_zero() {
+                            break;
+                        }
+                        match tokio::time::timeout(wait, rx.recv()).await {
                             Ok(Some(())) => continue,
                             Ok(None) => return,
                             Err(_) => break,
