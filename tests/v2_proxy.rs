@@ -703,3 +703,43 @@ async fn passthrough_to_unreachable_upstream_is_a_v2_502() {
         "the 502 pass-through was not counted"
     );
 }
+
+/// HTTP/1.1 pipelining: requests sent back to back in one write each get their
+/// own answer, in order, on the same connection.
+#[tokio::test]
+async fn pipelined_requests_each_get_an_answer() {
+    let dead = dead_address();
+    let sy = Switchyard::config(&format!(
+        "backends:\n  down:\n    kind: v2-http\n    endpoints: [\"http://{dead}\"]\nmodels:\n  mlp:\n    variants:\n      - {{name: v, backend: down}}\n"
+    ))
+    .start()
+    .await;
+    let port = sy.http_port;
+    let answers = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let bad = b"{\"inputs\": 1}";
+        let mut reqs = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /v2 HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        reqs.extend_from_slice(
+            format!("POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", bad.len())
+                .as_bytes(),
+        );
+        reqs.extend_from_slice(bad);
+        reqs.extend_from_slice(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n");
+        s.write_all(&reqs).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 65536];
+        while String::from_utf8_lossy(&seen).matches("HTTP/1.1 ").count() < 4 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&seen).to_string();
+        text.match_indices("HTTP/1.1 ").map(|(i, _)| text[i + 9..i + 12].to_string()).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers, vec!["200", "200", "400", "200"], "one answer per pipelined request, in order");
+}

@@ -256,7 +256,9 @@ impl DataPlane {
             let body = read_body(session, &self.limits).await?;
             let req = v2::decode_request(&body, header_len)?;
             drop(body);
-            let prefs = OutputPrefs { outputs: req.outputs.clone(), default_binary: req.binary_output };
+            // Only an output's own `binary_data` can differ from the default.
+            let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
+            let prefs = OutputPrefs { outputs, default_binary: req.binary_output };
             let id = req.id.clone();
             let t0 = Instant::now();
             let directive = crate::cache::Directive::from_header(
@@ -364,8 +366,10 @@ impl DataPlane {
         if reply.status == CLIENT_CLOSED {
             return Ok(());
         }
-        let mut h = ResponseHeader::build(reply.status, Some(6))?;
-        h.insert_header(http::header::CONTENT_TYPE, reply.content_type)?;
+        // No case map: every name here is lowercase or one pingora titles
+        // itself, so the bytes on the wire are those of `build`, for less work.
+        let mut h = ResponseHeader::build_no_case(reply.status, Some(8))?;
+        h.insert_header(http::header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type))?;
         h.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
         if let Some(n) = reply.header_len {
             h.insert_header(HEADER_CONTENT_LENGTH, n)?;
@@ -377,7 +381,7 @@ impl DataPlane {
             h.insert_header(OVERHEAD_HEADER, us)?;
         }
         if let Some(status) = reply.cache {
-            h.insert_header(crate::cache::CACHE_HEADER, status.as_str())?;
+            h.insert_header(crate::cache::CACHE_HEADER, status.header_value())?;
         }
         if let Some(rows) = reply.batch_rows {
             h.insert_header(BATCH_SIZE_HEADER, rows)?;
@@ -400,6 +404,13 @@ impl ProxyHttp for DataPlane {
 
     fn new_ctx(&self) -> Ctx {
         Ctx { start: Instant::now(), passthrough: false, passthrough_bytes: 0 }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // HTTP/1.1 clients may pipeline; without this pingora answers the first
+        // request and drops the ones queued behind it. Persists across keep-alive reuses.
+        session.set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -26,8 +26,14 @@ use crate::tensor::{InferRequest, InferResponse};
 /// How long a readiness probe of the backend may take.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static(HEADER_CONTENT_LENGTH);
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const APPLICATION_OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
+
 struct Endpoint {
     upstream: Upstream,
+    /// `http://authority/base_path`: every request URI starts with it.
+    base_uri: String,
     host: HeaderValue,
     outstanding: AtomicUsize,
     consecutive_failures: AtomicU32,
@@ -92,6 +98,7 @@ impl V2HttpBackend {
                 .endpoints
                 .iter()
                 .map(|u| Endpoint {
+                    base_uri: u.to_string(),
                     host: HeaderValue::from_str(&u.authority).expect("validated authority"),
                     upstream: u.clone(),
                     outstanding: AtomicUsize::new(0),
@@ -120,24 +127,32 @@ impl V2HttpBackend {
     /// When every endpoint is ejected, all of them are candidates again
     /// (a guess beats a certain failure).
     fn pick(&self, exclude: &[usize]) -> Option<usize> {
-        let now = self.now_ms();
-        let eligible = |i: &usize| !exclude.contains(i);
-        let mut cands: Vec<usize> =
-            (0..self.endpoints.len()).filter(eligible).filter(|&i| self.in_rotation(i, now)).collect();
-        if cands.is_empty() {
-            cands = (0..self.endpoints.len()).filter(eligible).collect();
+        let eligible = |i: usize| !exclude.contains(&i);
+        if self.endpoints.len() == 1 {
+            return eligible(0).then_some(0);
         }
-        match cands.len() {
+        let now = self.now_ms();
+        let in_rotation = |i: usize| eligible(i) && self.in_rotation(i, now);
+        // The candidates, without collecting them: the k-th index passing `cand`.
+        let n_all = self.endpoints.len();
+        let count = |cand: &dyn Fn(usize) -> bool| (0..n_all).filter(|&i| cand(i)).count();
+        let (cand, n): (&dyn Fn(usize) -> bool, usize) = match count(&in_rotation) {
+            0 => (&eligible, count(&eligible)),
+            n => (&in_rotation, n),
+        };
+        let nth = |k: usize| (0..n_all).filter(|&i| cand(i)).nth(k).expect("k < n");
+        match n {
             0 => None,
-            1 => Some(cands[0]),
+            1 => Some(nth(0)),
             n => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let load = |i: usize| self.endpoints[cands[i]].outstanding.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { cands[b] } else { cands[a] })
+                let (a, b) = (nth(a), nth(b));
+                let load = |i: usize| self.endpoints[i].outstanding.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
             }
         }
     }
@@ -157,12 +172,13 @@ impl V2HttpBackend {
         }
     }
 
+    /// Sends a request to an endpoint; `path` is the pieces of the path, joined.
     async fn send(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         body: Bytes,
-        headers: &[(&'static str, HeaderValue)],
+        headers: &[(HeaderName, HeaderValue)],
         timeout: Duration,
     ) -> Result<Reply, BackendError> {
         let mut tried: Vec<usize> = Vec::new();
@@ -173,18 +189,20 @@ impl V2HttpBackend {
             let ep = &self.endpoints[i];
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _guard = Outstanding(&ep.outstanding);
-            let uri = format!("http://{}{}{}", ep.upstream.authority, ep.upstream.base_path, path);
-            let mut rb = Request::builder()
-                .method(method.clone())
-                .uri(uri)
-                .header(HOST, ep.host.clone())
-                .header(CONTENT_LENGTH, body.len());
+            let mut uri = String::with_capacity(ep.base_uri.len() + path.iter().map(|p| p.len()).sum::<usize>());
+            uri.push_str(&ep.base_uri);
+            path.iter().for_each(|p| uri.push_str(p));
+            let uri = Uri::try_from(uri).map_err(|e| BackendError::Internal(format!("building request: {e}")))?;
+            let mut req = Request::new(Full::new(body.clone()));
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri;
+            let h = req.headers_mut();
+            h.reserve(2 + headers.len());
+            h.insert(HOST, ep.host.clone());
+            h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
             for (k, v) in headers {
-                rb = rb.header(*k, v.clone());
+                h.append(k.clone(), v.clone());
             }
-            let req = rb
-                .body(Full::new(body.clone()))
-                .map_err(|e| BackendError::Internal(format!("building request: {e}")))?;
             let call = async {
                 let resp = self.client.request(req).await.map_err(CallError::Request)?;
                 let (parts, body) = resp.into_parts();
@@ -231,7 +249,7 @@ impl V2HttpBackend {
                 let probe = self
                     .binary_supported
                     .get_or_try_init(|| async {
-                        let r = self.send(Method::GET, "/v2", Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
+                        let r = self.send(Method::GET, &["/v2"], Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
                         if !r.status.is_success() {
                             return Err(BackendError::Status {
                                 status: r.status.as_u16(),
@@ -251,10 +269,11 @@ impl V2HttpBackend {
         }
     }
 
-    fn model_path(target: &ModelTarget, suffix: &str) -> String {
+    /// `/v2/models/{name}[/versions/{version}]{suffix}`, in pieces for `send`.
+    fn model_path<'a>(target: &'a ModelTarget, suffix: &'a str) -> [&'a str; 5] {
         match &target.version {
-            Some(v) => format!("/v2/models/{}/versions/{}{}", target.name, v, suffix),
-            None => format!("/v2/models/{}{}", target.name, suffix),
+            Some(v) => ["/v2/models/", &target.name, "/versions/", v, suffix],
+            None => ["/v2/models/", &target.name, suffix, "", ""],
         }
     }
 }
@@ -298,16 +317,17 @@ impl Backend for V2HttpBackend {
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
         let binary = self.use_binary().await;
         let enc = v2::encode_request(&req, binary);
-        let mut headers: Vec<(&'static str, HeaderValue)> = Vec::with_capacity(2);
-        match enc.header_len {
+        let binary_headers;
+        let headers: &[(HeaderName, HeaderValue)] = match enc.header_len {
             Some(n) => {
-                headers.push((CONTENT_TYPE.as_str(), HeaderValue::from_static("application/octet-stream")));
-                headers.push((HEADER_CONTENT_LENGTH, HeaderValue::from(n)));
+                binary_headers =
+                    [(CONTENT_TYPE, APPLICATION_OCTET_STREAM), (INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n))];
+                &binary_headers
             }
-            None => headers.push((CONTENT_TYPE.as_str(), HeaderValue::from_static("application/json"))),
-        }
+            None => &[(CONTENT_TYPE, APPLICATION_JSON)],
+        };
         let path = Self::model_path(target, "/infer");
-        let reply = self.send(Method::POST, &path, enc.body, &headers, self.timeout).await?;
+        let reply = self.send(Method::POST, &path, enc.body, headers, self.timeout).await?;
         if reply.status != StatusCode::OK {
             return Err(status_error(&reply));
         }
@@ -338,7 +358,7 @@ impl Backend for V2HttpBackend {
     }
 
     async fn ready(&self) -> bool {
-        match self.send(Method::GET, "/v2/health/ready", Bytes::new(), &[], READY_PROBE_TIMEOUT).await {
+        match self.send(Method::GET, &["/v2/health/ready"], Bytes::new(), &[], READY_PROBE_TIMEOUT).await {
             Ok(r) => r.status == StatusCode::OK,
             Err(_) => false,
         }
