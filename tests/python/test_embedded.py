@@ -9,15 +9,10 @@ Run: .venv/bin/python -m pytest tests/python/test_embedded.py -q
 """
 import os
 import signal
-import socket
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-# Before onnxruntime is imported: its first use writes telemetry under XDG_CACHE_HOME.
-_XDG = tempfile.TemporaryDirectory(prefix="switchyard-pytest-xdg-")
-os.environ["XDG_CACHE_HOME"] = _XDG.name
+from harness import REPO, POLL_S, free_port, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -26,9 +21,7 @@ import requests  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "examples" / "models"
-POLL_S = 0.05
 SWITCHYARD_PATIENCE_S = 30.0
 TOLERANCE = 1e-6
 
@@ -38,19 +31,6 @@ CASES = [
     ("mlp", "2", 16, "probabilities"),
     ("mlp_heavy", "1", 256, "logits"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def switchyard_bin() -> str:
-    path = os.environ.get("SWITCHYARD_BIN") or str(REPO / "target" / "debug" / "switchyard")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"no switchyard binary at {path}: run `cargo build` or set SWITCHYARD_BIN")
-    return path
 
 
 @pytest.fixture(scope="module")

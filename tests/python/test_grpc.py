@@ -11,16 +11,8 @@ Run: .venv/bin/python -m pytest tests/python/test_grpc.py -q
 """
 import os
 import queue
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
-# Before onnxruntime is imported: its first use writes telemetry under XDG_CACHE_HOME.
-_XDG = tempfile.TemporaryDirectory(prefix="switchyard-pytest-xdg-")
-os.environ["XDG_CACHE_HOME"] = _XDG.name
+from harness import REPO, POLL_S, free_port, Proc, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -30,68 +22,10 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-POLL_S = 0.05
 MLSERVER_PATIENCE_S = 60.0
 SWITCHYARD_PATIENCE_S = 30.0
 # Small enough to test the limit without shipping 64 MiB around.
 GRPC_MAX_MESSAGE_BYTES = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """A child in its own process group, killed with its group by stop()."""
-
-    def __init__(self, name, argv, log_path, env=None, cwd=None):
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.p = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return Path(self.log_path).read_text(errors="replace")
-
-    def wait_until_ok(self, url, patience_s):
-        deadline = time.monotonic() + patience_s
-        while True:
-            if self.p.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.p.returncode}:\n{self.log()}")
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() >= deadline:
-                pytest.fail(f"{self.name} not ready at {url} within {patience_s}s:\n{self.log()}")
-            time.sleep(POLL_S)
-
-    def stop(self):
-        try:
-            os.killpg(self.p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.p.wait()
-        self._log.close()
-
-
-def switchyard_bin() -> str:
-    path = os.environ.get("SWITCHYARD_BIN") or str(REPO / "target" / "debug" / "switchyard")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"no switchyard binary at {path}: run `cargo build` or set SWITCHYARD_BIN")
-    return path
 
 
 @pytest.fixture(scope="module")
