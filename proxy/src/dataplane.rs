@@ -304,46 +304,36 @@ impl DataPlane {
         reply
     }
 
-    async fn model_metadata(
+    /// `GET /v2/models/{m}[/versions/{v}]` (metadata) or `.../ready`, answered by the variant's backend.
+    async fn model_query(
         &self,
         req: &RequestHeader,
         table: &RoutingTable,
         model: &str,
         version: Option<&str>,
+        ready: bool,
     ) -> Reply {
         let sel = match self.select(table, req, model, version) {
             Ok(s) => s,
             Err(e) => return Reply::error(&e),
         };
-        let mut reply = match sel.variant.backend.model_metadata(&sel.target).await {
-            Ok(mut meta) => {
-                // Clients know the model by its public name, whatever the backend calls it.
-                if let Some(obj) = meta.as_object_mut() {
-                    obj.insert("name".into(), serde_json::Value::from(model));
-                }
-                Reply::json(200, serde_json::to_vec(&meta).expect("json"))
+        let mut reply = if ready {
+            match sel.variant.backend.model_ready(&sel.target).await {
+                Ok(true) => Reply::json(200, Vec::new()),
+                Ok(false) => Reply::error(&ApiError::new(503, format!("model '{model}' is not ready"))),
+                Err(e) => Reply::error(&e.into()),
             }
-            Err(e) => Reply::error(&e.into()),
-        };
-        reply.variant = Some(sel.variant.header_value.clone());
-        reply
-    }
-
-    async fn model_ready(
-        &self,
-        req: &RequestHeader,
-        table: &RoutingTable,
-        model: &str,
-        version: Option<&str>,
-    ) -> Reply {
-        let sel = match self.select(table, req, model, version) {
-            Ok(s) => s,
-            Err(e) => return Reply::error(&e),
-        };
-        let mut reply = match sel.variant.backend.model_ready(&sel.target).await {
-            Ok(true) => Reply::json(200, Vec::new()),
-            Ok(false) => Reply::error(&ApiError::new(503, format!("model '{model}' is not ready"))),
-            Err(e) => Reply::error(&e.into()),
+        } else {
+            match sel.variant.backend.model_metadata(&sel.target).await {
+                Ok(mut meta) => {
+                    // Clients know the model by its public name, whatever the backend calls it.
+                    if let Some(obj) = meta.as_object_mut() {
+                        obj.insert("name".into(), serde_json::Value::from(model));
+                    }
+                    Reply::json(200, serde_json::to_vec(&meta).expect("json"))
+                }
+                Err(e) => Reply::error(&e.into()),
+            }
         };
         reply.variant = Some(sel.variant.header_value.clone());
         reply
@@ -451,8 +441,8 @@ impl ProxyHttp for DataPlane {
                 }))
                 .expect("json"),
             ),
-            Endpoint::ModelMetadata(m, v) => self.model_metadata(session.req_header(), &table, m, v).await,
-            Endpoint::ModelReady(m, v) => self.model_ready(session.req_header(), &table, m, v).await,
+            Endpoint::ModelMetadata(m, v) => self.model_query(session.req_header(), &table, m, v, false).await,
+            Endpoint::ModelReady(m, v) => self.model_query(session.req_header(), &table, m, v, true).await,
             Endpoint::Infer(m, v) => self.infer(session, &table, m, v, ctx.start).await,
             Endpoint::WrongMethod(allowed) => Reply::error(&ApiError::new(
                 405,
