@@ -16,6 +16,8 @@ from pathlib import Path
 _XDG = tempfile.TemporaryDirectory(prefix="switchyard-pytest-xdg-")
 os.environ["XDG_CACHE_HOME"] = _XDG.name
 
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import requests  # noqa: E402
 
@@ -77,3 +79,18 @@ def switchyard_bin() -> str:
     if not os.access(path, os.X_OK):
         pytest.fail(f"no switchyard binary at {path}: run `cargo build` or set SWITCHYARD_BIN")
     return path
+
+
+def mlp_reference():
+    """onnxruntime sessions on the shipped `mlp` ONNX files: f(version, x) -> probabilities."""
+    sessions = {}
+    for v in ("1", "2"):
+        path = REPO / "examples" / "models" / "mlp" / v / "model.onnx"
+        sessions[v] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda version, x: sessions[version].run(["probabilities"], {"input": x})[0]
+
+
+def batch(rows=4, seed=0):
+    """Deterministic FP32 `mlp` inputs, shape [rows, 16]."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((rows, 16)).astype(np.float32)

@@ -6,10 +6,9 @@ Run: .venv/bin/python -m pytest tests/python -q
 """
 import os
 
-from harness import REPO, POLL_S, free_port, Proc, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
+from harness import REPO, POLL_S, Proc, batch, free_port, mlp_reference, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import requests  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
@@ -84,17 +83,8 @@ def client(stack):
 
 @pytest.fixture(scope="session")
 def reference():
-    """onnxruntime sessions on the same ONNX files MLServer serves, by version."""
-    sessions = {}
-    for v in ("1", "2"):
-        path = REPO / "examples" / "models" / "mlp" / v / "model.onnx"
-        sessions[v] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda version, x: sessions[version].run(["probabilities"], {"input": x})[0]
+    return mlp_reference()
 
-
-def batch(rows=4, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((rows, 16)).astype(np.float32)
 
 
 def infer(client, x, *, binary_in, binary_out, version="", headers=None):
