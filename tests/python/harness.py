@@ -94,3 +94,53 @@ def batch(rows=4, seed=0):
     """Deterministic FP32 `mlp` inputs, shape [rows, 16]."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((rows, 16)).astype(np.float32)
+
+
+MLSERVER_PATIENCE_S = 60.0
+SWITCHYARD_PATIENCE_S = 30.0
+
+
+def start_mlserver(tmp, procs):
+    """MLServer (tests/mlserver: mlp v1+v2, slow) on free ports; returns (http_port, grpc_port)."""
+    http_port, grpc_port = free_port(), free_port()
+    env = dict(os.environ, TMPDIR=str(tmp), XDG_CACHE_HOME=str(tmp / "xdg"))
+    ml = Proc(
+        "mlserver",
+        [str(REPO / "tests" / "mlserver" / "start.sh"), str(http_port), str(grpc_port)],
+        tmp / "mlserver.log",
+        env=env,
+    )
+    procs.append(ml)
+    ml.wait_until_ok(f"http://127.0.0.1:{http_port}/v2/health/ready", MLSERVER_PATIENCE_S)
+    return http_port, grpc_port
+
+
+def start_switchyard(tmp, body, procs, grpc_max_message_bytes=None):
+    """`switchyard serve` with every listener on a free loopback port (gRPC only when
+    `grpc_max_message_bytes` is given) followed by `body`; returns the ports by listener."""
+    ports = {name: free_port() for name in ("http", "metrics", "control")}
+    listeners = (
+        "listeners:\n"
+        f"  http:\n    address: 127.0.0.1:{ports['http']}\n"
+        f"  metrics:\n    address: 127.0.0.1:{ports['metrics']}\n"
+        f"  control:\n    address: 127.0.0.1:{ports['control']}\n"
+    )
+    if grpc_max_message_bytes is None:
+        listeners += "  grpc:\n    enabled: false\n"
+    else:
+        ports["grpc"] = free_port()
+        listeners += (
+            f"  grpc:\n    address: 127.0.0.1:{ports['grpc']}\n    max_message_bytes: {grpc_max_message_bytes}\n"
+        )
+    config = tmp / "switchyard.yaml"
+    config.write_text(listeners + body)
+    sy = Proc(
+        "switchyard",
+        [switchyard_bin(), "serve", "--config", str(config)],
+        tmp / "switchyard.log",
+        env=dict(os.environ, SWITCHYARD_LOG_FORMAT="text"),
+        cwd=str(tmp),
+    )
+    procs.append(sy)
+    sy.wait_until_ok(f"http://127.0.0.1:{ports['http']}/startup", SWITCHYARD_PATIENCE_S)
+    return ports

@@ -7,22 +7,16 @@ extension; the answers must match onnxruntime's own on the same files within
 Run: .venv/bin/python -m pytest tests/python/test_embedded.py -q
 (after `cargo build`; set SWITCHYARD_BIN to test another binary).
 """
-import os
-import signal
-import subprocess
-import time
 
-from harness import REPO, POLL_S, free_port, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
+from harness import REPO, start_switchyard  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
-import requests  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MODELS = REPO / "examples" / "models"
-SWITCHYARD_PATIENCE_S = 30.0
 TOLERANCE = 1e-6
 
 # (model, version, input width, output name)
@@ -37,17 +31,11 @@ CASES = [
 def server(tmp_path_factory):
     """`switchyard serve` with the example models on the embedded runtime; yields host:port."""
     tmp = tmp_path_factory.mktemp("embedded")
-    http_port, metrics_port = free_port(), free_port()
-    config = tmp / "switchyard.yaml"
-    config.write_text(
-        f"""
-listeners:
-  http:
-    address: 127.0.0.1:{http_port}
-  metrics:
-    address: 127.0.0.1:{metrics_port}
-  grpc:
-    enabled: false
+    procs = []
+    try:
+        ports = start_switchyard(
+            tmp,
+            f"""
 backends:
   local:
     kind: onnx
@@ -60,40 +48,13 @@ models:
   mlp_heavy:
     variants:
       - {{name: main, backend: local}}
-"""
-    )
-    log_path = tmp / "switchyard.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [switchyard_bin(), "serve", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, SWITCHYARD_LOG_FORMAT="text"),
-            cwd=str(tmp),
-            start_new_session=True,
+""",
+            procs,
         )
-    try:
-        deadline = time.monotonic() + SWITCHYARD_PATIENCE_S
-        url = f"http://127.0.0.1:{http_port}/startup"
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"switchyard exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() >= deadline:
-                pytest.fail(f"switchyard not started within {SWITCHYARD_PATIENCE_S}s:\n{log_path.read_text(errors='replace')}")
-            time.sleep(POLL_S)
-        yield f"127.0.0.1:{http_port}"
+        yield f"127.0.0.1:{ports['http']}"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        for p in reversed(procs):
+            p.stop()
 
 
 @pytest.fixture

@@ -9,20 +9,16 @@ register the same `inference.*` protobuf symbols and cannot share a process.
 Run: .venv/bin/python -m pytest tests/python/test_grpc.py -q
 (after `cargo build`; set SWITCHYARD_BIN to test another binary).
 """
-import os
 import queue
 
-from harness import REPO, POLL_S, Proc, batch, free_port, mlp_reference, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
+from harness import REPO, batch, free_port, mlp_reference, start_mlserver, start_switchyard  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import requests  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-MLSERVER_PATIENCE_S = 60.0
-SWITCHYARD_PATIENCE_S = 30.0
 # Small enough to test the limit without shipping 64 MiB around.
 GRPC_MAX_MESSAGE_BYTES = 1 << 20
 
@@ -38,29 +34,11 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grpc-stack")
     procs = []
     try:
-        ml_http, ml_grpc = free_port(), free_port()
-        env = dict(os.environ, TMPDIR=str(tmp), XDG_CACHE_HOME=str(tmp / "xdg"))
-        ml = Proc(
-            "mlserver",
-            [str(REPO / "tests" / "mlserver" / "start.sh"), str(ml_http), str(ml_grpc)],
-            tmp / "mlserver.log",
-            env=env,
-        )
-        procs.append(ml)
-        ml.wait_until_ok(f"http://127.0.0.1:{ml_http}/v2/health/ready", MLSERVER_PATIENCE_S)
-
-        http_port, metrics_port, grpc_port, dead = free_port(), free_port(), free_port(), free_port()
-        config = tmp / "switchyard.yaml"
-        config.write_text(
+        ml_http, ml_grpc = start_mlserver(tmp, procs)
+        dead = free_port()
+        ports = start_switchyard(
+            tmp,
             f"""
-listeners:
-  http:
-    address: 127.0.0.1:{http_port}
-  metrics:
-    address: 127.0.0.1:{metrics_port}
-  grpc:
-    address: 127.0.0.1:{grpc_port}
-    max_message_bytes: {GRPC_MAX_MESSAGE_BYTES}
 routing:
   sticky_header: x-user-id
 backends:
@@ -94,18 +72,11 @@ models:
   down:
     variants:
       - {{name: d, backend: gone, model: mlp}}
-"""
+""",
+            procs,
+            grpc_max_message_bytes=GRPC_MAX_MESSAGE_BYTES,
         )
-        sy = Proc(
-            "switchyard",
-            [switchyard_bin(), "serve", "--config", str(config)],
-            tmp / "switchyard.log",
-            env=dict(os.environ, SWITCHYARD_LOG_FORMAT="text"),
-            cwd=str(tmp),
-        )
-        procs.append(sy)
-        sy.wait_until_ok(f"http://127.0.0.1:{http_port}/startup", SWITCHYARD_PATIENCE_S)
-        yield f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+        yield f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['http']}"
     finally:
         for p in reversed(procs):
             p.stop()
@@ -128,7 +99,6 @@ def http(stack):
 @pytest.fixture(scope="module")
 def reference():
     return mlp_reference()
-
 
 
 def grpc_input(x):

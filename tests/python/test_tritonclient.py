@@ -4,18 +4,13 @@ of a real MLServer, with onnxruntime on the shipped ONNX files as the reference.
 Run: .venv/bin/python -m pytest tests/python -q
 (after `cargo build`; set SWITCHYARD_BIN to test another binary).
 """
-import os
 
-from harness import REPO, POLL_S, Proc, batch, free_port, mlp_reference, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
+from harness import batch, mlp_reference, start_mlserver, start_switchyard  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import requests  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
-MLSERVER_PATIENCE_S = 60.0
-SWITCHYARD_PATIENCE_S = 20.0
 
 
 @pytest.fixture(scope="session")
@@ -24,28 +19,10 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     procs = []
     try:
-        ml_port, grpc_port = free_port(), free_port()
-        env = dict(os.environ, TMPDIR=str(tmp), XDG_CACHE_HOME=str(tmp / "xdg"))
-        ml = Proc(
-            "mlserver",
-            [str(REPO / "tests" / "mlserver" / "start.sh"), str(ml_port), str(grpc_port)],
-            tmp / "mlserver.log",
-            env=env,
-        )
-        procs.append(ml)
-        ml.wait_until_ok(f"http://127.0.0.1:{ml_port}/v2/health/ready", MLSERVER_PATIENCE_S)
-
-        http_port, metrics_port = free_port(), free_port()
-        config = tmp / "switchyard.yaml"
-        config.write_text(
+        ml_port, _ = start_mlserver(tmp, procs)
+        ports = start_switchyard(
+            tmp,
             f"""
-listeners:
-  http:
-    address: 127.0.0.1:{http_port}
-  metrics:
-    address: 127.0.0.1:{metrics_port}
-  grpc:
-    enabled: false
 routing:
   sticky_header: x-user-id
 backends:
@@ -57,18 +34,10 @@ models:
     variants:
       - {{name: stable, backend: ml, version: 1, weight: 90}}
       - {{name: canary, backend: ml, version: 2, weight: 10}}
-"""
+""",
+            procs,
         )
-        sy = Proc(
-            "switchyard",
-            [switchyard_bin(), "serve", "--config", str(config)],
-            tmp / "switchyard.log",
-            env=dict(os.environ, SWITCHYARD_LOG_FORMAT="text"),
-            cwd=str(tmp),
-        )
-        procs.append(sy)
-        sy.wait_until_ok(f"http://127.0.0.1:{http_port}/startup", SWITCHYARD_PATIENCE_S)
-        yield f"127.0.0.1:{http_port}"
+        yield f"127.0.0.1:{ports['http']}"
     finally:
         for p in reversed(procs):
             p.stop()
@@ -84,7 +53,6 @@ def client(stack):
 @pytest.fixture(scope="session")
 def reference():
     return mlp_reference()
-
 
 
 def infer(client, x, *, binary_in, binary_out, version="", headers=None):
