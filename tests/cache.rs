@@ -17,26 +17,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fault::FaultBackend;
+use common::mlp::{
+    cache_status as status, infer, input as mlp_input, json_body, probabilities, CACHE_HEADER as CACHE, INFER,
+};
 use common::redis::Redis;
-use common::{repo_root, Resp, Switchyard, TempDir};
+use common::{repo_root, Switchyard, TempDir};
 use serde_json::{json, Value};
 
 use switchyard_runtime::codec::grpc::pb;
 use tonic::transport::{Channel, Endpoint};
 
-const CACHE: &str = "x-switchyard-cache";
-const INFER: &str = "/v2/models/mlp/infer";
-
 type GrpcClient = pb::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>;
-
-/// Deterministic, distinct `mlp` input rows (FP32 [rows,16]).
-fn mlp_input(rows: usize, seed: usize) -> Vec<f32> {
-    (0..rows * 16).map(|i| (((i + 13 * seed) as f32) * 0.29).cos() * 1.7).collect()
-}
-
-fn json_body(seed: usize) -> String {
-    json!({"inputs": [{"name": "input", "shape": [2, 16], "datatype": "FP32", "data": mlp_input(2, seed)}]}).to_string()
-}
 
 fn binary_body(seed: usize) -> (Vec<u8>, usize) {
     let header = json!({
@@ -59,27 +50,6 @@ fn embedded(repo: &Path, policy: &str, cache: &str, variant: &str) -> String {
 
 fn examples() -> std::path::PathBuf {
     repo_root().join("examples/models")
-}
-
-async fn infer(sy: &Switchyard, seed: usize, headers: &[(&str, &str)]) -> Resp {
-    let r = sy.post(INFER, headers, json_body(seed)).await;
-    assert_eq!(r.status, 200, "infer: {}", r.text());
-    r
-}
-
-fn status(r: &Resp) -> &str {
-    r.header(CACHE).unwrap_or("<none>")
-}
-
-fn probabilities(r: &Resp) -> Vec<f64> {
-    let v = r.json();
-    let out = v["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "probabilities")).cloned();
-    out.unwrap_or_else(|| panic!("no probabilities in {v}"))["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 async fn grpc_client(port: u16) -> GrpcClient {

@@ -11,23 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::mlp::{cache_status as status, infer, json_body, probabilities, INFER};
 use common::redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
-use common::{repo_root, Resp, Switchyard};
-use serde_json::json;
+use common::{repo_root, Switchyard};
 
-const CACHE: &str = "x-switchyard-cache";
-const INFER: &str = "/v2/models/mlp/infer";
 /// Distinct inputs written by replica A and read back by replica B.
 const SEEDS: usize = 30;
-
-/// Deterministic, distinct `mlp` input rows (FP32 [rows,16]).
-fn mlp_input(rows: usize, seed: usize) -> Vec<f32> {
-    (0..rows * 16).map(|i| (((i + 13 * seed) as f32) * 0.29).cos() * 1.7).collect()
-}
-
-fn json_body(seed: usize) -> String {
-    json!({"inputs": [{"name": "input", "shape": [2, 16], "datatype": "FP32", "data": mlp_input(2, seed)}]}).to_string()
-}
 
 /// L1 off, so every lookup goes to the cluster and its faults are felt.
 fn config(cluster: &RedisCluster) -> String {
@@ -36,27 +25,6 @@ fn config(cluster: &RedisCluster) -> String {
         "cache:\n  l1_max_bytes: 0\n  redis:\n    cluster: [{seeds}]\n    timeout: 100ms\n    connect_timeout: 500ms\n    breaker_failures: 3\n    breaker_cooldown: 300ms\nbackends:\n  ex:\n    kind: onnx\n    repository: {}\n    version_policy: {{latest: 1}}\n    warmup: 1\nmodels:\n  mlp:\n    variants:\n      - {{name: main, backend: ex, cache: {{ttl: 60s, l2: true}}}}\n",
         repo_root().join("examples/models").display()
     )
-}
-
-async fn infer(sy: &Switchyard, seed: usize) -> Resp {
-    let r = sy.post(INFER, &[], json_body(seed)).await;
-    assert_eq!(r.status, 200, "infer: {}", r.text());
-    r
-}
-
-fn status(r: &Resp) -> &str {
-    r.header(CACHE).unwrap_or("<none>")
-}
-
-fn probabilities(r: &Resp) -> Vec<f64> {
-    let v = r.json();
-    let out = v["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "probabilities")).cloned();
-    out.unwrap_or_else(|| panic!("no probabilities in {v}"))["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Lookups that reached Redis and found nothing (skipped ones, while not
@@ -112,7 +80,7 @@ async fn cluster_l2_is_shared_between_replicas_and_a_dead_master_fails_no_reques
     for (sy, seed) in [(&a, 1000), (&b, 1001)] {
         assert_eventually!(
             {
-                infer(sy, seed).await;
+                infer(sy, seed, &[]).await;
                 l2_misses(sy).await > 0.0
             },
             "replica :{} connects to the cluster",
@@ -124,7 +92,7 @@ async fn cluster_l2_is_shared_between_replicas_and_a_dead_master_fails_no_reques
     // Replica A misses and writes; replica B reads A's answers from the cluster.
     let mut firsts = Vec::new();
     for seed in 0..SEEDS {
-        let r = infer(&a, seed).await;
+        let r = infer(&a, seed, &[]).await;
         assert_eq!(status(&r), "miss", "replica A, seed {seed}");
         firsts.push(r);
     }
@@ -132,7 +100,7 @@ async fn cluster_l2_is_shared_between_replicas_and_a_dead_master_fails_no_reques
     let holding: Vec<usize> = (0..3).map(|i| cluster.dbsize(i)).collect();
     assert!(holding.iter().filter(|&&n| n > 0).count() >= 2, "keys spread over the masters by slot: {holding:?}");
     for (seed, first) in firsts.iter().enumerate() {
-        let r = infer(&b, seed).await;
+        let r = infer(&b, seed, &[]).await;
         assert_eq!(status(&r), "hit-l2", "replica B reads seed {seed} from the cluster");
         assert_eq!(probabilities(&r), probabilities(first), "seed {seed}");
         assert_eq!(r.json()["model_version"], first.json()["model_version"]);
@@ -179,7 +147,7 @@ async fn cluster_l2_is_shared_between_replicas_and_a_dead_master_fails_no_reques
     assert!(errors.iter().all(|&e| e > 0.0), "the dead master was felt by both replicas: redis errors {errors:?}");
     // Still answering after the load, with the cluster down.
     for sy in [&a, &b] {
-        let r = infer(sy, 0).await;
+        let r = infer(sy, 0, &[]).await;
         assert_eq!(probabilities(&r), probabilities(&firsts[0]));
     }
 

@@ -555,3 +555,4 @@ pub async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, V
     }
     Some((head, buf[head_end..head_end + len].to_vec()))
 }
+pub mod mlp;
