@@ -57,37 +57,11 @@ OHA="${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}"
 [ -x "$OHA" ] || die "no oha: cargo install oha --locked"
 command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || die "redis-server/redis-benchmark missing: apt-get install redis-server"
 [ -f "$ORT_DYLIB_PATH" ] || die "no ONNX Runtime at $ORT_DYLIB_PATH: run scripts/setup.sh"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet) >&2
-fi
-SWITCHYARD="$REPO/target/release/switchyard"
-[ -x "$SWITCHYARD" ] || die "no $SWITCHYARD"
-
-if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-  SRV=(taskset -c 1) CLI=(taskset -c 0)
-else
-  SRV=() CLI=()
-fi
-
-WORK="$(mktemp -d -t switchyard-cache-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-LAST_PID=""
-start() { local name=$1; shift; "$@" > "$WORK/$name.log" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
-stop() {
-  kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
-  local keep=() pid
-  for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
-  PIDS=("${keep[@]}")
-}
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+switchyard_binary
+pin_cpus
+work_dir cache
 
 B="$WORK/bodies"; mkdir -p "$B"
 # Configs in a directory of their own: Switchyard watches its config file's directory.

@@ -33,23 +33,13 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
 
-
-def freeports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    print("\n".join(str(s.getsockname()[1]) for s in socks))
-    for s in socks:
-        s.close()
+from proxy_overhead import freeports  # the same free-port helper as the other benches
 
 
 def body(out):

@@ -63,45 +63,11 @@ fi
 h2load --help | grep -q -- '--rps' || die "this h2load has no --rps (open loop needs nghttp2 ≥ 1.44)"
 [ -x "$VPY" ] || die "no $VPY: run scripts/setup.sh"
 [ -f "$ORT_DYLIB_PATH" ] || die "no ONNX Runtime at $ORT_DYLIB_PATH: run scripts/setup.sh"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  log "cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet) >&2
-fi
-SWITCHYARD="$REPO/target/release/switchyard"
-[ -x "$SWITCHYARD" ] || die "no $SWITCHYARD"
-
-if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-  SRV=(taskset -c 1) CLI=(taskset -c 0)
-else
-  SRV=() CLI=()
-fi
-
-# ------------------------------------------------------------------ work dir, cleanup
-WORK="$(mktemp -d -t switchyard-grpc-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-LAST_PID=""
-start() { # name, command...: in the background, logs to WORK/name.log
-  local name=$1; shift
-  "$@" > "$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-stop() { # pid: stop it and forget it
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-  local keep=() pid
-  for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
-  PIDS=("${keep[@]}")
-}
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+switchyard_binary
+pin_cpus
+work_dir grpc
 tree() { echo "$1"; (pgrep -P "$1" || true); } # a pid and its direct children
 
 B="$WORK/bodies"; mkdir -p "$B"
