@@ -636,6 +636,12 @@ mod tests {
         Batcher::spawn(backend, target(), cfg, metrics)
     }
 
+    /// Submits on a task of its own, so the test can go on while it waits.
+    fn submit_in_background(b: &Arc<Batcher>, r: InferRequest) -> tokio::task::JoinHandle<Reply> {
+        let b = b.clone();
+        tokio::spawn(async move { b.submit(r).await })
+    }
+
     async fn wait_for(mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cond() {
@@ -700,20 +706,11 @@ mod tests {
         let mut c = cfg(1, 0);
         c.max_queue_size = 2;
         let b = spawn(backend.clone(), c);
-        let first = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 0.0)).await }
-        });
+        let first = submit_in_background(&b, req(1, 1, 0.0));
         // The first is running (gate closed); two more fill the queue.
         wait_for(|| backend.calls.lock().unwrap().len() == 1).await;
-        let q1 = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 1.0)).await }
-        });
-        let q2 = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 2.0)).await }
-        });
+        let q1 = submit_in_background(&b, req(1, 1, 1.0));
+        let q2 = submit_in_background(&b, req(1, 1, 2.0));
         wait_for(|| b.queued() == 2).await;
         let err = b.submit(req(1, 1, 3.0)).await.unwrap_err();
         assert!(matches!(err, BatchError::QueueFull { limit: 2 }), "{err}");
@@ -727,10 +724,7 @@ mod tests {
     async fn deadline_fires_while_a_batch_is_still_running() {
         let backend = Arc::new(TestBackend { gate: Some(Semaphore::new(0)), ..Default::default() });
         let b = spawn(backend.clone(), cfg(1, 0));
-        let running = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 0.0)).await }
-        });
+        let running = submit_in_background(&b, req(1, 1, 0.0));
         wait_for(|| backend.calls.lock().unwrap().len() == 1).await;
         let mut late = req(1, 1, 1.0);
         late.parameters.insert("timeout".into(), Value::from(20_000u64));
@@ -747,10 +741,7 @@ mod tests {
     async fn higher_priority_is_served_first() {
         let backend = Arc::new(TestBackend { gate: Some(Semaphore::new(0)), ..Default::default() });
         let b = spawn(backend.clone(), cfg(1, 0));
-        let blocker = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 0.0)).await }
-        });
+        let blocker = submit_in_background(&b, req(1, 1, 0.0));
         wait_for(|| backend.calls.lock().unwrap().len() == 1).await;
         let mut tasks = Vec::new();
         for (value, prio) in [(10.0, 2u64), (11.0, 2), (20.0, 1), (21.0, 1)] {
@@ -774,22 +765,13 @@ mod tests {
     async fn a_caller_that_leaves_is_never_sent() {
         let backend = Arc::new(TestBackend { gate: Some(Semaphore::new(0)), ..Default::default() });
         let b = spawn(backend.clone(), cfg(1, 0));
-        let blocker = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 0.0)).await }
-        });
+        let blocker = submit_in_background(&b, req(1, 1, 0.0));
         wait_for(|| backend.calls.lock().unwrap().len() == 1).await;
-        let leaver = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 99.0)).await }
-        });
+        let leaver = submit_in_background(&b, req(1, 1, 99.0));
         wait_for(|| b.queued() == 1).await;
         leaver.abort();
         let _ = leaver.await;
-        let stayer = tokio::spawn({
-            let b = b.clone();
-            async move { b.submit(req(1, 1, 7.0)).await }
-        });
+        let stayer = submit_in_background(&b, req(1, 1, 7.0));
         backend.gate.as_ref().unwrap().add_permits(10);
         blocker.await.unwrap().unwrap();
         stayer.await.unwrap().unwrap();
