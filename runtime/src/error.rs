@@ -74,3 +74,15 @@ impl BackendError {
         matches!(self, BackendError::Connect { .. })
     }
 }
+
+/// An error and its sources, `outer: inner: root`, for messages that say what failed and why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 
 use super::{Backend, ModelTarget};
 use crate::codec::grpc::{self, pb};
-use crate::error::BackendError;
+use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
 
 type Client = pb::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>;
@@ -138,17 +138,6 @@ impl V2GrpcBackend {
     ) -> Result<pb::RepositoryModelUnloadResponse, Status> {
         self.client.clone().repository_model_unload(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[async_trait]

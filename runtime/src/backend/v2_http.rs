@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 
 use super::{Backend, ModelTarget};
 use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
-use crate::error::BackendError;
+use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
 
 /// How long a readiness probe of the backend may take.
@@ -276,17 +276,6 @@ impl V2HttpBackend {
             None => ["/v2/models/", &target.name, suffix, "", ""],
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The backend's own error message: V2 `{"error": ...}`, else the last line of its text.
