@@ -3,7 +3,7 @@
 # Idempotent; fast when everything is already in place.
 #
 #   scripts/setup.sh                 everything the tests and benchmarks need
-#   scripts/setup.sh --runtime-only  just ONNX Runtime (what the quickstart needs)
+#   scripts/setup.sh --runtime-only  what the quickstart needs: the build tools and ONNX Runtime
 set -euo pipefail
 RUNTIME_ONLY=0
 [ "${1:-}" = "--runtime-only" ] && RUNTIME_ONLY=1
@@ -18,15 +18,21 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # ---------------------------------------------------------------- apt
-if [ "$RUNTIME_ONLY" -eq 0 ]; then
-APT_PKGS=(cmake protobuf-compiler redis-server nginx haproxy wrk)
-missing=0
-for bin in cmake protoc redis-server nginx haproxy wrk; do
+# What building Switchyard needs (both modes): cmake builds pingora's zlib,
+# protoc compiles the gRPC protocol. The tests and benchmarks add the peers.
+BUILD_PKGS=(cmake:cmake protoc:protobuf-compiler)
+TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk)
+WANT=("${BUILD_PKGS[@]}")
+[ "$RUNTIME_ONLY" -eq 0 ] && WANT+=("${TEST_PKGS[@]}")
+
+APT_PKGS=()
+for pair in "${WANT[@]}"; do
+  bin="${pair%%:*}"; pkg="${pair#*:}"
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/usr/bin/$bin" ]; then
-    log "missing: $bin"; missing=1
+    log "missing: $bin (Debian package $pkg)"; APT_PKGS+=("$pkg")
   fi
 done
-if [ "$missing" -eq 1 ]; then
+if [ "${#APT_PKGS[@]}" -gt 0 ]; then
   # Keep Debian postinst scripts from starting nginx/redis/haproxy services.
   POLICY=/usr/sbin/policy-rc.d
   made_policy=0
@@ -46,8 +52,6 @@ if [ "$missing" -eq 1 ]; then
       $SUDO service "$svc" stop >/dev/null 2>&1 || true
     fi
   done
-fi
-
 fi
 
 # ---------------------------------------------------------------- venv

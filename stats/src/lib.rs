@@ -7,6 +7,8 @@
 //! The histogram has 192 buckets growing by 10% from 10 µs (the last reaches
 //! ~14 minutes), so a quantile is within 10% of the true value.
 
+pub mod tasks;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
