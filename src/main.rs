@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_config::{LogFormat, ValidatedConfig};
-use switchyard_control::ControlPlane;
+use switchyard_control::{ConfigFile, ControlPlane};
 use switchyard_proxy::Metrics;
 
 mod plane;
@@ -73,8 +73,10 @@ fn validate(file: &std::path::Path) -> ExitCode {
 }
 
 fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
-    // Read once for logging and listeners; the control plane owns the config from here on.
-    let cfg = ValidatedConfig::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Read and validated once: logging and listeners come from it, and the
+    // control plane starts on the same value (it owns the file from here on).
+    let file = ConfigFile::read(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = file.config.clone();
     let format = match log_format {
         Some(Format::Json) => LogFormat::Json,
         Some(Format::Text) => LogFormat::Text,
@@ -98,7 +100,7 @@ fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
         switchyard_proxy::cache::ResponseCache::new(&cfg.cache, &metrics.registry).map_err(|e| anyhow::anyhow!(e))?
     };
     let plane = Arc::new(Plane::new(metrics).with_cache(cache));
-    let control = background.block_on(ControlPlane::start(&config, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
+    let control = background.block_on(ControlPlane::start(file, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(c) = &cfg.listeners.control {
         let token =
             std::env::var(switchyard_control::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()).or(c.token.clone());
@@ -108,7 +110,8 @@ fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
     }
     {
         let _rt = background.enter();
-        switchyard_control::watch::spawn(control).map_err(|e| anyhow::anyhow!(e))?;
+        switchyard_control::watch::spawn(control.clone()).map_err(|e| anyhow::anyhow!(e))?;
+        switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
 

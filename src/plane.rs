@@ -7,10 +7,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
-use switchyard_control::DataPlane;
+use switchyard_control::ServingPlane;
 use switchyard_proxy::cache::ResponseCache;
 use switchyard_proxy::routing::BuildContext;
-use switchyard_proxy::{Metrics, RoutingTable};
+use switchyard_proxy::{Metrics, Outcome, RoutingTable};
 use switchyard_runtime::backend::BackendSet;
 use switchyard_stats::{Snapshot, StatsRegistry};
 use tokio::sync::Mutex;
@@ -23,7 +23,7 @@ pub struct Plane {
     /// Backends of the live generation, reused by the next where unchanged.
     backends: Mutex<Option<BackendSet>>,
     /// The response cache every generation's cached variants share (kept across reloads).
-    cache: Option<Arc<ResponseCache>>,
+    cache: Option<Arc<ResponseCache<Outcome>>>,
 }
 
 impl Plane {
@@ -38,7 +38,7 @@ impl Plane {
     }
 
     /// Cached variants of every generation use `cache`.
-    pub fn with_cache(mut self, cache: Arc<ResponseCache>) -> Plane {
+    pub fn with_cache(mut self, cache: Arc<ResponseCache<Outcome>>) -> Plane {
         self.cache = Some(cache);
         self
     }
@@ -56,7 +56,7 @@ impl Plane {
 }
 
 #[async_trait]
-impl DataPlane for Plane {
+impl ServingPlane for Plane {
     async fn apply(&self, cfg: Arc<ValidatedConfig>, generation: u64) -> Result<(), String> {
         let mut backends = self.backends.lock().await;
         let set = BackendSet::build(&cfg, backends.as_ref()).await?;

@@ -1,6 +1,6 @@
 //! The control plane of the built `switchyard` binary, over real sockets and
 //! real files: config hot reload under load (tmp+rename, in-place edit and a
-//! Kubernetes-style `..data` symlink swap), refused configs, traffic shifts and
+//! Kubernetes-style `..data` symlink swap), a slow in-place writer, refused configs, traffic shifts and
 //! rollback through the control API, automated canary analysis, API auth,
 //! persistence across a restart, shadow traffic and A/B tests.
 //!
@@ -353,6 +353,18 @@ fn write_in_place(config: &Path, text: &str) {
     std::fs::write(config, text).expect("write config in place");
 }
 
+/// A slow in-place writer (a network copy, a script echoing line by line):
+/// the file truncated, then `text` written `chunk` bytes at a time with a
+/// pause after each. Blocking: run it on a thread of its own.
+fn write_trickled(config: &Path, text: &str, chunk: usize, pause: Duration) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(config).expect("truncate config");
+    for part in text.as_bytes().chunks(chunk) {
+        f.write_all(part).expect("write config chunk");
+        std::thread::sleep(pause);
+    }
+}
+
 /// A Kubernetes ConfigMap volume: `switchyard.yaml -> ..data/switchyard.yaml`,
 /// `..data -> ..<timestamp>`; an update writes a new timestamped directory and
 /// swaps `..data` atomically (new symlink, renamed over the old one).
@@ -480,6 +492,52 @@ async fn reload_storm_under_load_drops_nothing_and_ends_on_the_last_write() {
     assert_eq!(m.get("switchyard_config_generation", &[]), Some(gen as f64));
     // No refused reload on the way (a half-written file read and refused would count here).
     assert_eq!(metric(&m, "switchyard_config_reloads_total", &[("result", "refused")]), 0.0);
+}
+
+// ---------------------------------------------------------------- 1b. slow writers
+
+/// A config rewritten in place by a slow writer (4-byte chunks, 2 ms apart:
+/// several times longer than the longest settle window) is applied only once
+/// it stopped changing: while it trickles in, every prefix of it is a valid
+/// config without model `last` — yet no request to `last`, present in both
+/// the old and the new file, gets a 404, no half file is even refused, and
+/// the complete file goes live as exactly one generation.
+#[tokio::test]
+async fn a_config_trickled_in_slowly_is_applied_only_once_complete() {
+    let a = FaultBackend::start("srv-a").await;
+    // `last` comes after a long comment, so most prefixes are valid configs without it.
+    let body = |w: u64| {
+        format!(
+            "{BODY_MARK}backends:\n{}models:\n  first:\n    variants:\n      - {{name: v1, backend: a, weight: {w}}}\n{}  last:\n    variants:\n      - {{name: v1, backend: a, weight: 1}}\n",
+            backend_line("a", &a.url()),
+            "  # a comment line, to make the file long enough to take a while to write\n".repeat(10),
+        )
+    };
+    let sy = Switchyard::config(&body(1)).start().await;
+    let ctl = Ctl::of(&sy);
+    let gen = ctl.generation().await;
+    let text = format!("{}{}", head_of(&sy.config), body(2));
+    let load = Load::start(&sy.http_url(), "last", 2);
+
+    let path = sy.config.clone();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || write_trickled(&path, &text, 4, Duration::from_millis(2)))
+        .await
+        .expect("writer thread");
+    let took = started.elapsed();
+    let cfg = wait_config(&ctl, common::PATIENCE, "the complete file is applied", |c| {
+        config_weight(c, "first", "v1") == Some(2.0)
+    })
+    .await;
+    let tally = load.stop().await;
+
+    assert!(took > Duration::from_millis(500), "the writer was not slow enough to test anything: {took:?}");
+    tally.assert_no_failures("requests to `last` while its config was trickled in");
+    assert!(tally.ok >= 20, "the load barely ran: {tally:?}");
+    assert_eq!(generation(&cfg), gen + 1, "one write, one generation (no prefix applied on the way): {cfg}");
+    assert_eq!(cfg["last_reload"]["successful"], true, "{cfg}");
+    let m = sy.metrics().await;
+    assert_eq!(metric(&m, "switchyard_config_reloads_total", &[("result", "refused")]), 0.0, "a half file was read");
 }
 
 // ---------------------------------------------------------------- 2. invalid configs

@@ -1,7 +1,9 @@
 //! The control API: its own listener (loopback by default), JSON, a bearer
-//! token when configured, mutations on POST only. Every mutation answers with
-//! the new `generation` and writes one audit log line (who, what, when — never
-//! payloads).
+//! token when configured, mutations on POST only. A request's path and
+//! method parse into an [`ApiRoute`] (or a 404/405) before anything runs;
+//! every mutation answers with the new `generation` and writes one audit log
+//! line (who, what, when — never payloads). This is the one module that
+//! turns control errors into HTTP statuses.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -16,15 +18,115 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use switchyard_stats::Snapshot;
 use tokio::net::TcpListener;
 
-use crate::state::Source;
-use crate::{ControlError, ControlPlane};
+use crate::error::{ControlError, ErrorKind};
+use crate::experiments::{ExperimentResults, ExperimentStatus, Outcome};
+use crate::plane::{ControlPlane, Published};
+use crate::source::Source;
+use crate::supervise::{self, API_TASK};
 
 /// Largest control request body.
 const MAX_BODY: usize = 1 << 20;
 /// Environment variable whose value, when set, is the bearer token (wins over the config).
 pub const TOKEN_ENV: &str = "SWITCHYARD_CONTROL_TOKEN";
+
+/// A control endpoint, parsed from a path and a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRoute<'a> {
+    /// `GET /config`
+    Config,
+    /// `POST /reload`
+    Reload,
+    /// `GET /ml/models/{model}/status`
+    Status { model: &'a str },
+    /// `GET /ml/models/{model}/versions`
+    Versions { model: &'a str },
+    /// `GET /ml/models/{model}/metrics`
+    Metrics { model: &'a str },
+    /// `POST /ml/models/{model}/traffic`
+    Traffic { model: &'a str },
+    /// `POST /ml/models/{model}/rollback`
+    Rollback { model: &'a str },
+    /// `POST /ml/models/{model}/cache/invalidate`
+    InvalidateCache { model: &'a str },
+    /// `POST /ml/ab-tests/create`
+    CreateExperiment,
+    /// `GET /ml/ab-tests/{test_id}/results`
+    ExperimentResults { test_id: &'a str },
+}
+
+/// Why a request matches no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No endpoint has this path (404).
+    NotFound,
+    /// The path exists with another method (405 with `Allow`).
+    MethodNotAllowed { allowed: Method },
+}
+
+impl<'a> ApiRoute<'a> {
+    /// Parses a request path (a trailing `/` is ignored) and method.
+    pub fn parse(method: &Method, path: &'a str) -> Result<ApiRoute<'a>, RouteError> {
+        let segs: Vec<&'a str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let route = match segs.as_slice() {
+            ["config"] => ApiRoute::Config,
+            ["reload"] => ApiRoute::Reload,
+            ["ml", "models", model, "status"] => ApiRoute::Status { model },
+            ["ml", "models", model, "versions"] => ApiRoute::Versions { model },
+            ["ml", "models", model, "metrics"] => ApiRoute::Metrics { model },
+            ["ml", "models", model, "traffic"] => ApiRoute::Traffic { model },
+            ["ml", "models", model, "rollback"] => ApiRoute::Rollback { model },
+            ["ml", "models", model, "cache", "invalidate"] => ApiRoute::InvalidateCache { model },
+            ["ml", "ab-tests", "create"] => ApiRoute::CreateExperiment,
+            ["ml", "ab-tests", test_id, "results"] => ApiRoute::ExperimentResults { test_id },
+            _ => return Err(RouteError::NotFound),
+        };
+        let allowed = route.method();
+        if *method == allowed {
+            Ok(route)
+        } else {
+            Err(RouteError::MethodNotAllowed { allowed })
+        }
+    }
+
+    /// The one method the endpoint answers.
+    pub fn method(&self) -> Method {
+        if self.is_mutation() {
+            Method::POST
+        } else {
+            Method::GET
+        }
+    }
+
+    /// Whether it changes state (POST, audited).
+    pub fn is_mutation(&self) -> bool {
+        match self {
+            ApiRoute::Config
+            | ApiRoute::Status { .. }
+            | ApiRoute::Versions { .. }
+            | ApiRoute::Metrics { .. }
+            | ApiRoute::ExperimentResults { .. } => false,
+            ApiRoute::Reload
+            | ApiRoute::Traffic { .. }
+            | ApiRoute::Rollback { .. }
+            | ApiRoute::InvalidateCache { .. }
+            | ApiRoute::CreateExperiment => true,
+        }
+    }
+}
+
+/// The HTTP status of a control error.
+fn status_of(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::BadRequest => 400,
+        ErrorKind::NotFound => 404,
+        ErrorKind::Conflict => 409,
+        ErrorKind::InvalidConfig => 422,
+        ErrorKind::ServingPlane => 500,
+    }
+}
 
 /// Binds the control listener and serves it on the current tokio runtime.
 pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, token: Option<String>) -> Result<SocketAddr, String> {
@@ -32,7 +134,7 @@ pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, token: Option<
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let token: Option<Arc<str>> = token.map(Arc::from);
     tracing::info!(address = %local, auth = token.is_some(), "control API listening");
-    tokio::spawn(async move {
+    supervise::spawn(API_TASK, async move {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -43,7 +145,7 @@ pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, token: Option<
             };
             let plane = plane.clone();
             let token = token.clone();
-            tokio::spawn(async move {
+            supervise::spawn(API_TASK, async move {
                 let svc = service_fn(move |req| handle(plane.clone(), token.clone(), peer, req));
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -61,7 +163,7 @@ fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
 }
 
 fn error(e: ControlError) -> Response<Full<Bytes>> {
-    reply(e.status, json!({ "error": e.message }))
+    reply(status_of(e.kind), json!({ "error": e.message }))
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from timings.
@@ -73,10 +175,20 @@ async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T,
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| ControlError::new(400, format!("cannot read the body: {e}")))?
+        .map_err(|e| ControlError::bad_request(format!("cannot read the body: {e}")))?
         .to_bytes();
     let bytes = if bytes.iter().all(|b| b.is_ascii_whitespace()) { Bytes::from_static(b"{}") } else { bytes };
-    serde_json::from_slice(&bytes).map_err(|e| ControlError::new(400, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn authorized(token: &Option<Arc<str>>, req: &Request<Incoming>) -> bool {
+    let Some(t) = token else { return true };
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| same(g.trim().as_bytes(), t.as_bytes()))
 }
 
 async fn handle(
@@ -85,64 +197,28 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if let Some(t) = &token {
-        let given = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.trim().as_bytes(), t.as_bytes())) {
-            let mut r = reply(401, json!({"error": "missing or wrong bearer token"}));
-            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-            return Ok(r);
-        }
-    }
-    let who = format!("{peer}");
-    let path = req.uri().path().trim_end_matches('/').to_string();
-    let segs: Vec<&str> = path.split('/').skip(1).collect();
-    let method = req.method().clone();
-    // (allowed method, handler id)
-    let route = match segs.as_slice() {
-        ["config"] => Some((Method::GET, 0)),
-        ["reload"] => Some((Method::POST, 1)),
-        ["ml", "models", _, "status"] => Some((Method::GET, 2)),
-        ["ml", "models", _, "versions"] => Some((Method::GET, 3)),
-        ["ml", "models", _, "metrics"] => Some((Method::GET, 4)),
-        ["ml", "models", _, "traffic"] => Some((Method::POST, 5)),
-        ["ml", "models", _, "rollback"] => Some((Method::POST, 6)),
-        ["ml", "ab-tests", "create"] => Some((Method::POST, 7)),
-        ["ml", "ab-tests", _, "results"] => Some((Method::GET, 8)),
-        ["ml", "models", _, "cache", "invalidate"] => Some((Method::POST, 9)),
-        _ => None,
-    };
-    let Some((allowed, id)) = route else {
-        return Ok(error(ControlError::new(404, format!("no control endpoint {path}"))));
-    };
-    if method != allowed {
-        let mut r = error(ControlError::new(405, format!("{method} is not allowed on {path} (use {allowed})")));
-        r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_str(allowed.as_str()).expect("method"));
+    if !authorized(&token, &req) {
+        let mut r = reply(401, json!({"error": "missing or wrong bearer token"}));
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         return Ok(r);
     }
-    let model = segs.get(2).copied().unwrap_or_default().to_string();
-    let result = match id {
-        0 => Ok(config(&plane)),
-        1 => plane.reload_file(&format!("POST /reload by {who}")).await.map(|g| json!({ "generation": g })),
-        2 => status(&plane, &model).await,
-        3 => versions(&plane, &model).await,
-        4 => metrics(&plane, &model),
-        5 => traffic(&plane, &model, req, &who).await,
-        6 => rollback(&plane, &model, req, &who).await,
-        7 => match body(req).await {
-            Ok(r) => plane.create_experiment(r, &who).await,
-            Err(e) => Err(e),
-        },
-        8 => plane.experiment_results(segs[2]).await,
-        _ => invalidate(&plane, &model),
+    let who = peer.to_string();
+    let method = req.method().clone();
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let route = match ApiRoute::parse(&method, &path) {
+        Ok(r) => r,
+        Err(RouteError::NotFound) => return Ok(error(ControlError::not_found(format!("no control endpoint {path}")))),
+        Err(RouteError::MethodNotAllowed { allowed }) => {
+            let mut r = reply(405, json!({ "error": format!("{method} is not allowed on {path} (use {allowed})") }));
+            r.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_str(allowed.as_str()).expect("method"));
+            return Ok(r);
+        }
     };
-    if matches!(id, 1 | 5 | 6 | 7 | 9) {
+    let result = dispatch(&plane, route, req, &who).await;
+    if route.is_mutation() {
         let outcome = match &result {
             Ok(v) => format!("ok generation={}", v["generation"]),
-            Err(e) => format!("refused {}: {}", e.status, e.message),
+            Err(e) => format!("refused {}: {}", status_of(e.kind), e.message),
         };
         tracing::info!(target: "audit", who, what = %format!("{method} {path}"), outcome, "control call");
     }
@@ -152,9 +228,34 @@ async fn handle(
     })
 }
 
+async fn dispatch(
+    plane: &ControlPlane,
+    route: ApiRoute<'_>,
+    req: Request<Incoming>,
+    who: &str,
+) -> Result<Value, ControlError> {
+    match route {
+        ApiRoute::Config => Ok(config(plane)),
+        ApiRoute::Reload => {
+            plane.reload_file(&format!("POST /reload by {who}")).await.map(|g| json!({ "generation": g }))
+        }
+        ApiRoute::Status { model } => status(plane, model).await,
+        ApiRoute::Versions { model } => versions(plane, model).await,
+        ApiRoute::Metrics { model } => metrics(plane, model),
+        ApiRoute::Traffic { model } => traffic(plane, model, body(req).await?, who).await,
+        ApiRoute::Rollback { model } => rollback(plane, model, body(req).await?, who).await,
+        ApiRoute::InvalidateCache { model } => invalidate(plane, model),
+        ApiRoute::CreateExperiment => {
+            let created = plane.create_experiment(body(req).await?, who).await?;
+            Ok(serde_json::to_value(created).expect("json"))
+        }
+        ApiRoute::ExperimentResults { test_id } => Ok(results_json(&plane.experiment_results(test_id).await?)),
+    }
+}
+
 /// One model's routing state, read from one published snapshot (never mixed with a newer one).
-fn model_json(p: &crate::Published, model: &str) -> Result<Value, ControlError> {
-    let m = p.effective.models.get(model).ok_or_else(|| ControlError::new(404, format!("unknown model '{model}'")))?;
+fn model_json(p: &Published, model: &str) -> Result<Value, ControlError> {
+    let m = p.effective.models.get(model).ok_or_else(|| ControlError::not_found(format!("unknown model '{model}'")))?;
     let src = p.sources.get(model);
     Ok(json!({
         "sticky_header": m.sticky_header,
@@ -200,7 +301,7 @@ async fn status(plane: &ControlPlane, model: &str) -> Result<Value, ControlError
     let variants = m["variants"].as_array_mut().expect("built above");
     for v in variants.iter_mut() {
         let name = v["name"].as_str().unwrap_or_default().to_string();
-        v["ready"] = Value::Bool(plane.data().variant_ready(model, &name).await);
+        v["ready"] = Value::Bool(plane.serving().variant_ready(model, &name).await);
     }
     Ok(json!({
         "model": model,
@@ -213,11 +314,11 @@ async fn status(plane: &ControlPlane, model: &str) -> Result<Value, ControlError
 
 async fn versions(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
     let p = plane.published();
-    let m = p.effective.models.get(model).ok_or_else(|| ControlError::new(404, format!("unknown model '{model}'")))?;
+    let m = p.effective.models.get(model).ok_or_else(|| ControlError::not_found(format!("unknown model '{model}'")))?;
     let mut per_variant = BTreeMap::new();
     let mut known = std::collections::BTreeSet::new();
     for v in &m.variants {
-        let vs = plane.data().model_versions(model, &v.name).await;
+        let vs = plane.serving().model_versions(model, &v.name).await;
         known.extend(vs.iter().cloned());
         per_variant.insert(v.name.to_string(), json!({ "serves": v.version.as_deref(), "backend_versions": vs }));
     }
@@ -230,28 +331,88 @@ async fn versions(plane: &ControlPlane, model: &str) -> Result<Value, ControlErr
     }))
 }
 
+fn latency_json(s: &Snapshot) -> Value {
+    json!({ "mean": s.mean_latency_ms(), "p50": s.quantile_ms(0.5), "p95": s.quantile_ms(0.95), "p99": s.quantile_ms(0.99) })
+}
+
+fn shadow_json(s: &Snapshot) -> Value {
+    json!({
+        "mirrored": s.shadow.mirrored, "failed": s.shadow.failed, "dropped": s.shadow.dropped,
+        "argmax_agreement": s.shadow.agreement(), "max_abs_error": s.shadow.max_abs_error,
+    })
+}
+
 fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
     let p = plane.published();
-    let m = p.effective.models.get(model).ok_or_else(|| ControlError::new(404, format!("unknown model '{model}'")))?;
+    let m = p.effective.models.get(model).ok_or_else(|| ControlError::not_found(format!("unknown model '{model}'")))?;
     let variants: Vec<Value> = m
         .variants
         .iter()
         .map(|v| {
-            let s = plane.data().stats(model, &v.name).unwrap_or_default();
+            let s = plane.serving().stats(model, &v.name).unwrap_or_default();
             json!({
                 "name": v.name.as_ref(),
                 "requests": s.requests,
                 "errors": s.errors,
                 "error_rate": s.error_rate(),
-                "latency_ms": { "mean": s.mean_latency_ms(), "p50": s.quantile_ms(0.5), "p95": s.quantile_ms(0.95), "p99": s.quantile_ms(0.99) },
-                "shadow": (s.shadow.mirrored + s.shadow.dropped > 0).then(|| json!({
-                    "mirrored": s.shadow.mirrored, "failed": s.shadow.failed, "dropped": s.shadow.dropped,
-                    "argmax_agreement": s.shadow.agreement(), "max_abs_error": s.shadow.max_abs_error,
-                })),
+                "latency_ms": latency_json(&s),
+                "shadow": (s.shadow.mirrored + s.shadow.dropped > 0).then(|| shadow_json(&s)),
             })
         })
         .collect();
     Ok(json!({ "model": model, "generation": p.generation, "since": "process start", "variants": variants }))
+}
+
+fn results_json(r: &ExperimentResults) -> Value {
+    let d = &r.def;
+    let variants: Vec<Value> = r
+        .arms
+        .iter()
+        .map(|a| {
+            let s = &a.stats;
+            let mut o = json!({
+                "name": a.name,
+                "weight": a.weight,
+                "requests": s.requests,
+                "errors": s.errors,
+                "error_rate": s.error_rate(),
+                "latency_ms": latency_json(s),
+            });
+            if s.shadow.mirrored > 0 || s.shadow.dropped > 0 {
+                o["shadow"] = shadow_json(s);
+            }
+            o
+        })
+        .collect();
+    let comparisons: Vec<Value> = r
+        .comparisons
+        .iter()
+        .map(|c| match &c.outcome {
+            Outcome::InsufficientData { need, control_requests, treatment_requests } => json!({
+                "control": c.control, "treatment": c.treatment,
+                "verdict": c.outcome.verdict().name(),
+                "detail": format!("needs {need} requests per variant; has {control_requests} and {treatment_requests}"),
+            }),
+            Outcome::Tested { test, statistic, p_value, significant, winner } => json!({
+                "control": c.control, "treatment": c.treatment, "test": test.name(), "statistic": statistic,
+                "p_value": p_value, "significant": significant, "winner": winner,
+                "verdict": c.outcome.verdict().name(),
+            }),
+        })
+        .collect();
+    json!({
+        "test_id": d.test_id,
+        "model": d.model,
+        "status": match r.status { ExperimentStatus::Running => "running", ExperimentStatus::Completed => "completed" },
+        "started_at": d.started_at,
+        "ends_at": d.ends_at(),
+        "success_metric": d.success_metric,
+        "confidence_level": d.confidence_level,
+        "minimum_sample_size": d.minimum_sample_size,
+        "variants": variants,
+        "comparisons": comparisons,
+        "verdict": r.verdict.name(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -275,12 +436,13 @@ fn weights_now(plane: &ControlPlane, model: &str) -> Value {
     json!(w)
 }
 
-async fn traffic(plane: &ControlPlane, model: &str, req: Request<Incoming>, who: &str) -> Result<Value, ControlError> {
-    let b: TrafficBody = body(req).await?;
+async fn traffic(plane: &ControlPlane, model: &str, b: TrafficBody, who: &str) -> Result<Value, ControlError> {
     let generation = match (b.weights, b.reset) {
         (Some(w), false) => plane.set_weights(model, w, Source::Api, who).await?,
         (None, true) => plane.reset_weights(model, who).await?,
-        _ => return Err(ControlError::new(400, "give either {\"weights\": {variant: weight}} or {\"reset\": true}")),
+        _ => {
+            return Err(ControlError::bad_request("give either {\"weights\": {variant: weight}} or {\"reset\": true}"))
+        }
     };
     plane.abort_rollout(model, &format!("manual traffic change by {who}")).await;
     Ok(json!({ "model": model, "generation": generation, "weights": weights_now(plane, model) }))
@@ -289,12 +451,12 @@ async fn traffic(plane: &ControlPlane, model: &str, req: Request<Incoming>, who:
 fn invalidate(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
     let p = plane.published();
     if !p.effective.models.contains_key(model) {
-        return Err(ControlError::new(404, format!("unknown model '{model}'")));
+        return Err(ControlError::not_found(format!("unknown model '{model}'")));
     }
     let n = plane
-        .data()
+        .serving()
         .invalidate_cache(model)
-        .ok_or_else(|| ControlError::new(409, "no response cache is configured"))?;
+        .ok_or_else(|| ControlError::conflict("no response cache is configured"))?;
     Ok(json!({ "model": model, "generation": p.generation, "invalidated_variants": n }))
 }
 
@@ -305,8 +467,7 @@ struct RollbackBody {
     generation: Option<u64>,
 }
 
-async fn rollback(plane: &ControlPlane, model: &str, req: Request<Incoming>, who: &str) -> Result<Value, ControlError> {
-    let b: RollbackBody = body(req).await?;
+async fn rollback(plane: &ControlPlane, model: &str, b: RollbackBody, who: &str) -> Result<Value, ControlError> {
     let (generation, _) = plane.rollback(model, b.generation, who).await?;
     Ok(json!({ "model": model, "generation": generation, "weights": weights_now(plane, model) }))
 }
@@ -327,5 +488,67 @@ mod tests {
     #[test]
     fn status_code_of_reply() {
         assert_eq!(reply(201, json!({})).status(), StatusCode::CREATED);
+    }
+
+    #[test]
+    fn routes_by_path_and_method() {
+        use ApiRoute as R;
+        let not_allowed = |m: Method| Err(RouteError::MethodNotAllowed { allowed: m });
+        let cases: Vec<(Method, &str, Result<ApiRoute, RouteError>)> = vec![
+            (Method::GET, "/config", Ok(R::Config)),
+            (Method::GET, "/config/", Ok(R::Config)),
+            (Method::POST, "/config", not_allowed(Method::GET)),
+            (Method::POST, "/reload", Ok(R::Reload)),
+            (Method::GET, "/reload", not_allowed(Method::POST)),
+            (Method::GET, "/ml/models/mlp/status", Ok(R::Status { model: "mlp" })),
+            (Method::POST, "/ml/models/mlp/status", not_allowed(Method::GET)),
+            (Method::GET, "/ml/models/mlp/versions", Ok(R::Versions { model: "mlp" })),
+            (Method::GET, "/ml/models/mlp/metrics", Ok(R::Metrics { model: "mlp" })),
+            (Method::POST, "/ml/models/mlp/traffic", Ok(R::Traffic { model: "mlp" })),
+            (Method::GET, "/ml/models/mlp/traffic", not_allowed(Method::POST)),
+            (Method::PUT, "/ml/models/mlp/traffic", not_allowed(Method::POST)),
+            (Method::POST, "/ml/models/mlp/rollback", Ok(R::Rollback { model: "mlp" })),
+            (Method::DELETE, "/ml/models/mlp/rollback", not_allowed(Method::POST)),
+            (Method::POST, "/ml/models/mlp/cache/invalidate", Ok(R::InvalidateCache { model: "mlp" })),
+            (Method::GET, "/ml/models/mlp/cache/invalidate", not_allowed(Method::POST)),
+            (Method::POST, "/ml/ab-tests/create", Ok(R::CreateExperiment)),
+            (Method::GET, "/ml/ab-tests/create", not_allowed(Method::POST)),
+            (Method::GET, "/ml/ab-tests/t1/results", Ok(R::ExperimentResults { test_id: "t1" })),
+            (Method::POST, "/ml/ab-tests/t1/results", not_allowed(Method::GET)),
+            (Method::GET, "/", Err(RouteError::NotFound)),
+            (Method::GET, "", Err(RouteError::NotFound)),
+            (Method::GET, "/ml/models/mlp", Err(RouteError::NotFound)),
+            (Method::GET, "/ml/models/mlp/nothing", Err(RouteError::NotFound)),
+            (Method::GET, "/ml/models/mlp/status/extra", Err(RouteError::NotFound)),
+            (Method::POST, "/ml/models/mlp/cache", Err(RouteError::NotFound)),
+            (Method::GET, "/ml/ab-tests/t1", Err(RouteError::NotFound)),
+            (Method::GET, "/v2/models/mlp", Err(RouteError::NotFound)),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(ApiRoute::parse(&method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn mutations_are_exactly_the_post_routes() {
+        for r in [ApiRoute::Reload, ApiRoute::Traffic { model: "m" }, ApiRoute::CreateExperiment] {
+            assert!(r.is_mutation() && r.method() == Method::POST, "{r:?}");
+        }
+        for r in [ApiRoute::Config, ApiRoute::Status { model: "m" }, ApiRoute::ExperimentResults { test_id: "t" }] {
+            assert!(!r.is_mutation() && r.method() == Method::GET, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_kind_has_its_status() {
+        for (kind, code) in [
+            (ErrorKind::BadRequest, 400),
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::Conflict, 409),
+            (ErrorKind::InvalidConfig, 422),
+            (ErrorKind::ServingPlane, 500),
+        ] {
+            assert_eq!(error(ControlError::new(kind, "x")).status().as_u16(), code);
+        }
     }
 }

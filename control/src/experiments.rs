@@ -1,82 +1,47 @@
-//! A/B tests: `POST /ml/ab-tests/create` sets a model's split between two (or
-//! more) variants and remembers where their live stats stood; results are the
-//! stats since then, with a significance test on the chosen metric — a
-//! two-proportion z-test for error rate, Welch's t-test for latency (means
-//! and variances estimated from the latency histogram). No verdict is given
-//! below `minimum_sample_size` per variant. A test ends at `test_duration` and
-//! keeps its results (the split stays until changed).
+//! A/B tests, as a state machine: [`CreateRequest::plan`] validates a
+//! request into an [`ExperimentDef`] (pure); an [`Experiment`] takes the time
+//! and the arms' cumulative stats and decides whether the test is over
+//! ([`ExperimentDecision`]); [`Experiment::results`] judges the arms. The
+//! owner (`plane::ControlPlane`) sets the split and keeps the tests.
+//!
+//! Results are the stats since the test started, with a significance test on
+//! the chosen metric — a two-proportion z-test for error rate, Welch's t-test
+//! for latency (means and variances estimated from the latency histogram).
+//! No verdict is given below `minimum_sample_size` per variant. A test ends
+//! at `test_duration` and keeps its results (the split stays until changed).
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use switchyard_config::parse_duration;
 use switchyard_stats::{two_proportion_z_test, welch_t_test, Snapshot};
 
-use crate::state::Source;
-use crate::{now_secs, ControlError, ControlPlane};
+use crate::error::ControlError;
+use crate::state::{ExperimentDef, Metric};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    ErrorRate,
-    Latency,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExperimentDef {
-    pub test_id: String,
-    pub model: String,
-    /// The first is the control every other variant is compared with.
-    pub variants: Vec<String>,
-    pub traffic_split: BTreeMap<String, f64>,
-    pub success_metric: Metric,
-    pub minimum_sample_size: u64,
-    pub confidence_level: f64,
-    pub test_duration_secs: u64,
-    pub started_at: u64,
-}
-
-pub struct Experiment {
-    pub def: ExperimentDef,
-    /// Stats of each variant when the test started (or when this process resumed it).
-    start: BTreeMap<String, Snapshot>,
-    /// Frozen at the end of the test.
-    end: Option<BTreeMap<String, Snapshot>>,
-}
-
-impl Experiment {
-    /// A persisted test after a restart: its counts start again from zero.
-    pub fn resume(def: ExperimentDef) -> Experiment {
-        Experiment { def, start: BTreeMap::new(), end: None }
-    }
-
-    fn ends_at(&self) -> u64 {
-        self.def.started_at + self.def.test_duration_secs
-    }
-}
-
-#[derive(Deserialize)]
+/// The body of `POST /ml/ab-tests/create`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    test_id: String,
+    pub test_id: String,
     #[serde(default)]
-    model: Option<String>,
-    model_a: String,
-    model_b: String,
+    pub model: Option<String>,
+    pub model_a: String,
+    pub model_b: String,
     /// More treatments beyond `model_b`.
     #[serde(default)]
-    more_variants: Vec<String>,
+    pub more_variants: Vec<String>,
     /// Share to `model_b` (a fraction ≤ 1 or a percent), or `{variant: weight}`.
-    traffic_split: Value,
+    pub traffic_split: Value,
     #[serde(default = "default_metric")]
-    success_metric: Metric,
+    pub success_metric: Metric,
     #[serde(default = "default_min_samples")]
-    minimum_sample_size: u64,
+    pub minimum_sample_size: u64,
     #[serde(default = "default_confidence")]
-    confidence_level: f64,
+    pub confidence_level: f64,
     /// Seconds, or a duration such as "1h".
-    test_duration: Value,
+    pub test_duration: Value,
 }
 
 fn default_metric() -> Metric {
@@ -95,36 +60,37 @@ fn split_name(name: &str, model: &Option<String>) -> Result<(String, String), Co
         (Some((m, v)), _) => Ok((m.to_string(), v.to_string())),
         (None, Some(m)) => Ok((m.clone(), name.to_string())),
         (None, None) => {
-            Err(ControlError::new(400, format!("'{name}': name the model (`model` field or `model:variant`)")))
+            Err(ControlError::bad_request(format!("'{name}': name the model (`model` field or `model:variant`)")))
         }
     }
 }
 
-impl ControlPlane {
-    pub async fn create_experiment(&self, req: CreateRequest, who: &str) -> Result<Value, ControlError> {
-        if req.test_id.is_empty() {
-            return Err(ControlError::new(400, "test_id must not be empty"));
+impl CreateRequest {
+    /// Checks the request and turns it into a test starting at `now` (Unix
+    /// seconds). Whether the model and variants exist is the owner's check.
+    pub fn plan(self, now: u64) -> Result<ExperimentDef, ControlError> {
+        if self.test_id.is_empty() {
+            return Err(ControlError::bad_request("test_id must not be empty"));
         }
         let mut model = None;
         let mut variants = Vec::new();
-        for n in [&req.model_a, &req.model_b].into_iter().chain(req.more_variants.iter()) {
-            let (m, v) = split_name(n, &req.model)?;
+        for n in [&self.model_a, &self.model_b].into_iter().chain(self.more_variants.iter()) {
+            let (m, v) = split_name(n, &self.model)?;
             if model.get_or_insert_with(|| m.clone()) != &m {
-                return Err(ControlError::new(400, "every variant of a test must belong to the same model"));
+                return Err(ControlError::bad_request("every variant of a test must belong to the same model"));
             }
             if variants.contains(&v) {
-                return Err(ControlError::new(400, format!("variant '{v}' is listed twice")));
+                return Err(ControlError::bad_request(format!("variant '{v}' is listed twice")));
             }
             variants.push(v);
         }
         let model = model.expect("at least two names");
-        let split: BTreeMap<String, f64> = match &req.traffic_split {
+        let split: BTreeMap<String, f64> = match &self.traffic_split {
             Value::Number(n) => {
                 let x = n.as_f64().unwrap_or(-1.0);
                 let b = if x <= 1.0 { x * 100.0 } else { x };
                 if !(0.0..=100.0).contains(&b) || variants.len() != 2 {
-                    return Err(ControlError::new(
-                        400,
+                    return Err(ControlError::bad_request(
                         "a numeric traffic_split is model_b's share (0..1 or 0..100) of a two-variant test; use {variant: weight} for more",
                     ));
                 }
@@ -135,186 +101,425 @@ impl ControlPlane {
                 for (k, v) in o {
                     let w = v
                         .as_f64()
-                        .ok_or_else(|| ControlError::new(400, format!("traffic_split['{k}'] must be a number")))?;
+                        .ok_or_else(|| ControlError::bad_request(format!("traffic_split['{k}'] must be a number")))?;
                     if !variants.contains(k) {
-                        return Err(ControlError::new(
-                            400,
-                            format!("traffic_split names '{k}', which is not in the test"),
-                        ));
+                        return Err(ControlError::bad_request(format!(
+                            "traffic_split names '{k}', which is not in the test"
+                        )));
                     }
                     m.insert(k.clone(), w);
                 }
                 m
             }
-            _ => return Err(ControlError::new(400, "traffic_split must be a number or an object")),
+            _ => return Err(ControlError::bad_request("traffic_split must be a number or an object")),
         };
-        if !(req.confidence_level > 0.0 && req.confidence_level < 1.0) {
-            return Err(ControlError::new(400, "confidence_level must be between 0 and 1 (e.g. 0.95)"));
+        if !(self.confidence_level > 0.0 && self.confidence_level < 1.0) {
+            return Err(ControlError::bad_request("confidence_level must be between 0 and 1 (e.g. 0.95)"));
         }
-        let duration = match &req.test_duration {
+        let duration = match &self.test_duration {
             Value::Number(n) => n.as_f64().filter(|s| *s > 0.0).map(|s| s as u64),
             Value::String(s) => parse_duration(s).ok().map(|d| d.as_secs()).filter(|s| *s > 0),
             _ => None,
         }
-        .ok_or_else(|| ControlError::new(400, "test_duration must be positive seconds or a duration like \"2h\""))?;
-        {
-            let inner = self.inner.lock().await;
-            if inner.experiments.contains_key(&req.test_id) {
-                return Err(ControlError::new(409, format!("test '{}' already exists", req.test_id)));
-            }
-        }
-        let source = Source::Experiment { test_id: req.test_id.clone() };
-        let generation = self.set_weights(&model, split.clone(), source, who).await?;
-        let start = variants.iter().map(|v| (v.clone(), self.data().stats(&model, v).unwrap_or_default())).collect();
-        let def = ExperimentDef {
-            test_id: req.test_id.clone(),
+        .ok_or_else(|| ControlError::bad_request("test_duration must be positive seconds or a duration like \"2h\""))?;
+        Ok(ExperimentDef {
+            test_id: self.test_id,
             model,
             variants,
             traffic_split: split,
-            success_metric: req.success_metric,
-            minimum_sample_size: req.minimum_sample_size,
-            confidence_level: req.confidence_level,
+            success_metric: self.success_metric,
+            minimum_sample_size: self.minimum_sample_size,
+            confidence_level: self.confidence_level,
             test_duration_secs: duration,
-            started_at: now_secs(),
-        };
-        let mut inner = self.inner.lock().await;
-        inner.experiments.insert(def.test_id.clone(), Experiment { def: def.clone(), start, end: None });
-        self.persist(&inner, generation);
-        tracing::info!(target: "audit", who, test_id = %def.test_id, model = %def.model, generation, "A/B test created");
-        Ok(
-            json!({ "test_id": def.test_id, "model": def.model, "generation": generation, "traffic_split": def.traffic_split, "ends_at": def.started_at + duration }),
-        )
+            started_at: now,
+        })
     }
+}
 
-    /// Freezes the results of tests whose duration is over.
-    pub async fn end_due_experiments(&self) {
-        let mut inner = self.inner.lock().await;
-        let now = now_secs();
-        let data = self.data().clone();
-        for e in inner.experiments.values_mut() {
-            if e.end.is_none() && now >= e.ends_at() {
-                e.end = Some(
-                    e.def
-                        .variants
-                        .iter()
-                        .map(|v| (v.clone(), data.stats(&e.def.model, v).unwrap_or_default()))
-                        .collect(),
-                );
-                tracing::info!(target: "audit", test_id = %e.def.test_id, "A/B test ended; results kept");
-            }
+/// Whether a test is still counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentStatus {
+    Running,
+    /// Over: its results are frozen.
+    Completed,
+}
+
+/// What an observation of a test decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentDecision {
+    /// Still running.
+    Continue,
+    /// Its duration is over: results froze at this observation.
+    End,
+    /// Already over.
+    Ended,
+}
+
+/// One running or finished A/B test.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    def: ExperimentDef,
+    /// Stats of each arm when the test started (or when this process resumed it).
+    start: BTreeMap<String, Snapshot>,
+    /// Frozen at the end of the test.
+    end: Option<BTreeMap<String, Snapshot>>,
+}
+
+/// The significance test applied to a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestKind {
+    TwoProportionZ,
+    WelchT,
+}
+
+impl TestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TestKind::TwoProportionZ => "two-proportion z-test",
+            TestKind::WelchT => "welch t-test",
         }
     }
+}
 
-    pub async fn experiment_results(&self, test_id: &str) -> Result<Value, ControlError> {
-        self.end_due_experiments().await;
-        let inner = self.inner.lock().await;
-        let e =
-            inner.experiments.get(test_id).ok_or_else(|| ControlError::new(404, format!("no A/B test '{test_id}'")))?;
-        let d = &e.def;
-        let interval: BTreeMap<&String, Snapshot> = d
-            .variants
-            .iter()
-            .map(|v| {
-                let now = match &e.end {
-                    Some(end) => end.get(v).cloned().unwrap_or_default(),
-                    None => self.data().stats(&d.model, v).unwrap_or_default(),
-                };
-                let since = e.start.get(v).cloned().unwrap_or_default();
-                (v, now.since(&since))
-            })
-            .collect();
-        let variants: Vec<Value> = d
-            .variants
-            .iter()
-            .map(|v| {
-                let s = &interval[v];
-                let mut o = json!({
-                    "name": v,
-                    "weight": d.traffic_split.get(v),
-                    "requests": s.requests,
-                    "errors": s.errors,
-                    "error_rate": s.error_rate(),
-                    "latency_ms": {
-                        "mean": s.mean_latency_ms(),
-                        "p50": s.quantile_ms(0.5),
-                        "p95": s.quantile_ms(0.95),
-                        "p99": s.quantile_ms(0.99),
-                    },
-                });
-                if s.shadow.mirrored > 0 || s.shadow.dropped > 0 {
-                    o["shadow"] = json!({
-                        "mirrored": s.shadow.mirrored,
-                        "failed": s.shadow.failed,
-                        "dropped": s.shadow.dropped,
-                        "argmax_agreement": s.shadow.agreement(),
-                        "max_abs_error": s.shadow.max_abs_error,
-                    });
-                }
-                o
-            })
-            .collect();
-        let alpha = 1.0 - d.confidence_level;
-        let control = &d.variants[0];
-        let c = &interval[control];
-        let mut comparisons = Vec::new();
-        let mut enough = true;
-        for v in &d.variants[1..] {
-            let t = &interval[v];
-            if c.requests < d.minimum_sample_size || t.requests < d.minimum_sample_size {
-                enough = false;
-                comparisons.push(json!({
-                    "control": control, "treatment": v,
-                    "verdict": "insufficient_data",
-                    "detail": format!("needs {} requests per variant; has {} and {}", d.minimum_sample_size, c.requests, t.requests),
-                }));
-                continue;
-            }
-            let (test, stat, p, better) = match d.success_metric {
-                Metric::ErrorRate => {
-                    let (z, p) =
-                        two_proportion_z_test(t.errors, t.requests, c.errors, c.requests).unwrap_or((0.0, 1.0));
-                    ("two-proportion z-test", z, p, if t.error_rate() < c.error_rate() { v } else { control })
-                }
-                Metric::Latency => {
-                    let (tt, _, p) = welch_t_test(
-                        t.mean_latency_ms(),
-                        t.latency_variance_ms2(),
-                        t.requests,
-                        c.mean_latency_ms(),
-                        c.latency_variance_ms2(),
-                        c.requests,
-                    )
-                    .unwrap_or((0.0, 0.0, 1.0));
-                    ("welch t-test", tt, p, if t.mean_latency_ms() < c.mean_latency_ms() { v } else { control })
-                }
-            };
-            let significant = p < alpha;
-            comparisons.push(json!({
-                "control": control, "treatment": v, "test": test, "statistic": stat, "p_value": p,
-                "significant": significant,
-                "winner": if significant { Some(better) } else { None },
-                "verdict": if significant { "significant" } else { "not_significant" },
-            }));
+/// One treatment compared with the control.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub control: String,
+    pub treatment: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An arm has fewer than `minimum_sample_size` requests.
+    InsufficientData {
+        need: u64,
+        control_requests: u64,
+        treatment_requests: u64,
+    },
+    Tested {
+        test: TestKind,
+        statistic: f64,
+        p_value: f64,
+        significant: bool,
+        winner: Option<String>,
+    },
+}
+
+impl Outcome {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Outcome::InsufficientData { .. } => Verdict::InsufficientData,
+            Outcome::Tested { significant: true, .. } => Verdict::Significant,
+            Outcome::Tested { .. } => Verdict::NotSignificant,
         }
-        let verdict = if !enough {
-            "insufficient_data"
-        } else if comparisons.iter().any(|c| c["significant"] == true) {
-            "significant"
+    }
+}
+
+/// A test's (or one comparison's) verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    InsufficientData,
+    Significant,
+    NotSignificant,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::InsufficientData => "insufficient_data",
+            Verdict::Significant => "significant",
+            Verdict::NotSignificant => "not_significant",
+        }
+    }
+}
+
+/// One arm's numbers over the test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arm {
+    pub name: String,
+    pub weight: Option<f64>,
+    /// Stats since the test started (until it ended).
+    pub stats: Snapshot,
+}
+
+/// Everything `GET /ml/ab-tests/{id}/results` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentResults {
+    pub def: ExperimentDef,
+    pub status: ExperimentStatus,
+    pub arms: Vec<Arm>,
+    pub comparisons: Vec<Comparison>,
+    pub verdict: Verdict,
+}
+
+impl Experiment {
+    /// A test that starts now, with each arm's stats at this moment.
+    pub fn start(def: ExperimentDef, start: BTreeMap<String, Snapshot>) -> Experiment {
+        Experiment { def, start, end: None }
+    }
+
+    /// A persisted test after a restart: its counts start again from zero.
+    pub fn resume(def: ExperimentDef) -> Experiment {
+        Experiment { def, start: BTreeMap::new(), end: None }
+    }
+
+    pub fn def(&self) -> &ExperimentDef {
+        &self.def
+    }
+
+    pub fn status(&self) -> ExperimentStatus {
+        if self.end.is_some() {
+            ExperimentStatus::Completed
         } else {
-            "not_significant"
+            ExperimentStatus::Running
+        }
+    }
+
+    /// Whether an observation at `now` needs the arms' stats (a running test).
+    pub fn is_running(&self) -> bool {
+        self.end.is_none()
+    }
+
+    /// Ends the test when its duration is over at `now`, freezing `current` (cumulative stats per arm).
+    pub fn observe(&mut self, now: u64, current: &BTreeMap<String, Snapshot>) -> ExperimentDecision {
+        if self.end.is_some() {
+            return ExperimentDecision::Ended;
+        }
+        if now < self.def.ends_at() {
+            return ExperimentDecision::Continue;
+        }
+        self.end = Some(current.clone());
+        ExperimentDecision::End
+    }
+
+    /// The results, judged on `current` (cumulative stats per arm; ignored once ended).
+    pub fn results(&self, current: &BTreeMap<String, Snapshot>) -> ExperimentResults {
+        let d = &self.def;
+        let upto = self.end.as_ref().unwrap_or(current);
+        let interval = |v: &String| {
+            let now = upto.get(v).cloned().unwrap_or_default();
+            now.since(&self.start.get(v).cloned().unwrap_or_default())
         };
-        Ok(json!({
-            "test_id": d.test_id,
-            "model": d.model,
-            "status": if e.end.is_some() { "completed" } else { "running" },
-            "started_at": d.started_at,
-            "ends_at": e.ends_at(),
-            "success_metric": d.success_metric,
-            "confidence_level": d.confidence_level,
-            "minimum_sample_size": d.minimum_sample_size,
-            "variants": variants,
-            "comparisons": comparisons,
-            "verdict": verdict,
-        }))
+        let arms: Vec<Arm> = d
+            .variants
+            .iter()
+            .map(|v| Arm { name: v.clone(), weight: d.traffic_split.get(v).copied(), stats: interval(v) })
+            .collect();
+        let control = &arms[0];
+        let comparisons: Vec<Comparison> = arms[1..]
+            .iter()
+            .map(|t| Comparison {
+                control: control.name.clone(),
+                treatment: t.name.clone(),
+                outcome: compare(d, control, t),
+            })
+            .collect();
+        let verdict = if comparisons.iter().any(|c| c.outcome.verdict() == Verdict::InsufficientData) {
+            Verdict::InsufficientData
+        } else if comparisons.iter().any(|c| c.outcome.verdict() == Verdict::Significant) {
+            Verdict::Significant
+        } else {
+            Verdict::NotSignificant
+        };
+        ExperimentResults { def: d.clone(), status: self.status(), arms, comparisons, verdict }
+    }
+}
+
+fn compare(d: &ExperimentDef, control: &Arm, treatment: &Arm) -> Outcome {
+    let (c, t) = (&control.stats, &treatment.stats);
+    if c.requests < d.minimum_sample_size || t.requests < d.minimum_sample_size {
+        return Outcome::InsufficientData {
+            need: d.minimum_sample_size,
+            control_requests: c.requests,
+            treatment_requests: t.requests,
+        };
+    }
+    let (test, statistic, p_value, treatment_better) = match d.success_metric {
+        Metric::ErrorRate => {
+            let (z, p) = two_proportion_z_test(t.errors, t.requests, c.errors, c.requests).unwrap_or((0.0, 1.0));
+            (TestKind::TwoProportionZ, z, p, t.error_rate() < c.error_rate())
+        }
+        Metric::Latency => {
+            let (tt, _, p) = welch_t_test(
+                t.mean_latency_ms(),
+                t.latency_variance_ms2(),
+                t.requests,
+                c.mean_latency_ms(),
+                c.latency_variance_ms2(),
+                c.requests,
+            )
+            .unwrap_or((0.0, 0.0, 1.0));
+            (TestKind::WelchT, tt, p, t.mean_latency_ms() < c.mean_latency_ms())
+        }
+    };
+    let significant = p_value < 1.0 - d.confidence_level;
+    let better = if treatment_better { &treatment.name } else { &control.name };
+    Outcome::Tested { test, statistic, p_value, significant, winner: significant.then(|| better.clone()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use switchyard_stats::LiveStats;
+
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn def(metric: Metric, min: u64) -> ExperimentDef {
+        ExperimentDef {
+            test_id: "t".into(),
+            model: "m".into(),
+            variants: vec!["a".into(), "b".into()],
+            traffic_split: [("a".to_string(), 50.0), ("b".to_string(), 50.0)].into(),
+            success_metric: metric,
+            minimum_sample_size: min,
+            confidence_level: 0.95,
+            test_duration_secs: 60,
+            started_at: 1000,
+        }
+    }
+
+    /// Cumulative stats of arms a and b, as a fake data plane would report them.
+    #[derive(Default)]
+    struct Arms {
+        a: LiveStats,
+        b: LiveStats,
+    }
+
+    impl Arms {
+        /// `n` requests per arm; arm X fails one in `fail_every_X` (0: never) and takes `ms_X` (+ a spread).
+        fn serve(&self, n: u64, fail_every: (u64, u64), ms: (u64, u64)) {
+            for i in 0..n {
+                let spread = i % 5;
+                self.a.record(Duration::from_millis(ms.0 + spread), fail_every.0 > 0 && i % fail_every.0 == 0);
+                self.b.record(Duration::from_millis(ms.1 + spread), fail_every.1 > 0 && i % fail_every.1 == 0);
+            }
+        }
+
+        fn now(&self) -> BTreeMap<String, Snapshot> {
+            [("a".to_string(), self.a.snapshot()), ("b".to_string(), self.b.snapshot())].into()
+        }
+    }
+
+    #[test]
+    fn error_rate_verdicts_from_insufficient_to_significant() {
+        let arms = Arms::default();
+        arms.serve(300, (0, 0), (5, 5)); // before the test: not counted
+        let e = Experiment::start(def(Metric::ErrorRate, 200), arms.now());
+        arms.serve(100, (0, 10), (5, 5));
+        let r = e.results(&arms.now());
+        assert_eq!(r.verdict, Verdict::InsufficientData);
+        assert_eq!(
+            r.comparisons[0].outcome,
+            Outcome::InsufficientData { need: 200, control_requests: 100, treatment_requests: 100 }
+        );
+        assert_eq!((r.arms[0].stats.requests, r.arms[1].stats.errors), (100, 10));
+        arms.serve(400, (0, 10), (5, 5));
+        let r = e.results(&arms.now());
+        assert_eq!(r.verdict, Verdict::Significant);
+        let Outcome::Tested { test, p_value, significant, winner, .. } = &r.comparisons[0].outcome else {
+            panic!("{r:?}")
+        };
+        assert_eq!((*test, *significant, winner.as_deref()), (TestKind::TwoProportionZ, true, Some("a")));
+        assert!(*p_value < 0.05, "{p_value}");
+    }
+
+    #[test]
+    fn equal_error_rates_are_not_significant() {
+        let arms = Arms::default();
+        let e = Experiment::start(def(Metric::ErrorRate, 100), arms.now());
+        arms.serve(500, (20, 20), (5, 5));
+        let r = e.results(&arms.now());
+        assert_eq!(r.verdict, Verdict::NotSignificant);
+        assert!(matches!(&r.comparisons[0].outcome, Outcome::Tested { significant: false, winner: None, .. }));
+    }
+
+    #[test]
+    fn welch_picks_the_faster_arm_only_when_the_difference_is_real() {
+        let arms = Arms::default();
+        let e = Experiment::start(def(Metric::Latency, 50), arms.now());
+        arms.serve(200, (0, 0), (40, 10));
+        let r = e.results(&arms.now());
+        assert_eq!(r.verdict, Verdict::Significant, "{r:?}");
+        assert!(matches!(&r.comparisons[0].outcome,
+            Outcome::Tested { test: TestKind::WelchT, winner: Some(w), .. } if w == "b"));
+
+        let same = Arms::default();
+        let e = Experiment::start(def(Metric::Latency, 50), same.now());
+        same.serve(200, (0, 0), (10, 10));
+        assert_eq!(e.results(&same.now()).verdict, Verdict::NotSignificant);
+    }
+
+    #[test]
+    fn a_test_ends_at_its_duration_and_keeps_its_results() {
+        let arms = Arms::default();
+        let mut e = Experiment::start(def(Metric::ErrorRate, 10), arms.now());
+        arms.serve(50, (0, 0), (5, 5));
+        assert_eq!(e.observe(1059, &arms.now()), ExperimentDecision::Continue);
+        assert_eq!(e.status(), ExperimentStatus::Running);
+        assert_eq!(e.observe(1060, &arms.now()), ExperimentDecision::End);
+        assert_eq!(e.status(), ExperimentStatus::Completed);
+        assert_eq!(e.observe(1061, &arms.now()), ExperimentDecision::Ended);
+        // Requests after the end do not count.
+        arms.serve(50, (1, 1), (5, 5));
+        let r = e.results(&arms.now());
+        assert_eq!((r.arms[0].stats.requests, r.arms[1].stats.errors), (50, 0));
+    }
+
+    #[test]
+    fn a_resumed_test_counts_from_the_restart() {
+        let arms = Arms::default();
+        arms.serve(30, (0, 0), (5, 5));
+        let e = Experiment::resume(def(Metric::ErrorRate, 10));
+        assert_eq!(e.results(&arms.now()).arms[0].stats.requests, 30, "counts since this process began");
+    }
+
+    fn req(body: serde_json::Value) -> Result<ExperimentDef, ControlError> {
+        serde_json::from_value::<CreateRequest>(body).expect("well-formed").plan(500)
+    }
+
+    #[test]
+    fn create_requests_are_validated() {
+        let base = json!({"test_id": "t", "model": "m", "model_a": "a", "model_b": "b",
+            "traffic_split": 0.25, "test_duration": "1h"});
+        let d = req(base.clone()).unwrap();
+        assert_eq!(d.traffic_split, [("a".to_string(), 75.0), ("b".to_string(), 25.0)].into());
+        assert_eq!((d.started_at, d.test_duration_secs), (500, 3600));
+        assert_eq!((d.success_metric, d.minimum_sample_size, d.confidence_level), (Metric::ErrorRate, 100, 0.95));
+
+        let with = |k: &str, v: serde_json::Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        let d = req(with("traffic_split", json!(30))).unwrap();
+        assert_eq!(d.traffic_split["b"], 30.0, "a percent");
+        let d = req(json!({"test_id": "t", "model_a": "m:a", "model_b": "m:b", "traffic_split": {"a": 1, "b": 3},
+            "test_duration": 60}))
+        .unwrap();
+        assert_eq!((d.model.as_str(), d.test_duration_secs), ("m", 60));
+        for (body, needle) in [
+            (with("test_id", json!("")), "test_id"),
+            (with("traffic_split", json!(150)), "numeric traffic_split"),
+            (with("traffic_split", json!({"c": 1})), "not in the test"),
+            (with("traffic_split", json!({"a": "x"})), "must be a number"),
+            (with("traffic_split", json!("half")), "number or an object"),
+            (with("confidence_level", json!(1.0)), "confidence_level"),
+            (with("test_duration", json!(0)), "test_duration"),
+            (with("test_duration", json!("soon")), "test_duration"),
+            (with("model_b", json!("a")), "listed twice"),
+            (with("model_b", json!("other:b")), "same model"),
+            (
+                json!({"test_id": "t", "model_a": "a", "model_b": "b", "traffic_split": 1, "test_duration": 1}),
+                "name the model",
+            ),
+        ] {
+            let e = req(body.clone()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{body}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
     }
 }

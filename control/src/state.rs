@@ -1,52 +1,14 @@
-//! What the control plane persists beside the config so API changes survive a
-//! restart: weight overrides, the rollback history, experiments and rollout
-//! progress. Written atomically (temp file + rename).
+//! The shapes the control plane persists beside the config so API changes
+//! survive a restart — weight overrides, the rollback history, experiment
+//! definitions and rollout progress — and reading and writing them (temp
+//! file + rename). Who writes, and on which thread, is `persist`'s business.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::experiments::ExperimentDef;
-use crate::rollout::PersistedRollout;
-
-/// Who set a weight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Source {
-    /// A traffic shift through the control API.
-    Api,
-    /// A rollback through the control API (or an automated one).
-    Rollback { to_generation: u64 },
-    /// An A/B test's split.
-    Experiment { test_id: String },
-    /// Automated canary analysis.
-    Rollout,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Api => f.write_str("api"),
-            Source::Rollback { to_generation } => write!(f, "rollback to generation {to_generation}"),
-            Source::Experiment { test_id } => write!(f, "experiment {test_id}"),
-            Source::Rollout => f.write_str("rollout"),
-        }
-    }
-}
-
-impl Source {
-    /// The short name the status endpoint reports.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Source::Api => "api",
-            Source::Rollback { .. } => "rollback",
-            Source::Experiment { .. } => "experiment",
-            Source::Rollout => "rollout",
-        }
-    }
-}
+use crate::source::Source;
 
 /// Weights set at run time for some variants of one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,7 +27,71 @@ pub struct HistoryEntry {
     pub reason: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    Progressing,
+    Promoted,
+    RolledBack,
+    Aborted,
+}
+
+impl RolloutStatus {
+    /// The value of `switchyard_rollout_status`.
+    pub fn code(self) -> i64 {
+        match self {
+            RolloutStatus::Progressing => 0,
+            RolloutStatus::Promoted => 1,
+            RolloutStatus::RolledBack => 2,
+            RolloutStatus::Aborted => 3,
+        }
+    }
+}
+
+/// A rollout's progress, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedRollout {
+    pub step: usize,
+    pub status: RolloutStatus,
+    pub reason: Option<String>,
+    /// The rollout config it belongs to; a changed config starts over.
+    pub fingerprint: String,
+}
+
+/// What an A/B test is judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    ErrorRate,
+    Latency,
+}
+
+/// An A/B test as created (its counts are live, never persisted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentDef {
+    pub test_id: String,
+    pub model: String,
+    /// The first is the control every other variant is compared with.
+    pub variants: Vec<String>,
+    pub traffic_split: BTreeMap<String, f64>,
+    pub success_metric: Metric,
+    pub minimum_sample_size: u64,
+    pub confidence_level: f64,
+    pub test_duration_secs: u64,
+    /// Unix seconds.
+    pub started_at: u64,
+}
+
+impl ExperimentDef {
+    /// Unix seconds at which the test ends.
+    pub fn ends_at(&self) -> u64 {
+        self.started_at + self.test_duration_secs
+    }
+}
+
+/// Everything persisted, as one JSON document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
     pub generation: u64,
     #[serde(default)]
@@ -76,6 +102,13 @@ pub struct PersistedState {
     pub experiments: Vec<ExperimentDef>,
     #[serde(default)]
     pub rollouts: BTreeMap<String, PersistedRollout>,
+}
+
+/// Default place of the state file: beside the config.
+pub fn default_state_path(config: &Path) -> PathBuf {
+    let mut name = config.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".state.json");
+    config.with_file_name(name)
 }
 
 impl PersistedState {
@@ -90,6 +123,7 @@ impl PersistedState {
         }
     }
 
+    /// Writes atomically: a temp file beside it, synced, renamed over it. Blocking.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
@@ -124,5 +158,30 @@ mod tests {
         std::fs::write(&path, b"{nope").unwrap();
         assert!(PersistedState::load(&path).unwrap_err().contains("corrupt control state"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn default_state_path_is_beside_the_config() {
+        assert_eq!(
+            default_state_path(Path::new("/etc/sy/switchyard.yaml")),
+            Path::new("/etc/sy/switchyard.yaml.state.json")
+        );
+    }
+
+    #[test]
+    fn a_state_file_of_the_previous_layout_still_loads() {
+        // Field names and enum spellings are a file format: they must not drift.
+        let text = r#"{"generation": 3,
+            "overrides": {"m": {"weights": {"v2": 30.0}, "source": {"kind": "rollback", "to_generation": 2}}},
+            "history": {"m": [{"generation": 2, "at": 1, "weights": {"v2": 30.0}, "reason": "x"}]},
+            "experiments": [{"test_id": "t", "model": "m", "variants": ["a", "b"], "traffic_split": {"a": 50.0, "b": 50.0},
+                "success_metric": "error_rate", "minimum_sample_size": 10, "confidence_level": 0.95,
+                "test_duration_secs": 60, "started_at": 100}],
+            "rollouts": {"m": {"step": 1, "status": "rolled_back", "reason": "slow", "fingerprint": "f"}}}"#;
+        let s: PersistedState = serde_json::from_str(text).unwrap();
+        assert_eq!(s.overrides["m"].source, Source::Rollback { to_generation: 2 });
+        assert_eq!(s.experiments[0].success_metric, Metric::ErrorRate);
+        assert_eq!(s.experiments[0].ends_at(), 160);
+        assert_eq!(s.rollouts["m"].status, RolloutStatus::RolledBack);
     }
 }

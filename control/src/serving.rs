@@ -1,0 +1,23 @@
+//! What the control plane needs from the serving (data) plane. The binary
+//! implements it over the proxy; tests implement it with a fake.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use switchyard_config::ValidatedConfig;
+use switchyard_stats::Snapshot;
+
+/// The serving plane as the control plane sees it.
+#[async_trait]
+pub trait ServingPlane: Send + Sync + 'static {
+    /// Builds backends and a routing snapshot for `cfg` and publishes it; an error leaves the live one.
+    async fn apply(&self, cfg: Arc<ValidatedConfig>, generation: u64) -> Result<(), String>;
+    /// Whether the variant's backend says its model is ready.
+    async fn variant_ready(&self, model: &str, variant: &str) -> bool;
+    /// Versions the variant's backend knows for its model.
+    async fn model_versions(&self, model: &str, variant: &str) -> Vec<String>;
+    /// Cumulative live stats of a variant.
+    fn stats(&self, model: &str, variant: &str) -> Option<Snapshot>;
+    /// Drops every cached answer of a model; the number of cached variants, `None` without a cache.
+    fn invalidate_cache(&self, model: &str) -> Option<usize>;
+}
