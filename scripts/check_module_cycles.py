@@ -67,6 +67,7 @@ def module_files(src_dir):
 
 def expand_use(tree):
     """`a::{b, c::d}` -> ['a::b', 'a::c::d'] (globs and renames kept as plain paths)."""
+    tree = re.sub(r"\s+as\s+\w+", "", tree)
     tree = re.sub(r"\s+", "", tree)
 
     def split_top(s):
@@ -93,7 +94,7 @@ def expand_use(tree):
             out += go(prefix + head, p)
         return out
 
-    return [re.sub(r"as\w+$", "", p) for p in go("", tree)]
+    return go("", tree)
 
 
 def resolve(cur, path, mods):

@@ -1,12 +1,17 @@
 //! Switchyard's data plane: the pingora HTTP listener and the tonic gRPC
-//! listener speaking KServe V2, routing and A/B selection over a swappable snapshot, and metrics.
+//! listener speaking KServe V2, one request lifecycle both share
+//! (`pipeline`), routing and A/B selection over a swappable snapshot,
+//! batching, caching, shadow traffic and metrics.
 
 pub mod admin;
 pub mod batch;
 pub mod cache;
-pub mod dataplane;
+pub mod error;
 pub mod grpc;
+pub mod headers;
+pub mod http;
 pub mod metrics;
+pub mod outcome;
 pub mod pipeline;
 pub mod respond;
 pub mod routing;
@@ -21,8 +26,10 @@ use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use switchyard_config::ValidatedConfig;
 
-pub use dataplane::DataPlane;
+pub use error::Error;
+pub use http::HttpListener;
 pub use metrics::Metrics;
+pub use outcome::Outcome;
 pub use routing::RoutingTable;
 
 /// Seconds an old listener keeps serving after SIGTERM before shutdown starts.
@@ -44,12 +51,8 @@ pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Me
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let plane = DataPlane {
-        table,
-        metrics: metrics.clone(),
-        limits: cfg.limits.clone(),
-        default_upstream: cfg.listeners.http.default_upstream.clone(),
-    };
+    let plane =
+        HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone());
     let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
     data.add_tcp(&cfg.listeners.http.address.to_string());
     server.add_service(data);

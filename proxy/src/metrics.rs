@@ -15,6 +15,9 @@ const LATENCY_BUCKETS: &[f64] =
 /// Status codes whose counters are resolved ahead of time.
 const COMMON_CODES: [u16; 10] = [200, 400, 404, 413, 422, 500, 502, 503, 504, 499];
 
+/// The `model` label of requests for models no route serves.
+pub const UNKNOWN_MODEL: &str = "<unknown>";
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -241,9 +244,12 @@ impl Metrics {
         }
     }
 
-    /// Counts a request that never reached a variant (unknown model, bad body...).
-    pub fn count_unrouted(&self, model: &str, code: u16) {
-        self.requests.with_label_values(&[model, "", &code.to_string()]).inc();
+    /// Counts a request that never reached a variant: `route` is the route's
+    /// name when the model has one (a bad variant override), `None` for an
+    /// unknown model — labelled `UNKNOWN_MODEL`, never with the client's
+    /// name, so clients cannot grow the series without bound.
+    pub fn count_unrouted(&self, route: Option<&str>, code: u16) {
+        self.requests.with_label_values(&[route.unwrap_or(UNKNOWN_MODEL), "", &code.to_string()]).inc();
     }
 
     /// Prometheus text exposition of Switchyard's metrics and the process-wide default registry.

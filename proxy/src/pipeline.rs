@@ -1,57 +1,143 @@
-//! The protocol-independent part of an inference: pick the variant, run the
-//! request (through the variant's batch queue or straight to its backend),
-//! record the outcome. Listeners decode before and encode after; everything
-//! in between is here, so every protocol routes, batches and counts alike.
+//! The request lifecycle, once for every protocol: select the variant →
+//! decode → cache → batch queue → backend (shadow mirrors beside it) →
+//! encode → record. A listener supplies only what is protocol-specific — how
+//! to read metadata, decode the request, tell that the client left and
+//! encode the answer (`Exchange`) — and writes what `infer` returns. So every
+//! protocol routes, caches, batches, times and counts alike, and a new
+//! protocol is a codec plus a thin listener.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_runtime::{InferRequest, InferResponse};
 
+use crate::batch::BatchError;
 use crate::cache::{CacheStatus, Directive};
-use crate::respond::ApiError;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::outcome::{Executed, Outcome};
+use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::shadow;
 
-/// Picks the variant for a request; `header` reads a request header (HTTP) or metadata entry (gRPC).
-pub fn select<'t, 'h>(
+/// The protocol-specific half of one inference exchange with a client.
+pub trait Exchange: Send {
+    /// The protocol's encoded answer.
+    type Encoded: Send;
+
+    /// The client's request metadata: HTTP headers or gRPC metadata.
+    fn metadata(&self) -> &HeaderMap;
+
+    /// Reads (if need be) and decodes the request into the tensor model.
+    fn decode(&mut self) -> impl Future<Output = Result<InferRequest, Error>> + Send;
+
+    /// Resolves when the client has gone away; never, where the listener cannot tell.
+    fn closed(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// Encodes a successful response in the client's format.
+    fn encode(&mut self, response: InferResponse) -> Result<Self::Encoded, Error>;
+}
+
+/// What the lifecycle hands back to the listener to write.
+pub struct Answer<E> {
+    pub result: Result<E, Error>,
+    /// `x-switchyard-variant`, once a variant was selected.
+    pub variant: Option<HeaderValue>,
+    pub batch_rows: Option<usize>,
+    pub cache: Option<CacheStatus>,
+    /// Time in Switchyard, the backend call excluded (`x-switchyard-overhead-us`).
+    pub overhead: Duration,
+}
+
+/// Names an inference: the client's model and version, and its deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    pub model: &'a str,
+    pub version: Option<&'a str>,
+    /// The client's own deadline (gRPC `grpc-timeout`), enforced end to end.
+    pub deadline: Option<Duration>,
+    /// When the request arrived.
+    pub start: Instant,
+}
+
+/// Runs one inference from selection to recording; see the module doc.
+pub async fn infer<X: Exchange>(table: &RoutingTable, metrics: &Metrics, x: &mut X, call: Call<'_>) -> Answer<X::Encoded> {
+    let _in_flight = InFlight::new(&metrics.in_flight);
+    let sel = match select(table, call.model, call.version, x.metadata()) {
+        Ok(s) => s,
+        Err(e) => {
+            let known_route = !matches!(e.kind, crate::error::ErrorKind::NotFound);
+            metrics.count_unrouted(known_route.then_some(call.model), respond::http_status(&e));
+            let overhead = call.start.elapsed();
+            return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
+        }
+    };
+    let mut done = Executed::from_backend(InferResponse::default(), Duration::ZERO);
+    let result = async {
+        let req = x.decode().await?;
+        let id = req.id.clone();
+        let directive = Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()));
+        let run = execute(&sel, call.model, call.version, req, directive);
+        let limited = async {
+            match call.deadline {
+                None => run.await,
+                Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| Err(Error::deadline(d))),
+            }
+        };
+        // A client that hangs up stops the wait: its queued work is dropped
+        // and an unbatched backend call is cancelled.
+        let executed = tokio::select! {
+            r = limited => r,
+            () = x.closed() => Err(Error::client_closed()),
+        }?;
+        done = executed;
+        let mut resp = std::mem::take(&mut done.response);
+        resp.model_name = call.model.to_string();
+        if id.is_some() {
+            resp.id = id;
+        }
+        x.encode(resp)
+    }
+    .await;
+    let total = call.start.elapsed();
+    let status = result.as_ref().map_or_else(respond::http_status, |_| 200);
+    record(sel.variant, status, total, done.backend_time);
+    Answer {
+        result,
+        variant: Some(sel.variant.header_value.clone()),
+        batch_rows: done.batch_rows,
+        cache: done.cache,
+        overhead: total.saturating_sub(done.backend_time),
+    }
+}
+
+/// Picks the variant for a request from its model, version and metadata
+/// (sticky key and variant override are read from it).
+pub fn select<'t>(
     table: &'t RoutingTable,
     model: &str,
     version: Option<&str>,
-    header: impl Fn(&HeaderName) -> Option<&'h [u8]>,
-) -> Result<Selection<'t>, ApiError> {
+    metadata: &HeaderMap,
+) -> Result<Selection<'t>, Error> {
     let route = table.route(model)?;
+    let header = |h: &HeaderName| metadata.get(h).map(|v| v.as_bytes());
     let override_variant = header(&table.override_header);
-    let sticky = route.sticky_header.as_ref().and_then(&header);
+    let sticky = route.sticky_header.as_ref().and_then(header);
     Ok(route.select(model, version, override_variant, sticky)?)
-}
-
-#[derive(Clone)]
-pub struct Executed {
-    pub response: InferResponse,
-    /// Rows of the batch the request ran in, when it went through a batch queue.
-    pub batch_rows: Option<usize>,
-    /// Where the answer came from, when the variant is cached (`x-switchyard-cache`).
-    pub cache: Option<CacheStatus>,
-}
-
-impl Executed {
-    pub fn with_cache(self, status: CacheStatus) -> Executed {
-        Executed { cache: Some(status), ..self }
-    }
 }
 
 /// Runs a decoded, validated request on the selected variant, mirroring it
 /// to the route's shadow variants when sampled. A cached variant answers from
 /// its cache when it can (after routing, before the batch queue); `cache`
 /// is what the client's `cache-control` asks.
-pub async fn execute(
+async fn execute(
     sel: &Selection<'_>,
     model: &str,
     version: Option<&str>,
     req: InferRequest,
     cache: Directive,
-) -> Result<Executed, ApiError> {
+) -> Outcome {
     if sel.route.shadows.is_empty() {
         return cached(sel, model, req, cache).await;
     }
@@ -63,19 +149,16 @@ pub async fn execute(
     result
 }
 
-async fn cached(
-    sel: &Selection<'_>,
-    model: &str,
-    req: InferRequest,
-    directive: Directive,
-) -> Result<Executed, ApiError> {
+async fn cached(sel: &Selection<'_>, model: &str, req: InferRequest, directive: Directive) -> Outcome {
     match &sel.variant.cache {
         None => run(sel, req).await,
         Some(c) => c.serve(sel.variant.backend.as_ref(), &sel.target, model, req, directive, |req| run(sel, req)).await,
     }
 }
 
-async fn run(sel: &Selection<'_>, req: InferRequest) -> Result<Executed, ApiError> {
+/// The backend call itself, through the variant's batch queue when it batches;
+/// `backend_time` is the time of that call alone.
+async fn run(sel: &Selection<'_>, req: InferRequest) -> Outcome {
     let variant = sel.variant;
     let queue = match (&variant.batcher, &variant.other_versions) {
         (Some(b), _) if b.target == sel.target => Some(b.clone()),
@@ -84,23 +167,55 @@ async fn run(sel: &Selection<'_>, req: InferRequest) -> Result<Executed, ApiErro
     };
     match queue {
         Some(b) => {
+            let t0 = Instant::now();
             let (response, rows) = b.submit(req).await?;
-            Ok(Executed { response, batch_rows: Some(rows), cache: None })
+            Ok(Executed { response, batch_rows: Some(rows), cache: None, backend_time: t0.elapsed() })
         }
         None => {
-            Ok(Executed { response: variant.backend.infer(&sel.target, req).await?, batch_rows: None, cache: None })
+            let t0 = Instant::now();
+            let response = variant.backend.infer(&sel.target, req).await?;
+            Ok(Executed::from_backend(response, t0.elapsed()))
         }
     }
 }
 
 /// Records one answered request: status counter, latency histograms and the
 /// live stats the control plane reads (5xx counts against the variant).
+/// The backend histogram sees only requests that made a backend call.
 pub fn record(variant: &Variant, status: u16, total: Duration, backend: Duration) {
     variant.metrics.count(status);
     variant.stats.record(total, status >= 500);
     variant.metrics.request_duration.observe(total.as_secs_f64());
     if !backend.is_zero() {
         variant.metrics.backend_duration.observe(backend.as_secs_f64());
+    }
+}
+
+impl From<BatchError> for Error {
+    fn from(e: BatchError) -> Error {
+        match e {
+            BatchError::QueueFull { .. } => Error::overloaded(1, e.to_string()),
+            BatchError::Expired { .. } => Error::new(crate::error::ErrorKind::DeadlineExceeded, e.to_string()),
+            BatchError::BadParameter(ref p) => Error::bad_field(p.clone(), e.to_string()),
+            BatchError::Closed => Error::unavailable(e.to_string()),
+            BatchError::Backend(b) => b.into(),
+        }
+    }
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -133,4 +248,13 @@ pub async fn unready_routes(table: &RoutingTable) -> Vec<String> {
     }
     unready.sort();
     unready
+}
+
+/// What keeps the process from being ready besides its routes: background
+/// tasks that died (a panicked batch scheduler or reload task).
+pub fn dead_tasks() -> Vec<String> {
+    if !switchyard_stats::tasks::any_panicked() {
+        return Vec::new();
+    }
+    switchyard_stats::tasks::panicked().into_iter().map(|p| format!("{} ({})", p.task, p.message)).collect()
 }

@@ -1,140 +1,203 @@
-//! The one place errors become HTTP statuses: 4xx when the client is at
-//! fault, 503 for overload or unready, 502/504 when the backend failed —
-//! and, from those, gRPC status codes (`ApiError::grpc_status`).
+//! The one place a data-plane `Error` becomes an answer in the client's
+//! protocol: an HTTP status with a V2 `{"error": ...}` body (or the
+//! backend's own 4xx body, relayed unchanged), or a gRPC status. Both are
+//! chosen from the same typed error, so they always agree on who failed:
+//! 4xx / INVALID_ARGUMENT, NOT_FOUND… the client; 503 / UNAVAILABLE
+//! overload or unready; 502, 504 / UNAVAILABLE, DEADLINE_EXCEEDED the
+//! backend. A new protocol adds its error body here and nowhere else.
 
-use switchyard_runtime::{BackendError, CodecError};
+use bytes::Bytes;
+use http::HeaderValue;
+use switchyard_runtime::codec::v2;
+use tonic::Code;
 
-use crate::batch::BatchError;
-use crate::routing::RouteError;
+use crate::error::{BackendFailure, Error, ErrorKind};
 
+/// nginx's "client closed request": counted in metrics, never written.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// An error answer for an HTTP client.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
+pub struct HttpError {
     pub status: u16,
-    pub message: String,
+    pub content_type: HeaderValue,
+    pub body: Bytes,
     /// Seconds for a `Retry-After` header (overload).
     pub retry_after: Option<u32>,
 }
 
-impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), retry_after: None }
+/// The HTTP status that says who failed.
+pub fn http_status(e: &Error) -> u16 {
+    match &e.kind {
+        ErrorKind::BadRequest { .. } => 400,
+        ErrorKind::NotFound => 404,
+        ErrorKind::MethodNotAllowed { .. } => 405,
+        ErrorKind::RequestTimeout => 408,
+        ErrorKind::TooLarge => 413,
+        ErrorKind::ClientClosed => CLIENT_CLOSED,
+        ErrorKind::Internal => 500,
+        ErrorKind::Unavailable { .. } => 503,
+        ErrorKind::DeadlineExceeded => 504,
+        ErrorKind::Backend(b) => match b {
+            BackendFailure::Unreachable | BackendFailure::Invalid => 502,
+            BackendFailure::Timeout => 504,
+            BackendFailure::Failed => 500,
+            // The backend's own client errors are the client's to fix: relayed.
+            BackendFailure::Http { status, .. } if (400..500).contains(status) => *status,
+            BackendFailure::Http { .. } => 502,
+            BackendFailure::Grpc { code } => grpc_code_to_http(Code::from(*code)),
+        },
     }
 }
 
-impl ApiError {
-    /// The same error as a gRPC status, with the code that says who failed:
-    /// INVALID_ARGUMENT (400), NOT_FOUND (404), RESOURCE_EXHAUSTED (413, 429),
-    /// UNAVAILABLE (502, 503 — a full batch queue too, as Triton answers),
-    /// DEADLINE_EXCEEDED (408, 504), CANCELLED (499), UNIMPLEMENTED (405, 501),
-    /// INTERNAL (500).
-    pub fn grpc_status(&self) -> tonic::Status {
-        use tonic::Code;
-        let code = match self.status {
-            400 | 422 => Code::InvalidArgument,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            404 => Code::NotFound,
-            405 | 501 => Code::Unimplemented,
-            408 | 504 => Code::DeadlineExceeded,
-            409 => Code::Aborted,
-            413 | 429 => Code::ResourceExhausted,
-            499 => Code::Cancelled,
-            502 | 503 => Code::Unavailable,
-            500 => Code::Internal,
-            400..=499 => Code::FailedPrecondition,
-            _ => Code::Unknown,
-        };
-        tonic::Status::new(code, self.message.clone())
+/// A gRPC backend's code as an HTTP status for an HTTP client.
+fn grpc_code_to_http(code: Code) -> u16 {
+    match code {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::AlreadyExists => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::Aborted => 409,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded | Code::Cancelled => 504,
+        _ => 502,
     }
 }
 
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> ApiError {
-        match e {
-            BatchError::QueueFull { .. } => ApiError { retry_after: Some(1), ..ApiError::new(503, e.to_string()) },
-            BatchError::Expired { .. } => ApiError::new(504, e.to_string()),
-            BatchError::BadParameter(_) => ApiError::new(400, e.to_string()),
-            BatchError::Closed => ApiError::new(503, e.to_string()),
-            BatchError::Backend(b) => b.into(),
+/// The V2 REST answer: status, `{"error": message}` — or a backend's 4xx body as it sent it.
+pub fn v2_http(e: &Error) -> HttpError {
+    let status = http_status(e);
+    if let ErrorKind::Backend(BackendFailure::Http { reply: Some(reply), .. }) = &e.kind {
+        if (400..500).contains(&status) {
+            return HttpError {
+                status,
+                content_type: reply.content_type.clone().unwrap_or(HeaderValue::from_static("application/json")),
+                body: reply.body.clone(),
+                retry_after: None,
+            };
         }
     }
-}
-
-impl From<CodecError> for ApiError {
-    fn from(e: CodecError) -> ApiError {
-        ApiError::new(400, e.to_string())
+    HttpError {
+        status,
+        content_type: HeaderValue::from_static("application/json"),
+        body: v2::error_body(&e.message),
+        retry_after: e.retry_after(),
     }
 }
 
-impl From<RouteError> for ApiError {
-    fn from(e: RouteError) -> ApiError {
-        match e {
-            RouteError::UnknownModel(_) => ApiError::new(404, e.to_string()),
-            RouteError::UnknownVariant { .. } => ApiError::new(400, e.to_string()),
-        }
-    }
-}
-
-impl From<BackendError> for ApiError {
-    fn from(e: BackendError) -> ApiError {
-        let status = match &e {
-            BackendError::Connect { .. } => 502,
-            BackendError::Unavailable(_) => 503,
-            BackendError::Timeout(_) => 504,
-            // The backend's own client errors are the client's to fix: relay them.
-            BackendError::Status { status, .. } if (400..500).contains(status) => *status,
-            BackendError::Status { status, message } => {
-                return ApiError::new(502, format!("backend error (HTTP {status}): {message}"));
-            }
-            BackendError::Protocol(_) => 502,
-            BackendError::InvalidInput(_) => 400,
-            BackendError::NotFound(_) => 404,
-            BackendError::Internal(_) => 500,
-        };
-        ApiError::new(status, e.to_string())
-    }
+/// The gRPC status: a gRPC backend's code unchanged, else the code that says who failed.
+pub fn grpc_status(e: &Error) -> tonic::Status {
+    let code = match &e.kind {
+        ErrorKind::BadRequest { .. } => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::MethodNotAllowed { .. } => Code::Unimplemented,
+        ErrorKind::RequestTimeout | ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::TooLarge => Code::ResourceExhausted,
+        ErrorKind::ClientClosed => Code::Cancelled,
+        ErrorKind::Internal => Code::Internal,
+        // A full batch queue too, as Triton answers.
+        ErrorKind::Unavailable { .. } => Code::Unavailable,
+        ErrorKind::Backend(b) => match b {
+            BackendFailure::Unreachable | BackendFailure::Invalid => Code::Unavailable,
+            BackendFailure::Timeout => Code::DeadlineExceeded,
+            BackendFailure::Failed => Code::Internal,
+            BackendFailure::Grpc { code } => Code::from(*code),
+            BackendFailure::Http { status, .. } => match status {
+                400 | 422 => Code::InvalidArgument,
+                401 => Code::Unauthenticated,
+                403 => Code::PermissionDenied,
+                404 => Code::NotFound,
+                409 => Code::Aborted,
+                429 => Code::ResourceExhausted,
+                501 => Code::Unimplemented,
+                408 | 504 => Code::DeadlineExceeded,
+                400..=499 => Code::FailedPrecondition,
+                _ => Code::Unavailable,
+            },
+        },
+    };
+    tonic::Status::new(code, e.message.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use switchyard_runtime::{BackendError, CodecError};
+
     use super::*;
 
+    fn grpc_backend(code: Code) -> Error {
+        BackendError::Grpc { code: code as i32, message: "from the backend".into() }.into()
+    }
+
+    /// One row per kind of failure: the HTTP status and the gRPC code chosen together.
     #[test]
-    fn statuses_say_who_failed() {
-        let cases: Vec<(ApiError, u16)> = vec![
-            (CodecError::invalid("x").into(), 400),
-            (RouteError::UnknownModel("m".into()).into(), 404),
-            (BackendError::Connect { endpoint: "e".into(), message: "refused".into() }.into(), 502),
-            (BackendError::Unavailable("x".into()).into(), 503),
-            (BackendError::Timeout(Duration::from_secs(1)).into(), 504),
-            (BackendError::Status { status: 404, message: "no such model".into() }.into(), 404),
-            (BackendError::Status { status: 500, message: "boom".into() }.into(), 502),
-            (BackendError::InvalidInput("x".into()).into(), 400),
+    fn http_and_grpc_answers_agree_on_who_failed() {
+        let cases: Vec<(Error, u16, Code)> = vec![
+            (CodecError::invalid("bad tensor").into(), 400, Code::InvalidArgument),
+            (Error::not_found("unknown model 'm'"), 404, Code::NotFound),
+            (Error::new(ErrorKind::MethodNotAllowed { allowed: "POST" }, "x"), 405, Code::Unimplemented),
+            (Error::new(ErrorKind::RequestTimeout, "slow body"), 408, Code::DeadlineExceeded),
+            (Error::too_large("too big"), 413, Code::ResourceExhausted),
+            (Error::client_closed(), 499, Code::Cancelled),
+            (Error::internal("bug"), 500, Code::Internal),
+            (Error::overloaded(1, "queue full"), 503, Code::Unavailable),
+            (Error::deadline(Duration::from_millis(5)), 504, Code::DeadlineExceeded),
+            (BackendError::Connect { endpoint: "e".into(), message: "refused".into() }.into(), 502, Code::Unavailable),
+            (BackendError::Unavailable("x".into()).into(), 503, Code::Unavailable),
+            (BackendError::Timeout(Duration::from_secs(1)).into(), 504, Code::DeadlineExceeded),
+            (BackendError::Protocol("garbage".into()).into(), 502, Code::Unavailable),
+            (BackendError::Internal("ort failed".into()).into(), 500, Code::Internal),
+            (BackendError::InvalidInput("x".into()).into(), 400, Code::InvalidArgument),
+            (BackendError::status(404, "no such model").into(), 404, Code::NotFound),
+            (BackendError::status(401, "token").into(), 401, Code::Unauthenticated),
+            (BackendError::status(500, "boom").into(), 502, Code::Unavailable),
+            (grpc_backend(Code::InvalidArgument), 400, Code::InvalidArgument),
+            (grpc_backend(Code::PermissionDenied), 403, Code::PermissionDenied),
+            (grpc_backend(Code::DataLoss), 502, Code::DataLoss),
+            (grpc_backend(Code::Aborted), 409, Code::Aborted),
         ];
-        for (e, status) in cases {
-            assert_eq!(e.status, status, "{e:?}");
+        for (e, status, code) in cases {
+            assert_eq!(http_status(&e), status, "{e:?}");
+            let s = grpc_status(&e);
+            assert_eq!(s.code(), code, "{e:?}");
+            assert_eq!(s.message(), e.message);
             assert!(!e.message.is_empty());
         }
     }
 
     #[test]
-    fn grpc_codes_say_who_failed() {
-        use tonic::Code;
-        let cases: Vec<(ApiError, Code)> = vec![
-            (CodecError::invalid("bad tensor").into(), Code::InvalidArgument),
-            (RouteError::UnknownModel("m".into()).into(), Code::NotFound),
-            (BackendError::Connect { endpoint: "e".into(), message: "refused".into() }.into(), Code::Unavailable),
-            (BackendError::Unavailable("x".into()).into(), Code::Unavailable),
-            (BackendError::Timeout(Duration::from_secs(1)).into(), Code::DeadlineExceeded),
-            (BackendError::Internal("x".into()).into(), Code::Internal),
-            (ApiError::new(413, "too big"), Code::ResourceExhausted),
-        ];
-        for (e, code) in cases {
-            let s = e.grpc_status();
-            assert_eq!(s.code(), code, "{e:?}");
-            assert_eq!(s.message(), e.message);
+    fn a_backend_4xx_body_is_relayed_unchanged() {
+        let body = Bytes::from_static(b"{\"error\":\"tenant quota exceeded\",\"code\":\"Q1\"}");
+        let e: Error = BackendError::Status {
+            status: 429,
+            message: "tenant quota exceeded".into(),
+            body: Some(body.clone()),
+            content_type: Some(HeaderValue::from_static("application/problem+json")),
         }
+        .into();
+        let a = v2_http(&e);
+        assert_eq!((a.status, a.body, a.content_type.to_str().unwrap()), (429, body, "application/problem+json"));
+        // A 5xx is the backend's fault: the client gets 502 and a V2 body naming it.
+        let e: Error = BackendError::Status {
+            status: 500,
+            message: "boom".into(),
+            body: Some(Bytes::from_static(b"Traceback...")),
+            content_type: None,
+        }
+        .into();
+        let a = v2_http(&e);
+        assert_eq!(a.status, 502);
+        assert_eq!(&a.body[..], br#"{"error":"backend error (HTTP 500): boom"}"#);
+    }
+
+    #[test]
+    fn overload_says_when_to_retry() {
+        let a = v2_http(&Error::overloaded(2, "full"));
+        assert_eq!((a.status, a.retry_after), (503, Some(2)));
+        assert_eq!(v2_http(&Error::unavailable("not ready")).retry_after, None);
     }
 }

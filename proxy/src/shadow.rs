@@ -5,7 +5,6 @@
 //! too many are in flight a copy is dropped (and counted), never queued, so a
 //! slow or dead shadow cannot slow or fail the primary.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -134,16 +133,6 @@ fn argmax(v: &[f64]) -> usize {
     best
 }
 
-/// Used by `Route`: deterministic sampling, a per-variant Weyl sequence. Its
-/// step is √2−1, not the golden ratio that spreads keyless requests over
-/// variants: the two sequences are jointly equidistributed, so which requests
-/// are mirrored does not depend on which variant served them.
-pub(crate) fn sample(counter: &std::sync::atomic::AtomicU64, percent: f64) -> bool {
-    const STEP: u64 = 0x6A09_E667_F3BC_C908;
-    let n = counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(STEP);
-    ((n >> 11) as f64 / (1u64 << 53) as f64) * 100.0 < percent
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -166,29 +155,5 @@ mod tests {
         assert_eq!((rows, agree), (2, 1));
         assert!((err - 0.5).abs() < 1e-6, "{err}");
         assert_eq!(compare(&a, &a), (2, 2, 0.0));
-    }
-
-    #[test]
-    fn sampling_is_independent_of_the_variant_split() {
-        // The route's keyless split uses the golden-ratio sequence; mirror
-        // sampling must hit both halves of it alike.
-        let route = std::sync::atomic::AtomicU64::new(0);
-        let shadow = std::sync::atomic::AtomicU64::new(0);
-        let mut per_half = [0u32; 2];
-        for _ in 0..10_000 {
-            let n = route.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let first_half = ((n >> 11) as f64 / (1u64 << 53) as f64) < 0.5;
-            if sample(&shadow, 50.0) {
-                per_half[first_half as usize] += 1;
-            }
-        }
-        assert!(per_half.iter().all(|&n| (2300..=2700).contains(&n)), "{per_half:?}");
-    }
-
-    #[test]
-    fn sampling_matches_the_percentage() {
-        let c = std::sync::atomic::AtomicU64::new(0);
-        let hits = (0..10_000).filter(|_| sample(&c, 10.0)).count();
-        assert!((950..=1050).contains(&hits), "{hits}");
     }
 }

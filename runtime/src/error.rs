@@ -52,9 +52,13 @@ pub enum BackendError {
     Unavailable(String),
     #[error("backend did not answer within {0:?}")]
     Timeout(Duration),
-    /// The backend answered with its own error: relayed with its status.
+    /// An HTTP backend answered with its own error status. `body` and
+    /// `content_type` are its answer as sent, for relaying it unchanged.
     #[error("{message}")]
-    Status { status: u16, message: String },
+    Status { status: u16, message: String, body: Option<bytes::Bytes>, content_type: Option<http::HeaderValue> },
+    /// A gRPC backend answered with its own status code (`tonic::Code` as i32), relayed unchanged.
+    #[error("{message}")]
+    Grpc { code: i32, message: String },
     /// The backend answered something that is not the protocol.
     #[error("backend sent an invalid response: {0}")]
     Protocol(String),
@@ -69,6 +73,11 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// An HTTP backend's error status with a message and nothing to relay.
+    pub fn status(status: u16, message: impl Into<String>) -> BackendError {
+        BackendError::Status { status, message: message.into(), body: None, content_type: None }
+    }
+
     /// True only when the request provably never reached the backend.
     pub fn retry_safe(&self) -> bool {
         matches!(self, BackendError::Connect { .. })

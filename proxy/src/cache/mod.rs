@@ -3,9 +3,11 @@
 //! identical misses, and the per-variant state that keeps a new model version
 //! from ever serving an older one's answers.
 //!
-//! It sits in `pipeline::execute`, after routing (a key includes the
+//! It sits in `pipeline::infer`, after routing (a key includes the
 //! variant, so one variant's answer is never served for another) and before
-//! the batch queue, for HTTP and gRPC alike.
+//! the batch queue, for every protocol alike. It is generic over what it
+//! stores (`Stored`: the pipeline's outcome), so it names no other module of
+//! the data plane.
 
 pub mod entry;
 pub mod flight;
@@ -29,11 +31,19 @@ use self::key::{CacheKey, ModelTag};
 use self::l1::{L1Entry, L1};
 use self::l2::{Lookup, L2};
 use self::metrics::{CacheMetrics, ModelCacheMetrics};
-use crate::pipeline::Executed;
-use crate::respond::ApiError;
 
-/// Response header (and gRPC metadata key) saying where an answer came from.
-pub const CACHE_HEADER: &str = "x-switchyard-cache";
+/// What the cache coalesces and replays: the outcome of running a request,
+/// success or failure. Only successes are stored (their response).
+pub trait Stored: Clone + Send + Sync + 'static {
+    /// The response to store, when this outcome is a success.
+    fn response(&self) -> Option<&InferResponse>;
+    /// The outcome of answering from a tier of the cache.
+    fn hit(response: InferResponse, status: CacheStatus) -> Self;
+    /// This outcome, saying where the answer came from.
+    fn with_status(self, status: CacheStatus) -> Self;
+    /// The copy a coalesced follower gets of its leader's outcome.
+    fn replayed(&self) -> Self;
+}
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,19 +110,19 @@ struct VariantState {
 }
 
 /// The process's cache: both tiers, the flights in progress, the metrics.
-pub struct ResponseCache {
+pub struct ResponseCache<T: Stored> {
     l1: Option<L1>,
     l2: Option<Arc<L2>>,
     l2_prefix: String,
-    flights: Flights<Result<Executed, ApiError>>,
+    flights: Flights<T>,
     metrics: CacheMetrics,
     states: Mutex<HashMap<RouteVariant, Arc<VariantState>>>,
 }
 
-impl ResponseCache {
+impl<T: Stored> ResponseCache<T> {
     /// Builds the tiers of `cfg`; with Redis configured it must run inside the
     /// tokio runtime that will drive Redis connections (it outlives the cache).
-    pub fn new(cfg: &CacheConfig, registry: &prometheus::Registry) -> Result<Arc<ResponseCache>, String> {
+    pub fn new(cfg: &CacheConfig, registry: &prometheus::Registry) -> Result<Arc<ResponseCache<T>>, String> {
         let metrics = CacheMetrics::new(registry);
         let l2 = cfg.redis.as_ref().map(|r| L2::new(r, metrics.l2())).transpose()?;
         Ok(Arc::new(ResponseCache {
@@ -131,7 +141,7 @@ impl ResponseCache {
         route: &Arc<str>,
         v: &VariantConfig,
         backend: Option<&BackendConfig>,
-    ) -> Option<VariantCache> {
+    ) -> Option<VariantCache<T>> {
         let policy = v.cache.clone().filter(|_| v.deterministic)?;
         let backend_cfg = format!("{backend:?}");
         let seed = key::variant_seed(&[
@@ -199,8 +209,8 @@ impl ResponseCache {
 }
 
 /// The cache as one variant sees it, resolved when a routing snapshot is built.
-pub struct VariantCache {
-    cache: Arc<ResponseCache>,
+pub struct VariantCache<T: Stored> {
+    cache: Arc<ResponseCache<T>>,
     policy: CachePolicy,
     l2: bool,
     route: Arc<str>,
@@ -222,7 +232,7 @@ impl KeyParts<'_> {
     }
 }
 
-impl VariantCache {
+impl<T: Stored> VariantCache<T> {
     pub fn policy(&self) -> &CachePolicy {
         &self.policy
     }
@@ -237,14 +247,14 @@ impl VariantCache {
         req: InferRequest,
         directive: Directive,
         run: F,
-    ) -> Result<Executed, ApiError>
+    ) -> T
     where
         F: FnOnce(InferRequest) -> Fut,
-        Fut: Future<Output = Result<Executed, ApiError>>,
+        Fut: Future<Output = T>,
     {
         if directive.no_store || key::is_sequence(&req) {
             self.metrics.bypass.inc();
-            return run(req).await.map(|e| e.with_cache(CacheStatus::Bypass));
+            return run(req).await.with_status(CacheStatus::Bypass);
         }
         let parts = KeyParts {
             model,
@@ -268,19 +278,15 @@ impl VariantCache {
                 CacheStatus::Miss
             };
             let r = run(req).await;
-            if let Ok(e) = &r {
-                self.fill(backend, &parts, tag, key, &e.response);
+            if let Some(resp) = r.response() {
+                self.fill(backend, &parts, tag, key, resp);
             }
-            return r.map(|e| e.with_cache(status));
+            return r.with_status(status);
         }
         if let Some(l1) = &self.cache.l1 {
             if let Some(e) = l1.get(key.0, Instant::now()) {
                 self.metrics.hit_l1.inc();
-                return Ok(Executed {
-                    response: e.response.clone(),
-                    batch_rows: None,
-                    cache: Some(CacheStatus::HitL1),
-                });
+                return T::hit(e.response.clone(), CacheStatus::HitL1);
             }
             self.metrics.miss_l1.inc();
         }
@@ -289,7 +295,7 @@ impl VariantCache {
                 Join::Follower(f) => match f.wait().await {
                     Ok(outcome) => {
                         self.metrics.coalesced.inc();
-                        return (*outcome).clone();
+                        return outcome.replayed();
                     }
                     // The leader was cancelled: look again, maybe lead.
                     Err(flight::LeaderGone) => continue,
@@ -297,13 +303,13 @@ impl VariantCache {
                 Join::Leader(lead) => {
                     if let Some((resp, expires)) = self.l2_get(key).await {
                         self.fill_l1(key, &resp, expires);
-                        let out = Ok(Executed { response: resp, batch_rows: None, cache: Some(CacheStatus::HitL2) });
+                        let out = T::hit(resp, CacheStatus::HitL2);
                         lead.finish(Arc::new(out.clone()));
                         return out;
                     }
-                    let r = run(req).await.map(|e| e.with_cache(CacheStatus::Miss));
-                    if let Ok(e) = &r {
-                        self.fill(backend, &parts, tag, key, &e.response);
+                    let r = run(req).await.with_status(CacheStatus::Miss);
+                    if let Some(resp) = r.response() {
+                        self.fill(backend, &parts, tag, key, resp);
                     }
                     lead.finish(Arc::new(r.clone()));
                     return r;

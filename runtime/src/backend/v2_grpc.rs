@@ -94,15 +94,8 @@ impl V2GrpcBackend {
             Code::Unavailable => BackendError::Unavailable(format!("backend `{}`: {msg}", self.name)),
             // tonic's own enforcement of the deadline we sent answers CANCELLED "Timeout expired".
             Code::DeadlineExceeded | Code::Cancelled => BackendError::Timeout(timeout),
-            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::AlreadyExists => {
-                BackendError::Status { status: 400, message: msg }
-            }
-            Code::NotFound => BackendError::Status { status: 404, message: msg },
-            Code::Unauthenticated => BackendError::Status { status: 401, message: msg },
-            Code::PermissionDenied => BackendError::Status { status: 403, message: msg },
-            Code::ResourceExhausted => BackendError::Status { status: 429, message: msg },
-            Code::Unimplemented => BackendError::Status { status: 501, message: msg },
-            _ => BackendError::Status { status: 500, message: format!("{:?}: {msg}", s.code()) },
+            // The server's own answer: its code travels on unchanged (gRPC clients get it as is).
+            code => BackendError::Grpc { code: code as i32, message: msg },
         }
     }
 
@@ -171,7 +164,7 @@ impl Backend for V2GrpcBackend {
         match self.call(READY_PROBE_TIMEOUT, client.model_ready(Self::request(msg, READY_PROBE_TIMEOUT))).await {
             Ok(r) => Ok(r.ready),
             // The server answered (unknown model, say): not ready. Not reaching it is an error.
-            Err(BackendError::Status { .. }) => Ok(false),
+            Err(BackendError::Grpc { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }

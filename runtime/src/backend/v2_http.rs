@@ -251,10 +251,7 @@ impl V2HttpBackend {
                     .get_or_try_init(|| async {
                         let r = self.send(Method::GET, &["/v2"], Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
                         if !r.status.is_success() {
-                            return Err(BackendError::Status {
-                                status: r.status.as_u16(),
-                                message: "GET /v2 failed".into(),
-                            });
+                            return Err(BackendError::status(r.status.as_u16(), "GET /v2 failed"));
                         }
                         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
                         let yes =
@@ -294,7 +291,12 @@ fn backend_message(body: &Bytes) -> String {
 }
 
 fn status_error(reply: &Reply) -> BackendError {
-    BackendError::Status { status: reply.status.as_u16(), message: backend_message(&reply.body) }
+    BackendError::Status {
+        status: reply.status.as_u16(),
+        message: backend_message(&reply.body),
+        body: Some(reply.body.clone()),
+        content_type: reply.headers.get(CONTENT_TYPE).cloned(),
+    }
 }
 
 #[async_trait]

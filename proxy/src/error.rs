@@ -1,0 +1,160 @@
+//! The data plane's one error type: what went wrong in protocol-neutral
+//! terms (who failed, whether to retry, the backend's own answer when it
+//! gave one) and a message for people. It stays typed through the whole
+//! request lifecycle; `respond` is the one module that turns it into an HTTP
+//! status and body or a gRPC status. A leaf: it names no other module of
+//! this crate, so every module may return it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use switchyard_runtime::{BackendError, CodecError};
+
+/// What failed, and so how every protocol answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErrorKind {
+    /// The client sent something wrong; `field` names the offending part when known
+    /// (a tensor, a header, a parameter).
+    BadRequest { field: Option<String> },
+    /// No such model, version or path.
+    NotFound,
+    /// A known path with the wrong method; `allowed` is the one it takes.
+    MethodNotAllowed { allowed: &'static str },
+    /// A request (or the answer to it) over a configured size limit.
+    TooLarge,
+    /// The client did not send its request body in time.
+    RequestTimeout,
+    /// Overloaded (a full queue) or not ready: the client may retry, after
+    /// `retry_after` seconds when set.
+    Unavailable { retry_after: Option<u32> },
+    /// The request's own deadline passed (queue deadline, client deadline).
+    DeadlineExceeded,
+    /// The client went away; nothing is written back.
+    ClientClosed,
+    /// The backend failed, or answered with an error of its own.
+    Backend(BackendFailure),
+    /// A fault of Switchyard itself.
+    Internal,
+}
+
+/// How a backend failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendFailure {
+    /// Never reached: connect refused or failed.
+    Unreachable,
+    /// No answer within the backend's timeout.
+    Timeout,
+    /// The backend answered something that is not the protocol.
+    Invalid,
+    /// The backend failed while running a valid request (the embedded runtime).
+    Failed,
+    /// An HTTP backend answered this status; `reply` is its body, relayed
+    /// unchanged to HTTP clients when the status is a 4xx.
+    Http { status: u16, reply: Option<RawReply> },
+    /// A gRPC backend answered this status code, relayed unchanged to gRPC clients.
+    Grpc { code: i32 },
+}
+
+/// A backend's error answer as it came: content type and body bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawReply {
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// A data-plane error: its kind and a message that says what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { kind, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::BadRequest { field: None }, message)
+    }
+
+    /// A bad request whose offending part is `field` (a tensor, header or parameter name).
+    pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::BadRequest { field: Some(field.into()) }, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Unavailable { retry_after: None }, message)
+    }
+
+    /// Overload: the client should retry after `secs` seconds.
+    pub fn overloaded(retry_after_secs: u32, message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Unavailable { retry_after: Some(retry_after_secs) }, message)
+    }
+
+    pub fn deadline(after: Duration) -> Error {
+        Error::new(ErrorKind::DeadlineExceeded, format!("the client's deadline of {after:?} passed before the answer"))
+    }
+
+    pub fn client_closed() -> Error {
+        Error::new(ErrorKind::ClientClosed, "client closed the connection")
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::TooLarge, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    /// Seconds a client should wait before retrying, for overload answers.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self.kind {
+            ErrorKind::Unavailable { retry_after } => retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<CodecError> for Error {
+    fn from(e: CodecError) -> Error {
+        let field = match &e {
+            CodecError::Tensor(switchyard_runtime::TensorError::In(name, _)) => Some(name.clone()),
+            _ => None,
+        };
+        Error::new(ErrorKind::BadRequest { field }, e.to_string())
+    }
+}
+
+impl From<BackendError> for Error {
+    fn from(e: BackendError) -> Error {
+        let kind = match &e {
+            BackendError::Connect { .. } => ErrorKind::Backend(BackendFailure::Unreachable),
+            BackendError::Unavailable(_) => ErrorKind::Unavailable { retry_after: None },
+            BackendError::Timeout(_) => ErrorKind::Backend(BackendFailure::Timeout),
+            BackendError::Status { status, body, content_type, .. } => ErrorKind::Backend(BackendFailure::Http {
+                status: *status,
+                reply: body.clone().map(|body| RawReply { content_type: content_type.clone(), body }),
+            }),
+            BackendError::Grpc { code, .. } => ErrorKind::Backend(BackendFailure::Grpc { code: *code }),
+            BackendError::Protocol(_) => ErrorKind::Backend(BackendFailure::Invalid),
+            BackendError::InvalidInput(_) => ErrorKind::BadRequest { field: None },
+            BackendError::NotFound(_) => ErrorKind::NotFound,
+            BackendError::Internal(_) => ErrorKind::Backend(BackendFailure::Failed),
+        };
+        let message = match &e {
+            BackendError::Status { status, message, .. } if *status >= 500 => {
+                format!("backend error (HTTP {status}): {message}")
+            }
+            _ => e.to_string(),
+        };
+        Error { kind, message }
+    }
+}

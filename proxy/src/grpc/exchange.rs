@@ -1,0 +1,153 @@
+//! One KServe V2 gRPC inference through the shared lifecycle: the
+//! `ModelInferRequest` is decoded into the tensor model and the answer
+//! encoded back (typed contents or raw, as the client sent), with the
+//! client's `grpc-timeout` as the deadline. Also the wire details every RPC
+//! shares: that deadline's syntax and the over-limit status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use prost::Message;
+use switchyard_runtime::codec::grpc::{self as codec, pb};
+use switchyard_runtime::{InferRequest, InferResponse};
+use tonic::Status;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Answer, Call, Exchange};
+use crate::routing::RoutingTable;
+
+/// What every RPC of the listener shares.
+pub struct Shared {
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub metrics: Metrics,
+    pub max_message_bytes: usize,
+}
+
+struct GrpcExchange<'a> {
+    headers: &'a HeaderMap,
+    message: Option<pb::ModelInferRequest>,
+    /// Whether the client sent raw contents: it gets raw outputs back.
+    raw: bool,
+    max_message_bytes: usize,
+}
+
+impl Exchange for GrpcExchange<'_> {
+    type Encoded = pb::ModelInferResponse;
+
+    fn metadata(&self) -> &HeaderMap {
+        self.headers
+    }
+
+    async fn decode(&mut self) -> Result<InferRequest, Error> {
+        let msg = self.message.take().ok_or_else(|| Error::internal("the request was decoded twice"))?;
+        let decoded = codec::decode_request(msg)?;
+        self.raw = decoded.raw;
+        Ok(decoded.request)
+    }
+
+    async fn closed(&mut self) {
+        // tonic drops the handler's future when the client cancels.
+        std::future::pending().await
+    }
+
+    fn encode(&mut self, resp: InferResponse) -> Result<pb::ModelInferResponse, Error> {
+        let out = codec::encode_response(resp, self.raw);
+        let len = out.encoded_len();
+        if len > self.max_message_bytes {
+            return Err(Error::too_large(format!(
+                "response of {len} bytes exceeds listeners.grpc.max_message_bytes ({})",
+                self.max_message_bytes
+            )));
+        }
+        Ok(out)
+    }
+}
+
+pub fn version_opt(v: &str) -> Option<&str> {
+    Some(v).filter(|v| !v.is_empty())
+}
+
+impl Shared {
+    /// One inference, start to end, through `pipeline::infer`.
+    pub async fn infer(
+        &self,
+        headers: &HeaderMap,
+        mut msg: pb::ModelInferRequest,
+        deadline: Option<Duration>,
+    ) -> Answer<pb::ModelInferResponse> {
+        let start = Instant::now();
+        // One snapshot per request, kept to the end.
+        let table = self.table.load_full();
+        let model = std::mem::take(&mut msg.model_name);
+        let version = std::mem::take(&mut msg.model_version);
+        let mut x =
+            GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
+        let call = Call { model: &model, version: version_opt(&version), deadline, start };
+        pipeline::infer(&table, &self.metrics, &mut x, call).await
+    }
+}
+
+/// The client's deadline (`grpc-timeout`: digits and a unit H, M, S, m, u or n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// tonic's "message length too large" → RESOURCE_EXHAUSTED naming the setting.
+pub fn over_limit(s: &Status) -> Status {
+    if s.message().contains("message length too large") {
+        Status::resource_exhausted(format!("{} (listeners.grpc.max_message_bytes)", s.message()))
+    } else {
+        s.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut h = HeaderMap::new();
+        for (v, want) in [
+            ("5S", Some(Duration::from_secs(5))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("100u", Some(Duration::from_micros(100))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("5x", None),
+            ("S", None),
+            ("", None),
+        ] {
+            h.insert("grpc-timeout", HeaderValue::from_static(v));
+            assert_eq!(grpc_timeout(&h), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn over_limit_becomes_resource_exhausted() {
+        let s = over_limit(&Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+        ));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("listeners.grpc.max_message_bytes"));
+        assert_eq!(over_limit(&Status::out_of_range("other")).code(), Code::OutOfRange);
+    }
+}

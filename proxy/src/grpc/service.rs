@@ -1,0 +1,168 @@
+//! `inference.GRPCInferenceService`: liveness, readiness and metadata
+//! answered here; ModelInfer through the shared lifecycle (`exchange`);
+//! ModelStreamInfer in `stream`; the rest passed through (`passthrough`).
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+use switchyard_runtime::codec::grpc::{self as codec, pb};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::exchange::{grpc_timeout, version_opt, Shared};
+use super::{passthrough, stream};
+use crate::error::Error;
+use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
+use crate::pipeline;
+use crate::respond;
+
+use pb::grpc_inference_service_server::GrpcInferenceService;
+
+/// Extensions advertised in ServerMetadata (the same server as over HTTP).
+const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+
+#[derive(Clone)]
+pub struct FrontEnd {
+    pub shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for FrontEnd {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let ready = pipeline::dead_tasks().is_empty() && pipeline::unready_routes(&table).await.is_empty();
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let (md, _, m) = request.into_parts();
+        let ready = match pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref()) {
+            // An unknown model is simply not ready, as Triton answers.
+            Err(_) => false,
+            Ok(sel) => sel.variant.backend.model_ready(&sel.target).await.unwrap_or_else(|e| {
+                tracing::debug!(model = %m.name, error = %e, "model readiness probe failed");
+                false
+            }),
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "switchyard".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let (md, _, m) = request.into_parts();
+        let sel = pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref())
+            .map_err(|e| respond::grpc_status(&e))?;
+        let meta = sel
+            .variant
+            .backend
+            .model_metadata(&sel.target)
+            .await
+            .map_err(|e| respond::grpc_status(&Error::from(e)))?;
+        // Clients know the model by its public name, whatever the backend calls it.
+        let out = codec::metadata_from_json(&meta, &m.name)
+            .map_err(|e| Status::unavailable(format!("backend sent invalid model metadata: {e}")))?;
+        let mut resp = Response::new(out);
+        resp.metadata_mut().as_mut().insert(VARIANT_HEADER, sel.variant.header_value.clone());
+        Ok(resp)
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let (md, _, msg) = request.into_parts();
+        let headers = md.into_headers();
+        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers)).await;
+        let mut resp = Response::new(a.result.map_err(|e| respond::grpc_status(&e))?);
+        let h = resp.metadata_mut().as_mut();
+        if let Some(v) = a.variant {
+            h.insert(VARIANT_HEADER, v);
+        }
+        h.insert(OVERHEAD_HEADER, HeaderValue::from(a.overhead.as_micros() as u64));
+        if let Some(rows) = a.batch_rows {
+            h.insert(BATCH_SIZE_HEADER, HeaderValue::from(rows));
+        }
+        if let Some(status) = a.cache {
+            h.insert(CACHE_HEADER, status.header_value());
+        }
+        Ok(resp)
+    }
+
+    type ModelStreamInferStream = stream::Responses;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let (md, _, inbound) = request.into_parts();
+        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), inbound)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let (md, _, m) = request.into_parts();
+        passthrough::model_config(&table, md.as_ref(), m).await.map(Response::new)
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let (md, _, m) = request.into_parts();
+        passthrough::model_statistics(&table, md.as_ref(), m).await.map(Response::new)
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let table = self.shared.table.load_full();
+        passthrough::repository_index(&table, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let (md, _, m) = request.into_parts();
+        passthrough::repository_model_load(&table, md.as_ref(), m).await.map(Response::new)
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let table = self.shared.table.load_full();
+        let (md, _, m) = request.into_parts();
+        passthrough::repository_model_unload(&table, md.as_ref(), m).await.map(Response::new)
+    }
+}

@@ -1,0 +1,176 @@
+//! KServe V2 REST handlers: inference through the shared lifecycle
+//! (`pipeline::infer`, with `HttpExchange` supplying V2 JSON / binary
+//! decoding and encoding), model metadata and readiness, server metadata
+//! and the readiness probes.
+
+use std::time::Instant;
+
+use http::HeaderMap;
+use pingora_proxy::Session;
+use switchyard_config::Limits;
+use switchyard_runtime::codec::v2;
+use switchyard_runtime::tensor::RequestedOutput;
+use switchyard_runtime::{InferRequest, InferResponse};
+
+use super::body;
+use super::reply::Reply;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Call, Exchange};
+use crate::routing::RoutingTable;
+
+/// What the client asked of the outputs, kept after the request moves to the backend.
+#[derive(Default)]
+struct OutputPrefs {
+    outputs: Vec<RequestedOutput>,
+    default_binary: bool,
+}
+
+impl OutputPrefs {
+    fn binary(&self, name: &str) -> bool {
+        self.outputs.iter().find(|o| o.name == name).and_then(|o| o.binary).unwrap_or(self.default_binary)
+    }
+}
+
+/// A V2 REST inference on a pingora session.
+struct HttpExchange<'s> {
+    session: &'s mut Session,
+    limits: &'s Limits,
+    prefs: OutputPrefs,
+}
+
+/// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
+struct Encoded {
+    body: bytes::Bytes,
+    header_len: Option<usize>,
+}
+
+impl Exchange for HttpExchange<'_> {
+    type Encoded = Encoded;
+
+    fn metadata(&self) -> &HeaderMap {
+        &self.session.req_header().headers
+    }
+
+    async fn decode(&mut self) -> Result<InferRequest, Error> {
+        let header_len = body::inference_header_length(self.session.req_header())?;
+        let body = body::read(self.session, self.limits).await?;
+        let req = v2::decode_request(&body, header_len)?;
+        // Only an output's own `binary_data` can differ from the default.
+        let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
+        self.prefs = OutputPrefs { outputs, default_binary: req.binary_output };
+        Ok(req)
+    }
+
+    async fn closed(&mut self) {
+        self.session.set_abort_on_close(true);
+        match self.session.read_body_or_idle(true).await {
+            Err(_) => {}
+            // Anything but a hang-up: keep waiting for the answer.
+            Ok(_) => std::future::pending().await,
+        }
+    }
+
+    fn encode(&mut self, resp: InferResponse) -> Result<Encoded, Error> {
+        let prefs = &self.prefs;
+        let enc = v2::encode_response(&resp, |n| prefs.binary(n));
+        Ok(Encoded { body: enc.body, header_len: enc.header_len })
+    }
+}
+
+/// `POST /v2/models/{m}[/versions/{v}]/infer`.
+pub async fn infer(
+    session: &mut Session,
+    table: &RoutingTable,
+    metrics: &Metrics,
+    limits: &Limits,
+    model: &str,
+    version: Option<&str>,
+    start: Instant,
+) -> Reply {
+    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default() };
+    let call = Call { model, version, deadline: None, start };
+    let a = pipeline::infer(table, metrics, &mut x, call).await;
+    let mut reply = match a.result {
+        Ok(enc) => Reply {
+            status: 200,
+            content_type: Some(http::HeaderValue::from_static(if enc.header_len.is_some() {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            })),
+            header_len: enc.header_len,
+            body: enc.body,
+            ..Reply::default()
+        },
+        Err(e) => Reply::error(&e),
+    };
+    reply.variant = a.variant;
+    reply.batch_rows = a.batch_rows;
+    reply.cache = a.cache;
+    reply.overhead = Some(a.overhead);
+    reply
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]` (metadata) or `.../ready`, answered by the variant's backend.
+pub async fn model_query(
+    headers: &HeaderMap,
+    table: &RoutingTable,
+    model: &str,
+    version: Option<&str>,
+    ready: bool,
+) -> Reply {
+    let sel = match pipeline::select(table, model, version, headers) {
+        Ok(s) => s,
+        Err(e) => return Reply::error(&e),
+    };
+    let mut reply = if ready {
+        match sel.variant.backend.model_ready(&sel.target).await {
+            Ok(true) => Reply::json(200, Vec::new()),
+            Ok(false) => Reply::error(&Error::unavailable(format!("model '{model}' is not ready"))),
+            Err(e) => Reply::error(&e.into()),
+        }
+    } else {
+        match sel.variant.backend.model_metadata(&sel.target).await {
+            Ok(mut meta) => {
+                // Clients know the model by its public name, whatever the backend calls it.
+                if let Some(obj) = meta.as_object_mut() {
+                    obj.insert("name".into(), serde_json::Value::from(model));
+                }
+                match serde_json::to_vec(&meta) {
+                    Ok(body) => Reply::json(200, body),
+                    Err(e) => Reply::error(&Error::internal(format!("cannot encode model metadata: {e}"))),
+                }
+            }
+            Err(e) => Reply::error(&e.into()),
+        }
+    };
+    reply.variant = Some(sel.variant.header_value.clone());
+    reply
+}
+
+/// `/ready` and `/v2/health/ready`: every route has a ready backend, and no background task died.
+pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
+    let dead = pipeline::dead_tasks();
+    if !dead.is_empty() {
+        return Reply::error(&Error::unavailable(format!("background task(s) failed: {}", dead.join("; "))));
+    }
+    let unready = pipeline::unready_routes(table).await;
+    if !unready.is_empty() {
+        return Reply::error(&Error::unavailable(format!("no ready backend for model(s): {}", unready.join(", "))));
+    }
+    if v2_style {
+        Reply::json(200, Vec::new())
+    } else {
+        Reply::json(200, &br#"{"status":"ready"}"#[..])
+    }
+}
+
+/// `GET /v2`: server metadata.
+pub fn server_metadata() -> Reply {
+    let body = format!(
+        r#"{{"name":"switchyard","version":"{}","extensions":["binary_tensor_data"]}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    Reply::json(200, body)
+}

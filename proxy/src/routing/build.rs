@@ -1,0 +1,207 @@
+//! Snapshot assembly: a validated config and the built backends become a
+//! `RoutingTable` — routes, variants with their backends, pre-built targets
+//! and header values, metric handles, batch queues (carried over from the
+//! previous snapshot when unchanged) and cache handles. Runs off the request
+//! path, on reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use switchyard_config::ValidatedConfig;
+use switchyard_runtime::ModelTarget;
+
+use super::select::{Arm, Picker};
+use super::{BuildContext, Route, RoutingTable, Variant, VersionBatchers, WILDCARD};
+use crate::batch::Batcher;
+
+impl RoutingTable {
+    /// Builds a snapshot; batch schedulers are spawned on the current tokio runtime.
+    pub fn build(cfg: &ValidatedConfig, ctx: &BuildContext<'_>, generation: u64) -> Result<RoutingTable, String> {
+        let (backends, metrics) = (ctx.backends, ctx.metrics);
+        let mut routes = HashMap::new();
+        // One queue per (backend, model, version), shared by variants that agree on all three.
+        let mut batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>> = HashMap::new();
+        let mut wildcard = None;
+        for (name, m) in &cfg.models {
+            let is_wild = name.as_ref() == WILDCARD;
+            let mut variants = Vec::with_capacity(m.variants.len());
+            let mut targets = Vec::with_capacity(m.variants.len());
+            for v in &m.variants {
+                let backend = backends
+                    .get(&v.backend)
+                    .ok_or_else(|| {
+                        format!("model `{name}` variant `{}`: backend `{}` is not built", v.name, v.backend)
+                    })?
+                    .clone();
+                let target = (!is_wild).then(|| ModelTarget {
+                    name: v.model.clone().unwrap_or_else(|| name.clone()),
+                    version: v.version.clone(),
+                });
+                let batcher = match (&v.batching, &target) {
+                    (None, _) => None,
+                    (Some(_), None) => {
+                        return Err(format!(
+                            "model `{name}` variant `{}`: batching needs a named model route, not `*`",
+                            v.name
+                        ))
+                    }
+                    (Some(b), Some(t)) => {
+                        let key = (v.backend.clone(), t.clone());
+                        let reuse = ctx
+                            .previous
+                            .and_then(|p| p.batchers.get(&key))
+                            .filter(|old| old.serves(&backend, b))
+                            .cloned();
+                        if let Some(existing) = batchers.get(&key).filter(|e| e.config() != b) {
+                            return Err(format!(
+                                "model `{name}` variant `{}`: batching settings differ from another variant's on the same backend `{}`, model `{}` and version `{}` ({:?} vs {:?}); they share one queue, so make them equal",
+                                v.name,
+                                v.backend,
+                                t.name,
+                                t.version.as_deref().unwrap_or("latest"),
+                                b,
+                                existing.config()
+                            ));
+                        }
+                        Some(
+                            batchers
+                                .entry(key)
+                                .or_insert_with(|| {
+                                    reuse.unwrap_or_else(|| {
+                                        let m = metrics.batch(&t.name, t.version.as_deref().unwrap_or(""), &v.backend);
+                                        Batcher::spawn(backend.clone(), t.clone(), b.clone(), m)
+                                    })
+                                })
+                                .clone(),
+                        )
+                    }
+                };
+                targets.push(target);
+                variants.push(Variant {
+                    name: v.name.clone(),
+                    weight: v.weight,
+                    backend_name: v.backend.clone(),
+                    backend,
+                    model: v.model.clone(),
+                    version: v.version.clone(),
+                    header_value: HeaderValue::from_str(&v.name)
+                        .map_err(|_| format!("variant name `{}` is not a valid header value", v.name))?,
+                    metrics: metrics.variant(name, &v.name),
+                    other_versions: match (&v.batching, &batcher) {
+                        (Some(b), Some(_)) => Some(VersionBatchers::new(b.clone(), v.backend.clone(), metrics.clone())),
+                        _ => None,
+                    },
+                    batcher,
+                    stats: ctx.stats.get_or_create(name, &v.name),
+                    shadow_percent: v.shadow_percent,
+                    cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
+                });
+            }
+            let shadows =
+                variants.iter().enumerate().filter(|(_, v)| v.shadow_percent.is_some()).map(|(i, _)| i).collect();
+            let picker =
+                Picker::new(name.clone(), variants.iter().map(|v| Arm::new(v.name.clone(), v.weight, v.version.clone())).collect());
+            let route = Arc::new(Route {
+                shadows,
+                picker,
+                name: name.clone(),
+                sticky_header: m
+                    .sticky_header
+                    .as_deref()
+                    .map(|h| h.parse().map_err(|_| format!("bad sticky header `{h}`")))
+                    .transpose()?,
+                variants,
+                targets,
+            });
+            if is_wild {
+                wildcard = Some(route);
+            } else {
+                routes.insert(name.clone(), route);
+            }
+        }
+        Ok(RoutingTable {
+            generation,
+            routes,
+            wildcard,
+            batchers,
+            override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use switchyard_runtime::Backends;
+    use switchyard_stats::StatsRegistry;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::routing::RouteError;
+
+    fn table(yaml: &str) -> RoutingTable {
+        let cfg = ValidatedConfig::parse(yaml, Path::new(".")).unwrap();
+        let mut backends: Backends = Default::default();
+        for (name, b) in &cfg.backends {
+            let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
+            backends.insert(name.clone(), Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c)));
+        }
+        let ctx = BuildContext {
+            backends: &backends,
+            metrics: &Metrics::new_unregistered(),
+            stats: &StatsRegistry::default(),
+            previous: None,
+            cache: None,
+        };
+        RoutingTable::build(&cfg, &ctx, 1).unwrap()
+    }
+
+    const SPLIT: &str = r#"
+backends:
+  a: {kind: v2-http, endpoints: ["http://127.0.0.1:1"]}
+  b: {kind: v2-http, endpoints: ["http://127.0.0.1:2"]}
+models:
+  mlp:
+    sticky_header: x-user-id
+    variants:
+      - {name: stable, backend: a, weight: 90, version: 1}
+      - {name: canary, backend: b, weight: 10, version: 2}
+      - {name: dark, backend: b, weight: 0}
+  "*":
+    variants:
+      - {name: default, backend: a}
+"#;
+
+    /// Selection itself is tested in `select`; here, what the assembled table asks backends for.
+    #[test]
+    fn override_version_and_wildcard() {
+        let t = table(SPLIT);
+        let r = t.route("mlp").unwrap();
+        let s = r.select("mlp", None, Some(b"dark"), Some(b"k")).unwrap();
+        assert_eq!(s.variant.name.as_ref(), "dark");
+        let e = r.select("mlp", None, Some(b"nope"), None).err().unwrap();
+        assert_eq!(e.to_string(), "model 'mlp' has no variant 'nope' (variants: stable, canary, dark)");
+        for _ in 0..50 {
+            let s = r.select("mlp", Some("2"), None, None).unwrap();
+            assert_eq!(s.variant.name.as_ref(), "canary");
+            assert_eq!(s.target.version.as_deref(), Some("2"));
+        }
+        // A version no variant pins is passed through to the weighted pick.
+        let s = r.select("mlp", Some("7"), None, Some(b"k")).unwrap();
+        assert_eq!(s.target.version.as_deref(), Some("7"));
+        let w = t.route("resnet").unwrap();
+        let s = w.select("resnet", Some("3"), None, None).unwrap();
+        assert_eq!(s.target.name.as_ref(), "resnet");
+        assert_eq!(s.target.version.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn unknown_model_without_wildcard() {
+        let t = table(
+            "backends:\n  a: {kind: v2-http, endpoints: ['http://127.0.0.1:1']}\nmodels:\n  m:\n    variants:\n      - {name: x, backend: a}\n",
+        );
+        assert_eq!(t.route("zzz").err().unwrap(), RouteError::UnknownModel("zzz".into()));
+    }
+}
