@@ -5,7 +5,7 @@
 //! variant asks.
 
 use http::HeaderMap;
-use switchyard_runtime::backend::v2_grpc::V2GrpcBackend;
+use switchyard_runtime::backend::GrpcPassthrough;
 use switchyard_runtime::codec::grpc::pb;
 use tonic::Status;
 
@@ -21,9 +21,9 @@ fn backend_for<'t>(
     headers: &HeaderMap,
     model: &str,
     version: &str,
-) -> Result<(Selection<'t>, &'t V2GrpcBackend), Status> {
+) -> Result<(Selection<'t>, &'t dyn GrpcPassthrough), Status> {
     let sel = pipeline::select(table, model, version_opt(version), headers).map_err(|e| respond::grpc_status(&e))?;
-    match sel.variant.backend.v2_grpc() {
+    match sel.variant.backend.grpc_passthrough() {
         Some(b) => Ok((sel, b)),
         None => Err(Status::unimplemented(format!(
             "{rpc} is passed through to v2-grpc backends only; model '{model}' variant '{}' is served by backend `{}` of kind {}",
@@ -35,17 +35,17 @@ fn backend_for<'t>(
 }
 
 /// The one v2-grpc backend behind the routes, for pass-through RPCs that name no model.
-fn sole_backend<'t>(rpc: &str, table: &'t RoutingTable) -> Result<&'t V2GrpcBackend, Status> {
-    let mut found: Vec<(&str, &V2GrpcBackend)> = Vec::new();
+fn sole_backend<'t>(rpc: &str, table: &'t RoutingTable) -> Result<&'t dyn GrpcPassthrough, Status> {
+    let mut found: Vec<(&str, &dyn GrpcPassthrough)> = Vec::new();
     for v in table.all_routes().flat_map(|r| r.variants.iter()) {
-        if let Some(b) = v.backend.v2_grpc() {
-            if !found.iter().any(|(_, f)| std::ptr::eq(*f, b)) {
+        if let Some(b) = v.backend.grpc_passthrough() {
+            if !found.iter().any(|(_, f)| std::ptr::addr_eq(*f, b)) {
                 found.push((&v.backend_name, b));
             }
         }
     }
     match found.as_slice() {
-        [(_, b)] => Ok(b),
+        [(_, b)] => Ok(*b),
         [] => {
             Err(Status::unimplemented(format!("{rpc} is passed through to a v2-grpc backend, and no route uses one")))
         }

@@ -124,10 +124,12 @@ impl ProxyHttp for HttpListener {
         match up.addr() {
             Some(addr) => Ok(Box::new(HttpPeer::new(addr, false, String::new()))),
             // Answered 502 by `fail_to_proxy`, naming the host.
-            None => PError::e_explain(
+            None => Err(PError::create(
                 ErrorType::ConnectNoRoute,
-                format!("cannot resolve the default upstream {}", up.config.authority),
-            ),
+                ErrorSource::Upstream,
+                Some(format!("cannot resolve the default upstream {}", up.config.authority).into()),
+                None,
+            )),
         }
     }
 
@@ -208,8 +210,12 @@ impl ProxyHttp for HttpListener {
         };
         let reply = Reply::error(&error);
         let code = reply.status;
-        if session.response_written().is_none() {
-            let _ = reply::write(session, reply).await;
+        // The connection stays usable when nothing reached the upstream and
+        // the client's request was read whole: a failed connect, say.
+        let reusable = matches!(e.etype(), ErrorType::ConnectNoRoute | ErrorType::ConnectRefused)
+            && session.as_downstream_mut().is_body_done();
+        if session.response_written().is_none() && reply::write(session, reply).await.is_ok() && reusable {
+            return FailToProxy { error_code: code, can_reuse_downstream: true };
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

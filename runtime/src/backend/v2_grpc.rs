@@ -13,7 +13,7 @@ use switchyard_config::V2GrpcBackend as Config;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::{Backend, ModelTarget};
+use super::contract::{Backend, GrpcPassthrough, ModelTarget};
 use crate::codec::grpc::{self, pb};
 use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
@@ -98,34 +98,37 @@ impl V2GrpcBackend {
             code => BackendError::Grpc { code: code as i32, message: msg },
         }
     }
+}
 
-    /// Pass-through: the backend's answer or its status, unchanged.
-    pub async fn model_config(&self, req: pb::ModelConfigRequest) -> Result<pb::ModelConfigResponse, Status> {
+/// Pass-through: the backend's answer or its status, unchanged.
+#[async_trait]
+impl GrpcPassthrough for V2GrpcBackend {
+    async fn model_config(&self, req: pb::ModelConfigRequest) -> Result<pb::ModelConfigResponse, Status> {
         self.client.clone().model_config(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
-    pub async fn model_statistics(
+    async fn model_statistics(
         &self,
         req: pb::ModelStatisticsRequest,
     ) -> Result<pb::ModelStatisticsResponse, Status> {
         self.client.clone().model_statistics(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
-    pub async fn repository_index(
+    async fn repository_index(
         &self,
         req: pb::RepositoryIndexRequest,
     ) -> Result<pb::RepositoryIndexResponse, Status> {
         self.client.clone().repository_index(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
-    pub async fn repository_model_load(
+    async fn repository_model_load(
         &self,
         req: pb::RepositoryModelLoadRequest,
     ) -> Result<pb::RepositoryModelLoadResponse, Status> {
         self.client.clone().repository_model_load(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
-    pub async fn repository_model_unload(
+    async fn repository_model_unload(
         &self,
         req: pb::RepositoryModelUnloadRequest,
     ) -> Result<pb::RepositoryModelUnloadResponse, Status> {
@@ -175,7 +178,7 @@ impl Backend for V2GrpcBackend {
         matches!(self.call(READY_PROBE_TIMEOUT, call).await, Ok(r) if r.ready)
     }
 
-    fn v2_grpc(&self) -> Option<&V2GrpcBackend> {
+    fn grpc_passthrough(&self) -> Option<&dyn GrpcPassthrough> {
         Some(self)
     }
 }

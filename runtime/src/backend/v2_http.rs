@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use switchyard_config::{BinaryMode, Upstream, V2HttpBackend as Config};
 use tokio::sync::OnceCell;
 
-use super::{Backend, ModelTarget};
+use super::contract::{Backend, ModelTarget};
 use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};

@@ -23,7 +23,7 @@ use self::library::Library;
 use self::model::{LoadedVersion, SessionSettings};
 use self::pool::Pool;
 use self::repository::{LoadFailure, Repository};
-use super::{Backend, ModelTarget};
+use super::contract::{Backend, ModelTarget};
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse, ModelMetadata};
 

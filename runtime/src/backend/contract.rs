@@ -1,0 +1,72 @@
+//! What every backend is: the `Backend` trait the data plane calls, the
+//! target it is asked for, and the gRPC pass-through a `v2-grpc` backend
+//! offers. A leaf: backends implement it, the data plane calls it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tonic::Status;
+
+use crate::codec::grpc::pb;
+use crate::error::BackendError;
+use crate::tensor::{InferRequest, InferResponse};
+
+/// The model (and version) a backend is asked for, after a variant's rewrite.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModelTarget {
+    pub name: Arc<str>,
+    pub version: Option<Arc<str>>,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `v2-http`, `onnx`, ...: for metrics and status.
+    fn kind(&self) -> &'static str;
+
+    /// Runs one inference request.
+    async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError>;
+
+    /// V2 model metadata object (`GET /v2/models/{m}[/versions/{v}]`).
+    async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError>;
+
+    /// Whether that model (version) can take requests now.
+    async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError>;
+
+    /// Whether the backend as a whole can take requests now.
+    async fn ready(&self) -> bool;
+
+    /// What `target` resolves to right now, when the backend knows it exactly
+    /// (the embedded runtime: the loaded version and its file). The response
+    /// cache keys on it, so a hot-added or replaced version never serves an
+    /// older version's answers. `None`: unknown (remote servers), and the cache
+    /// falls back to the `model_version` the answers report. Must be cheap.
+    fn model_identity(&self, _target: &ModelTarget) -> Option<u64> {
+        None
+    }
+
+    /// The KServe V2 gRPC RPCs a `v2-grpc` backend relays as they are: the
+    /// gRPC front end passes ModelConfig, ModelStatistics and Repository*
+    /// through it.
+    fn grpc_passthrough(&self) -> Option<&dyn GrpcPassthrough> {
+        None
+    }
+}
+
+/// KServe V2 gRPC RPCs relayed unchanged to a gRPC backend: its answer or its status.
+#[async_trait]
+pub trait GrpcPassthrough: Send + Sync {
+    async fn model_config(&self, req: pb::ModelConfigRequest) -> Result<pb::ModelConfigResponse, Status>;
+    async fn model_statistics(&self, req: pb::ModelStatisticsRequest) -> Result<pb::ModelStatisticsResponse, Status>;
+    async fn repository_index(&self, req: pb::RepositoryIndexRequest) -> Result<pb::RepositoryIndexResponse, Status>;
+    async fn repository_model_load(
+        &self,
+        req: pb::RepositoryModelLoadRequest,
+    ) -> Result<pb::RepositoryModelLoadResponse, Status>;
+    async fn repository_model_unload(
+        &self,
+        req: pb::RepositoryModelUnloadRequest,
+    ) -> Result<pb::RepositoryModelUnloadResponse, Status>;
+}
+
+pub type Backends = BTreeMap<Arc<str>, Arc<dyn Backend>>;
