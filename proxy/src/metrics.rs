@@ -34,6 +34,7 @@ pub struct Metrics {
     shadow_requests: IntCounterVec,
     shadow_rows: IntCounterVec,
     shadow_max_abs_error: HistogramVec,
+    task_panics: IntGaugeVec,
 }
 
 /// Metric handles of one batch queue.
@@ -108,6 +109,14 @@ impl Metrics {
             HistogramOpts::new("switchyard_backend_request_duration_seconds", "Time spent in the backend call")
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &["model", "variant"],
+        )
+        .expect("valid metric");
+        let task_panics = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_background_task_panics",
+                "Panics of background tasks (batch schedulers, config reload, control clock) since start, by task",
+            ),
+            &["task"],
         )
         .expect("valid metric");
         let in_flight =
@@ -195,6 +204,7 @@ impl Metrics {
             Box::new(shadow_requests.clone()),
             Box::new(shadow_rows.clone()),
             Box::new(shadow_max_abs_error.clone()),
+            Box::new(task_panics.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -213,6 +223,7 @@ impl Metrics {
             shadow_requests,
             shadow_rows,
             shadow_max_abs_error,
+            task_panics,
         }
     }
 
@@ -254,6 +265,15 @@ impl Metrics {
 
     /// Prometheus text exposition of Switchyard's metrics and the process-wide default registry.
     pub fn encode(&self) -> Vec<u8> {
+        // Read at scrape time from the process-wide record (`switchyard_stats::tasks`).
+        if switchyard_stats::tasks::any_panicked() {
+            for p in switchyard_stats::tasks::panicked() {
+                self.task_panics.with_label_values(&[&p.task]).set(0);
+            }
+            for p in switchyard_stats::tasks::panicked() {
+                self.task_panics.with_label_values(&[&p.task]).inc();
+            }
+        }
         let mut families = self.registry.gather();
         families.extend(prometheus::gather());
         let mut out = Vec::with_capacity(16 * 1024);
