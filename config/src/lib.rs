@@ -187,6 +187,22 @@ pub struct V2HttpBackend {
     pub eject_after_failures: u32,
     pub eject_for: Duration,
     pub binary: BinaryMode,
+    /// Which client request headers are sent on to the server.
+    pub forward_headers: ForwardHeaders,
+}
+
+/// Which client request headers a remote backend receives, on top of the
+/// exclusions the proxy always applies (hop-by-hop headers, `host`, framing
+/// headers, `grpc-*` transport headers, `x-switchyard-*`, the variant-override
+/// header; docs/configuration.md lists them).
+///
+/// The default (no `forward_headers` in the file) forwards every other header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardHeaders {
+    /// Lower-case names; when `Some`, only these are forwarded.
+    pub allow: Option<Vec<Arc<str>>>,
+    /// Lower-case names never forwarded, applied after `allow`.
+    pub deny: Vec<Arc<str>>,
 }
 
 /// A remote KServe V2 server over gRPC (Triton, MLServer).
@@ -199,6 +215,8 @@ pub struct V2GrpcBackend {
     pub connect_timeout: Duration,
     /// Largest message sent to or accepted from the server.
     pub max_message_bytes: usize,
+    /// Which client request metadata is sent on to the server.
+    pub forward_headers: ForwardHeaders,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

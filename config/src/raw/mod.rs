@@ -1,16 +1,37 @@
-//! The raw, serde-facing shape of a Switchyard config file.
+//! The raw, serde-facing shape of a Switchyard config file, and [`read`], which
+//! parses YAML text into it.
 //!
-//! These structs mirror the YAML exactly (`deny_unknown_fields` everywhere) and
+//! These structs mirror the YAML exactly (`deny_unknown_fields` everywhere; a
+//! backend's fields are denied by its kind's struct, see [`backend`]) and
 //! carry source locations (`Spanned`) where validation needs to point back at
 //! the file. Nothing here is used outside the config crate: `validate` turns a
 //! `RawConfig` into a `ValidatedConfig` of real types.
+
+mod backend;
+mod error;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use backend::*;
+
+use crate::FieldError;
+
 pub type S<T> = Spanned<T>;
+
+/// YAML text → `RawConfig`, backends included (their fields in a second pass,
+/// see [`backend`]). A file that is not the shape of a config stops at its
+/// first problem: bad YAML, an unknown field, a wrong type.
+pub fn read(text: &str) -> Result<RawConfig, FieldError> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    let mut raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| error::field_error("<yaml>", &e))?;
+    read_fields(text, &mut raw.backends)?;
+    Ok(raw)
+}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -142,45 +163,6 @@ pub struct RawOnnxRuntime {
 pub struct RawLogging {
     pub format: Option<S<String>>,
     pub level: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBackend {
-    pub kind: S<String>,
-    /// v2-http: base URLs of the server's replicas.
-    #[serde(default)]
-    pub endpoints: Vec<S<String>>,
-    pub timeout: Option<S<String>>,
-    pub connect_timeout: Option<S<String>>,
-    pub pool_size: Option<S<u64>>,
-    pub eject_after_failures: Option<S<u64>>,
-    pub eject_for: Option<S<String>>,
-    /// v2-http: `auto` (ask `GET /v2`), `always` or `never`.
-    pub binary: Option<S<String>>,
-    /// v2-grpc: largest message either way.
-    pub max_message_bytes: Option<S<u64>>,
-    /// onnx: the model repository directory (`MODEL/VERSION/model.onnx`).
-    pub repository: Option<S<String>>,
-    /// onnx: which versions of each model to load.
-    pub version_policy: Option<S<RawVersionPolicy>>,
-    /// onnx: models to serve; empty means every model in the repository.
-    #[serde(default)]
-    pub models: Vec<S<String>>,
-    /// onnx: warm-up runs per loaded version.
-    pub warmup: Option<S<u64>>,
-    /// onnx: sessions per loaded version.
-    pub instances: Option<S<u64>>,
-    /// onnx: poll interval fallback for repository watching.
-    pub poll_interval: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawVersionPolicy {
-    pub latest: Option<u64>,
-    pub specific: Option<Vec<u64>>,
-    pub all: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,301 @@
+//! The `backends` section: each kind's fields → its `BackendConfig` variant,
+//! with the defaults that depend on `limits` and `runtime`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::fields::{duration, header_name, loc, message_bytes, positive, Errors};
+use super::upstream::{parse_grpc_endpoint, parse_upstream};
+use crate::raw::*;
+use crate::*;
+
+/// What every backend's defaults hang on.
+pub(super) struct Defaults {
+    /// `limits.backend_timeout`.
+    pub(super) timeout: Duration,
+    /// `runtime.onnx.pool_threads`: one ONNX session per pool thread by default.
+    pub(super) pool_threads: usize,
+}
+
+/// Backends that fail validation are left out (their errors are recorded), so
+/// a variant naming one is not also reported as naming an unknown backend.
+pub(super) fn backends(
+    errs: &mut Errors,
+    raw: BTreeMap<String, Spanned<RawBackend>>,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> BTreeMap<Arc<str>, BackendConfig> {
+    let mut out = BTreeMap::new();
+    for (name, b) in raw {
+        let path = format!("backends.{name}");
+        let cfg = match &b.value.fields {
+            Some(RawBackendFields::V2Http(r)) => {
+                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), r, defaults)))
+            }
+            Some(RawBackendFields::V2Grpc(r)) => {
+                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), r, defaults)))
+            }
+            Some(RawBackendFields::Onnx(r)) => {
+                onnx(errs, &path, loc(&b), r, base_dir, defaults).map(BackendConfig::Onnx)
+            }
+            None => {
+                let kind = &b.value.kind;
+                errs.at(
+                    format!("{path}.kind"),
+                    loc(kind),
+                    format!("unknown backend kind `{}` (expected v2-http, v2-grpc or onnx)", kind.value),
+                );
+                None
+            }
+        };
+        if let Some(cfg) = cfg {
+            out.insert(Arc::<str>::from(name), cfg);
+        }
+    }
+    out
+}
+
+fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, defaults: &Defaults) -> V2HttpBackend {
+    if r.endpoints.is_empty() {
+        errs.at(format!("{path}.endpoints"), at, "a v2-http backend needs at least one endpoint");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in r.endpoints.iter().enumerate() {
+        match parse_upstream(&e.value) {
+            Ok(u) => endpoints.push(u),
+            Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
+        }
+    }
+    let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
+        None | Some(("auto", _)) => BinaryMode::Auto,
+        Some(("always", _)) => BinaryMode::Always,
+        Some(("never", _)) => BinaryMode::Never,
+        Some((other, s)) => {
+            errs.at(
+                format!("{path}.binary"),
+                loc(s),
+                format!("unknown binary mode `{other}` (expected auto, always or never)"),
+            );
+            BinaryMode::Auto
+        }
+    };
+    V2HttpBackend {
+        endpoints,
+        timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
+        connect_timeout: duration(
+            errs,
+            &format!("{path}.connect_timeout"),
+            &r.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            false,
+        ),
+        pool_size: positive(errs, &format!("{path}.pool_size"), &r.pool_size, DEFAULT_POOL_SIZE).get(),
+        eject_after_failures: positive(
+            errs,
+            &format!("{path}.eject_after_failures"),
+            &r.eject_after_failures,
+            DEFAULT_EJECT_AFTER_FAILURES as usize,
+        )
+        .get() as u32,
+        eject_for: duration(errs, &format!("{path}.eject_for"), &r.eject_for, DEFAULT_EJECT_FOR, true),
+        binary,
+        forward_headers: forward_headers(errs, path, &r.forward_headers),
+    }
+}
+
+fn v2_grpc(errs: &mut Errors, path: &str, at: &Location, r: &RawV2GrpcBackend, defaults: &Defaults) -> V2GrpcBackend {
+    if r.endpoints.is_empty() {
+        errs.at(format!("{path}.endpoints"), at, "a v2-grpc backend needs at least one endpoint (host:port)");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in r.endpoints.iter().enumerate() {
+        match parse_grpc_endpoint(&e.value) {
+            Ok(u) => endpoints.push(u),
+            Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
+        }
+    }
+    V2GrpcBackend {
+        endpoints,
+        timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
+        connect_timeout: duration(
+            errs,
+            &format!("{path}.connect_timeout"),
+            &r.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            false,
+        ),
+        max_message_bytes: message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes),
+        forward_headers: forward_headers(errs, path, &r.forward_headers),
+    }
+}
+
+fn onnx(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: &RawOnnxBackend,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> Option<OnnxBackend> {
+    let Some(repo) = &r.repository else {
+        errs.at(
+            format!("{path}.repository"),
+            at,
+            "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx)",
+        );
+        return None;
+    };
+    let repository = base_dir.join(&repo.value);
+    if !repository.is_dir() {
+        errs.at(format!("{path}.repository"), loc(repo), format!("`{}` is not a directory", repository.display()));
+    }
+    let version_policy = match &r.version_policy {
+        None => VersionPolicy::Latest(NonZeroUsize::MIN),
+        Some(p) => version_policy(errs, &format!("{path}.version_policy"), p),
+    };
+    Some(OnnxBackend {
+        repository,
+        version_policy,
+        models: r.models.iter().map(|m| m.value.clone()).collect(),
+        warmup: r.warmup.as_ref().map(|w| w.value as u32).unwrap_or(DEFAULT_WARMUP_RUNS),
+        // One session per pool thread, so one model can use every core.
+        instances: positive(errs, &format!("{path}.instances"), &r.instances, defaults.pool_threads),
+        poll_interval: duration(
+            errs,
+            &format!("{path}.poll_interval"),
+            &r.poll_interval,
+            DEFAULT_REPOSITORY_POLL,
+            false,
+        ),
+    })
+}
+
+fn version_policy(errs: &mut Errors, path: &str, p: &Spanned<RawVersionPolicy>) -> VersionPolicy {
+    let v = &p.value;
+    let given = v.latest.is_some() as u8 + v.specific.is_some() as u8 + v.all.is_some() as u8;
+    if given != 1 {
+        errs.at(path, loc(p), "give exactly one of `latest: N`, `specific: [..]` or `all: true`");
+        VersionPolicy::Latest(NonZeroUsize::MIN)
+    } else if let Some(n) = v.latest {
+        match NonZeroUsize::new(n as usize) {
+            Some(n) => VersionPolicy::Latest(n),
+            None => {
+                errs.at(format!("{path}.latest"), loc(p), "must be at least 1");
+                VersionPolicy::Latest(NonZeroUsize::MIN)
+            }
+        }
+    } else if let Some(s) = &v.specific {
+        if s.is_empty() {
+            errs.at(format!("{path}.specific"), loc(p), "list at least one version");
+        }
+        VersionPolicy::Specific(s.clone())
+    } else {
+        VersionPolicy::All
+    }
+}
+
+/// Header names lower-cased and deduplicated; a name may not be both allowed
+/// and denied (the proxy's fixed exclusions are not config's to list).
+fn forward_headers(errs: &mut Errors, path: &str, raw: &Option<Spanned<RawForwardHeaders>>) -> ForwardHeaders {
+    let Some(raw) = raw else {
+        return ForwardHeaders::default();
+    };
+    let path = format!("{path}.forward_headers");
+    let allow = raw.value.allow.as_ref().map(|l| header_names(errs, &format!("{path}.allow"), l));
+    let deny = header_names(errs, &format!("{path}.deny"), &raw.value.deny);
+    if let Some(allow) = &allow {
+        for (name, at, s) in &deny {
+            if allow.iter().any(|(a, _, _)| a == name) {
+                errs.at(at, loc(s), format!("`{name}` is both allowed and denied; keep it in one of the two lists"));
+            }
+        }
+    }
+    ForwardHeaders {
+        allow: allow.map(|a| a.into_iter().map(|(n, _, _)| n).collect()),
+        deny: deny.into_iter().map(|(n, _, _)| n).collect(),
+    }
+}
+
+/// Valid names of `list`, lower-cased, first occurrences only, each with its path and span.
+fn header_names<'a>(
+    errs: &mut Errors,
+    path: &str,
+    list: &'a [Spanned<String>],
+) -> Vec<(Arc<str>, String, &'a Spanned<String>)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if let Some(name) = header_name(errs, &at, s) {
+            if seen.insert(name.clone()) {
+                out.push((Arc::<str>::from(name), at, s));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
+        ValidatedConfig::parse(text, base_dir)
+    }
+
+    fn backend(yaml: &str) -> BackendConfig {
+        let c = parse(&format!("backends:\n  b:\n{yaml}"), Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        c.backends["b"].clone()
+    }
+
+    fn names(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    #[test]
+    fn forward_headers_default_to_everything_the_proxy_allows() {
+        let BackendConfig::V2Http(h) = backend("    kind: v2-http\n    endpoints: ['http://h:1']\n") else { panic!() };
+        assert_eq!(h.forward_headers, ForwardHeaders { allow: None, deny: vec![] });
+        let BackendConfig::V2Grpc(g) = backend("    kind: v2-grpc\n    endpoints: ['h:1']\n") else { panic!() };
+        assert_eq!(g.forward_headers, ForwardHeaders::default());
+    }
+
+    #[test]
+    fn forward_headers_are_lower_cased_and_deduplicated() {
+        let BackendConfig::V2Http(h) = backend(
+            "    kind: v2-http\n    endpoints: ['http://h:1']\n    forward_headers:\n      allow: [Authorization, X-Tenant, x-tenant]\n      deny: [Cookie]\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(h.forward_headers.allow, Some(names(&["authorization", "x-tenant"])));
+        assert_eq!(h.forward_headers.deny, names(&["cookie"]));
+        let BackendConfig::V2Grpc(g) =
+            backend("    kind: v2-grpc\n    endpoints: ['h:1']\n    forward_headers: {allow: [], deny: [x-debug]}\n")
+        else {
+            panic!()
+        };
+        // An empty allow list forwards nothing, which is not the same as no list.
+        assert_eq!(g.forward_headers, ForwardHeaders { allow: Some(vec![]), deny: names(&["x-debug"]) });
+    }
+
+    #[test]
+    fn every_backend_is_checked_after_one_fails() {
+        let errs = parse(
+            "backends:\n  a: {kind: v2-http, endpoints: ['http://b\\x7fd:1'], binary: sometimes}\n  b: {kind: v2-grpc}\n  c: {kind: onnx}\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["backends.a.endpoints[0]", "backends.a.binary", "backends.b.endpoints", "backends.c.repository"],
+            "{errs:?}"
+        );
+    }
+}

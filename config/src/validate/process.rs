@@ -1,0 +1,122 @@
+//! The process-wide sections — `listeners`, `limits`, `routing`,
+//! `runtime.onnx` and `logging` — which refer to no other section.
+
+use std::path::Path;
+
+use super::fields::{address, duration, header_name, loc, message_bytes, positive, Errors};
+use super::upstream::parse_upstream;
+use crate::raw::*;
+use crate::*;
+
+pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, cores: usize) -> Listeners {
+    let http_raw = raw.http.unwrap_or_default();
+    let default_upstream = http_raw
+        .default_upstream
+        .as_ref()
+        .and_then(|u| parse_upstream(&u.value).map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok());
+    let http = HttpListener {
+        address: address(errs, "listeners.http.address", &http_raw.address, DEFAULT_HTTP_ADDRESS),
+        default_upstream,
+        threads: positive(errs, "listeners.http.threads", &http_raw.threads, cores),
+    };
+    let metrics = match raw.metrics {
+        Some(m) if m.enabled == Some(false) => None,
+        Some(m) => Some(address(errs, "listeners.metrics.address", &m.address, DEFAULT_METRICS_ADDRESS)),
+        None => Some(DEFAULT_METRICS_ADDRESS.parse().expect("default parses")),
+    };
+    let grpc = match raw.grpc {
+        Some(g) if g.enabled == Some(false) => None,
+        g => {
+            let g = g.unwrap_or_default();
+            Some(GrpcListener {
+                address: address(errs, "listeners.grpc.address", &g.address, DEFAULT_GRPC_ADDRESS),
+                max_message_bytes: message_bytes(errs, "listeners.grpc.max_message_bytes", &g.max_message_bytes),
+            })
+        }
+    };
+    let control = match raw.control {
+        Some(c) if c.enabled == Some(false) => None,
+        None => Some(ControlListener {
+            address: DEFAULT_CONTROL_ADDRESS.parse().expect("default parses"),
+            token: None,
+            state_file: None,
+        }),
+        Some(c) => Some(ControlListener {
+            address: address(errs, "listeners.control.address", &c.address, DEFAULT_CONTROL_ADDRESS),
+            token: c.token.filter(|t| !t.is_empty()),
+            state_file: c.state_file.map(|p| base_dir.join(p)),
+        }),
+    };
+    Listeners { http, metrics, control, grpc }
+}
+
+pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {
+    Limits {
+        max_body_bytes: match &raw.max_body_bytes {
+            Some(s) if s.value == 0 => {
+                errs.at("limits.max_body_bytes", loc(s), "must be at least 1");
+                DEFAULT_MAX_BODY_BYTES
+            }
+            Some(s) => s.value,
+            None => DEFAULT_MAX_BODY_BYTES,
+        },
+        header_read_timeout: duration(
+            errs,
+            "limits.header_read_timeout",
+            &raw.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            false,
+        ),
+        backend_timeout: duration(errs, "limits.backend_timeout", &raw.backend_timeout, DEFAULT_BACKEND_TIMEOUT, false),
+    }
+}
+
+/// The routing section, and the default sticky header models inherit.
+pub(super) fn routing(errs: &mut Errors, raw: &RawRouting) -> (Routing, Option<String>) {
+    let default_sticky = raw.sticky_header.as_ref().and_then(|s| header_name(errs, "routing.sticky_header", s));
+    let routing = Routing {
+        override_header: raw
+            .override_header
+            .as_ref()
+            .and_then(|s| header_name(errs, "routing.override_header", s))
+            .unwrap_or_else(|| DEFAULT_OVERRIDE_HEADER.to_string()),
+    };
+    (routing, default_sticky)
+}
+
+pub(super) fn runtime(errs: &mut Errors, raw: RawRuntime, base_dir: &Path, cores: usize) -> OnnxRuntime {
+    let onnx = raw.onnx.unwrap_or_default();
+    OnnxRuntime {
+        library_path: onnx.library_path.map(|p| base_dir.join(p)),
+        // Two cores: one session thread per core, one intra-op thread each, so
+        // concurrent requests never oversubscribe the box.
+        pool_threads: positive(errs, "runtime.onnx.pool_threads", &onnx.pool_threads, cores.min(4)),
+        intra_op_threads: positive(errs, "runtime.onnx.intra_op_threads", &onnx.intra_op_threads, 1),
+        execution_provider: match onnx.execution_provider.as_ref().map(|s| (s.value.as_str(), s)) {
+            None | Some(("cpu", _)) => ExecutionProvider::Cpu,
+            Some(("cuda", _)) => ExecutionProvider::Cuda { device: onnx.cuda_device.unwrap_or(0) },
+            Some((other, s)) => {
+                errs.at(
+                    "runtime.onnx.execution_provider",
+                    loc(s),
+                    format!("unknown execution provider `{other}` (expected cpu or cuda)"),
+                );
+                ExecutionProvider::Cpu
+            }
+        },
+    }
+}
+
+pub(super) fn logging(errs: &mut Errors, raw: RawLogging) -> Logging {
+    Logging {
+        format: match raw.format.as_ref().map(|s| (s.value.as_str(), s)) {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, s)) => {
+                errs.at("logging.format", loc(s), format!("unknown log format `{other}` (expected text or json)"));
+                LogFormat::Text
+            }
+        },
+        level: raw.level.unwrap_or_else(|| "info".into()),
+    }
+}
