@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use serde_json::Value;
 use switchyard_config::BatchingConfig;
-use switchyard_runtime::tensor::{bytes_elements, InferRequest, InferResponse, RequestedOutput, Tensor};
-use switchyard_runtime::{Backend, BackendError, DataType, ModelTarget};
+use switchyard_runtime::tensor::batch::{self, BatchSignature};
+use switchyard_runtime::tensor::{InferRequest, InferResponse};
+use switchyard_runtime::{Backend, BackendError, ModelTarget};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -39,41 +38,13 @@ pub enum BatchError {
     Backend(#[from] BackendError),
 }
 
-/// What must be equal for two requests to share a batch.
-#[derive(Debug, Clone, PartialEq)]
-struct Signature {
-    /// (name, datatype, dims after the first), sorted by name.
-    inputs: Vec<(String, DataType, Vec<i64>)>,
-    outputs: Vec<RequestedOutput>,
-    parameters: String,
-}
-
-impl Signature {
-    /// `None` when the request cannot be merged (rank-0 input, or inputs that disagree on rows).
-    fn of(req: &InferRequest) -> Option<(Signature, usize)> {
-        let rows = *req.inputs.first()?.shape.first()?;
-        let mut inputs = Vec::with_capacity(req.inputs.len());
-        for t in &req.inputs {
-            if t.shape.first() != Some(&rows) {
-                return None;
-            }
-            inputs.push((t.name.clone(), t.datatype, t.shape[1..].to_vec()));
-        }
-        inputs.sort_by(|a, b| a.0.cmp(&b.0));
-        let parameters =
-            if req.parameters.is_empty() { String::new() } else { Value::Object(req.parameters.clone()).to_string() };
-        let rows = usize::try_from(rows).ok().filter(|r| *r > 0)?;
-        Some((Signature { inputs, outputs: req.outputs.clone(), parameters }, rows))
-    }
-}
-
 type Reply = Result<(InferResponse, usize), BatchError>;
 
 struct Item {
     req: InferRequest,
     /// Rows along the batch dimension; the signature is `None` for requests that run alone.
     rows: usize,
-    sig: Option<Signature>,
+    sig: Option<BatchSignature>,
     deadline: Option<(Instant, Duration)>,
     enqueued: Instant,
     reply: oneshot::Sender<Reply>,
@@ -144,7 +115,7 @@ impl Batcher {
                 }
             },
         };
-        let (sig, rows) = match Signature::of(&req) {
+        let (sig, rows) = match BatchSignature::of(&req) {
             Some((s, r)) if r <= self.cfg.max_batch_size.get() => (Some(s), r),
             // Larger than a batch, or not batchable: it runs alone, never split.
             Some((_, r)) => (None, r),
@@ -314,7 +285,7 @@ impl Scheduler {
         Duration::from_secs_f64((missing * gap).min(max))
     }
 
-    fn compatible_rows(&self, sig: &Signature) -> usize {
+    fn compatible_rows(&self, sig: &BatchSignature) -> usize {
         let cap = self.cfg.max_batch_size.get();
         let mut rows = 0;
         for item in self.queues.iter().flatten() {
@@ -402,104 +373,23 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Concatenates the items' inputs along the first dimension.
-fn merge(items: &[Item], rows: usize) -> InferRequest {
-    let first = &items[0].req;
-    let inputs = first
-        .inputs
-        .iter()
-        .map(|t| {
-            let mut data = BytesMut::with_capacity(t.data.len() * items.len());
-            for item in items {
-                let same = item.req.inputs.iter().find(|x| x.name == t.name).expect("same signature");
-                data.extend_from_slice(&same.data);
-            }
-            let mut shape = t.shape.clone();
-            shape[0] = rows as i64;
-            Tensor {
-                name: t.name.clone(),
-                datatype: t.datatype,
-                shape,
-                data: data.freeze(),
-                parameters: t.parameters.clone(),
-            }
-        })
-        .collect();
-    InferRequest {
-        id: None,
-        inputs,
-        outputs: first.outputs.clone(),
-        parameters: first.parameters.clone(),
-        binary_output: first.binary_output,
+/// Runs the items as one request, merged along the first dimension, and
+/// splits the answer back by each item's rows; each part gets its item's id.
+async fn run_merged(
+    backend: &dyn Backend,
+    target: &ModelTarget,
+    items: &[Item],
+) -> Result<Vec<InferResponse>, BackendError> {
+    // Items share a batch only by signature, which is all `merge` asks.
+    let req = batch::merge(items.iter().map(|i| &i.req))
+        .map_err(|e| BackendError::Internal(format!("cannot merge the batch: {e}")))?;
+    let resp = backend.infer(target, req).await?;
+    let rows: Vec<usize> = items.iter().map(|i| i.rows).collect();
+    let mut parts = batch::split(resp, &rows).map_err(|e| BackendError::Protocol(e.to_string()))?;
+    for (part, item) in parts.iter_mut().zip(items) {
+        part.id = item.req.id.clone();
     }
-}
-
-/// Splits a batched response back into one response per item, by rows.
-fn split(resp: InferResponse, items: &[Item], rows: usize) -> Result<Vec<InferResponse>, BackendError> {
-    let mut per_item: Vec<InferResponse> = items
-        .iter()
-        .map(|i| InferResponse {
-            model_name: resp.model_name.clone(),
-            model_version: resp.model_version.clone(),
-            id: i.req.id.clone(),
-            parameters: resp.parameters.clone(),
-            outputs: Vec::with_capacity(resp.outputs.len()),
-        })
-        .collect();
-    for t in &resp.outputs {
-        if t.shape.first() != Some(&(rows as i64)) {
-            return Err(BackendError::Protocol(format!(
-                "cannot split batched output '{}': shape {:?} lacks the batch dimension of {rows} rows",
-                t.name, t.shape
-            )));
-        }
-        // Byte offset of each row boundary.
-        let bounds: Vec<usize> = match t.datatype.size() {
-            Some(_) => {
-                if !t.data.len().is_multiple_of(rows) {
-                    return Err(BackendError::Protocol(format!(
-                        "output '{}' does not divide into {rows} rows",
-                        t.name
-                    )));
-                }
-                let row = t.data.len() / rows;
-                (0..=rows).map(|r| r * row).collect()
-            }
-            None => {
-                let elements: Vec<&[u8]> = bytes_elements(&t.data)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| BackendError::Protocol(format!("output '{}': {e}", t.name)))?;
-                if !elements.len().is_multiple_of(rows) {
-                    return Err(BackendError::Protocol(format!(
-                        "output '{}' does not divide into {rows} rows",
-                        t.name
-                    )));
-                }
-                let per_row = elements.len() / rows;
-                let mut bounds = vec![0];
-                let mut off = 0;
-                for r in 0..rows {
-                    off += elements[r * per_row..(r + 1) * per_row].iter().map(|e| 4 + e.len()).sum::<usize>();
-                    bounds.push(off);
-                }
-                bounds
-            }
-        };
-        let mut row = 0;
-        for (item, out) in items.iter().zip(per_item.iter_mut()) {
-            let mut shape = t.shape.clone();
-            shape[0] = item.rows as i64;
-            out.outputs.push(Tensor {
-                name: t.name.clone(),
-                datatype: t.datatype,
-                shape,
-                data: t.data.slice(bounds[row]..bounds[row + item.rows]),
-                parameters: t.parameters.clone(),
-            });
-            row += item.rows;
-        }
-    }
-    Ok(per_item)
+    Ok(parts)
 }
 
 async fn execute(backend: Arc<dyn Backend>, target: ModelTarget, batch: Batch, metrics: BatchMetrics) {
@@ -527,9 +417,7 @@ async fn execute(backend: Arc<dyn Backend>, target: ModelTarget, batch: Batch, m
         let r = backend.infer(&target, req).await.map(|resp| vec![resp]);
         (r, item_rows)
     } else {
-        let req = merge(&items, rows);
-        let r = backend.infer(&target, req).await;
-        (r.and_then(|resp| split(resp, &items, rows)), rows)
+        (run_merged(backend.as_ref(), &target, &items).await, rows)
     };
     metrics.execution_time.observe(started.elapsed().as_secs_f64());
     metrics.batch_size.observe(batch_rows as f64);
@@ -553,7 +441,10 @@ mod tests {
 
     use async_trait::async_trait;
     use bytes::Bytes;
+    use serde_json::Value;
     use switchyard_config::BatchingConfig;
+    use switchyard_runtime::tensor::Tensor;
+    use switchyard_runtime::DataType;
     use tokio::sync::Semaphore;
 
     use super::*;
@@ -584,7 +475,7 @@ mod tests {
                 g.acquire().await.unwrap().forget();
             }
             if self.fail {
-                return Err(BackendError::Status { status: 400, message: "model says no".into() });
+                return Err(BackendError::status(400, "model says no"));
             }
             let y: Vec<u8> = f32s(&x.data).iter().flat_map(|v| (v * 2.0).to_le_bytes()).collect();
             Ok(InferResponse {
@@ -787,7 +678,7 @@ mod tests {
         assert_eq!(backend.calls.lock().unwrap().len(), 1, "the four should share one batch");
         for r in results {
             match r {
-                Err(BatchError::Backend(BackendError::Status { status: 400, message })) => {
+                Err(BatchError::Backend(BackendError::Status { status: 400, message, .. })) => {
                     assert_eq!(message, "model says no")
                 }
                 other => panic!("unexpected {other:?}"),
@@ -807,31 +698,5 @@ mod tests {
             out.push(t.await.unwrap());
         }
         out
-    }
-
-    #[test]
-    fn split_handles_bytes_outputs() {
-        let mut raw = Vec::new();
-        for s in ["a", "bb", "ccc"] {
-            raw.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            raw.extend_from_slice(s.as_bytes());
-        }
-        let resp = InferResponse {
-            outputs: vec![Tensor::new("s", DataType::Bytes, vec![3], Bytes::from(raw))],
-            ..Default::default()
-        };
-        let (tx1, _r1) = oneshot::channel();
-        let (tx2, _r2) = oneshot::channel();
-        let items = vec![
-            Item { req: req(1, 1, 0.0), rows: 1, sig: None, deadline: None, enqueued: Instant::now(), reply: tx1 },
-            Item { req: req(2, 1, 0.0), rows: 2, sig: None, deadline: None, enqueued: Instant::now(), reply: tx2 },
-        ];
-        let parts = split(resp, &items, 3).unwrap();
-        let strings = |t: &Tensor| -> Vec<String> {
-            bytes_elements(&t.data).map(|e| String::from_utf8(e.unwrap().to_vec()).unwrap()).collect()
-        };
-        assert_eq!(strings(&parts[0].outputs[0]), vec!["a"]);
-        assert_eq!(strings(&parts[1].outputs[0]), vec!["bb", "ccc"]);
-        assert_eq!(parts[1].outputs[0].shape, vec![2]);
     }
 }

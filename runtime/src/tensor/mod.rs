@@ -2,7 +2,10 @@
 //! `Tensor` holds row-major little-endian bytes (BYTES elements are u32
 //! length-prefixed), exactly the layout of the V2 binary extension and of
 //! gRPC `raw_input_contents`, so batching, caching and backends never care
-//! which wire format a request arrived in.
+//! which wire format a request arrived in. `batch` merges requests along the
+//! first dimension and splits the batched response back.
+
+pub mod batch;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};

@@ -1,0 +1,233 @@
+//! Element conversion for V2 JSON: a tensor's `data` (flat or nested
+//! arrays) to little-endian bytes per datatype with range checks, and bytes
+//! back to a flat JSON array. Knows nothing of bodies or tensors' other fields.
+
+use std::fmt;
+
+use bytes::BufMut;
+use half::{bf16, f16};
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Serialize, Serializer};
+
+use crate::tensor::{bytes_elements, DataType, Tensor};
+
+/// Streams (possibly nested) JSON arrays of one datatype into little-endian
+/// bytes, appended to `out`, range-checking every element.
+pub(super) struct Flatten<'a> {
+    dt: DataType,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> Flatten<'a> {
+    pub(super) fn new(dt: DataType, out: &'a mut Vec<u8>) -> Flatten<'a> {
+        Flatten { dt, out }
+    }
+
+    fn reborrow(&mut self) -> Flatten<'_> {
+        Flatten { dt: self.dt, out: self.out }
+    }
+
+    fn int<E: de::Error>(self, v: i128) -> Result<(), E> {
+        let dt = self.dt;
+        let range = || E::custom(format!("value {v} is out of range for {dt}"));
+        match dt {
+            DataType::Bool => return Err(E::custom(format!("expected true/false for BOOL, got {v}"))),
+            DataType::Uint8 => self.out.push(u8::try_from(v).map_err(|_| range())?),
+            DataType::Int8 => self.out.push(i8::try_from(v).map_err(|_| range())? as u8),
+            DataType::Uint16 => self.out.put_u16_le(u16::try_from(v).map_err(|_| range())?),
+            DataType::Int16 => self.out.put_i16_le(i16::try_from(v).map_err(|_| range())?),
+            DataType::Uint32 => self.out.put_u32_le(u32::try_from(v).map_err(|_| range())?),
+            DataType::Int32 => self.out.put_i32_le(i32::try_from(v).map_err(|_| range())?),
+            DataType::Uint64 => self.out.put_u64_le(u64::try_from(v).map_err(|_| range())?),
+            DataType::Int64 => self.out.put_i64_le(i64::try_from(v).map_err(|_| range())?),
+            DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64 => return self.float(v as f64),
+            DataType::Bytes => return Err(E::custom(format!("expected a string for BYTES, got {v}"))),
+        }
+        Ok(())
+    }
+
+    fn float<E: de::Error>(self, v: f64) -> Result<(), E> {
+        match self.dt {
+            DataType::Fp32 => self.out.put_f32_le(v as f32),
+            DataType::Fp64 => self.out.put_f64_le(v),
+            DataType::Fp16 => self.out.put_u16_le(f16::from_f64(v).to_bits()),
+            DataType::Bf16 => self.out.put_u16_le(bf16::from_f64(v).to_bits()),
+            dt => return Err(E::custom(format!("expected an integer for {dt}, got {v}"))),
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    #[inline]
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{} values (flat or nested arrays)", self.dt)
+    }
+
+    #[inline]
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            self.out.reserve(n * self.dt.size().unwrap_or(8));
+        }
+        while seq.next_element_seed(self.reborrow())?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        if self.dt != DataType::Bool {
+            return Err(E::custom(format!("expected {} values, got {v}", self.dt)));
+        }
+        self.out.push(v as u8);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.int(v as i128)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.int(v as i128)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.float(v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.dt != DataType::Bytes {
+            return Err(E::custom(format!("expected {} values, got a string", self.dt)));
+        }
+        let len = u32::try_from(v.len()).map_err(|_| E::custom("BYTES element longer than 4 GiB"))?;
+        self.out.put_u32_le(len);
+        self.out.extend_from_slice(v.as_bytes());
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(format!("null is not a {} value", self.dt)))
+    }
+}
+
+/// Serializes a tensor's bytes as a flat JSON array.
+pub(super) struct DataJson<'a>(pub(super) &'a Tensor);
+
+impl Serialize for DataJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let d = &t.data[..];
+        macro_rules! each {
+            ($n:expr, $conv:expr) => {{
+                let mut seq = s.serialize_seq(Some(d.len() / $n))?;
+                for c in d.chunks_exact($n) {
+                    seq.serialize_element(&$conv(c.try_into().expect("chunk size")))?;
+                }
+                seq.end()
+            }};
+        }
+        match t.datatype {
+            DataType::Bool => each!(1, |c: [u8; 1]| c[0] != 0),
+            DataType::Uint8 => each!(1, |c: [u8; 1]| c[0]),
+            DataType::Int8 => each!(1, |c: [u8; 1]| c[0] as i8),
+            DataType::Uint16 => each!(2, u16::from_le_bytes),
+            DataType::Int16 => each!(2, i16::from_le_bytes),
+            DataType::Uint32 => each!(4, u32::from_le_bytes),
+            DataType::Int32 => each!(4, i32::from_le_bytes),
+            DataType::Uint64 => each!(8, u64::from_le_bytes),
+            DataType::Int64 => each!(8, i64::from_le_bytes),
+            DataType::Fp16 => each!(2, |c| f16::from_le_bytes(c).to_f32()),
+            DataType::Bf16 => each!(2, |c| bf16::from_le_bytes(c).to_f32()),
+            DataType::Fp32 => each!(4, f32::from_le_bytes),
+            DataType::Fp64 => each!(8, f64::from_le_bytes),
+            DataType::Bytes => {
+                let mut seq = s.serialize_seq(None)?;
+                for el in bytes_elements(d) {
+                    let el = el.map_err(serde::ser::Error::custom)?;
+                    seq.serialize_element(&String::from_utf8_lossy(el))?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn to_bytes(dt: DataType, json: &str) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(json);
+        Flatten::new(dt, &mut out).deserialize(&mut de).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn to_json(dt: DataType, data: Vec<u8>) -> String {
+        serde_json::to_string(&DataJson(&Tensor::new("t", dt, vec![], Bytes::from(data)))).unwrap()
+    }
+
+    #[test]
+    fn elements_convert_to_little_endian_and_back() {
+        // (datatype, JSON in, bytes, JSON out)
+        let cases: &[(DataType, &str, &[u8], &str)] = &[
+            (DataType::Bool, "[true,false]", &[1, 0], "[true,false]"),
+            (DataType::Uint8, "[0,255]", &[0, 255], "[0,255]"),
+            (DataType::Int8, "[-128,127]", &[0x80, 0x7f], "[-128,127]"),
+            (DataType::Uint16, "[258]", &[2, 1], "[258]"),
+            (DataType::Int16, "[-2]", &[0xfe, 0xff], "[-2]"),
+            (DataType::Uint32, "[4294967295]", &[0xff; 4], "[4294967295]"),
+            (DataType::Int32, "[-1]", &[0xff; 4], "[-1]"),
+            (DataType::Uint64, "[18446744073709551615]", &[0xff; 8], "[18446744073709551615]"),
+            (DataType::Int64, "[-9223372036854775808]", &[0, 0, 0, 0, 0, 0, 0, 0x80], "[-9223372036854775808]"),
+            (DataType::Fp16, "[1.5]", &[0x00, 0x3e], "[1.5]"),
+            (DataType::Bf16, "[1.5]", &[0xc0, 0x3f], "[1.5]"),
+            (DataType::Fp32, "[1, -2.25]", &[0, 0, 0x80, 0x3f, 0, 0, 0x10, 0xc0], "[1.0,-2.25]"),
+            (DataType::Fp64, "[0.5]", &[0, 0, 0, 0, 0, 0, 0xe0, 0x3f], "[0.5]"),
+            (DataType::Bytes, r#"["ab",""]"#, b"\x02\0\0\0ab\0\0\0\0", r#"["ab",""]"#),
+            // Nested arrays are flattened row-major; a scalar is one element.
+            (DataType::Int8, "[[1,2],[3,[4]]]", &[1, 2, 3, 4], "[1,2,3,4]"),
+            (DataType::Uint8, "7", &[7], "[7]"),
+            (DataType::Fp32, "[]", &[], "[]"),
+        ];
+        for &(dt, json, bytes, back) in cases {
+            assert_eq!(to_bytes(dt, json).as_deref(), Ok(bytes), "{dt} {json}");
+            assert_eq!(to_json(dt, bytes.to_vec()), back, "{dt} {json}");
+        }
+    }
+
+    #[test]
+    fn elements_out_of_range_or_of_the_wrong_kind_are_refused() {
+        // (datatype, JSON, part of the message)
+        let cases: &[(DataType, &str, &str)] = &[
+            (DataType::Uint8, "[256]", "value 256 is out of range for UINT8"),
+            (DataType::Uint8, "[-1]", "out of range for UINT8"),
+            (DataType::Int8, "[-129]", "out of range for INT8"),
+            (DataType::Uint16, "[65536]", "out of range for UINT16"),
+            (DataType::Int32, "[2147483648]", "out of range for INT32"),
+            (DataType::Uint64, "[-1]", "out of range for UINT64"),
+            (DataType::Int64, "[9223372036854775808]", "out of range for INT64"),
+            (DataType::Int32, "[1.5]", "expected an integer for INT32"),
+            (DataType::Bool, "[1]", "expected true/false for BOOL"),
+            (DataType::Fp32, "[true]", "expected FP32 values, got true"),
+            (DataType::Fp32, r#"["a"]"#, "expected FP32 values, got a string"),
+            (DataType::Bytes, "[1]", "expected a string for BYTES"),
+            (DataType::Fp32, "[null]", "null is not a FP32 value"),
+            (DataType::Fp32, r#"{"a":1}"#, "FP32 values (flat or nested arrays)"),
+        ];
+        for &(dt, json, needle) in cases {
+            let e = to_bytes(dt, json).expect_err(json);
+            assert!(e.contains(needle), "{dt} {json}: `{e}` lacks `{needle}`");
+        }
+    }
+}
