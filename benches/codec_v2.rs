@@ -98,11 +98,12 @@ fn one(op: &str, x: &Inputs) {
         "encode_response" => drop(black_box(v2::encode_response(black_box(&x.decoded_response), |_| false))),
         "proxy_json" => {
             let req = v2::decode_request(black_box(&x.request), None).expect("request");
-            let enc = v2::encode_request(&req, false);
+            let enc = v2::encode_request(&req, false).expect("encodes");
             black_box(&enc.body);
             let resp = v2::decode_response(black_box(&x.response), None).expect("response");
             let prefs = req.outputs.clone();
-            let out = v2::encode_response(&resp, |n| prefs.iter().any(|o| o.name == n && o.binary == Some(true)));
+            let out = v2::encode_response(&resp, |n| prefs.iter().any(|o| o.name == n && o.binary == Some(true)))
+                .expect("encodes");
             black_box(out.body);
         }
         other => panic!("unknown op `{other}`; one of {OPS:?} or all"),

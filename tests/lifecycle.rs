@@ -132,6 +132,42 @@ async fn a_backend_4xx_body_reaches_the_client_unchanged() {
     assert_eq!(r.error(), "backend error (HTTP 500): Traceback: boom");
 }
 
+/// The client's own headers reach a remote backend (its auth, tenant and
+/// tracing), minus hop-by-hop headers, Switchyard's own and what the
+/// backend's `forward_headers` denies.
+#[tokio::test]
+async fn client_headers_reach_the_backend() {
+    const ANSWER: &str = r#"{"model_name":"mlp","outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[1.0]}]}"#;
+    let backend = ScriptedBackend::start("200 OK", "application/json", ANSWER).await;
+    let sy = Switchyard::config(&format!(
+        "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://127.0.0.1:{}']\n    forward_headers: {{deny: [cookie]}}\nmodels:\n  mlp:\n    variants:\n      - {{name: only, backend: b}}\n",
+        backend.port
+    ))
+    .start()
+    .await;
+    let headers = [
+        ("authorization", "Bearer secret-1"),
+        ("x-tenant", "acme"),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("cookie", "session=1"),
+        ("x-switchyard-variant", "only"),
+        ("accept-encoding", "gzip"),
+    ];
+    let r = sy.post(INFER, &headers, json_body(1)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heads = backend.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = heads[0].to_ascii_lowercase();
+    for want in ["authorization: bearer secret-1", "x-tenant: acme", "traceparent: 00-0af7651916cd43dd8448eb211c80319c"]
+    {
+        assert!(head.contains(want), "{want:?} not forwarded:\n{head}");
+    }
+    for never in ["cookie:", "x-switchyard-", "accept-encoding:"] {
+        assert!(!head.contains(never), "{never:?} forwarded:\n{head}");
+    }
+    assert_eq!(head.matches("content-type:").count(), 1, "{head}");
+}
+
 /// A pass-through upstream named by hostname is resolved off the request
 /// path; one that never resolves answers 502 naming it, and the listener
 /// keeps serving.

@@ -38,7 +38,8 @@ pub enum BatchError {
     Backend(#[from] BackendError),
 }
 
-type Reply = Result<(InferResponse, usize), BatchError>;
+/// The response, the rows of the batch it ran in, and how long that batch's backend call took.
+type Reply = Result<(InferResponse, usize, Duration), BatchError>;
 
 struct Item {
     req: InferRequest,
@@ -173,6 +174,8 @@ struct Batch {
 
 impl Scheduler {
     async fn run(mut self) {
+        let target = self.target.clone();
+        let _watch = PanicWatch(&target, "batch scheduler");
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
         let mut open = true;
         loop {
@@ -186,8 +189,10 @@ impl Scheduler {
                 let target = self.target.clone();
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
-                    execute(backend, target, batch, metrics).await;
-                    let _ = done.send(());
+                    // Reports a panic of the batch (the backend's, say); `done` is sent either way.
+                    let _watch = PanicWatch(&target, "batch");
+                    let _done = Done(done);
+                    execute(backend, target.clone(), batch, metrics).await;
                 });
             }
             self.metrics.queue_depth.set(self.queued.load(Ordering::Acquire) as i64);
@@ -392,6 +397,30 @@ async fn run_merged(
     Ok(parts)
 }
 
+/// Tells the scheduler a batch finished, however it ended.
+struct Done(mpsc::UnboundedSender<()>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Makes a panic of a batch task visible: logged, recorded in
+/// `switchyard_stats::tasks` (so `/ready` turns false and the panic metric
+/// counts it). The panic's own message is printed by the panic hook.
+struct PanicWatch<'a>(&'a ModelTarget, &'static str);
+
+impl Drop for PanicWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let task = format!("{} {}:{}", self.1, self.0.name, self.0.version.as_deref().unwrap_or("latest"));
+            tracing::error!(task = %task, "background task panicked");
+            switchyard_stats::tasks::record_panic(task, "panicked (its message is in the log)");
+        }
+    }
+}
+
 async fn execute(backend: Arc<dyn Backend>, target: ModelTarget, batch: Batch, metrics: BatchMetrics) {
     let mut items = batch.items;
     // A caller that left while the batch formed is not sent.
@@ -419,12 +448,13 @@ async fn execute(backend: Arc<dyn Backend>, target: ModelTarget, batch: Batch, m
     } else {
         (run_merged(backend.as_ref(), &target, &items).await, rows)
     };
-    metrics.execution_time.observe(started.elapsed().as_secs_f64());
+    let execution = started.elapsed();
+    metrics.execution_time.observe(execution.as_secs_f64());
     metrics.batch_size.observe(batch_rows as f64);
     match result {
         Ok(responses) => {
             for (item, resp) in items.into_iter().zip(responses) {
-                let _ = item.reply.send(Ok((resp, batch_rows)));
+                let _ = item.reply.send(Ok((resp, batch_rows, execution)));
             }
         }
         Err(e) => {
@@ -457,6 +487,8 @@ mod tests {
         calls: Mutex<Vec<Vec<f32>>>,
         gate: Option<Semaphore>,
         fail: bool,
+        /// Panics on the next call (once).
+        panic_once: std::sync::atomic::AtomicBool,
     }
 
     fn f32s(d: &[u8]) -> Vec<f32> {
@@ -476,6 +508,9 @@ mod tests {
             }
             if self.fail {
                 return Err(BackendError::status(400, "model says no"));
+            }
+            if self.panic_once.swap(false, Ordering::SeqCst) {
+                panic!("test backend panicked on purpose");
             }
             let y: Vec<u8> = f32s(&x.data).iter().flat_map(|v| (v * 2.0).to_le_bytes()).collect();
             Ok(InferResponse {
@@ -552,7 +587,7 @@ mod tests {
             let rows = 1 + i % 3;
             tasks.push(tokio::spawn(async move {
                 let base = (i * 10) as f32;
-                let (resp, batch) = b.submit(req(rows, 2, base)).await.unwrap();
+                let (resp, batch, _) = b.submit(req(rows, 2, base)).await.unwrap();
                 let want: Vec<f32> = (0..rows * 2).map(|k| 2.0 * (base + k as f32)).collect();
                 assert_eq!(f32s(&resp.outputs[0].data), want, "request {i}");
                 assert_eq!(resp.outputs[0].shape, vec![rows as i64, 2]);
@@ -586,7 +621,7 @@ mod tests {
     async fn a_request_larger_than_a_batch_runs_alone() {
         let backend = Arc::new(TestBackend::default());
         let b = spawn(backend.clone(), cfg(4, 0));
-        let (resp, rows) = b.submit(req(10, 1, 0.0)).await.unwrap();
+        let (resp, rows, _) = b.submit(req(10, 1, 0.0)).await.unwrap();
         assert_eq!(resp.outputs[0].shape, vec![10, 1]);
         assert_eq!(rows, 10);
     }
@@ -684,6 +719,20 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    /// A batch whose backend panics fails its requests, is recorded as a
+    /// dead task (so `/ready` says so), and the queue goes on serving.
+    #[tokio::test]
+    async fn a_panicking_batch_is_recorded_and_the_queue_goes_on() {
+        let backend = Arc::new(TestBackend::default());
+        backend.panic_once.store(true, Ordering::SeqCst);
+        let b = spawn(backend.clone(), cfg(8, 1));
+        let failed = b.submit(req(1, 1, 1.0)).await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert!(switchyard_stats::tasks::panicked().iter().any(|p| p.task == "batch m:latest"));
+        let (resp, rows, _) = b.submit(req(1, 1, 2.0)).await.expect("the queue still serves");
+        assert_eq!((rows, f32s(&resp.outputs[0].data)), (1, vec![4.0]));
     }
 
     async fn futures_join(b: Arc<Batcher>, n: usize) -> Vec<Reply> {

@@ -110,6 +110,14 @@ impl Error {
         Error::new(ErrorKind::TooLarge, message)
     }
 
+    /// A backend's answer that cannot be encoded for the client: the backend's fault.
+    pub fn unencodable(e: CodecError) -> Error {
+        Error::new(
+            ErrorKind::Backend(BackendFailure::Invalid),
+            format!("the backend's answer cannot be sent to the client: {e}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Internal, message)
     }

@@ -62,7 +62,12 @@ pub struct Call<'a> {
 }
 
 /// Runs one inference from selection to recording; see the module doc.
-pub async fn infer<X: Exchange>(table: &RoutingTable, metrics: &Metrics, x: &mut X, call: Call<'_>) -> Answer<X::Encoded> {
+pub async fn infer<X: Exchange>(
+    table: &RoutingTable,
+    metrics: &Metrics,
+    x: &mut X,
+    call: Call<'_>,
+) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
     let sel = match select(table, call.model, call.version, x.metadata()) {
         Ok(s) => s,
@@ -75,7 +80,12 @@ pub async fn infer<X: Exchange>(table: &RoutingTable, metrics: &Metrics, x: &mut
     };
     let mut done = Executed::from_backend(InferResponse::default(), Duration::ZERO);
     let result = async {
-        let req = x.decode().await?;
+        let mut req = x.decode().await?;
+        if sel.variant.backend.forwards_metadata() {
+            // The backend filters what it sends on (`runtime::backend::forward`).
+            req.metadata = x.metadata().clone();
+            req.metadata.remove(&table.override_header);
+        }
         let id = req.id.clone();
         let directive = Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()));
         let run = execute(&sel, call.model, call.version, req, directive);
@@ -167,9 +177,9 @@ async fn run(sel: &Selection<'_>, req: InferRequest) -> Outcome {
     };
     match queue {
         Some(b) => {
-            let t0 = Instant::now();
-            let (response, rows) = b.submit(req).await?;
-            Ok(Executed { response, batch_rows: Some(rows), cache: None, backend_time: t0.elapsed() })
+            // The queue wait is Switchyard's time; the batch's backend call is the backend's.
+            let (response, rows, execution) = b.submit(req).await?;
+            Ok(Executed { response, batch_rows: Some(rows), cache: None, backend_time: execution })
         }
         None => {
             let t0 = Instant::now();

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::error::field_error;
-use crate::FieldError;
+use crate::validated::FieldError;
 
 type S<T> = Spanned<T>;
 

@@ -2,7 +2,7 @@
 //! [`FieldError`]: serde-saphyr's message and location, with the field path
 //! when the reader knows it.
 
-use crate::FieldError;
+use crate::validated::FieldError;
 
 pub(super) fn field_error(path: impl Into<String>, e: &serde_saphyr::Error) -> FieldError {
     let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));

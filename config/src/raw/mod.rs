@@ -17,7 +17,7 @@ use serde_saphyr::Spanned;
 
 pub use backend::*;
 
-use crate::FieldError;
+use crate::validated::FieldError;
 
 pub type S<T> = Spanned<T>;
 

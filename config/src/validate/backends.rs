@@ -12,7 +12,7 @@ use serde_saphyr::{Location, Spanned};
 use super::fields::{duration, header_name, loc, message_bytes, positive, Errors};
 use super::upstream::{parse_grpc_endpoint, parse_upstream};
 use crate::raw::*;
-use crate::*;
+use crate::validated::*;
 
 /// What every backend's defaults hang on.
 pub(super) struct Defaults {

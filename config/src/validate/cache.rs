@@ -7,7 +7,7 @@ use serde_saphyr::Spanned;
 
 use super::fields::{duration, loc, positive, Errors};
 use crate::raw::*;
-use crate::*;
+use crate::validated::*;
 
 pub(super) fn cache_config(errs: &mut Errors, raw: &RawCache) -> CacheConfig {
     let redis = raw.redis.as_ref().map(|r| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use crate::{FieldError, DEFAULT_GRPC_MAX_MESSAGE_BYTES};
+use crate::validated::{FieldError, DEFAULT_GRPC_MAX_MESSAGE_BYTES};
 
 /// Every problem found so far; validation goes on after one, so all are reported at once.
 #[derive(Default)]

@@ -18,7 +18,7 @@ mod upstream;
 use std::path::Path;
 
 use crate::raw::{self, RawConfig};
-use crate::*;
+use crate::validated::*;
 
 pub use fields::parse_duration;
 use fields::Errors;
@@ -57,8 +57,35 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache }
 }
 
+impl ValidatedConfig {
+    /// Reads and validates a config file; relative paths in it resolve against its directory.
+    pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: path.display().to_string(),
+            errors: vec![FieldError {
+                path: "<file>".into(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|mut e| {
+            e.source_name = path.display().to_string();
+            e
+        })
+    }
+
+    /// Validates YAML text; `base_dir` anchors relative paths.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
+        parse(text, base_dir)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn errors(yaml: &str) -> Vec<FieldError> {

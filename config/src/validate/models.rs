@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 use super::cache::cache_policy;
 use super::fields::{duration, header_name, loc, positive, Errors};
 use crate::raw::*;
-use crate::*;
+use crate::validated::*;
 
 /// What models refer to outside their own section.
 pub(super) struct Context<'a> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::fields::{address, duration, header_name, loc, message_bytes, positive, Errors};
 use super::upstream::parse_upstream;
 use crate::raw::*;
-use crate::*;
+use crate::validated::*;
 
 pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, cores: usize) -> Listeners {
     let http_raw = raw.http.unwrap_or_default();

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use http::uri::{Authority, PathAndQuery};
 
 use super::fields::escaped;
-use crate::Upstream;
+use crate::validated::Upstream;
 
 /// `http://host:port[/prefix]` → `Upstream`.
 pub(super) fn parse_upstream(url: &str) -> Result<Upstream, String> {

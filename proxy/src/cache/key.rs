@@ -214,6 +214,7 @@ mod tests {
             outputs: vec![RequestedOutput { name: "y".into(), binary: None, parameters: Parameters::new() }],
             parameters: p,
             binary_output: false,
+            metadata: Default::default(),
         }
     }
 

@@ -83,8 +83,7 @@ impl Shared {
         let table = self.table.load_full();
         let model = std::mem::take(&mut msg.model_name);
         let version = std::mem::take(&mut msg.model_version);
-        let mut x =
-            GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
+        let mut x = GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
         let call = Call { model: &model, version: version_opt(&version), deadline, start };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }

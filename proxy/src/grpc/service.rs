@@ -76,12 +76,8 @@ impl GrpcInferenceService for FrontEnd {
         let (md, _, m) = request.into_parts();
         let sel = pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref())
             .map_err(|e| respond::grpc_status(&e))?;
-        let meta = sel
-            .variant
-            .backend
-            .model_metadata(&sel.target)
-            .await
-            .map_err(|e| respond::grpc_status(&Error::from(e)))?;
+        let meta =
+            sel.variant.backend.model_metadata(&sel.target).await.map_err(|e| respond::grpc_status(&Error::from(e)))?;
         // Clients know the model by its public name, whatever the backend calls it.
         let out = codec::metadata_from_json(&meta, &m.name)
             .map_err(|e| Status::unavailable(format!("backend sent invalid model metadata: {e}")))?;

@@ -25,10 +25,7 @@ pub fn inference_header_length(req: &RequestHeader) -> Result<Option<usize>, Err
     match req.headers.get(HEADER_CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
-            Error::bad_field(
-                HEADER_CONTENT_LENGTH,
-                "Inference-Header-Content-Length must be a non-negative integer",
-            )
+            Error::bad_field(HEADER_CONTENT_LENGTH, "Inference-Header-Content-Length must be a non-negative integer")
         }),
     }
 }

@@ -103,9 +103,7 @@ impl ProxyHttp for HttpListener {
             Endpoint::V2Server => v2::server_metadata(),
             Endpoint::ModelMetadata(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, false).await,
             Endpoint::ModelReady(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, true).await,
-            Endpoint::Infer(m, v) => {
-                v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await
-            }
+            Endpoint::Infer(m, v) => v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await,
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },
                 format!("{} is not allowed on {} (use {allowed})", method, uri.path()),

@@ -73,7 +73,7 @@ impl Exchange for HttpExchange<'_> {
 
     fn encode(&mut self, resp: InferResponse) -> Result<Encoded, Error> {
         let prefs = &self.prefs;
-        let enc = v2::encode_response(&resp, |n| prefs.binary(n));
+        let enc = v2::encode_response(&resp, |n| prefs.binary(n)).map_err(Error::unencodable)?;
         Ok(Encoded { body: enc.body, header_len: enc.header_len })
     }
 }

@@ -100,8 +100,10 @@ impl RoutingTable {
             }
             let shadows =
                 variants.iter().enumerate().filter(|(_, v)| v.shadow_percent.is_some()).map(|(i, _)| i).collect();
-            let picker =
-                Picker::new(name.clone(), variants.iter().map(|v| Arm::new(v.name.clone(), v.weight, v.version.clone())).collect());
+            let picker = Picker::new(
+                name.clone(),
+                variants.iter().map(|v| Arm::new(v.name.clone(), v.weight, v.version.clone())).collect(),
+            );
             let route = Arc::new(Route {
                 shadows,
                 picker,

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
-use switchyard_runtime::{Backend, ModelTarget};
 use switchyard_runtime::Backends;
+use switchyard_runtime::{Backend, ModelTarget};
 use switchyard_stats::{LiveStats, StatsRegistry};
 
 use crate::batch::Batcher;
@@ -21,8 +21,8 @@ use crate::error::Error;
 use crate::metrics::{Metrics, VariantMetrics};
 use crate::outcome::Outcome;
 
-pub use select::RouteError;
 use select::Picker;
+pub use select::RouteError;
 
 /// What a snapshot is built from besides the config.
 pub struct BuildContext<'a> {
@@ -142,7 +142,12 @@ impl Route {
         sticky: Option<&[u8]>,
     ) -> Result<Selection<'a>, RouteError> {
         let idx = self.picker.pick(model, version, override_variant, sticky)?;
-        Ok(Selection { route: self, variant: &self.variants[idx], index: idx, target: self.target_of(idx, model, version) })
+        Ok(Selection {
+            route: self,
+            variant: &self.variants[idx],
+            index: idx,
+            target: self.target_of(idx, model, version),
+        })
     }
 
     /// What variant `idx` asks its backend for, given the client's model and version.
@@ -198,4 +203,3 @@ impl RoutingTable {
         self.routes.values().chain(self.wildcard.iter()).map(|r| r.as_ref())
     }
 }
-

@@ -45,6 +45,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Whether the backend sends the client's request metadata on
+    /// (`InferRequest::metadata`); the data plane fills it only then.
+    fn forwards_metadata(&self) -> bool {
+        false
+    }
+
     /// The KServe V2 gRPC RPCs a `v2-grpc` backend relays as they are: the
     /// gRPC front end passes ModelConfig, ModelStatistics and Repository*
     /// through it.

@@ -3,6 +3,7 @@
 //! which one it is; `set` builds a generation's backends.
 
 mod contract;
+pub mod forward;
 pub mod onnx;
 mod set;
 pub mod v2_grpc;

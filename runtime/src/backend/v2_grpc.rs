@@ -14,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::contract::{Backend, GrpcPassthrough, ModelTarget};
+use super::forward::Forwarding;
 use crate::codec::grpc::{self, pb};
 use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
@@ -31,6 +32,7 @@ pub struct V2GrpcBackend {
     endpoints: String,
     client: Client,
     timeout: Duration,
+    forward: Forwarding,
 }
 
 impl V2GrpcBackend {
@@ -60,6 +62,7 @@ impl V2GrpcBackend {
             endpoints: cfg.endpoints.iter().map(|u| u.authority.as_str()).collect::<Vec<_>>().join(", "),
             client,
             timeout: cfg.timeout,
+            forward: Forwarding::new(&cfg.forward_headers),
         })
     }
 
@@ -107,17 +110,11 @@ impl GrpcPassthrough for V2GrpcBackend {
         self.client.clone().model_config(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
-    async fn model_statistics(
-        &self,
-        req: pb::ModelStatisticsRequest,
-    ) -> Result<pb::ModelStatisticsResponse, Status> {
+    async fn model_statistics(&self, req: pb::ModelStatisticsRequest) -> Result<pb::ModelStatisticsResponse, Status> {
         self.client.clone().model_statistics(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
-    async fn repository_index(
-        &self,
-        req: pb::RepositoryIndexRequest,
-    ) -> Result<pb::RepositoryIndexResponse, Status> {
+    async fn repository_index(&self, req: pb::RepositoryIndexRequest) -> Result<pb::RepositoryIndexResponse, Status> {
         self.client.clone().repository_index(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
     }
 
@@ -142,9 +139,25 @@ impl Backend for V2GrpcBackend {
         "v2-grpc"
     }
 
-    async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
+    fn forwards_metadata(&self) -> bool {
+        true
+    }
+
+    async fn infer(&self, target: &ModelTarget, mut req: InferRequest) -> Result<InferResponse, BackendError> {
+        let client_metadata = std::mem::take(&mut req.metadata);
         let msg = grpc::encode_request(req, &target.name, target.version.as_deref());
-        let resp = self.call(self.timeout, self.client.clone().model_infer(Self::request(msg, self.timeout))).await?;
+        let mut request = Self::request(msg, self.timeout);
+        if !client_metadata.is_empty() {
+            let mut forwarded = http::HeaderMap::new();
+            self.forward.apply(&client_metadata, &mut forwarded);
+            let md = request.metadata_mut().as_mut();
+            for (k, v) in forwarded {
+                if let Some(k) = k {
+                    md.insert(k, v);
+                }
+            }
+        }
+        let resp = self.call(self.timeout, self.client.clone().model_infer(request)).await?;
         grpc::decode_response(resp).map_err(|e| BackendError::Protocol(e.to_string()))
     }
 

@@ -19,6 +19,7 @@ use switchyard_config::{BinaryMode, Upstream, V2HttpBackend as Config};
 use tokio::sync::OnceCell;
 
 use super::contract::{Backend, ModelTarget};
+use super::forward::Forwarding;
 use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
@@ -51,6 +52,7 @@ pub struct V2HttpBackend {
     binary: BinaryMode,
     binary_supported: OnceCell<bool>,
     epoch: Instant,
+    forward: Forwarding,
 }
 
 struct Reply {
@@ -107,6 +109,7 @@ impl V2HttpBackend {
                 })
                 .collect(),
             timeout: cfg.timeout,
+            forward: Forwarding::new(&cfg.forward_headers),
             eject_after: cfg.eject_after_failures,
             eject_for: cfg.eject_for,
             binary: cfg.binary,
@@ -179,6 +182,7 @@ impl V2HttpBackend {
         path: &[&str],
         body: Bytes,
         headers: &[(HeaderName, HeaderValue)],
+        client: Option<&http::HeaderMap>,
         timeout: Duration,
     ) -> Result<Reply, BackendError> {
         let mut tried: Vec<usize> = Vec::new();
@@ -200,6 +204,9 @@ impl V2HttpBackend {
             h.reserve(2 + headers.len());
             h.insert(HOST, ep.host.clone());
             h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            if let Some(client) = client {
+                self.forward.apply(client, h);
+            }
             for (k, v) in headers {
                 h.append(k.clone(), v.clone());
             }
@@ -249,7 +256,7 @@ impl V2HttpBackend {
                 let probe = self
                     .binary_supported
                     .get_or_try_init(|| async {
-                        let r = self.send(Method::GET, &["/v2"], Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
+                        let r = self.send(Method::GET, &["/v2"], Bytes::new(), &[], None, READY_PROBE_TIMEOUT).await?;
                         if !r.status.is_success() {
                             return Err(BackendError::status(r.status.as_u16(), "GET /v2 failed"));
                         }
@@ -305,9 +312,13 @@ impl Backend for V2HttpBackend {
         "v2-http"
     }
 
+    fn forwards_metadata(&self) -> bool {
+        true
+    }
+
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
         let binary = self.use_binary().await;
-        let enc = v2::encode_request(&req, binary);
+        let enc = v2::encode_request(&req, binary).map_err(|e| BackendError::InvalidInput(e.to_string()))?;
         let binary_headers;
         let headers: &[(HeaderName, HeaderValue)] = match enc.header_len {
             Some(n) => {
@@ -318,7 +329,7 @@ impl Backend for V2HttpBackend {
             None => &[(CONTENT_TYPE, APPLICATION_JSON)],
         };
         let path = Self::model_path(target, "/infer");
-        let reply = self.send(Method::POST, &path, enc.body, headers, self.timeout).await?;
+        let reply = self.send(Method::POST, &path, enc.body, headers, Some(&req.metadata), self.timeout).await?;
         if reply.status != StatusCode::OK {
             return Err(status_error(&reply));
         }
@@ -335,7 +346,8 @@ impl Backend for V2HttpBackend {
     }
 
     async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError> {
-        let reply = self.send(Method::GET, &Self::model_path(target, ""), Bytes::new(), &[], self.timeout).await?;
+        let reply =
+            self.send(Method::GET, &Self::model_path(target, ""), Bytes::new(), &[], None, self.timeout).await?;
         if reply.status != StatusCode::OK {
             return Err(status_error(&reply));
         }
@@ -343,13 +355,14 @@ impl Backend for V2HttpBackend {
     }
 
     async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError> {
-        let reply =
-            self.send(Method::GET, &Self::model_path(target, "/ready"), Bytes::new(), &[], READY_PROBE_TIMEOUT).await?;
+        let reply = self
+            .send(Method::GET, &Self::model_path(target, "/ready"), Bytes::new(), &[], None, READY_PROBE_TIMEOUT)
+            .await?;
         Ok(reply.status == StatusCode::OK)
     }
 
     async fn ready(&self) -> bool {
-        match self.send(Method::GET, &["/v2/health/ready"], Bytes::new(), &[], READY_PROBE_TIMEOUT).await {
+        match self.send(Method::GET, &["/v2/health/ready"], Bytes::new(), &[], None, READY_PROBE_TIMEOUT).await {
             Ok(r) => r.status == StatusCode::OK,
             Err(_) => false,
         }

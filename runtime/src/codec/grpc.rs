@@ -240,6 +240,7 @@ pub fn decode_request(msg: pb::ModelInferRequest) -> Result<DecodedRequest, Code
         outputs,
         parameters: parameters_from_pb(msg.parameters)?,
         binary_output: false,
+        metadata: Default::default(),
     };
     request.validate()?;
     Ok(DecodedRequest {

@@ -145,7 +145,25 @@ where
         outputs: first.outputs.clone(),
         parameters: first.parameters.clone(),
         binary_output: first.binary_output,
+        metadata: common_metadata(requests),
     })
+}
+
+/// The metadata entries every request of a batch carries alike: one client's
+/// credentials or tenant never travel with another client's rows.
+fn common_metadata<'a>(mut requests: impl Iterator<Item = &'a InferRequest> + Clone) -> http::HeaderMap {
+    let Some(first) = requests.next() else { return http::HeaderMap::new() };
+    let mut out = http::HeaderMap::new();
+    for name in first.metadata.keys() {
+        let values: Vec<_> = first.metadata.get_all(name).iter().collect();
+        let shared = requests.clone().all(|r| r.metadata.get_all(name).iter().eq(values.iter().copied()));
+        if shared {
+            for v in values {
+                out.append(name.clone(), v.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Splits a batched response into one response per part, `rows[i]` rows of
@@ -444,5 +462,22 @@ mod tests {
         // A response without outputs splits into empty parts.
         let parts = split(InferResponse::default(), &[1, 1]).unwrap();
         assert!(parts.iter().all(|p| p.outputs.is_empty()) && parts.len() == 2);
+    }
+
+    #[test]
+    fn a_batch_forwards_only_the_metadata_every_member_shares() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut r = request("r", vec![Tensor::new("x", DataType::Fp32, vec![1, 1], Bytes::from(vec![0u8; 4]))]);
+            for (k, v) in pairs {
+                r.metadata.append(*k, http::HeaderValue::from_static(v));
+            }
+            r
+        };
+        let a = with(&[("authorization", "Bearer shared"), ("x-tenant", "a"), ("traceparent", "t1")]);
+        let b = with(&[("authorization", "Bearer shared"), ("x-tenant", "b")]);
+        let merged = merge([&a, &b]).unwrap();
+        let names: Vec<&str> = merged.metadata.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["authorization"]);
+        assert_eq!(merge([&a]).unwrap().metadata, a.metadata);
     }
 }

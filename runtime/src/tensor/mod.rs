@@ -204,6 +204,10 @@ pub struct InferRequest {
     pub parameters: Parameters,
     /// V2 `binary_data_output`: default encoding of outputs.
     pub binary_output: bool,
+    /// The client's request metadata (HTTP headers, gRPC metadata) that
+    /// remote backends may receive (`backend::forward` decides which). Left
+    /// empty for backends that take none.
+    pub metadata: http::HeaderMap,
 }
 
 impl InferRequest {

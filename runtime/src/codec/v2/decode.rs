@@ -14,9 +14,11 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::elements::Flatten;
-use super::BINARY_DATA_SIZE;
 use crate::error::CodecError;
 use crate::tensor::{element_count, DataType, InferRequest, InferResponse, Parameters, RequestedOutput, Tensor};
+
+/// The parameter that marks a tensor as a binary blob of this many bytes.
+pub(super) const BINARY_DATA_SIZE: &str = "binary_data_size";
 
 #[derive(Deserialize)]
 struct RawTensor<'a> {
@@ -394,7 +396,7 @@ fn request_from_raw(raw: RawRequest, binary: &Bytes) -> Result<InferRequest, Cod
             Ok(RequestedOutput { name: o.name, binary, parameters })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;
-    let req = InferRequest { id: raw.id, inputs, outputs, parameters, binary_output };
+    let req = InferRequest { id: raw.id, inputs, outputs, parameters, binary_output, metadata: Default::default() };
     req.validate()?;
     Ok(req)
 }

@@ -6,8 +6,9 @@ use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+use super::decode::BINARY_DATA_SIZE;
 use super::elements::DataJson;
-use super::BINARY_DATA_SIZE;
+use crate::error::CodecError;
 use crate::tensor::{DataType, InferRequest, InferResponse, Parameters, RequestedOutput, Tensor};
 
 /// Parameters as written: `base`, with `extra` set as `Map::insert` would set
@@ -111,16 +112,24 @@ fn room_for(t: &Tensor, binary: bool) -> usize {
 }
 
 /// Serializes `body` and appends the binary tensors' bytes after it.
-fn encode(body: &impl Serialize, capacity: usize, tensors: &[Tensor], binary: impl Fn(&Tensor) -> bool) -> Encoded {
+/// Fails when a tensor's bytes do not hold its datatype's elements (a BYTES
+/// element with a bad length prefix, say): nothing upstream is trusted to
+/// have checked.
+fn encode(
+    body: &impl Serialize,
+    capacity: usize,
+    tensors: &[Tensor],
+    binary: impl Fn(&Tensor) -> bool,
+) -> Result<Encoded, CodecError> {
     let mut out = Vec::with_capacity(capacity);
-    serde_json::to_writer(&mut out, body).expect("serializing to memory cannot fail");
+    serde_json::to_writer(&mut out, body).map_err(|e| CodecError::invalid(format!("cannot encode: {e}")))?;
     let header_len = out.len();
     let mut any = false;
     for t in tensors.iter().filter(|t| binary(t)) {
         out.extend_from_slice(&t.data);
         any = true;
     }
-    Encoded { body: Bytes::from(out), header_len: any.then_some(header_len) }
+    Ok(Encoded { body: Bytes::from(out), header_len: any.then_some(header_len) })
 }
 
 #[derive(Serialize)]
@@ -136,7 +145,7 @@ struct ResponseJson<'a, O: Serialize> {
 }
 
 /// Encodes a response for a client; `binary(name)` says which outputs go binary.
-pub fn encode_response(resp: &InferResponse, binary: impl Fn(&str) -> bool) -> Encoded {
+pub fn encode_response(resp: &InferResponse, binary: impl Fn(&str) -> bool) -> Result<Encoded, CodecError> {
     let body = ResponseJson {
         model_name: &resp.model_name,
         model_version: resp.model_version.as_deref(),
@@ -178,7 +187,7 @@ struct RequestJson<'a, I: Serialize, O: Serialize> {
 /// Encodes a request for a backend. With `binary` the inputs travel as blobs
 /// and binary outputs are asked for; without it everything is plain JSON (for
 /// servers that lack the extension, like MLServer).
-pub fn encode_request(req: &InferRequest, binary: bool) -> Encoded {
+pub fn encode_request(req: &InferRequest, binary: bool) -> Result<Encoded, CodecError> {
     let body = RequestJson {
         id: req.id.as_deref(),
         parameters: ParamsJson {

@@ -14,8 +14,6 @@ pub use encode::{encode_request, encode_response, error_body, Encoded};
 
 /// HTTP header that marks a binary-extension body and gives the JSON part's length.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
-/// Tensor parameter giving the length of the tensor's blob in the binary section.
-const BINARY_DATA_SIZE: &str = "binary_data_size";
 
 #[cfg(test)]
 mod tests {
@@ -64,11 +62,11 @@ mod tests {
             let r = req(&body).unwrap_or_else(|e| panic!("{dt}: {e}"));
             // JSON out and back.
             let resp = InferResponse { model_name: "m".into(), outputs: r.inputs.clone(), ..Default::default() };
-            let enc = encode_response(&resp, |_| false);
+            let enc = encode_response(&resp, |_| false).unwrap();
             let back = decode_response(&enc.body, enc.header_len).unwrap();
             assert_eq!(back.outputs[0].data, r.inputs[0].data, "{dt} json");
             // Binary out and back.
-            let enc = encode_response(&resp, |_| true);
+            let enc = encode_response(&resp, |_| true).unwrap();
             assert!(enc.header_len.is_some());
             let back = decode_response(&enc.body, enc.header_len).unwrap();
             assert_eq!(back.outputs[0], r.inputs[0], "{dt} binary");
@@ -88,10 +86,21 @@ mod tests {
         assert!(!r.wants_binary("z"));
         // The request re-encoded for a backend round-trips both ways.
         for binary in [false, true] {
-            let enc = encode_request(&r, binary);
+            let enc = encode_request(&r, binary).unwrap();
             let again = decode_request(&enc.body, enc.header_len).unwrap();
             assert_eq!(again.inputs, r.inputs);
             assert_eq!(again.outputs[0].binary, Some(binary));
         }
+    }
+
+    /// A backend's BYTES output with a broken length prefix is an error to
+    /// answer, not a panic (nothing guarantees every backend validates).
+    #[test]
+    fn unencodable_tensors_are_errors() {
+        let bad = Tensor::new("s", crate::tensor::DataType::Bytes, vec![1], Bytes::from_static(&[9, 0, 0, 0, b'x']));
+        let resp = InferResponse { model_name: "m".into(), outputs: vec![bad.clone()], ..Default::default() };
+        assert!(encode_response(&resp, |_| false).is_err());
+        let request = InferRequest { inputs: vec![bad], ..Default::default() };
+        assert!(encode_request(&request, false).is_err());
     }
 }

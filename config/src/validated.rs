@@ -1,0 +1,415 @@
+//! The validated configuration: the real types (`SocketAddr`, `Duration`,
+//! `NonZeroUsize`, `Arc<str>`) the rest of Switchyard reads, their
+//! `DEFAULT_*` constants, and the error types of validation. A leaf: it
+//! knows nothing of YAML or of how it is checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Data-plane HTTP listener (Triton's port).
+pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8000";
+/// Data-plane gRPC listener (Triton's port).
+pub const DEFAULT_GRPC_ADDRESS: &str = "0.0.0.0:8001";
+/// Largest gRPC message accepted or sent, both directions (64 MiB; gRPC's own default is 4 MiB).
+pub const DEFAULT_GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Prometheus listener (Triton's port).
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:8002";
+/// Control API: loopback only unless configured otherwise.
+pub const DEFAULT_CONTROL_ADDRESS: &str = "127.0.0.1:9901";
+/// Largest request body accepted on the data port (64 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a client may take to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a backend may take to answer one request.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connect to a backend endpoint may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle keep-alive connections kept per backend endpoint.
+pub const DEFAULT_POOL_SIZE: usize = 64;
+/// Consecutive failures after which an endpoint is ejected.
+pub const DEFAULT_EJECT_AFTER_FAILURES: u32 = 5;
+/// How long an ejected endpoint stays out of rotation.
+pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
+/// Header that forces a variant by name.
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-switchyard-variant";
+/// Warm-up runs per loaded ONNX model version.
+pub const DEFAULT_WARMUP_RUNS: u32 = 3;
+/// How often the ONNX repository is rescanned when file events are missed.
+pub const DEFAULT_REPOSITORY_POLL: Duration = Duration::from_secs(2);
+
+/// A config that passed validation: every reference resolves, every value has its real type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedConfig {
+    pub listeners: Listeners,
+    pub limits: Limits,
+    pub routing: Routing,
+    pub runtime: OnnxRuntime,
+    pub logging: Logging,
+    pub backends: BTreeMap<Arc<str>, BackendConfig>,
+    pub models: BTreeMap<Arc<str>, ModelConfig>,
+    /// Response cache tiers (restart to change; per-variant policies reload).
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listeners {
+    pub http: HttpListener,
+    pub metrics: Option<SocketAddr>,
+    pub control: Option<ControlListener>,
+    /// KServe V2 gRPC; `None` when `listeners.grpc.enabled: false`.
+    pub grpc: Option<GrpcListener>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcListener {
+    pub address: SocketAddr,
+    /// Largest message accepted from a client and sent to it; beyond it RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpListener {
+    pub address: SocketAddr,
+    /// Where requests the listener does not understand natively are proxied unchanged.
+    pub default_upstream: Option<Upstream>,
+    /// Worker threads of the data plane (defaults to the machine's cores).
+    pub threads: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`, as it is dialled.
+    pub authority: String,
+    /// Path prefix prepended to every forwarded path (no trailing slash; may be empty).
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlListener {
+    pub address: SocketAddr,
+    /// Bearer token every control call must carry (`SWITCHYARD_CONTROL_TOKEN` overrides it).
+    pub token: Option<String>,
+    /// Where API changes persist; `None` = `<config file>.state.json`.
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub backend_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Lower-case header name that forces a variant.
+    pub override_header: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda { device: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnnxRuntime {
+    /// Explicit path of `libonnxruntime.so`; `ORT_DYLIB_PATH` and the setup step's location are tried otherwise.
+    pub library_path: Option<PathBuf>,
+    /// Threads that run sessions (off the async reactor).
+    pub pool_threads: NonZeroUsize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: NonZeroUsize,
+    pub execution_provider: ExecutionProvider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logging {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendConfig {
+    V2Http(V2HttpBackend),
+    V2Grpc(V2GrpcBackend),
+    Onnx(OnnxBackend),
+}
+
+impl BackendConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::V2Http(_) => "v2-http",
+            BackendConfig::V2Grpc(_) => "v2-grpc",
+            BackendConfig::Onnx(_) => "onnx",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryMode {
+    /// Use the binary tensor extension when the server advertises it in `GET /v2`.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct V2HttpBackend {
+    pub endpoints: Vec<Upstream>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pool_size: usize,
+    pub eject_after_failures: u32,
+    pub eject_for: Duration,
+    pub binary: BinaryMode,
+    /// Which client request headers are sent on to the server.
+    pub forward_headers: ForwardHeaders,
+}
+
+/// Which client request headers a remote backend receives, on top of the
+/// exclusions the proxy always applies (hop-by-hop headers, `host`, framing
+/// headers, `grpc-*` transport headers, `x-switchyard-*`, the variant-override
+/// header; docs/configuration.md lists them).
+///
+/// The default (no `forward_headers` in the file) forwards every other header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardHeaders {
+    /// Lower-case names; when `Some`, only these are forwarded.
+    pub allow: Option<Vec<Arc<str>>>,
+    /// Lower-case names never forwarded, applied after `allow`.
+    pub deny: Vec<Arc<str>>,
+}
+
+/// A remote KServe V2 server over gRPC (Triton, MLServer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct V2GrpcBackend {
+    /// `host:port` of each replica (`base_path` is always empty).
+    pub endpoints: Vec<Upstream>,
+    /// Per request; sent to the server as the `grpc-timeout` deadline.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Largest message sent to or accepted from the server.
+    pub max_message_bytes: usize,
+    /// Which client request metadata is sent on to the server.
+    pub forward_headers: ForwardHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    Latest(NonZeroUsize),
+    Specific(Vec<u64>),
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnnxBackend {
+    pub repository: PathBuf,
+    pub version_policy: VersionPolicy,
+    /// Models to serve from the repository; empty = all.
+    pub models: Vec<String>,
+    pub warmup: u32,
+    pub instances: NonZeroUsize,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The model name clients use; `*` is the catch-all route.
+    pub name: Arc<str>,
+    /// Lower-case header whose value pins a client to a variant.
+    pub sticky_header: Option<String>,
+    pub variants: Vec<VariantConfig>,
+    pub rollout: Option<RolloutConfig>,
+}
+
+/// Automated canary analysis of one model (docs/operations.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    pub baseline: Arc<str>,
+    pub canary: Arc<str>,
+    /// Canary weight (percent) at each step, ascending, ending at 100 to promote.
+    pub steps: Vec<f64>,
+    /// How often the canary is judged.
+    pub interval: Duration,
+    /// Largest tolerated canary error rate above the baseline's (absolute, 0.01 = one point).
+    pub max_error_rate_increase: f64,
+    /// Largest tolerated canary p99 latency as a multiple of the baseline's.
+    pub max_p99_ratio: f64,
+    /// Canary requests needed in a step before it is judged.
+    pub min_requests: u64,
+}
+
+/// How often a rollout is judged when not given.
+pub const DEFAULT_ROLLOUT_INTERVAL: Duration = Duration::from_secs(30);
+/// Canary error-rate margin over the baseline when not given.
+pub const DEFAULT_MAX_ERROR_RATE_INCREASE: f64 = 0.01;
+/// Canary p99 margin over the baseline when not given.
+pub const DEFAULT_MAX_P99_RATIO: f64 = 1.5;
+/// Canary requests per step when not given.
+pub const DEFAULT_MIN_REQUESTS: u64 = 100;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantConfig {
+    pub name: Arc<str>,
+    pub backend: Arc<str>,
+    /// Model name sent to the backend; `None` keeps the client's.
+    pub model: Option<Arc<str>>,
+    /// Model version sent to the backend; `None` keeps the client's.
+    pub version: Option<Arc<str>>,
+    pub weight: f64,
+    pub batching: Option<BatchingConfig>,
+    /// Percent of the model's requests mirrored here, off the request path.
+    pub shadow_percent: Option<f64>,
+    /// Response caching of this variant (the model's policy applied); `None` = not cached.
+    pub cache: Option<CachePolicy>,
+    /// `false`: the model may answer the same input differently; never cached.
+    pub deterministic: bool,
+}
+
+/// In-process L1 bound when not given (256 MiB).
+pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest cached answer when not given (1 MiB).
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Per-call Redis deadline when not given: past it the request goes on without L2.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+/// Redis connect deadline when not given (connects run off the request path).
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Consecutive Redis failures that open the breaker when not given.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker skips Redis before one probe, when not given.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
+/// Prefix of every Redis key Switchyard writes when not given.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "switchyard";
+
+/// The cache tiers every cached variant shares (docs/cache.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Bytes of answers kept in process; 0 turns L1 off.
+    pub l1_max_bytes: u64,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://` URLs: one for standalone, the seed nodes for cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// Deadline of each GET/SET; past it the cache is skipped for that request.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Consecutive failures (errors or timeouts) that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the open breaker skips Redis before letting one probe through.
+    pub breaker_cooldown: Duration,
+    pub key_prefix: String,
+}
+
+/// Per-variant opt-in (a model-level `cache` applies to its deterministic variants).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    /// Larger answers are returned but not cached.
+    pub max_entry_bytes: usize,
+    /// Also store in / read from Redis (needs `cache.redis`).
+    pub l2: bool,
+}
+
+/// Dynamic batching of one variant (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchingConfig {
+    /// Most rows (first-dimension entries) merged into one backend call.
+    pub max_batch_size: NonZeroUsize,
+    /// Longest a request waits for companions before its batch is sent.
+    pub max_queue_delay: Duration,
+    /// Batch sizes sent as soon as they can be formed (ascending).
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests queued at once; more are rejected at once with 503.
+    pub max_queue_size: usize,
+    /// Deadline of a queued request that names none (`timeout` parameter, µs).
+    pub default_timeout: Option<Duration>,
+    /// Priority levels; level 1 is served first.
+    pub priority_levels: NonZeroUsize,
+    /// Level of requests that name none (1-based).
+    pub default_priority: usize,
+    /// Size the wait from the observed arrival rate (within `max_queue_delay`).
+    pub adaptive: bool,
+    /// Batches of this queue running at once.
+    pub max_concurrent_batches: NonZeroUsize,
+}
+
+/// Longest wait for a batch to fill when not given.
+pub const DEFAULT_MAX_QUEUE_DELAY: Duration = Duration::from_millis(1);
+/// Batches of one queue running at once (two keep a two-core box busy).
+pub const DEFAULT_MAX_CONCURRENT_BATCHES: usize = 2;
+/// Requests a batch queue holds before it rejects.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    /// Dotted field path, e.g. `models.mlp.variants[1].weight`.
+    pub path: String,
+    /// 1-based; 0 when the location is unknown (a missing field).
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{} ({}:{}): {}", self.path, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} error(s)", self.source_name, self.errors.len())?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidatedConfig {
+    /// One line for `switchyard validate`.
+    pub fn summary(&self) -> String {
+        let variants: usize = self.models.values().map(|m| m.variants.len()).sum();
+        format!(
+            "{} model route(s), {} variant(s), {} backend(s); data http {}",
+            self.models.len(),
+            variants,
+            self.backends.len(),
+            self.listeners.http.address
+        )
+    }
+}
