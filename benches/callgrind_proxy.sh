@@ -110,8 +110,9 @@ PY
 # measure NAME COMMAND...: instructions per request of COMMAND as the proxy.
 measure() {
   local name=$1; shift
-  local out="$WORK/$name.callgrind"
-  start "$name" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" "$@"
+  local slug; slug="$(printf '%s' "$name" | tr -c 'A-Za-z0-9_-' '_')"
+  local out="$WORK/$slug.callgrind"
+  start "$slug" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" "$@"
   local pid=$LAST_PID
   client warmup "$WARMUP"
   callgrind_control -i on "$pid" >/dev/null
