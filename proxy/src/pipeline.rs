@@ -78,31 +78,42 @@ pub async fn infer<X: Exchange>(
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
         }
     };
-    let mut done = Executed::from_backend(InferResponse::default(), Duration::ZERO);
+    // What the run learnt, kept for the answer and the record (the response itself moves on).
+    let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
     let result = async {
         let mut req = x.decode().await?;
-        if sel.variant.backend.forwards_metadata() {
-            // The backend filters what it sends on (`runtime::backend::forward`).
-            req.metadata = x.metadata().clone();
-            req.metadata.remove(&table.override_header);
+        if let Some(forward) = sel.variant.backend.forwarding() {
+            // Only what this backend sends on is copied (`runtime::backend::forward`).
+            forward.apply(x.metadata(), &mut req.metadata);
+            if !req.metadata.is_empty() {
+                req.metadata.remove(&table.override_header);
+            }
         }
         let id = req.id.clone();
-        let directive = Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()));
+        // `cache-control` matters only to a cached variant.
+        let directive = match sel.variant.cache {
+            Some(_) => Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes())),
+            None => Directive::default(),
+        };
+        // Pinned where it is made: the run's future is large, and every move of it is a copy.
         let run = execute(&sel, call.model, call.version, req, directive);
+        tokio::pin!(run);
         let limited = async {
             match call.deadline {
-                None => run.await,
-                Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| Err(Error::deadline(d))),
+                None => (&mut run).await,
+                Some(d) => tokio::time::timeout(d, &mut run).await.unwrap_or_else(|_| Err(Error::deadline(d))),
             }
         };
         // A client that hangs up stops the wait: its queued work is dropped
         // and an unbatched backend call is cancelled.
         let executed = tokio::select! {
+            // The answer first: no per-poll coin toss between the two.
+            biased;
             r = limited => r,
             () = x.closed() => Err(Error::client_closed()),
         }?;
-        done = executed;
-        let mut resp = std::mem::take(&mut done.response);
+        (batch_rows, cache, backend_time) = (executed.batch_rows, executed.cache, executed.backend_time);
+        let mut resp = executed.response;
         resp.model_name = call.model.to_string();
         if id.is_some() {
             resp.id = id;
@@ -112,13 +123,13 @@ pub async fn infer<X: Exchange>(
     .await;
     let total = call.start.elapsed();
     let status = result.as_ref().map_or_else(respond::http_status, |_| 200);
-    record(sel.variant, status, total, done.backend_time);
+    record(sel.variant, status, total, backend_time);
     Answer {
         result,
         variant: Some(sel.variant.header_value.clone()),
-        batch_rows: done.batch_rows,
-        cache: done.cache,
-        overhead: total.saturating_sub(done.backend_time),
+        batch_rows,
+        cache,
+        overhead: total.saturating_sub(backend_time),
     }
 }
 

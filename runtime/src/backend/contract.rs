@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tonic::Status;
 
+use super::forward::Forwarding;
 use crate::codec::grpc::pb;
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse};
@@ -45,10 +46,11 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
-    /// Whether the backend sends the client's request metadata on
-    /// (`InferRequest::metadata`); the data plane fills it only then.
-    fn forwards_metadata(&self) -> bool {
-        false
+    /// Which of the client's request metadata the backend sends on, if any:
+    /// the data plane fills `InferRequest::metadata` through it (and only
+    /// then), so nothing is copied that would not be sent.
+    fn forwarding(&self) -> Option<&Forwarding> {
+        None
     }
 
     /// The KServe V2 gRPC RPCs a `v2-grpc` backend relays as they are: the

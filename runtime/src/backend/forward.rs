@@ -6,29 +6,32 @@
 //! Switchyard's own `x-switchyard-*`. A backend's `forward_headers` narrows
 //! the rest: `allow` (only these), then `deny`.
 
+use http::header::{
+    ACCEPT_ENCODING, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName};
 use switchyard_config::ForwardHeaders;
 
-/// Never forwarded, whatever the config says.
-const FIXED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "accept-encoding",
-    "expect",
-    "http2-settings",
-    "inference-header-content-length",
+/// Never forwarded, whatever the config says: standard names (compared
+/// without touching their text; those every request carries first) ...
+const FIXED_STANDARD: [HeaderName; 13] = [
+    HOST,
+    CONTENT_LENGTH,
+    CONTENT_TYPE,
+    ACCEPT_ENCODING,
+    CONNECTION,
+    EXPECT,
+    TRANSFER_ENCODING,
+    CONTENT_ENCODING,
+    TE,
+    TRAILER,
+    UPGRADE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
 ];
+/// ... and other names.
+const FIXED_OTHER: [&str; 4] = ["keep-alive", "proxy-connection", "http2-settings", "inference-header-content-length"];
 
 /// A remote backend's forwarding rule, resolved from its config once.
 #[derive(Debug, Clone, Default)]
@@ -46,8 +49,18 @@ impl Forwarding {
 
     /// Whether a client header of this name reaches the backend.
     pub fn forwards(&self, name: &HeaderName) -> bool {
+        if FIXED_STANDARD.contains(name) {
+            return false;
+        }
         let n = name.as_str();
-        if FIXED.contains(&n) || n.starts_with("x-switchyard-") || n.starts_with("grpc-") {
+        // Every other fixed name starts with one of these letters: most names skip the compares.
+        let fixed = match n.as_bytes().first() {
+            Some(b'k' | b'p' | b'h' | b'i') => FIXED_OTHER.contains(&n),
+            Some(b'x') => n.starts_with("x-switchyard-"),
+            Some(b'g') => n.starts_with("grpc-"),
+            _ => false,
+        };
+        if fixed {
             return false;
         }
         if let Some(allow) = &self.allow {

@@ -139,21 +139,25 @@ impl Backend for V2GrpcBackend {
         "v2-grpc"
     }
 
-    fn forwards_metadata(&self) -> bool {
-        true
+    fn forwarding(&self) -> Option<&Forwarding> {
+        Some(&self.forward)
     }
 
     async fn infer(&self, target: &ModelTarget, mut req: InferRequest) -> Result<InferResponse, BackendError> {
         let client_metadata = std::mem::take(&mut req.metadata);
         let msg = grpc::encode_request(req, &target.name, target.version.as_deref());
         let mut request = Self::request(msg, self.timeout);
+        // Already filtered (`forwarding`): the client's metadata as it may go on.
         if !client_metadata.is_empty() {
-            let mut forwarded = http::HeaderMap::new();
-            self.forward.apply(&client_metadata, &mut forwarded);
             let md = request.metadata_mut().as_mut();
-            for (k, v) in forwarded {
-                if let Some(k) = k {
-                    md.insert(k, v);
+            // A repeated name comes as `None` after its first entry.
+            let mut last: Option<http::HeaderName> = None;
+            for (k, v) in client_metadata {
+                if k.is_some() {
+                    last = k;
+                }
+                if let Some(name) = &last {
+                    md.append(name.clone(), v);
                 }
             }
         }

@@ -204,8 +204,11 @@ impl V2HttpBackend {
             h.reserve(2 + headers.len());
             h.insert(HOST, ep.host.clone());
             h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            // Already filtered (`forwarding`): the client's metadata as it may go on.
             if let Some(client) = client {
-                self.forward.apply(client, h);
+                for (k, v) in client {
+                    h.append(k.clone(), v.clone());
+                }
             }
             for (k, v) in headers {
                 h.append(k.clone(), v.clone());
@@ -312,8 +315,8 @@ impl Backend for V2HttpBackend {
         "v2-http"
     }
 
-    fn forwards_metadata(&self) -> bool {
-        true
+    fn forwarding(&self) -> Option<&Forwarding> {
+        Some(&self.forward)
     }
 
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
