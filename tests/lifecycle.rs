@@ -194,3 +194,186 @@ async fn a_hostname_default_upstream_resolves_off_the_request_path() {
     assert_eq!(infer(&bad, 1, &[]).await.status, 200);
     assert_eq!(bad.get("/health").await.status, 200);
 }
+
+mod grpc_standin {
+    //! A KServe V2 gRPC server stand-in (the published `inference` protocol,
+    //! tonic-generated): ModelInfer answers a fixed tensor, or the status
+    //! code it is set to, and records the metadata each call carried.
+    //! Everything else is UNIMPLEMENTED.
+
+    use std::sync::{Arc, Mutex};
+
+    use switchyard_runtime::codec::grpc::pb;
+    use tonic::{Code, Request, Response, Status, Streaming};
+
+    use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+    #[derive(Clone, Default)]
+    pub struct StandIn {
+        pub seen: Arc<Mutex<Vec<tonic::metadata::MetadataMap>>>,
+        pub fail_with: Option<(Code, &'static str)>,
+    }
+
+    pub struct Running {
+        pub port: u16,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl StandIn {
+        pub async fn start(self) -> Running {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let task = tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder()
+                    .serve_with_incoming(GrpcInferenceServiceServer::new(self), incoming)
+                    .await;
+            });
+            Running { port, task }
+        }
+    }
+
+    type R<T> = Result<Response<T>, Status>;
+
+    #[tonic::async_trait]
+    impl GrpcInferenceService for StandIn {
+        async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> R<pb::ServerLiveResponse> {
+            Ok(Response::new(pb::ServerLiveResponse { live: true }))
+        }
+        async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> R<pb::ServerReadyResponse> {
+            Ok(Response::new(pb::ServerReadyResponse { ready: true }))
+        }
+        async fn model_ready(&self, _: Request<pb::ModelReadyRequest>) -> R<pb::ModelReadyResponse> {
+            Ok(Response::new(pb::ModelReadyResponse { ready: true }))
+        }
+        async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> R<pb::ServerMetadataResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn model_metadata(&self, _: Request<pb::ModelMetadataRequest>) -> R<pb::ModelMetadataResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> R<pb::ModelInferResponse> {
+            self.seen.lock().unwrap().push(request.metadata().clone());
+            if let Some((code, message)) = self.fail_with {
+                return Err(Status::new(code, message));
+            }
+            let m = request.into_inner();
+            Ok(Response::new(pb::ModelInferResponse {
+                model_name: m.model_name,
+                id: m.id,
+                outputs: vec![pb::model_infer_response::InferOutputTensor {
+                    name: "y".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![1],
+                    ..Default::default()
+                }],
+                raw_output_contents: vec![bytes::Bytes::copy_from_slice(&1.0f32.to_le_bytes())],
+                ..Default::default()
+            }))
+        }
+        type ModelStreamInferStream =
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream<Result<pb::ModelStreamInferResponse, Status>>;
+        async fn model_stream_infer(
+            &self,
+            _: Request<Streaming<pb::ModelInferRequest>>,
+        ) -> R<Self::ModelStreamInferStream> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn model_config(&self, _: Request<pb::ModelConfigRequest>) -> R<pb::ModelConfigResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn model_statistics(&self, _: Request<pb::ModelStatisticsRequest>) -> R<pb::ModelStatisticsResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn repository_index(&self, _: Request<pb::RepositoryIndexRequest>) -> R<pb::RepositoryIndexResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn repository_model_load(
+            &self,
+            _: Request<pb::RepositoryModelLoadRequest>,
+        ) -> R<pb::RepositoryModelLoadResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn repository_model_unload(
+            &self,
+            _: Request<pb::RepositoryModelUnloadRequest>,
+        ) -> R<pb::RepositoryModelUnloadResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+    }
+}
+
+fn grpc_backend_config(port: u16) -> String {
+    format!(
+        "backends:\n  g:\n    kind: v2-grpc\n    endpoints: ['127.0.0.1:{port}']\n    forward_headers: {{deny: [cookie]}}\nmodels:\n  mlp:\n    variants:\n      - {{name: only, backend: g}}\n"
+    )
+}
+
+async fn grpc_client(
+    port: u16,
+) -> switchyard_runtime::codec::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<
+    tonic::transport::Channel,
+> {
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    switchyard_runtime::codec::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(ch)
+}
+
+fn grpc_infer(
+    md: &[(&'static str, &'static str)],
+) -> tonic::Request<switchyard_runtime::codec::grpc::pb::ModelInferRequest> {
+    use switchyard_runtime::codec::grpc::pb;
+    let mut r = tonic::Request::new(pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 2],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes::Bytes::from([1.0f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat())],
+        ..Default::default()
+    });
+    for (k, v) in md {
+        r.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    r
+}
+
+/// gRPC client metadata reaches a `v2-grpc` backend (minus what is denied and
+/// Switchyard's own), and the backend's own status code reaches a gRPC
+/// client unchanged — here one no mapping would have produced (DATA_LOSS).
+#[tokio::test]
+async fn grpc_metadata_reaches_the_backend_and_its_status_code_comes_back_unchanged() {
+    let standin = grpc_standin::StandIn::default();
+    let seen = standin.seen.clone();
+    let backend = standin.start().await;
+    let sy = Switchyard::config(&grpc_backend_config(backend.port)).start().await;
+    let mut client = grpc_client(sy.grpc_port).await;
+    let md =
+        [("authorization", "Bearer g-1"), ("x-tenant", "acme"), ("cookie", "s=1"), ("x-switchyard-variant", "only")];
+    let r = client.model_infer(grpc_infer(&md)).await.expect("infer through the stand-in");
+    assert_eq!(r.metadata().get("x-switchyard-variant").unwrap(), "only");
+    let got = seen.lock().unwrap().last().cloned().expect("the backend was called");
+    assert_eq!(got.get("authorization").unwrap(), "Bearer g-1");
+    assert_eq!(got.get("x-tenant").unwrap(), "acme");
+    assert!(got.get("cookie").is_none() && got.get("x-switchyard-variant").is_none(), "{got:?}");
+
+    let failing =
+        grpc_standin::StandIn { fail_with: Some((tonic::Code::DataLoss, "shard 3 lost")), ..Default::default() };
+    let backend = failing.start().await;
+    let sy = Switchyard::config(&grpc_backend_config(backend.port)).start().await;
+    let mut client = grpc_client(sy.grpc_port).await;
+    let e = client.model_infer(grpc_infer(&[])).await.expect_err("the backend fails");
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{e:?}");
+    assert_eq!(e.message(), "shard 3 lost");
+    // The same failure over HTTP: 502, the backend's fault.
+    let r = sy.post(INFER, &[], r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+}
