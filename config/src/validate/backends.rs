@@ -60,17 +60,32 @@ pub(super) fn backends(
     out
 }
 
-fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, defaults: &Defaults) -> V2HttpBackend {
-    if r.endpoints.is_empty() {
-        errs.at(format!("{path}.endpoints"), at, "a v2-http backend needs at least one endpoint");
+/// A remote backend's endpoints, each parsed by `parse`; an empty list is
+/// the error `when_empty`.
+fn endpoints(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    raw: &[Spanned<String>],
+    parse: fn(&str) -> Result<Upstream, String>,
+    when_empty: &str,
+) -> Vec<Upstream> {
+    if raw.is_empty() {
+        errs.at(format!("{path}.endpoints"), at, when_empty);
     }
-    let mut endpoints = Vec::new();
-    for (i, e) in r.endpoints.iter().enumerate() {
-        match parse_upstream(&e.value) {
-            Ok(u) => endpoints.push(u),
+    let mut out = Vec::new();
+    for (i, e) in raw.iter().enumerate() {
+        match parse(&e.value) {
+            Ok(u) => out.push(u),
             Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
         }
     }
+    out
+}
+
+fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, defaults: &Defaults) -> V2HttpBackend {
+    let endpoints =
+        endpoints(errs, path, at, &r.endpoints, parse_upstream, "a v2-http backend needs at least one endpoint");
     let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
         None | Some(("auto", _)) => BinaryMode::Auto,
         Some(("always", _)) => BinaryMode::Always,
@@ -109,16 +124,8 @@ fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, d
 }
 
 fn v2_grpc(errs: &mut Errors, path: &str, at: &Location, r: &RawV2GrpcBackend, defaults: &Defaults) -> V2GrpcBackend {
-    if r.endpoints.is_empty() {
-        errs.at(format!("{path}.endpoints"), at, "a v2-grpc backend needs at least one endpoint (host:port)");
-    }
-    let mut endpoints = Vec::new();
-    for (i, e) in r.endpoints.iter().enumerate() {
-        match parse_grpc_endpoint(&e.value) {
-            Ok(u) => endpoints.push(u),
-            Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
-        }
-    }
+    let when_empty = "a v2-grpc backend needs at least one endpoint (host:port)";
+    let endpoints = endpoints(errs, path, at, &r.endpoints, parse_grpc_endpoint, when_empty);
     V2GrpcBackend {
         endpoints,
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
