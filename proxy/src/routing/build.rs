@@ -148,7 +148,10 @@ mod tests {
         let mut backends: Backends = Default::default();
         for (name, b) in &cfg.backends {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
-            backends.insert(name.clone(), Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c)));
+            backends.insert(
+                name.clone(),
+                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c).unwrap()),
+            );
         }
         let ctx = BuildContext {
             backends: &backends,

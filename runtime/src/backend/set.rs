@@ -32,7 +32,7 @@ impl BackendSet {
                 }
             }
             let backend: Arc<dyn Backend> = match b {
-                BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c)),
+                BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c)?),
                 BackendConfig::V2Grpc(c) => Arc::new(v2_grpc::V2GrpcBackend::new(name, c)?),
                 BackendConfig::Onnx(c) => {
                     let shared = match &out.onnx {

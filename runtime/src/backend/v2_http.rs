@@ -85,7 +85,10 @@ impl Drop for Outstanding<'_> {
 }
 
 impl V2HttpBackend {
-    pub fn new(name: &str, cfg: &Config) -> V2HttpBackend {
+    /// Fails (instead of panicking the reload that builds it) on an endpoint
+    /// whose authority is no valid `Host` value; config validation rejects
+    /// those first.
+    pub fn new(name: &str, cfg: &Config) -> Result<V2HttpBackend, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
@@ -93,21 +96,26 @@ impl V2HttpBackend {
             .pool_max_idle_per_host(cfg.pool_size)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        V2HttpBackend {
-            name: Arc::from(name),
-            client,
-            endpoints: cfg
-                .endpoints
-                .iter()
-                .map(|u| Endpoint {
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|u| {
+                let host = HeaderValue::from_str(&u.authority)
+                    .map_err(|_| format!("backend `{name}`: endpoint {:?} is not a valid host", u.authority))?;
+                Ok(Endpoint {
                     base_uri: u.to_string(),
-                    host: HeaderValue::from_str(&u.authority).expect("validated authority"),
+                    host,
                     upstream: u.clone(),
                     outstanding: AtomicUsize::new(0),
                     consecutive_failures: AtomicU32::new(0),
                     ejected_until_ms: AtomicU64::new(0),
                 })
-                .collect(),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(V2HttpBackend {
+            name: Arc::from(name),
+            client,
+            endpoints,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
             eject_after: cfg.eject_after_failures,
@@ -115,7 +123,7 @@ impl V2HttpBackend {
             binary: cfg.binary,
             binary_supported: OnceCell::new(),
             epoch: Instant::now(),
-        }
+        })
     }
 
     fn now_ms(&self) -> u64 {
