@@ -83,6 +83,11 @@ fn endpoints(
     out
 }
 
+/// A remote backend's `connect_timeout`, the same rule for both kinds.
+fn connect_timeout(errs: &mut Errors, path: &str, raw: &Option<Spanned<String>>) -> Duration {
+    duration(errs, &format!("{path}.connect_timeout"), raw, DEFAULT_CONNECT_TIMEOUT, false)
+}
+
 fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, defaults: &Defaults) -> V2HttpBackend {
     let endpoints =
         endpoints(errs, path, at, &r.endpoints, parse_upstream, "a v2-http backend needs at least one endpoint");
@@ -102,13 +107,7 @@ fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, d
     V2HttpBackend {
         endpoints,
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
-        connect_timeout: duration(
-            errs,
-            &format!("{path}.connect_timeout"),
-            &r.connect_timeout,
-            DEFAULT_CONNECT_TIMEOUT,
-            false,
-        ),
+        connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
         pool_size: positive(errs, &format!("{path}.pool_size"), &r.pool_size, DEFAULT_POOL_SIZE).get(),
         eject_after_failures: positive(
             errs,
@@ -129,13 +128,7 @@ fn v2_grpc(errs: &mut Errors, path: &str, at: &Location, r: &RawV2GrpcBackend, d
     V2GrpcBackend {
         endpoints,
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
-        connect_timeout: duration(
-            errs,
-            &format!("{path}.connect_timeout"),
-            &r.connect_timeout,
-            DEFAULT_CONNECT_TIMEOUT,
-            false,
-        ),
+        connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
         max_message_bytes: message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes),
         forward_headers: forward_headers(errs, path, &r.forward_headers),
     }

@@ -504,14 +504,7 @@ fn strip_position(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(json: &str) -> Result<InferRequest, CodecError> {
-        decode_request(&Bytes::copy_from_slice(json.as_bytes()), None)
-    }
-
-    fn f32s(t: &Tensor) -> Vec<f32> {
-        t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    }
+    use crate::codec::v2::test_support::{f32s, req};
 
     /// `data` before `datatype` (and `name` last): decoded from the raw text afterwards.
     fn data_first(body: &str) -> String {

@@ -15,21 +15,33 @@ pub use encode::{encode_request, encode_response, error_body, Encoded};
 /// HTTP header that marks a binary-extension body and gives the JSON part's length.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
+/// Helpers the codec's tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use bytes::Bytes;
+
+    use super::decode_request;
+    use crate::error::CodecError;
+    use crate::tensor::{InferRequest, Tensor};
+
+    /// Decodes a V2 JSON request body.
+    pub fn req(json: &str) -> Result<InferRequest, CodecError> {
+        decode_request(&Bytes::copy_from_slice(json.as_bytes()), None)
+    }
+
+    /// The FP32 values of a tensor.
+    pub fn f32s(t: &Tensor) -> Vec<f32> {
+        t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
 
+    use super::test_support::{f32s, req};
     use super::*;
-    use crate::error::CodecError;
     use crate::tensor::{InferRequest, InferResponse, Tensor};
-
-    fn req(json: &str) -> Result<InferRequest, CodecError> {
-        decode_request(&Bytes::copy_from_slice(json.as_bytes()), None)
-    }
-
-    fn f32s(t: &Tensor) -> Vec<f32> {
-        t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    }
 
     #[test]
     fn json_flat_and_nested_give_the_same_bytes() {
