@@ -77,6 +77,13 @@ async fn reload_loop(plane: Arc<ControlPlane>, mut events: mpsc::UnboundedReceiv
             Some(c) => c,
             None => return,
         };
+        // Truncated and not yet written (a writer stalled longer than the
+        // settle window): its write will trigger again. Only an explicit
+        // SIGHUP is told that an empty file is refused.
+        if trigger != "SIGHUP" && matches!(&contents, Ok(text) if text.trim().is_empty()) {
+            tracing::debug!(trigger, "config file is empty; waiting for it to be written");
+            continue;
+        }
         apply(&plane, trigger, contents).await;
     }
 }
@@ -151,6 +158,32 @@ mod tests {
         let p = plane.published();
         assert_eq!((p.generation, p.last_reload.successful), (2, true));
         assert_eq!(weight(&fake.last_applied(), "m", "v2"), 30.0);
+    }
+
+    /// A writer that truncates the file and stalls past the settle window
+    /// before writing: the empty file is neither applied nor refused, and
+    /// the contents that follow apply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_truncation_is_neither_applied_nor_refused() {
+        let dir = ConfigDir::new("stall", &two_models(90.0, 10.0));
+        let fake = FakeServing::new();
+        let plane = dir.start(fake.clone()).await;
+        spawn(plane.clone()).unwrap();
+        let f = std::fs::File::create(&dir.config).unwrap();
+        // Several settle windows of an empty file (the quiet window is 50 ms).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let p = plane.published();
+        assert!(p.last_reload.successful && p.last_reload.errors.is_empty(), "refused: {:?}", p.last_reload);
+        drop(f);
+        dir.write(&two_models(60.0, 40.0));
+        eventually(PATIENCE, "the written file applies", async || {
+            weight(&plane.published().effective, "m", "v1") == 60.0
+        })
+        .await;
+        let p = plane.published();
+        assert!(p.last_reload.successful, "{:?}", p.last_reload);
+        assert_eq!(p.generation, 2, "exactly one new generation, for the written file");
+        assert!(fake.applied.lock().unwrap().iter().all(|(_, c)| !c.models.is_empty()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
