@@ -56,6 +56,37 @@ pub struct ValidatedConfig {
     pub cache: CacheConfig,
 }
 
+/// Settings given on the command line (or their environment variables) that
+/// replace the file's. They are applied to every parse of the file, so a
+/// reload never moves a listener the operator pinned: an injected sidecar's
+/// ports come from its pod spec while its config comes from a shared ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub http_address: Option<SocketAddr>,
+    /// Replaces `listeners.grpc.address`; a file that turns gRPC off keeps it off.
+    pub grpc_address: Option<SocketAddr>,
+    pub metrics_address: Option<SocketAddr>,
+    /// Where the control plane persists API changes (replaces `listeners.control.state_file`).
+    pub state_file: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut ValidatedConfig) {
+        if let Some(a) = self.http_address {
+            cfg.listeners.http.address = a;
+        }
+        if let (Some(a), Some(g)) = (self.grpc_address, cfg.listeners.grpc.as_mut()) {
+            g.address = a;
+        }
+        if let Some(a) = self.metrics_address {
+            cfg.listeners.metrics = Some(a);
+        }
+        if let (Some(p), Some(c)) = (&self.state_file, cfg.listeners.control.as_mut()) {
+            c.state_file = Some(p.clone());
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listeners {
     pub http: HttpListener,
