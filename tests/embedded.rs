@@ -467,7 +467,7 @@ async fn bad_inputs_are_400s_naming_the_tensor() {
             "mlp",
             mlp(json!([good_input, {"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]}])).into(),
             None,
-            vec!["unexpected input", "'extra'"],
+            vec!["expected 1 inputs but got 2 inputs for model 'mlp'", "unexpected input 'extra'"],
         ),
         (
             "datatype mismatch",

@@ -45,7 +45,10 @@ async fn unknown_models_share_one_metric_label() {
     for i in 0..20 {
         let r = sy.post(&format!("/v2/models/invented-{i}/infer"), &[], json_body(1)).await;
         assert_eq!(r.status, 404, "{}", r.text());
-        assert_eq!(r.error(), format!("unknown model 'invented-{i}'"));
+        assert_eq!(
+            r.error(),
+            format!("Request for unknown model: 'invented-{i}' is not found (no route for it in Switchyard's config)")
+        );
     }
     let m = sy.metrics().await;
     assert!(!m.0.contains("invented-"), "client-chosen model names leaked into metric labels");

@@ -41,6 +41,10 @@ pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-switchyard-variant";
 /// Warm-up runs per loaded ONNX model version.
 pub const DEFAULT_WARMUP_RUNS: u32 = 3;
+/// Runs of each warm-up sample per session.
+pub const DEFAULT_WARMUP_REQUESTS: u32 = 1;
+/// The server's name in V2 server metadata.
+pub const DEFAULT_SERVER_NAME: &str = "switchyard";
 /// How often the ONNX repository is rescanned when file events are missed.
 pub const DEFAULT_REPOSITORY_POLL: Duration = Duration::from_secs(2);
 
@@ -58,6 +62,21 @@ pub struct ValidatedConfig {
     pub cache: CacheConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
+    /// What V2 server metadata says the server is.
+    pub server: ServerIdentity,
+}
+
+/// The server's name and version in V2 server metadata (as Envoy's `server_name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerIdentity {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+}
+
+impl Default for ServerIdentity {
+    fn default() -> ServerIdentity {
+        ServerIdentity { name: Arc::from(DEFAULT_SERVER_NAME), version: Arc::from(env!("CARGO_PKG_VERSION")) }
+    }
 }
 
 /// The DNS resolver of `dns:` backends.
@@ -300,6 +319,8 @@ pub struct OnnxBackend {
     /// Models to serve from the repository; empty = all.
     pub models: Vec<String>,
     pub warmup: u32,
+    /// Runs of each warm-up sample (`MODEL/warmup/*.json`) per session.
+    pub warmup_requests: u32,
     pub instances: NonZeroUsize,
     pub poll_interval: Duration,
 }

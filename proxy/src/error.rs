@@ -34,6 +34,8 @@ pub enum ErrorKind {
     ClientClosed,
     /// The backend failed, or answered with an error of its own.
     Backend(BackendFailure),
+    /// A known API that this server does not offer for what was asked (e.g. an RPC its backend kind lacks).
+    NotImplemented,
     /// A fault of Switchyard itself.
     Internal,
 }

@@ -36,6 +36,7 @@ pub fn http_status(e: &Error) -> u16 {
         ErrorKind::TooLarge => 413,
         ErrorKind::ClientClosed => CLIENT_CLOSED,
         ErrorKind::Internal => 500,
+        ErrorKind::NotImplemented => 501,
         ErrorKind::Unavailable { .. } => 503,
         ErrorKind::DeadlineExceeded => 504,
         ErrorKind::Backend(b) => match b {
@@ -97,6 +98,7 @@ pub fn grpc_status(e: &Error) -> tonic::Status {
         ErrorKind::TooLarge => Code::ResourceExhausted,
         ErrorKind::ClientClosed => Code::Cancelled,
         ErrorKind::Internal => Code::Internal,
+        ErrorKind::NotImplemented => Code::Unimplemented,
         // A full batch queue too, as Triton answers.
         ErrorKind::Unavailable { .. } => Code::Unavailable,
         ErrorKind::Backend(b) => match b {
@@ -144,6 +146,7 @@ mod tests {
             (Error::too_large("too big"), 413, Code::ResourceExhausted),
             (Error::client_closed(), 499, Code::Cancelled),
             (Error::internal("bug"), 500, Code::Internal),
+            (Error::new(ErrorKind::NotImplemented, "no such RPC here"), 501, Code::Unimplemented),
             (Error::overloaded(1, "queue full"), 503, Code::Unavailable),
             (Error::deadline(Duration::from_millis(5)), 504, Code::DeadlineExceeded),
             (BackendError::Connect { endpoint: "e".into(), message: "refused".into() }.into(), 502, Code::Unavailable),

@@ -91,6 +91,8 @@ pub struct RawOnnxBackend {
     pub models: Vec<S<String>>,
     /// Warm-up runs per loaded version.
     pub warmup: Option<S<u64>>,
+    /// Runs of each `MODEL/warmup/*.json` sample per session.
+    pub warmup_requests: Option<S<u64>>,
     /// Sessions per loaded version.
     pub instances: Option<S<u64>>,
     /// Poll interval fallback for repository watching.

@@ -55,6 +55,17 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub resolver: RawResolver,
+    /// What the server says it is (V2 server metadata).
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+/// The server's identity in V2 server metadata (`GET /v2`, gRPC ServerMetadata).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub name: Option<S<String>>,
+    pub version: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.

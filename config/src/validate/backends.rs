@@ -194,6 +194,14 @@ fn onnx(
         version_policy,
         models: r.models.iter().map(|m| m.value.clone()).collect(),
         warmup: r.warmup.as_ref().map(|w| w.value as u32).unwrap_or(DEFAULT_WARMUP_RUNS),
+        warmup_requests: match &r.warmup_requests {
+            None => DEFAULT_WARMUP_REQUESTS,
+            Some(w) if w.value == 0 || w.value > 1000 => {
+                errs.at(format!("{path}.warmup_requests"), loc(w), "must be 1 to 1000");
+                DEFAULT_WARMUP_REQUESTS
+            }
+            Some(w) => w.value as u32,
+        },
         // One session per pool thread, so one model can use every core.
         instances: positive(errs, &format!("{path}.instances"), &r.instances, defaults.pool_threads),
         poll_interval: duration(

@@ -55,7 +55,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let models =
         models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
     let resolver = process::resolver(errs, &raw.resolver);
-    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver }
+    let server = process::server(errs, &raw.server);
+    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver, server }
 }
 
 impl ValidatedConfig {

@@ -2,6 +2,7 @@
 //! `runtime.onnx` and `logging` — which refer to no other section.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::fields::{address, duration, header_name, loc, message_bytes, positive, Errors};
 use super::upstream::parse_upstream;
@@ -121,6 +122,20 @@ pub(super) fn resolver(errs: &mut Errors, raw: &RawResolver) -> ResolverConfig {
         }
     }
     ResolverConfig { nameservers }
+}
+
+/// `server`: name and version, printable and non-empty (they go into JSON and gRPC answers as they are).
+pub(super) fn server(errs: &mut Errors, raw: &RawServer) -> ServerIdentity {
+    let mut id = ServerIdentity::default();
+    for (field, v, out) in [("name", &raw.name, &mut id.name), ("version", &raw.version, &mut id.version)] {
+        let Some(v) = v else { continue };
+        if v.value.is_empty() || v.value.len() > 256 || v.value.chars().any(char::is_control) {
+            errs.at(format!("server.{field}"), loc(v), "must be 1 to 256 printable characters");
+        } else {
+            *out = Arc::from(v.value.as_str());
+        }
+    }
+    id
 }
 
 pub(super) fn logging(errs: &mut Errors, raw: RawLogging) -> Logging {

@@ -29,8 +29,6 @@ pub struct Shared {
 struct GrpcExchange<'a> {
     headers: &'a HeaderMap,
     message: Option<pb::ModelInferRequest>,
-    /// Whether the client sent raw contents: it gets raw outputs back.
-    raw: bool,
     max_message_bytes: usize,
 }
 
@@ -43,9 +41,7 @@ impl Exchange for GrpcExchange<'_> {
 
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let msg = self.message.take().ok_or_else(|| Error::internal("the request was decoded twice"))?;
-        let decoded = codec::decode_request(msg)?;
-        self.raw = decoded.raw;
-        Ok(decoded.request)
+        Ok(codec::decode_request(msg)?.request)
     }
 
     async fn closed(&mut self) {
@@ -54,7 +50,8 @@ impl Exchange for GrpcExchange<'_> {
     }
 
     fn encode(&mut self, resp: InferResponse) -> Result<pb::ModelInferResponse, Error> {
-        let out = codec::encode_response(resp, self.raw);
+        // Triton answers in raw_output_contents whatever the request used; clients expect it.
+        let out = codec::encode_response(resp, true);
         let len = out.encoded_len();
         if len > self.max_message_bytes {
             return Err(Error::too_large(format!(
@@ -81,9 +78,10 @@ impl Shared {
         let start = Instant::now();
         // One snapshot per request, kept to the end.
         let table = self.table.load_full();
-        let model = std::mem::take(&mut msg.model_name);
+        // Kept in the message too: decode errors name the model, as Triton's do.
+        let model = msg.model_name.clone();
         let version = std::mem::take(&mut msg.model_version);
-        let mut x = GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
+        let mut x = GrpcExchange { headers, message: Some(msg), max_message_bytes: self.max_message_bytes };
         let call = Call { model: &model, version: version_opt(&version), deadline, start };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }

@@ -9,6 +9,7 @@
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
 //! `v2-grpc` backend. It runs on its own tokio runtime, beside pingora's.
 
+mod embedded;
 mod exchange;
 mod passthrough;
 mod service;

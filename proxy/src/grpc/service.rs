@@ -1,6 +1,8 @@
 //! `inference.GRPCInferenceService`: liveness, readiness and metadata
 //! answered here; ModelInfer through the shared lifecycle (`exchange`);
-//! ModelStreamInfer in `stream`; the rest passed through (`passthrough`).
+//! ModelStreamInfer in `stream`; model configuration, statistics and the
+//! repository RPCs answered for embedded models (`crate::triton`) and passed
+//! through to v2-grpc backends otherwise (`passthrough`).
 
 use std::sync::Arc;
 
@@ -9,16 +11,13 @@ use switchyard_runtime::codec::grpc::{self as codec, pb};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{grpc_timeout, version_opt, Shared};
-use super::{passthrough, stream};
+use super::{embedded, passthrough, stream};
 use crate::error::Error;
 use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
 use crate::pipeline;
 use crate::respond;
 
 use pb::grpc_inference_service_server::GrpcInferenceService;
-
-/// Extensions advertised in ServerMetadata (the same server as over HTTP).
-const EXTENSIONS: &[&str] = &["binary_tensor_data"];
 
 #[derive(Clone)]
 pub struct FrontEnd {
@@ -61,10 +60,11 @@ impl GrpcInferenceService for FrontEnd {
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let table = self.shared.table.load_full();
         Ok(Response::new(pb::ServerMetadataResponse {
-            name: "switchyard".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+            name: table.server.name.to_string(),
+            version: table.server.version.to_string(),
+            extensions: crate::triton::extensions(&table).iter().map(|e| e.to_string()).collect(),
         }))
     }
 
@@ -124,6 +124,9 @@ impl GrpcInferenceService for FrontEnd {
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let table = self.shared.table.load_full();
         let (md, _, m) = request.into_parts();
+        if let Some(resp) = embedded::model_config(&table, md.as_ref(), &m)? {
+            return Ok(Response::new(resp));
+        }
         passthrough::model_config(&table, md.as_ref(), m).await.map(Response::new)
     }
 
@@ -133,6 +136,9 @@ impl GrpcInferenceService for FrontEnd {
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let table = self.shared.table.load_full();
         let (md, _, m) = request.into_parts();
+        if let Some(resp) = embedded::model_statistics(&table, md.as_ref(), &m)? {
+            return Ok(Response::new(resp));
+        }
         passthrough::model_statistics(&table, md.as_ref(), m).await.map(Response::new)
     }
 
@@ -141,7 +147,11 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
         let table = self.shared.table.load_full();
-        passthrough::repository_index(&table, request.into_inner()).await.map(Response::new)
+        let m = request.into_inner();
+        if let Some(resp) = embedded::repository_index(&table, &m) {
+            return Ok(Response::new(resp));
+        }
+        passthrough::repository_index(&table, m).await.map(Response::new)
     }
 
     async fn repository_model_load(
@@ -150,6 +160,10 @@ impl GrpcInferenceService for FrontEnd {
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let table = self.shared.table.load_full();
         let (md, _, m) = request.into_parts();
+        let names = m.parameters.keys().map(String::as_str);
+        if embedded::repository_control(&table, md.as_ref(), &m.model_name, names, true).await? {
+            return Ok(Response::new(pb::RepositoryModelLoadResponse {}));
+        }
         passthrough::repository_model_load(&table, md.as_ref(), m).await.map(Response::new)
     }
 
@@ -159,6 +173,10 @@ impl GrpcInferenceService for FrontEnd {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let table = self.shared.table.load_full();
         let (md, _, m) = request.into_parts();
+        let names = m.parameters.keys().map(String::as_str);
+        if embedded::repository_control(&table, md.as_ref(), &m.model_name, names, false).await? {
+            return Ok(Response::new(pb::RepositoryModelUnloadResponse {}));
+        }
         passthrough::repository_model_unload(&table, md.as_ref(), m).await.map(Response::new)
     }
 }

@@ -1,5 +1,6 @@
 //! Which endpoint an HTTP request asks for, from its method and path alone:
-//! the probes, KServe V2 REST, or anything else (passed through).
+//! the probes, KServe V2 REST and Triton's extensions to it (model
+//! configuration, statistics, repository), or anything else (passed through).
 
 use http::Method;
 
@@ -15,6 +16,14 @@ pub enum Endpoint<'a> {
     ModelMetadata(&'a str, Option<&'a str>),
     ModelReady(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
+    /// Triton's `GET .../config`.
+    ModelConfig(&'a str, Option<&'a str>),
+    /// Triton's `GET /v2/models[/{m}[/versions/{v}]]/stats`.
+    ModelStats(Option<&'a str>, Option<&'a str>),
+    /// Triton's `POST /v2/repository/index`.
+    RepositoryIndex,
+    /// Triton's `POST /v2/repository/models/{m}/load` (`true`) or `/unload`.
+    RepositoryControl(&'a str, bool),
     /// A path we know, with the wrong method.
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
@@ -31,7 +40,16 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         "/v2/health/live" => return simple(Endpoint::V2Live),
         "/v2/health/ready" => return simple(Endpoint::V2Ready),
         "/v2" | "/v2/" => return simple(Endpoint::V2Server),
+        "/v2/models/stats" => return simple(Endpoint::ModelStats(None, None)),
+        "/v2/repository/index" => return post(method, Endpoint::RepositoryIndex),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/v2/repository/models/") {
+        return match rest.split_once('/') {
+            Some((m, "load")) if !m.is_empty() => post(method, Endpoint::RepositoryControl(m, true)),
+            Some((m, "unload")) if !m.is_empty() => post(method, Endpoint::RepositoryControl(m, false)),
+            _ => Endpoint::Other,
+        };
     }
     let Some(rest) = path.strip_prefix("/v2/models/") else {
         return Endpoint::Other;
@@ -58,9 +76,19 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
     match action {
         "" => simple(Endpoint::ModelMetadata(model, version)),
         "ready" => simple(Endpoint::ModelReady(model, version)),
+        "config" => simple(Endpoint::ModelConfig(model, version)),
+        "stats" => simple(Endpoint::ModelStats(Some(model), version)),
         "infer" if method == Method::POST => Endpoint::Infer(model, version),
         "infer" => Endpoint::WrongMethod("POST"),
         _ => Endpoint::Other,
+    }
+}
+
+fn post<'a>(method: &Method, e: Endpoint<'a>) -> Endpoint<'a> {
+    if method == Method::POST {
+        e
+    } else {
+        Endpoint::WrongMethod("POST")
     }
 }
 
@@ -84,8 +112,17 @@ mod tests {
             (&post, "/v2/models/mlp/versions/1/infer", Endpoint::Infer("mlp", Some("1"))),
             (&get, "/v2/models/mlp/infer", Endpoint::WrongMethod("POST")),
             (&post, "/health", Endpoint::WrongMethod("GET")),
-            (&get, "/v2/models/mlp/config", Endpoint::Other),
-            (&get, "/v2/repository/index", Endpoint::Other),
+            (&get, "/v2/models/mlp/config", Endpoint::ModelConfig("mlp", None)),
+            (&get, "/v2/models/mlp/versions/2/config", Endpoint::ModelConfig("mlp", Some("2"))),
+            (&get, "/v2/models/stats", Endpoint::ModelStats(None, None)),
+            (&get, "/v2/models/mlp/stats", Endpoint::ModelStats(Some("mlp"), None)),
+            (&get, "/v2/models/mlp/versions/1/stats", Endpoint::ModelStats(Some("mlp"), Some("1"))),
+            (&post, "/v2/repository/index", Endpoint::RepositoryIndex),
+            (&get, "/v2/repository/index", Endpoint::WrongMethod("POST")),
+            (&post, "/v2/repository/models/mlp/load", Endpoint::RepositoryControl("mlp", true)),
+            (&post, "/v2/repository/models/mlp/unload", Endpoint::RepositoryControl("mlp", false)),
+            (&post, "/v2/repository/models/mlp/reload", Endpoint::Other),
+            (&post, "/v2/repository/models//load", Endpoint::Other),
             (&post, "/v1/models/x:predict", Endpoint::Other),
             (&get, "/v2/models/", Endpoint::Other),
             (&get, "/v2/models/mlp/versions/", Endpoint::Other),

@@ -8,6 +8,7 @@
 mod body;
 mod classify;
 mod reply;
+mod triton;
 mod upstream;
 mod v2;
 
@@ -94,13 +95,35 @@ impl ProxyHttp for HttpListener {
         }
         // One snapshot per request, kept to the end.
         let table = self.table.load_full();
+        let can_pass = self.default_upstream.is_some();
+        let headers = || session.req_header().headers.clone();
+        let triton = match endpoint {
+            Endpoint::ModelConfig(m, v) => Some(triton::model_config(&headers(), &table, m, v, can_pass)),
+            Endpoint::ModelStats(m, v) => Some(triton::model_stats(&headers(), &table, m, v, can_pass)),
+            Endpoint::RepositoryIndex => Some(triton::repository_index(session, &table, &self.limits, can_pass).await),
+            Endpoint::RepositoryControl(m, load) => {
+                Some(triton::repository_control(session, &table, &self.limits, m, load, can_pass).await)
+            }
+            _ => None,
+        };
+        match triton {
+            Some(triton::Outcome::PassThrough) => {
+                ctx.passthrough = true;
+                return Ok(false);
+            }
+            Some(triton::Outcome::Reply(reply)) => {
+                reply::write(session, reply).await?;
+                return Ok(true);
+            }
+            None => {}
+        }
         let reply = match endpoint {
             Endpoint::Health => Reply::json(200, &br#"{"status":"live"}"#[..]),
             Endpoint::Startup => Reply::json(200, &br#"{"status":"started"}"#[..]),
             Endpoint::V2Live => Reply::json(200, Bytes::new()),
             Endpoint::Ready => v2::readiness(&table, false).await,
             Endpoint::V2Ready => v2::readiness(&table, true).await,
-            Endpoint::V2Server => v2::server_metadata(),
+            Endpoint::V2Server => v2::server_metadata(&table),
             Endpoint::ModelMetadata(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, false).await,
             Endpoint::ModelReady(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, true).await,
             Endpoint::Infer(m, v) => v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await,
@@ -108,7 +131,13 @@ impl ProxyHttp for HttpListener {
                 ErrorKind::MethodNotAllowed { allowed },
                 format!("{} is not allowed on {} (use {allowed})", method, uri.path()),
             )),
-            Endpoint::Other => Reply::error(&Error::internal("pass-through path reached the V2 handlers")),
+            Endpoint::Other
+            | Endpoint::ModelConfig(..)
+            | Endpoint::ModelStats(..)
+            | Endpoint::RepositoryIndex
+            | Endpoint::RepositoryControl(..) => {
+                Reply::error(&Error::internal("pass-through or Triton path reached the V2 handlers"))
+            }
         };
         reply::write(session, reply).await?;
         Ok(true)

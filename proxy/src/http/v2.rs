@@ -167,10 +167,11 @@ pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
 }
 
 /// `GET /v2`: server metadata.
-pub fn server_metadata() -> Reply {
-    let body = format!(
-        r#"{{"name":"switchyard","version":"{}","extensions":["binary_tensor_data"]}}"#,
-        env!("CARGO_PKG_VERSION")
-    );
-    Reply::json(200, body)
+pub fn server_metadata(table: &RoutingTable) -> Reply {
+    let body = serde_json::json!({
+        "name": &*table.server.name,
+        "version": &*table.server.version,
+        "extensions": crate::triton::extensions(table),
+    });
+    Reply::json(200, body.to_string())
 }

@@ -176,6 +176,8 @@ pub struct RoutingTable {
     pub override_header: http::HeaderName,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
+    /// What server metadata says this server is.
+    pub server: switchyard_config::ServerIdentity,
 }
 
 impl RoutingTable {
@@ -187,6 +189,7 @@ impl RoutingTable {
             wildcard: None,
             override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
             batchers: HashMap::new(),
+            server: Default::default(),
         }
     }
 

@@ -44,7 +44,10 @@ pub enum RouteError {
 impl std::fmt::Display for RouteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RouteError::UnknownModel(m) => write!(f, "unknown model '{m}'"),
+            // Triton's words, which clients match on; the detail after them is Switchyard's.
+            RouteError::UnknownModel(m) => {
+                write!(f, "Request for unknown model: '{m}' is not found (no route for it in Switchyard's config)")
+            }
             RouteError::UnknownVariant { model, variant, known } => {
                 write!(f, "model '{model}' has no variant '{variant}' (variants: {known})")
             }

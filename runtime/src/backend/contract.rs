@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tonic::Status;
 
 use super::forward::Forwarding;
+use super::triton::TritonModels;
 use crate::codec::grpc::pb;
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse};
@@ -57,6 +58,12 @@ pub trait Backend: Send + Sync + 'static {
     /// gRPC front end passes ModelConfig, ModelStatistics and Repository*
     /// through it.
     fn grpc_passthrough(&self) -> Option<&dyn GrpcPassthrough> {
+        None
+    }
+
+    /// Triton's model configuration, statistics and repository API, for a
+    /// backend that owns its models (the embedded runtime).
+    fn triton(&self) -> Option<&dyn TritonModels> {
         None
     }
 }

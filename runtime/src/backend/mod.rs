@@ -8,6 +8,7 @@ pub mod dns;
 pub mod forward;
 pub mod onnx;
 mod set;
+pub mod triton;
 pub mod v2_grpc;
 pub mod v2_http;
 

@@ -215,7 +215,11 @@ pub fn decode_request(msg: pb::ModelInferRequest) -> Result<DecodedRequest, Code
         let dt = datatype("input", &t.name, &t.datatype)?;
         let data = match (raw_contents.next(), t.contents) {
             (Some(_), Some(c)) if !used_fields(&c).is_empty() => {
-                return Err(CodecError::invalid(format!("input '{}' has both contents and raw_input_contents", t.name)))
+                // Triton's words, which clients match on.
+                return Err(CodecError::invalid(format!(
+                    "contents field must not be specified when using raw_input_contents for '{}' for model '{}'",
+                    t.name, msg.model_name
+                )));
             }
             (Some(r), _) => r,
             (None, Some(c)) => contents_to_bytes("input", &t.name, dt, c)?,

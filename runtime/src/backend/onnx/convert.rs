@@ -164,30 +164,9 @@ fn raw<T: PrimitiveTensorElementType + Copy + 'static>(v: &DynValue) -> ort::Res
     Ok((shape.to_vec(), Bytes::copy_from_slice(bytes)))
 }
 
-/// Zero-filled inputs for warm-up: dynamic dims become 1, BYTES elements empty strings.
-pub fn zero_tensor(name: &str, datatype: DataType, shape: &[i64]) -> Tensor {
-    let shape: Vec<i64> = shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
-    let n: usize = shape.iter().map(|&d| d as usize).product();
-    // BYTES: each element is a zero u32 length prefix, i.e. an empty string.
-    let size = datatype.size().unwrap_or(4);
-    Tensor::new(name, datatype, shape, Bytes::from(vec![0u8; n * size]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zero_tensor_fills_dynamic_dims_with_one() {
-        let t = zero_tensor("x", DataType::Fp32, &[-1, 16]);
-        assert_eq!(t.shape, vec![1, 16]);
-        assert_eq!(t.data.len(), 64);
-        t.validate().unwrap();
-        let s = zero_tensor("s", DataType::Bytes, &[-1, 2]);
-        assert_eq!(s.shape, vec![1, 2]);
-        s.validate().unwrap();
-        assert_eq!(bytes_elements(&s.data).map(|e| e.unwrap().len()).collect::<Vec<_>>(), vec![0, 0]);
-    }
 
     #[test]
     fn every_served_type_maps_both_ways() {

@@ -10,6 +10,8 @@ pub mod library;
 pub mod model;
 pub mod pool;
 pub mod repository;
+mod triton;
+pub mod warmup;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +26,7 @@ use self::model::{LoadedVersion, SessionSettings};
 use self::pool::Pool;
 use self::repository::{LoadFailure, Repository};
 use super::contract::{Backend, ModelTarget};
+use super::triton::TritonModels;
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse, ModelMetadata};
 
@@ -50,6 +53,8 @@ impl OnnxShared {
 pub struct OnnxBackend {
     repo: Arc<Repository>,
     pool: Arc<Pool>,
+    /// The CUDA device sessions run on, if any (for Triton's `instance_group`).
+    gpu: Option<u32>,
 }
 
 impl OnnxBackend {
@@ -63,6 +68,7 @@ impl OnnxBackend {
             provider: shared.runtime.execution_provider,
             instances: cfg.instances.get(),
             warmup: cfg.warmup,
+            warmup_requests: cfg.warmup_requests,
         };
         let repo = Arc::new(Repository::new(Arc::from(name), cfg.clone(), settings));
         let r = repo.clone();
@@ -91,7 +97,11 @@ impl OnnxBackend {
         }
         drop(snapshot);
         repository::spawn_watcher(&repo);
-        Ok(OnnxBackend { repo, pool: shared.pool.clone() })
+        let gpu = match shared.runtime.execution_provider {
+            switchyard_config::ExecutionProvider::Cuda { device } => Some(device),
+            _ => None,
+        };
+        Ok(OnnxBackend { repo, pool: shared.pool.clone(), gpu })
     }
 
     /// Loaded versions of `model`, ascending (empty when it is not loaded).
@@ -113,22 +123,35 @@ impl OnnxBackend {
     fn resolve(&self, target: &ModelTarget) -> Result<Arc<LoadedVersion>, BackendError> {
         let snapshot = self.repo.snapshot();
         let Some(entry) = snapshot.get(&*target.name) else {
+            if self.repo.is_unloaded(&target.name) {
+                return Err(BackendError::NotFound(format!(
+                    "Request for unknown model: '{}' has no available versions (unloaded through the repository API)",
+                    target.name
+                )));
+            }
             let mut loaded: Vec<&str> = snapshot.keys().map(|k| &**k).collect();
             loaded.sort_unstable();
             return Err(BackendError::NotFound(format!(
-                "model '{}' is not loaded (loaded: {})",
+                "Request for unknown model: '{}' is not found (not loaded; loaded: {})",
                 target.name,
                 loaded.join(", ")
             )));
         };
         let found = match &target.version {
             None => entry.versions.last_key_value().map(|(_, v)| v),
-            Some(v) => v.parse::<u64>().ok().and_then(|v| entry.versions.get(&v)),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) => entry.versions.get(&n),
+                Err(_) => {
+                    return Err(BackendError::InvalidInput(format!(
+                        "failed to get model version from specified version string '{v}' (versions are decimal numbers)"
+                    )))
+                }
+            },
         };
         found.cloned().ok_or_else(|| {
             let loaded: Vec<String> = entry.versions.keys().map(u64::to_string).collect();
             BackendError::NotFound(format!(
-                "model '{}' version '{}' is not loaded (loaded: {})",
+                "Request for unknown model: '{}' version {} is not found (loaded: {})",
                 target.name,
                 target.version.as_deref().unwrap_or("latest"),
                 loaded.join(", ")
@@ -145,10 +168,14 @@ impl Backend for OnnxBackend {
 
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
         let lv = self.resolve(target)?;
-        lv.validate(&req)?;
+        let submitted = std::time::Instant::now();
+        if let Err(e) = lv.validate(&req) {
+            lv.record_failure(submitted.elapsed());
+            return Err(e);
+        }
         let id = req.id.clone();
         let model_version = Some(lv.label.to_string());
-        let outputs = self.pool.run(move || lv.run(&req)).await??;
+        let outputs = self.pool.run(move || lv.run(&req, submitted.elapsed())).await??;
         Ok(InferResponse {
             model_name: target.name.to_string(),
             model_version,
@@ -194,6 +221,11 @@ impl Backend for OnnxBackend {
 
     async fn ready(&self) -> bool {
         let snapshot = self.repo.snapshot();
-        self.repo.cfg.models.iter().all(|m| snapshot.contains_key(m.as_str()))
+        // A model unloaded on purpose through the repository API does not make the backend unready.
+        self.repo.cfg.models.iter().all(|m| snapshot.contains_key(m.as_str()) || self.repo.is_unloaded(m))
+    }
+
+    fn triton(&self) -> Option<&dyn TritonModels> {
+        Some(self)
     }
 }

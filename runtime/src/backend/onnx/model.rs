@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ort::ep;
 use ort::session::Session;
@@ -13,6 +13,8 @@ use switchyard_config::ExecutionProvider;
 
 use super::convert;
 use super::library::{cuda_unavailable, Library};
+use super::warmup::{self, Sample};
+use crate::backend::triton::VersionStats;
 use crate::error::BackendError;
 use crate::tensor::{DataType, InferRequest, RequestedOutput, Tensor, TensorSpec};
 
@@ -52,7 +54,18 @@ pub struct SessionSettings {
     pub intra_op_threads: usize,
     pub provider: ExecutionProvider,
     pub instances: usize,
+    /// Synthetic warm-up runs per session, when the model has no warm-up samples.
     pub warmup: u32,
+    /// Runs of each `MODEL/warmup/*.json` sample per session.
+    pub warmup_requests: u32,
+}
+
+/// Where one execution spent its time, for Triton's statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    pub input: Duration,
+    pub infer: Duration,
+    pub output: Duration,
 }
 
 pub struct LoadedVersion {
@@ -65,6 +78,10 @@ pub struct LoadedVersion {
     /// `Session::run` needs `&mut`: one lock per instance.
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
+    /// The warm-up samples this version was warmed with (file names).
+    pub warmup_samples: Vec<String>,
+    /// Triton-style statistics since this version was loaded.
+    stats: Mutex<VersionStats>,
 }
 
 impl LoadedVersion {
@@ -101,57 +118,127 @@ impl LoadedVersion {
             fingerprint,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
+            warmup_samples: Vec::new(),
+            stats: Mutex::new(VersionStats {
+                name: model.to_string(),
+                version: version.to_string(),
+                ..VersionStats::default()
+            }),
         };
-        lv.warm_up(s.warmup)?;
+        // Samples live beside the versions: MODEL/warmup/*.json.
+        let samples = match path.parent().and_then(Path::parent) {
+            Some(dir) => warmup::samples(&dir.join(warmup::DIR))?,
+            None => Vec::new(),
+        };
+        let mut lv = lv;
+        lv.warm_up(&samples, s)?;
+        lv.warmup_samples = samples.into_iter().map(|s| s.file).collect();
         Ok(lv)
     }
 
-    /// Runs zero inputs through every instance, so the first real request pays no first-run cost.
-    fn warm_up(&self, runs: u32) -> Result<(), String> {
-        if runs == 0 {
+    /// Runs every warm-up sample (or, without samples, synthetic inputs every
+    /// parser accepts) through every instance, so the first real request pays
+    /// no first-run cost and a model that cannot run never serves.
+    fn warm_up(&self, samples: &[Sample], s: &SessionSettings) -> Result<(), String> {
+        let fail = |what: &str, e: String| {
+            format!("warm-up of model '{}' version {} failed on {what}: {e}", self.model, self.version)
+        };
+        if samples.is_empty() {
+            if s.warmup == 0 {
+                return Ok(());
+            }
+            let inputs: Vec<Tensor> =
+                self.inputs.iter().map(|i| warmup::synthetic(&i.name, i.datatype, &i.shape)).collect();
+            let what = format!("synthetic inputs ({})", warmup::describe(&inputs));
+            for session in &self.sessions {
+                let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
+                for _ in 0..s.warmup {
+                    self.run_on(&mut session, &inputs, &[]).map_err(|e| fail(&what, e))?;
+                }
+            }
             return Ok(());
         }
-        let inputs: Vec<Tensor> =
-            self.inputs.iter().map(|i| convert::zero_tensor(&i.name, i.datatype, &i.shape)).collect();
-        for session in &self.sessions {
-            let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
-            for _ in 0..runs {
-                self.run_on(&mut session, &inputs, &[]).map_err(|e| format!("warm-up failed: {e}"))?;
+        for sample in samples {
+            let what = format!("sample warmup/{} ({})", sample.file, warmup::describe(&sample.request.inputs));
+            self.validate(&sample.request).map_err(|e| fail(&what, e.to_string()))?;
+            for session in &self.sessions {
+                let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
+                for _ in 0..s.warmup_requests {
+                    self.run_on(&mut session, &sample.request.inputs, &sample.request.outputs)
+                        .map_err(|e| fail(&what, e))?;
+                }
             }
         }
         Ok(())
     }
 
+    /// The statistics since this version was loaded.
+    pub fn statistics(&self) -> VersionStats {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Counts a request refused before it ran (Triton counts these as failures).
+    pub fn record_failure(&self, took: Duration) {
+        let mut st = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        st.fail.add(took);
+        st.last_inference_ms = now_ms();
+    }
+
     /// Checks a request against the signature; every error names the tensor.
+    /// Messages start with Triton's words for the same fault (clients match
+    /// on them); Switchyard's detail follows.
     pub fn validate(&self, req: &InferRequest) -> Result<(), BackendError> {
         let invalid = |msg: String| Err(BackendError::InvalidInput(msg));
         req.validate().map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        if req.inputs.len() != self.inputs.len() {
+            let missing: Vec<String> = self
+                .inputs
+                .iter()
+                .filter(|i| !req.inputs.iter().any(|t| t.name == i.name))
+                .map(|i| format!("'{}' ({} {})", i.name, i.datatype, shape_str(&i.shape)))
+                .collect();
+            let unexpected: Vec<String> = req
+                .inputs
+                .iter()
+                .filter(|t| !self.inputs.iter().any(|i| i.name == t.name))
+                .map(|t| format!("'{}'", t.name))
+                .collect();
+            let mut detail = format!("model inputs: {}", names(&self.inputs));
+            if !missing.is_empty() {
+                detail.push_str(&format!("; missing input {}", missing.join(", ")));
+            }
+            if !unexpected.is_empty() {
+                detail.push_str(&format!("; unexpected input {}", unexpected.join(", ")));
+            }
+            return invalid(format!(
+                "expected {} inputs but got {} inputs for model '{}' ({detail})",
+                self.inputs.len(),
+                req.inputs.len(),
+                self.model,
+            ));
+        }
         for t in &req.inputs {
             let Some(io) = self.inputs.iter().find(|i| i.name == t.name) else {
                 return invalid(format!(
-                    "unexpected input '{}': model '{}' takes {}",
+                    "unexpected inference input '{}' for model '{}' (it takes {})",
                     t.name,
                     self.model,
                     names(&self.inputs)
                 ));
             };
             if t.datatype != io.datatype {
-                return invalid(format!("input '{}': model expects {}, got {}", t.name, io.datatype, t.datatype));
-            }
-            if t.shape.len() != io.shape.len() {
                 return invalid(format!(
-                    "input '{}': model expects rank {} (shape {}), got shape {}",
-                    t.name,
-                    io.shape.len(),
-                    shape_str(&io.shape),
-                    shape_str(&t.shape)
+                    "inference input '{}' data-type is '{}', but model '{}' expects '{}'",
+                    t.name, t.datatype, self.model, io.datatype
                 ));
             }
-            if let Some(d) = (0..io.shape.len()).find(|&d| io.shape[d] >= 0 && io.shape[d] != t.shape[d]) {
+            let fits = t.shape.len() == io.shape.len()
+                && io.shape.iter().zip(&t.shape).all(|(want, got)| *want < 0 || want == got);
+            if !fits {
                 return invalid(format!(
-                    "input '{}': dimension {d} must be {} (model shape {}), got shape {}",
+                    "unexpected shape for input '{}' for model '{}'. Expected {}, got {}",
                     t.name,
-                    io.shape[d],
+                    self.model,
                     shape_str(&io.shape),
                     shape_str(&t.shape)
                 ));
@@ -175,15 +262,6 @@ impl LoadedVersion {
                 }
             }
         }
-        if let Some(missing) = self.inputs.iter().find(|i| !req.inputs.iter().any(|t| t.name == i.name)) {
-            return invalid(format!(
-                "missing input '{}' ({} {}) for model '{}'",
-                missing.name,
-                missing.datatype,
-                shape_str(&missing.shape),
-                self.model
-            ));
-        }
         for o in &req.outputs {
             if !self.outputs.iter().any(|io| io.name == o.name) {
                 return invalid(format!(
@@ -197,10 +275,40 @@ impl LoadedVersion {
         Ok(())
     }
 
-    /// Runs a validated request; blocking (call on the pool).
-    pub fn run(&self, req: &InferRequest) -> Result<Vec<Tensor>, BackendError> {
-        self.with_session(|session| self.run_on(session, &req.inputs, &req.outputs))
-            .map_err(|e| BackendError::Internal(format!("model '{}' version {}: {e}", self.model, self.label)))
+    /// Runs a validated request that waited `queued` for a pool thread, and
+    /// records it in the statistics; blocking (call on the pool).
+    pub fn run(&self, req: &InferRequest, queued: Duration) -> Result<Vec<Tensor>, BackendError> {
+        let start = Instant::now();
+        let result = self.with_session(|session| self.run_on(session, &req.inputs, &req.outputs));
+        let took = queued + start.elapsed();
+        let mut st = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        st.last_inference_ms = now_ms();
+        match result {
+            Ok((outputs, phases)) => {
+                // Rows of the first input when the model's first dimension is dynamic (it batches); else 1.
+                let rows = match (self.inputs.first(), req.inputs.first()) {
+                    (Some(io), Some(t)) if io.shape.first() == Some(&-1) => t.shape.first().copied().unwrap_or(1),
+                    _ => 1,
+                }
+                .max(1) as u64;
+                st.success.add(took);
+                st.queue.add(queued);
+                st.compute_input.add(phases.input);
+                st.compute_infer.add(phases.infer);
+                st.compute_output.add(phases.output);
+                st.inference_count += rows;
+                st.execution_count += 1;
+                let b = st.batches.entry(rows).or_default();
+                b.compute_input.add(phases.input);
+                b.compute_infer.add(phases.infer);
+                b.compute_output.add(phases.output);
+                Ok(outputs)
+            }
+            Err(e) => {
+                st.fail.add(took);
+                Err(BackendError::Internal(format!("model '{}' version {}: {e}", self.model, self.label)))
+            }
+        }
     }
 
     /// A free instance if there is one, else waits for one (round-robin, so waiters spread).
@@ -222,21 +330,26 @@ impl LoadedVersion {
         session: &mut Session,
         inputs: &[Tensor],
         wanted: &[RequestedOutput],
-    ) -> Result<Vec<Tensor>, String> {
+    ) -> Result<(Vec<Tensor>, Phases), String> {
+        let t0 = Instant::now();
         let mut values = Vec::with_capacity(inputs.len());
         for t in inputs {
             values.push((Cow::Borrowed(t.name.as_str()), convert::input_value(t)?));
         }
+        let t1 = Instant::now();
         let outputs = session.run(values).map_err(|e| e.to_string())?;
+        let t2 = Instant::now();
         let pick = |name: &str| -> Result<Tensor, String> {
             let v = outputs.get(name).ok_or_else(|| format!("ONNX Runtime returned no output '{name}'"))?;
             convert::output_tensor(name, v)
         };
-        if wanted.is_empty() {
-            self.outputs.iter().map(|o| pick(&o.name)).collect()
+        let tensors = if wanted.is_empty() {
+            self.outputs.iter().map(|o| pick(&o.name)).collect::<Result<Vec<_>, _>>()?
         } else {
-            wanted.iter().map(|o| pick(&o.name)).collect()
-        }
+            wanted.iter().map(|o| pick(&o.name)).collect::<Result<Vec<_>, _>>()?
+        };
+        let phases = Phases { input: t1 - t0, infer: t2 - t1, output: t2.elapsed() };
+        Ok((tensors, phases))
     }
 }
 
@@ -253,6 +366,10 @@ fn build_session(path: &Path, s: &SessionSettings) -> Result<Session, String> {
             .map_err(|e| cuda_unavailable(&s.library, &e.to_string()))?;
     }
     b.commit_from_file(path).map_err(|e| e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn names(ios: &[Io]) -> String {

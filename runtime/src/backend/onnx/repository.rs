@@ -5,7 +5,7 @@
 //! **Architecture Invariant:** a version is published only after it loaded and
 //! warmed up; a version that fails to load never replaces a working one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -44,7 +44,9 @@ pub struct Repository {
     settings: SessionSettings,
     snapshot: ArcSwap<Snapshot>,
     failures: Mutex<BTreeMap<(String, u64), LoadFailure>>,
-    /// Serialises rescans (the startup load and the watcher's).
+    /// Models unloaded through the repository API: not served until loaded again.
+    unloaded: Mutex<BTreeSet<String>>,
+    /// Serialises rescans (the startup load and the watcher's) and repository API calls.
     scanning: Mutex<()>,
 }
 
@@ -59,6 +61,7 @@ impl Repository {
             settings,
             snapshot: ArcSwap::from_pointee(Snapshot::new()),
             failures: Mutex::new(BTreeMap::new()),
+            unloaded: Mutex::new(BTreeSet::new()),
             scanning: Mutex::new(()),
         }
     }
@@ -75,8 +78,77 @@ impl Repository {
         self.cfg.repository.join(model).join(version.to_string()).join(MODEL_FILE)
     }
 
-    /// Lists `MODEL/VERSION/model.onnx` (numeric versions only), filtered by the `models` list.
+    /// Whether `model` was unloaded through the repository API (and not loaded since).
+    pub fn is_unloaded(&self, model: &str) -> bool {
+        self.unloaded.lock().unwrap_or_else(PoisonError::into_inner).contains(model)
+    }
+
+    /// Every model directory the backend may serve with its versions on disk, unloaded ones included.
+    pub fn on_disk(&self) -> std::io::Result<BTreeMap<String, Vec<u64>>> {
+        Ok(self.scan_disk_all()?.into_iter().map(|(m, v)| (m, v.into_keys().collect())).collect())
+    }
+
+    /// Loads `model` again (after an unload) or reloads what changed on disk: a
+    /// rescan, so versions already serving keep serving until their successors
+    /// are ready. Blocking. Errors when the model has no loadable version.
+    pub fn load(&self, model: &str) -> Result<(), String> {
+        if !self.scan_disk_all().map_err(|e| e.to_string())?.contains_key(model) {
+            return Err(format!(
+                "failed to load '{model}', failed to poll from model repository: no model directory '{model}' in {}{}",
+                self.cfg.repository.display(),
+                if self.cfg.models.is_empty() { "" } else { " that the backend's `models` list names" }
+            ));
+        }
+        self.unloaded.lock().unwrap_or_else(PoisonError::into_inner).remove(model);
+        self.rescan();
+        if self.snapshot.load().contains_key(model) {
+            return Ok(());
+        }
+        let why: Vec<String> = self
+            .failures()
+            .into_iter()
+            .filter(|f| f.model == model)
+            .map(|f| format!("version {}: {}", f.version, f.error))
+            .collect();
+        Err(format!(
+            "failed to load '{model}': {}",
+            if why.is_empty() { "no version matches the version policy".to_owned() } else { why.join("; ") }
+        ))
+    }
+
+    /// Stops serving `model` until it is loaded again; returns the versions it
+    /// served (requests still running hold them too). Blocking.
+    pub fn unload(&self, model: &str) -> Result<Vec<Arc<LoadedVersion>>, String> {
+        let _scan = self.scanning.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.snapshot.load_full();
+        if !current.contains_key(model) && !self.scan_disk_all().map_err(|e| e.to_string())?.contains_key(model) {
+            return Err(format!("failed to unload '{model}': no such model in {}", self.cfg.repository.display()));
+        }
+        self.unloaded.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned());
+        let mut next = Snapshot::new();
+        let mut removed = Vec::new();
+        for (m, e) in current.iter() {
+            if &**m == model {
+                removed.extend(e.versions.values().cloned());
+            } else {
+                next.insert(m.clone(), ModelEntry { versions: e.versions.clone() });
+            }
+        }
+        tracing::info!(backend = %self.backend, model, "unloaded through the repository API");
+        self.snapshot.store(Arc::new(next));
+        Ok(removed)
+    }
+
+    /// Model directories the backend may serve, unloaded ones excluded.
     fn scan_disk(&self) -> std::io::Result<OnDisk> {
+        let mut all = self.scan_disk_all()?;
+        let unloaded = self.unloaded.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|m, _| !unloaded.contains(m));
+        Ok(all)
+    }
+
+    /// Lists `MODEL/VERSION/model.onnx` (numeric versions only), filtered by the `models` list.
+    fn scan_disk_all(&self) -> std::io::Result<OnDisk> {
         let mut out = OnDisk::new();
         for m in std::fs::read_dir(&self.cfg.repository)? {
             let m = m?;

@@ -42,6 +42,7 @@ fn cfg(repository: &Path, policy: VersionPolicy, models: &[&str]) -> Config {
         version_policy: policy,
         models: models.iter().map(|m| m.to_string()).collect(),
         warmup: 1,
+        warmup_requests: 1,
         instances: NonZeroUsize::MIN,
         poll_interval: Duration::from_millis(500),
     }
@@ -313,14 +314,14 @@ async fn bad_requests_are_rejected_before_running() {
             &mlp,
             "mlp",
             request(vec![Tensor::new("input", DataType::Fp64, vec![1, 16], Bytes::from(vec![0u8; 128]))]),
-            "input 'input': model expects FP32, got FP64",
+            "inference input 'input' data-type is 'FP64', but model 'mlp' expects 'FP32'",
         ),
         (
             "unexpected input",
             &mlp,
             "mlp",
             request(vec![mlp_input(1), f32_tensor("extra", vec![1], &[1.0])]),
-            "unexpected input 'extra'",
+            "expected 1 inputs but got 2 inputs for model 'mlp' (model inputs: 'input'; unexpected input 'extra')",
         ),
         (
             "missing input",
@@ -334,21 +335,21 @@ async fn bad_requests_are_rejected_before_running() {
             &mlp,
             "mlp",
             request(vec![f32_tensor("input", vec![16], &[0.0; 16])]),
-            "input 'input': model expects rank 2",
+            "unexpected shape for input 'input' for model 'mlp'. Expected [-1, 16], got [16]",
         ),
         (
             "dynamic model, fixed dim",
             &mlp,
             "mlp",
             request(vec![f32_tensor("input", vec![1, 15], &[0.0; 15])]),
-            "input 'input': dimension 1 must be 16",
+            "unexpected shape for input 'input' for model 'mlp'. Expected [-1, 16], got [1, 15]",
         ),
         (
             "fixed model, batch dim",
             &fixed,
             "fixed",
             request(vec![f32_tensor("x", vec![3, 3], &[0.0; 9])]),
-            "input 'x': dimension 0 must be 2",
+            "unexpected shape for input 'x' for model 'fixed'. Expected [2, 3], got [3, 3]",
         ),
         (
             "data size",
@@ -372,7 +373,7 @@ async fn bad_requests_are_rejected_before_running() {
             &mlp,
             "mlp",
             request(vec![Tensor::new("input", DataType::Bf16, vec![1, 16], Bytes::from(vec![0u8; 32]))]),
-            "input 'input': model expects FP32, got BF16",
+            "inference input 'input' data-type is 'BF16', but model 'mlp' expects 'FP32'",
         ),
         (
             "BYTES that are not UTF-8",
@@ -395,19 +396,19 @@ async fn bad_requests_are_rejected_before_running() {
 
     match mlp.infer(&target("mlp", Some("3")), request(vec![mlp_input(1)])).await {
         Err(BackendError::NotFound(m)) => {
-            assert_eq!(m, "model 'mlp' version '3' is not loaded (loaded: 1, 2)")
+            assert_eq!(m, "Request for unknown model: 'mlp' version 3 is not found (loaded: 1, 2)")
         }
         other => panic!("{other:?}"),
     }
     match mlp.infer(&target("mlp", Some("latest")), request(vec![mlp_input(1)])).await {
-        Err(BackendError::NotFound(m)) => {
-            assert!(m.contains("version 'latest' is not loaded"), "{m}")
+        Err(BackendError::InvalidInput(m)) => {
+            assert!(m.starts_with("failed to get model version from specified version string 'latest'"), "{m}")
         }
         other => panic!("{other:?}"),
     }
     match mlp.infer(&target("resnet", None), request(vec![mlp_input(1)])).await {
         Err(BackendError::NotFound(m)) => {
-            assert_eq!(m, "model 'resnet' is not loaded (loaded: mlp)")
+            assert_eq!(m, "Request for unknown model: 'resnet' is not found (not loaded; loaded: mlp)")
         }
         other => panic!("{other:?}"),
     }
@@ -440,7 +441,7 @@ async fn hot_add_and_remove_versions() {
     ));
     // A request that already holds the removed version still completes.
     let req = request(vec![mlp_input(1)]);
-    let out = b.pool.run(move || in_flight.run(&req)).await.unwrap().unwrap();
+    let out = b.pool.run(move || in_flight.run(&req, std::time::Duration::ZERO)).await.unwrap().unwrap();
     assert_eq!(out[0].shape, vec![1, 4]);
 
     std::fs::remove_dir_all(repo.0.join("fixed")).unwrap();
