@@ -175,7 +175,7 @@ async fn model_metadata_comes_from_the_session() {
     assert!(r.error().contains("loaded: 1, 2"), "{}", r.text());
     let r = sy.post("/v2/models/mlp/versions/7/infer", &[], mlp_body(1, 0)).await;
     assert_eq!(r.status, 404, "{}", r.text());
-    assert!(r.error().contains("'7'") && r.error().contains("loaded: 1, 2"), "{}", r.text());
+    assert!(r.error().contains("version 7 is not found") && r.error().contains("loaded: 1, 2"), "{}", r.text());
 
     // A request without a version gets the highest loaded one; the two versions differ.
     let (latest, p_latest) = mlp_infer(&sy, "/v2/models/mlp/infer", 1).await;

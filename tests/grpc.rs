@@ -168,7 +168,7 @@ async fn bad_requests_get_status_codes_that_name_the_problem() {
         (wrong_field, Code::InvalidArgument, "belongs in contents.fp32_contents"),
         (bad_type, Code::InvalidArgument, "unknown datatype 'FP17'"),
         (wrong_input, Code::InvalidArgument, "nope"),
-        (infer_request("ghost", "", 1, 0, true), Code::NotFound, "unknown model 'ghost'"),
+        (infer_request("ghost", "", 1, 0, true), Code::NotFound, "Request for unknown model: 'ghost' is not found"),
         // 64 rows × 16 × 4 bytes = 4 KiB of tensor alone: over the 4096-byte limit.
         (infer_request("mlp", "1", 64, 0, true), Code::ResourceExhausted, "max_message_bytes"),
     ];
@@ -187,10 +187,14 @@ async fn bad_requests_get_status_codes_that_name_the_problem() {
     // The listener still serves after all that.
     c.model_infer(infer_request("mlp", "1", 1, 0, true)).await.unwrap();
 
-    // Pass-through RPCs need a v2-grpc backend: a clear UNIMPLEMENTED otherwise.
-    let e = c.model_config(pb::ModelConfigRequest { name: "mlp".into(), version: String::new() }).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("v2-grpc") && e.message().contains("onnx"), "{e:?}");
+    // Embedded models answer ModelConfig themselves (Triton's message, checked field by field in
+    // tests/python/test_triton_compat.py); an unknown one is NOT_FOUND in Triton's words.
+    let r = c.model_config(pb::ModelConfigRequest { name: "mlp".into(), version: String::new() }).await.unwrap();
+    let config = r.into_inner().config;
+    assert!(config.windows(16).any(|w| w == b"onnxruntime_onnx"), "{config:?}");
+    let e = c.model_config(pb::ModelConfigRequest { name: "ghost".into(), version: String::new() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().starts_with("Request for unknown model: 'ghost' is not found"), "{e:?}");
 }
 
 #[tokio::test]

@@ -1,21 +1,33 @@
 //! `ModelStreamInfer`: many requests in flight per stream, answered in
 //! request order. A reader task starts each request as it arrives (at most
-//! `STREAM_WINDOW` at once); a writer task sends the answers in order. A
-//! failed request answers with `error_message` and the stream goes on; a
-//! client that goes away aborts what still runs.
+//! `STREAM_WINDOW` at once); a writer task sends each request's answers in
+//! order. A request routed to a Triton behind a `v2-grpc` backend (a variant
+//! that neither batches nor caches) is relayed on Triton's own stream, so a
+//! decoupled model's zero, one or many responses per request (with
+//! `triton_final_response`) all reach the client, in order; others run
+//! through the shared lifecycle and answer once. A failed request answers
+//! with `error_message` and the stream goes on; a client that goes away
+//! aborts what still runs.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::HeaderMap;
 use switchyard_runtime::codec::grpc::pb;
+use switchyard_runtime::BackendError;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::exchange::{over_limit, Shared};
+use super::exchange::{over_limit, version_opt, Shared};
+use crate::error::Error;
+use crate::{pipeline, respond};
 
 /// Requests of one stream in flight at once; more wait for the oldest to answer.
 const STREAM_WINDOW: usize = 128;
+
+/// Responses of one request buffered while an earlier request still answers.
+const RESPONSES_PER_REQUEST: usize = 16;
 
 pub type Responses = ReceiverStream<Result<pb::ModelStreamInferResponse, Status>>;
 
@@ -31,7 +43,9 @@ pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb:
             let next = match inbound.message().await {
                 Ok(Some(msg)) => {
                     let (shared, headers) = (shared.clone(), headers.clone());
-                    Pending::Running(AbortOnDrop(tokio::spawn(async move { one(&shared, &headers, msg).await })))
+                    let (tx, rx) = mpsc::channel(RESPONSES_PER_REQUEST);
+                    let task = tokio::spawn(async move { one(&shared, &headers, msg, tx).await });
+                    Pending::Running(AbortOnDrop(task), rx)
                 }
                 Ok(None) => break,
                 Err(s) => Pending::Failed(over_limit(&s)),
@@ -42,52 +56,138 @@ pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb:
             }
         }
     });
-    // Writer: answers in request order.
+    // Writer: every answer of a request, requests in order.
     tokio::spawn(async move {
         while let Some(p) = pending_rx.recv().await {
-            let (item, last) = match p {
-                Pending::Running(mut task) => match (&mut task.0).await {
-                    Ok(r) => (Ok(r), false),
-                    Err(e) => (
-                        Ok(pb::ModelStreamInferResponse {
+            match p {
+                Pending::Running(mut task, mut rx) => {
+                    while let Some(r) = rx.recv().await {
+                        // A client that went away drops the rest (and aborts what still runs).
+                        if out_tx.send(Ok(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Err(e) = (&mut task.0).await {
+                        let r = pb::ModelStreamInferResponse {
                             error_message: format!("internal error: the request's task failed: {e}"),
                             infer_response: None,
-                        }),
-                        false,
-                    ),
-                },
-                Pending::Failed(s) => (Err(s), true),
-            };
-            // A client that went away drops the rest (and aborts what still runs).
-            if out_tx.send(item).await.is_err() || last {
-                break;
+                        };
+                        if out_tx.send(Ok(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Pending::Failed(s) => {
+                    let _ = out_tx.send(Err(s)).await;
+                    return;
+                }
             }
         }
     });
     ReceiverStream::new(out_rx)
 }
 
+type Answers = mpsc::Sender<pb::ModelStreamInferResponse>;
+
 /// One request of a stream; an error goes in `error_message` (the stream goes on).
-async fn one(shared: &Shared, headers: &HeaderMap, msg: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+async fn one(shared: &Shared, headers: &HeaderMap, msg: pb::ModelInferRequest, out: Answers) {
     let (model_name, model_version, id) = (msg.model_name.clone(), msg.model_version.clone(), msg.id.clone());
-    match shared.infer(headers, msg, None).await.result {
-        Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
-        Err(e) => pb::ModelStreamInferResponse {
-            error_message: e.message,
-            // Lets the client tell which request failed.
-            infer_response: Some(pb::ModelInferResponse { model_name, model_version, id, ..Default::default() }),
+    let failed = |message: String| pb::ModelStreamInferResponse {
+        error_message: message,
+        // Lets the client tell which request failed.
+        infer_response: Some(pb::ModelInferResponse {
+            model_name: model_name.clone(),
+            model_version: model_version.clone(),
+            id: id.clone(),
+            ..Default::default()
+        }),
+    };
+    let answer = match relay(shared, headers, msg, &out).await {
+        Relay::Done => return,
+        Relay::Failed(message) => failed(message),
+        Relay::Pipeline(msg) => match shared.infer(headers, msg, None).await.result {
+            Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
+            Err(e) => failed(e.message),
         },
+    };
+    let _ = out.send(answer).await;
+}
+
+/// What became of a request offered to the backend's own stream.
+enum Relay {
+    /// Relayed: every response was sent.
+    Done,
+    /// Relayed, and the backend failed it.
+    Failed(String),
+    /// Not a relayed model: it goes through the shared lifecycle.
+    Pipeline(pb::ModelInferRequest),
+}
+
+/// Relays `msg` on the backend's `ModelStreamInfer` when its variant's backend
+/// is a Triton behind `v2-grpc` and nothing of Switchyard's needs one answer
+/// per request (batching, caching), passing every response on in order under
+/// the client's model name.
+async fn relay(shared: &Shared, headers: &HeaderMap, mut msg: pb::ModelInferRequest, out: &Answers) -> Relay {
+    let start = Instant::now();
+    let table = shared.table.load_full();
+    let Ok(sel) = pipeline::select(&table, &msg.model_name, version_opt(&msg.model_version), headers) else {
+        // An unknown model or variant answers from the lifecycle, in its words.
+        return Relay::Pipeline(msg);
+    };
+    let variant = sel.variant;
+    let backend = match variant.backend.grpc_passthrough() {
+        Some(b) if variant.batcher.is_none() && variant.cache.is_none() => b,
+        _ => return Relay::Pipeline(msg),
+    };
+    if !backend.relays_streams().await {
+        return Relay::Pipeline(msg);
+    }
+    let public = std::mem::replace(&mut msg.model_name, sel.target.name.to_string());
+    msg.model_version = sel.target.version.as_deref().unwrap_or_default().to_owned();
+    let mut metadata = HeaderMap::new();
+    if let Some(f) = variant.backend.forwarding() {
+        f.apply(headers, &mut metadata);
+    }
+    let status = |s: Status| Error::from(BackendError::Grpc { code: s.code() as i32, message: s.message().to_owned() });
+    let mut responses = match backend.model_stream_infer(msg, metadata).await {
+        Ok(r) => r,
+        Err(s) => {
+            let e = status(s);
+            pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
+            return Relay::Failed(e.message);
+        }
+    };
+    loop {
+        match responses.message().await {
+            Ok(Some(mut r)) => {
+                if let Some(ir) = r.infer_response.as_mut() {
+                    ir.model_name.clone_from(&public);
+                }
+                if out.send(r).await.is_err() {
+                    return Relay::Done;
+                }
+            }
+            Ok(None) => {
+                pipeline::record(variant, 200, start.elapsed(), start.elapsed());
+                return Relay::Done;
+            }
+            Err(s) => {
+                let e = status(s);
+                pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
+                return Relay::Failed(e.message);
+            }
+        }
     }
 }
 
-/// A stream request in flight, or the failure that ends the stream.
+/// A stream request in flight (its task and where its answers arrive), or the failure that ends the stream.
 enum Pending {
-    Running(AbortOnDrop),
+    Running(AbortOnDrop, mpsc::Receiver<pb::ModelStreamInferResponse>),
     Failed(Status),
 }
 
-/// Aborts the request's task when its answer is no longer wanted.
-struct AbortOnDrop(tokio::task::JoinHandle<pb::ModelStreamInferResponse>);
+/// Aborts the request's task when its answers are no longer wanted.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

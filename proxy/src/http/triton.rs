@@ -32,6 +32,14 @@ fn error(e: &Error) -> Outcome {
     Outcome::Reply(Reply::error(e))
 }
 
+/// A model no route knows: the default upstream may (its answer, as before Switchyard).
+fn unrouted(e: Error, passthrough: bool) -> Outcome {
+    if passthrough && e.kind == ErrorKind::NotFound {
+        return Outcome::PassThrough;
+    }
+    error(&e)
+}
+
 /// A model its backend answers for, when Switchyard has nobody to ask.
 fn remote(what: &str, model: &str, backend: &str, passthrough: bool) -> Outcome {
     if passthrough {
@@ -55,7 +63,7 @@ pub fn model_config(
     passthrough: bool,
 ) -> Outcome {
     match triton::owner(table, headers, model, version) {
-        Err(e) => error(&e),
+        Err(e) => unrouted(e, passthrough),
         Ok(Owner::Remote(sel)) => remote("the configuration", model, &sel.variant.backend_name, passthrough),
         Ok(Owner::Embedded(sel, t)) => {
             let v = sel.target.version.as_deref();
@@ -79,11 +87,11 @@ pub fn model_stats(
     passthrough: bool,
 ) -> Outcome {
     match model {
-        Some(m) => {
-            if let Ok(Owner::Remote(sel)) = triton::owner(table, headers, m, version) {
-                return remote("the statistics", m, &sel.variant.backend_name, passthrough);
-            }
-        }
+        Some(m) => match triton::owner(table, headers, m, version) {
+            Ok(Owner::Remote(sel)) => return remote("the statistics", m, &sel.variant.backend_name, passthrough),
+            Err(e) => return unrouted(e, passthrough),
+            Ok(Owner::Embedded(..)) => {}
+        },
         None if passthrough && triton::repositories(table).is_empty() => return Outcome::PassThrough,
         None => {}
     }
@@ -123,8 +131,14 @@ pub async fn repository_index(
     limits: &Limits,
     passthrough: bool,
 ) -> Outcome {
-    if passthrough && triton::repositories(table).is_empty() {
-        return Outcome::PassThrough;
+    if triton::repositories(table).is_empty() {
+        if passthrough {
+            return Outcome::PassThrough;
+        }
+        return error(&Error::not_found(
+            "no route for POST /v2/repository/index: no route uses an embedded (onnx) repository, and this \
+             listener has no default_upstream",
+        ));
     }
     let body: IndexBody = match read_json(session, limits).await {
         Ok(b) => b,
@@ -144,7 +158,7 @@ pub async fn repository_control(
 ) -> Outcome {
     let headers = session.req_header().headers.clone();
     let (sel, t) = match triton::owner(table, &headers, model, None) {
-        Err(e) => return error(&e),
+        Err(e) => return unrouted(e, passthrough),
         Ok(Owner::Remote(sel)) => {
             let what = if load { "loading" } else { "unloading" };
             return remote(what, model, &sel.variant.backend_name, passthrough);

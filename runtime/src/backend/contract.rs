@@ -82,6 +82,20 @@ pub trait GrpcPassthrough: Send + Sync {
         &self,
         req: pb::RepositoryModelUnloadRequest,
     ) -> Result<pb::RepositoryModelUnloadResponse, Status>;
+
+    /// Whether `model_stream_infer` may be used: the server streams Triton's
+    /// `ModelStreamInferResponse` (Triton does; MLServer streams bare responses).
+    async fn relays_streams(&self) -> bool;
+
+    /// Sends `req` alone on a `ModelStreamInfer` stream of the backend (then
+    /// half-closes it) and returns every response the backend sends for it —
+    /// zero, one or many for a decoupled model — until the backend ends the stream.
+    /// `metadata`: the client's, already filtered by `forwarding`.
+    async fn model_stream_infer(
+        &self,
+        req: pb::ModelInferRequest,
+        metadata: http::HeaderMap,
+    ) -> Result<tonic::Streaming<pb::ModelStreamInferResponse>, Status>;
 }
 
 pub type Backends = BTreeMap<Arc<str>, Arc<dyn Backend>>;

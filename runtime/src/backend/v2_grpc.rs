@@ -44,6 +44,10 @@ pub struct V2GrpcBackend {
     live: Arc<AtomicUsize>,
     timeout: Duration,
     forward: Forwarding,
+    /// Whether the server is Triton, whose `ModelStreamInfer` answers
+    /// `ModelStreamInferResponse` (MLServer's answers bare `ModelInferResponse`s):
+    /// learnt from its ServerMetadata on first need.
+    triton: tokio::sync::OnceCell<bool>,
 }
 
 impl V2GrpcBackend {
@@ -105,6 +109,7 @@ impl V2GrpcBackend {
             live,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
+            triton: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -188,6 +193,33 @@ impl GrpcPassthrough for V2GrpcBackend {
         req: pb::RepositoryModelUnloadRequest,
     ) -> Result<pb::RepositoryModelUnloadResponse, Status> {
         self.client.clone().repository_model_unload(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
+    }
+
+    async fn relays_streams(&self) -> bool {
+        if let Some(t) = self.triton.get() {
+            return *t;
+        }
+        let mut client = self.client.clone();
+        let call = client.server_metadata(Self::request(pb::ServerMetadataRequest {}, READY_PROBE_TIMEOUT));
+        match self.call(READY_PROBE_TIMEOUT, call).await {
+            Ok(m) => *self.triton.get_or_init(|| async move { m.name == "triton" }).await,
+            // Not known yet: asked again next time.
+            Err(_) => false,
+        }
+    }
+
+    async fn model_stream_infer(
+        &self,
+        req: pb::ModelInferRequest,
+        metadata: http::HeaderMap,
+    ) -> Result<tonic::Streaming<pb::ModelStreamInferResponse>, Status> {
+        // The deadline covers every response of the request, the last included.
+        let mut request = Self::request(tonic::codegen::tokio_stream::once(req), self.timeout);
+        let md = request.metadata_mut().as_mut();
+        for (k, v) in metadata.iter() {
+            md.append(k.clone(), v.clone());
+        }
+        self.client.clone().model_stream_infer(request).await.map(|r| r.into_inner())
     }
 }
 

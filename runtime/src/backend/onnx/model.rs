@@ -232,11 +232,16 @@ impl LoadedVersion {
                     t.name, t.datatype, self.model, io.datatype
                 ));
             }
-            let fits = t.shape.len() == io.shape.len()
-                && io.shape.iter().zip(&t.shape).all(|(want, got)| *want < 0 || want == got);
-            if !fits {
+            let why = if t.shape.len() != io.shape.len() {
+                Some(format!("model expects rank {}", io.shape.len()))
+            } else {
+                (0..io.shape.len())
+                    .find(|&d| io.shape[d] >= 0 && io.shape[d] != t.shape[d])
+                    .map(|d| format!("dimension {d} must be {}", io.shape[d]))
+            };
+            if let Some(why) = why {
                 return invalid(format!(
-                    "unexpected shape for input '{}' for model '{}'. Expected {}, got {}",
+                    "unexpected shape for input '{}' for model '{}'. Expected {}, got {} ({why})",
                     t.name,
                     self.model,
                     shape_str(&io.shape),

@@ -1,0 +1,136 @@
+"""Decoupled streaming through Switchyard: `tritonclient.grpc`'s stream API
+against a `v2-grpc` backend that answers like a decoupled Triton model —
+zero, one or many responses per request, then an empty final response
+flagged `triton_final_response` — relayed in order under the public model
+name. The backend is a small gRPC server in this process built on Triton's
+own service definition (tritonclient's generated stubs).
+
+Run: .venv/bin/python -m pytest tests/python/test_triton_stream.py -q
+"""
+
+from harness import free_port, start_switchyard  # first: sets XDG_CACHE_HOME before onnxruntime loads
+
+import queue  # noqa: E402
+from concurrent import futures  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+
+PATIENCE_S = 30
+
+
+class Decoupled(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Model `repeat_backend`: input N (INT32 [1]) -> N responses OUT = 0..N-1, then a final flag."""
+
+    def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=True)
+
+    def ServerMetadata(self, request, context):
+        # Triton's name: Switchyard relays streams to Triton (whose stream messages it knows).
+        return service_pb2.ServerMetadataResponse(name="triton", version="2.99.0")
+
+    def ModelReady(self, request, context):
+        return service_pb2.ModelReadyResponse(ready=request.name == "repeat_backend")
+
+    def ModelStreamInfer(self, request_iterator, context):
+        for req in request_iterator:
+            if req.model_name != "repeat_backend":
+                yield service_pb2.ModelStreamInferResponse(error_message=f"unknown model '{req.model_name}'")
+                continue
+            n = int(np.frombuffer(req.raw_input_contents[0], dtype=np.int32)[0])
+            for i in range(n):
+                r = service_pb2.ModelInferResponse(model_name=req.model_name, id=req.id)
+                r.outputs.add(name="OUT", datatype="INT32", shape=[1])
+                r.raw_output_contents.append(np.array([i], dtype=np.int32).tobytes())
+                r.parameters["triton_final_response"].bool_param = False
+                yield service_pb2.ModelStreamInferResponse(infer_response=r)
+            final = service_pb2.ModelInferResponse(model_name=req.model_name, id=req.id)
+            final.parameters["triton_final_response"].bool_param = True
+            yield service_pb2.ModelStreamInferResponse(infer_response=final)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("decoupled")
+    backend = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Decoupled(), backend)
+    port = free_port()
+    backend.add_insecure_port(f"127.0.0.1:{port}")
+    backend.start()
+    procs = []
+    try:
+        ports = start_switchyard(
+            tmp,
+            f"""
+backends:
+  triton:
+    kind: v2-grpc
+    endpoints: ["127.0.0.1:{port}"]
+models:
+  repeat:
+    variants: [{{name: main, backend: triton, model: repeat_backend}}]
+""",
+            procs,
+            grpc_max_message_bytes=4 << 20,
+        )
+        yield f"127.0.0.1:{ports['grpc']}"
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        backend.stop(None)
+
+
+def request(n, rid):
+    i = grpcclient.InferInput("N", [1], "INT32")
+    i.set_data_from_numpy(np.array([n], dtype=np.int32))
+    return dict(model_name="repeat", inputs=[i], request_id=rid)
+
+
+def test_every_response_of_a_decoupled_model_arrives_in_order(server):
+    got = queue.Queue()
+    c = grpcclient.InferenceServerClient(url=server)
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        plan = [("a", 3), ("b", 0), ("c", 1), ("d", 5)]
+        for rid, n in plan:
+            c.async_stream_infer(**request(n, rid), enable_empty_final_response=True)
+        seen = []
+        for _ in range(sum(n + 1 for _, n in plan)):
+            result, error = got.get(timeout=PATIENCE_S)
+            assert error is None, error
+            r = result.get_response()
+            assert r.model_name == "repeat"  # the public name, not the backend's
+            final = r.parameters["triton_final_response"].bool_param
+            out = None if final else int(result.as_numpy("OUT")[0])
+            seen.append((r.id, out, final))
+    finally:
+        c.stop_stream()
+        c.close()
+    want = []
+    for rid, n in plan:
+        want += [(rid, i, False) for i in range(n)] + [(rid, None, True)]
+    assert seen == want
+
+
+def test_unknown_model_fails_inline_and_the_stream_goes_on(server):
+    got = queue.Queue()
+    c = grpcclient.InferenceServerClient(url=server)
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        bad = request(1, "x")
+        bad["model_name"] = "nope"
+        c.async_stream_infer(**bad)
+        c.async_stream_infer(**request(1, "y"), enable_empty_final_response=True)
+        result, error = got.get(timeout=PATIENCE_S)
+        assert result is None and "Request for unknown model: 'nope' is not found" in str(error), error
+        ids = [got.get(timeout=PATIENCE_S)[0].get_response().id for _ in range(2)]
+        assert ids == ["y", "y"]
+    finally:
+        c.stop_stream()
+        c.close()
