@@ -63,19 +63,25 @@ pub struct ValidatedConfig {
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
     /// What V2 server metadata says the server is.
-    pub server: ServerIdentity,
+    pub server: ServerSettings,
 }
 
-/// The server's name and version in V2 server metadata (as Envoy's `server_name`).
+/// The server's name and version in V2 server metadata (as Envoy's
+/// `server_name`), and whether Triton's system shared memory extension is on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerIdentity {
+pub struct ServerSettings {
     pub name: Arc<str>,
     pub version: Arc<str>,
+    pub system_shared_memory: bool,
 }
 
-impl Default for ServerIdentity {
-    fn default() -> ServerIdentity {
-        ServerIdentity { name: Arc::from(DEFAULT_SERVER_NAME), version: Arc::from(env!("CARGO_PKG_VERSION")) }
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            name: Arc::from(DEFAULT_SERVER_NAME),
+            version: Arc::from(env!("CARGO_PKG_VERSION")),
+            system_shared_memory: false,
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
+pub mod shm;
 pub mod triton;
 
 use std::sync::Arc;

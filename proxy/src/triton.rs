@@ -333,6 +333,10 @@ pub fn check_control_parameters<'a>(mut names: impl Iterator<Item = &'a str>, lo
 }
 
 /// The protocol extensions this server offers, as Triton names them in server metadata.
-pub fn extensions(_table: &RoutingTable) -> Vec<&'static str> {
-    vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
+pub fn extensions(table: &RoutingTable) -> Vec<&'static str> {
+    let mut e = vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
+    if table.server.system_shared_memory {
+        e.push("system_shared_memory");
+    }
+    e
 }

@@ -27,6 +27,7 @@ import requests  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 import tritonclient.http.aio as aiohttpclient  # noqa: E402
+import tritonclient.utils.shared_memory as shm  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
 from triton_models import build_repository, simple_string  # noqa: E402
@@ -54,7 +55,7 @@ def server(tmp_path_factory):
         ports = start_switchyard(
             tmp,
             f"""
-server: {{name: triton-front, version: "2.99.0"}}
+server: {{name: triton-front, version: "2.99.0", system_shared_memory: true}}
 backends:
   local:
     kind: onnx
@@ -263,7 +264,7 @@ def test_error_messages_start_as_tritons(http, grpc):
 def test_server_metadata(http, grpc):
     m = http.get_server_metadata()
     assert (m["name"], m["version"]) == ("triton-front", "2.99.0")
-    for ext in ("binary_tensor_data", "model_configuration", "model_repository", "statistics"):
+    for ext in ("binary_tensor_data", "model_configuration", "model_repository", "statistics", "system_shared_memory"):
         assert ext in m["extensions"]
     g = grpc.get_server_metadata()
     assert (g.name, g.version) == ("triton-front", "2.99.0")
@@ -499,3 +500,69 @@ def test_broken_version_is_reported_in_the_index(http, server):
         assert ("simple_identity", "5") not in ready and ("simple_identity", "1") in ready
     finally:
         shutil.rmtree(bad)
+
+
+# ------------------------------------------------------- system shared memory
+
+
+def test_system_shared_memory_http_and_grpc(http, grpc):
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 3, dtype=np.int32)
+    n = a.nbytes
+    keys = (f"/sy_in_{os.getpid()}", f"/sy_out_{os.getpid()}")
+    h_in = shm.create_shared_memory_region("in", keys[0], 2 * n)
+    h_out = shm.create_shared_memory_region("out", keys[1], 2 * n)
+    try:
+        shm.set_shared_memory_region(h_in, [a, b])
+        for mod, client in ((httpclient, http), (grpcclient, grpc)):
+            client.unregister_system_shared_memory()
+            client.register_system_shared_memory("in", keys[0], 2 * n)
+            client.register_system_shared_memory("out", keys[1], 2 * n)
+            status = client.get_system_shared_memory_status()
+            if mod is httpclient:
+                got = {(r["name"], r["key"], int(r["byte_size"])) for r in status}
+            else:
+                got = {(r.name, r.key, r.byte_size) for r in status.regions.values()}
+            assert got == {("in", keys[0], 2 * n), ("out", keys[1], 2 * n)}
+
+            ins = [mod.InferInput("INPUT0", [1, 16], "INT32"), mod.InferInput("INPUT1", [1, 16], "INT32")]
+            ins[0].set_shared_memory("in", n)
+            ins[1].set_shared_memory("in", n, offset=n)
+            outs = [mod.InferRequestedOutput("OUTPUT0"), mod.InferRequestedOutput("OUTPUT1")]
+            outs[0].set_shared_memory("out", n)
+            outs[1].set_shared_memory("out", n, offset=n)
+            r = client.infer("simple", ins, outputs=outs)
+            np.testing.assert_array_equal(shm.get_contents_as_numpy(h_out, np.int32, [1, 16]), a + b)
+            np.testing.assert_array_equal(shm.get_contents_as_numpy(h_out, np.int32, [1, 16], offset=n), a - b)
+            out = r.get_output("OUTPUT0")
+            params = out["parameters"] if mod is httpclient else {k: v.string_param or v.int64_param for k, v in out.parameters.items()}
+            assert params["shared_memory_region"] == "out" and int(params["shared_memory_byte_size"]) == n
+
+            # Bounds are checked: a 400 / INVALID_ARGUMENT naming the tensor, never a crash.
+            bad = mod.InferInput("INPUT1", [1, 16], "INT32")
+            bad.set_shared_memory("in", n, offset=n + 4)
+            with pytest.raises(InferenceServerException) as e:
+                client.infer("simple", [ins[0], bad])
+            assert "outside region 'in'" in e.value.message() and "INPUT1" in e.value.message()
+            small = mod.InferRequestedOutput("OUTPUT0")
+            small.set_shared_memory("out", n // 2)
+            with pytest.raises(InferenceServerException) as e:
+                client.infer("simple", ins, outputs=[small])
+            assert "should be at least 64 bytes" in e.value.message(), e.value.message()
+            with pytest.raises(InferenceServerException) as e:
+                client.register_system_shared_memory("huge", keys[0], 4 * n)
+            assert "exceeds" in e.value.message()
+            with pytest.raises(InferenceServerException) as e:
+                client.register_system_shared_memory("in", keys[0], n)
+            assert "already in manager" in e.value.message()
+
+            client.unregister_system_shared_memory("in")
+            with pytest.raises(InferenceServerException) as e:
+                client.infer("simple", ins, outputs=outs)
+            assert "Unable to find shared memory region: 'in'" in e.value.message()
+            client.unregister_system_shared_memory()
+            empty = client.get_system_shared_memory_status()
+            assert (len(empty) if mod is httpclient else len(empty.regions)) == 0
+    finally:
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 PATIENCE_S = 30
 
@@ -133,4 +134,15 @@ def test_unknown_model_fails_inline_and_the_stream_goes_on(server):
         assert ids == ["y", "y"]
     finally:
         c.stop_stream()
+        c.close()
+
+
+def test_shared_memory_is_off_unless_enabled(server):
+    c = grpcclient.InferenceServerClient(url=server)
+    try:
+        assert "system_shared_memory" not in c.get_server_metadata().extensions
+        with pytest.raises(InferenceServerException) as e:
+            c.get_system_shared_memory_status()
+        assert e.value.status() == "StatusCode.UNIMPLEMENTED"
+    finally:
         c.close()

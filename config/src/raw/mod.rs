@@ -60,12 +60,15 @@ pub struct RawConfig {
     pub server: RawServer,
 }
 
-/// The server's identity in V2 server metadata (`GET /v2`, gRPC ServerMetadata).
+/// The server's identity in V2 server metadata (`GET /v2`, gRPC ServerMetadata)
+/// and the Triton extensions it offers beyond the defaults.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub name: Option<S<String>>,
     pub version: Option<S<String>>,
+    /// Triton's system shared memory extension (register regions, tensors in them).
+    pub system_shared_memory: Option<S<bool>>,
 }
 
 /// The DNS resolver of `dns:` backends.

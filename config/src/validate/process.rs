@@ -125,8 +125,8 @@ pub(super) fn resolver(errs: &mut Errors, raw: &RawResolver) -> ResolverConfig {
 }
 
 /// `server`: name and version, printable and non-empty (they go into JSON and gRPC answers as they are).
-pub(super) fn server(errs: &mut Errors, raw: &RawServer) -> ServerIdentity {
-    let mut id = ServerIdentity::default();
+pub(super) fn server(errs: &mut Errors, raw: &RawServer) -> ServerSettings {
+    let mut id = ServerSettings::default();
     for (field, v, out) in [("name", &raw.name, &mut id.name), ("version", &raw.version, &mut id.version)] {
         let Some(v) = v else { continue };
         if v.value.is_empty() || v.value.len() > 256 || v.value.chars().any(char::is_control) {
@@ -135,6 +135,7 @@ pub(super) fn server(errs: &mut Errors, raw: &RawServer) -> ServerIdentity {
             *out = Arc::from(v.value.as_str());
         }
     }
+    id.system_shared_memory = raw.system_shared_memory.as_ref().is_some_and(|v| v.value);
     id
 }
 

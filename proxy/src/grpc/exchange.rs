@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Answer, Call, Exchange};
 use crate::routing::RoutingTable;
+use crate::shm;
 
 /// What every RPC of the listener shares.
 pub struct Shared {
@@ -30,6 +31,9 @@ struct GrpcExchange<'a> {
     headers: &'a HeaderMap,
     message: Option<pb::ModelInferRequest>,
     max_message_bytes: usize,
+    /// Whether system shared memory is on, and the outputs that go to it.
+    shm: bool,
+    shm_out: Vec<shm::OutputTarget>,
 }
 
 impl Exchange for GrpcExchange<'_> {
@@ -41,7 +45,9 @@ impl Exchange for GrpcExchange<'_> {
 
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let msg = self.message.take().ok_or_else(|| Error::internal("the request was decoded twice"))?;
-        Ok(codec::decode_request(msg)?.request)
+        let mut req = codec::decode_request(msg)?.request;
+        self.shm_out = shm::resolve(&mut req, self.shm)?;
+        Ok(req)
     }
 
     async fn closed(&mut self) {
@@ -49,7 +55,8 @@ impl Exchange for GrpcExchange<'_> {
         std::future::pending().await
     }
 
-    fn encode(&mut self, resp: InferResponse) -> Result<pb::ModelInferResponse, Error> {
+    fn encode(&mut self, mut resp: InferResponse) -> Result<pb::ModelInferResponse, Error> {
+        shm::write_outputs(&mut resp, &self.shm_out)?;
         // Triton answers in raw_output_contents whatever the request used; clients expect it.
         let out = codec::encode_response(resp, true);
         let len = out.encoded_len();
@@ -81,7 +88,13 @@ impl Shared {
         // Kept in the message too: decode errors name the model, as Triton's do.
         let model = msg.model_name.clone();
         let version = std::mem::take(&mut msg.model_version);
-        let mut x = GrpcExchange { headers, message: Some(msg), max_message_bytes: self.max_message_bytes };
+        let mut x = GrpcExchange {
+            headers,
+            message: Some(msg),
+            max_message_bytes: self.max_message_bytes,
+            shm: table.server.system_shared_memory,
+            shm_out: Vec::new(),
+        };
         let call = Call { model: &model, version: version_opt(&version), deadline, start };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }

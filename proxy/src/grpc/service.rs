@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
 use crate::pipeline;
 use crate::respond;
+use crate::shm;
 
 use pb::grpc_inference_service_server::GrpcInferenceService;
 
@@ -178,5 +179,61 @@ impl GrpcInferenceService for FrontEnd {
             return Ok(Response::new(pb::RepositoryModelUnloadResponse {}));
         }
         passthrough::repository_model_unload(&table, md.as_ref(), m).await.map(Response::new)
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        self.shm_enabled()?;
+        let m = request.into_inner();
+        let regions =
+            shm::status((!m.name.is_empty()).then_some(m.name.as_str())).map_err(|e| respond::grpc_status(&e))?;
+        let regions = regions
+            .iter()
+            .map(|r| {
+                let s = pb::system_shared_memory_status_response::RegionStatus {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    offset: r.offset,
+                    byte_size: r.byte_size,
+                };
+                (r.name.clone(), s)
+            })
+            .collect();
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse { regions }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        self.shm_enabled()?;
+        let m = request.into_inner();
+        shm::register(&m.name, &m.key, m.offset, m.byte_size).map_err(|e| respond::grpc_status(&e))?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        self.shm_enabled()?;
+        let m = request.into_inner();
+        shm::unregister((!m.name.is_empty()).then_some(m.name.as_str()));
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
+    }
+}
+
+impl FrontEnd {
+    /// The shared memory RPCs exist only when the extension is on.
+    fn shm_enabled(&self) -> Result<(), Status> {
+        if self.shared.table.load().server.system_shared_memory {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(
+                "system shared memory is not enabled on this server (server.system_shared_memory)",
+            ))
+        }
     }
 }

@@ -24,6 +24,12 @@ pub enum Endpoint<'a> {
     RepositoryIndex,
     /// Triton's `POST /v2/repository/models/{m}/load` (`true`) or `/unload`.
     RepositoryControl(&'a str, bool),
+    /// Triton's `GET /v2/systemsharedmemory[/region/{r}]/status`.
+    ShmStatus(Option<&'a str>),
+    /// Triton's `POST /v2/systemsharedmemory/region/{r}/register`.
+    ShmRegister(&'a str),
+    /// Triton's `POST /v2/systemsharedmemory[/region/{r}]/unregister`.
+    ShmUnregister(Option<&'a str>),
     /// A path we know, with the wrong method.
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
@@ -42,7 +48,17 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         "/v2" | "/v2/" => return simple(Endpoint::V2Server),
         "/v2/models/stats" => return simple(Endpoint::ModelStats(None, None)),
         "/v2/repository/index" => return post(method, Endpoint::RepositoryIndex),
+        "/v2/systemsharedmemory/status" => return simple(Endpoint::ShmStatus(None)),
+        "/v2/systemsharedmemory/unregister" => return post(method, Endpoint::ShmUnregister(None)),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/v2/systemsharedmemory/region/") {
+        return match rest.split_once('/') {
+            Some((r, "status")) if !r.is_empty() => simple(Endpoint::ShmStatus(Some(r))),
+            Some((r, "register")) if !r.is_empty() => post(method, Endpoint::ShmRegister(r)),
+            Some((r, "unregister")) if !r.is_empty() => post(method, Endpoint::ShmUnregister(Some(r))),
+            _ => Endpoint::Other,
+        };
     }
     if let Some(rest) = path.strip_prefix("/v2/repository/models/") {
         return match rest.split_once('/') {
@@ -81,6 +97,13 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         "infer" if method == Method::POST => Endpoint::Infer(model, version),
         "infer" => Endpoint::WrongMethod("POST"),
         _ => Endpoint::Other,
+    }
+}
+
+impl Endpoint<'_> {
+    /// Triton's system shared memory endpoints (served only when the extension is on).
+    pub fn is_shared_memory(&self) -> bool {
+        matches!(self, Endpoint::ShmStatus(_) | Endpoint::ShmRegister(_) | Endpoint::ShmUnregister(_))
     }
 }
 
@@ -123,6 +146,13 @@ mod tests {
             (&post, "/v2/repository/models/mlp/unload", Endpoint::RepositoryControl("mlp", false)),
             (&post, "/v2/repository/models/mlp/reload", Endpoint::Other),
             (&post, "/v2/repository/models//load", Endpoint::Other),
+            (&get, "/v2/systemsharedmemory/status", Endpoint::ShmStatus(None)),
+            (&get, "/v2/systemsharedmemory/region/in/status", Endpoint::ShmStatus(Some("in"))),
+            (&post, "/v2/systemsharedmemory/region/in/register", Endpoint::ShmRegister("in")),
+            (&post, "/v2/systemsharedmemory/region/in/unregister", Endpoint::ShmUnregister(Some("in"))),
+            (&post, "/v2/systemsharedmemory/unregister", Endpoint::ShmUnregister(None)),
+            (&get, "/v2/systemsharedmemory/region/in/register", Endpoint::WrongMethod("POST")),
+            (&get, "/v2/systemsharedmemory/region//status", Endpoint::Other),
             (&post, "/v1/models/x:predict", Endpoint::Other),
             (&get, "/v2/models/", Endpoint::Other),
             (&get, "/v2/models/mlp/versions/", Endpoint::Other),

@@ -78,7 +78,13 @@ impl ProxyHttp for HttpListener {
         // The URI is refcounted: cloning it frees `session` for body reads.
         let uri = session.req_header().uri.clone();
         let method = session.req_header().method.clone();
-        let endpoint = classify(&method, uri.path());
+        // One snapshot per request, kept to the end.
+        let table = self.table.load_full();
+        let mut endpoint = classify(&method, uri.path());
+        if endpoint.is_shared_memory() && !table.server.system_shared_memory {
+            // The extension is off: the path is not ours (a default upstream may serve it).
+            endpoint = Endpoint::Other;
+        }
         if endpoint == Endpoint::Other {
             if self.default_upstream.is_some() {
                 ctx.passthrough = true;
@@ -93,8 +99,6 @@ impl ProxyHttp for HttpListener {
             reply::write(session, Reply::error(&e)).await?;
             return Ok(true);
         }
-        // One snapshot per request, kept to the end.
-        let table = self.table.load_full();
         let can_pass = self.default_upstream.is_some();
         let headers = || session.req_header().headers.clone();
         let triton = match endpoint {
@@ -104,6 +108,9 @@ impl ProxyHttp for HttpListener {
             Endpoint::RepositoryControl(m, load) => {
                 Some(triton::repository_control(session, &table, &self.limits, m, load, can_pass).await)
             }
+            Endpoint::ShmStatus(r) => Some(triton::shm_status(r)),
+            Endpoint::ShmRegister(r) => Some(triton::shm_register(session, &self.limits, r).await),
+            Endpoint::ShmUnregister(r) => Some(triton::shm_unregister(r)),
             _ => None,
         };
         match triton {
@@ -135,7 +142,10 @@ impl ProxyHttp for HttpListener {
             | Endpoint::ModelConfig(..)
             | Endpoint::ModelStats(..)
             | Endpoint::RepositoryIndex
-            | Endpoint::RepositoryControl(..) => {
+            | Endpoint::RepositoryControl(..)
+            | Endpoint::ShmStatus(..)
+            | Endpoint::ShmRegister(..)
+            | Endpoint::ShmUnregister(..) => {
                 Reply::error(&Error::internal("pass-through or Triton path reached the V2 handlers"))
             }
         };

@@ -1,5 +1,5 @@
-//! Triton's REST extensions: model configuration, statistics and the
-//! repository API. Models of an embedded backend are answered here
+//! Triton's REST extensions: model configuration, statistics, the
+//! repository API and system shared memory registration (`crate::shm`). Models of an embedded backend are answered here
 //! (`crate::triton`); a model served by a remote backend is passed through
 //! to the default upstream (that Triton's own answer), when there is one.
 
@@ -12,6 +12,7 @@ use super::body;
 use super::reply::Reply;
 use crate::error::{Error, ErrorKind};
 use crate::routing::RoutingTable;
+use crate::shm;
 use crate::triton::{self, Owner};
 
 /// What a Triton REST request gets.
@@ -178,4 +179,48 @@ pub async fn repository_control(
         Ok(()) => Outcome::Reply(Reply::json(200, Vec::new())),
         Err(e) => error(&e.into()),
     }
+}
+
+/// `GET /v2/systemsharedmemory[/region/{r}]/status`.
+pub fn shm_status(region: Option<&str>) -> Outcome {
+    match shm::status(region) {
+        Err(e) => error(&e),
+        Ok(regions) => json(&serde_json::Value::Array(
+            regions
+                .iter()
+                .map(
+                    |r| serde_json::json!({"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}),
+                )
+                .collect(),
+        )),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RegisterBody {
+    key: Option<String>,
+    #[serde(default)]
+    offset: u64,
+    byte_size: Option<u64>,
+}
+
+/// `POST /v2/systemsharedmemory/region/{r}/register`.
+pub async fn shm_register(session: &mut Session, limits: &Limits, region: &str) -> Outcome {
+    let body: RegisterBody = match read_json(session, limits).await {
+        Ok(b) => b,
+        Err(e) => return error(&e),
+    };
+    let (Some(key), Some(byte_size)) = (body.key, body.byte_size) else {
+        return error(&Error::bad_request("register needs 'key' and 'byte_size' in the request body"));
+    };
+    match shm::register(region, &key, body.offset, byte_size) {
+        Ok(()) => Outcome::Reply(Reply::json(200, Vec::new())),
+        Err(e) => error(&e),
+    }
+}
+
+/// `POST /v2/systemsharedmemory[/region/{r}]/unregister`.
+pub fn shm_unregister(region: Option<&str>) -> Outcome {
+    shm::unregister(region);
+    Outcome::Reply(Reply::json(200, Vec::new()))
 }

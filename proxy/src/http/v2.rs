@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
 use crate::routing::RoutingTable;
+use crate::shm;
 
 /// What the client asked of the outputs, kept after the request moves to the backend.
 #[derive(Default)]
@@ -37,6 +38,9 @@ struct HttpExchange<'s> {
     session: &'s mut Session,
     limits: &'s Limits,
     prefs: OutputPrefs,
+    /// Whether system shared memory is on, and the outputs that go to it.
+    shm: bool,
+    shm_out: Vec<shm::OutputTarget>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -55,7 +59,8 @@ impl Exchange for HttpExchange<'_> {
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let header_len = body::inference_header_length(self.session.req_header())?;
         let body = body::read(self.session, self.limits).await?;
-        let req = v2::decode_request(&body, header_len)?;
+        let mut req = v2::decode_request(&body, header_len)?;
+        self.shm_out = shm::resolve(&mut req, self.shm)?;
         // Only an output's own `binary_data` can differ from the default.
         let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
         self.prefs = OutputPrefs { outputs, default_binary: req.binary_output };
@@ -71,7 +76,8 @@ impl Exchange for HttpExchange<'_> {
         }
     }
 
-    fn encode(&mut self, resp: InferResponse) -> Result<Encoded, Error> {
+    fn encode(&mut self, mut resp: InferResponse) -> Result<Encoded, Error> {
+        shm::write_outputs(&mut resp, &self.shm_out)?;
         let prefs = &self.prefs;
         let enc = v2::encode_response(&resp, |n| prefs.binary(n)).map_err(Error::unencodable)?;
         Ok(Encoded { body: enc.body, header_len: enc.header_len })
@@ -88,7 +94,8 @@ pub async fn infer(
     version: Option<&str>,
     start: Instant,
 ) -> Reply {
-    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default() };
+    let shm = table.server.system_shared_memory;
+    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default(), shm, shm_out: Vec::new() };
     let call = Call { model, version, deadline: None, start };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {

@@ -177,7 +177,7 @@ pub struct RoutingTable {
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
     /// What server metadata says this server is.
-    pub server: switchyard_config::ServerIdentity,
+    pub server: switchyard_config::ServerSettings,
 }
 
 impl RoutingTable {

@@ -101,6 +101,12 @@ pub fn element_count(shape: &[i64]) -> Result<usize, TensorError> {
     Ok(n)
 }
 
+/// Triton's system shared memory parameters of a tensor: its data is in the
+/// named registered region (at the offset, that many bytes), not in the body.
+pub const SHM_REGION: &str = "shared_memory_region";
+pub const SHM_BYTE_SIZE: &str = "shared_memory_byte_size";
+pub const SHM_OFFSET: &str = "shared_memory_offset";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub name: String,
@@ -120,9 +126,18 @@ impl Tensor {
         element_count(&self.shape)
     }
 
-    /// Checks that the bytes hold exactly as many elements as the shape says.
+    /// Whether the tensor's data is in a shared memory region (and not yet read from it).
+    pub fn in_shared_memory(&self) -> bool {
+        self.data.is_empty() && self.parameters.contains_key(SHM_REGION)
+    }
+
+    /// Checks that the bytes hold exactly as many elements as the shape says
+    /// (for data still in shared memory, only the shape: it is checked when read).
     pub fn validate(&self) -> Result<(), TensorError> {
         let n = self.element_count()?;
+        if self.in_shared_memory() {
+            return Ok(());
+        }
         match self.datatype.size() {
             Some(size) => {
                 let want = n.checked_mul(size).ok_or(TensorError::ShapeOverflow)?;

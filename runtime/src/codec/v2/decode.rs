@@ -15,7 +15,9 @@ use serde_json::Value;
 
 use super::elements::Flatten;
 use crate::error::CodecError;
-use crate::tensor::{element_count, DataType, InferRequest, InferResponse, Parameters, RequestedOutput, Tensor};
+use crate::tensor::{
+    element_count, DataType, InferRequest, InferResponse, Parameters, RequestedOutput, Tensor, SHM_REGION,
+};
 
 /// The parameter that marks a tensor as a binary blob of this many bytes.
 pub(super) const BINARY_DATA_SIZE: &str = "binary_data_size";
@@ -479,6 +481,10 @@ fn decode_tensor(t: RawTensor, role: &str, binary: &Bytes, cursor: &mut usize) -
                     return Ok(Tensor { name, datatype, shape: t.shape, data: Bytes::from(out), parameters })
                 }
                 DataIn::Raw(raw) => raw,
+                // Read from the registered region by the listener.
+                DataIn::Absent if parameters.contains_key(SHM_REGION) => {
+                    return Ok(Tensor { name, datatype, shape: t.shape, data: Bytes::new(), parameters })
+                }
                 DataIn::Absent => return Err(CodecError::invalid(format!("{role} '{name}' has no 'data'"))),
             };
             let mut out = Vec::new();

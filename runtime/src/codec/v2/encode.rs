@@ -56,7 +56,10 @@ impl Serialize for TensorJson<'_> {
         st.serialize_field("name", &t.name)?;
         st.serialize_field("datatype", t.datatype.as_str())?;
         st.serialize_field("shape", &t.shape)?;
-        if self.binary {
+        if t.in_shared_memory() {
+            // Written into the client's region: the parameters say where, there is no data here.
+            st.serialize_field("parameters", &t.parameters)?;
+        } else if self.binary {
             let size = Some((BINARY_DATA_SIZE, Value::from(t.data.len())));
             st.serialize_field("parameters", &ParamsJson { base: &t.parameters, extra: size })?;
         } else {
@@ -91,7 +94,7 @@ pub struct Encoded {
 /// text (the longest text of an element) or, with `binary`, as bytes after the JSON.
 fn room_for(t: &Tensor, binary: bool) -> usize {
     let head = 96 + t.name.len() + 21 * t.shape.len() + if t.parameters.is_empty() { 0 } else { 64 };
-    if binary {
+    if binary || t.in_shared_memory() {
         return head + t.data.len();
     }
     let chars = match t.datatype {
@@ -125,7 +128,7 @@ fn encode(
     serde_json::to_writer(&mut out, body).map_err(|e| CodecError::invalid(format!("cannot encode: {e}")))?;
     let header_len = out.len();
     let mut any = false;
-    for t in tensors.iter().filter(|t| binary(t)) {
+    for t in tensors.iter().filter(|t| binary(t) && !t.in_shared_memory()) {
         out.extend_from_slice(&t.data);
         any = true;
     }
