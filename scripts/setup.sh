@@ -78,7 +78,7 @@ elif [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
   "$VENV/bin/python" -m pip check >&2
-  "$VENV/bin/python" -c "import mlserver, tritonclient.http, onnxruntime, onnx, numpy, requests, pytest"
+  "$VENV/bin/python" -c "import mlserver, tritonclient.http, onnxruntime, onnx, numpy, requests, pytest, kubernetes_validate, jsonpatch, cryptography, yaml"
   "$VENV/bin/python" -c "import tritonclient.grpc"   # separate process: clashes with mlserver's protos
   echo "$req_hash" > "$STAMP"
 else
