@@ -100,9 +100,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let listener = TcpListener::bind(config.listen).await.map_err(|e| Error::Listen(config.listen, e))?;
     let bound = listener.local_addr().map_err(|e| Error::Listen(config.listen, e))?;
+    // Started on port 0 (tests), the bound port is read from this line.
     tracing::info!("switchyard injector listening on https://{bound}");
-    // Tests and scripts that start on port 0 read the bound address from here.
-    eprintln!("switchyard injector listening on {bound}");
 
     let (cert_path, key_path) = (config.cert.clone(), config.key.clone());
     let reloader = cert.clone();

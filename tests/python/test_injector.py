@@ -109,7 +109,7 @@ def injector(tmp_path_factory):
     )
     try:
         deadline = time.monotonic() + PATIENCE_S
-        while not (m := re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.log())):
+        while not (m := re.search(r"listening on https://127\.0\.0\.1:(\d+)", proc.log())):
             if proc.p.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the injector did not start:\n{proc.log()}")
             time.sleep(POLL_S)
