@@ -373,6 +373,23 @@ spec:
         assert_eq!(c["ports"][0]["containerPort"], 9100);
     }
 
+    /// Values YAML 1.1 readers (kubectl's) take for booleans, numbers or null
+    /// stay strings; block scalars stay text.
+    #[test]
+    fn scalars_survive_the_round_trip() {
+        let input = "kind: ConfigMap\nmetadata: {name: x}\ndata:\n  a: \"true\"\n  b: \"yes\"\n  c: \"on\"\n  \
+                     d: \"null\"\n  e: \"~\"\n  f: \"0o17\"\n  g: \"8080\"\n  h: \"\"\n  i: \"1e3\"\n  j: \"-\"\n  \
+                     k: \" lead\"\n  l: \"a: b\"\n  m: \"#x\"\n  y: \"0x1F\"\n  n: \"1.0\"\n  \
+                     script: |\n    echo \"hi\": x\n    done\n";
+        let docs = parse(input).unwrap();
+        let out = render(&docs).unwrap();
+        assert_eq!(parse(&out).unwrap(), docs, "{out}");
+        for (k, v) in docs[0]["data"].as_object().unwrap() {
+            assert!(v.is_string(), "{k}: {v}");
+        }
+        assert!(out.contains("script: |"), "block scalars stay readable:\n{out}");
+    }
+
     #[test]
     fn bad_yaml_is_an_error_with_a_location() {
         let e = parse("kind: Pod\nmetadata: {name: [\n").unwrap_err();
