@@ -4,7 +4,8 @@ its args and env from the injected manifest, the ConfigMap laid out as the
 kubelet mounts it (`..<timestamp>/`, `..data -> ..<timestamp>`,
 `config.yaml -> ..data/config.yaml`), the mount paths moved into a scratch
 directory and every port replaced by a free one — in front of a real MLServer
-on the "pod's" model-server port. It serves traffic; a kubelet-style `..data`
+on the "pod's" model-server port, started after the sidecar (a native
+sidecar's startup probe must pass before the app containers start). It serves traffic; a kubelet-style `..data`
 swap to a ConfigMap with new weights takes effect without a restart; and on
 SIGTERM an in-flight request completes and the process exits within the
 pod's termination grace period.
@@ -155,9 +156,6 @@ def run_pod(tmp_path, hold):
 
     procs = []
     try:
-        # The model server on the pod's port 8080 (and 8081), as its container would listen.
-        start_mlserver(tmp_path, procs, http_port=ports[8080], grpc_port=ports[8081])
-
         # The volumes: the ConfigMap as the kubelet mounts it, and the emptyDir.
         etc = KubeletConfigMap(tmp_path / "etc-switchyard")
         etc.publish({k: remap(v, ports) for k, v in cm["data"].items()})
@@ -178,9 +176,15 @@ def run_pod(tmp_path, hold):
                   cwd=str(tmp_path))
         procs.append(sy)
         http = f"http://127.0.0.1:{named['sy-http']}"
-        # The kubelet's order: the startup probe, then readiness.
+        # A native sidecar starts first: the app containers start once its startup
+        # probe passes, which it must do before the model server is up.
         sy.wait_until_ok(http + sidecar["startupProbe"]["httpGet"]["path"], PATIENCE_S)
-        sy.wait_until_ok(http + sidecar["readinessProbe"]["httpGet"]["path"], PATIENCE_S)
+        ready = http + sidecar["readinessProbe"]["httpGet"]["path"]
+        assert requests.get(ready, timeout=5).status_code != 200, "ready without its model server"
+
+        # The model server on the pod's ports 8080 and 8081, as its container would listen.
+        start_mlserver(tmp_path, procs, http_port=ports[8080], grpc_port=ports[8081])
+        sy.wait_until_ok(ready, PATIENCE_S)
         assert requests.get(http + sidecar["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
         metrics = f"http://127.0.0.1:{named['sy-metrics']}/metrics"
         assert "switchyard_config_reloads_total" in requests.get(metrics, timeout=5).text
