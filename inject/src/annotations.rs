@@ -21,6 +21,8 @@ pub const MEMORY_REQUEST: &str = "switchyard.io/memory-request";
 pub const MEMORY_LIMIT: &str = "switchyard.io/memory-limit";
 /// `emptyDir`, or the name of a PersistentVolumeClaim (or of a pod volume) for the state directory.
 pub const STATE: &str = "switchyard.io/state";
+/// The address Switchyard's listeners bind: `0.0.0.0` (default), or `::` in an IPv6-only cluster.
+pub const BIND_ADDRESS: &str = "switchyard.io/bind-address";
 /// `true` (default): a native sidecar (an init container with `restartPolicy: Always`);
 /// `false`: a plain container, for clusters older than Kubernetes 1.29.
 pub const NATIVE_SIDECAR: &str = "switchyard.io/native-sidecar";
@@ -129,9 +131,15 @@ pub struct Plan {
     pub memory_limit: Option<String>,
     pub state: State,
     pub native_sidecar: bool,
+    pub bind: std::net::IpAddr,
 }
 
 impl Plan {
+    /// `host:port` for a listener flag.
+    pub fn address(&self, port: u16) -> String {
+        std::net::SocketAddr::new(self.bind, port).to_string()
+    }
+
     /// Switchyard's ports with their container-port names.
     pub fn ports(&self) -> Vec<(&'static str, u16)> {
         let mut p = vec![("sy-http", self.http_port)];
@@ -188,6 +196,7 @@ pub fn plan(annotations: &Map<String, Value>, defaults: &Defaults) -> Result<Pla
     let memory_limit = get(MEMORY_LIMIT);
     let state = get(STATE);
     let native = get(NATIVE_SIDECAR);
+    let bind = get(BIND_ADDRESS);
 
     let config_map = match config_map {
         None => {
@@ -281,6 +290,14 @@ pub fn plan(annotations: &Map<String, Value>, defaults: &Defaults) -> Result<Pla
         }
     };
 
+    let bind = match bind {
+        None => std::net::IpAddr::from([0, 0, 0, 0]),
+        Some(b) => b.trim().parse().unwrap_or_else(|_| {
+            errors.push(format!("{BIND_ADDRESS}: {b:?} is not an IP address (0.0.0.0, or :: for IPv6)"));
+            std::net::IpAddr::from([0, 0, 0, 0])
+        }),
+    };
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -297,6 +314,7 @@ pub fn plan(annotations: &Map<String, Value>, defaults: &Defaults) -> Result<Pla
         memory_limit,
         state,
         native_sidecar,
+        bind,
     })
 }
 
@@ -418,6 +436,15 @@ mod tests {
         assert_eq!((p.config_key.as_str(), &p.state, p.native_sidecar), ("config.yaml", &State::EmptyDir, true));
         assert_eq!(p.memory_limit.as_deref(), Some(DEFAULT_MEMORY_LIMIT));
         assert_eq!(p.cpu_limit, None);
+        assert_eq!(p.address(p.http_port), "0.0.0.0:8100");
+    }
+
+    #[test]
+    fn an_ipv6_bind_address() {
+        let p = plan(&ann(json!({CONFIG: "sy", BIND_ADDRESS: "::"})), &Defaults::default()).unwrap();
+        assert_eq!(p.address(8100), "[::]:8100");
+        let e = plan(&ann(json!({CONFIG: "sy", BIND_ADDRESS: "any"})), &Defaults::default()).unwrap_err();
+        assert!(e[0].starts_with("switchyard.io/bind-address: \"any\" is not an IP address"), "{e:?}");
     }
 
     #[test]

@@ -169,12 +169,12 @@ pub fn container(plan: &Plan, state_volume: &str) -> Value {
         "--state-file".into(),
         STATE_FILE.into(),
         "--http-address".into(),
-        format!("0.0.0.0:{}", plan.http_port),
+        plan.address(plan.http_port),
     ];
     if let Some(g) = plan.grpc_port {
-        args.extend(["--grpc-address".into(), format!("0.0.0.0:{g}")]);
+        args.extend(["--grpc-address".into(), plan.address(g)]);
     }
-    args.extend(["--metrics-address".into(), format!("0.0.0.0:{}", plan.metrics_port)]);
+    args.extend(["--metrics-address".into(), plan.address(plan.metrics_port)]);
     let ports: Vec<Value> = plan
         .ports()
         .into_iter()
