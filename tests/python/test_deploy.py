@@ -356,10 +356,12 @@ def test_helm_gateway_non_default_values(tmp_path):
         "image": {"repository": "registry.example.com/switchyard", "tag": "1.2.3"},
         "gateway": {
             "ports": {"http": 9000, "grpc": 9001, "metrics": 9002},
-            "config": {
-                "backends": {"mlserver": {"kind": "v2-http", "endpoints": ["http://mlserver.models:8080"]}},
-                "models": {"fraud": {"variants": [{"name": "v1", "backend": "mlserver"}]}},
-            },
+            "config": yaml.safe_dump(
+                {
+                    "backends": {"mlserver": {"kind": "v2-http", "endpoints": ["http://mlserver.models:8080"]}},
+                    "models": {"fraud": {"variants": [{"name": "v1", "backend": "mlserver"}]}},
+                }
+            ),
             "rollOnConfigChange": True,
             "controlToken": {"existingSecret": "switchyard-control", "key": "bearer"},
             "state": {
@@ -404,7 +406,9 @@ def test_helm_gateway_non_default_values(tmp_path):
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["state"] == {"name": "state", "persistentVolumeClaim": {"claimName": "switchyard-state"}}
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
-    switchyard_validates(tmp_path, one(docs, "ConfigMap")["data"]["config.yaml"])
+    rendered = one(docs, "ConfigMap")["data"]["config.yaml"]
+    assert rendered == values["gateway"]["config"], "the given config whole, no default merged in"
+    switchyard_validates(tmp_path, rendered)
 
     svc = one(docs, "Service")
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -450,11 +454,18 @@ def test_helm_gateway_existing_configmap_and_no_policy(tmp_path):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"mode": "sidecar"}, "mode must be gateway or injector"),
+        # values.schema.json
+        ({"mode": "sidecar"}, "at '/mode': value must be one of 'gateway', 'injector'"),
+        ({"gateway": {"replicas": 3}}, "at '/gateway': additional properties 'replicas' not allowed"),
+        ({"gateway": {"config": {"models": {}}}}, "at '/gateway/config'"),
+        ({"gateway": {"ports": {"http": 70000}}}, "at '/gateway/ports/http'"),
+        ({"mode": "injector", "injector": {"tls": {"mode": "vault"}}}, "at '/injector/tls/mode'"),
+        ({"mode": "injector", "injector": {"webhook": {"failurePolicy": "Maybe"}}}, "at '/injector/webhook/failurePolicy'"),
+        # the templates' own checks
         ({"gateway": {"terminationGracePeriodSeconds": 15}}, "must exceed preStopSleepSeconds + 11"),
         ({"gateway": {"preStopSleepSeconds": 0, "terminationGracePeriodSeconds": 10}}, "must exceed Switchyard's drain"),
         ({"gateway": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}}, "needs at least one of"),
-        ({"mode": "injector", "injector": {"tls": {"mode": "vault"}}}, "injector.tls.mode must be selfSigned or certManager"),
+        ({"gateway": {"config": "models: [unclosed\n"}}, "gateway.config is not valid YAML"),
     ],
 )
 def test_helm_refuses_bad_values(tmp_path, values, message):
@@ -675,3 +686,127 @@ def test_autoscaling_hpa_examples_use_the_adapter_metrics():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     commented = re.findall(r"#\s+- name: (\S+)", (CHART / "values.yaml").read_text())
     assert commented and set(commented) <= custom and values["gateway"]["autoscaling"]["podsMetrics"] == []
+
+
+# ---------------------------------------------------------------- the gateway pod, on loopback
+
+
+def kubelet_configmap(directory, data, generation):
+    """A ConfigMap volume as the kubelet lays it out: the files in a timestamped
+    directory, `..data` pointing at it, each key a symlink through `..data`.
+    A later generation swaps `..data` atomically (rename over the old link)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamped = directory / f"..2026_11_30_{generation:02d}.000000000"
+    stamped.mkdir()
+    for key, text in data.items():
+        (stamped / key).write_text(text)
+    tmp_link = directory / "..data_tmp"
+    os.symlink(stamped.name, tmp_link)
+    os.replace(tmp_link, directory / "..data")
+    for key in data:
+        if not (directory / key).is_symlink():
+            os.symlink(f"..data/{key}", directory / key)
+
+
+def test_helm_gateway_container_runs_as_rendered(tmp_path):
+    """The chart's container, command line, environment and mounts as rendered,
+    run as a process on loopback (paths and ports mapped): it starts, answers
+    its probes and serves, hot-reloads a `..data` swap of its ConfigMap
+    directory, keeps API state in the state volume, and drains on SIGTERM
+    within the grace period."""
+    from harness import POLL_S, Proc, free_port
+    import requests
+    import signal
+    import time
+
+    control = free_port()
+    models_dir = "/models"
+    config = {
+        "listeners": {"control": {"address": f"127.0.0.1:{control}"}},
+        "backends": {"local": {"kind": "onnx", "repository": models_dir, "version_policy": {"all": True}}},
+        "models": {
+            "mlp": {
+                "variants": [
+                    {"name": "v1", "backend": "local", "version": 1, "weight": 50},
+                    {"name": "v2", "backend": "local", "version": 2, "weight": 50},
+                ]
+            }
+        },
+    }
+    values = {
+        "gateway": {
+            "config": yaml.safe_dump(config),
+            "extraVolumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
+            "extraVolumeMounts": [{"name": "models", "mountPath": models_dir, "readOnly": True}],
+        }
+    }
+    docs = helm_template(values, tmp_path=tmp_path)
+    validate(docs)
+    dep, c, _ = check_gateway(docs)
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    cm = one(docs, "ConfigMap")
+
+    # Map the pod's paths and ports onto this machine.
+    root = tmp_path / "pod"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    paths = {p: str(root / p.strip("/").replace("/", "_")) for p in mounts}
+    paths[models_dir] = str(REPO / "examples" / "models")
+    for p in mounts:
+        if p != models_dir:
+            os.makedirs(paths[p], exist_ok=True)
+    ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+    by_number = {p["containerPort"]: p["name"] for p in c["ports"]}
+
+    def mapped(a):
+        m = re.fullmatch(r"0\.0\.0\.0:(\d+)", a)
+        if m:
+            return f"127.0.0.1:{ports[by_number[int(m.group(1))]]}"
+        for p in sorted(paths, key=len, reverse=True):
+            if a == p or a.startswith(p.rstrip("/") + "/"):
+                return paths[p] + a[len(p):]
+        return a
+
+    config_text = cm["data"]["config.yaml"].replace(models_dir, paths[models_dir])
+    config_dir = root / "etc_switchyard"
+    kubelet_configmap(config_dir, {"config.yaml": config_text}, 1)
+    argv = [switchyard_bin()] + [mapped(a) for a in c["args"]]
+    env = dict(os.environ)
+    env.pop("SWITCHYARD_CONTROL_TOKEN", None)
+    env.update({e["name"]: e["value"] for e in c["env"] if "value" in e})
+    sy = Proc("switchyard (gateway pod)", argv, tmp_path / "gateway.log", env=env, cwd=str(root))
+    try:
+        http = f"http://127.0.0.1:{ports['http']}"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            sy.wait_until_ok(http + c[probe]["httpGet"]["path"], 60)
+        sy.wait_until_ok(f"http://127.0.0.1:{ports['metrics']}/metrics", 10)
+        body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+        r = requests.post(f"{http}/v2/models/mlp/infer", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+        assert json.loads(sy.log().splitlines()[0]), "JSON logs (SWITCHYARD_LOG_FORMAT from the chart)"
+
+        # A control API change lands in the state volume, not beside the config.
+        r = requests.post(f"http://127.0.0.1:{control}/ml/models/mlp/traffic", json={"weights": {"v1": 100, "v2": 0}}, timeout=10)
+        assert r.status_code == 200, r.text
+        state = mapped(arg(c, "--state-file"))
+        assert os.path.getsize(state) > 0
+        assert not any(n.endswith(".state.json") for n in os.listdir(config_dir))
+
+        # The kubelet's ConfigMap update: a new generation and a `..data` swap.
+        # It adds model mlp_heavy (in the repository, not routed until then).
+        assert requests.get(f"{http}/v2/models/mlp_heavy", timeout=10).status_code == 404
+        config2 = yaml.safe_load(config_text)
+        config2["models"]["mlp_heavy"] = {"variants": [{"name": "only", "backend": "local"}]}
+        kubelet_configmap(config_dir, {"config.yaml": yaml.safe_dump(config2)}, 2)
+        deadline = time.monotonic() + 30
+        while requests.get(f"{http}/v2/models/mlp_heavy", timeout=10).status_code != 200:
+            assert sy.p.poll() is None, sy.log()
+            assert time.monotonic() < deadline, f"the ..data swap was not reloaded:\n{sy.log()}"
+            time.sleep(POLL_S)
+
+        # SIGTERM (after the preStop pause, which the kubelet runs): a clean
+        # exit before the kubelet's SIGKILL would come.
+        os.kill(sy.p.pid, signal.SIGTERM)
+        pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert sy.p.wait(timeout=grace - pause) == 0, sy.log()
+    finally:
+        sy.stop()

@@ -87,9 +87,15 @@ topologySpreadConstraints:
 
 {{/* The gateway's Switchyard config file, as the ConfigMap holds it. */}}
 {{- define "switchyard.gatewayConfig" -}}
-# Rendered by the switchyard Helm chart from gateway.config. Listener
-# addresses are set on the command line from gateway.ports.
-{{ toYaml .Values.gateway.config }}
+{{- $text := .Values.gateway.config }}
+{{- if not (kindIs "string" $text) }}
+{{- fail "gateway.config must be the config file's text (a YAML block scalar: `config: |`)" }}
+{{- end }}
+{{- $parsed := fromYaml $text }}
+{{- if hasKey $parsed "Error" }}
+{{- fail (printf "gateway.config is not valid YAML: %s" (get $parsed "Error")) }}
+{{- end }}
+{{- $text }}
 {{- end }}
 
 {{- define "switchyard.gatewayConfigMapName" -}}
