@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use switchyard_config::ValidatedConfig;
+use switchyard_config::{Overrides, ValidatedConfig};
 use switchyard_stats::Snapshot;
 use tokio::sync::Mutex;
 
@@ -83,6 +83,8 @@ struct Change {
 
 pub struct ControlPlane {
     config_path: PathBuf,
+    /// Command-line settings every reload applies on top of the file.
+    overrides: Arc<Overrides>,
     serving: Arc<dyn ServingPlane>,
     inner: Mutex<Inner>,
     published: ArcSwap<Published>,
@@ -104,11 +106,10 @@ impl ControlPlane {
     /// applies both as the first generation, and returns the running plane.
     pub async fn start(file: ConfigFile, serving: Arc<dyn ServingPlane>) -> Result<Arc<ControlPlane>, String> {
         let state_path = file
-            .config
-            .listeners
-            .control
-            .as_ref()
-            .and_then(|c| c.state_file.clone())
+            .overrides
+            .state_file
+            .clone()
+            .or_else(|| file.config.listeners.control.as_ref().and_then(|c| c.state_file.clone()))
             .unwrap_or_else(|| default_state_path(&file.path));
         let persisted = PersistedState::load(&state_path)?;
         let eff = effective(&file.config, &persisted.overrides);
@@ -138,6 +139,7 @@ impl ControlPlane {
         record_history(&mut inner, &config, generation, "startup");
         let plane = Arc::new(ControlPlane {
             config_path: file.path.clone(),
+            overrides: file.overrides.clone(),
             serving,
             published: ArcSwap::from_pointee(Published {
                 generation,
@@ -308,7 +310,7 @@ impl ControlPlane {
             self.refuse_reload(trigger, vec![msg.clone()]);
             return Err(ControlError::invalid_config(msg));
         }
-        let file = match ConfigFile::parse(&self.config_path, text.clone()) {
+        let file = match ConfigFile::parse(&self.config_path, text.clone(), self.overrides.clone()) {
             Ok(f) => f,
             Err(e) => {
                 inner.refused_text = Some(text);

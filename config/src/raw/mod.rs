@@ -53,6 +53,17 @@ pub struct RawConfig {
     /// Response cache tiers shared by every cached variant.
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub resolver: RawResolver,
+}
+
+/// The DNS resolver of `dns:` backends.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    /// `ip:port` of each name server (default: the system's).
+    #[serde(default)]
+    pub nameservers: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
