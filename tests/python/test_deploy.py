@@ -626,6 +626,27 @@ def test_kustomize_gateway_base(tmp_path):
     assert metrics == [ns_peer("monitoring")]
 
 
+def test_kustomize_gateway_matches_the_chart_defaults(tmp_path):
+    """The two hand-written gateways do not drift apart: same container, pod
+    settings and config as the chart renders with its defaults."""
+    chart = helm_template(tmp_path=tmp_path)
+    base = kustomize(KUSTOMIZE / "gateway")
+    hc, kc = (container(one(d, "Deployment"), "switchyard") for d in (chart, base))
+    for field in ("args", "ports", "startupProbe", "readinessProbe", "livenessProbe", "lifecycle", "resources", "securityContext"):
+        assert hc[field] == kc[field], field
+    assert {e["name"]: e.get("value") for e in hc["env"]} == {e["name"]: e.get("value") for e in kc["env"]}
+    assert [m["mountPath"] for m in hc["volumeMounts"]] == [m["mountPath"] for m in kc["volumeMounts"]]
+    hp, kp = (one(d, "Deployment")["spec"]["template"]["spec"] for d in (chart, base))
+    for field in ("securityContext", "terminationGracePeriodSeconds", "automountServiceAccountToken"):
+        assert hp[field] == kp[field], field
+    assert [v.get("emptyDir") for v in hp["volumes"]] == [v.get("emptyDir") for v in kp["volumes"]]
+    hs, ks = (one(d, "Service")["spec"]["ports"] for d in (chart, base))
+    assert hs == ks
+    assert yaml.safe_load(one(chart, "ConfigMap")["data"]["config.yaml"]) == yaml.safe_load(
+        one(base, "ConfigMap")["data"]["config.yaml"]
+    )
+
+
 def test_kustomize_production_overlay():
     docs = kustomize(KUSTOMIZE / "overlays" / "production")
     assert not validate(docs)
