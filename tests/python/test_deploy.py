@@ -541,7 +541,7 @@ def test_helm_injector_self_signed(tmp_path):
         "MutatingWebhookConfiguration",
     }
     dep, c, svc, secret_name = check_injector(docs, ns)
-    assert arg(c, "--sidecar-image") == c["image"]
+    assert arg(c, "--image") == c["image"]
     mwc = one(docs, "MutatingWebhookConfiguration")
     hooks = check_webhook(mwc, svc, ns)
     assert hooks["namespace.inject.switchyard.io"]["failurePolicy"] == "Fail"
@@ -579,6 +579,7 @@ def test_helm_injector_cert_manager(tmp_path):
         "image": {"tag": "2.0.0"},
         "injector": {
             "sidecarImage": "registry.example.com/switchyard:2.0.0",
+            "extraArgs": ["--config-map", "switchyard", "--memory-limit", "2Gi"],
             "port": 9443,
             "webhook": {"failurePolicy": "Fail", "objectSelector": {"matchLabels": {"switchyard.io/candidate": "true"}}},
             "tls": {"mode": "certManager", "certManager": {"issuerRef": {"name": "platform-ca", "kind": "ClusterIssuer"}}},
@@ -589,7 +590,8 @@ def test_helm_injector_cert_manager(tmp_path):
     assert not by_kind(docs, "Secret"), "cert-manager writes the Secret"
     dep, c, svc, secret_name = check_injector(docs, ns)
     assert arg(c, "--listen") == "0.0.0.0:9443"
-    assert arg(c, "--sidecar-image") == "registry.example.com/switchyard:2.0.0"
+    assert arg(c, "--image") == "registry.example.com/switchyard:2.0.0"
+    assert c["args"][-4:] == ["--config-map", "switchyard", "--memory-limit", "2Gi"]
     mwc = one(docs, "MutatingWebhookConfiguration")
     hooks = check_webhook(mwc, svc, ns, failure_policy="Fail")
     assert all("caBundle" not in h["clientConfig"] for h in hooks.values())
@@ -674,7 +676,7 @@ def test_kustomize_injector():
     assert cert["spec"]["secretName"] == secret_name
     assert f"{svc['metadata']['name']}.{ns}.svc" in cert["spec"]["dnsNames"]
     assert cert["spec"]["issuerRef"] == {"name": crds["Issuer"]["metadata"]["name"], "kind": "Issuer"}
-    assert arg(c, "--sidecar-image").rsplit(":", 1)[1] == c["image"].rsplit(":", 1)[1], "sidecar and injector in step"
+    assert arg(c, "--image").rsplit(":", 1)[1] == c["image"].rsplit(":", 1)[1], "sidecar and injector in step"
 
 
 # ---------------------------------------------------------------- autoscaling
@@ -831,3 +833,133 @@ def test_helm_gateway_container_runs_as_rendered(tmp_path):
         assert sy.p.wait(timeout=grace - pause) == 0, sy.log()
     finally:
         sy.stop()
+
+
+def https_request(port, host, ca_file, method, path, body=None):
+    """One HTTPS request to 127.0.0.1:port, verified against ca_file for `host`
+    (SNI and name check as the API server does): (status, parsed body or text)."""
+    import http.client
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+
+    class Conn(http.client.HTTPSConnection):
+        def connect(self):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            self.sock = ctx.wrap_socket(raw, server_hostname=host)
+
+    conn = Conn(host, port, context=ctx, timeout=10)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        try:
+            return resp.status, json.loads(text)
+        except json.JSONDecodeError:
+            return resp.status, text
+    finally:
+        conn.close()
+
+
+def admission_review(uid, annotations):
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "model", "namespace": "models", "annotations": annotations},
+        "spec": {"containers": [{"name": "server", "image": "nvcr.io/nvidia/tritonserver", "ports": [{"containerPort": 8000}]}]},
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "models",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
+
+
+def test_helm_injector_container_runs_as_rendered(tmp_path):
+    """The chart's injector container, command line and generated TLS Secret as
+    rendered, run as a process on loopback: its probes answer over HTTPS, and
+    the webhook paths the MutatingWebhookConfiguration names answer
+    AdmissionReviews over a TLS connection verified the way the API server
+    verifies it (the caBundle, the Service's DNS name)."""
+    from harness import POLL_S, Proc, free_port
+    import time
+
+    help_text = run([switchyard_bin(), "--help"]).stdout
+    if not re.search(r"^\s+injector\s", help_text, re.M):
+        pytest.skip("this switchyard binary has no `injector` subcommand (issue 12's injector is built on another branch)")
+
+    ns = "switchyard-system"
+    docs = helm_template({"mode": "injector"}, namespace=ns, release="inj", tmp_path=tmp_path)
+    dep, c, svc, secret_name = check_injector(docs, ns)
+    secret = one(docs, "Secret")
+    mwc = one(docs, "MutatingWebhookConfiguration")
+    host = f"{svc['metadata']['name']}.{ns}.svc"
+
+    # The Secret volume, as the kubelet would fill it.
+    mount = next(m for m in c["volumeMounts"] if arg(c, "--tls-cert").startswith(m["mountPath"]))
+    secret_dir = tmp_path / "tls"
+    secret_dir.mkdir()
+    for key, b64 in secret["data"].items():
+        (secret_dir / key).write_bytes(base64.b64decode(b64))
+    ca_file = tmp_path / "ca-bundle.pem"
+    ca_file.write_bytes(base64.b64decode(mwc["webhooks"][0]["clientConfig"]["caBundle"]))
+
+    port = free_port()
+
+    def mapped(a):
+        if re.fullmatch(r"0\.0\.0\.0:\d+", a):
+            return f"127.0.0.1:{port}"
+        if a.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return str(secret_dir / a[len(mount["mountPath"].rstrip("/")) + 1 :])
+        return a
+
+    argv = [switchyard_bin()] + [mapped(a) for a in c["args"]]
+    env = dict(os.environ, **{e["name"]: e["value"] for e in c["env"] if "value" in e})
+    proc = Proc("switchyard injector", argv, tmp_path / "injector.log", env=env)
+    try:
+        probe = c["readinessProbe"]["httpGet"]
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.p.poll() is None, proc.log()
+            try:
+                status, _ = https_request(port, host, ca_file, "GET", probe["path"])
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"the injector did not answer {probe['path']}:\n{proc.log()}"
+            time.sleep(POLL_S)
+        assert https_request(port, host, ca_file, "GET", c["livenessProbe"]["httpGet"]["path"])[0] == 200
+
+        hooks = {h["name"]: h["clientConfig"]["service"]["path"] for h in mwc["webhooks"]}
+        # Outside labelled namespaces: a pod that does not opt in is let through untouched.
+        status, review = https_request(port, host, ca_file, "POST", hooks["pod.inject.switchyard.io"], admission_review("u-1", {}))
+        assert status == 200, review
+        assert review["response"]["uid"] == "u-1" and review["response"]["allowed"] is True
+        assert "patch" not in review["response"]
+        # In a labelled namespace: a pod that opts out is let through untouched.
+        status, review = https_request(
+            port, host, ca_file, "POST", hooks["namespace.inject.switchyard.io"], admission_review("u-2", {"switchyard.io/inject": "disabled"})
+        )
+        assert status == 200, review
+        assert review["response"]["uid"] == "u-2" and review["response"]["allowed"] is True
+        assert "patch" not in review["response"]
+        # A client that trusts another CA is refused the handshake.
+        other = tmp_path / "other-ca.pem"
+        gen = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=other", "-days", "1", "-keyout", str(tmp_path / "other.key"), "-out", str(other)])
+        assert gen.returncode == 0, gen.stderr
+        with pytest.raises(OSError):
+            https_request(port, host, other, "GET", probe["path"])
+    finally:
+        proc.stop()
