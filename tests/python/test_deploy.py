@@ -416,7 +416,11 @@ def test_helm_gateway_non_default_values(tmp_path):
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 30)
-    resources = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"}
+    resources = {
+        m["resource"]["name"]: m["resource"]["target"]["averageUtilization"]
+        for m in hpa["spec"]["metrics"]
+        if m["type"] == "Resource"
+    }
     assert resources == {"cpu": 70, "memory": 80}
     pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert [(p["metric"]["name"], p["target"]["averageValue"]) for p in pods] == [
@@ -440,7 +444,15 @@ def test_helm_gateway_non_default_values(tmp_path):
 
 def test_helm_gateway_existing_configmap_and_no_policy(tmp_path):
     docs = helm_template(
-        {"gateway": {"existingConfigMap": "my-switchyard", "networkPolicy": {"enabled": False}, "podDisruptionBudget": {"enabled": False}, "preStopSleepSeconds": 0, "replicaCount": 1}},
+        {
+            "gateway": {
+                "existingConfigMap": "my-switchyard",
+                "networkPolicy": {"enabled": False},
+                "podDisruptionBudget": {"enabled": False},
+                "preStopSleepSeconds": 0,
+                "replicaCount": 1,
+            }
+        },
         tmp_path=tmp_path,
     )
     validate(docs)
@@ -557,9 +569,12 @@ def test_helm_injector_self_signed(tmp_path):
     (tmp_path / "tls.pem").write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
     (tmp_path / "key.pem").write_bytes(base64.b64decode(secret["data"]["tls.key"]))
     host = f"{svc['metadata']['name']}.{ns}.svc"
-    out = run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname", host, str(tmp_path / "tls.pem")])
+    def verify(name):
+        return run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname", name, str(tmp_path / "tls.pem")])
+
+    out = verify(host)
     assert out.returncode == 0, out.stdout + out.stderr
-    out = run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname", "evil.example.com", str(tmp_path / "tls.pem")])
+    out = verify("evil.example.com")
     assert out.returncode != 0, "the certificate must not be valid for other names"
     cert_pub = run(["openssl", "x509", "-in", str(tmp_path / "tls.pem"), "-noout", "-pubkey"]).stdout
     key_pub = run(["openssl", "pkey", "-in", str(tmp_path / "key.pem"), "-pubout"]).stdout
@@ -606,7 +621,8 @@ def test_helm_injector_cert_manager(tmp_path):
     assert cert["spec"]["issuerRef"] == {"name": "platform-ca", "kind": "ClusterIssuer"}
 
     # Without an issuer the chart makes a self-signed one.
-    docs = helm_template({"mode": "injector", "injector": {"tls": {"mode": "certManager"}}}, namespace=ns, release="inj", tmp_path=tmp_path)
+    values = {"mode": "injector", "injector": {"tls": {"mode": "certManager"}}}
+    docs = helm_template(values, namespace=ns, release="inj", tmp_path=tmp_path)
     crds = {d["kind"]: d for d in validate(docs)}
     assert crds["Issuer"]["spec"] == {"selfSigned": {}}
     assert crds["Certificate"]["spec"]["issuerRef"] == {"name": crds["Issuer"]["metadata"]["name"], "kind": "Issuer"}
@@ -949,15 +965,17 @@ def test_helm_injector_container_runs_as_rendered(tmp_path):
         assert review["response"]["uid"] == "u-1" and review["response"]["allowed"] is True
         assert "patch" not in review["response"]
         # In a labelled namespace: a pod that opts out is let through untouched.
-        status, review = https_request(
-            port, host, ca_file, "POST", hooks["namespace.inject.switchyard.io"], admission_review("u-2", {"switchyard.io/inject": "disabled"})
-        )
+        opted_out = admission_review("u-2", {"switchyard.io/inject": "disabled"})
+        status, review = https_request(port, host, ca_file, "POST", hooks["namespace.inject.switchyard.io"], opted_out)
         assert status == 200, review
         assert review["response"]["uid"] == "u-2" and review["response"]["allowed"] is True
         assert "patch" not in review["response"]
         # A client that trusts another CA is refused the handshake.
         other = tmp_path / "other-ca.pem"
-        gen = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=other", "-days", "1", "-keyout", str(tmp_path / "other.key"), "-out", str(other)])
+        gen = run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+            + ["-subj", "/CN=other", "-days", "1", "-keyout", str(tmp_path / "other.key"), "-out", str(other)]
+        )
         assert gen.returncode == 0, gen.stderr
         with pytest.raises(OSError):
             https_request(port, host, other, "GET", probe["path"])
