@@ -309,6 +309,24 @@ mod grpc_standin {
         ) -> R<pb::RepositoryModelUnloadResponse> {
             Err(Status::unimplemented("stand-in"))
         }
+        async fn system_shared_memory_status(
+            &self,
+            _: Request<pb::SystemSharedMemoryStatusRequest>,
+        ) -> R<pb::SystemSharedMemoryStatusResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn system_shared_memory_register(
+            &self,
+            _: Request<pb::SystemSharedMemoryRegisterRequest>,
+        ) -> R<pb::SystemSharedMemoryRegisterResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
+        async fn system_shared_memory_unregister(
+            &self,
+            _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+        ) -> R<pb::SystemSharedMemoryUnregisterResponse> {
+            Err(Status::unimplemented("stand-in"))
+        }
     }
 }
 

@@ -73,6 +73,8 @@ pub struct ServerSettings {
     pub name: Arc<str>,
     pub version: Arc<str>,
     pub system_shared_memory: bool,
+    /// A `v2-http` / `v2-grpc` backend whose own server metadata is answered instead.
+    pub metadata_from: Option<Arc<str>>,
 }
 
 impl Default for ServerSettings {
@@ -81,6 +83,7 @@ impl Default for ServerSettings {
             name: Arc::from(DEFAULT_SERVER_NAME),
             version: Arc::from(env!("CARGO_PKG_VERSION")),
             system_shared_memory: false,
+            metadata_from: None,
         }
     }
 }

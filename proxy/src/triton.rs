@@ -332,6 +332,38 @@ pub fn check_control_parameters<'a>(mut names: impl Iterator<Item = &'a str>, lo
     }
 }
 
+/// Server metadata: Switchyard's (`server.name`, `server.version`, its
+/// extensions), or the remote server's own when `server.metadata_from` names
+/// a backend the routes use and it answers (else Switchyard's, logged).
+pub async fn server_metadata(table: &RoutingTable) -> (String, String, Vec<String>) {
+    let own = || {
+        let e = extensions(table).into_iter().map(String::from).collect();
+        (table.server.name.to_string(), table.server.version.to_string(), e)
+    };
+    let Some(from) = &table.server.metadata_from else { return own() };
+    let Some(backend) =
+        table.all_routes().flat_map(|r| r.variants.iter()).find(|v| &v.backend_name == from).map(|v| &v.backend)
+    else {
+        return own();
+    };
+    match backend.server_metadata().await {
+        Some(Ok(v)) => {
+            let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let ext = v
+                .get("extensions")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|e| e.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            (s("name"), s("version"), ext)
+        }
+        Some(Err(e)) => {
+            tracing::warn!(backend = %from, error = %e, "server metadata: the backend did not answer; answering Switchyard's own");
+            own()
+        }
+        None => own(),
+    }
+}
+
 /// The protocol extensions this server offers, as Triton names them in server metadata.
 pub fn extensions(table: &RoutingTable) -> Vec<&'static str> {
     let mut e = vec!["binary_tensor_data", "model_configuration", "model_repository", "statistics"];

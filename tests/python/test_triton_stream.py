@@ -8,14 +8,16 @@ own service definition (tritonclient's generated stubs).
 Run: .venv/bin/python -m pytest tests/python/test_triton_stream.py -q
 """
 
-from harness import free_port, start_switchyard  # first: sets XDG_CACHE_HOME before onnxruntime loads
+from harness import free_port, start_switchyard, switchyard_bin  # first: sets XDG_CACHE_HOME before onnxruntime loads
 
 import queue  # noqa: E402
+import subprocess  # noqa: E402
 from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import requests  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -34,7 +36,9 @@ class Decoupled(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ServerMetadata(self, request, context):
         # Triton's name: Switchyard relays streams to Triton (whose stream messages it knows).
-        return service_pb2.ServerMetadataResponse(name="triton", version="2.99.0")
+        return service_pb2.ServerMetadataResponse(
+            name="triton", version="2.99.0", extensions=["binary_tensor_data", "sequence"]
+        )
 
     def ModelReady(self, request, context):
         return service_pb2.ModelReadyResponse(ready=request.name == "repeat_backend")
@@ -56,6 +60,10 @@ class Decoupled(service_pb2_grpc.GRPCInferenceServiceServicer):
             yield service_pb2.ModelStreamInferResponse(infer_response=final)
 
 
+class Addr(str):
+    """Switchyard's gRPC host:port, with its HTTP one as `.http`."""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("decoupled")
@@ -69,6 +77,7 @@ def server(tmp_path_factory):
         ports = start_switchyard(
             tmp,
             f"""
+server: {{metadata_from: triton}}
 backends:
   triton:
     kind: v2-grpc
@@ -80,7 +89,9 @@ models:
             procs,
             grpc_max_message_bytes=4 << 20,
         )
-        yield f"127.0.0.1:{ports['grpc']}"
+        addr = Addr(f"127.0.0.1:{ports['grpc']}")
+        addr.http = f"127.0.0.1:{ports['http']}"
+        yield addr
     finally:
         for p in reversed(procs):
             p.stop()
@@ -140,9 +151,27 @@ def test_unknown_model_fails_inline_and_the_stream_goes_on(server):
 def test_shared_memory_is_off_unless_enabled(server):
     c = grpcclient.InferenceServerClient(url=server)
     try:
-        assert "system_shared_memory" not in c.get_server_metadata().extensions
         with pytest.raises(InferenceServerException) as e:
             c.get_system_shared_memory_status()
         assert e.value.status() == "StatusCode.UNIMPLEMENTED"
     finally:
         c.close()
+
+
+def test_server_metadata_can_be_the_backends_own(server, tmp_path):
+    """`server.metadata_from`: GET /v2 and ServerMetadata answer the fronted Triton's identity and extensions."""
+    c = grpcclient.InferenceServerClient(url=server)
+    try:
+        m = c.get_server_metadata()
+        assert (m.name, m.version, list(m.extensions)) == ("triton", "2.99.0", ["binary_tensor_data", "sequence"])
+    finally:
+        c.close()
+    http = requests.get(f"http://{server.http}/v2", timeout=10).json()
+    assert http == {"name": "triton", "version": "2.99.0", "extensions": ["binary_tensor_data", "sequence"]}
+
+    # It must name a remote backend: anything else is refused with its place in the file.
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("server: {metadata_from: nope}\nbackends:\n  b: {kind: v2-grpc, endpoints: ['127.0.0.1:1']}\n")
+    out = subprocess.run([switchyard_bin(), "validate", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "server.metadata_from" in out.stdout + out.stderr and "unknown backend `nope`" in out.stdout + out.stderr

@@ -69,6 +69,8 @@ pub struct RawServer {
     pub version: Option<S<String>>,
     /// Triton's system shared memory extension (register regions, tensors in them).
     pub system_shared_memory: Option<S<bool>>,
+    /// A remote backend whose own server metadata (identity, extensions) `GET /v2` answers.
+    pub metadata_from: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.

@@ -16,6 +16,7 @@ mod process;
 mod upstream;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::raw::{self, RawConfig};
 use crate::validated::*;
@@ -45,6 +46,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let (routing, default_sticky) = process::routing(errs, &raw.routing);
     let runtime = process::runtime(errs, raw.runtime, base_dir, cores);
     let logging = process::logging(errs, raw.logging);
+    let backend_names: Vec<String> = raw.backends.keys().cloned().collect();
     let backends = backends::backends(
         errs,
         raw.backends,
@@ -55,7 +57,29 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let models =
         models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
     let resolver = process::resolver(errs, &raw.resolver);
-    let server = process::server(errs, &raw.server);
+    let mut server = process::server(errs, &raw.server);
+    if let Some(b) = &raw.server.metadata_from {
+        match backends.get(b.value.as_str()) {
+            Some(BackendConfig::V2Http(_) | BackendConfig::V2Grpc(_)) => {
+                server.metadata_from = Some(Arc::from(b.value.as_str()))
+            }
+            Some(BackendConfig::Onnx(_)) => errs.at(
+                "server.metadata_from",
+                fields::loc(b),
+                format!(
+                    "backend `{}` is the embedded runtime: metadata_from names a v2-http or v2-grpc backend",
+                    b.value
+                ),
+            ),
+            // Its own errors are reported where it is defined.
+            None if backend_names.contains(&b.value) => {}
+            None => errs.at(
+                "server.metadata_from",
+                fields::loc(b),
+                format!("unknown backend `{}` (defined: {})", b.value, backend_names.join(", ")),
+            ),
+        }
+    }
     ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver, server }
 }
 

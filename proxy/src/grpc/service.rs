@@ -62,11 +62,8 @@ impl GrpcInferenceService for FrontEnd {
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
         let table = self.shared.table.load_full();
-        Ok(Response::new(pb::ServerMetadataResponse {
-            name: table.server.name.to_string(),
-            version: table.server.version.to_string(),
-            extensions: crate::triton::extensions(&table).iter().map(|e| e.to_string()).collect(),
-        }))
+        let (name, version, extensions) = crate::triton::server_metadata(&table).await;
+        Ok(Response::new(pb::ServerMetadataResponse { name, version, extensions }))
     }
 
     async fn model_metadata(

@@ -130,7 +130,7 @@ impl ProxyHttp for HttpListener {
             Endpoint::V2Live => Reply::json(200, Bytes::new()),
             Endpoint::Ready => v2::readiness(&table, false).await,
             Endpoint::V2Ready => v2::readiness(&table, true).await,
-            Endpoint::V2Server => v2::server_metadata(&table),
+            Endpoint::V2Server => v2::server_metadata(&table).await,
             Endpoint::ModelMetadata(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, false).await,
             Endpoint::ModelReady(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, true).await,
             Endpoint::Infer(m, v) => v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await,

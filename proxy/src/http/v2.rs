@@ -174,11 +174,8 @@ pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
 }
 
 /// `GET /v2`: server metadata.
-pub fn server_metadata(table: &RoutingTable) -> Reply {
-    let body = serde_json::json!({
-        "name": &*table.server.name,
-        "version": &*table.server.version,
-        "extensions": crate::triton::extensions(table),
-    });
+pub async fn server_metadata(table: &RoutingTable) -> Reply {
+    let (name, version, extensions) = crate::triton::server_metadata(table).await;
+    let body = serde_json::json!({"name": name, "version": version, "extensions": extensions});
     Reply::json(200, body.to_string())
 }

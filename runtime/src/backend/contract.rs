@@ -61,6 +61,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The remote server's own V2 server metadata (`name`, `version`,
+    /// `extensions`); `None` for a backend that is no server of its own.
+    async fn server_metadata(&self) -> Option<Result<serde_json::Value, BackendError>> {
+        None
+    }
+
     /// Triton's model configuration, statistics and repository API, for a
     /// backend that owns its models (the embedded runtime).
     fn triton(&self) -> Option<&dyn TritonModels> {

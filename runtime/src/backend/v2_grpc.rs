@@ -225,6 +225,16 @@ impl GrpcPassthrough for V2GrpcBackend {
 
 #[async_trait]
 impl Backend for V2GrpcBackend {
+    async fn server_metadata(&self) -> Option<Result<serde_json::Value, BackendError>> {
+        let mut client = self.client.clone();
+        let call = client.server_metadata(Self::request(pb::ServerMetadataRequest {}, READY_PROBE_TIMEOUT));
+        Some(
+            self.call(READY_PROBE_TIMEOUT, call)
+                .await
+                .map(|m| serde_json::json!({"name": m.name, "version": m.version, "extensions": m.extensions})),
+        )
+    }
+
     fn kind(&self) -> &'static str {
         "v2-grpc"
     }

@@ -366,6 +366,17 @@ fn status_error(reply: &Reply) -> BackendError {
 
 #[async_trait]
 impl Backend for V2HttpBackend {
+    async fn server_metadata(&self) -> Option<Result<serde_json::Value, BackendError>> {
+        let r = match self.send(Method::GET, &["/v2"], Bytes::new(), &[], None, READY_PROBE_TIMEOUT).await {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        if !r.status.is_success() {
+            return Some(Err(BackendError::status(r.status.as_u16(), backend_message(&r.body))));
+        }
+        Some(serde_json::from_slice(&r.body).map_err(|e| BackendError::Protocol(format!("GET /v2: {e}"))))
+    }
+
     fn kind(&self) -> &'static str {
         "v2-http"
     }
