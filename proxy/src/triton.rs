@@ -4,6 +4,8 @@
 //! Triton's HTTP JSON or its gRPC messages (`inference.ModelConfig`,
 //! `inference.ModelStatistics`), field for field alike.
 
+use std::sync::Arc;
+
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 use switchyard_config::{BatchingConfig, VersionPolicy};
@@ -254,8 +256,10 @@ pub fn statistics_json(s: &pb::ModelStatistics) -> Value {
     })
 }
 
-/// Statistics of the routes' models served by embedded repositories, under the routes' names.
-/// `None` for a model: every route (Triton: every model).
+/// Statistics of the routes' models served by embedded repositories, under
+/// the routes' names: every loaded version of the backend's model (a
+/// variant's pinned version narrows routing, not the statistics), or the
+/// version the client names. `None` for a model: every route (Triton: every model).
 pub fn statistics_of(
     table: &RoutingTable,
     headers: &HeaderMap,
@@ -265,8 +269,7 @@ pub fn statistics_of(
     if let Some(model) = model {
         return match owner(table, headers, model, version)? {
             Owner::Embedded(sel, t) => {
-                let v = sel.target.version.as_deref().or(version);
-                let stats = t.statistics(Some(&sel.target.name), v)?;
+                let stats = t.statistics(Some(&sel.target.name), version)?;
                 Ok(stats.iter().map(|s| statistics(model, s)).collect())
             }
             Owner::Remote(sel) => Err(Error::new(
@@ -279,10 +282,19 @@ pub fn statistics_of(
     let mut names: Vec<&str> = table.routes.keys().map(|k| &**k).collect();
     names.sort_unstable();
     for name in names {
-        let Ok(Owner::Embedded(sel, t)) = owner(table, headers, name, None) else { continue };
-        let v = sel.target.version.as_deref();
-        if let Ok(stats) = t.statistics(Some(&sel.target.name), v) {
-            out.extend(stats.iter().map(|s| statistics(name, s)));
+        let Ok(route) = table.route(name) else { continue };
+        // Each embedded (backend, model) behind the route once, whichever variants share it.
+        let mut seen: Vec<(&dyn TritonModels, Arc<str>)> = Vec::new();
+        for (i, v) in route.variants.iter().enumerate() {
+            let Some(t) = v.backend.triton() else { continue };
+            let target = route.target_of(i, name, None).name;
+            if seen.iter().any(|(b, m)| std::ptr::addr_eq(*b, t) && *m == target) {
+                continue;
+            }
+            if let Ok(stats) = t.statistics(Some(&target), None) {
+                out.extend(stats.iter().map(|s| statistics(name, s)));
+            }
+            seen.push((t, target));
         }
     }
     Ok(out)

@@ -292,3 +292,6 @@ def test_pass_through_rpcs(client):
     # Embedded runtime: Switchyard answers the model configuration itself, under the public name.
     cfg = client.get_model_config("mlp_local").config
     assert (cfg.name, cfg.platform) == ("mlp_local", "onnxruntime_onnx")
+    # Statistics cover every loaded version of the model, whichever variant a request would pick.
+    for stats in (client.get_inference_statistics("mlp_local"), client.get_inference_statistics()):
+        assert {(s.name, s.version) for s in stats.model_stats} >= {("mlp_local", "1"), ("mlp_local", "2")}
