@@ -43,6 +43,27 @@ mod tests {
     use super::*;
     use crate::tensor::{InferRequest, InferResponse, Tensor};
 
+    /// BYTES elements are any bytes, NUL included, on JSON, the binary extension and gRPC alike.
+    #[test]
+    fn bytes_with_nul_survive_every_wire_format() {
+        let want: &[u8] = b"\x03\0\0\0a\0b\x01\0\0\0\0";
+        let json =
+            req(r#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["a\u0000b","\u0000"]}]}"#).unwrap();
+        assert_eq!(&json.inputs[0].data[..], want);
+        let t = Tensor::new("s", crate::tensor::DataType::Bytes, vec![2], Bytes::from_static(want));
+        let resp = InferResponse { model_name: "m".into(), outputs: vec![t.clone()], ..Default::default() };
+        for binary in [false, true] {
+            let enc = encode_response(&resp, |_| binary).unwrap();
+            let back = decode_response(&enc.body, enc.header_len).unwrap();
+            assert_eq!(&back.outputs[0].data[..], want, "binary: {binary}");
+        }
+        let grpc = crate::codec::grpc::encode_response(resp.clone(), false);
+        let back = crate::codec::grpc::decode_response(grpc).unwrap();
+        assert_eq!(&back.outputs[0].data[..], want);
+        let typed = crate::codec::grpc::bytes_to_contents(&t).unwrap();
+        assert_eq!(typed.bytes_contents, vec![Bytes::from_static(b"a\0b"), Bytes::from_static(b"\0")]);
+    }
+
     #[test]
     fn json_flat_and_nested_give_the_same_bytes() {
         let a = req(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#).unwrap();
