@@ -182,6 +182,10 @@ models:
             ("bad header name", "routing:\n  sticky_header: x user\n".into(), "routing.sticky_header", 2, 18, "`x user` is not a valid HTTP header name"),
             ("unknown execution provider", "runtime:\n  onnx:\n    execution_provider: tpu\n".into(), "runtime.onnx.execution_provider", 3, 25, "unknown execution provider `tpu`"),
             ("unknown log format", "logging:\n  format: xml\n".into(), "logging.format", 2, 11, "unknown log format `xml`"),
+            ("empty server name", "server:\n  name: ''\n".into(), "server.name", 2, 9, "must be 1 to 256 printable characters"),
+            ("server metadata from an unknown backend", format!("{B}server:\n  metadata_from: nope\n"), "server.metadata_from", 4, 18, "unknown backend `nope` (defined: b)"),
+            ("server metadata from the embedded runtime", "backends:\n  e: {kind: onnx, repository: .}\nserver:\n  metadata_from: e\n".into(), "server.metadata_from", 4, 18, "is the embedded runtime"),
+            ("zero warm-up requests", "backends:\n  b:\n    kind: onnx\n    repository: .\n    warmup_requests: 0\n".into(), "backends.b.warmup_requests", 5, 22, "must be 1 to 1000"),
             // Backends: the shape of each kind (read in the second pass, locations kept).
             ("unknown kind", "backends:\n  b:\n    kind: grpc9\n".into(), "backends.b.kind", 3, 11, "unknown backend kind `grpc9` (expected v2-http, v2-grpc or onnx)"),
             ("unknown field in v2-http", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    bogus: 1\n".into(), "backends.b.bogus", 5, 5, "unknown field `bogus`, expected one of endpoints,"),
