@@ -298,6 +298,7 @@ fn config(plane: &ControlPlane) -> Value {
     let backends: BTreeMap<&str, &str> = p.effective.backends.iter().map(|(k, b)| (k.as_ref(), b.kind())).collect();
     json!({
         "generation": p.generation,
+        "fleet_generation": p.fleet_generation,
         "config_file": plane.config_path().display().to_string(),
         "last_reload": p.last_reload,
         "listeners": {

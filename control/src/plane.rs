@@ -389,9 +389,10 @@ impl ControlPlane {
         }
         inner.overrides = eff.overrides;
         inner.history = history;
-        if let Some(g) = fleet_generation {
+        if let (Some(g), Some(f)) = (fleet_generation, &self.fleet) {
             inner.fleet_generation = g;
             self.metrics.fleet_generation.set(g as i64);
+            self.report_fleet(f, g);
         }
         let last_reload = match reload {
             Some(r) => {
