@@ -256,7 +256,7 @@ async fn changes_through_any_replica_reach_every_replica_and_conflicts_have_one_
     }
     converged(&all, "m", &w(&[("v1", 100.0), ("v2", 0.0)]), "start").await;
     assert!(
-        redis.cli(&["HGET", "switchyard:fleet:prop:state", "generation"]).is_some_and(|g| g != ""),
+        redis.cli(&["HGET", "switchyard:fleet:prop:state", "generation"]).is_some_and(|g| !g.is_empty()),
         "the record is in Redis"
     );
 
