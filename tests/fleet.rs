@@ -645,3 +645,53 @@ async fn futures_join<F: std::future::Future<Output = Value>>(fs: impl Iterator<
     }
     out
 }
+
+// ---------------------------------------------------------------- 5. lease and fencing
+
+/// The Redis scripts themselves, through the control crate's `Fleet`: one
+/// lease holder at a time, a new token (higher) for each new holder, a stale
+/// holder's decision refused by its fencing token even while it still
+/// believes it holds the lease, and a compare-and-set that names what won.
+#[tokio::test]
+async fn the_lease_has_one_holder_and_a_stale_holders_decision_is_fenced_off() {
+    use switchyard_control::fleet::{Fleet, WriteError};
+    use switchyard_control::state::PersistedState;
+    let redis = Redis::start().await;
+    let cfg = switchyard_config::FleetConfig {
+        redis: redis.url(),
+        name: "fence".into(),
+        poll_interval: Duration::from_millis(250),
+        lease_ttl: Duration::from_secs(30),
+        timeout: Duration::from_millis(500),
+    };
+    let (one, two) = (Fleet::new(cfg.clone()).unwrap(), Fleet::new(cfg).unwrap());
+    assert_ne!(one.replica(), two.replica());
+    assert!(one.renew_lease().await, "a free lease is taken");
+    assert!(!two.renew_lease().await, "a held lease is not");
+    assert!(one.renew_lease().await, "the holder renews");
+    let t1 = one.judge_token().expect("the holder has a token");
+    assert_eq!(two.judge_token(), None);
+
+    let state = PersistedState::default();
+    let g1 = one.write(0, &state, Some(t1)).await.expect("the judge writes");
+    assert_eq!(g1, 1);
+    // The lease is lost (as if it expired while the holder was stalled); another replica takes it.
+    redis.cli(&["DEL", "switchyard:fleet:fence:judge"]).expect("DEL");
+    assert!(two.renew_lease().await, "an expired lease is taken over");
+    let t2 = two.judge_token().unwrap();
+    assert!(t2 > t1, "each new holder gets a higher token: {t1} then {t2}");
+    assert_eq!(one.judge_token(), Some(t1), "the stale holder still believes it judges");
+    let e = one.write(g1, &state, Some(t1)).await.unwrap_err();
+    assert!(matches!(e, WriteError::Fenced { token, .. } if token == t1), "{e:?}");
+    assert_eq!(two.write(g1, &state, Some(t2)).await, Ok(2), "the new holder's decision goes through");
+    // A change based on an old generation loses and is told who won.
+    match one.write(g1, &state, None).await.unwrap_err() {
+        WriteError::Conflict { expected, current, by } => {
+            assert_eq!((expected, current), (1, 2));
+            assert_eq!(by, two.replica());
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(!one.renew_lease().await, "the stale holder learns it lost the lease");
+    assert_eq!(one.judge_token(), None);
+}

@@ -658,14 +658,6 @@ impl ControlPlane {
         self.inner.lock().await.history.get(model).cloned().unwrap_or_default()
     }
 
-    /// An operator took over the model's weights: its rollout stops (locally;
-    /// traffic changes through the plane carry the abort in their own change).
-    pub async fn abort_rollout(&self, model: &str, reason: &str) {
-        if let Some(r) = self.inner.lock().await.rollouts.get_mut(model) {
-            r.abort(reason);
-        }
-    }
-
     /// The model's rollout, with the canary's live weight.
     pub async fn rollout_status(&self, model: &str) -> Option<RolloutView> {
         let inner = self.inner.lock().await;
@@ -1235,8 +1227,8 @@ mod tests {
         let plane = dir.start(fake.clone()).await;
         plane.tick_rollouts().await;
         assert_eq!(plane.rollout_status("m").await.unwrap().canary_weight, Some(10.0));
+        // An operator's shift ends the rollout in the same change.
         plane.set_weights("m", w(&[("v2", 0.0), ("v1", 100.0)]), Source::Api, "op").await.unwrap();
-        plane.abort_rollout("m", "manual").await;
         fake.serve("m", "v2", 100, 0, 5);
         tokio::time::sleep(Duration::from_millis(30)).await; // past one rollout interval
         plane.tick_rollouts().await;

@@ -67,12 +67,6 @@ end
 return 0
 ";
 
-/// Gives the lease up if still ours. KEYS: lease. ARGV: `"{replica} {token}"`.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
 /// Adds a stats delta to counter hashes. KEYS: the hashes. ARGV: ttl ms,
 /// max_abs_error, then field/increment pairs. `mx` keeps the largest value.
 const ADD_STATS: &str = r"
@@ -367,18 +361,6 @@ impl Fleet {
                 ours
             }
         }
-    }
-
-    /// Gives the lease up (shutdown), so another replica need not wait for it to expire.
-    pub async fn release_lease(&self) {
-        let t = self.token.swap(0, Ordering::AcqRel);
-        *self.held_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if t == 0 {
-            return;
-        }
-        let (k, v) = (self.key("judge"), format!("{} {t}", self.replica));
-        let _: Result<i64, String> =
-            self.call(|mut c| async move { eval(RELEASE, &[k]).arg(v).query_async(&mut c).await }).await;
     }
 
     /// Adds one delta per counter set: `(keys, ttl, delta)` each.
