@@ -114,7 +114,7 @@ async fn converged(replicas: &[&Switchyard], model: &str, want: &BTreeMap<String
             gens.push(cfg["fleet_generation"].as_u64().unwrap_or(0));
             all &= weights_in(&cfg, model) == *want;
         }
-        if all && gens.iter().all(|g| *g == gens[0] && *g > 0) {
+        if all && gens.iter().all(|g| *g == gens[0]) {
             return gens[0];
         }
         assert!(Instant::now() < deadline, "{what}: replicas did not converge on {want:?} (generations {gens:?})");
@@ -254,11 +254,9 @@ async fn changes_through_any_replica_reach_every_replica_and_conflicts_have_one_
         assert_eq!(f["connected"], true, "{f}");
         assert_eq!(f["name"], "prop", "{f}");
     }
-    converged(&all, "m", &w(&[("v1", 100.0), ("v2", 0.0)]), "start").await;
-    assert!(
-        redis.cli(&["HGET", "switchyard:fleet:prop:state", "generation"]).is_some_and(|g| !g.is_empty()),
-        "the record is in Redis"
-    );
+    // A new fleet has no shared record until its first change.
+    assert_eq!(converged(&all, "m", &w(&[("v1", 100.0), ("v2", 0.0)]), "start").await, 0);
+    assert_eq!(redis.cli(&["EXISTS", "switchyard:fleet:prop:state"]).as_deref(), Some("0"));
 
     // Shifts through A, each timed until B and C serve it.
     let mut took = Vec::new();
@@ -279,6 +277,9 @@ async fn changes_through_any_replica_reach_every_replica_and_conflicts_have_one_
             }
         }
         took.push(t0.elapsed());
+        if k == 1 {
+            assert_eq!(redis.cli(&["HGET", "switchyard:fleet:prop:state", "generation"]).as_deref(), Some("1"));
+        }
     }
     took.sort();
     let (median, max) = (took[took.len() / 2], took[took.len() - 1]);
@@ -362,8 +363,9 @@ async fn a_frozen_or_lost_redis_drops_no_request_refuses_changes_and_converges_a
         backend_line("a", &a.url()),
         backend_line("b", &b.url()),
     );
-    let r = start_replicas(&[body.clone(), body.clone(), body]).await;
+    let r = start_replicas(&[body.clone(), body.clone(), body.clone()]).await;
     let all = [&r[0], &r[1], &r[2]];
+    let mut late = None;
     ctl_post(all[0], "/ml/models/m/traffic", json!({"weights": {"v1": 60, "v2": 40}})).await;
     let before = w(&[("v1", 60.0), ("v2", 40.0)]);
     converged(&all, "m", &before, "before the outage").await;
@@ -392,6 +394,13 @@ async fn a_frozen_or_lost_redis_drops_no_request_refuses_changes_and_converges_a
             assert!(r.error().contains("unreachable") && r.error().contains("nothing was applied"), "{}", r.text());
             assert_eq!(weights(sy, "m").await, before, "the last state keeps serving");
         }
+        if !freeze {
+            // A replica that starts while Redis is gone serves its file (ready, and saying so) ...
+            let d = Switchyard::config(&body).start().await;
+            assert_eq!(fleet_of(&d).await["connected"], false, "{}", fleet_of(&d).await);
+            assert_eq!(weights(&d, "m").await, w(&[("v1", 100.0), ("v2", 0.0)]));
+            late = Some(d);
+        }
         if freeze {
             redis.thaw();
         } else {
@@ -406,10 +415,18 @@ async fn a_frozen_or_lost_redis_drops_no_request_refuses_changes_and_converges_a
             );
         }
         converged(&all, "m", &before, &format!("after Redis was {what}")).await;
+        if let Some(d) = &late {
+            // ... and never seeds an empty Redis with it: it takes the fleet's state.
+            converged(&[all[0], all[1], all[2], d], "m", &before, "the replica started while Redis was gone").await;
+            assert_eq!(fleet_of(d).await["connected"], true);
+        }
         // Changes go through again, and reach everyone.
         let next = if freeze { w(&[("v1", 30.0), ("v2", 70.0)]) } else { w(&[("v1", 60.0), ("v2", 40.0)]) };
         ctl_post(all[1], "/ml/models/m/traffic", json!({"weights": next})).await;
         converged(&all, "m", &next, &format!("a shift through B after Redis was {what}")).await;
+        if let Some(d) = &late {
+            converged(&[d], "m", &next, "the late replica follows").await;
+        }
         // The next round starts from the state just set.
         if freeze {
             ctl_post(all[2], "/ml/models/m/traffic", json!({"weights": before})).await;
@@ -636,6 +653,11 @@ async fn ab_results_are_the_same_on_every_replica_and_those_of_the_union_of_samp
     }
     let reqs: u64 = metrics[0]["variants"].as_array().unwrap().iter().map(|v| v["requests"].as_u64().unwrap()).sum();
     assert_eq!(reqs, total, "{}", metrics[0]);
+    // The counters expire on their own.
+    for key in ["switchyard:fleet:ab:stats:m:a", "switchyard:fleet:ab:ab:t1:b"] {
+        let ttl: i64 = redis.cli(&["PTTL", key]).and_then(|t| t.parse().ok()).unwrap_or(-3);
+        assert!(ttl > 0, "{key} has a TTL: {ttl}");
+    }
 }
 
 async fn futures_join<F: std::future::Future<Output = Value>>(fs: impl Iterator<Item = F>) -> Vec<Value> {

@@ -883,7 +883,9 @@ impl ControlPlane {
     /// Fleet mode: brings this replica to the shared record's generation
     /// (whatever it is: a Redis that lost its data and was seeded again
     /// counts as the truth), or seeds an empty Redis with this replica's
-    /// state. Runs under the state lock, so it never races a local change.
+    /// state if it ever had one from the fleet (a replica that never synced
+    /// must not overwrite the fleet's state with its file's). Runs under the
+    /// state lock, so it never races a local change.
     pub async fn sync_fleet(&self) -> Result<(), String> {
         let Some(f) = &self.fleet else { return Ok(()) };
         let mut inner = self.inner.lock().await;
@@ -899,6 +901,11 @@ impl ControlPlane {
             return Ok(());
         }
         let Some(rec) = f.read().await? else {
+            if inner.fleet_generation == 0 {
+                // Never part of this fleet's state: nothing to seed it with.
+                // The first change through any replica creates the record.
+                return Ok(());
+            }
             let seed = PersistedState { generation: 1, fleet_generation: Some(1), ..self.shared_state(inner, 1) };
             return match f.write(0, &seed, None).await {
                 Ok(g) => {
