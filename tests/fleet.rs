@@ -258,10 +258,15 @@ async fn changes_through_any_replica_reach_every_replica_and_conflicts_have_one_
     assert_eq!(converged(&all, "m", &w(&[("v1", 100.0), ("v2", 0.0)]), "start").await, 0);
     assert_eq!(redis.cli(&["EXISTS", "switchyard:fleet:prop:state"]).as_deref(), Some("0"));
 
-    // Shifts through A, each timed until B and C serve it.
-    let mut took = Vec::new();
-    for k in 1..=10u32 {
-        let v2 = (k * 10) as f64;
+    // Shifts through A, each timed until B and C serve it. The last three are
+    // made right after every subscription was cut (`CLIENT KILL TYPE pubsub`):
+    // their notification is lost, and polling (or resubscribing) must find them.
+    let (mut took, mut missed) = (Vec::new(), Vec::new());
+    for k in 1..=13u32 {
+        if k > 10 {
+            redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).expect("CLIENT KILL");
+        }
+        let v2 = (k * 10 % 110) as f64;
         let want = w(&[("v1", 100.0 - v2), ("v2", v2)]);
         let r = ctl_post(ra, "/ml/models/m/traffic", json!({"weights": {"v1": 100.0 - v2, "v2": v2}})).await;
         let g = fleet_generation(&r);
@@ -276,21 +281,26 @@ async fn changes_through_any_replica_reach_every_replica_and_conflicts_have_one_
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        took.push(t0.elapsed());
+        if k > 10 { &mut missed } else { &mut took }.push(t0.elapsed());
         if k == 1 {
             assert_eq!(redis.cli(&["HGET", "switchyard:fleet:prop:state", "generation"]).as_deref(), Some("1"));
         }
     }
     took.sort();
+    missed.sort();
     let (median, max) = (took[took.len() / 2], took[took.len() - 1]);
     eprintln!(
         "fleet convergence of a shift through A on B and C: median {median:?}, max {max:?} over {} shifts",
         took.len()
     );
+    eprintln!("fleet convergence with the notification lost: {missed:?}");
     assert!(
         median < Duration::from_secs(1),
         "a shift must reach every replica within 1 s: median {median:?}, max {max:?}"
     );
+    assert!(missed[1] < Duration::from_secs(1), "a lost notification is made up for within 1 s: {missed:?}");
+    ctl_post(ra, "/ml/models/m/traffic", json!({"weights": {"v1": 0, "v2": 100}})).await;
+    converged(&all, "m", &w(&[("v1", 0.0), ("v2", 100.0)]), "100% v2").await;
 
     // The data plane of C serves what was set through A.
     let t = send(&rc.http_url(), "m", 20).await;
