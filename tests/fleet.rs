@@ -322,6 +322,8 @@ async fn changes_through_any_replica_reach_every_replica_and_conflicts_have_one_
     let won = w(if x.status == 200 { &[("v1", 70.0), ("v2", 30.0)] } else { &[("v1", 20.0), ("v2", 80.0)] });
     let gw = converged(&all, "m", &won, "after the conflict").await;
     assert_eq!(gw, fleet_generation(&winner.json()), "the winner's generation is the fleet's");
+    let r = ctl_call(ra, Method::POST, "/reload", &pre, None).await;
+    assert_eq!(r.status, 400, "If-Match where it cannot apply is refused, not ignored: {}", r.text());
     // Without a precondition a change applies on the latest state.
     ctl_post(rb, "/ml/models/m/traffic", json!({"weights": {"v1": 50, "v2": 50}})).await;
     converged(&all, "m", &w(&[("v1", 50.0), ("v2", 50.0)]), "a later shift through B").await;

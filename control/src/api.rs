@@ -215,7 +215,7 @@ async fn handle(
             return Ok(r);
         }
     };
-    let expect = match if_match(&req) {
+    let expect = match if_match(&req, route) {
         Ok(e) => e,
         Err(e) => return Ok(error(e)),
     };
@@ -233,10 +233,16 @@ async fn handle(
     })
 }
 
-/// `If-Match: N` (or `"N"`): the mutation applies only if the live
-/// generation (the shared one in fleet mode) is still N.
-fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ControlError> {
+/// `If-Match: N` (or `"N"`): a routing change applies only if the live
+/// generation (the shared one in fleet mode) is still N. Refused where it
+/// cannot be honoured (reads, reloads, cache drops), never ignored.
+fn if_match(req: &Request<Incoming>, route: ApiRoute<'_>) -> Result<Option<u64>, ControlError> {
     let Some(v) = req.headers().get(http::header::IF_MATCH) else { return Ok(None) };
+    if !matches!(route, ApiRoute::Traffic { .. } | ApiRoute::Rollback { .. } | ApiRoute::CreateExperiment) {
+        return Err(ControlError::bad_request(
+            "If-Match applies to traffic changes, rollbacks and A/B test creation only",
+        ));
+    }
     v.to_str()
         .ok()
         .map(|s| s.trim().trim_matches('"'))

@@ -141,8 +141,9 @@ pub struct ControlPlane {
     writer: StateWriter,
     settle: Timing,
     fleet: Option<Arc<Fleet>>,
-    /// Fleet mode: whether the last look at the shared record succeeded.
+    /// Fleet mode: whether the last look at the shared record succeeded, and why not.
     in_sync: AtomicBool,
+    sync_error: std::sync::Mutex<Option<String>>,
 }
 
 fn now_secs() -> u64 {
@@ -224,6 +225,7 @@ impl ControlPlane {
             settle: Timing::default(),
             fleet,
             in_sync: AtomicBool::new(false),
+            sync_error: std::sync::Mutex::new(None),
         });
         {
             let mut inner = plane.inner.lock().await;
@@ -891,6 +893,7 @@ impl ControlPlane {
         let mut inner = self.inner.lock().await;
         let res = self.sync_locked(f, &mut inner).await;
         self.in_sync.store(res.is_ok(), Ordering::Release);
+        *self.sync_error.lock().unwrap_or_else(|e| e.into_inner()) = res.as_ref().err().cloned();
         self.report_fleet(f, inner.fleet_generation);
         res
     }
@@ -961,13 +964,16 @@ impl ControlPlane {
             "connected": s.connected && in_sync,
             "generation": generation,
             "judge": s.judge,
-            "detail": if s.connected && in_sync {
-                "in sync with the fleet's shared state".to_string()
-            } else {
-                format!(
+            "detail": match (s.connected, in_sync) {
+                (true, true) => "in sync with the fleet's shared state".to_string(),
+                (false, _) => format!(
                     "the shared state is unreachable ({}); serving the last state applied (shared generation {generation}); API changes are refused until it is back",
                     s.error.unwrap_or_else(|| "no answer".into())
-                )
+                ),
+                (true, false) => format!(
+                    "cannot apply the fleet's shared state ({}); serving the last state applied (shared generation {generation}); retried every poll",
+                    self.sync_error.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
+                ),
             },
         });
         switchyard_stats::fleet::set(Some(detail.to_string()));
@@ -1076,6 +1082,19 @@ mod tests {
         assert_eq!(saved.generation, 2);
         assert_eq!(saved.overrides["m"].weights, w(&[("v2", 50.0)]));
         assert_eq!(plane.history("m").await.last().unwrap().weights, w(&[("v1", 90.0), ("v2", 50.0)]));
+    }
+
+    #[tokio::test]
+    async fn if_match_applies_a_change_only_on_the_generation_it_names() {
+        let dir = ConfigDir::new("if-match", &two_models(90.0, 10.0));
+        let plane = dir.start(FakeServing::new()).await;
+        let e = plane.set_weights_if("m", w(&[("v2", 50.0)]), Source::Api, "t", Some(7)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("generation 7") && e.message.contains("generation 1"), "{e}");
+        assert_eq!(plane.published().generation, 1, "nothing applied");
+        assert_eq!(plane.set_weights_if("m", w(&[("v2", 50.0)]), Source::Api, "t", Some(1)).await.unwrap(), 2);
+        assert_eq!(plane.rollback_if("m", None, "t", Some(1)).await.unwrap_err().kind, ErrorKind::Conflict);
+        assert_eq!(plane.rollback_if("m", None, "t", Some(2)).await.unwrap().0, 3);
     }
 
     #[tokio::test]
