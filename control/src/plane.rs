@@ -358,6 +358,14 @@ impl ControlPlane {
                     })?),
                 };
                 let mut h = inner.history.clone();
+                // What was live before (a new fleet's first change has no history yet): a rollback target.
+                let live = self.published.load().effective.clone();
+                for name in live.models.keys() {
+                    h.entry(name.to_string()).or_insert_with(|| {
+                        let weights = weights_of(&live, name);
+                        vec![HistoryEntry { generation: base, at: now_secs(), weights, reason: "live before".into() }]
+                    });
+                }
                 record_history(&mut h, &config, base + 1, reason);
                 let shared = PersistedState {
                     generation: base + 1,
@@ -1095,6 +1103,27 @@ mod tests {
         assert_eq!(plane.set_weights_if("m", w(&[("v2", 50.0)]), Source::Api, "t", Some(1)).await.unwrap(), 2);
         assert_eq!(plane.rollback_if("m", None, "t", Some(1)).await.unwrap_err().kind, ErrorKind::Conflict);
         assert_eq!(plane.rollback_if("m", None, "t", Some(2)).await.unwrap().0, 3);
+    }
+
+    #[tokio::test]
+    async fn with_the_fleet_unreachable_a_replica_serves_its_local_state_and_refuses_changes() {
+        // Port 1 on loopback: connections are refused at once.
+        let fleet = "control:\n  fleet: {redis: 'redis://127.0.0.1:1', fleet: t, timeout: 100ms, lease_ttl: 300ms}\n";
+        let dir = ConfigDir::new("fleet-down", &format!("{fleet}{}", two_models(90.0, 10.0)));
+        let fake = FakeServing::new();
+        let plane = dir.start(fake.clone()).await;
+        let p = plane.published();
+        assert_eq!((p.generation, p.fleet_generation), (1, Some(0)), "started on the file and the local state");
+        assert_eq!(weight(&p.effective, "m", "v1"), 90.0);
+        assert!(!plane.is_judge(), "no lease without Redis");
+        let e = plane.set_weights("m", w(&[("v2", 50.0)]), Source::Api, "t").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("unreachable") && e.message.contains("nothing was applied"), "{e}");
+        assert_eq!((plane.published().generation, fake.applies()), (1, 1), "nothing applied");
+        let detail: serde_json::Value = serde_json::from_str(&switchyard_stats::fleet::detail().unwrap()).unwrap();
+        assert_eq!((detail["connected"].as_bool(), detail["name"].as_str()), (Some(false), Some("t")), "{detail}");
+        assert!(plane.sync_fleet().await.is_err());
+        assert_eq!(plane.history("m").await.len(), 0, "the history is the fleet's: a file start writes none");
     }
 
     #[tokio::test]
