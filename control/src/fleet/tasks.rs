@@ -16,6 +16,9 @@ use crate::fleet::{stats, Fleet, AB_TTL_AFTER_END, STATS_TTL};
 use crate::plane::ControlPlane;
 use crate::supervise::{self, TaskFailure, FLEET_TASK};
 
+/// Silence after which the change subscription is renewed.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(60);
+
 /// Starts the fleet's loops on the current runtime (nothing without fleet mode).
 pub fn spawn(plane: Arc<ControlPlane>) {
     let Some(fleet) = plane.fleet().cloned() else { return };
@@ -55,10 +58,13 @@ async fn subscribe(fleet: Arc<Fleet>, changed: Arc<Notify>) {
                 // A notification may have been missed while subscribing.
                 changed.notify_one();
                 let mut messages = ps.into_on_message();
-                while messages.next().await.is_some() {
+                // A connection that died without a reset would stay silent
+                // forever: after a quiet spell the subscription is renewed
+                // (polling covers the meantime either way).
+                while let Ok(Some(_)) = tokio::time::timeout(RESUBSCRIBE_AFTER, messages.next()).await {
                     changed.notify_one();
                 }
-                tracing::debug!(fleet = %fleet.name(), "fleet: change subscription ended; resubscribing");
+                tracing::debug!(fleet = %fleet.name(), "fleet: change subscription ended or went quiet; resubscribing");
             }
             Ok(Err(e)) => tracing::debug!(fleet = %fleet.name(), error = %e, "fleet: cannot subscribe to changes"),
             Err(_) => tracing::debug!(fleet = %fleet.name(), "fleet: subscribing to changes timed out"),
