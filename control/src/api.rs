@@ -302,9 +302,8 @@ fn config(plane: &ControlPlane) -> Value {
     let models: BTreeMap<&str, Value> =
         p.effective.models.keys().map(|m| (m.as_ref(), model_json(&p, m).unwrap_or(Value::Null))).collect();
     let backends: BTreeMap<&str, &str> = p.effective.backends.iter().map(|(k, b)| (k.as_ref(), b.kind())).collect();
-    json!({
+    let mut out = json!({
         "generation": p.generation,
-        "fleet_generation": p.fleet_generation,
         "config_file": plane.config_path().display().to_string(),
         "last_reload": p.last_reload,
         "listeners": {
@@ -314,11 +313,15 @@ fn config(plane: &ControlPlane) -> Value {
         },
         "backends": backends,
         "models": models,
-        "fleet": fleet_json(plane),
-    })
+    });
+    if let Some(g) = p.fleet_generation {
+        out["fleet_generation"] = json!(g);
+        out["fleet"] = fleet_json(plane);
+    }
+    out
 }
 
-/// Fleet mode's state (`null` when off): the same object `/ready` carries.
+/// Fleet mode's state: the same object `/ready` carries.
 fn fleet_json(plane: &ControlPlane) -> Value {
     plane.fleet().map_or(Value::Null, |_| {
         switchyard_stats::fleet::detail().and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Null)
@@ -336,14 +339,17 @@ async fn status(plane: &ControlPlane, model: &str) -> Result<Value, ControlError
         let name = v["name"].as_str().unwrap_or_default().to_string();
         v["ready"] = Value::Bool(plane.serving().variant_ready(model, &name).await);
     }
-    Ok(json!({
+    let mut out = json!({
         "model": model,
         "generation": p.generation,
         "variants": m["variants"],
         "rollout": rollout,
         "last_reload": p.last_reload,
-        "fleet_generation": p.fleet_generation,
-    }))
+    });
+    if let Some(g) = p.fleet_generation {
+        out["fleet_generation"] = json!(g);
+    }
+    Ok(out)
 }
 
 async fn versions(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
@@ -400,10 +406,11 @@ async fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlErro
         StatsScope::Replica => "process start",
         StatsScope::Fleet => "fleet counters (every replica, kept 7 days after the last request)",
     };
-    let mut out =
-        json!({ "model": model, "generation": p.generation, "scope": scope, "since": since, "variants": variants });
+    let mut out = json!({ "model": model, "generation": p.generation, "since": since, "variants": variants });
     if let Some(g) = p.fleet_generation {
+        // Fleet mode: whose numbers these are (this replica's own while Redis is unreachable).
         out["fleet_generation"] = json!(g);
+        out["scope"] = json!(scope);
     }
     Ok(out)
 }
