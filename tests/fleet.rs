@@ -386,6 +386,7 @@ async fn a_frozen_or_lost_redis_drops_no_request_refuses_changes_and_converges_a
     let loads: Vec<Load> = all.iter().map(|sy| Load::start(&sy.http_url(), &["m"], 2)).collect();
 
     for (what, freeze) in [("frozen", true), ("killed", false)] {
+        let g_before = converged(&all, "m", &before, "before the outage").await;
         if freeze {
             redis.freeze();
         } else {
@@ -428,7 +429,9 @@ async fn a_frozen_or_lost_redis_drops_no_request_refuses_changes_and_converges_a
                 fleet_of(sy).await
             );
         }
-        converged(&all, "m", &before, &format!("after Redis was {what}")).await;
+        let g_after = converged(&all, "m", &before, &format!("after Redis was {what}")).await;
+        // A Redis that lost its data is seeded again with the numbering continued.
+        assert!(g_after >= g_before && (freeze || g_after > g_before), "{what}: generation {g_before} → {g_after}");
         if let Some(d) = &late {
             // ... and never seeds an empty Redis with it: it takes the fleet's state.
             converged(&[all[0], all[1], all[2], d], "m", &before, "the replica started while Redis was gone").await;
@@ -708,7 +711,9 @@ async fn the_lease_has_one_holder_and_a_stale_holders_decision_is_fenced_off() {
     let t1 = one.judge_token().expect("the holder has a token");
     assert_eq!(two.judge_token(), None);
 
-    let state = PersistedState::default();
+    let at = |generation: u64| PersistedState { generation, ..Default::default() };
+    let state = at(1);
+    assert!(matches!(one.write(0, &at(0), None).await, Err(WriteError::Conflict { .. })), "a generation must grow");
     let g1 = one.write(0, &state, Some(t1)).await.expect("the judge writes");
     assert_eq!(g1, 1);
     // The lease is lost (as if it expired while the holder was stalled); another replica takes it.
@@ -717,6 +722,7 @@ async fn the_lease_has_one_holder_and_a_stale_holders_decision_is_fenced_off() {
     let t2 = two.judge_token().unwrap();
     assert!(t2 > t1, "each new holder gets a higher token: {t1} then {t2}");
     assert_eq!(one.judge_token(), Some(t1), "the stale holder still believes it judges");
+    let state = at(2);
     let e = one.write(g1, &state, Some(t1)).await.unwrap_err();
     assert!(matches!(e, WriteError::Fenced { token, .. } if token == t1), "{e:?}");
     assert_eq!(two.write(g1, &state, Some(t2)).await, Ok(2), "the new holder's decision goes through");

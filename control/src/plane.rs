@@ -917,7 +917,8 @@ impl ControlPlane {
                 // The first change through any replica creates the record.
                 return Ok(());
             }
-            let seed = PersistedState { generation: 1, fleet_generation: Some(1), ..self.shared_state(inner, 1) };
+            let next = inner.fleet_generation + 1;
+            let seed = PersistedState { fleet_generation: Some(next), ..self.shared_state(inner, next) };
             return match f.write(0, &seed, None).await {
                 Ok(g) => {
                     tracing::info!(fleet = %f.name(), generation = g, "seeded the fleet's empty shared state with this replica's");

@@ -33,8 +33,11 @@ use crate::state::PersistedState;
 
 /// Compare-and-set of the shared record. KEYS: state hash, fencing counter.
 /// ARGV: expected generation, state JSON, writer, fencing token (`0`: not a
-/// judge decision), channel. Returns `{1, new}`, `{0, current, writer}` when
-/// the record moved on, `{-1, current, token}` when the token is stale.
+/// judge decision), channel, the new generation (above the expected one; a
+/// re-seed after Redis lost its data continues the old numbering, so no
+/// replica mistakes the new record for one it already has). Returns
+/// `{1, new}`, `{0, current, writer}` when the record moved on,
+/// `{-1, current, token}` when the token is stale.
 const CAS: &str = r"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if cur ~= tonumber(ARGV[1]) then
@@ -44,7 +47,8 @@ if ARGV[4] ~= '0' then
   local t = redis.call('GET', KEYS[2]) or '0'
   if t ~= ARGV[4] then return {-1, cur, t} end
 end
-local g = cur + 1
+local g = tonumber(ARGV[6])
+if g <= cur then return {0, cur, redis.call('HGET', KEYS[1], 'by') or ''} end
 redis.call('HSET', KEYS[1], 'generation', g, 'state', ARGV[2], 'by', ARGV[3])
 redis.call('PUBLISH', ARGV[5], g)
 return {1, g, ''}
@@ -295,15 +299,17 @@ impl Fleet {
         }
     }
 
-    /// Writes `state` as generation `expected + 1` if the record is still at
-    /// `expected` (and, for a judge decision, `token` is still the latest).
+    /// Writes `state` as generation `state.generation` (greater than
+    /// `expected`) if the record is still at `expected` (and, for a judge
+    /// decision, `token` is still the latest).
     pub async fn write(&self, expected: u64, state: &PersistedState, token: Option<u64>) -> Result<u64, WriteError> {
         let json = serde_json::to_string(state).map_err(|e| WriteError::Unreachable(e.to_string()))?;
+        let next = state.generation;
         let (k, t, ch, by) = (self.key("state"), self.key("judge:token"), self.channel(), self.replica.clone());
         let tok = token.unwrap_or(0);
         let out: (i64, u64, String) = self
             .call(|mut c| async move {
-                eval(CAS, &[k, t]).arg(expected).arg(json).arg(by).arg(tok).arg(ch).query_async(&mut c).await
+                eval(CAS, &[k, t]).arg(expected).arg(json).arg(by).arg(tok).arg(ch).arg(next).query_async(&mut c).await
             })
             .await
             .map_err(WriteError::Unreachable)?;
