@@ -736,4 +736,23 @@ async fn the_lease_has_one_holder_and_a_stale_holders_decision_is_fenced_off() {
     }
     assert!(!one.renew_lease().await, "the stale holder learns it lost the lease");
     assert_eq!(one.judge_token(), None);
+
+    // A stats publish is applied once, however often it is sent.
+    use switchyard_control::fleet::stats::{encode, Entry};
+    let live = switchyard_stats::LiveStats::default();
+    for ms in [1, 2, 40] {
+        live.record(Duration::from_millis(ms), ms == 40);
+    }
+    let key = one.stats_key("m", "v");
+    let entries = encode(&[Entry { key: key.clone(), ttl: Duration::from_secs(60), delta: live.snapshot() }]);
+    assert_eq!(one.add_stats(1, entries.clone()).await, Ok(true));
+    assert_eq!(one.add_stats(1, entries.clone()).await, Ok(false), "a publish sent again is not counted again");
+    assert_eq!(two.add_stats(1, entries).await, Ok(true), "sequences are per replica");
+    let merged = one.read_stats(vec![key]).await.unwrap().remove(0);
+    let mut twice = live.snapshot();
+    for b in twice.buckets.iter_mut() {
+        *b *= 2;
+    }
+    assert_eq!((merged.requests, merged.errors), (6, 2));
+    assert_eq!((merged.latency_us_sum, &merged.buckets), (2 * live.snapshot().latency_us_sum, &twice.buckets));
 }

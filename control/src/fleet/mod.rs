@@ -8,7 +8,8 @@
 //! `state` (hash: `generation`, `state` JSON, `by`), `changes` (pub/sub
 //! channel), `judge` (lease: `"{replica} {token}"`, PX), `judge:token`
 //! (fencing counter), `stats:{model}:{variant}` and `ab:{test}:{variant}`
-//! (mergeable counters, with TTLs).
+//! (mergeable counters, with TTLs), `published` (each replica's last applied
+//! stats publish, so a retried one is never counted twice).
 //!
 //! Every command is bounded by `control.fleet.timeout`; a failure drops the
 //! connection (the next call reconnects) and marks the fleet disconnected.
@@ -71,16 +72,25 @@ end
 return 0
 ";
 
-/// Adds a stats delta to counter hashes. KEYS: the hashes. ARGV: ttl ms,
-/// max_abs_error, then field/increment pairs. `mx` keeps the largest value.
+/// Adds one publish of a replica's stats deltas to counter hashes, exactly
+/// once: KEYS: the hash of each replica's last applied publish. ARGV:
+/// replica, publish sequence, entries as JSON (`[{"k": key, "t": ttl ms,
+/// "m": max_abs_error, "f": [[field, increment], ...]}]`, numbers as
+/// strings). A sequence already applied (a publish that timed out but
+/// landed, then sent again) changes nothing and returns 0. `mx` keeps the
+/// largest value.
 const ADD_STATS: &str = r"
-for _, k in ipairs(KEYS) do
-  for i = 3, #ARGV, 2 do redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1]) end
-  local mx = tonumber(redis.call('HGET', k, 'mx') or '0')
-  if tonumber(ARGV[2]) > mx then redis.call('HSET', k, 'mx', ARGV[2]) end
-  redis.call('PEXPIRE', k, ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
+for _, e in ipairs(cjson.decode(ARGV[3])) do
+  for _, f in ipairs(e.f) do redis.call('HINCRBY', e.k, f[1], f[2]) end
+  local mx = tonumber(redis.call('HGET', e.k, 'mx') or '0')
+  if tonumber(e.m) > mx then redis.call('HSET', e.k, 'mx', e.m) end
+  redis.call('PEXPIRE', e.k, e.t)
 end
-return #KEYS
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
 ";
 
 /// How long fleet-wide counters of a variant live after their last update.
@@ -214,10 +224,6 @@ impl Fleet {
             judge: self.judge_token().is_some(),
             error: if connected { None } else { self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone() },
         }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
     }
 
     fn failed(&self, e: String) -> String {
@@ -369,28 +375,17 @@ impl Fleet {
         }
     }
 
-    /// Adds one delta per counter set: `(keys, ttl, delta)` each.
-    pub async fn add_stats(&self, batch: Vec<(Vec<String>, Duration, Snapshot)>) -> Result<(), String> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.call(|mut c| async move {
-            let mut pipe = redis::pipe();
-            for (keys, ttl, delta) in &batch {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(ADD_STATS)
-                    .arg(keys.len())
-                    .arg(keys)
-                    .arg(ttl.as_millis() as u64)
-                    .arg(delta.shadow.max_abs_error);
-                for (f, n) in stats::fields(delta) {
-                    cmd.arg(f).arg(n);
-                }
-                pipe.add_command(cmd).ignore();
-            }
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
+    /// Applies publish `seq` of this replica (`stats::encode`d entries);
+    /// `Ok(false)` when that publish had already landed.
+    pub async fn add_stats(&self, seq: u64, entries: String) -> Result<bool, String> {
+        let (k, id) = (self.key("published"), self.replica.clone());
+        let ttl = STATS_TTL.as_millis() as u64;
+        let applied: i64 = self
+            .call(|mut c| async move {
+                eval(ADD_STATS, &[k]).arg(id).arg(seq).arg(entries).arg(ttl).query_async(&mut c).await
+            })
+            .await?;
+        Ok(applied == 1)
     }
 
     /// Merged counters of several hashes, in order (empty where none).

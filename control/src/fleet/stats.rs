@@ -3,7 +3,8 @@
 //! buckets, shadow counts) to one Redis hash per variant, so the hash holds
 //! the union of every replica's samples — quantiles come from the merged
 //! buckets, never from percentiles of percentiles. A/B tests get hashes of
-//! their own, added to only while the test runs.
+//! their own, added to only while the test runs. Each publish carries a
+//! sequence number and is applied at most once (`ADD_STATS` in `fleet`).
 
 use std::collections::HashMap;
 
@@ -28,6 +29,30 @@ pub fn fields(d: &Snapshot) -> Vec<(String, u64)> {
     .collect();
     out.extend(d.buckets.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (format!("b{i}"), *n)));
     out
+}
+
+/// One counter hash to add a delta to.
+pub struct Entry {
+    pub key: String,
+    pub ttl: std::time::Duration,
+    pub delta: Snapshot,
+}
+
+/// The entries of one publish as the `ADD_STATS` script reads them.
+pub fn encode(entries: &[Entry]) -> String {
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let f: Vec<[String; 2]> = fields(&e.delta).into_iter().map(|(f, n)| [f, n.to_string()]).collect();
+            serde_json::json!({
+                "k": e.key,
+                "t": (e.ttl.as_millis() as u64).to_string(),
+                "m": e.delta.shadow.max_abs_error.to_string(),
+                "f": f,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }
 
 /// Whether a delta holds anything to add.

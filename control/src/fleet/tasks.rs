@@ -116,43 +116,69 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Adds this replica's stats since the last successful publish to the
-/// fleet's counters (and to the counters of running A/B tests). A failed
-/// publish is retried with the larger delta: no sample is lost or counted twice.
+/// One publish on its way: what it carries, and the cumulative stats it
+/// brings the fleet's counters up to.
+struct Pending {
+    seq: u64,
+    entries: String,
+    upto: Vec<((String, String), Snapshot)>,
+}
+
+/// Adds this replica's stats since its last applied publish to the fleet's
+/// counters (and to the counters of running A/B tests). A publish that
+/// failed is sent again unchanged, with its sequence number, until it is
+/// known to be applied: Redis applies each sequence once, so a publish that
+/// timed out but landed is not counted twice, and no sample is lost.
 async fn publish(plane: Arc<ControlPlane>, fleet: Arc<Fleet>) {
     let every = fleet.config().poll_interval;
-    let last: Arc<tokio::sync::Mutex<HashMap<(String, String), Snapshot>>> = Arc::default();
+    #[derive(Default)]
+    struct State {
+        last: HashMap<(String, String), Snapshot>,
+        pending: Option<Pending>,
+        seq: u64,
+    }
+    let state: Arc<tokio::sync::Mutex<State>> = Arc::default();
     guarded(move || {
-        let (plane, fleet, last) = (plane.clone(), fleet.clone(), last.clone());
+        let (plane, fleet, state) = (plane.clone(), fleet.clone(), state.clone());
         async move {
             tokio::time::sleep(every).await;
-            let mut last = last.lock().await;
-            let experiments = plane.running_experiments().await;
-            let eff = plane.published().effective.clone();
-            let now = now_secs();
-            let mut batch = Vec::new();
-            let mut taken = Vec::new();
-            for (model, m) in &eff.models {
-                for v in &m.variants {
-                    let k = (model.to_string(), v.name.to_string());
-                    let Some(cur) = plane.serving().stats(model, &v.name) else { continue };
-                    let delta = cur.since(last.get(&k).unwrap_or(&Snapshot::default()));
-                    if stats::is_empty(&delta) {
-                        continue;
+            let mut st = state.lock().await;
+            if st.pending.is_none() {
+                let experiments = plane.running_experiments().await;
+                let eff = plane.published().effective.clone();
+                let now = now_secs();
+                let mut entries = Vec::new();
+                let mut upto = Vec::new();
+                for (model, m) in &eff.models {
+                    for v in &m.variants {
+                        let k = (model.to_string(), v.name.to_string());
+                        let Some(cur) = plane.serving().stats(model, &v.name) else { continue };
+                        let delta = cur.since(st.last.get(&k).unwrap_or(&Snapshot::default()));
+                        if stats::is_empty(&delta) {
+                            continue;
+                        }
+                        let key = fleet.stats_key(model, &v.name);
+                        entries.push(stats::Entry { key, ttl: STATS_TTL, delta: delta.clone() });
+                        for (test, _, _, ends_at) in experiments
+                            .iter()
+                            .filter(|(_, em, vs, _)| em == model.as_ref() && vs.iter().any(|x| x == v.name.as_ref()))
+                        {
+                            let ttl = Duration::from_secs(ends_at.saturating_sub(now)) + AB_TTL_AFTER_END;
+                            entries.push(stats::Entry { key: fleet.ab_key(test, &v.name), ttl, delta: delta.clone() });
+                        }
+                        upto.push((k, cur));
                     }
-                    batch.push((vec![fleet.stats_key(model, &v.name)], STATS_TTL, delta.clone()));
-                    for (test, _, _, ends_at) in experiments
-                        .iter()
-                        .filter(|(_, em, vs, _)| em == model.as_ref() && vs.iter().any(|x| x == v.name.as_ref()))
-                    {
-                        let ttl = Duration::from_secs(ends_at.saturating_sub(now)) + AB_TTL_AFTER_END;
-                        batch.push((vec![fleet.ab_key(test, &v.name)], ttl, delta.clone()));
-                    }
-                    taken.push((k, cur));
                 }
+                if entries.is_empty() {
+                    return true;
+                }
+                st.seq += 1;
+                st.pending = Some(Pending { seq: st.seq, entries: stats::encode(&entries), upto });
             }
-            if fleet.add_stats(batch).await.is_ok() {
-                last.extend(taken);
+            let Some(p) = &st.pending else { return true };
+            if fleet.add_stats(p.seq, p.entries.clone()).await.is_ok() {
+                let p = st.pending.take().expect("checked above");
+                st.last.extend(p.upto);
             }
             true
         }
