@@ -113,8 +113,10 @@ pub enum WriteError {
     Conflict { expected: u64, current: u64, by: String },
     /// A judge decision whose fencing token is no longer the latest.
     Fenced { token: u64, latest: String },
-    /// Redis did not answer (or answered an error).
+    /// Redis could not be reached (or refused the command): nothing was written.
     Unreachable(String),
+    /// Sent, but Redis did not answer: the write may or may not have landed.
+    Unknown(String),
 }
 
 impl WriteError {
@@ -127,12 +129,25 @@ impl WriteError {
             WriteError::Fenced { token, latest } => ControlError::conflict(format!(
                 "fleet '{fleet}': judge lease token {token} is stale (latest {latest}); another replica judges now"
             )),
+            WriteError::Unknown(e) => ControlError::unavailable(format!(
+                "fleet '{fleet}': the shared state in Redis did not answer after the change was sent ({e}): \
+                 it may or may not have been recorded — this replica applies it if it reads it back; \
+                 check `fleet_generation` in GET /config once Redis answers before retrying"
+            )),
             WriteError::Unreachable(e) => ControlError::unavailable(format!(
                 "fleet '{fleet}': the shared state in Redis is unreachable ({e}); nothing was applied — \
                  this replica keeps serving its last state, retry when Redis is back"
             )),
         }
     }
+}
+
+/// Why a Redis call failed.
+enum Failure {
+    /// Nothing reached Redis (no connection), or Redis refused the command.
+    NotSent(String),
+    /// Sent, but no answer came: it may have been applied.
+    Unknown(String),
 }
 
 /// What `/ready` and the metrics say about the fleet.
@@ -267,14 +282,29 @@ impl Fleet {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let c = self.conn().await?;
+        self.call_outcome(f).await.map_err(|e| match e {
+            Failure::NotSent(m) | Failure::Unknown(m) => m,
+        })
+    }
+
+    /// [`Self::call`], telling a call that never reached Redis (or was
+    /// refused by it) from one whose outcome is unknown (sent, no answer).
+    async fn call_outcome<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let c = self.conn().await.map_err(Failure::NotSent)?;
         match tokio::time::timeout(self.cfg.timeout, f(c)).await {
             Ok(Ok(v)) => {
                 self.succeeded();
                 Ok(v)
             }
-            Ok(Err(e)) => Err(self.failed(e.to_string())),
-            Err(_) => Err(self.failed(format!("no answer within {:?}", self.cfg.timeout))),
+            Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                Err(Failure::Unknown(self.failed(e.to_string())))
+            }
+            Ok(Err(e)) => Err(Failure::NotSent(self.failed(e.to_string()))),
+            Err(_) => Err(Failure::Unknown(self.failed(format!("no answer within {:?}", self.cfg.timeout)))),
         }
     }
 
@@ -314,11 +344,14 @@ impl Fleet {
         let (k, t, ch, by) = (self.key("state"), self.key("judge:token"), self.channel(), self.replica.clone());
         let tok = token.unwrap_or(0);
         let out: (i64, u64, String) = self
-            .call(|mut c| async move {
+            .call_outcome(|mut c| async move {
                 eval(CAS, &[k, t]).arg(expected).arg(json).arg(by).arg(tok).arg(ch).arg(next).query_async(&mut c).await
             })
             .await
-            .map_err(WriteError::Unreachable)?;
+            .map_err(|e| match e {
+                Failure::NotSent(m) => WriteError::Unreachable(m),
+                Failure::Unknown(m) => WriteError::Unknown(m),
+            })?;
         match out {
             (1, g, _) => Ok(g),
             (0, current, by) => Err(WriteError::Conflict { expected, current, by }),
@@ -432,7 +465,11 @@ mod tests {
             e.message.contains("generation 5") && e.message.contains("a/1/f") && e.message.contains("generation 4"),
             "{e}"
         );
-        let e = WriteError::Unreachable("timeout".into()).into_control("gw");
+        let e = WriteError::Unreachable("connection refused".into()).into_control("gw");
         assert_eq!(e.kind, crate::error::ErrorKind::Unavailable);
+        assert!(e.message.contains("nothing was applied"), "{e}");
+        let e = WriteError::Unknown("no answer within 500ms".into()).into_control("gw");
+        assert_eq!(e.kind, crate::error::ErrorKind::Unavailable);
+        assert!(e.message.contains("may or may not have been recorded"), "{e}");
     }
 }
