@@ -1,13 +1,14 @@
 //! The `switchyard` binary: CLI, logging, and the wiring of control plane,
 //! backends and data plane. Everything else lives in the workspace crates.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard_config::{LogFormat, ValidatedConfig};
+use switchyard_config::{LogFormat, Overrides, ValidatedConfig};
 use switchyard_control::{ConfigFile, ControlPlane};
 use switchyard_proxy::Metrics;
 
@@ -34,9 +35,45 @@ enum Command {
         /// Log format (overrides the config's `logging.format`).
         #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
         log_format: Option<Format>,
+        #[command(flatten)]
+        overrides: OverrideArgs,
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Add the Switchyard sidecar to Kubernetes manifests (files or stdin) and print them.
+    Inject(switchyard_inject::InjectArgs),
+    /// Serve the sidecar-injecting mutating admission webhook over HTTPS.
+    Injector(switchyard_inject::InjectorArgs),
+}
+
+/// Settings that replace the config file's, at start and on every reload
+/// (a sidecar's ports come from its pod spec, its config from a shared ConfigMap).
+#[derive(clap::Args)]
+struct OverrideArgs {
+    /// Where API changes persist (replaces `listeners.control.state_file`;
+    /// default `<config>.state.json`, which a read-only ConfigMap mount cannot hold).
+    #[arg(long, env = "SWITCHYARD_STATE_FILE")]
+    state_file: Option<PathBuf>,
+    /// Data-plane HTTP address (replaces `listeners.http.address`).
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDRESS")]
+    http_address: Option<SocketAddr>,
+    /// gRPC address (replaces `listeners.grpc.address`; a config with gRPC off keeps it off).
+    #[arg(long, env = "SWITCHYARD_GRPC_ADDRESS")]
+    grpc_address: Option<SocketAddr>,
+    /// Metrics address (replaces `listeners.metrics.address`).
+    #[arg(long, env = "SWITCHYARD_METRICS_ADDRESS")]
+    metrics_address: Option<SocketAddr>,
+}
+
+impl OverrideArgs {
+    fn into_overrides(self) -> Overrides {
+        Overrides {
+            http_address: self.http_address,
+            grpc_address: self.grpc_address,
+            metrics_address: self.metrics_address,
+            state_file: self.state_file,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,10 +109,10 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(config: PathBuf, log_format: Option<Format>) -> anyhow::Result<()> {
+fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> anyhow::Result<()> {
     // Read and validated once: logging and listeners come from it, and the
     // control plane starts on the same value (it owns the file from here on).
-    let file = ConfigFile::read(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = ConfigFile::read_with(&config, Arc::new(overrides)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = file.config.clone();
     let format = match log_format {
         Some(Format::Json) => LogFormat::Json,
@@ -134,7 +171,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Serve { config, log_format } => match serve(config, log_format) {
+        Command::Inject(args) => switchyard_inject::cli::inject(args),
+        Command::Injector(args) => {
+            init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");
+            switchyard_inject::cli::injector(args)
+        }
+        Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: {e:#}");

@@ -290,10 +290,14 @@ async fn ab_split_stickiness_and_override_via_metadata() {
 async fn mlserver_behind_the_v2_grpc_backend() {
     let ml = MlServer::start().await;
     let dead = dead_address();
+    // One more replica set, named by DNS (a stub answering 127.0.0.1 for the name).
+    let dns = common::dns::StubDns::start(common::dns::Answer::Addresses(vec![std::net::Ipv4Addr::LOCALHOST])).await;
     let body = format!(
-        "backends:\n  ml_grpc:\n    kind: v2-grpc\n    endpoints: [\"127.0.0.1:{g}\"]\n  ml_http:\n    kind: v2-http\n    endpoints: [\"http://127.0.0.1:{h}\"]\n  gone:\n    kind: v2-grpc\n    endpoints: [\"http://{dead}\"]\n    connect_timeout: 200ms\n  hasty:\n    kind: v2-grpc\n    endpoints: [\"127.0.0.1:{g}\"]\n    timeout: 50ms\nmodels:\n  mlp:\n    variants:\n      - {{name: grpc, backend: ml_grpc}}\n  mlp_http:\n    variants:\n      - {{name: http, backend: ml_http, model: mlp}}\n  down:\n    variants:\n      - {{name: d, backend: gone, model: mlp}}\n  slow:\n    variants:\n      - {{name: s, backend: hasty}}\n",
+        "resolver:\n  nameservers: [\"127.0.0.1:{d}\"]\nbackends:\n  ml_dns:\n    kind: v2-grpc\n    dns: \"{name}:{g}\"\n  ml_grpc:\n    kind: v2-grpc\n    endpoints: [\"127.0.0.1:{g}\"]\n  ml_http:\n    kind: v2-http\n    endpoints: [\"http://127.0.0.1:{h}\"]\n  gone:\n    kind: v2-grpc\n    endpoints: [\"http://{dead}\"]\n    connect_timeout: 200ms\n  hasty:\n    kind: v2-grpc\n    endpoints: [\"127.0.0.1:{g}\"]\n    timeout: 50ms\nmodels:\n  mlp:\n    variants:\n      - {{name: grpc, backend: ml_grpc}}\n  mlp_http:\n    variants:\n      - {{name: http, backend: ml_http, model: mlp}}\n  down:\n    variants:\n      - {{name: d, backend: gone, model: mlp}}\n  slow:\n    variants:\n      - {{name: s, backend: hasty}}\n  mlp_dns:\n    variants:\n      - {{name: dns, backend: ml_dns, model: mlp}}\n",
         g = ml.grpc_port,
         h = ml.http_port,
+        d = dns.port,
+        name = common::dns::NAME.trim_end_matches('.'),
     );
     let sy = Switchyard::config(&body).start().await;
     let mut c = client(sy.grpc_port).await;
@@ -327,6 +331,9 @@ async fn mlserver_behind_the_v2_grpc_backend() {
         assert_eq!(probabilities(&gg_typed), hh, "v{version}: typed gRPC→gRPC");
         assert_eq!(probabilities(&gh), hh, "v{version}: gRPC→HTTP");
         assert_eq!(hg, hh, "v{version}: HTTP→gRPC");
+        // Through the replica set DNS names.
+        let gd = c.model_infer(infer_request("mlp_dns", version, 4, 3, true)).await.unwrap().into_inner();
+        assert_eq!(probabilities(&gd), hh, "v{version}: gRPC→gRPC via dns");
     }
 
     // The backend's own errors are relayed with who failed.

@@ -29,6 +29,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TCP connect to a backend endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest time between two DNS resolutions of a `dns:` backend.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 /// Idle keep-alive connections kept per backend endpoint.
 pub const DEFAULT_POOL_SIZE: usize = 64;
 /// Consecutive failures after which an endpoint is ejected.
@@ -56,6 +58,8 @@ pub struct ValidatedConfig {
     pub cache: CacheConfig,
     /// Control-plane settings beyond its listener (restart to change).
     pub control: ControlConfig,
+    /// How `dns:` backends resolve their names.
+    pub resolver: ResolverConfig,
 }
 
 /// The `control` section.
@@ -86,6 +90,44 @@ pub struct FleetConfig {
     pub lease_ttl: Duration,
     /// Deadline of each Redis command.
     pub timeout: Duration,
+}
+
+/// The DNS resolver of `dns:` backends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResolverConfig {
+    /// Name servers to ask; empty: the system's (`/etc/resolv.conf`, with its search domains and `ndots`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Settings given on the command line (or their environment variables) that
+/// replace the file's. They are applied to every parse of the file, so a
+/// reload never moves a listener the operator pinned: an injected sidecar's
+/// ports come from its pod spec while its config comes from a shared ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub http_address: Option<SocketAddr>,
+    /// Replaces `listeners.grpc.address`; a file that turns gRPC off keeps it off.
+    pub grpc_address: Option<SocketAddr>,
+    pub metrics_address: Option<SocketAddr>,
+    /// Where the control plane persists API changes (replaces `listeners.control.state_file`).
+    pub state_file: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn apply(&self, cfg: &mut ValidatedConfig) {
+        if let Some(a) = self.http_address {
+            cfg.listeners.http.address = a;
+        }
+        if let (Some(a), Some(g)) = (self.grpc_address, cfg.listeners.grpc.as_mut()) {
+            g.address = a;
+        }
+        if let Some(a) = self.metrics_address {
+            cfg.listeners.metrics = Some(a);
+        }
+        if let (Some(p), Some(c)) = (&self.state_file, cfg.listeners.control.as_mut()) {
+            c.state_file = Some(p.clone());
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,9 +245,41 @@ pub enum BinaryMode {
     Never,
 }
 
+/// Where a remote backend's replicas come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoints {
+    /// Fixed in the file (`endpoints:`); never empty.
+    List(Vec<Upstream>),
+    /// The A/AAAA records of a name (`dns:`), e.g. a Kubernetes headless
+    /// Service: re-resolved in the background, the set updated without a reload.
+    Dns(DnsEndpoints),
+}
+
+/// `dns: host:port` of a remote backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsEndpoints {
+    /// The name to resolve (`host` of `host:port`).
+    pub host: String,
+    pub port: u16,
+    /// v2-http only: the path prefix every request starts with (`http://host:port/prefix`).
+    pub base_path: String,
+    /// Longest time between two resolutions; a shorter record TTL resolves sooner.
+    pub refresh: Duration,
+}
+
+impl Endpoints {
+    /// How many replicas the file names (`None`: from DNS, changes at run time).
+    pub fn fixed(&self) -> Option<&[Upstream]> {
+        match self {
+            Endpoints::List(l) => Some(l),
+            Endpoints::Dns(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct V2HttpBackend {
-    pub endpoints: Vec<Upstream>,
+    pub endpoints: Endpoints,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_size: usize,
@@ -234,7 +308,7 @@ pub struct ForwardHeaders {
 #[derive(Debug, Clone, PartialEq)]
 pub struct V2GrpcBackend {
     /// `host:port` of each replica (`base_path` is always empty).
-    pub endpoints: Vec<Upstream>,
+    pub endpoints: Endpoints,
     /// Per request; sent to the server as the `grpc-timeout` deadline.
     pub timeout: Duration,
     pub connect_timeout: Duration,

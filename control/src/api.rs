@@ -309,6 +309,7 @@ fn config(plane: &ControlPlane) -> Value {
         "listeners": {
             "http": p.effective.listeners.http.address.to_string(),
             "metrics": p.effective.listeners.metrics.map(|a| a.to_string()),
+            "grpc": p.effective.listeners.grpc.as_ref().map(|g| g.address.to_string()),
             "control": p.effective.listeners.control.as_ref().map(|c| c.address.to_string()),
         },
         "backends": backends,

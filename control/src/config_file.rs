@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use switchyard_config::{ConfigError, ValidatedConfig};
+use switchyard_config::{ConfigError, Overrides, ValidatedConfig};
 
 /// One read of the config file, validated.
 #[derive(Debug, Clone)]
@@ -15,19 +15,30 @@ pub struct ConfigFile {
     /// The exact contents the config was parsed from.
     pub text: String,
     pub config: Arc<ValidatedConfig>,
+    /// Command-line settings applied on top of the file, at start and on every reload.
+    pub overrides: Arc<Overrides>,
 }
 
 impl ConfigFile {
     /// Reads and validates `path`; the error names the file and every problem in it.
     pub fn read(path: &Path) -> Result<ConfigFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        ConfigFile::parse(path, text).map_err(|e| e.to_string())
+        ConfigFile::read_with(path, Arc::new(Overrides::default()))
     }
 
-    /// Validates `text`, the contents of `path` (relative paths in it resolve against its directory).
-    pub fn parse(path: &Path, text: String) -> Result<ConfigFile, ConfigError> {
+    /// As [`ConfigFile::read`], with command-line `overrides` applied.
+    pub fn read_with(path: &Path, overrides: Arc<Overrides>) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        ConfigFile::parse(path, text, overrides).map_err(|e| e.to_string())
+    }
+
+    /// Validates `text`, the contents of `path` (relative paths in it resolve
+    /// against its directory), and applies `overrides` to the result.
+    pub fn parse(path: &Path, text: String, overrides: Arc<Overrides>) -> Result<ConfigFile, ConfigError> {
         match ValidatedConfig::parse(&text, path.parent().unwrap_or(Path::new("."))) {
-            Ok(config) => Ok(ConfigFile { path: path.to_path_buf(), text, config: Arc::new(config) }),
+            Ok(mut config) => {
+                overrides.apply(&mut config);
+                Ok(ConfigFile { path: path.to_path_buf(), text, config: Arc::new(config), overrides })
+            }
             Err(mut e) => {
                 e.source_name = path.display().to_string();
                 Err(e)

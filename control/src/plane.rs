@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use switchyard_config::ValidatedConfig;
+use switchyard_config::{Overrides, ValidatedConfig};
 use switchyard_stats::Snapshot;
 use tokio::sync::Mutex;
 
@@ -134,6 +134,8 @@ impl Change {
 
 pub struct ControlPlane {
     config_path: PathBuf,
+    /// Command-line settings every reload applies on top of the file.
+    overrides: Arc<Overrides>,
     serving: Arc<dyn ServingPlane>,
     inner: Mutex<Inner>,
     published: ArcSwap<Published>,
@@ -162,11 +164,10 @@ impl ControlPlane {
     /// with Redis unreachable it serves the local state and says so.
     pub async fn start(file: ConfigFile, serving: Arc<dyn ServingPlane>) -> Result<Arc<ControlPlane>, String> {
         let state_path = file
-            .config
-            .listeners
-            .control
-            .as_ref()
-            .and_then(|c| c.state_file.clone())
+            .overrides
+            .state_file
+            .clone()
+            .or_else(|| file.config.listeners.control.as_ref().and_then(|c| c.state_file.clone()))
             .unwrap_or_else(|| default_state_path(&file.path));
         let persisted = PersistedState::load(&state_path)?;
         let fleet = match &file.config.control.fleet {
@@ -206,6 +207,7 @@ impl ControlPlane {
         }
         let plane = Arc::new(ControlPlane {
             config_path: file.path.clone(),
+            overrides: file.overrides.clone(),
             serving,
             published: ArcSwap::from_pointee(Published {
                 generation,
@@ -484,7 +486,7 @@ impl ControlPlane {
             self.refuse_reload(trigger, vec![msg.clone()]);
             return Err(ControlError::invalid_config(msg));
         }
-        let file = match ConfigFile::parse(&self.config_path, text.clone()) {
+        let file = match ConfigFile::parse(&self.config_path, text.clone(), self.overrides.clone()) {
             Ok(f) => f,
             Err(e) => {
                 inner.refused_text = Some(text);

@@ -25,6 +25,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     backend_duration: HistogramVec,
     pub in_flight: IntGauge,
+    model_in_flight: IntGaugeVec,
     pub passthrough: IntCounterVec,
     batch_size: HistogramVec,
     batch_queue_time: HistogramVec,
@@ -61,6 +62,8 @@ pub struct VariantMetrics {
     by_code: Arc<[OnceLock<IntCounter>; COMMON_CODES.len()]>,
     pub request_duration: Histogram,
     pub backend_duration: Histogram,
+    /// Requests routed to this variant and not yet answered (an autoscaling signal).
+    pub in_flight: IntGauge,
 }
 
 impl VariantMetrics {
@@ -108,6 +111,14 @@ impl Metrics {
         let backend_duration = HistogramVec::new(
             HistogramOpts::new("switchyard_backend_request_duration_seconds", "Time spent in the backend call")
                 .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "variant"],
+        )
+        .expect("valid metric");
+        let model_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_model_requests_in_flight",
+                "Requests routed to a model's variant and not yet answered (queued, batching or at the backend)",
+            ),
             &["model", "variant"],
         )
         .expect("valid metric");
@@ -194,6 +205,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(backend_duration.clone()),
             Box::new(in_flight.clone()),
+            Box::new(model_in_flight.clone()),
             Box::new(passthrough.clone()),
             Box::new(build_info),
             Box::new(batch_size.clone()),
@@ -214,6 +226,7 @@ impl Metrics {
             request_duration,
             backend_duration,
             in_flight,
+            model_in_flight,
             passthrough,
             batch_size,
             batch_queue_time,
@@ -252,6 +265,7 @@ impl Metrics {
             by_code: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             request_duration: self.request_duration.with_label_values(&[model, variant]),
             backend_duration: self.backend_duration.with_label_values(&[model, variant]),
+            in_flight: self.model_in_flight.with_label_values(&[model, variant]),
         }
     }
 

@@ -78,6 +78,7 @@ pub async fn infer<X: Exchange>(
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
         }
     };
+    let _variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
     // What the run learnt, kept for the answer and the record (the response itself moves on).
     let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
     let result = async {

@@ -50,6 +50,15 @@ impl FaultBackend {
     /// Starts a healthy server; `name` is reported as `model_version` and in `GET /v2`.
     pub async fn start(name: &str) -> FaultBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        FaultBackend::serve(name, listener)
+    }
+
+    /// As `start`, on a given address (several replicas on one port, different loopback IPs).
+    pub async fn start_at(name: &str, addr: std::net::SocketAddr) -> std::io::Result<FaultBackend> {
+        Ok(FaultBackend::serve(name, tokio::net::TcpListener::bind(addr).await?))
+    }
+
+    fn serve(name: &str, listener: tokio::net::TcpListener) -> FaultBackend {
         let port = listener.local_addr().expect("local addr").port();
         let (down, _) = watch::channel(false);
         let state = Arc::new(State {

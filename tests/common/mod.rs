@@ -520,6 +520,7 @@ impl Drop for TestUpstream {
     }
 }
 
+pub mod dns;
 pub mod fault;
 pub mod redis;
 pub mod redis_cluster;

@@ -37,7 +37,8 @@ pub struct RawBackend {
 
 #[derive(Debug)]
 pub enum RawBackendFields {
-    V2Http(RawV2HttpBackend),
+    // Boxed: the largest kind by far (every field optional and spanned).
+    V2Http(Box<RawV2HttpBackend>),
     V2Grpc(RawV2GrpcBackend),
     Onnx(RawOnnxBackend),
 }
@@ -48,6 +49,9 @@ pub struct RawV2HttpBackend {
     /// Base URLs of the server's replicas.
     #[serde(default)]
     pub endpoints: Vec<S<String>>,
+    /// `host:port` (or `http://host:port[/prefix]`) whose A/AAAA records are the replicas.
+    pub dns: Option<S<String>>,
+    pub dns_refresh: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
     pub pool_size: Option<S<u64>>,
@@ -64,6 +68,9 @@ pub struct RawV2GrpcBackend {
     /// `host:port` (or `http://host:port`) of each replica.
     #[serde(default)]
     pub endpoints: Vec<S<String>>,
+    /// `host:port` whose A/AAAA records are the replicas.
+    pub dns: Option<S<String>>,
+    pub dns_refresh: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
     /// Largest message either way.
@@ -270,7 +277,7 @@ impl<'de> Visitor<'de> for Backend<'_> {
         // values are still read by serde-saphyr itself and keep their spans.
         let d = de::value::MapAccessDeserializer::new(WithoutKind { map, cursor: self.cursor });
         Ok(match self.kind {
-            Kind::V2Http => RawBackendFields::V2Http(RawV2HttpBackend::deserialize(d)?),
+            Kind::V2Http => RawBackendFields::V2Http(Box::new(RawV2HttpBackend::deserialize(d)?)),
             Kind::V2Grpc => RawBackendFields::V2Grpc(RawV2GrpcBackend::deserialize(d)?),
             Kind::Onnx => RawBackendFields::Onnx(RawOnnxBackend::deserialize(d)?),
         })

@@ -56,6 +56,8 @@ pub struct RawConfig {
     /// Control-plane settings beyond its listener (fleet mode).
     #[serde(default)]
     pub control: RawControl,
+    #[serde(default)]
+    pub resolver: RawResolver,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -75,6 +77,15 @@ pub struct RawFleet {
     pub poll_interval: Option<S<String>>,
     pub lease_ttl: Option<S<String>>,
     pub timeout: Option<S<String>>,
+}
+
+/// The DNS resolver of `dns:` backends.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    /// `ip:port` of each name server (default: the system's).
+    #[serde(default)]
+    pub nameservers: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

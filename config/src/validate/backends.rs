@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::fields::{duration, header_name, loc, message_bytes, positive, Errors};
-use super::upstream::{parse_grpc_endpoint, parse_upstream};
+use super::upstream::{parse_grpc_endpoint, parse_http_or_bare, parse_upstream};
 use crate::raw::*;
 use crate::validated::*;
 
@@ -60,27 +60,56 @@ pub(super) fn backends(
     out
 }
 
-/// A remote backend's endpoints, each parsed by `parse`; an empty list is
-/// the error `when_empty`.
+/// A remote backend's replicas: the `endpoints` list, each parsed by `parse`,
+/// or a `dns` name parsed by the same rule; exactly one of the two.
+struct EndpointFields<'a> {
+    list: &'a [Spanned<String>],
+    dns: &'a Option<Spanned<String>>,
+    dns_refresh: &'a Option<Spanned<String>>,
+}
+
 fn endpoints(
     errs: &mut Errors,
     path: &str,
     at: &Location,
-    raw: &[Spanned<String>],
+    raw: EndpointFields<'_>,
     parse: fn(&str) -> Result<Upstream, String>,
+    parse_dns: fn(&str) -> Result<Upstream, String>,
     when_empty: &str,
-) -> Vec<Upstream> {
-    if raw.is_empty() {
+) -> Endpoints {
+    let refresh = duration(errs, &format!("{path}.dns_refresh"), raw.dns_refresh, DEFAULT_DNS_REFRESH, false);
+    if let Some(d) = raw.dns {
+        if !raw.list.is_empty() {
+            errs.at(format!("{path}.dns"), loc(d), "give either `endpoints` or `dns`, not both");
+        }
+        let dns = parse_dns(&d.value).and_then(|u| {
+            let (host, port) = u.authority.rsplit_once(':').ok_or_else(|| format!("`{}` needs host:port", d.value))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = port.parse::<u16>().map_err(|_| format!("`{}`: bad port", d.value))?;
+            Ok(DnsEndpoints { host, port, base_path: u.base_path, refresh })
+        });
+        return match dns {
+            Ok(dns) => Endpoints::Dns(dns),
+            Err(m) => {
+                errs.at(format!("{path}.dns"), loc(d), m);
+                Endpoints::List(Vec::new())
+            }
+        };
+    }
+    if let Some(r) = raw.dns_refresh {
+        errs.at(format!("{path}.dns_refresh"), loc(r), "`dns_refresh` applies only with `dns`");
+    }
+    if raw.list.is_empty() {
         errs.at(format!("{path}.endpoints"), at, when_empty);
     }
     let mut out = Vec::new();
-    for (i, e) in raw.iter().enumerate() {
+    for (i, e) in raw.list.iter().enumerate() {
         match parse(&e.value) {
             Ok(u) => out.push(u),
             Err(m) => errs.at(format!("{path}.endpoints[{i}]"), loc(e), m),
         }
     }
-    out
+    Endpoints::List(out)
 }
 
 /// A remote backend's `connect_timeout`, the same rule for both kinds.
@@ -89,8 +118,9 @@ fn connect_timeout(errs: &mut Errors, path: &str, raw: &Option<Spanned<String>>)
 }
 
 fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, defaults: &Defaults) -> V2HttpBackend {
-    let endpoints =
-        endpoints(errs, path, at, &r.endpoints, parse_upstream, "a v2-http backend needs at least one endpoint");
+    let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
+    let when_empty = "a v2-http backend needs at least one endpoint (or `dns: host:port`)";
+    let endpoints = endpoints(errs, path, at, fields, parse_upstream, parse_http_or_bare, when_empty);
     let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
         None | Some(("auto", _)) => BinaryMode::Auto,
         Some(("always", _)) => BinaryMode::Always,
@@ -123,8 +153,9 @@ fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, d
 }
 
 fn v2_grpc(errs: &mut Errors, path: &str, at: &Location, r: &RawV2GrpcBackend, defaults: &Defaults) -> V2GrpcBackend {
-    let when_empty = "a v2-grpc backend needs at least one endpoint (host:port)";
-    let endpoints = endpoints(errs, path, at, &r.endpoints, parse_grpc_endpoint, when_empty);
+    let when_empty = "a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)";
+    let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
+    let endpoints = endpoints(errs, path, at, fields, parse_grpc_endpoint, parse_grpc_endpoint, when_empty);
     V2GrpcBackend {
         endpoints,
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
@@ -297,5 +328,44 @@ mod tests {
             ["backends.a.endpoints[0]", "backends.a.binary", "backends.b.endpoints", "backends.c.repository"],
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn dns_endpoints_take_host_port_with_a_refresh_bound() {
+        let BackendConfig::V2Http(h) =
+            backend("    kind: v2-http\n    dns: triton-headless.models.svc:8000\n    dns_refresh: 2s\n")
+        else {
+            panic!()
+        };
+        let want = DnsEndpoints {
+            host: "triton-headless.models.svc".into(),
+            port: 8000,
+            base_path: String::new(),
+            refresh: Duration::from_secs(2),
+        };
+        assert_eq!(h.endpoints, Endpoints::Dns(want));
+        let BackendConfig::V2Http(h) = backend("    kind: v2-http\n    dns: http://t.svc:8000/api/\n") else {
+            panic!()
+        };
+        let Endpoints::Dns(d) = h.endpoints else { panic!() };
+        assert_eq!((d.base_path.as_str(), d.refresh), ("/api", DEFAULT_DNS_REFRESH));
+        let BackendConfig::V2Grpc(g) = backend("    kind: v2-grpc\n    dns: t.svc:8001\n") else { panic!() };
+        assert!(matches!(g.endpoints, Endpoints::Dns(DnsEndpoints { port: 8001, .. })));
+    }
+
+    #[test]
+    fn dns_and_endpoints_are_exclusive_and_checked() {
+        let errs = parse(
+            "backends:\n  a: {kind: v2-http, endpoints: ['http://h:1'], dns: 'h:1'}\n  b: {kind: v2-grpc, dns: 'h'}\n  c: {kind: v2-http, endpoints: ['http://h:1'], dns_refresh: 1s}\n  d: {kind: v2-grpc, dns: 'h:1/x'}\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .errors;
+        let got: Vec<(&str, &str)> = errs.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].0 == "backends.a.dns" && got[0].1.contains("not both"), "{got:?}");
+        assert!(got[1].0 == "backends.b.dns" && got[1].1.contains("port"), "{got:?}");
+        assert!(got[2].0 == "backends.c.dns_refresh" && got[2].1.contains("only with `dns`"), "{got:?}");
+        assert!(got[3].0 == "backends.d.dns" && got[3].1.contains("without a path"), "{got:?}");
     }
 }

@@ -55,7 +55,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let control = process::control(errs, &raw.control);
     let models =
         models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
-    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, control }
+    let resolver = process::resolver(errs, &raw.resolver);
+    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver, control }
 }
 
 impl ValidatedConfig {
@@ -122,7 +123,7 @@ models:
         assert_eq!(m.variants[1].model.as_deref(), Some("mlp2"));
         let BackendConfig::V2Http(b) = &c.backends["b"] else { panic!() };
         assert_eq!(b.timeout, Duration::from_millis(250));
-        assert_eq!(b.endpoints[0].base_path, "/prefix");
+        assert_eq!(b.endpoints.fixed().unwrap()[0].base_path, "/prefix");
         assert_eq!(c.limits.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     }
 
@@ -261,8 +262,8 @@ models:
         .unwrap();
         assert_eq!(c.listeners.grpc.unwrap().max_message_bytes, 1024);
         let BackendConfig::V2Grpc(b) = &c.backends["t"] else { panic!() };
-        assert_eq!(b.endpoints[0].authority, "127.0.0.1:8001");
-        assert_eq!(b.endpoints[1].authority, "triton:8001");
+        assert_eq!(b.endpoints.fixed().unwrap()[0].authority, "127.0.0.1:8001");
+        assert_eq!(b.endpoints.fixed().unwrap()[1].authority, "triton:8001");
         assert_eq!(b.timeout, Duration::from_secs(2));
         assert_eq!(b.max_message_bytes, DEFAULT_GRPC_MAX_MESSAGE_BYTES);
     }

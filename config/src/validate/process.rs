@@ -107,6 +107,22 @@ pub(super) fn runtime(errs: &mut Errors, raw: RawRuntime, base_dir: &Path, cores
     }
 }
 
+/// `resolver`: name servers as `ip:port` (a name server cannot itself be a name).
+pub(super) fn resolver(errs: &mut Errors, raw: &RawResolver) -> ResolverConfig {
+    let mut nameservers = Vec::new();
+    for (i, n) in raw.nameservers.iter().enumerate() {
+        match n.value.parse::<std::net::SocketAddr>() {
+            Ok(a) => nameservers.push(a),
+            Err(_) => errs.at(
+                format!("resolver.nameservers[{i}]"),
+                loc(n),
+                format!("`{}` is not an ip:port address (e.g. 10.96.0.10:53)", n.value.escape_debug()),
+            ),
+        }
+    }
+    ResolverConfig { nameservers }
+}
+
 pub(super) fn logging(errs: &mut Errors, raw: RawLogging) -> Logging {
     Logging {
         format: match raw.format.as_ref().map(|s| (s.value.as_str(), s)) {

@@ -36,6 +36,15 @@ pub(super) fn parse_upstream(url: &str) -> Result<Upstream, String> {
     Ok(Upstream { authority: authority.to_string(), base_path: base_path.to_string() })
 }
 
+/// `host:port` or `http://host:port[/prefix]` (a `dns:` name of a v2-http backend).
+pub(super) fn parse_http_or_bare(text: &str) -> Result<Upstream, String> {
+    if text.contains("://") {
+        parse_upstream(text)
+    } else {
+        parse_upstream(&format!("http://{text}"))
+    }
+}
+
 /// A gRPC endpoint: `host:port` or `http://host:port` (no path: gRPC paths are fixed).
 pub(super) fn parse_grpc_endpoint(text: &str) -> Result<Upstream, String> {
     let url = if text.contains("://") { text.to_string() } else { format!("http://{text}") };

@@ -1,8 +1,10 @@
 //! Backends: where an inference actually runs. Every backend speaks the tensor
 //! model (`contract`), so routing, batching and caching never depend on
-//! which one it is; `set` builds a generation's backends.
+//! which one it is; `set` builds a generation's backends; `dns` keeps the
+//! endpoint sets of backends named by DNS current.
 
 mod contract;
+pub mod dns;
 pub mod forward;
 pub mod onnx;
 mod set;

@@ -3,17 +3,21 @@
 //! endpoints balanced by power of two choices over pending requests), the
 //! backend's timeout sent as the `grpc-timeout` deadline and enforced here
 //! too, tensors sent raw. Also the client behind the front end's
-//! pass-through RPCs (ModelConfig, ModelStatistics, Repository*).
+//! pass-through RPCs (ModelConfig, ModelStatistics, Repository*). A `dns:`
+//! backend's channel balances over a set that `backend::dns` keeps current.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchyard_config::V2GrpcBackend as Config;
+use switchyard_config::{Endpoints, ResolverConfig, V2GrpcBackend as Config};
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::contract::{Backend, GrpcPassthrough, ModelTarget};
+use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
 use crate::codec::grpc::{self, pb};
 use crate::error::{error_chain, BackendError};
@@ -25,42 +29,80 @@ type Client = pb::grpc_inference_service_client::GrpcInferenceServiceClient<Chan
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings keep idle connections known-good (and find dead ones before a request does).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Endpoint changes a `dns:` backend's channel can have pending (a change is a few per pod).
+const DNS_CHANGES: usize = 1024;
 
 pub struct V2GrpcBackend {
     name: Arc<str>,
-    /// `host:port, ...` for error messages.
+    /// `host:port, ...` (or `dns host:port`) for error messages.
     endpoints: String,
     client: Client,
+    /// Feeds the channel's endpoint set for a `dns:` backend; stops with the backend.
+    _dns: Option<DnsWatch>,
+    /// How many endpoints the channel balances over (a `dns:` set may be empty:
+    /// then calls fail at once instead of waiting out their deadline).
+    live: Arc<AtomicUsize>,
     timeout: Duration,
     forward: Forwarding,
 }
 
 impl V2GrpcBackend {
     /// Builds the channel (connections are made lazily, on first use); needs a tokio runtime.
-    pub fn new(name: &str, cfg: &Config) -> Result<V2GrpcBackend, String> {
-        let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
-        for up in &cfg.endpoints {
-            let ep = Endpoint::from_shared(format!("http://{}", up.authority))
-                .map_err(|e| format!("backend `{name}`: endpoint `{}`: {e}", up.authority))?
-                .connect_timeout(cfg.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_adaptive_window(true)
-                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-                .keep_alive_while_idle(true);
-            endpoints.push(ep);
-        }
-        let channel = match endpoints.len() {
-            0 => return Err(format!("backend `{name}` has no endpoints")),
-            1 => endpoints[0].connect_lazy(),
-            _ => Channel::balance_list(endpoints.into_iter()),
+    pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2GrpcBackend, String> {
+        let connect_timeout = cfg.connect_timeout;
+        let endpoint = |authority: &str| {
+            channel_endpoint(authority, connect_timeout)
+                .map_err(|e| format!("backend `{name}`: endpoint `{authority}`: {e}"))
+        };
+        let live = Arc::new(AtomicUsize::new(0));
+        let (channel, source, dns) = match &cfg.endpoints {
+            Endpoints::List(list) => {
+                let mut endpoints = Vec::with_capacity(list.len());
+                for up in list {
+                    endpoints.push(endpoint(&up.authority)?);
+                }
+                live.store(endpoints.len(), Ordering::Relaxed);
+                let channel = match endpoints.len() {
+                    0 => return Err(format!("backend `{name}` has no endpoints")),
+                    1 => endpoints[0].connect_lazy(),
+                    _ => Channel::balance_list(endpoints.into_iter()),
+                };
+                (channel, list.iter().map(|u| u.authority.as_str()).collect::<Vec<_>>().join(", "), None)
+            }
+            Endpoints::Dns(d) => {
+                let (channel, tx) = Channel::balance_channel::<std::net::SocketAddr>(DNS_CHANGES);
+                let mut current = std::collections::BTreeSet::new();
+                let (backend, count) = (name.to_string(), live.clone());
+                let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
+                    for gone in current.difference(addrs) {
+                        if tx.try_send(Change::Remove(*gone)).is_err() {
+                            tracing::error!(backend = %backend, endpoint = %gone, "endpoint change not applied");
+                        }
+                    }
+                    for new in addrs.difference(&current) {
+                        let sent = channel_endpoint(&new.to_string(), connect_timeout)
+                            .is_ok_and(|ep| tx.try_send(Change::Insert(*new, ep)).is_ok());
+                        if !sent {
+                            tracing::error!(backend = %backend, endpoint = %new, "endpoint change not applied");
+                        }
+                    }
+                    current = addrs.clone();
+                    count.store(current.len(), Ordering::Relaxed);
+                };
+                let resolver = dns::resolver(resolver).map_err(|e| format!("backend `{name}`: {e}"))?;
+                let watch = DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply);
+                (channel, format!("dns {}:{}", d.host, d.port), Some(watch))
+            }
         };
         let client = Client::new(channel)
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes);
         Ok(V2GrpcBackend {
             name: Arc::from(name),
-            endpoints: cfg.endpoints.iter().map(|u| u.authority.as_str()).collect::<Vec<_>>().join(", "),
+            endpoints: source,
             client,
+            _dns: dns,
+            live,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
         })
@@ -78,6 +120,12 @@ impl V2GrpcBackend {
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        if self.live.load(Ordering::Relaxed) == 0 {
+            return Err(BackendError::Unavailable(format!(
+                "backend `{}` has no endpoints ({})",
+                self.name, self.endpoints
+            )));
+        }
         match tokio::time::timeout(timeout, f).await {
             Err(_) => Err(BackendError::Timeout(timeout)),
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -101,6 +149,16 @@ impl V2GrpcBackend {
             code => BackendError::Grpc { code: code as i32, message: msg },
         }
     }
+}
+
+/// One replica of the channel, with the connection settings every replica shares.
+fn channel_endpoint(authority: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{authority}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_while_idle(true))
 }
 
 /// Pass-through: the backend's answer or its status, unchanged.

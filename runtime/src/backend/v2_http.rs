@@ -2,11 +2,15 @@
 //! runtimes): pooled keep-alive connections, several endpoints spread by least
 //! outstanding requests (power of two choices), ejection of endpoints that keep
 //! failing, and binary↔JSON conversion for servers without the extension.
+//! The endpoint set is a snapshot swapped whole when DNS changes it
+//! (`backend::dns`); a request works on the snapshot it loaded, so an
+//! endpoint that leaves finishes the requests already sent to it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -15,10 +19,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use switchyard_config::{BinaryMode, Upstream, V2HttpBackend as Config};
+use switchyard_config::{BinaryMode, Endpoints, ResolverConfig, Upstream, V2HttpBackend as Config};
 use tokio::sync::OnceCell;
 
 use super::contract::{Backend, ModelTarget};
+use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
 use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use crate::error::{error_chain, BackendError};
@@ -42,10 +47,32 @@ struct Endpoint {
     ejected_until_ms: AtomicU64,
 }
 
+impl Endpoint {
+    fn new(backend: &str, upstream: Upstream) -> Result<Endpoint, String> {
+        let host = HeaderValue::from_str(&upstream.authority)
+            .map_err(|_| format!("backend `{backend}`: endpoint {:?} is not a valid host", upstream.authority))?;
+        Ok(Endpoint {
+            base_uri: upstream.to_string(),
+            host,
+            upstream,
+            outstanding: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        })
+    }
+}
+
+/// One snapshot of the endpoint set.
+type EndpointSet = Vec<Arc<Endpoint>>;
+
 pub struct V2HttpBackend {
     name: Arc<str>,
     client: Client<HttpConnector, Full<Bytes>>,
-    endpoints: Vec<Endpoint>,
+    endpoints: Arc<ArcSwap<EndpointSet>>,
+    /// Where the endpoints come from, for errors: the list, or `dns host:port`.
+    source: String,
+    /// Feeds `endpoints` for a `dns:` backend; stops with the backend.
+    _dns: Option<DnsWatch>,
     timeout: Duration,
     eject_after: u32,
     eject_for: Duration,
@@ -88,7 +115,7 @@ impl V2HttpBackend {
     /// Fails (instead of panicking the reload that builds it) on an endpoint
     /// whose authority is no valid `Host` value; config validation rejects
     /// those first.
-    pub fn new(name: &str, cfg: &Config) -> Result<V2HttpBackend, String> {
+    pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2HttpBackend, String> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
@@ -96,26 +123,48 @@ impl V2HttpBackend {
             .pool_max_idle_per_host(cfg.pool_size)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let endpoints = cfg
-            .endpoints
-            .iter()
-            .map(|u| {
-                let host = HeaderValue::from_str(&u.authority)
-                    .map_err(|_| format!("backend `{name}`: endpoint {:?} is not a valid host", u.authority))?;
-                Ok(Endpoint {
-                    base_uri: u.to_string(),
-                    host,
-                    upstream: u.clone(),
-                    outstanding: AtomicUsize::new(0),
-                    consecutive_failures: AtomicU32::new(0),
-                    ejected_until_ms: AtomicU64::new(0),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let (endpoints, source, dns) = match &cfg.endpoints {
+            Endpoints::List(list) => {
+                let set =
+                    list.iter().map(|u| Endpoint::new(name, u.clone()).map(Arc::new)).collect::<Result<_, _>>()?;
+                let source = list.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ");
+                (Arc::new(ArcSwap::from_pointee(set)), source, None)
+            }
+            Endpoints::Dns(d) => {
+                let endpoints: Arc<ArcSwap<EndpointSet>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
+                let feed = endpoints.clone();
+                let (backend, base_path) = (Arc::<str>::from(name), d.base_path.clone());
+                let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
+                    let old = feed.load_full();
+                    // An endpoint that stays keeps its load and ejection state.
+                    let set = addrs
+                        .iter()
+                        .filter_map(|a| {
+                            let authority = a.to_string();
+                            if let Some(e) = old.iter().find(|e| e.upstream.authority == authority) {
+                                return Some(e.clone());
+                            }
+                            let up = Upstream { authority, base_path: base_path.clone() };
+                            Endpoint::new(&backend, up).map(Arc::new).ok()
+                        })
+                        .collect();
+                    feed.store(Arc::new(set));
+                };
+                let watch = DnsWatch::spawn(
+                    Arc::from(name),
+                    d.clone(),
+                    dns::resolver(resolver).map_err(|e| format!("backend `{name}`: {e}"))?,
+                    apply,
+                );
+                (endpoints, format!("dns {}:{}", d.host, d.port), Some(watch))
+            }
+        };
         Ok(V2HttpBackend {
             name: Arc::from(name),
             client,
             endpoints,
+            source,
+            _dns: dns,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
             eject_after: cfg.eject_after_failures,
@@ -130,22 +179,18 @@ impl V2HttpBackend {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn in_rotation(&self, i: usize, now: u64) -> bool {
-        self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now
-    }
-
     /// Power of two choices among endpoints in rotation, never `exclude`.
     /// When every endpoint is ejected, all of them are candidates again
     /// (a guess beats a certain failure).
-    fn pick(&self, exclude: &[usize]) -> Option<usize> {
+    fn pick(&self, eps: &[Arc<Endpoint>], exclude: &[usize]) -> Option<usize> {
         let eligible = |i: usize| !exclude.contains(&i);
-        if self.endpoints.len() == 1 {
+        if eps.len() == 1 {
             return eligible(0).then_some(0);
         }
         let now = self.now_ms();
-        let in_rotation = |i: usize| eligible(i) && self.in_rotation(i, now);
+        let in_rotation = |i: usize| eligible(i) && eps[i].ejected_until_ms.load(Ordering::Relaxed) <= now;
         // The candidates, without collecting them: the k-th index passing `cand`.
-        let n_all = self.endpoints.len();
+        let n_all = eps.len();
         let count = |cand: &dyn Fn(usize) -> bool| (0..n_all).filter(|&i| cand(i)).count();
         let (cand, n): (&dyn Fn(usize) -> bool, usize) = match count(&in_rotation) {
             0 => (&eligible, count(&eligible)),
@@ -162,20 +207,20 @@ impl V2HttpBackend {
                     b += 1;
                 }
                 let (a, b) = (nth(a), nth(b));
-                let load = |i: usize| self.endpoints[i].outstanding.load(Ordering::Relaxed);
+                let load = |i: usize| eps[i].outstanding.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }
         }
     }
 
-    fn record(&self, i: usize, ok: bool) {
-        let ep = &self.endpoints[i];
+    fn record(&self, eps: &[Arc<Endpoint>], i: usize, ok: bool) {
+        let ep = &eps[i];
         if ok {
             ep.consecutive_failures.store(0, Ordering::Relaxed);
             return;
         }
         let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.eject_after && self.endpoints.len() > 1 {
+        if n >= self.eject_after && eps.len() > 1 {
             let until = self.now_ms() + self.eject_for.as_millis() as u64;
             ep.ejected_until_ms.store(until, Ordering::Relaxed);
             ep.consecutive_failures.store(0, Ordering::Relaxed);
@@ -194,11 +239,13 @@ impl V2HttpBackend {
         timeout: Duration,
     ) -> Result<Reply, BackendError> {
         let mut tried: Vec<usize> = Vec::new();
+        // One snapshot for the whole call (retries included).
+        let eps = self.endpoints.load_full();
         loop {
-            let i = self
-                .pick(&tried)
-                .ok_or_else(|| BackendError::Unavailable(format!("backend `{}` has no endpoints", self.name)))?;
-            let ep = &self.endpoints[i];
+            let i = self.pick(&eps, &tried).ok_or_else(|| {
+                BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.source))
+            })?;
+            let ep = &eps[i];
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _guard = Outstanding(&ep.outstanding);
             let mut uri = String::with_capacity(ep.base_uri.len() + path.iter().map(|p| p.len()).sum::<usize>());
@@ -229,22 +276,22 @@ impl V2HttpBackend {
             };
             match tokio::time::timeout(timeout, call).await {
                 Err(_) => {
-                    self.record(i, false);
+                    self.record(&eps, i, false);
                     return Err(BackendError::Timeout(timeout));
                 }
                 Ok(Err(CallError::Request(e))) if e.is_connect() => {
-                    self.record(i, false);
+                    self.record(&eps, i, false);
                     tried.push(i);
                     let err = BackendError::Connect { endpoint: ep.upstream.to_string(), message: error_chain(&e) };
                     // Nothing was sent: another endpoint may take it.
-                    if tried.len() < self.endpoints.len() {
+                    if tried.len() < eps.len() {
                         tracing::debug!(backend = %self.name, error = %err, "retrying on another endpoint");
                         continue;
                     }
                     return Err(err);
                 }
                 Ok(Err(e)) => {
-                    self.record(i, false);
+                    self.record(&eps, i, false);
                     return Err(BackendError::Unavailable(format!(
                         "backend {} failed mid-request: {}",
                         ep.upstream, e
@@ -252,7 +299,7 @@ impl V2HttpBackend {
                 }
                 Ok(Ok(reply)) => {
                     let overloaded = matches!(reply.status.as_u16(), 502..=504);
-                    self.record(i, !overloaded);
+                    self.record(&eps, i, !overloaded);
                     return Ok(reply);
                 }
             }
