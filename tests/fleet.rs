@@ -524,12 +524,12 @@ async fn canaries_are_judged_once_on_merged_numbers_and_a_new_judge_continues_th
             rollout_model("steps", "good", "[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]", "1s", 0.5),
         )
     };
-    // Started in the order B, A, C: B takes the lease first.
-    let mut started = start_replicas(&[body("good"), body("bad"), body("good")]).await;
-    let c = started.pop().unwrap();
-    let a = started.pop().unwrap();
-    let b = started.pop().unwrap();
-    assert_eq!(judge(&[&b, &a, &c]).await, 0, "the first replica started judges");
+    // B starts first and takes the lease before the others exist.
+    let b = Switchyard::config(&body("good")).start().await;
+    assert_eventually!(patience = LONG, fleet_of(&b).await["judge"] == true, "B takes the lease");
+    let a = Switchyard::config(&body("bad")).start().await;
+    let c = Switchyard::config(&body("good")).start().await;
+    assert_eq!(judge(&[&b, &a, &c]).await, 0, "B judges");
     let models = ["err", "ok", "steps"];
     let la = Load::start(&a.http_url(), &models, 2);
     let lb = Load::start(&b.http_url(), &models, 2);
@@ -560,12 +560,19 @@ async fn canaries_are_judged_once_on_merged_numbers_and_a_new_judge_continues_th
         h.as_array().unwrap().iter().filter(|e| e["reason"].as_str().unwrap().contains("automated rollback")).count();
     assert_eq!(automated, 1, "{h}");
     assert_eq!(canary_history(&a, "ok").await, [0.0, 10.0, 50.0, 100.0], "the healthy canary stepped once each");
-    // B's own numbers were clean: the verdict came from the merged ones.
-    let local_canary_errors = {
-        let m = b.metrics().await;
-        metric(&m, "switchyard_requests_total", &[("model", "err"), ("variant", "canary"), ("code", "500")])
+    // B's own numbers were clean (its canary answered every request): the
+    // verdict came from the merged ones, where A's canary failures count.
+    let canary = |m: &Metrics, code: Option<&str>| {
+        let mut labels = vec![("model", "err"), ("variant", "canary")];
+        labels.extend(code.map(|c| ("code", c)));
+        metric(m, "switchyard_requests_total", &labels)
     };
-    assert_eq!(local_canary_errors, 0.0, "the judge itself saw no canary error");
+    let (mb, ma) = (b.metrics().await, a.metrics().await);
+    assert!(
+        canary(&mb, None) > 0.0 && canary(&mb, Some("200")) == canary(&mb, None),
+        "the judge's own canary: no error"
+    );
+    assert!(canary(&ma, Some("200")) < canary(&ma, None), "A's canary failed some requests");
 
     // Kill -9 the judge in the middle of `steps`.
     assert_eventually!(
