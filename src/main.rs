@@ -13,6 +13,7 @@ use switchyard_control::{ConfigFile, ControlPlane};
 use switchyard_proxy::Metrics;
 
 mod plane;
+mod profile;
 use plane::Plane;
 
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Command {
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Build a drift reference profile from sample inputs (docs/monitoring.md).
+    Profile(profile::ProfileArgs),
 }
 
 /// Settings that replace the config file's, at start and on every reload
@@ -166,6 +169,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Profile(args) => match profile::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard profile: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
         {
             Ok(()) => ExitCode::SUCCESS,

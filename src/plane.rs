@@ -9,9 +9,11 @@ use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
 use switchyard_control::ServingPlane;
 use switchyard_proxy::cache::ResponseCache;
+use switchyard_proxy::monitor::Monitoring;
 use switchyard_proxy::routing::BuildContext;
 use switchyard_proxy::{Metrics, Outcome, RoutingTable};
 use switchyard_runtime::backend::BackendSet;
+use switchyard_stats::drift::DriftReport;
 use switchyard_stats::{Snapshot, StatsRegistry};
 use tokio::sync::Mutex;
 
@@ -24,11 +26,15 @@ pub struct Plane {
     backends: Mutex<Option<BackendSet>>,
     /// The response cache every generation's cached variants share (kept across reloads).
     cache: Option<Arc<ResponseCache<Outcome>>>,
+    /// Drift monitors, kept across generations whose settings leave them unchanged.
+    monitoring: Arc<Monitoring>,
 }
 
 impl Plane {
     pub fn new(metrics: Metrics) -> Plane {
+        let monitoring = Monitoring::new(&metrics.registry);
         Plane {
+            monitoring,
             table: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
             metrics,
             stats: StatsRegistry::default(),
@@ -67,6 +73,7 @@ impl ServingPlane for Plane {
             stats: &self.stats,
             previous: Some(&previous),
             cache: self.cache.as_ref(),
+            monitoring: Some(&self.monitoring),
         };
         let table = RoutingTable::build(&cfg, &ctx, generation)?;
         self.table.store(Arc::new(table));
@@ -99,5 +106,9 @@ impl ServingPlane for Plane {
 
     fn invalidate_cache(&self, model: &str) -> Option<usize> {
         self.cache.as_ref().map(|c| c.invalidate_model(model))
+    }
+
+    fn drift(&self, model: &str, variant: &str) -> Option<DriftReport> {
+        self.monitoring.board().get(model, variant)
     }
 }

@@ -312,7 +312,33 @@ pub struct ModelConfig {
     pub sticky_header: Option<String>,
     pub variants: Vec<VariantConfig>,
     pub rollout: Option<RolloutConfig>,
+    /// Drift detection of this model's variants; `None`: off (no sampling, no cost).
+    pub drift: Option<DriftConfig>,
 }
+
+/// Live drift detection of a model's inputs and outputs against a reference profile (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// The reference profile (`switchyard profile`), resolved against the config file's directory.
+    pub reference: PathBuf,
+    /// Fraction of requests in (0, 1] whose inputs and outputs are summarised.
+    pub sample_rate: f64,
+    /// Rows each variant's live window summarises; a shift is fully in the window `window` rows after it starts.
+    pub window: NonZeroUsize,
+    /// Rows a window needs before it is scored.
+    pub min_samples: usize,
+    /// PSI above which a variant counts as drifted (alerts, canary judge).
+    pub threshold: f64,
+}
+
+/// Fraction of requests sampled for drift when not given.
+pub const DEFAULT_DRIFT_SAMPLE_RATE: f64 = 0.1;
+/// Rows in a drift window when not given.
+pub const DEFAULT_DRIFT_WINDOW: usize = 2000;
+/// Rows a drift window needs before it is scored, when not given.
+pub const DEFAULT_DRIFT_MIN_SAMPLES: usize = 200;
+/// PSI threshold when not given: 0.2 is the usual "significant shift" line.
+pub const DEFAULT_DRIFT_THRESHOLD: f64 = 0.2;
 
 /// Automated canary analysis of one model (docs/operations.md).
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@
 //! - owner and its drivers: `api` (control API), `watch` (file reloads),
 //!   `clock` (rollout/experiment ticks) → `plane` ([`ControlPlane`]);
 //! - state machines and pure functions: `rollout`, `experiments`,
-//!   `effective`, `settle`;
+//!   `effective`, `settle`, `monitoring` (drift reports as the API shows them);
 //! - leaves: `state` (persisted shapes), `source`, `error`, `serving`,
 //!   `config_file`, `persist` (the writer thread), `supervise`, `metrics`.
 
@@ -24,6 +24,7 @@ pub mod effective;
 pub mod error;
 pub mod experiments;
 pub mod metrics;
+pub mod monitoring;
 pub mod persist;
 pub mod plane;
 pub mod rollout;

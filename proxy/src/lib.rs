@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod headers;
 pub mod http;
 pub mod metrics;
+pub mod monitor;
 pub mod outcome;
 pub mod pipeline;
 pub mod respond;

@@ -96,6 +96,11 @@ pub async fn infer<X: Exchange>(
             Some(_) => Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes())),
             None => Directive::default(),
         };
+        // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
+        let drift_inputs = match &sel.variant.drift {
+            Some(d) if d.sample() => Some(req.inputs.clone()),
+            _ => None,
+        };
         // Pinned where it is made: the run's future is large, and every move of it is a copy.
         let run = execute(&sel, call.model, call.version, req, directive);
         tokio::pin!(run);
@@ -115,6 +120,9 @@ pub async fn infer<X: Exchange>(
         }?;
         (batch_rows, cache, backend_time) = (executed.batch_rows, executed.cache, executed.backend_time);
         let mut resp = executed.response;
+        if let (Some(d), Some(inputs)) = (&sel.variant.drift, drift_inputs) {
+            d.submit(inputs, resp.outputs.clone());
+        }
         resp.model_name = call.model.to_string();
         if id.is_some() {
             resp.id = id;

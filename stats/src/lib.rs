@@ -7,6 +7,7 @@
 //! The histogram has 192 buckets growing by 10% from 10 µs (the last reaches
 //! ~14 minutes), so a quantile is within 10% of the true value.
 
+pub mod drift;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -45,6 +46,9 @@ pub struct LiveStats {
     latency_us_sum: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
     shadow: ShadowStats,
+    /// Latest drift scores (f64 bits; NaN: not scored), set by the variant's drift monitor.
+    data_drift: AtomicU64,
+    model_drift: AtomicU64,
 }
 
 /// How a shadow variant's mirrored answers compare with the primary's.
@@ -77,6 +81,8 @@ impl Default for LiveStats {
             latency_us_sum: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             shadow: ShadowStats::default(),
+            data_drift: AtomicU64::new(f64::NAN.to_bits()),
+            model_drift: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 }
@@ -114,8 +120,15 @@ impl LiveStats {
         }
     }
 
+    /// The latest drift scores of this variant's live window (`None`: not scored yet).
+    pub fn set_drift(&self, data: Option<f64>, model: Option<f64>) {
+        self.data_drift.store(data.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+        self.model_drift.store(model.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let s = &self.shadow;
+        let drift = |a: &AtomicU64| Some(f64::from_bits(a.load(Ordering::Relaxed))).filter(|x| !x.is_nan());
         Snapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -129,6 +142,8 @@ impl LiveStats {
                 agreeing_rows: s.agreeing_rows.load(Ordering::Relaxed),
                 max_abs_error: f64::from_bits(s.max_abs_error.load(Ordering::Relaxed)),
             },
+            data_drift: drift(&self.data_drift),
+            model_drift: drift(&self.model_drift),
         }
     }
 }
@@ -141,6 +156,10 @@ pub struct Snapshot {
     pub latency_us_sum: u64,
     pub buckets: Vec<u64>,
     pub shadow: ShadowSnapshot,
+    /// Latest largest input PSI (a level, not a count: `since` keeps the later one).
+    pub data_drift: Option<f64>,
+    /// Latest largest output PSI.
+    pub model_drift: Option<f64>,
 }
 
 /// Shadow comparison counts (cumulative; `max_abs_error` is the largest seen since start).
@@ -181,6 +200,8 @@ impl Snapshot {
                 agreeing_rows: self.shadow.agreeing_rows.saturating_sub(earlier.shadow.agreeing_rows),
                 max_abs_error: self.shadow.max_abs_error,
             },
+            data_drift: self.data_drift,
+            model_drift: self.model_drift,
         }
     }
 

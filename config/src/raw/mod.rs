@@ -185,6 +185,25 @@ pub struct RawModel {
     pub rollout: Option<S<RawRollout>>,
     /// Response cache for every deterministic variant of the model.
     pub cache: Option<S<RawCachePolicy>>,
+    /// Drift detection and prediction quality (docs/monitoring.md).
+    pub monitoring: Option<S<RawMonitoring>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitoring {
+    pub drift: Option<S<RawDrift>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    /// A profile written by `switchyard profile` (relative to the config file).
+    pub reference: S<String>,
+    pub sample_rate: Option<S<f64>>,
+    pub window: Option<S<u64>>,
+    pub min_samples: Option<S<u64>>,
+    pub threshold: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

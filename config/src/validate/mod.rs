@@ -12,6 +12,7 @@ mod backends;
 mod cache;
 mod fields;
 mod models;
+mod monitoring;
 mod process;
 mod upstream;
 
@@ -52,8 +53,11 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         &backends::Defaults { timeout: limits.backend_timeout, pool_threads: runtime.pool_threads.get() },
     );
     let cache = cache::cache_config(errs, &raw.cache);
-    let models =
-        models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
+    let models = models::models(
+        errs,
+        raw.models,
+        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
+    );
     let resolver = process::resolver(errs, &raw.resolver);
     ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver }
 }

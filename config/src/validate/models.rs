@@ -19,6 +19,8 @@ pub(super) struct Context<'a> {
     pub(super) cache: &'a CacheConfig,
     /// `routing.sticky_header`, inherited by models that set none.
     pub(super) default_sticky: Option<String>,
+    /// The config file's directory: reference profiles are relative to it.
+    pub(super) base_dir: &'a std::path::Path,
 }
 
 pub(super) fn models(
@@ -73,7 +75,12 @@ fn model(errs: &mut Errors, path: &str, name: &str, m: &RawModel, cx: &Context<'
         errs.at(format!("{path}.variants"), loc(vs), "variant weights must have a positive sum");
     }
     let rollout = m.rollout.as_ref().map(|r| rollout(errs, &format!("{path}.rollout"), r, &variants));
-    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout }
+    let drift = m
+        .monitoring
+        .as_ref()
+        .and_then(|mon| mon.value.drift.as_ref())
+        .map(|d| super::monitoring::drift(errs, &format!("{path}.monitoring.drift"), d, cx.base_dir));
+    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift }
 }
 
 fn variant(

@@ -23,6 +23,7 @@ impl RoutingTable {
         // One queue per (backend, model, version), shared by variants that agree on all three.
         let mut batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>> = HashMap::new();
         let mut wildcard = None;
+        let mut monitored = std::collections::HashSet::new();
         for (name, m) in &cfg.models {
             let is_wild = name.as_ref() == WILDCARD;
             let mut variants = Vec::with_capacity(m.variants.len());
@@ -78,6 +79,18 @@ impl RoutingTable {
                     }
                 };
                 targets.push(target);
+                let stats = ctx.stats.get_or_create(name, &v.name);
+                let drift = match (&m.drift, ctx.monitoring) {
+                    (None, _) => None,
+                    (Some(_), _) if is_wild => {
+                        return Err(format!("model `{name}`: drift monitoring needs a named model route, not `*`"))
+                    }
+                    (Some(_), None) => return Err(format!("model `{name}`: drift monitoring is not available here")),
+                    (Some(d), Some(mon)) => {
+                        monitored.insert((name.to_string(), v.name.to_string()));
+                        Some(mon.drift_monitor(name, &v.name, d, stats.clone())?)
+                    }
+                };
                 variants.push(Variant {
                     name: v.name.clone(),
                     weight: v.weight,
@@ -93,7 +106,8 @@ impl RoutingTable {
                         _ => None,
                     },
                     batcher,
-                    stats: ctx.stats.get_or_create(name, &v.name),
+                    stats,
+                    drift,
                     shadow_percent: v.shadow_percent,
                     cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
                 });
@@ -121,6 +135,9 @@ impl RoutingTable {
             } else {
                 routes.insert(name.clone(), route);
             }
+        }
+        if let Some(mon) = ctx.monitoring {
+            mon.retain(&monitored);
         }
         Ok(RoutingTable {
             generation,
@@ -159,6 +176,7 @@ mod tests {
             stats: &StatsRegistry::default(),
             previous: None,
             cache: None,
+            monitoring: None,
         };
         RoutingTable::build(&cfg, &ctx, 1).unwrap()
     }

@@ -33,6 +33,8 @@ pub struct BuildContext<'a> {
     pub previous: Option<&'a RoutingTable>,
     /// The process's response cache; `None`: no variant is cached.
     pub cache: Option<&'a Arc<crate::cache::ResponseCache<Outcome>>>,
+    /// The process's drift monitors; `None`: drift settings are refused.
+    pub monitoring: Option<&'a Arc<crate::monitor::Monitoring>>,
 }
 
 /// The catch-all route's model name.
@@ -69,6 +71,8 @@ pub struct Variant {
     pub shadow_percent: Option<f64>,
     /// The response cache as this variant uses it, when the variant is cached.
     pub cache: Option<VariantCache<Outcome>>,
+    /// Drift monitoring of this variant's inputs and outputs; `None`: off, nothing sampled.
+    pub drift: Option<Arc<crate::monitor::DriftMonitor>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.

@@ -1,0 +1,63 @@
+//! A model's `monitoring` section: drift detection against a reference
+//! profile. The profile file must exist; its content is read when the
+//! routing snapshot is built (a bad profile refuses the generation there).
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+use super::fields::{loc, Errors};
+use crate::raw::RawDrift;
+use crate::validated::*;
+
+pub(super) fn drift(errs: &mut Errors, path: &str, d: &Spanned<RawDrift>, base_dir: &Path) -> DriftConfig {
+    let v = &d.value;
+    let reference = base_dir.join(&v.reference.value);
+    if v.reference.value.is_empty() {
+        errs.at(format!("{path}.reference"), loc(&v.reference), "reference must name a profile file");
+    } else if !reference.is_file() {
+        errs.at(
+            format!("{path}.reference"),
+            loc(&v.reference),
+            format!("no profile file at {} (make one with `switchyard profile`)", reference.display()),
+        );
+    }
+    let sample_rate = match &v.sample_rate {
+        None => DEFAULT_DRIFT_SAMPLE_RATE,
+        Some(s) if s.value > 0.0 && s.value <= 1.0 => s.value,
+        Some(s) => {
+            errs.at(format!("{path}.sample_rate"), loc(s), format!("must be in (0, 1], got {}", s.value));
+            DEFAULT_DRIFT_SAMPLE_RATE
+        }
+    };
+    let window = match &v.window {
+        None => NonZeroUsize::new(DEFAULT_DRIFT_WINDOW).expect("non-zero"),
+        Some(s) if (4..=1_000_000).contains(&s.value) => NonZeroUsize::new(s.value as usize).expect("≥ 4"),
+        Some(s) => {
+            errs.at(format!("{path}.window"), loc(s), format!("must be between 4 and 1000000 rows, got {}", s.value));
+            NonZeroUsize::new(DEFAULT_DRIFT_WINDOW).expect("non-zero")
+        }
+    };
+    let min_samples = match &v.min_samples {
+        None => DEFAULT_DRIFT_MIN_SAMPLES.min(window.get()),
+        Some(s) if s.value >= 1 && s.value as usize <= window.get() => s.value as usize,
+        Some(s) => {
+            errs.at(
+                format!("{path}.min_samples"),
+                loc(s),
+                format!("must be between 1 and the window ({}), got {}", window, s.value),
+            );
+            1
+        }
+    };
+    let threshold = match &v.threshold {
+        None => DEFAULT_DRIFT_THRESHOLD,
+        Some(s) if s.value.is_finite() && s.value > 0.0 => s.value,
+        Some(s) => {
+            errs.at(format!("{path}.threshold"), loc(s), format!("must be a PSI above 0, got {}", s.value));
+            DEFAULT_DRIFT_THRESHOLD
+        }
+    };
+    DriftConfig { reference, sample_rate, window, min_samples, threshold }
+}
