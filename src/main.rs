@@ -43,6 +43,10 @@ enum Command {
     Validate { file: PathBuf },
     /// Build a drift reference profile from sample inputs (docs/monitoring.md).
     Profile(profile::ProfileArgs),
+    /// Add the Switchyard sidecar to Kubernetes manifests (files or stdin) and print them.
+    Inject(switchyard_inject::InjectArgs),
+    /// Serve the sidecar-injecting mutating admission webhook over HTTPS.
+    Injector(switchyard_inject::InjectorArgs),
 }
 
 /// Settings that replace the config file's, at start and on every reload
@@ -176,6 +180,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inject(args) => switchyard_inject::cli::inject(args),
+        Command::Injector(args) => {
+            init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");
+            switchyard_inject::cli::injector(args)
+        }
         Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
         {
             Ok(()) => ExitCode::SUCCESS,
