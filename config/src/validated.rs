@@ -314,7 +314,35 @@ pub struct ModelConfig {
     pub rollout: Option<RolloutConfig>,
     /// Drift detection of this model's variants; `None`: off (no sampling, no cost).
     pub drift: Option<DriftConfig>,
+    /// Prediction quality from feedback; `None`: off (nothing remembered per request).
+    pub quality: Option<QualityConfig>,
 }
+
+/// What a model predicts, for quality metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityTask {
+    /// The prediction is the argmax class of `output`'s row.
+    Classification,
+    /// The prediction is the first element of `output`'s row.
+    Regression,
+}
+
+/// Prediction quality from ground truth (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityConfig {
+    pub task: QualityTask,
+    /// The output tensor predictions are read from.
+    pub output: Arc<str>,
+    /// Labelled predictions each variant's metrics cover (the most recent).
+    pub window: NonZeroUsize,
+    /// Answers remembered for joining feedback (request id → variant, version, prediction); the oldest go first.
+    pub store: NonZeroUsize,
+}
+
+/// Labelled predictions in a quality window when not given.
+pub const DEFAULT_QUALITY_WINDOW: usize = 1000;
+/// Answers remembered for feedback when not given.
+pub const DEFAULT_QUALITY_STORE: usize = 100_000;
 
 /// Live drift detection of a model's inputs and outputs against a reference profile (docs/monitoring.md).
 #[derive(Debug, Clone, PartialEq)]

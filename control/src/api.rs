@@ -365,6 +365,14 @@ fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
                 "shadow": (s.shadow.mirrored + s.shadow.dropped > 0).then(|| shadow_json(&s)),
                 "data_drift_score": s.data_drift,
                 "model_drift_score": s.model_drift,
+                // The seed ticket's ModelMetrics (ASTR-90).
+                "prediction_latency": s.mean_latency_ms(),
+                "throughput": s.throughput(),
+                "accuracy": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.accuracy),
+                "precision": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.precision),
+                "recall": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.recall),
+                "f1_score": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.f1),
+                "quality": s.quality.as_ref().map(crate::monitoring::quality_json),
             })
         })
         .collect();

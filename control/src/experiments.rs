@@ -40,9 +40,13 @@ pub struct CreateRequest {
     pub minimum_sample_size: u64,
     #[serde(default = "default_confidence")]
     pub confidence_level: f64,
-    /// Seconds, or a duration such as "1h".
+    /// Days, as the seed ticket (ASTR-90) defines a bare number (`7` is a
+    /// week; fractions allowed), or a duration such as "1h" or "90s".
     pub test_duration: Value,
 }
+
+/// A bare `test_duration` counts days.
+const SECONDS_PER_DAY: f64 = 86_400.0;
 
 fn default_metric() -> Metric {
     Metric::ErrorRate
@@ -117,11 +121,15 @@ impl CreateRequest {
             return Err(ControlError::bad_request("confidence_level must be between 0 and 1 (e.g. 0.95)"));
         }
         let duration = match &self.test_duration {
-            Value::Number(n) => n.as_f64().filter(|s| *s > 0.0).map(|s| s as u64),
+            Value::Number(n) => {
+                n.as_f64().filter(|d| *d > 0.0).map(|d| (d * SECONDS_PER_DAY).round() as u64).filter(|s| *s > 0)
+            }
             Value::String(s) => parse_duration(s).ok().map(|d| d.as_secs()).filter(|s| *s > 0),
             _ => None,
         }
-        .ok_or_else(|| ControlError::bad_request("test_duration must be positive seconds or a duration like \"2h\""))?;
+        .ok_or_else(|| {
+            ControlError::bad_request("test_duration must be a positive number of days or a duration like \"2h\"")
+        })?;
         Ok(ExperimentDef {
             test_id: self.test_id,
             model,
@@ -498,9 +506,11 @@ mod tests {
         let d = req(with("traffic_split", json!(30))).unwrap();
         assert_eq!(d.traffic_split["b"], 30.0, "a percent");
         let d = req(json!({"test_id": "t", "model_a": "m:a", "model_b": "m:b", "traffic_split": {"a": 1, "b": 3},
-            "test_duration": 60}))
+            "test_duration": 7}))
         .unwrap();
-        assert_eq!((d.model.as_str(), d.test_duration_secs), ("m", 60));
+        assert_eq!((d.model.as_str(), d.test_duration_secs), ("m", 7 * 86_400), "a bare number is days");
+        let d = req(with("test_duration", json!(0.5))).unwrap();
+        assert_eq!(d.test_duration_secs, 43_200);
         for (body, needle) in [
             (with("test_id", json!("")), "test_id"),
             (with("traffic_split", json!(150)), "numeric traffic_split"),

@@ -1,9 +1,11 @@
 //! Model monitoring as the control API shows it: `GET /ml/models/{m}/drift`,
 //! each variant's latest drift report (per-feature PSI and KS, the overall
-//! data and prediction drift, the threshold and whether it is crossed).
+//! data and prediction drift, the threshold and whether it is crossed), and
+//! each variant's prediction quality as `GET /ml/models/{m}/metrics` shows it.
 
 use serde_json::{json, Value};
 use switchyard_stats::drift::{DriftReport, FeatureScore};
+use switchyard_stats::quality::QualityReport;
 
 use crate::error::ControlError;
 use crate::plane::ControlPlane;
@@ -60,4 +62,21 @@ pub(crate) fn drift(plane: &ControlPlane, model: &str) -> Result<Value, ControlE
         "model_drift_score": worst(|r| r.model_drift),
         "variants": variants,
     }))
+}
+
+/// A variant's quality over its feedback window.
+pub(crate) fn quality_json(q: &QualityReport) -> Value {
+    let mut v = json!({ "labelled": q.count, "labelled_total": q.total });
+    if let Some(c) = &q.classification {
+        v["classification"] = json!({
+            "accuracy": c.accuracy, "precision": c.precision, "recall": c.recall, "f1_score": c.f1,
+            "averaging": if c.binary { "binary" } else { "macro" },
+            "macro": { "precision": c.macro_precision, "recall": c.macro_recall, "f1_score": c.macro_f1 },
+            "micro": { "precision": c.micro_f1, "recall": c.micro_f1, "f1_score": c.micro_f1 },
+        });
+    }
+    if let Some(r) = &q.regression {
+        v["regression"] = json!({ "mae": r.mae, "rmse": r.rmse });
+    }
+    v
 }

@@ -127,6 +127,9 @@ pub async fn infer<X: Exchange>(
         if id.is_some() {
             resp.id = id;
         }
+        if let Some(q) = &sel.route.quality {
+            q.remember(&mut resp, x.metadata(), &sel.variant.name, sel.variant.version.as_ref(), &sel.variant.stats);
+        }
         x.encode(resp)
     }
     .await;

@@ -193,6 +193,17 @@ pub struct RawModel {
 #[serde(deny_unknown_fields)]
 pub struct RawMonitoring {
     pub drift: Option<S<RawDrift>>,
+    pub quality: Option<S<RawQuality>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuality {
+    /// `classification` (argmax of `output`) or `regression` (its value).
+    pub task: S<String>,
+    pub output: S<String>,
+    pub window: Option<S<u64>>,
+    pub store: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

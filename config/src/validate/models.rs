@@ -80,7 +80,12 @@ fn model(errs: &mut Errors, path: &str, name: &str, m: &RawModel, cx: &Context<'
         .as_ref()
         .and_then(|mon| mon.value.drift.as_ref())
         .map(|d| super::monitoring::drift(errs, &format!("{path}.monitoring.drift"), d, cx.base_dir));
-    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift }
+    let quality = m
+        .monitoring
+        .as_ref()
+        .and_then(|mon| mon.value.quality.as_ref())
+        .map(|q| super::monitoring::quality(errs, &format!("{path}.monitoring.quality"), q));
+    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift, quality }
 }
 
 fn variant(

@@ -1,5 +1,5 @@
 //! A model's `monitoring` section: drift detection against a reference
-//! profile. The profile file must exist; its content is read when the
+//! profile, and prediction quality from feedback. The profile file must exist; its content is read when the
 //! routing snapshot is built (a bad profile refuses the generation there).
 
 use std::num::NonZeroUsize;
@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use super::fields::{loc, Errors};
-use crate::raw::RawDrift;
+use crate::raw::{RawDrift, RawQuality};
 use crate::validated::*;
 
 pub(super) fn drift(errs: &mut Errors, path: &str, d: &Spanned<RawDrift>, base_dir: &Path) -> DriftConfig {
@@ -60,4 +60,45 @@ pub(super) fn drift(errs: &mut Errors, path: &str, d: &Spanned<RawDrift>, base_d
         }
     };
     DriftConfig { reference, sample_rate, window, min_samples, threshold }
+}
+
+fn count(errs: &mut Errors, path: &str, v: &Option<Spanned<u64>>, default: usize, max: u64) -> NonZeroUsize {
+    let d = NonZeroUsize::new(default).expect("non-zero default");
+    match v {
+        None => d,
+        Some(s) if s.value >= 1 && s.value <= max => NonZeroUsize::new(s.value as usize).expect("≥ 1"),
+        Some(s) => {
+            errs.at(path, loc(s), format!("must be between 1 and {max}, got {}", s.value));
+            d
+        }
+    }
+}
+
+pub(super) fn quality(errs: &mut Errors, path: &str, q: &Spanned<RawQuality>) -> QualityConfig {
+    let v = &q.value;
+    let task = match v.task.value.as_str() {
+        "classification" => QualityTask::Classification,
+        "regression" => QualityTask::Regression,
+        other => {
+            errs.at(
+                format!("{path}.task"),
+                loc(&v.task),
+                format!("unknown task `{other}` (use classification or regression)"),
+            );
+            QualityTask::Classification
+        }
+    };
+    if v.output.value.is_empty() {
+        errs.at(
+            format!("{path}.output"),
+            loc(&v.output),
+            "output must name the output tensor predictions are read from",
+        );
+    }
+    QualityConfig {
+        task,
+        output: v.output.value.as_str().into(),
+        window: count(errs, &format!("{path}.window"), &v.window, DEFAULT_QUALITY_WINDOW, 1_000_000),
+        store: count(errs, &format!("{path}.store"), &v.store, DEFAULT_QUALITY_STORE, 10_000_000),
+    }
 }

@@ -13,6 +13,7 @@
 
 pub mod features;
 pub mod profile;
+pub mod quality;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 
 use self::features::for_each_value;
 use self::profile::{ColumnProfile, Profile};
+use self::quality::{QualityMetrics, QualityTracker};
 
 /// Samples waiting for a summariser; beyond this they are dropped (and counted).
 pub const SAMPLE_QUEUE: usize = 256;
@@ -40,6 +42,8 @@ pub struct Monitoring {
     board: DriftBoard,
     metrics: DriftMetrics,
     monitors: Mutex<HashMap<(String, String), Arc<DriftMonitor>>>,
+    quality_metrics: QualityMetrics,
+    trackers: Mutex<HashMap<String, Arc<QualityTracker>>>,
 }
 
 #[derive(Clone)]
@@ -82,11 +86,29 @@ impl Monitoring {
             &["model", "variant", "outcome"],
         )
         .expect("valid metric");
+        let quality = GaugeVec::new(
+            Opts::new(
+                "switchyard_quality",
+                "Prediction quality of a variant over its feedback window, by metric (accuracy, precision, recall, f1_score, mae, rmse, labelled)",
+            ),
+            &["model", "variant", "metric"],
+        )
+        .expect("valid metric");
+        let feedback = IntCounterVec::new(
+            Opts::new(
+                "switchyard_feedback_total",
+                "Feedback items received, by outcome (joined to an answer, unknown request id, rejected label)",
+            ),
+            &["model", "outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(score.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(overall.clone()),
             Box::new(threshold.clone()),
             Box::new(samples.clone()),
+            Box::new(quality.clone()),
+            Box::new(feedback.clone()),
         ] {
             // A second registration (tests that build twice) is harmless.
             let _ = registry.register(c);
@@ -95,6 +117,8 @@ impl Monitoring {
             board: DriftBoard::default(),
             metrics: DriftMetrics { score, overall, threshold, samples },
             monitors: Mutex::new(HashMap::new()),
+            quality_metrics: QualityMetrics { quality, feedback },
+            trackers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -127,6 +151,22 @@ impl Monitoring {
             DriftMonitor::spawn(model, variant, cfg.clone(), profile, stats, self.board.clone(), self.metrics.clone());
         monitors.insert(key, m.clone());
         Ok(m)
+    }
+
+    /// The answer store and feedback join of a model: the running one when its settings are unchanged.
+    pub fn quality_tracker(&self, model: &str, cfg: &switchyard_config::QualityConfig) -> Arc<QualityTracker> {
+        let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = trackers.get(model).filter(|t| t.config() == cfg) {
+            return t.clone();
+        }
+        let t = Arc::new(QualityTracker::new(model, cfg.clone(), self.quality_metrics.clone()));
+        trackers.insert(model.to_string(), t.clone());
+        t
+    }
+
+    /// Forgets the answer stores of models the new generation does not track.
+    pub fn retain_quality(&self, live: &HashSet<String>) {
+        self.trackers.lock().unwrap_or_else(|e| e.into_inner()).retain(|m, _| live.contains(m));
     }
 
     /// Forgets the monitors of variants the new generation does not monitor:

@@ -24,6 +24,7 @@ impl RoutingTable {
         let mut batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>> = HashMap::new();
         let mut wildcard = None;
         let mut monitored = std::collections::HashSet::new();
+        let mut tracked = std::collections::HashSet::new();
         for (name, m) in &cfg.models {
             let is_wild = name.as_ref() == WILDCARD;
             let mut variants = Vec::with_capacity(m.variants.len());
@@ -80,6 +81,15 @@ impl RoutingTable {
                 };
                 targets.push(target);
                 let stats = ctx.stats.get_or_create(name, &v.name);
+                if let Some(q) = &m.quality {
+                    let task = match q.task {
+                        switchyard_config::QualityTask::Classification => {
+                            switchyard_stats::quality::Task::Classification
+                        }
+                        switchyard_config::QualityTask::Regression => switchyard_stats::quality::Task::Regression,
+                    };
+                    stats.configure_quality(task, q.window.get());
+                }
                 let drift = match (&m.drift, ctx.monitoring) {
                     (None, _) => None,
                     (Some(_), _) if is_wild => {
@@ -118,7 +128,19 @@ impl RoutingTable {
                 name.clone(),
                 variants.iter().map(|v| Arm::new(v.name.clone(), v.weight, v.version.clone())).collect(),
             );
+            let quality = match (&m.quality, ctx.monitoring) {
+                (None, _) => None,
+                (Some(_), _) if is_wild => {
+                    return Err(format!("model `{name}`: quality monitoring needs a named model route, not `*`"))
+                }
+                (Some(_), None) => return Err(format!("model `{name}`: quality monitoring is not available here")),
+                (Some(q), Some(mon)) => {
+                    tracked.insert(name.to_string());
+                    Some(mon.quality_tracker(name, q))
+                }
+            };
             let route = Arc::new(Route {
+                quality,
                 shadows,
                 picker,
                 name: name.clone(),
@@ -138,6 +160,7 @@ impl RoutingTable {
         }
         if let Some(mon) = ctx.monitoring {
             mon.retain(&monitored);
+            mon.retain_quality(&tracked);
         }
         Ok(RoutingTable {
             generation,
@@ -167,7 +190,9 @@ mod tests {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
             backends.insert(
                 name.clone(),
-                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &Default::default()).unwrap()),
+                Arc::new(
+                    switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &Default::default()).unwrap(),
+                ),
             );
         }
         let ctx = BuildContext {

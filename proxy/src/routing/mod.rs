@@ -125,6 +125,8 @@ pub struct Route {
     picker: Picker,
     /// Indices of the shadow variants.
     pub shadows: Vec<usize>,
+    /// Answers remembered for feedback, when the model tracks prediction quality.
+    pub quality: Option<Arc<crate::monitor::quality::QualityTracker>>,
 }
 
 /// A routing decision: which variant, and what to ask its backend for.
