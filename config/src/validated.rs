@@ -383,6 +383,11 @@ pub struct RolloutConfig {
     pub max_p99_ratio: f64,
     /// Canary requests needed in a step before it is judged.
     pub min_requests: u64,
+    /// Largest tolerated canary drift (PSI, data or prediction); needs `monitoring.drift`.
+    pub max_drift: Option<f64>,
+    /// Largest tolerated canary accuracy below the baseline's (absolute); needs
+    /// `monitoring.quality` and `min_requests` labelled answers on both.
+    pub max_accuracy_drop: Option<f64>,
 }
 
 /// How often a rollout is judged when not given.

@@ -334,8 +334,51 @@ impl Experiment {
     }
 }
 
+/// (successes, trials) of a quality metric in one arm's feedback window: a
+/// binary classifier's precision is TP of TP+FP, recall TP of TP+FN, F1
+/// 2·TP of 2·TP+FP+FN; accuracy, and every metric of a multi-class model
+/// (micro averages, which equal accuracy), is correct of labelled.
+fn quality_counts(metric: Metric, s: &Snapshot) -> Option<(u64, u64)> {
+    let q = s.quality.as_ref()?;
+    let c = q.classification.as_ref()?;
+    let p = &c.positive;
+    Some(match metric {
+        Metric::Precision if c.binary => (p.true_positives, p.true_positives + p.false_positives),
+        Metric::Recall if c.binary => (p.true_positives, p.true_positives + p.false_negatives),
+        Metric::F1Score if c.binary => {
+            (2 * p.true_positives, 2 * p.true_positives + p.false_positives + p.false_negatives)
+        }
+        _ => (c.correct, q.count),
+    })
+}
+
 fn compare(d: &ExperimentDef, control: &Arm, treatment: &Arm) -> Outcome {
     let (c, t) = (&control.stats, &treatment.stats);
+    if matches!(d.success_metric, Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::F1Score) {
+        let labelled = |s: &Snapshot| s.quality.as_ref().map_or(0, |q| q.count);
+        let (cn, tn) = (labelled(c), labelled(t));
+        let counts = quality_counts(d.success_metric, c).zip(quality_counts(d.success_metric, t));
+        let Some(((cx, cn_), (tx, tn_))) =
+            counts.filter(|_| cn >= d.minimum_sample_size && tn >= d.minimum_sample_size)
+        else {
+            return Outcome::InsufficientData {
+                need: d.minimum_sample_size,
+                control_requests: cn,
+                treatment_requests: tn,
+            };
+        };
+        let (z, p_value) = two_proportion_z_test(tx, tn_, cx, cn_).unwrap_or((0.0, 1.0));
+        let ratio = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+        let significant = p_value < 1.0 - d.confidence_level;
+        let better = if ratio(tx, tn_) > ratio(cx, cn_) { &treatment.name } else { &control.name };
+        return Outcome::Tested {
+            test: TestKind::TwoProportionZ,
+            statistic: z,
+            p_value,
+            significant,
+            winner: significant.then(|| better.clone()),
+        };
+    }
     if c.requests < d.minimum_sample_size || t.requests < d.minimum_sample_size {
         return Outcome::InsufficientData {
             need: d.minimum_sample_size,
@@ -360,6 +403,7 @@ fn compare(d: &ExperimentDef, control: &Arm, treatment: &Arm) -> Outcome {
             .unwrap_or((0.0, 0.0, 1.0));
             (TestKind::WelchT, tt, p, t.mean_latency_ms() < c.mean_latency_ms())
         }
+        Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::F1Score => unreachable!("judged above"),
     };
     let significant = p_value < 1.0 - d.confidence_level;
     let better = if treatment_better { &treatment.name } else { &control.name };
@@ -487,6 +531,28 @@ mod tests {
 
     fn req(body: serde_json::Value) -> Result<ExperimentDef, ControlError> {
         serde_json::from_value::<CreateRequest>(body).expect("well-formed").plan(500)
+    }
+
+    #[test]
+    fn quality_metrics_are_judged_on_feedback() {
+        let arm = |correct: u64| {
+            let s = LiveStats::default();
+            s.configure_quality(switchyard_stats::quality::Task::Classification, 10_000);
+            s.record_feedback((0..1000).map(|i| (1.0, if i < correct { 1.0 } else { 0.0 })));
+            s.snapshot()
+        };
+        let d = def(Metric::Accuracy, 500);
+        let (a, b) = (
+            Arm { name: "a".into(), weight: None, stats: arm(700) },
+            Arm { name: "b".into(), weight: None, stats: arm(800) },
+        );
+        let Outcome::Tested { significant: true, winner: Some(w), .. } = compare(&d, &a, &b) else { panic!() };
+        assert_eq!(w, "b");
+        // Binary precision: every prediction is class 1, so precision is accuracy here.
+        let Outcome::Tested { winner: Some(w), .. } = compare(&def(Metric::Precision, 500), &a, &b) else { panic!() };
+        assert_eq!(w, "b");
+        let few = compare(&def(Metric::F1Score, 5000), &a, &b);
+        assert!(matches!(few, Outcome::InsufficientData { control_requests: 1000, .. }), "{few:?}");
     }
 
     #[test]

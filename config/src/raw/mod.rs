@@ -227,6 +227,10 @@ pub struct RawRollout {
     pub max_error_rate_increase: Option<S<f64>>,
     pub max_p99_ratio: Option<S<f64>>,
     pub min_requests: Option<S<u64>>,
+    /// Roll back when the canary's data or prediction drift (PSI) exceeds this.
+    pub max_drift: Option<S<f64>>,
+    /// Roll back when the canary's accuracy (feedback) is below the baseline's by more than this.
+    pub max_accuracy_drop: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
