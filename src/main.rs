@@ -143,7 +143,15 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         let _rt = background.enter();
         switchyard_proxy::cache::ResponseCache::new(&cfg.cache, &metrics.registry).map_err(|e| anyhow::anyhow!(e))?
     };
-    let plane = Arc::new(Plane::new(metrics).with_cache(cache));
+    // Spans are exported from the background runtime (restart to change `tracing:`).
+    let tracer = match &cfg.tracing {
+        Some(t) => {
+            let _rt = background.enter();
+            Some(switchyard_proxy::trace::Tracer::start(t.clone(), &metrics.registry).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        None => None,
+    };
+    let plane = Arc::new(Plane::new(metrics).with_cache(cache).with_tracer(tracer));
     let control = background.block_on(ControlPlane::start(file, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(c) = &cfg.listeners.control {
         let token =

@@ -11,6 +11,7 @@ use switchyard_control::ServingPlane;
 use switchyard_proxy::cache::ResponseCache;
 use switchyard_proxy::monitor::Monitoring;
 use switchyard_proxy::routing::BuildContext;
+use switchyard_proxy::trace::Tracer;
 use switchyard_proxy::{Metrics, Outcome, RoutingTable};
 use switchyard_runtime::backend::BackendSet;
 use switchyard_stats::drift::DriftReport;
@@ -28,6 +29,8 @@ pub struct Plane {
     cache: Option<Arc<ResponseCache<Outcome>>>,
     /// Drift monitors, kept across generations whose settings leave them unchanged.
     monitoring: Arc<Monitoring>,
+    /// Span export, when `tracing:` was set at start.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Plane {
@@ -35,12 +38,19 @@ impl Plane {
         let monitoring = Monitoring::new(&metrics.registry);
         Plane {
             monitoring,
+            tracer: None,
             table: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
             metrics,
             stats: StatsRegistry::default(),
             backends: Mutex::new(None),
             cache: None,
         }
+    }
+
+    /// Every generation's requests are traced by `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Plane {
+        self.tracer = tracer;
+        self
     }
 
     /// Cached variants of every generation use `cache`.
@@ -74,6 +84,7 @@ impl ServingPlane for Plane {
             previous: Some(&previous),
             cache: self.cache.as_ref(),
             monitoring: Some(&self.monitoring),
+            tracer: self.tracer.as_ref(),
         };
         let table = RoutingTable::build(&cfg, &ctx, generation)?;
         self.table.store(Arc::new(table));

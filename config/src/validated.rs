@@ -58,7 +58,33 @@ pub struct ValidatedConfig {
     pub cache: CacheConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
+    /// Span export; `None`: no spans are made (restart to change).
+    pub tracing: Option<TracingConfig>,
 }
+
+/// W3C trace context and OTLP/gRPC span export (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/gRPC endpoint, `http://host:port`.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces (no sampled parent) that are recorded, in [0, 1].
+    pub sampling_ratio: f64,
+    /// A client's `traceparent` decides: its sampled flag is followed.
+    pub parent_based: bool,
+    pub service_name: String,
+    /// Requests' spans waiting for export; beyond it they are dropped and counted.
+    pub max_queue: NonZeroUsize,
+    /// Most spans in one export call.
+    pub max_batch: NonZeroUsize,
+    /// Longest time a span waits for its batch.
+    pub export_interval: Duration,
+}
+
+pub const DEFAULT_TRACE_SAMPLING_RATIO: f64 = 0.1;
+pub const DEFAULT_TRACE_SERVICE_NAME: &str = "switchyard";
+pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
+pub const DEFAULT_TRACE_MAX_BATCH: usize = 512;
+pub const DEFAULT_TRACE_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The DNS resolver of `dns:` backends.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
+pub mod trace;
 
 use std::sync::Arc;
 

@@ -55,6 +55,21 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub resolver: RawResolver,
+    /// W3C trace context and OTLP span export (docs/monitoring.md).
+    pub tracing: Option<S<RawTracing>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// OTLP/gRPC collector, `http://host:port` (4317 is the collector's default).
+    pub otlp_endpoint: S<String>,
+    pub sampling_ratio: Option<S<f64>>,
+    pub parent_based: Option<bool>,
+    pub service_name: Option<S<String>>,
+    pub max_queue: Option<S<u64>>,
+    pub max_batch: Option<S<u64>>,
+    pub export_interval: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.

@@ -59,7 +59,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
     );
     let resolver = process::resolver(errs, &raw.resolver);
-    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver }
+    let tracing = raw.tracing.as_ref().map(|t| monitoring::tracing(errs, "tracing", t));
+    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver, tracing }
 }
 
 impl ValidatedConfig {

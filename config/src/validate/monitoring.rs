@@ -1,5 +1,6 @@
 //! A model's `monitoring` section: drift detection against a reference
-//! profile, and prediction quality from feedback. The profile file must exist; its content is read when the
+//! profile, and prediction quality from feedback; and the top-level
+//! `tracing` section (span export). The profile file must exist; its content is read when the
 //! routing snapshot is built (a bad profile refuses the generation there).
 
 use std::num::NonZeroUsize;
@@ -7,8 +8,8 @@ use std::path::Path;
 
 use serde_saphyr::Spanned;
 
-use super::fields::{loc, Errors};
-use crate::raw::{RawDrift, RawQuality};
+use super::fields::{duration, loc, Errors};
+use crate::raw::{RawDrift, RawQuality, RawTracing};
 use crate::validated::*;
 
 pub(super) fn drift(errs: &mut Errors, path: &str, d: &Spanned<RawDrift>, base_dir: &Path) -> DriftConfig {
@@ -100,5 +101,42 @@ pub(super) fn quality(errs: &mut Errors, path: &str, q: &Spanned<RawQuality>) ->
         output: v.output.value.as_str().into(),
         window: count(errs, &format!("{path}.window"), &v.window, DEFAULT_QUALITY_WINDOW, 1_000_000),
         store: count(errs, &format!("{path}.store"), &v.store, DEFAULT_QUALITY_STORE, 10_000_000),
+    }
+}
+
+pub(super) fn tracing(errs: &mut Errors, path: &str, t: &Spanned<RawTracing>) -> TracingConfig {
+    let v = &t.value;
+    let ep = &v.otlp_endpoint;
+    match ep.value.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.path() == "/" => {}
+        _ => errs.at(
+            format!("{path}.otlp_endpoint"),
+            loc(ep),
+            format!("`{}` is not an OTLP/gRPC endpoint like http://127.0.0.1:4317", ep.value),
+        ),
+    }
+    let sampling_ratio = match &v.sampling_ratio {
+        None => DEFAULT_TRACE_SAMPLING_RATIO,
+        Some(s) if (0.0..=1.0).contains(&s.value) => s.value,
+        Some(s) => {
+            errs.at(format!("{path}.sampling_ratio"), loc(s), format!("must be in [0, 1], got {}", s.value));
+            DEFAULT_TRACE_SAMPLING_RATIO
+        }
+    };
+    let service_name = v.service_name.as_ref().map_or(DEFAULT_TRACE_SERVICE_NAME.to_string(), |s| s.value.clone());
+    TracingConfig {
+        otlp_endpoint: ep.value.trim_end_matches('/').to_string(),
+        sampling_ratio,
+        parent_based: v.parent_based.unwrap_or(true),
+        service_name,
+        max_queue: count(errs, &format!("{path}.max_queue"), &v.max_queue, DEFAULT_TRACE_MAX_QUEUE, 1_000_000),
+        max_batch: count(errs, &format!("{path}.max_batch"), &v.max_batch, DEFAULT_TRACE_MAX_BATCH, 100_000),
+        export_interval: duration(
+            errs,
+            &format!("{path}.export_interval"),
+            &v.export_interval,
+            DEFAULT_TRACE_EXPORT_INTERVAL,
+            false,
+        ),
     }
 }

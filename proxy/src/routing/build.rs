@@ -167,6 +167,7 @@ impl RoutingTable {
             routes,
             wildcard,
             batchers,
+            tracer: ctx.tracer.cloned(),
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
         })
     }
@@ -200,6 +201,7 @@ mod tests {
             previous: None,
             cache: None,
             monitoring: None,
+            tracer: None,
         };
         RoutingTable::build(&cfg, &ctx, 1).unwrap()
     }

@@ -35,6 +35,8 @@ pub struct BuildContext<'a> {
     pub cache: Option<&'a Arc<crate::cache::ResponseCache<Outcome>>>,
     /// The process's drift monitors; `None`: drift settings are refused.
     pub monitoring: Option<&'a Arc<crate::monitor::Monitoring>>,
+    /// The process's tracer; `None`: no spans.
+    pub tracer: Option<&'a Arc<crate::trace::Tracer>>,
 }
 
 /// The catch-all route's model name.
@@ -180,6 +182,8 @@ pub struct RoutingTable {
     pub routes: HashMap<Arc<str>, Arc<Route>>,
     pub wildcard: Option<Arc<Route>>,
     pub override_header: http::HeaderName,
+    /// Spans of sampled requests go here; `None`: tracing is off.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
 }
@@ -192,6 +196,7 @@ impl RoutingTable {
             routes: HashMap::new(),
             wildcard: None,
             override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
+            tracer: None,
             batchers: HashMap::new(),
         }
     }
