@@ -21,6 +21,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import requests  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
 MODELS = REPO / "examples" / "models"
@@ -40,9 +41,11 @@ def numpy_psi(edges, reference, live):
 
 
 def infer(port, x):
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-    r = requests.post(f"http://127.0.0.1:{port}/v2/models/mlp/infer", json=body, timeout=10)
-    assert r.status_code == 200, r.text
+    """The live traffic comes from the real Triton client (binary tensor extension)."""
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    t = httpclient.InferInput("input", list(x.shape), "FP32")
+    t.set_data_from_numpy(x, binary_data=True)
+    client.infer("mlp", [t])
 
 
 def drift_report(control_port, summarised):

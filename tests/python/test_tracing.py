@@ -9,7 +9,8 @@ the request's span with model/variant/version (and batch size) attributes;
 the backend receives `traceparent` naming the exported backend span as its
 parent even when `forward_headers` allows nothing of the kind; an unsampled
 parent (with `sampling_ratio: 0`) exports nothing but still propagates the
-client's context.
+client's context. The same holds over gRPC: `tritonclient.grpc` sends the
+context as metadata.
 
 Run: .venv/bin/python -m pytest tests/python/test_tracing.py -q (after `cargo build`).
 """
@@ -23,7 +24,9 @@ from concurrent import futures  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
 import requests  # noqa: E402
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc  # noqa: E402
 
@@ -119,6 +122,7 @@ models:
     variants: [{{name: main, backend: stub}}]
 """,
             procs,
+            grpc_max_message_bytes=4 * 1024 * 1024,
         )
         yield ports, receiver
     finally:
@@ -189,3 +193,21 @@ def test_unsampled_parent_is_propagated_but_not_exported(stack):
     infer(ports, "mlp", f"00-{'3' * 32}-{'4' * 16}-01")
     receiver.trace("3" * 32, 6)
     assert not [s for s in receiver.spans if s.trace_id.hex() == trace_id]
+
+
+def test_grpc_metadata_carries_the_context_both_ways(stack):
+    """tritonclient.grpc sends traceparent as gRPC metadata; the spans and the backend's header follow it."""
+    ports, receiver = stack
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}")
+    x = grpcclient.InferInput("input", [1, 16], "FP32")
+    x.set_data_from_numpy(np.full((1, 16), 0.1, dtype=np.float32))
+    trace_id = "5" * 32
+    client.infer("mlp", [x], headers={"traceparent": f"00-{trace_id}-{'6' * 16}-01"})
+    spans = receiver.trace(trace_id, 6)
+    root = next(s for s in spans if s.name == "infer")
+    assert root.parent_span_id.hex() == "6" * 16
+    trace_id = "7" * 32
+    Backend.seen.clear()
+    client.infer("remote", [x], headers={"traceparent": f"00-{trace_id}-{'8' * 16}-01"})
+    backend_span = next(s for s in receiver.trace(trace_id, 5) if s.name == "backend")
+    assert Backend.seen[-1]["traceparent"] == f"00-{trace_id}-{backend_span.span_id.hex()}-01"
