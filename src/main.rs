@@ -13,6 +13,7 @@ use switchyard_control::{ConfigFile, ControlPlane};
 use switchyard_proxy::Metrics;
 
 mod plane;
+mod profile;
 use plane::Plane;
 
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Command {
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Build a drift reference profile from sample inputs (docs/monitoring.md).
+    Profile(profile::ProfileArgs),
     /// Add the Switchyard sidecar to Kubernetes manifests (files or stdin) and print them.
     Inject(switchyard_inject::InjectArgs),
     /// Serve the sidecar-injecting mutating admission webhook over HTTPS.
@@ -140,7 +143,15 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         let _rt = background.enter();
         switchyard_proxy::cache::ResponseCache::new(&cfg.cache, &metrics.registry).map_err(|e| anyhow::anyhow!(e))?
     };
-    let plane = Arc::new(Plane::new(metrics).with_cache(cache));
+    // Spans are exported from the background runtime (restart to change `tracing:`).
+    let tracer = match &cfg.tracing {
+        Some(t) => {
+            let _rt = background.enter();
+            Some(switchyard_proxy::trace::Tracer::start(t.clone(), &metrics.registry).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        None => None,
+    };
+    let plane = Arc::new(Plane::new(metrics).with_cache(cache).with_tracer(tracer));
     let control = background.block_on(ControlPlane::start(file, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(c) = &cfg.listeners.control {
         let token =
@@ -175,6 +186,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Profile(args) => match profile::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard profile: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Inject(args) => switchyard_inject::cli::inject(args),
         Command::Injector(args) => {
             init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");

@@ -60,7 +60,33 @@ pub struct ValidatedConfig {
     pub control: ControlConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
+    /// Span export; `None`: no spans are made (restart to change).
+    pub tracing: Option<TracingConfig>,
 }
+
+/// W3C trace context and OTLP/gRPC span export (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/gRPC endpoint, `http://host:port`.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces (no sampled parent) that are recorded, in [0, 1].
+    pub sampling_ratio: f64,
+    /// A client's `traceparent` decides: its sampled flag is followed.
+    pub parent_based: bool,
+    pub service_name: String,
+    /// Requests' spans waiting for export; beyond it they are dropped and counted.
+    pub max_queue: NonZeroUsize,
+    /// Most spans in one export call.
+    pub max_batch: NonZeroUsize,
+    /// Longest time a span waits for its batch.
+    pub export_interval: Duration,
+}
+
+pub const DEFAULT_TRACE_SAMPLING_RATIO: f64 = 0.1;
+pub const DEFAULT_TRACE_SERVICE_NAME: &str = "switchyard";
+pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
+pub const DEFAULT_TRACE_MAX_BATCH: usize = 512;
+pub const DEFAULT_TRACE_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `control` section.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -349,7 +375,61 @@ pub struct ModelConfig {
     pub sticky_header: Option<String>,
     pub variants: Vec<VariantConfig>,
     pub rollout: Option<RolloutConfig>,
+    /// Drift detection of this model's variants; `None`: off (no sampling, no cost).
+    pub drift: Option<DriftConfig>,
+    /// Prediction quality from feedback; `None`: off (nothing remembered per request).
+    pub quality: Option<QualityConfig>,
 }
+
+/// What a model predicts, for quality metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityTask {
+    /// The prediction is the argmax class of `output`'s row.
+    Classification,
+    /// The prediction is the first element of `output`'s row.
+    Regression,
+}
+
+/// Prediction quality from ground truth (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityConfig {
+    pub task: QualityTask,
+    /// The output tensor predictions are read from.
+    pub output: Arc<str>,
+    /// Labelled predictions each variant's metrics cover (the most recent).
+    pub window: NonZeroUsize,
+    /// Answers remembered for joining feedback (request id → variant, version, prediction); the oldest go first.
+    pub store: NonZeroUsize,
+}
+
+/// Labelled predictions in a quality window when not given.
+pub const DEFAULT_QUALITY_WINDOW: usize = 1000;
+/// Answers remembered for feedback when not given.
+pub const DEFAULT_QUALITY_STORE: usize = 100_000;
+
+/// Live drift detection of a model's inputs and outputs against a reference profile (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// The reference profile (`switchyard profile`), resolved against the config file's directory.
+    pub reference: PathBuf,
+    /// Fraction of requests in (0, 1] whose inputs and outputs are summarised.
+    pub sample_rate: f64,
+    /// Rows each variant's live window summarises; a shift is fully in the window `window` rows after it starts.
+    pub window: NonZeroUsize,
+    /// Rows a window needs before it is scored.
+    pub min_samples: usize,
+    /// PSI above which a variant counts as drifted (alerts, canary judge).
+    pub threshold: f64,
+}
+
+/// Fraction of requests sampled for drift when not given.
+pub const DEFAULT_DRIFT_SAMPLE_RATE: f64 = 0.1;
+/// Rows in a drift window when not given.
+pub const DEFAULT_DRIFT_WINDOW: usize = 2000;
+/// Rows a drift window needs before it is scored, when not given.
+pub const DEFAULT_DRIFT_MIN_SAMPLES: usize = 200;
+/// PSI threshold when not given: 0.2 is the usual "significant shift" line.
+pub const DEFAULT_DRIFT_THRESHOLD: f64 = 0.2;
 
 /// Automated canary analysis of one model (docs/operations.md).
 #[derive(Debug, Clone, PartialEq)]
@@ -366,6 +446,11 @@ pub struct RolloutConfig {
     pub max_p99_ratio: f64,
     /// Canary requests needed in a step before it is judged.
     pub min_requests: u64,
+    /// Largest tolerated canary drift (PSI, data or prediction); needs `monitoring.drift`.
+    pub max_drift: Option<f64>,
+    /// Largest tolerated canary accuracy below the baseline's (absolute); needs
+    /// `monitoring.quality` and `min_requests` labelled answers on both.
+    pub max_accuracy_drop: Option<f64>,
 }
 
 /// How often a rollout is judged when not given.

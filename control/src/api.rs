@@ -45,6 +45,8 @@ pub enum ApiRoute<'a> {
     Versions { model: &'a str },
     /// `GET /ml/models/{model}/metrics`
     Metrics { model: &'a str },
+    /// `GET /ml/models/{model}/drift`
+    Drift { model: &'a str },
     /// `POST /ml/models/{model}/traffic`
     Traffic { model: &'a str },
     /// `POST /ml/models/{model}/rollback`
@@ -76,6 +78,7 @@ impl<'a> ApiRoute<'a> {
             ["ml", "models", model, "status"] => ApiRoute::Status { model },
             ["ml", "models", model, "versions"] => ApiRoute::Versions { model },
             ["ml", "models", model, "metrics"] => ApiRoute::Metrics { model },
+            ["ml", "models", model, "drift"] => ApiRoute::Drift { model },
             ["ml", "models", model, "traffic"] => ApiRoute::Traffic { model },
             ["ml", "models", model, "rollback"] => ApiRoute::Rollback { model },
             ["ml", "models", model, "cache", "invalidate"] => ApiRoute::InvalidateCache { model },
@@ -107,6 +110,7 @@ impl<'a> ApiRoute<'a> {
             | ApiRoute::Status { .. }
             | ApiRoute::Versions { .. }
             | ApiRoute::Metrics { .. }
+            | ApiRoute::Drift { .. }
             | ApiRoute::ExperimentResults { .. } => false,
             ApiRoute::Reload
             | ApiRoute::Traffic { .. }
@@ -266,6 +270,7 @@ async fn dispatch(
         ApiRoute::Status { model } => status(plane, model).await,
         ApiRoute::Versions { model } => versions(plane, model).await,
         ApiRoute::Metrics { model } => metrics(plane, model).await,
+        ApiRoute::Drift { model } => crate::monitoring::drift(plane, model),
         ApiRoute::Traffic { model } => traffic(plane, model, body(req).await?, who, expect).await,
         ApiRoute::Rollback { model } => rollback(plane, model, body(req).await?, who, expect).await,
         ApiRoute::InvalidateCache { model } => invalidate(plane, model),
@@ -400,6 +405,16 @@ async fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlErro
                 "error_rate": s.error_rate(),
                 "latency_ms": latency_json(&s),
                 "shadow": (s.shadow.mirrored + s.shadow.dropped > 0).then(|| shadow_json(&s)),
+                "data_drift_score": s.data_drift,
+                "model_drift_score": s.model_drift,
+                // The seed ticket's ModelMetrics (ASTR-90).
+                "prediction_latency": s.mean_latency_ms(),
+                "throughput": s.throughput(),
+                "accuracy": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.accuracy),
+                "precision": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.precision),
+                "recall": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.recall),
+                "f1_score": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.f1),
+                "quality": s.quality.as_ref().map(crate::monitoring::quality_json),
             })
         })
         .collect();

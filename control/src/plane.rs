@@ -690,7 +690,14 @@ impl ControlPlane {
     pub async fn variant_stats(&self, model: &str, variants: &[String]) -> (StatsScope, Vec<Snapshot>) {
         if let Some(f) = &self.fleet {
             let keys = variants.iter().map(|v| f.stats_key(model, v)).collect();
-            if let Ok(s) = f.read_stats(keys).await {
+            if let Ok(mut s) = f.read_stats(keys).await {
+                // Drift and feedback quality are levels of this replica's own windows, not counters.
+                for (snap, v) in s.iter_mut().zip(variants) {
+                    if let Some(local) = self.serving.stats(model, v) {
+                        (snap.data_drift, snap.model_drift) = (local.data_drift, local.model_drift);
+                        (snap.quality, snap.elapsed_secs) = (local.quality, local.elapsed_secs);
+                    }
+                }
                 return (StatsScope::Fleet, s);
             }
         }

@@ -11,11 +11,13 @@ pub mod grpc;
 pub mod headers;
 pub mod http;
 pub mod metrics;
+pub mod monitor;
 pub mod outcome;
 pub mod pipeline;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
+pub mod trace;
 
 use std::sync::Arc;
 

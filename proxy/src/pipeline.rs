@@ -20,6 +20,7 @@ use crate::outcome::{Executed, Outcome};
 use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::shadow;
+use crate::trace;
 
 /// The protocol-specific half of one inference exchange with a client.
 pub trait Exchange: Send {
@@ -79,13 +80,38 @@ pub async fn infer<X: Exchange>(
         }
     };
     let _variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
+    // Sampled requests only; with tracing off the snapshot has no tracer and nothing is timed.
+    let trace = table.tracer.as_ref().and_then(|t| t.begin(x.metadata(), call.start));
+    let mut marks = Marks::default();
+    let mark = |m: &mut Option<Instant>| {
+        if trace.is_some() {
+            *m = Some(Instant::now());
+        }
+    };
+    mark(&mut marks.routed);
     // What the run learnt, kept for the answer and the record (the response itself moves on).
     let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
     let result = async {
         let mut req = x.decode().await?;
+        mark(&mut marks.decoded);
         if let Some(forward) = sel.variant.backend.forwarding() {
             // Only what this backend sends on is copied (`runtime::backend::forward`).
             forward.apply(x.metadata(), &mut req.metadata);
+            // Trace context reaches the backend whatever `forward_headers` says:
+            // ours (the backend call as parent) when sampled, else the client's own.
+            match &trace {
+                Some(t) => {
+                    req.metadata.insert(trace::TRACEPARENT, trace::traceparent(&t.trace_id, &t.backend_span, true));
+                }
+                None => {
+                    if let Some(tp) = x.metadata().get(trace::TRACEPARENT) {
+                        req.metadata.insert(trace::TRACEPARENT, tp.clone());
+                    }
+                }
+            }
+            if let Some(ts) = x.metadata().get(trace::TRACESTATE) {
+                req.metadata.insert(trace::TRACESTATE, ts.clone());
+            }
             if !req.metadata.is_empty() {
                 req.metadata.remove(&table.override_header);
             }
@@ -96,9 +122,15 @@ pub async fn infer<X: Exchange>(
             Some(_) => Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes())),
             None => Directive::default(),
         };
+        // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
+        let drift_inputs = match &sel.variant.drift {
+            Some(d) if d.sample() => Some(req.inputs.clone()),
+            _ => None,
+        };
         // Pinned where it is made: the run's future is large, and every move of it is a copy.
         let run = execute(&sel, call.model, call.version, req, directive);
         tokio::pin!(run);
+        mark(&mut marks.executing);
         let limited = async {
             match call.deadline {
                 None => (&mut run).await,
@@ -113,11 +145,18 @@ pub async fn infer<X: Exchange>(
             r = limited => r,
             () = x.closed() => Err(Error::client_closed()),
         }?;
+        mark(&mut marks.executed);
         (batch_rows, cache, backend_time) = (executed.batch_rows, executed.cache, executed.backend_time);
         let mut resp = executed.response;
+        if let (Some(d), Some(inputs)) = (&sel.variant.drift, drift_inputs) {
+            d.submit(inputs, resp.outputs.clone());
+        }
         resp.model_name = call.model.to_string();
         if id.is_some() {
             resp.id = id;
+        }
+        if let Some(q) = &sel.route.quality {
+            q.remember(&mut resp, x.metadata(), &sel.variant.name, sel.variant.version.as_ref(), &sel.variant.stats);
         }
         x.encode(resp)
     }
@@ -125,6 +164,9 @@ pub async fn infer<X: Exchange>(
     let total = call.start.elapsed();
     let status = result.as_ref().map_or_else(respond::http_status, |_| 200);
     record(sel.variant, status, total, backend_time);
+    if let (Some(tracer), Some(t)) = (&table.tracer, trace) {
+        tracer.finish(spans(t, &marks, &sel, call, status, batch_rows, cache, backend_time));
+    }
     Answer {
         result,
         variant: Some(sel.variant.header_value.clone()),
@@ -132,6 +174,75 @@ pub async fn infer<X: Exchange>(
         cache,
         overhead: total.saturating_sub(backend_time),
     }
+}
+
+/// When a traced request reached each phase.
+#[derive(Default)]
+struct Marks {
+    routed: Option<Instant>,
+    decoded: Option<Instant>,
+    executing: Option<Instant>,
+    executed: Option<Instant>,
+}
+
+/// A traced request's spans, children of its own: route, receive (read and
+/// decode), cache (a cached variant's lookup and fill), queue (the batch
+/// wait), backend (the call itself; its id is the parent backends were
+/// sent), encode. A phase the request never reached has no span.
+#[allow(clippy::too_many_arguments)]
+fn spans(
+    mut t: trace::ActiveTrace,
+    m: &Marks,
+    sel: &Selection<'_>,
+    call: Call<'_>,
+    status: u16,
+    batch_rows: Option<usize>,
+    cache: Option<CacheStatus>,
+    backend_time: Duration,
+) -> trace::ActiveTrace {
+    use trace::otlp::{KeyValue, KIND_CLIENT, KIND_INTERNAL};
+    let v = sel.variant;
+    let version = sel.target.version.as_deref().unwrap_or("");
+    let base = || {
+        vec![
+            KeyValue::string("switchyard.model", call.model),
+            KeyValue::string("switchyard.variant", v.name.as_ref()),
+            KeyValue::string("switchyard.version", version),
+        ]
+    };
+    let end = Instant::now();
+    if let Some(routed) = m.routed {
+        t.child("route", KIND_INTERNAL, call.start, routed, None, base());
+        if let Some(decoded) = m.decoded {
+            t.child("receive", KIND_INTERNAL, routed, decoded, None, base());
+        }
+    }
+    if let (Some(from), Some(to)) = (m.executing, m.executed) {
+        if v.cache.is_some() {
+            let mut a = base();
+            a.push(KeyValue::string("switchyard.cache", cache.map_or("none", |c| c.as_str())));
+            t.child("cache", KIND_INTERNAL, from, to, None, a);
+        }
+        let backend_start = to.checked_sub(backend_time).unwrap_or(from).max(from);
+        if let Some(rows) = batch_rows {
+            let mut a = base();
+            a.push(KeyValue::int("switchyard.batch_size", rows as i64));
+            t.child("queue", KIND_INTERNAL, from, backend_start, None, a);
+        }
+        if !backend_time.is_zero() {
+            let mut a = base();
+            a.push(KeyValue::string("switchyard.backend", v.backend_name.as_ref()));
+            if let Some(rows) = batch_rows {
+                a.push(KeyValue::int("switchyard.batch_size", rows as i64));
+            }
+            t.child("backend", KIND_CLIENT, backend_start, to, Some(t.backend_span), a);
+        }
+        t.child("encode", KIND_INTERNAL, to, end, None, base());
+    }
+    let mut a = base();
+    a.push(KeyValue::int("http.response.status_code", i64::from(status)));
+    t.root("infer", status, a);
+    t
 }
 
 /// Picks the variant for a request from its model, version and metadata

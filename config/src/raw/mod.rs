@@ -58,6 +58,21 @@ pub struct RawConfig {
     pub control: RawControl,
     #[serde(default)]
     pub resolver: RawResolver,
+    /// W3C trace context and OTLP span export (docs/monitoring.md).
+    pub tracing: Option<S<RawTracing>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// OTLP/gRPC collector, `http://host:port` (4317 is the collector's default).
+    pub otlp_endpoint: S<String>,
+    pub sampling_ratio: Option<S<f64>>,
+    pub parent_based: Option<bool>,
+    pub service_name: Option<S<String>>,
+    pub max_queue: Option<S<u64>>,
+    pub max_batch: Option<S<u64>>,
+    pub export_interval: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -207,6 +222,36 @@ pub struct RawModel {
     pub rollout: Option<S<RawRollout>>,
     /// Response cache for every deterministic variant of the model.
     pub cache: Option<S<RawCachePolicy>>,
+    /// Drift detection and prediction quality (docs/monitoring.md).
+    pub monitoring: Option<S<RawMonitoring>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitoring {
+    pub drift: Option<S<RawDrift>>,
+    pub quality: Option<S<RawQuality>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuality {
+    /// `classification` (argmax of `output`) or `regression` (its value).
+    pub task: S<String>,
+    pub output: S<String>,
+    pub window: Option<S<u64>>,
+    pub store: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    /// A profile written by `switchyard profile` (relative to the config file).
+    pub reference: S<String>,
+    pub sample_rate: Option<S<f64>>,
+    pub window: Option<S<u64>>,
+    pub min_samples: Option<S<u64>>,
+    pub threshold: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +264,10 @@ pub struct RawRollout {
     pub max_error_rate_increase: Option<S<f64>>,
     pub max_p99_ratio: Option<S<f64>>,
     pub min_requests: Option<S<u64>>,
+    /// Roll back when the canary's data or prediction drift (PSI) exceeds this.
+    pub max_drift: Option<S<f64>>,
+    /// Roll back when the canary's accuracy (feedback) is below the baseline's by more than this.
+    pub max_accuracy_drop: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ mod backends;
 mod cache;
 mod fields;
 mod models;
+mod monitoring;
 mod process;
 mod upstream;
 
@@ -53,10 +54,26 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     );
     let cache = cache::cache_config(errs, &raw.cache);
     let control = process::control(errs, &raw.control);
-    let models =
-        models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
+    let models = models::models(
+        errs,
+        raw.models,
+        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
+    );
     let resolver = process::resolver(errs, &raw.resolver);
-    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver, control }
+    let tracing = raw.tracing.as_ref().map(|t| monitoring::tracing(errs, "tracing", t));
+    ValidatedConfig {
+        listeners,
+        limits,
+        routing,
+        runtime,
+        logging,
+        backends,
+        models,
+        cache,
+        resolver,
+        control,
+        tracing,
+    }
 }
 
 impl ValidatedConfig {

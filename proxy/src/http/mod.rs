@@ -7,6 +7,7 @@
 
 mod body;
 mod classify;
+mod ml;
 mod reply;
 mod upstream;
 mod v2;
@@ -104,6 +105,8 @@ impl ProxyHttp for HttpListener {
             Endpoint::ModelMetadata(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, false).await,
             Endpoint::ModelReady(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, true).await,
             Endpoint::Infer(m, v) => v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await,
+            Endpoint::Predict(m) => ml::predict(session, &table, &self.metrics, &self.limits, m, ctx.start).await,
+            Endpoint::Feedback(m) => ml::feedback(session, &table, &self.limits, m).await,
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },
                 format!("{} is not allowed on {} (use {allowed})", method, uri.path()),
