@@ -140,7 +140,7 @@ async fn replica_fault(kind: &str, fault: Fault) {
         _ => format!("['127.0.0.1:{}', '127.0.0.1:{}']", ports_a.1, ports_b.1),
     };
     let sy = Switchyard::config(&format!(
-        "backends:\n  pair:\n    kind: {kind}\n    endpoints: {endpoints}\n    timeout: 1s\n    connect_timeout: 200ms\n    eject_after_failures: 3\n    eject_for: 2s\n    health_check: {{interval: 250ms, timeout: 200ms, unhealthy_after: 2, healthy_after: 2}}\nmodels:\n  mlp:\n    variants:\n      - {{name: main, backend: pair}}\n"
+        "backends:\n  pair:\n    kind: {kind}\n    endpoints: {endpoints}\n    timeout: 1s\n    connect_timeout: 200ms\n    eject_after_failures: 3\n    eject_for: 2s\n    health_check: {{interval: 300ms, timeout: 300ms, unhealthy_after: 2, healthy_after: 2}}\nmodels:\n  mlp:\n    variants:\n      - {{name: main, backend: pair}}\n"
     ))
     .start()
     .await;
