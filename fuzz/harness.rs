@@ -37,7 +37,12 @@ pub fn v2_request(data: &[u8]) {
     let Ok(req) = v2::decode_request(&body, header_len) else { return };
     let want = without_output_encoding(req.clone());
     for binary in [false, true] {
-        let enc = v2::encode_request(&req, binary).expect("a decoded request encodes");
+        // JSON cannot carry NaN or infinity: such a request goes binary only.
+        let enc = match v2::encode_request(&req, binary) {
+            Ok(enc) => enc,
+            Err(e) if !binary && e.to_string().contains("JSON cannot carry") => continue,
+            Err(e) => panic!("a decoded request does not encode (binary: {binary}): {e}"),
+        };
         let again = v2::decode_request(&enc.body, enc.header_len).expect("a re-encoded request decodes");
         assert_eq!(without_output_encoding(again), want, "request changed by a round trip (binary: {binary})");
     }
@@ -48,7 +53,11 @@ pub fn v2_response(data: &[u8]) {
     let (body, header_len) = body(data);
     let Ok(resp) = v2::decode_response(&body, header_len) else { return };
     for binary in [false, true] {
-        let enc = v2::encode_response(&resp, |_| binary).expect("a decoded response encodes");
+        let enc = match v2::encode_response(&resp, |_| binary) {
+            Ok(enc) => enc,
+            Err(e) if !binary && e.to_string().contains("JSON cannot carry") => continue,
+            Err(e) => panic!("a decoded response does not encode (binary: {binary}): {e}"),
+        };
         let again = v2::decode_response(&enc.body, enc.header_len).expect("a re-encoded response decodes");
         assert_eq!(again, resp, "response changed by a round trip (binary: {binary})");
     }
