@@ -60,6 +60,9 @@ struct OverrideArgs {
     /// gRPC address (replaces `listeners.grpc.address`; a config with gRPC off keeps it off).
     #[arg(long, env = "SWITCHYARD_GRPC_ADDRESS")]
     grpc_address: Option<SocketAddr>,
+    /// No gRPC listener, whatever the file says (an injected sidecar whose pod has no gRPC port for it).
+    #[arg(long, env = "SWITCHYARD_NO_GRPC", conflicts_with = "grpc_address")]
+    no_grpc: bool,
     /// Metrics address (replaces `listeners.metrics.address`).
     #[arg(long, env = "SWITCHYARD_METRICS_ADDRESS")]
     metrics_address: Option<SocketAddr>,
@@ -70,6 +73,7 @@ impl OverrideArgs {
         Overrides {
             http_address: self.http_address,
             grpc_address: self.grpc_address,
+            no_grpc: self.no_grpc,
             metrics_address: self.metrics_address,
             state_file: self.state_file,
         }
@@ -148,6 +152,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
     {
         let _rt = background.enter();
         switchyard_control::watch::spawn(control.clone()).map_err(|e| anyhow::anyhow!(e))?;
+        switchyard_control::fleet::tasks::spawn(control.clone());
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());

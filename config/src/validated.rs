@@ -56,8 +56,40 @@ pub struct ValidatedConfig {
     pub models: BTreeMap<Arc<str>, ModelConfig>,
     /// Response cache tiers (restart to change; per-variant policies reload).
     pub cache: CacheConfig,
+    /// Control-plane settings beyond its listener (restart to change).
+    pub control: ControlConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
+}
+
+/// The `control` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ControlConfig {
+    /// Fleet mode; `None`: this replica's control state is its own.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// How often a replica looks at the shared state when not given (the pub/sub
+/// notification is the fast path; this bounds convergence when one is missed).
+pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// The judge lease's lifetime when not given (renewed every third of it).
+pub const DEFAULT_FLEET_LEASE_TTL: Duration = Duration::from_secs(3);
+/// Deadline of each fleet Redis command when not given.
+pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Fleet mode (docs/operations.md, "Fleet").
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// Standalone Redis URL holding the shared state.
+    pub redis: String,
+    /// The fleet's name; every key is under `switchyard:fleet:{name}:`.
+    pub name: String,
+    /// Polling fallback of change notifications, and the stats publish period.
+    pub poll_interval: Duration,
+    /// Judge lease lifetime.
+    pub lease_ttl: Duration,
+    /// Deadline of each Redis command.
+    pub timeout: Duration,
 }
 
 /// The DNS resolver of `dns:` backends.
@@ -76,6 +108,8 @@ pub struct Overrides {
     pub http_address: Option<SocketAddr>,
     /// Replaces `listeners.grpc.address`; a file that turns gRPC off keeps it off.
     pub grpc_address: Option<SocketAddr>,
+    /// Turns the gRPC listener off whatever the file says.
+    pub no_grpc: bool,
     pub metrics_address: Option<SocketAddr>,
     /// Where the control plane persists API changes (replaces `listeners.control.state_file`).
     pub state_file: Option<PathBuf>,
@@ -88,6 +122,9 @@ impl Overrides {
         }
         if let (Some(a), Some(g)) = (self.grpc_address, cfg.listeners.grpc.as_mut()) {
             g.address = a;
+        }
+        if self.no_grpc {
+            cfg.listeners.grpc = None;
         }
         if let Some(a) = self.metrics_address {
             cfg.listeners.metrics = Some(a);

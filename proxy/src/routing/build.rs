@@ -150,7 +150,7 @@ mod tests {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
             backends.insert(
                 name.clone(),
-                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c).unwrap()),
+                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &cfg.resolver).unwrap()),
             );
         }
         let ctx = BuildContext {
