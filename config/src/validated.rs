@@ -314,11 +314,93 @@ pub struct V2HttpBackend {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_size: usize,
-    pub eject_after_failures: u32,
-    pub eject_for: Duration,
+    /// Ejection, health checks, retry budget and load-aware picking of the endpoints.
+    pub health: EndpointHealth,
     pub binary: BinaryMode,
     /// Which client request headers are sent on to the server.
     pub forward_headers: ForwardHeaders,
+}
+
+/// How a remote backend keeps failing replicas out of rotation, bounds its
+/// retries and spreads load (docs/backend-health.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointHealth {
+    /// Consecutive failures (connect errors, timeouts, 502/503/504, gRPC
+    /// UNAVAILABLE) that eject an endpoint.
+    pub eject_after_failures: u32,
+    /// How long a first ejection lasts; each further one in a row lasts
+    /// longer (× the count, at most [`MAX_EJECTION_FACTOR`]×).
+    pub eject_for: Duration,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub retry_budget: RetryBudget,
+    pub load_metrics: Option<LoadMetrics>,
+}
+
+/// The longest ejection, as a multiple of `eject_for`.
+pub const MAX_EJECTION_FACTOR: u32 = 10;
+
+impl Default for EndpointHealth {
+    fn default() -> EndpointHealth {
+        EndpointHealth {
+            eject_after_failures: DEFAULT_EJECT_AFTER_FAILURES,
+            eject_for: DEFAULT_EJECT_FOR,
+            health_check: None,
+            outlier_detection: None,
+            retry_budget: RetryBudget::default(),
+            load_metrics: None,
+        }
+    }
+}
+
+/// Active probes: V2 `GET /v2/health/ready` (v2-http) or `ServerReady` (v2-grpc)
+/// on every endpoint each `interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed probes in a row that take an endpoint out of rotation.
+    pub unhealthy_after: u32,
+    /// Passed probes in a row that bring it back.
+    pub healthy_after: u32,
+}
+
+/// Every `interval`, endpoints with at least `min_requests` requests in it are
+/// compared: one whose error rate exceeds `max_error_rate`, or whose mean
+/// latency exceeds `max_latency_ratio` × the median of the endpoints' means, is
+/// ejected, never more than `max_ejected_percent` of the set at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub interval: Duration,
+    pub min_requests: u32,
+    pub max_error_rate: f64,
+    /// `None`: latency is not judged.
+    pub max_latency_ratio: Option<f64>,
+    pub max_ejected_percent: u32,
+}
+
+/// Retries (on another endpoint) stay within `ratio` × the requests of the last
+/// 10 s plus `min_per_second` (Linkerd's budget; Envoy's `retry_budget`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget { ratio: 0.2, min_per_second: 10 }
+    }
+}
+
+/// Load-aware picking from each endpoint's own Prometheus metrics in Triton's
+/// names (`nv_inference_pending_request_count`, `nv_inference_queue_duration_us`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadMetrics {
+    /// `None`: the endpoint's own port.
+    pub port: Option<u16>,
+    pub path: String,
+    pub interval: Duration,
 }
 
 /// Which client request headers a remote backend receives, on top of the
@@ -345,6 +427,8 @@ pub struct V2GrpcBackend {
     pub connect_timeout: Duration,
     /// Largest message sent to or accepted from the server.
     pub max_message_bytes: usize,
+    /// Ejection, health checks, retry budget and load-aware picking of the endpoints.
+    pub health: EndpointHealth,
     /// Which client request metadata is sent on to the server.
     pub forward_headers: ForwardHeaders,
 }
