@@ -40,6 +40,66 @@ enum Command {
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Print a signed JWT for trying auth out (or, with --jwks, the JWKS that verifies it).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// PKCS#8 PEM private key: Ed25519 (EdDSA), P-256 (ES256) or RSA (RS256).
+    #[arg(long)]
+    key: PathBuf,
+    /// The principal (`sub` claim).
+    #[arg(long, required_unless_present = "jwks")]
+    sub: Option<String>,
+    /// Permissions, comma-separated (`model:mlp:infer,override`).
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Lifetime (`exp` = now + ttl): 30s, 15m, 12h.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    #[arg(long)]
+    iss: Option<String>,
+    #[arg(long)]
+    aud: Option<String>,
+    /// Key id put in the token's header (and in the printed JWKS).
+    #[arg(long)]
+    kid: Option<String>,
+    /// The claim that carries the permissions.
+    #[arg(long, default_value = switchyard_config::DEFAULT_PERMISSIONS_CLAIM)]
+    claim: String,
+    /// Print the key's public JWKS instead of a token.
+    #[arg(long)]
+    jwks: bool,
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    use switchyard_proxy::auth::jwt::SigningKey;
+    let pem = std::fs::read_to_string(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
+    let key = SigningKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", a.key.display()))?;
+    if a.jwks {
+        println!("{}", serde_json::json!({ "keys": [key.public_jwk(a.kid.as_deref())] }));
+        return Ok(());
+    }
+    for p in &a.allow {
+        switchyard_config::check_permission(p).map_err(|e| anyhow::anyhow!("--allow: {e}"))?;
+    }
+    let ttl = switchyard_config::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::json!({
+        "sub": a.sub,
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+        a.claim: a.allow,
+    });
+    if let Some(iss) = a.iss {
+        claims["iss"] = iss.into();
+    }
+    if let Some(aud) = a.aud {
+        claims["aud"] = aud.into();
+    }
+    println!("{}", key.sign(&claims, a.kid.as_deref()).map_err(|e| anyhow::anyhow!(e))?);
+    Ok(())
 }
 
 /// Settings that replace the config file's, at start and on every reload
@@ -147,25 +207,46 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
+    let auth = match &cfg.auth {
+        Some(a) => {
+            let auth = switchyard_proxy::auth::Auth::new(a).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+            auth.spawn_refresh();
+            Some(auth)
+        }
+        None => None,
+    };
 
     // gRPC is served by tonic on a runtime of its own, beside pingora's.
     let _grpc = match &cfg.listeners.grpc {
         Some(g) => Some(
-            switchyard_proxy::grpc::serve(g, cfg.listeners.http.threads.get(), table.clone(), metrics.clone())
-                .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
+            switchyard_proxy::grpc::serve(
+                g,
+                cfg.listeners.http.threads.get(),
+                table.clone(),
+                metrics.clone(),
+                auth.clone(),
+            )
+            .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
         ),
         None => None,
     };
 
     // `run` never returns; the background runtime lives as long as the process.
     let _background = background;
-    switchyard_proxy::run(&cfg, table, metrics)
+    switchyard_proxy::run(&cfg, table, metrics, auth)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Token(args) => match token(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard token: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
         {
             Ok(()) => ExitCode::SUCCESS,

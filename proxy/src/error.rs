@@ -28,6 +28,12 @@ pub enum ErrorKind {
     /// Overloaded (a full queue) or not ready: the client may retry, after
     /// `retry_after` seconds when set.
     Unavailable { retry_after: Option<u32> },
+    /// No credentials, or credentials that do not verify.
+    Unauthenticated,
+    /// A known principal without the permission the request needs.
+    PermissionDenied,
+    /// Over a rate limit: retry after `retry_after` seconds.
+    RateLimited { retry_after: u32 },
     /// The request's own deadline passed (queue deadline, client deadline).
     DeadlineExceeded,
     /// The client went away; nothing is written back.
@@ -126,6 +132,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<u32> {
         match self.kind {
             ErrorKind::Unavailable { retry_after } => retry_after,
+            ErrorKind::RateLimited { retry_after } => Some(retry_after),
             _ => None,
         }
     }

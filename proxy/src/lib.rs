@@ -4,6 +4,7 @@
 //! batching, caching, shadow traffic and metrics.
 
 pub mod admin;
+pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod error;
@@ -41,7 +42,13 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 ///
 /// `table` is the published routing snapshot: whoever holds the other end
 /// (the control plane) swaps it; requests load it once each.
-pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Metrics) -> ! {
+/// `auth`, when set, guards every data-plane path but the probes.
+pub fn run(
+    cfg: &ValidatedConfig,
+    table: Arc<ArcSwap<RoutingTable>>,
+    metrics: Metrics,
+    auth: Option<Arc<auth::Auth>>,
+) -> ! {
     let conf = ServerConf {
         threads: cfg.listeners.http.threads.get(),
         grace_period_seconds: Some(GRACE_PERIOD_SECS),
@@ -52,7 +59,8 @@ pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Me
     server.bootstrap();
 
     let plane =
-        HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone());
+        HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
+            .with_auth(auth);
     let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
     data.add_tcp(&cfg.listeners.http.address.to_string());
     server.add_service(data);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_runtime::{InferRequest, InferResponse};
 
+use crate::auth::{Action, Principal};
 use crate::batch::BatchError;
 use crate::cache::{CacheStatus, Directive};
 use crate::error::Error;
@@ -59,6 +60,8 @@ pub struct Call<'a> {
     pub deadline: Option<Duration>,
     /// When the request arrived.
     pub start: Instant,
+    /// Who asks, when authentication is on (`None`: every request may do anything).
+    pub principal: Option<&'a Principal>,
 }
 
 /// Runs one inference from selection to recording; see the module doc.
@@ -69,10 +72,13 @@ pub async fn infer<X: Exchange>(
     call: Call<'_>,
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
-    let sel = match select(table, call.model, call.version, x.metadata()) {
+    let sel = match authorize(call.principal, call.model, call.version, Action::Infer)
+        .and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal))
+    {
         Ok(s) => s,
         Err(e) => {
-            let known_route = !matches!(e.kind, crate::error::ErrorKind::NotFound);
+            // Labelled by model only when it names a route: refused clients cannot grow the label set.
+            let known_route = table.route(call.model).is_ok();
             metrics.count_unrouted(known_route.then_some(call.model), respond::http_status(&e));
             let overhead = call.start.elapsed();
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
@@ -134,17 +140,42 @@ pub async fn infer<X: Exchange>(
     }
 }
 
+/// 403 unless `principal` (when auth is on) may do `action` on the model:
+/// checked before routing, so a refused client learns nothing of the routes.
+pub fn authorize(
+    principal: Option<&Principal>,
+    model: &str,
+    version: Option<&str>,
+    action: Action,
+) -> Result<(), Error> {
+    principal.map_or(Ok(()), |p| p.authorize(model, version, action))
+}
+
 /// Picks the variant for a request from its model, version and metadata
-/// (sticky key and variant override are read from it).
+/// (sticky key and variant override are read from it). The override header
+/// is ignored when `routing.allow_override` is off, and refused (403) to a
+/// principal without the override permission.
 pub fn select<'t>(
     table: &'t RoutingTable,
     model: &str,
     version: Option<&str>,
     metadata: &HeaderMap,
+    principal: Option<&Principal>,
 ) -> Result<Selection<'t>, Error> {
-    let route = table.route(model)?;
     let header = |h: &HeaderName| metadata.get(h).map(|v| v.as_bytes());
-    let override_variant = header(&table.override_header);
+    let override_variant = header(&table.override_header).filter(|_| table.allow_override);
+    if let (Some(_), Some(p)) = (override_variant, principal) {
+        if !p.may_override {
+            return Err(Error::new(
+                crate::error::ErrorKind::PermissionDenied,
+                format!(
+                    "principal '{}' may not force a variant with {} (needs the override permission)",
+                    p.name, table.override_header
+                ),
+            ));
+        }
+    }
+    let route = table.route(model)?;
     let sticky = route.sticky_header.as_ref().and_then(header);
     Ok(route.select(model, version, override_variant, sticky)?)
 }

@@ -13,6 +13,7 @@ mod cache;
 mod fields;
 mod models;
 mod process;
+mod security;
 mod upstream;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::validated::*;
 
 pub use fields::parse_duration;
 use fields::Errors;
+pub use security::{check_permission, parse_sha256};
 
 pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
     let raw = raw::read(text).map_err(|e| ConfigError { source_name: "<config>".into(), errors: vec![e] })?;
@@ -55,7 +57,23 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let models =
         models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
     let resolver = process::resolver(errs, &raw.resolver);
-    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver }
+    let auth = raw.auth.map(|a| security::auth(errs, a.value, base_dir));
+    let rate_limits = raw.rate_limits.map(|r| security::rate_limits(errs, r.value)).unwrap_or_default();
+    let access_log = security::access_log(errs, raw.access_log, base_dir);
+    ValidatedConfig {
+        listeners,
+        limits,
+        routing,
+        runtime,
+        logging,
+        backends,
+        models,
+        cache,
+        resolver,
+        auth,
+        rate_limits,
+        access_log,
+    }
 }
 
 impl ValidatedConfig {

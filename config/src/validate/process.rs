@@ -80,6 +80,7 @@ pub(super) fn routing(errs: &mut Errors, raw: &RawRouting) -> (Routing, Option<S
             .as_ref()
             .and_then(|s| header_name(errs, "routing.override_header", s))
             .unwrap_or_else(|| DEFAULT_OVERRIDE_HEADER.to_string()),
+        allow_override: raw.allow_override.unwrap_or(true),
     };
     (routing, default_sticky)
 }

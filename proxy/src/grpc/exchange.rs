@@ -14,6 +14,7 @@ use switchyard_runtime::codec::grpc::{self as codec, pb};
 use switchyard_runtime::{InferRequest, InferResponse};
 use tonic::Status;
 
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Answer, Call, Exchange};
@@ -77,6 +78,7 @@ impl Shared {
         headers: &HeaderMap,
         mut msg: pb::ModelInferRequest,
         deadline: Option<Duration>,
+        principal: Option<&Principal>,
     ) -> Answer<pb::ModelInferResponse> {
         let start = Instant::now();
         // One snapshot per request, kept to the end.
@@ -84,7 +86,7 @@ impl Shared {
         let model = std::mem::take(&mut msg.model_name);
         let version = std::mem::take(&mut msg.model_version);
         let mut x = GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
-        let call = Call { model: &model, version: version_opt(&version), deadline, start };
+        let call = Call { model: &model, version: version_opt(&version), deadline, start, principal };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }
 }

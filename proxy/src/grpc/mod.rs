@@ -9,6 +9,7 @@
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
 //! `v2-grpc` backend. It runs on its own tokio runtime, beside pingora's.
 
+mod authn;
 mod exchange;
 mod passthrough;
 mod service;
@@ -27,8 +28,10 @@ use switchyard_runtime::codec::grpc::pb;
 use tonic::codegen::Service;
 use tonic::{Code, Status};
 
+use self::authn::Authenticate;
 use self::exchange::{over_limit, Shared};
 use self::service::FrontEnd;
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 
@@ -47,6 +50,7 @@ pub fn serve(
     threads: usize,
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
+    auth: Option<Arc<Auth>>,
 ) -> std::io::Result<GrpcServer> {
     let std_listener = std::net::TcpListener::bind(cfg.address)
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding listeners.grpc.address {}: {e}", cfg.address)))?;
@@ -59,9 +63,12 @@ pub fn serve(
         .build()?;
     let max = cfg.max_message_bytes;
     let front = FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max }) };
-    let svc = ResourceExhaustedOverLimit(
-        GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
-    );
+    let svc = Authenticate {
+        inner: ResourceExhaustedOverLimit(
+            GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
+        ),
+        auth,
+    };
     let listener = {
         let _rt = runtime.enter();
         tokio::net::TcpListener::from_std(std_listener)?

@@ -26,8 +26,10 @@ use switchyard_config::{Limits, Upstream};
 use self::classify::{classify, Endpoint};
 use self::reply::Reply;
 use self::upstream::ResolvedUpstream;
+use crate::auth::{Auth, Principal};
 use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::metrics::Metrics;
+use crate::pipeline::Call;
 use crate::routing::RoutingTable;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
@@ -36,6 +38,8 @@ pub struct HttpListener {
     metrics: Metrics,
     limits: Limits,
     default_upstream: Option<ResolvedUpstream>,
+    /// `None`: authentication is off and every request may do anything.
+    auth: Option<Arc<Auth>>,
 }
 
 impl HttpListener {
@@ -46,7 +50,19 @@ impl HttpListener {
         limits: Limits,
         default_upstream: Option<Upstream>,
     ) -> HttpListener {
-        HttpListener { table, metrics, limits, default_upstream: default_upstream.map(ResolvedUpstream::start) }
+        HttpListener {
+            table,
+            metrics,
+            limits,
+            default_upstream: default_upstream.map(ResolvedUpstream::start),
+            auth: None,
+        }
+    }
+
+    /// Requires credentials on every path but the probes and `GET /v2`.
+    pub fn with_auth(mut self, auth: Option<Arc<Auth>>) -> HttpListener {
+        self.auth = auth;
+        self
     }
 }
 
@@ -55,6 +71,22 @@ pub struct Ctx {
     passthrough: bool,
     /// Body bytes seen so far on a pass-through request.
     passthrough_bytes: u64,
+    /// Who the request runs as, once authenticated.
+    principal: Option<Arc<Principal>>,
+}
+
+/// Probes and server metadata stay open, so orchestrators need no credentials.
+fn needs_auth(e: &Endpoint<'_>) -> bool {
+    !matches!(
+        e,
+        Endpoint::Health
+            | Endpoint::Startup
+            | Endpoint::Ready
+            | Endpoint::V2Live
+            | Endpoint::V2Ready
+            | Endpoint::V2Server
+            | Endpoint::WrongMethod(_)
+    )
 }
 
 #[async_trait]
@@ -62,7 +94,7 @@ impl ProxyHttp for HttpListener {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), passthrough: false, passthrough_bytes: 0 }
+        Ctx { start: Instant::now(), passthrough: false, passthrough_bytes: 0, principal: None }
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
@@ -78,6 +110,23 @@ impl ProxyHttp for HttpListener {
         let uri = session.req_header().uri.clone();
         let method = session.req_header().method.clone();
         let endpoint = classify(&method, uri.path());
+        // Credentials before anything else is read: an unauthenticated body is never read.
+        if let (Some(auth), true) = (&self.auth, needs_auth(&endpoint)) {
+            let checked = auth.authenticate(&session.req_header().headers).and_then(|p| {
+                if endpoint == Endpoint::Other && self.default_upstream.is_some() {
+                    p.require("passthrough", &format!("call {} through the default upstream", uri.path()))?;
+                }
+                Ok(p)
+            });
+            match checked {
+                Ok(p) => ctx.principal = Some(p),
+                Err(e) => {
+                    reply::write(session, Reply::error(&e)).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let principal = ctx.principal.as_deref();
         if endpoint == Endpoint::Other {
             if self.default_upstream.is_some() {
                 ctx.passthrough = true;
@@ -101,9 +150,16 @@ impl ProxyHttp for HttpListener {
             Endpoint::Ready => v2::readiness(&table, false).await,
             Endpoint::V2Ready => v2::readiness(&table, true).await,
             Endpoint::V2Server => v2::server_metadata(),
-            Endpoint::ModelMetadata(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, false).await,
-            Endpoint::ModelReady(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, true).await,
-            Endpoint::Infer(m, v) => v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await,
+            Endpoint::ModelMetadata(m, v) => {
+                v2::model_query(&session.req_header().headers, &table, m, v, false, principal).await
+            }
+            Endpoint::ModelReady(m, v) => {
+                v2::model_query(&session.req_header().headers, &table, m, v, true, principal).await
+            }
+            Endpoint::Infer(m, v) => {
+                let call = Call { model: m, version: v, deadline: None, start: ctx.start, principal };
+                v2::infer(session, &table, &self.metrics, &self.limits, call).await
+            }
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },
                 format!("{} is not allowed on {} (use {allowed})", method, uri.path()),

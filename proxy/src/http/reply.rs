@@ -74,6 +74,9 @@ pub async fn write(session: &mut Session, reply: Reply) -> Result<()> {
     if let Some(rows) = reply.batch_rows {
         h.insert_header(BATCH_SIZE_HEADER, rows)?;
     }
+    if reply.status == 401 {
+        h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+    }
     if let Some(secs) = reply.retry_after {
         h.insert_header(http::header::RETRY_AFTER, secs)?;
     }

@@ -3,8 +3,6 @@
 //! decoding and encoding), model metadata and readiness, server metadata
 //! and the readiness probes.
 
-use std::time::Instant;
-
 use http::HeaderMap;
 use pingora_proxy::Session;
 use switchyard_config::Limits;
@@ -14,6 +12,7 @@ use switchyard_runtime::{InferRequest, InferResponse};
 
 use super::body;
 use super::reply::Reply;
+use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
@@ -84,12 +83,9 @@ pub async fn infer(
     table: &RoutingTable,
     metrics: &Metrics,
     limits: &Limits,
-    model: &str,
-    version: Option<&str>,
-    start: Instant,
+    call: Call<'_>,
 ) -> Reply {
     let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default() };
-    let call = Call { model, version, deadline: None, start };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(enc) => Reply {
@@ -119,8 +115,11 @@ pub async fn model_query(
     model: &str,
     version: Option<&str>,
     ready: bool,
+    principal: Option<&Principal>,
 ) -> Reply {
-    let sel = match pipeline::select(table, model, version, headers) {
+    let sel = match pipeline::authorize(principal, model, version, Action::Metadata)
+        .and_then(|()| pipeline::select(table, model, version, headers, principal))
+    {
         Ok(s) => s,
         Err(e) => return Reply::error(&e),
     };

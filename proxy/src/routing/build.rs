@@ -128,6 +128,7 @@ impl RoutingTable {
             wildcard,
             batchers,
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
+            allow_override: cfg.routing.allow_override,
         })
     }
 }
@@ -150,7 +151,9 @@ mod tests {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
             backends.insert(
                 name.clone(),
-                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c).unwrap()),
+                Arc::new(
+                    switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &Default::default()).unwrap(),
+                ),
             );
         }
         let ctx = BuildContext {

@@ -174,6 +174,8 @@ pub struct RoutingTable {
     pub routes: HashMap<Arc<str>, Arc<Route>>,
     pub wildcard: Option<Arc<Route>>,
     pub override_header: http::HeaderName,
+    /// `routing.allow_override`: `false` ignores the override header for every client.
+    pub allow_override: bool,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
 }
@@ -186,6 +188,7 @@ impl RoutingTable {
             routes: HashMap::new(),
             wildcard: None,
             override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
+            allow_override: true,
             batchers: HashMap::new(),
         }
     }
