@@ -40,6 +40,10 @@ enum Command {
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Add the Switchyard sidecar to Kubernetes manifests (files or stdin) and print them.
+    Inject(switchyard_inject::InjectArgs),
+    /// Serve the sidecar-injecting mutating admission webhook over HTTPS.
+    Injector(switchyard_inject::InjectorArgs),
     /// Print a signed JWT for trying auth out (or, with --jwks, the JWKS that verifies it).
     Token(TokenArgs),
 }
@@ -247,6 +251,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inject(args) => switchyard_inject::cli::inject(args),
+        Command::Injector(args) => {
+            init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");
+            switchyard_inject::cli::injector(args)
+        }
         Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
         {
             Ok(()) => ExitCode::SUCCESS,
