@@ -180,6 +180,18 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         None => cfg.logging.format,
     };
     init_logging(format, &cfg.logging.level);
+    let a = &cfg.access_log;
+    switchyard_stats::access_log::init(a.enabled, &a.path, a.sample)
+        .with_context(|| format!("opening access_log.path {}", a.path))?;
+    // Key files are read now: a missing JWKS fails start-up, not the first request.
+    let auth = match &cfg.auth {
+        Some(a) => {
+            let auth = switchyard_proxy::auth::Auth::new(a).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+            auth.spawn_refresh();
+            Some(auth)
+        }
+        None => None,
+    };
 
     // The control plane, backends (repository watching, batch schedulers) and
     // the control API run on a background runtime; pingora runs the data plane
@@ -201,8 +213,17 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
     if let Some(c) = &cfg.listeners.control {
         let token =
             std::env::var(switchyard_control::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()).or(c.token.clone());
+        // With `auth:`, a principal holding `control` may call the control API too.
+        let verifier = auth.clone().map(|auth| {
+            Arc::new(move |h: &http::HeaderMap| {
+                let p = auth.authenticate(h).map_err(|e| e.message)?;
+                p.require("control", "call the control API").map_err(|e| e.message)?;
+                Ok(p.name.to_string())
+            }) as switchyard_control::api::Verifier
+        });
+        let control_auth = switchyard_control::api::ControlAuth { token, verifier };
         background
-            .block_on(switchyard_control::api::serve(control.clone(), c.address, token))
+            .block_on(switchyard_control::api::serve(control.clone(), c.address, control_auth))
             .map_err(|e| anyhow::anyhow!(e))?;
     }
     {
@@ -211,14 +232,6 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
-    let auth = match &cfg.auth {
-        Some(a) => {
-            let auth = switchyard_proxy::auth::Auth::new(a).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
-            auth.spawn_refresh();
-            Some(auth)
-        }
-        None => None,
-    };
 
     // gRPC is served by tonic on a runtime of its own, beside pingora's.
     let _grpc = match &cfg.listeners.grpc {
@@ -229,6 +242,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
                 table.clone(),
                 metrics.clone(),
                 auth.clone(),
+                cfg.access_log.body_hash,
             )
             .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
         ),

@@ -114,7 +114,7 @@ impl ControlPlane {
         let persisted = PersistedState::load(&state_path)?;
         let eff = effective(&file.config, &persisted.overrides);
         for d in &eff.dropped {
-            tracing::warn!(target: "audit", "{d}");
+            tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = persisted.generation + 1;
         let config = Arc::new(eff.config);
@@ -221,7 +221,7 @@ impl ControlPlane {
         let file = change.file.as_ref().map_or_else(|| inner.file.clone(), |f| f.config.clone());
         let eff = effective(&file, &change.overrides);
         for d in &eff.dropped {
-            tracing::warn!(target: "audit", "{d}");
+            tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = self.published.load().generation + 1;
         let config = Arc::new(eff.config);
@@ -325,8 +325,13 @@ impl ControlPlane {
             || new.listeners.metrics != old.listeners.metrics
             || new.listeners.control.as_ref().map(|c| c.address) != old.listeners.control.as_ref().map(|c| c.address)
             || new.runtime != old.runtime
+            || new.auth != old.auth
+            || new.rate_limits != old.rate_limits
+            || new.access_log != old.access_log
         {
-            tracing::warn!("listener addresses and runtime settings take effect on restart only");
+            tracing::warn!(
+                "listener addresses, runtime, auth, rate_limits and access_log settings take effect on restart only"
+            );
         }
         let status = ReloadStatus { successful: true, at: now_secs(), trigger: trigger.into(), errors: vec![] };
         let change = Change { file: Some(file), overrides: inner.overrides.clone() };
@@ -549,7 +554,7 @@ impl ControlPlane {
         let written = self.persist(&mut inner);
         drop(inner);
         written.wait().await;
-        tracing::info!(target: "audit", who, test_id = %created.test_id, model = %created.model, generation, "A/B test created");
+        tracing::info!(target: "audit", who, test_id = ?created.test_id, model = ?created.model, generation, "A/B test created");
         Ok(created)
     }
 
@@ -564,7 +569,7 @@ impl ControlPlane {
         for e in inner.experiments.values_mut().filter(|e| e.is_running()) {
             let stats = self.arm_stats(e);
             if e.observe(now, &stats) == ExperimentDecision::End {
-                tracing::info!(target: "audit", test_id = %e.def().test_id, "A/B test ended; results kept");
+                tracing::info!(target: "audit", test_id = ?e.def().test_id, "A/B test ended; results kept");
             }
         }
     }

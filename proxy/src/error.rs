@@ -44,6 +44,34 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// A stable name for logs (`error` in the access log).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest { .. } => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed { .. } => "method_not_allowed",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::Unavailable { .. } => "unavailable",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::RateLimited { .. } => "rate_limited",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::ClientClosed => "client_closed",
+            ErrorKind::Backend(b) => match b {
+                BackendFailure::Unreachable => "backend_unreachable",
+                BackendFailure::Timeout => "backend_timeout",
+                BackendFailure::Invalid => "backend_invalid",
+                BackendFailure::Failed => "backend_failed",
+                BackendFailure::Http { .. } => "backend_http_error",
+                BackendFailure::Grpc { .. } => "backend_grpc_error",
+            },
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 /// How a backend failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendFailure {

@@ -3,6 +3,7 @@
 //! (`pipeline`), routing and A/B selection over a swappable snapshot,
 //! batching, caching, shadow traffic and metrics.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod batch;
@@ -60,7 +61,8 @@ pub fn run(
 
     let plane =
         HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
-            .with_auth(auth);
+            .with_auth(auth)
+            .with_body_hash(cfg.access_log.body_hash);
     let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
     data.add_tcp(&cfg.listeners.http.address.to_string());
     server.add_service(data);

@@ -25,6 +25,8 @@ pub struct Shared {
     pub table: Arc<ArcSwap<RoutingTable>>,
     pub metrics: Metrics,
     pub max_message_bytes: usize,
+    /// `access_log.body_hash`: ModelInfer messages are hashed for the access log.
+    pub body_hash: bool,
 }
 
 struct GrpcExchange<'a> {

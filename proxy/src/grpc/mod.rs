@@ -9,7 +9,7 @@
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
 //! `v2-grpc` backend. It runs on its own tokio runtime, beside pingora's.
 
-mod authn;
+mod edge;
 mod exchange;
 mod passthrough;
 mod service;
@@ -28,7 +28,7 @@ use switchyard_runtime::codec::grpc::pb;
 use tonic::codegen::Service;
 use tonic::{Code, Status};
 
-use self::authn::Authenticate;
+use self::edge::Edge;
 use self::exchange::{over_limit, Shared};
 use self::service::FrontEnd;
 use crate::auth::Auth;
@@ -51,6 +51,7 @@ pub fn serve(
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
     auth: Option<Arc<Auth>>,
+    body_hash: bool,
 ) -> std::io::Result<GrpcServer> {
     let std_listener = std::net::TcpListener::bind(cfg.address)
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding listeners.grpc.address {}: {e}", cfg.address)))?;
@@ -62,8 +63,8 @@ pub fn serve(
         .enable_all()
         .build()?;
     let max = cfg.max_message_bytes;
-    let front = FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max }) };
-    let svc = Authenticate {
+    let front = FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max, body_hash }) };
+    let svc = Edge {
         inner: ResourceExhaustedOverLimit(
             GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
         ),

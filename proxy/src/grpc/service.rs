@@ -10,6 +10,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{grpc_timeout, version_opt, Shared};
 use super::{passthrough, stream};
+use prost::Message;
+
+use crate::access_log::SharedNote;
 use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
@@ -21,7 +24,7 @@ use pb::grpc_inference_service_server::GrpcInferenceService;
 /// Extensions advertised in ServerMetadata (the same server as over HTTP).
 const EXTENSIONS: &[&str] = &["binary_tensor_data"];
 
-/// The principal `authn::Authenticate` put on the request; `None` when authentication is off.
+/// The principal `edge::Edge` put on the request; `None` when authentication is off.
 fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
     ext.get::<Arc<Principal>>().cloned()
 }
@@ -116,7 +119,21 @@ impl GrpcInferenceService for FrontEnd {
         let (md, ext, msg) = request.into_parts();
         let headers = md.into_headers();
         let p = principal(&ext);
+        let note = ext.get::<SharedNote>().cloned();
+        let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
+        let body_sha256 = self.shared.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
         let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref()).await;
+        if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
+            n.model = Some(model);
+            n.version = Some(version).filter(|v| !v.is_empty());
+            n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+            n.bytes_in = bytes_in as u64;
+            n.body_sha256 = body_sha256;
+            match &a.result {
+                Ok(r) => n.bytes_out = r.encoded_len() as u64,
+                Err(e) => n.error = Some(e.kind.label()),
+            }
+        }
         let mut resp = Response::new(a.result.map_err(|e| respond::grpc_status(&e))?);
         let h = resp.metadata_mut().as_mut();
         if let Some(v) = a.variant {

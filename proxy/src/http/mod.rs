@@ -26,6 +26,7 @@ use switchyard_config::{Limits, Upstream};
 use self::classify::{classify, Endpoint};
 use self::reply::Reply;
 use self::upstream::ResolvedUpstream;
+use crate::access_log::{Note, Record};
 use crate::auth::{Auth, Principal};
 use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct HttpListener {
     default_upstream: Option<ResolvedUpstream>,
     /// `None`: authentication is off and every request may do anything.
     auth: Option<Arc<Auth>>,
+    /// `access_log.body_hash`: inference bodies are hashed for the access log.
+    body_hash: bool,
 }
 
 impl HttpListener {
@@ -56,7 +59,14 @@ impl HttpListener {
             limits,
             default_upstream: default_upstream.map(ResolvedUpstream::start),
             auth: None,
+            body_hash: false,
         }
+    }
+
+    /// Logs the SHA-256 of each inference body.
+    pub fn with_body_hash(mut self, on: bool) -> HttpListener {
+        self.body_hash = on;
+        self
     }
 
     /// Requires credentials on every path but the probes and `GET /v2`.
@@ -73,6 +83,21 @@ pub struct Ctx {
     passthrough_bytes: u64,
     /// Who the request runs as, once authenticated.
     principal: Option<Arc<Principal>>,
+    /// The request's URI (refcounted), to name model and version in its access line.
+    uri: Option<http::Uri>,
+    /// What the answer said, for the access line.
+    variant: Option<http::HeaderValue>,
+    error: Option<&'static str>,
+    body_sha256: Option<String>,
+}
+
+impl Ctx {
+    /// Keeps what the access line needs from a reply about to be written.
+    fn remember(&mut self, reply: &Reply) {
+        self.variant.clone_from(&reply.variant);
+        self.error = reply.error;
+        self.body_sha256.clone_from(&reply.body_sha256);
+    }
 }
 
 /// Probes and server metadata stay open, so orchestrators need no credentials.
@@ -94,7 +119,16 @@ impl ProxyHttp for HttpListener {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), passthrough: false, passthrough_bytes: 0, principal: None }
+        Ctx {
+            start: Instant::now(),
+            passthrough: false,
+            passthrough_bytes: 0,
+            principal: None,
+            uri: None,
+            variant: None,
+            error: None,
+            body_sha256: None,
+        }
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
@@ -108,6 +142,7 @@ impl ProxyHttp for HttpListener {
         ctx.start = Instant::now();
         // The URI is refcounted: cloning it frees `session` for body reads.
         let uri = session.req_header().uri.clone();
+        ctx.uri = Some(uri.clone());
         let method = session.req_header().method.clone();
         let endpoint = classify(&method, uri.path());
         // Credentials before anything else is read: an unauthenticated body is never read.
@@ -121,7 +156,9 @@ impl ProxyHttp for HttpListener {
             match checked {
                 Ok(p) => ctx.principal = Some(p),
                 Err(e) => {
-                    reply::write(session, Reply::error(&e)).await?;
+                    let reply = Reply::error(&e);
+                    ctx.remember(&reply);
+                    reply::write(session, reply).await?;
                     return Ok(true);
                 }
             }
@@ -132,13 +169,17 @@ impl ProxyHttp for HttpListener {
                 ctx.passthrough = true;
                 let max = self.limits.max_body_bytes;
                 if let Some(n) = body::declared_length(session.req_header()).filter(|n| *n > max) {
-                    reply::write(session, Reply::error(&body::too_big(n, max))).await?;
+                    let reply = Reply::error(&body::too_big(n, max));
+                    ctx.remember(&reply);
+                    reply::write(session, reply).await?;
                     return Ok(true);
                 }
                 return Ok(false);
             }
             let e = Error::not_found(format!("no route for {} {}", method, uri.path()));
-            reply::write(session, Reply::error(&e)).await?;
+            let reply = Reply::error(&e);
+            ctx.remember(&reply);
+            reply::write(session, reply).await?;
             return Ok(true);
         }
         // One snapshot per request, kept to the end.
@@ -158,7 +199,7 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Infer(m, v) => {
                 let call = Call { model: m, version: v, deadline: None, start: ctx.start, principal };
-                v2::infer(session, &table, &self.metrics, &self.limits, call).await
+                v2::infer(session, &table, &self.metrics, &self.limits, call, self.body_hash).await
             }
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },
@@ -166,6 +207,7 @@ impl ProxyHttp for HttpListener {
             )),
             Endpoint::Other => Reply::error(&Error::internal("pass-through path reached the V2 handlers")),
         };
+        ctx.remember(&reply);
         reply::write(session, reply).await?;
         Ok(true)
     }
@@ -274,10 +316,39 @@ impl ProxyHttp for HttpListener {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&PError>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut Ctx) {
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.passthrough {
-            let code = session.response_written().map_or(0, |r| r.status.as_u16());
             self.metrics.passthrough.with_label_values(&[&code.to_string()]).inc();
         }
+        let Some(uri) = &ctx.uri else { return };
+        let req = session.req_header();
+        let (model, version) = match classify(&req.method, uri.path()) {
+            Endpoint::Infer(m, v) | Endpoint::ModelMetadata(m, v) | Endpoint::ModelReady(m, v) => (Some(m), v),
+            _ => (None, None),
+        };
+        let downstream = session.as_downstream();
+        let note = Note {
+            model: model.map(str::to_string),
+            version: version.map(str::to_string),
+            variant: ctx.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string),
+            error: ctx.error.or(e.map(|_| "proxy_error")),
+            bytes_in: downstream.body_bytes_read() as u64,
+            bytes_out: downstream.body_bytes_sent() as u64,
+            body_sha256: ctx.body_sha256.take(),
+        };
+        Record {
+            protocol: "http",
+            method: req.method.as_str(),
+            path: uri.path(),
+            headers: &req.headers,
+            principal: ctx.principal.as_deref().map(|p| &*p.name),
+            client: session.client_addr().map(|a| a.to_string()),
+            // 499: the client left before its answer.
+            status: if code == 0 { u32::from(crate::respond::CLIENT_CLOSED) } else { u32::from(code) },
+            latency: ctx.start.elapsed(),
+            note: &note,
+        }
+        .write();
     }
 }

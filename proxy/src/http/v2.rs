@@ -36,6 +36,8 @@ struct HttpExchange<'s> {
     session: &'s mut Session,
     limits: &'s Limits,
     prefs: OutputPrefs,
+    /// `Some` when the body's hash is wanted (`access_log.body_hash`); filled by `decode`.
+    body_sha256: Option<Option<String>>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -54,6 +56,9 @@ impl Exchange for HttpExchange<'_> {
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let header_len = body::inference_header_length(self.session.req_header())?;
         let body = body::read(self.session, self.limits).await?;
+        if let Some(h) = &mut self.body_sha256 {
+            *h = Some(crate::access_log::body_hash(&body));
+        }
         let req = v2::decode_request(&body, header_len)?;
         // Only an output's own `binary_data` can differ from the default.
         let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
@@ -84,8 +89,9 @@ pub async fn infer(
     metrics: &Metrics,
     limits: &Limits,
     call: Call<'_>,
+    body_hash: bool,
 ) -> Reply {
-    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default() };
+    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default(), body_sha256: body_hash.then_some(None) };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(enc) => Reply {
@@ -105,6 +111,7 @@ pub async fn infer(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.body_sha256 = x.body_sha256.flatten();
     reply
 }
 
