@@ -232,6 +232,11 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
+    let guards = switchyard_proxy::Guards {
+        auth,
+        limiter: switchyard_proxy::ratelimit::RateLimiter::new(&cfg.rate_limits).map(Arc::new),
+        body_hash: cfg.access_log.body_hash,
+    };
 
     // gRPC is served by tonic on a runtime of its own, beside pingora's.
     let _grpc = match &cfg.listeners.grpc {
@@ -241,8 +246,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
                 cfg.listeners.http.threads.get(),
                 table.clone(),
                 metrics.clone(),
-                auth.clone(),
-                cfg.access_log.body_hash,
+                guards.clone(),
             )
             .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
         ),
@@ -251,7 +255,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
 
     // `run` never returns; the background runtime lives as long as the process.
     let _background = background;
-    switchyard_proxy::run(&cfg, table, metrics, auth)
+    switchyard_proxy::run(&cfg, table, metrics, guards)
 }
 
 fn main() -> ExitCode {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod outcome;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
@@ -43,13 +44,18 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 ///
 /// `table` is the published routing snapshot: whoever holds the other end
 /// (the control plane) swaps it; requests load it once each.
-/// `auth`, when set, guards every data-plane path but the probes.
-pub fn run(
-    cfg: &ValidatedConfig,
-    table: Arc<ArcSwap<RoutingTable>>,
-    metrics: Metrics,
-    auth: Option<Arc<auth::Auth>>,
-) -> ! {
+/// What guards the data plane, shared by the HTTP and gRPC listeners.
+#[derive(Clone, Default)]
+pub struct Guards {
+    /// Required credentials on every path but the probes; `None`: open.
+    pub auth: Option<Arc<auth::Auth>>,
+    pub limiter: Option<Arc<ratelimit::RateLimiter>>,
+    /// `access_log.body_hash`.
+    pub body_hash: bool,
+}
+
+/// `guards` apply to every data-plane request.
+pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Metrics, guards: Guards) -> ! {
     let conf = ServerConf {
         threads: cfg.listeners.http.threads.get(),
         grace_period_seconds: Some(GRACE_PERIOD_SECS),
@@ -61,8 +67,7 @@ pub fn run(
 
     let plane =
         HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
-            .with_auth(auth)
-            .with_body_hash(cfg.access_log.body_hash);
+            .with_guards(guards);
     let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
     data.add_tcp(&cfg.listeners.http.address.to_string());
     server.add_service(data);

@@ -6,7 +6,9 @@
 //! protocol routes, caches, batches, times and counts alike, and a new
 //! protocol is a codec plus a thin listener.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +20,7 @@ use crate::cache::{CacheStatus, Directive};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::outcome::{Executed, Outcome};
+use crate::ratelimit::RateLimiter;
 use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::shadow;
@@ -35,6 +38,12 @@ pub trait Exchange: Send {
 
     /// Resolves when the client has gone away; never, where the listener cannot tell.
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The request's size in bytes once `decode` has read it, where the
+    /// protocol did not say it up front (`Call::input_bytes`).
+    fn body_len(&self) -> Option<u64> {
+        None
+    }
 
     /// Encodes a successful response in the client's format.
     fn encode(&mut self, response: InferResponse) -> Result<Self::Encoded, Error>;
@@ -62,6 +71,31 @@ pub struct Call<'a> {
     pub start: Instant,
     /// Who asks, when authentication is on (`None`: every request may do anything).
     pub principal: Option<&'a Principal>,
+    /// The rate limits, when configured.
+    pub limiter: Option<&'a RateLimiter>,
+    /// The client's address: its rate-limit key when there is no principal.
+    pub client: Option<IpAddr>,
+    /// The request's size when known before reading it (Content-Length, a gRPC message).
+    pub input_bytes: Option<u64>,
+}
+
+impl Call<'_> {
+    /// Whose bucket the request is charged to: the principal, else the client's address.
+    fn rate_key(&self) -> Cow<'_, str> {
+        match (self.principal, self.client) {
+            (Some(p), _) => Cow::Borrowed(&p.name),
+            (None, Some(ip)) => Cow::Owned(ip.to_string()),
+            (None, None) => Cow::Borrowed("anonymous"),
+        }
+    }
+
+    /// Charges the request to its rate limits before anything is read (429 when over).
+    fn admit(&self) -> Result<(), Error> {
+        match self.limiter {
+            Some(rl) => rl.admit(&self.rate_key(), self.model, self.input_bytes.unwrap_or(0)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs one inference from selection to recording; see the module doc.
@@ -73,6 +107,7 @@ pub async fn infer<X: Exchange>(
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
     let sel = match authorize(call.principal, call.model, call.version, Action::Infer)
+        .and_then(|()| call.admit())
         .and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal))
     {
         Ok(s) => s,
@@ -89,6 +124,12 @@ pub async fn infer<X: Exchange>(
     let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
     let result = async {
         let mut req = x.decode().await?;
+        // A body of unknown size (chunked) is charged its bytes once read: before the work.
+        if let (Some(rl), None, Some(n)) = (call.limiter, call.input_bytes, x.body_len()) {
+            if rl.counts_bytes() {
+                rl.admit_bytes(&call.rate_key(), call.model, n)?;
+            }
+        }
         if let Some(forward) = sel.variant.backend.forwarding() {
             // Only what this backend sends on is copied (`runtime::backend::forward`).
             forward.apply(x.metadata(), &mut req.metadata);

@@ -124,7 +124,12 @@ pub fn grpc_status(e: &Error) -> tonic::Status {
             },
         },
     };
-    tonic::Status::new(code, e.message.clone())
+    let mut s = tonic::Status::new(code, e.message.clone());
+    // A rate-limited or overloaded client learns when to retry, as over HTTP.
+    if let Some(secs) = e.retry_after() {
+        s.metadata_mut().insert("retry-after", secs.into());
+    }
+    s
 }
 
 #[cfg(test)]

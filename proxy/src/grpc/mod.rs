@@ -31,7 +31,6 @@ use tonic::{Code, Status};
 use self::edge::Edge;
 use self::exchange::{over_limit, Shared};
 use self::service::FrontEnd;
-use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 
@@ -50,8 +49,7 @@ pub fn serve(
     threads: usize,
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
-    auth: Option<Arc<Auth>>,
-    body_hash: bool,
+    guards: crate::Guards,
 ) -> std::io::Result<GrpcServer> {
     let std_listener = std::net::TcpListener::bind(cfg.address)
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding listeners.grpc.address {}: {e}", cfg.address)))?;
@@ -63,12 +61,13 @@ pub fn serve(
         .enable_all()
         .build()?;
     let max = cfg.max_message_bytes;
-    let front = FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max, body_hash }) };
+    let front =
+        FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max, guards: guards.clone() }) };
     let svc = Edge {
         inner: ResourceExhaustedOverLimit(
             GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
         ),
-        auth,
+        auth: guards.auth,
     };
     let listener = {
         let _rt = runtime.enter();

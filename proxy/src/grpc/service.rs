@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::exchange::{grpc_timeout, version_opt, Shared};
 use super::{passthrough, stream};
 use prost::Message;
+use tonic::transport::server::TcpConnectInfo;
 
 use crate::access_log::SharedNote;
 use crate::auth::{Action, Principal};
@@ -121,8 +122,9 @@ impl GrpcInferenceService for FrontEnd {
         let p = principal(&ext);
         let note = ext.get::<SharedNote>().cloned();
         let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
-        let body_sha256 = self.shared.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
-        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref()).await;
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
+        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
         if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
             n.model = Some(model);
             n.version = Some(version).filter(|v| !v.is_empty());
@@ -156,7 +158,8 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let (md, ext, inbound) = request.into_parts();
-        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), principal(&ext), inbound)))
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), principal(&ext), client, inbound)))
     }
 
     async fn model_config(

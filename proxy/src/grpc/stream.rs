@@ -26,6 +26,7 @@ pub fn serve(
     shared: Arc<Shared>,
     headers: HeaderMap,
     principal: Option<Arc<Principal>>,
+    client: Option<std::net::IpAddr>,
     mut inbound: Streaming<pb::ModelInferRequest>,
 ) -> Responses {
     let headers = Arc::new(headers);
@@ -38,7 +39,7 @@ pub fn serve(
                 Ok(Some(msg)) => {
                     let (shared, headers, principal) = (shared.clone(), headers.clone(), principal.clone());
                     Pending::Running(AbortOnDrop(tokio::spawn(async move {
-                        one(&shared, &headers, principal.as_deref(), msg).await
+                        one(&shared, &headers, principal.as_deref(), client, msg).await
                     })))
                 }
                 Ok(None) => break,
@@ -80,10 +81,11 @@ async fn one(
     shared: &Shared,
     headers: &HeaderMap,
     principal: Option<&Principal>,
+    client: Option<std::net::IpAddr>,
     msg: pb::ModelInferRequest,
 ) -> pb::ModelStreamInferResponse {
     let (model_name, model_version, id) = (msg.model_name.clone(), msg.model_version.clone(), msg.id.clone());
-    match shared.infer(headers, msg, None, principal).await.result {
+    match shared.infer(headers, msg, None, principal, client).await.result {
         Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
         Err(e) => pb::ModelStreamInferResponse {
             error_message: e.message,

@@ -27,11 +27,12 @@ use self::classify::{classify, Endpoint};
 use self::reply::Reply;
 use self::upstream::ResolvedUpstream;
 use crate::access_log::{Note, Record};
-use crate::auth::{Auth, Principal};
+use crate::auth::Principal;
 use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::metrics::Metrics;
 use crate::pipeline::Call;
 use crate::routing::RoutingTable;
+use crate::Guards;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
 pub struct HttpListener {
@@ -39,10 +40,8 @@ pub struct HttpListener {
     metrics: Metrics,
     limits: Limits,
     default_upstream: Option<ResolvedUpstream>,
-    /// `None`: authentication is off and every request may do anything.
-    auth: Option<Arc<Auth>>,
-    /// `access_log.body_hash`: inference bodies are hashed for the access log.
-    body_hash: bool,
+    /// Authentication, rate limits, body hashing.
+    guards: Guards,
 }
 
 impl HttpListener {
@@ -58,20 +57,13 @@ impl HttpListener {
             metrics,
             limits,
             default_upstream: default_upstream.map(ResolvedUpstream::start),
-            auth: None,
-            body_hash: false,
+            guards: Guards::default(),
         }
     }
 
-    /// Logs the SHA-256 of each inference body.
-    pub fn with_body_hash(mut self, on: bool) -> HttpListener {
-        self.body_hash = on;
-        self
-    }
-
-    /// Requires credentials on every path but the probes and `GET /v2`.
-    pub fn with_auth(mut self, auth: Option<Arc<Auth>>) -> HttpListener {
-        self.auth = auth;
+    /// Credentials on every path but the probes and `GET /v2`, rate limits, body hashes.
+    pub fn with_guards(mut self, guards: Guards) -> HttpListener {
+        self.guards = guards;
         self
     }
 }
@@ -146,7 +138,7 @@ impl ProxyHttp for HttpListener {
         let method = session.req_header().method.clone();
         let endpoint = classify(&method, uri.path());
         // Credentials before anything else is read: an unauthenticated body is never read.
-        if let (Some(auth), true) = (&self.auth, needs_auth(&endpoint)) {
+        if let (Some(auth), true) = (&self.guards.auth, needs_auth(&endpoint)) {
             let checked = auth.authenticate(&session.req_header().headers).and_then(|p| {
                 if endpoint == Endpoint::Other && self.default_upstream.is_some() {
                     p.require("passthrough", &format!("call {} through the default upstream", uri.path()))?;
@@ -198,8 +190,17 @@ impl ProxyHttp for HttpListener {
                 v2::model_query(&session.req_header().headers, &table, m, v, true, principal).await
             }
             Endpoint::Infer(m, v) => {
-                let call = Call { model: m, version: v, deadline: None, start: ctx.start, principal };
-                v2::infer(session, &table, &self.metrics, &self.limits, call, self.body_hash).await
+                let call = Call {
+                    model: m,
+                    version: v,
+                    deadline: None,
+                    start: ctx.start,
+                    principal,
+                    limiter: self.guards.limiter.as_deref(),
+                    client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                    input_bytes: body::declared_length(session.req_header()),
+                };
+                v2::infer(session, &table, &self.metrics, &self.limits, call, self.guards.body_hash).await
             }
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },

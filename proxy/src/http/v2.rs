@@ -38,6 +38,7 @@ struct HttpExchange<'s> {
     prefs: OutputPrefs,
     /// `Some` when the body's hash is wanted (`access_log.body_hash`); filled by `decode`.
     body_sha256: Option<Option<String>>,
+    body_len: Option<u64>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -56,6 +57,7 @@ impl Exchange for HttpExchange<'_> {
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let header_len = body::inference_header_length(self.session.req_header())?;
         let body = body::read(self.session, self.limits).await?;
+        self.body_len = Some(body.len() as u64);
         if let Some(h) = &mut self.body_sha256 {
             *h = Some(crate::access_log::body_hash(&body));
         }
@@ -75,6 +77,10 @@ impl Exchange for HttpExchange<'_> {
         }
     }
 
+    fn body_len(&self) -> Option<u64> {
+        self.body_len
+    }
+
     fn encode(&mut self, resp: InferResponse) -> Result<Encoded, Error> {
         let prefs = &self.prefs;
         let enc = v2::encode_response(&resp, |n| prefs.binary(n)).map_err(Error::unencodable)?;
@@ -91,7 +97,13 @@ pub async fn infer(
     call: Call<'_>,
     body_hash: bool,
 ) -> Reply {
-    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default(), body_sha256: body_hash.then_some(None) };
+    let mut x = HttpExchange {
+        session,
+        limits,
+        prefs: OutputPrefs::default(),
+        body_sha256: body_hash.then_some(None),
+        body_len: None,
+    };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(enc) => Reply {
