@@ -120,6 +120,9 @@ struct OverrideArgs {
     /// gRPC address (replaces `listeners.grpc.address`; a config with gRPC off keeps it off).
     #[arg(long, env = "SWITCHYARD_GRPC_ADDRESS")]
     grpc_address: Option<SocketAddr>,
+    /// No gRPC listener, whatever the file says (an injected sidecar whose pod has no gRPC port for it).
+    #[arg(long, env = "SWITCHYARD_NO_GRPC", conflicts_with = "grpc_address")]
+    no_grpc: bool,
     /// Metrics address (replaces `listeners.metrics.address`).
     #[arg(long, env = "SWITCHYARD_METRICS_ADDRESS")]
     metrics_address: Option<SocketAddr>,
@@ -130,6 +133,7 @@ impl OverrideArgs {
         Overrides {
             http_address: self.http_address,
             grpc_address: self.grpc_address,
+            no_grpc: self.no_grpc,
             metrics_address: self.metrics_address,
             state_file: self.state_file,
         }

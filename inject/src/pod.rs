@@ -171,8 +171,10 @@ pub fn container(plan: &Plan, state_volume: &str) -> Value {
         "--http-address".into(),
         plan.address(plan.http_port),
     ];
-    if let Some(g) = plan.grpc_port {
-        args.extend(["--grpc-address".into(), plan.address(g)]);
+    match plan.grpc_port {
+        Some(g) => args.extend(["--grpc-address".into(), plan.address(g)]),
+        // The config's own gRPC address (0.0.0.0:8001 by default) would clash with Triton's.
+        None => args.push("--no-grpc".into()),
     }
     args.extend(["--metrics-address".into(), plan.address(plan.metrics_port)]);
     let ports: Vec<Value> = plan
