@@ -184,10 +184,25 @@ impl Overrides {
     }
 }
 
+/// How often a listener's certificate and key files are compared with what it serves.
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A listener's TLS: certificate chain and key (PEM, re-read every
+/// `TLS_RELOAD_INTERVAL` and swapped in when they change), and the CA that
+/// client certificates must chain to for mutual TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listeners {
     pub http: HttpListener,
     pub metrics: Option<SocketAddr>,
+    /// HTTPS on the metrics listener.
+    pub metrics_tls: Option<TlsConfig>,
     pub control: Option<ControlListener>,
     /// KServe V2 gRPC; `None` when `listeners.grpc.enabled: false`.
     pub grpc: Option<GrpcListener>,
@@ -196,6 +211,8 @@ pub struct Listeners {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpcListener {
     pub address: SocketAddr,
+    /// TLS (HTTP/2 over TLS); `None`: plaintext h2c.
+    pub tls: Option<TlsConfig>,
     /// Largest message accepted from a client and sent to it; beyond it RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
 }
@@ -203,6 +220,8 @@ pub struct GrpcListener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpListener {
     pub address: SocketAddr,
+    /// HTTPS; `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// Where requests the listener does not understand natively are proxied unchanged.
     pub default_upstream: Option<Upstream>,
     /// Worker threads of the data plane (defaults to the machine's cores).

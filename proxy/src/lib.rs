@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -69,13 +70,33 @@ pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Me
         HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
             .with_guards(guards);
     let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
-    data.add_tcp(&cfg.listeners.http.address.to_string());
+    // Kept for the process's life: their certificates reload while they live.
+    let mut keep_tls = Vec::new();
+    match &cfg.listeners.http.tls {
+        None => data.add_tcp(&cfg.listeners.http.address.to_string()),
+        Some(t) => {
+            let server_tls = exit_on_err(tls::ServerTls::load(t, "listeners.http"));
+            data.add_tls_with_settings(
+                &cfg.listeners.http.address.to_string(),
+                None,
+                exit_on_err(server_tls.pingora_settings()),
+            );
+            keep_tls.push(server_tls);
+        }
+    }
     server.add_service(data);
 
     if let Some(addr) = cfg.listeners.metrics {
         let mut svc = Service::new("switchyard-metrics".into(), HttpServer::new_app(admin::MetricsApp { metrics }));
         svc.threads = Some(1);
-        svc.add_tcp(&addr.to_string());
+        match &cfg.listeners.metrics_tls {
+            None => svc.add_tcp(&addr.to_string()),
+            Some(t) => {
+                let server_tls = exit_on_err(tls::ServerTls::load(t, "listeners.metrics"));
+                svc.add_tls_with_settings(&addr.to_string(), None, exit_on_err(server_tls.pingora_settings()));
+                keep_tls.push(server_tls);
+            }
+        }
         server.add_service(svc);
     }
     tracing::info!(
@@ -84,5 +105,14 @@ pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Me
         default_upstream = ?cfg.listeners.http.default_upstream.as_ref().map(|u| u.to_string()),
         "switchyard listening"
     );
+    let _keep_tls = keep_tls;
     server.run_forever()
+}
+
+/// A listener that cannot start stops the process with the reason (as a taken port does).
+fn exit_on_err<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| {
+        eprintln!("switchyard: {e}");
+        std::process::exit(1)
+    })
 }

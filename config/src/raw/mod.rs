@@ -173,6 +173,7 @@ pub struct RawListeners {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawGrpcListener {
+    pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
     pub max_message_bytes: Option<S<u64>>,
@@ -181,14 +182,26 @@ pub struct RawGrpcListener {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpListener {
+    pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub default_upstream: Option<S<String>>,
     pub threads: Option<S<u64>>,
 }
 
+/// A listener's TLS: PEM files, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: S<String>,
+    pub key: S<String>,
+    /// CA bundle client certificates must chain to (mutual TLS); absent: no client certificate asked.
+    pub client_ca: Option<S<String>>,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlainListener {
+    pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
 }

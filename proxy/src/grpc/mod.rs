@@ -14,6 +14,7 @@ mod exchange;
 mod passthrough;
 mod service;
 mod stream;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -73,17 +74,32 @@ pub fn serve(
         let _rt = runtime.enter();
         tokio::net::TcpListener::from_std(std_listener)?
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    runtime.spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .http2_adaptive_window(Some(true))
-            .serve_with_incoming(svc, incoming)
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "gRPC listener stopped");
+    let builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+    match &cfg.tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            runtime.spawn(async move {
+                let result = { builder }.serve_with_incoming(svc, incoming).await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC listener stopped");
+                }
+            });
         }
-    });
-    tracing::info!(grpc = %local_addr, max_message_bytes = max, "gRPC listener started");
+        Some(t) => {
+            let server_tls = crate::tls::ServerTls::load(t, "listeners.grpc").map_err(std::io::Error::other)?;
+            let config = server_tls.rustls_config(&[b"h2"]).map_err(std::io::Error::other)?;
+            runtime.spawn(async move {
+                // Kept with the listener: its certificate reloads while it lives.
+                let _tls = server_tls;
+                let incoming = tls::incoming(listener, config);
+                let result = { builder }.serve_with_incoming(svc, incoming).await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC listener stopped");
+                }
+            });
+        }
+    }
+    tracing::info!(grpc = %local_addr, tls = cfg.tls.is_some(), max_message_bytes = max, "gRPC listener started");
     Ok(GrpcServer { local_addr, _runtime: runtime })
 }
 
