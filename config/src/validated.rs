@@ -62,6 +62,11 @@ pub struct ValidatedConfig {
     pub resolver: ResolverConfig,
     /// Span export; `None`: no spans are made (restart to change).
     pub tracing: Option<TracingConfig>,
+    /// Data-plane authentication; `None`: every client may call every model (restart to change).
+    pub auth: Option<AuthConfig>,
+    /// Token buckets (restart to change).
+    pub rate_limits: RateLimits,
+    pub access_log: AccessLogConfig,
 }
 
 /// W3C trace context and OTLP/gRPC span export (docs/monitoring.md).
@@ -118,6 +123,82 @@ pub struct FleetConfig {
     pub timeout: Duration,
 }
 
+/// Clock skew allowed on a JWT's `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
+/// How often key material on disk (JWKS file, API key file) is re-read.
+pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(30);
+/// The JWT claim that lists a principal's permissions.
+pub const DEFAULT_PERMISSIONS_CLAIM: &str = "permissions";
+/// The permission that lets a principal force a variant with the override header.
+pub const DEFAULT_OVERRIDE_PERMISSION: &str = "override";
+/// Where access and audit lines go.
+pub const DEFAULT_ACCESS_LOG_PATH: &str = "stdout";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub api_keys: Vec<ApiKey>,
+    pub api_keys_file: Option<PathBuf>,
+    pub jwt: Option<JwtConfig>,
+    pub override_permission: String,
+    pub refresh: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub principal: String,
+    pub sha256: [u8; 32],
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    pub jwks_file: PathBuf,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub permissions_claim: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimits {
+    pub global: Option<Bucket>,
+    /// One bucket per principal (per client IP address when auth is off).
+    pub per_principal: Option<Bucket>,
+    /// One bucket per model named here; `*`: one per every other model.
+    pub per_model: BTreeMap<Arc<str>, Bucket>,
+}
+
+/// A token bucket: a sustained rate and a burst, for requests and optionally input bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub requests: Option<Rate>,
+    pub bytes: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// `false`: no per-request lines (control-plane audit lines are always written).
+    pub enabled: bool,
+    /// `stdout`, `stderr` or a file path (appended to).
+    pub path: String,
+    /// Fraction of successful requests logged; errors are always logged.
+    pub sample: f64,
+    /// Log the SHA-256 of each inference request body.
+    pub body_hash: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig { enabled: true, path: DEFAULT_ACCESS_LOG_PATH.into(), sample: 1.0, body_hash: false }
+    }
+}
+
 /// The DNS resolver of `dns:` backends.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResolverConfig {
@@ -161,10 +242,25 @@ impl Overrides {
     }
 }
 
+/// How often a listener's certificate and key files are compared with what it serves.
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A listener's TLS: certificate chain and key (PEM, re-read every
+/// `TLS_RELOAD_INTERVAL` and swapped in when they change), and the CA that
+/// client certificates must chain to for mutual TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listeners {
     pub http: HttpListener,
     pub metrics: Option<SocketAddr>,
+    /// HTTPS on the metrics listener.
+    pub metrics_tls: Option<TlsConfig>,
     pub control: Option<ControlListener>,
     /// KServe V2 gRPC; `None` when `listeners.grpc.enabled: false`.
     pub grpc: Option<GrpcListener>,
@@ -173,6 +269,8 @@ pub struct Listeners {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpcListener {
     pub address: SocketAddr,
+    /// TLS (HTTP/2 over TLS); `None`: plaintext h2c.
+    pub tls: Option<TlsConfig>,
     /// Largest message accepted from a client and sent to it; beyond it RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
 }
@@ -180,6 +278,8 @@ pub struct GrpcListener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpListener {
     pub address: SocketAddr,
+    /// HTTPS; `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// Where requests the listener does not understand natively are proxied unchanged.
     pub default_upstream: Option<Upstream>,
     /// Worker threads of the data plane (defaults to the machine's cores).
@@ -220,6 +320,8 @@ pub struct Limits {
 pub struct Routing {
     /// Lower-case header name that forces a variant.
     pub override_header: String,
+    /// `false`: the override header is ignored for every client.
+    pub allow_override: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

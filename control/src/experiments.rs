@@ -76,6 +76,10 @@ impl CreateRequest {
         if self.test_id.is_empty() {
             return Err(ControlError::bad_request("test_id must not be empty"));
         }
+        // It names the test in URLs and logs: printable, no control characters.
+        if self.test_id.chars().any(char::is_control) || self.test_id.len() > 128 {
+            return Err(ControlError::bad_request("test_id must be at most 128 printable characters"));
+        }
         let mut model = None;
         let mut variants = Vec::new();
         for n in [&self.model_a, &self.model_b].into_iter().chain(self.more_variants.iter()) {

@@ -176,7 +176,7 @@ impl ControlPlane {
         };
         let eff = effective(&file.config, &persisted.overrides);
         for d in &eff.dropped {
-            tracing::warn!(target: "audit", "{d}");
+            tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = persisted.generation + 1;
         let config = Arc::new(eff.config);
@@ -319,7 +319,7 @@ impl ControlPlane {
         let file = change.file.as_ref().map_or_else(|| inner.file.clone(), |f| f.config.clone());
         let eff = effective(&file, &change.overrides);
         for d in &eff.dropped {
-            tracing::warn!(target: "audit", "{d}");
+            tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = self.published.load().generation + 1;
         let config = Arc::new(eff.config);
@@ -502,8 +502,13 @@ impl ControlPlane {
             || new.listeners.control.as_ref().map(|c| c.address) != old.listeners.control.as_ref().map(|c| c.address)
             || new.runtime != old.runtime
             || new.control != old.control
+            || new.auth != old.auth
+            || new.rate_limits != old.rate_limits
+            || new.access_log != old.access_log
         {
-            tracing::warn!("listener addresses, runtime and control (fleet) settings take effect on restart only");
+            tracing::warn!(
+                "listener addresses, runtime, control (fleet), auth, rate_limits and access_log settings take effect on restart only"
+            );
         }
         let status = ReloadStatus { successful: true, at: now_secs(), trigger: trigger.into(), errors: vec![] };
         let change = Change {
@@ -845,7 +850,7 @@ impl ControlPlane {
         };
         drop(inner);
         written.wait().await;
-        tracing::info!(target: "audit", who, test_id = %created.test_id, model = %created.model, generation, "A/B test created");
+        tracing::info!(target: "audit", who, test_id = ?created.test_id, model = ?created.model, generation, "A/B test created");
         Ok(created)
     }
 
@@ -862,7 +867,7 @@ impl ControlPlane {
             // at the end by themselves: the end only changes the status.
             let stats = if self.fleet.is_some() { BTreeMap::new() } else { self.arm_stats(e) };
             if e.observe(now, &stats) == ExperimentDecision::End {
-                tracing::info!(target: "audit", test_id = %e.def().test_id, "A/B test ended; results kept");
+                tracing::info!(target: "audit", test_id = ?e.def().test_id, "A/B test ended; results kept");
             }
         }
     }

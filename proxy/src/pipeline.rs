@@ -6,17 +6,21 @@
 //! protocol routes, caches, batches, times and counts alike, and a new
 //! protocol is a codec plus a thin listener.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_runtime::{InferRequest, InferResponse};
 
+use crate::auth::{Action, Principal};
 use crate::batch::BatchError;
 use crate::cache::{CacheStatus, Directive};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::outcome::{Executed, Outcome};
+use crate::ratelimit::RateLimiter;
 use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::shadow;
@@ -35,6 +39,12 @@ pub trait Exchange: Send {
 
     /// Resolves when the client has gone away; never, where the listener cannot tell.
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The request's size in bytes once `decode` has read it, where the
+    /// protocol did not say it up front (`Call::input_bytes`).
+    fn body_len(&self) -> Option<u64> {
+        None
+    }
 
     /// Encodes a successful response in the client's format.
     fn encode(&mut self, response: InferResponse) -> Result<Self::Encoded, Error>;
@@ -60,6 +70,33 @@ pub struct Call<'a> {
     pub deadline: Option<Duration>,
     /// When the request arrived.
     pub start: Instant,
+    /// Who asks, when authentication is on (`None`: every request may do anything).
+    pub principal: Option<&'a Principal>,
+    /// The rate limits, when configured.
+    pub limiter: Option<&'a RateLimiter>,
+    /// The client's address: its rate-limit key when there is no principal.
+    pub client: Option<IpAddr>,
+    /// The request's size when known before reading it (Content-Length, a gRPC message).
+    pub input_bytes: Option<u64>,
+}
+
+impl Call<'_> {
+    /// Whose bucket the request is charged to: the principal, else the client's address.
+    fn rate_key(&self) -> Cow<'_, str> {
+        match (self.principal, self.client) {
+            (Some(p), _) => Cow::Borrowed(&p.name),
+            (None, Some(ip)) => Cow::Owned(ip.to_string()),
+            (None, None) => Cow::Borrowed("anonymous"),
+        }
+    }
+
+    /// Charges the request to its rate limits before anything is read (429 when over).
+    fn admit(&self) -> Result<(), Error> {
+        match self.limiter {
+            Some(rl) => rl.admit(&self.rate_key(), self.model, self.input_bytes.unwrap_or(0)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs one inference from selection to recording; see the module doc.
@@ -70,10 +107,14 @@ pub async fn infer<X: Exchange>(
     call: Call<'_>,
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
-    let sel = match select(table, call.model, call.version, x.metadata()) {
+    let sel = match authorize(call.principal, call.model, call.version, Action::Infer)
+        .and_then(|()| call.admit())
+        .and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal))
+    {
         Ok(s) => s,
         Err(e) => {
-            let known_route = !matches!(e.kind, crate::error::ErrorKind::NotFound);
+            // Labelled by model only when it names a route: refused clients cannot grow the label set.
+            let known_route = table.route(call.model).is_ok();
             metrics.count_unrouted(known_route.then_some(call.model), respond::http_status(&e));
             let overhead = call.start.elapsed();
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
@@ -94,6 +135,12 @@ pub async fn infer<X: Exchange>(
     let result = async {
         let mut req = x.decode().await?;
         mark(&mut marks.decoded);
+        // A body of unknown size (chunked) is charged its bytes once read: before the work.
+        if let (Some(rl), None, Some(n)) = (call.limiter, call.input_bytes, x.body_len()) {
+            if rl.counts_bytes() {
+                rl.admit_bytes(&call.rate_key(), call.model, n)?;
+            }
+        }
         if let Some(forward) = sel.variant.backend.forwarding() {
             // Only what this backend sends on is copied (`runtime::backend::forward`).
             forward.apply(x.metadata(), &mut req.metadata);
@@ -245,17 +292,42 @@ fn spans(
     t
 }
 
+/// 403 unless `principal` (when auth is on) may do `action` on the model:
+/// checked before routing, so a refused client learns nothing of the routes.
+pub fn authorize(
+    principal: Option<&Principal>,
+    model: &str,
+    version: Option<&str>,
+    action: Action,
+) -> Result<(), Error> {
+    principal.map_or(Ok(()), |p| p.authorize(model, version, action))
+}
+
 /// Picks the variant for a request from its model, version and metadata
-/// (sticky key and variant override are read from it).
+/// (sticky key and variant override are read from it). The override header
+/// is ignored when `routing.allow_override` is off, and refused (403) to a
+/// principal without the override permission.
 pub fn select<'t>(
     table: &'t RoutingTable,
     model: &str,
     version: Option<&str>,
     metadata: &HeaderMap,
+    principal: Option<&Principal>,
 ) -> Result<Selection<'t>, Error> {
-    let route = table.route(model)?;
     let header = |h: &HeaderName| metadata.get(h).map(|v| v.as_bytes());
-    let override_variant = header(&table.override_header);
+    let override_variant = header(&table.override_header).filter(|_| table.allow_override);
+    if let (Some(_), Some(p)) = (override_variant, principal) {
+        if !p.may_override {
+            return Err(Error::new(
+                crate::error::ErrorKind::PermissionDenied,
+                format!(
+                    "principal '{}' may not force a variant with {} (needs the override permission)",
+                    p.name, table.override_header
+                ),
+            ));
+        }
+    }
+    let route = table.route(model)?;
     let sticky = route.sticky_header.as_ref().and_then(header);
     Ok(route.select(model, version, override_variant, sticky)?)
 }

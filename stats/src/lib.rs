@@ -10,6 +10,7 @@
 pub mod drift;
 pub mod fleet;
 pub mod quality;
+pub mod access_log;
 pub mod tasks;
 
 use std::collections::HashMap;

@@ -14,6 +14,7 @@ mod fields;
 mod models;
 mod monitoring;
 mod process;
+mod security;
 mod upstream;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ use crate::validated::*;
 
 pub use fields::parse_duration;
 use fields::Errors;
+pub use security::{check_permission, parse_sha256};
 
 pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
     let raw = raw::read(text).map_err(|e| ConfigError { source_name: "<config>".into(), errors: vec![e] })?;
@@ -61,6 +63,9 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     );
     let resolver = process::resolver(errs, &raw.resolver);
     let tracing = raw.tracing.as_ref().map(|t| monitoring::tracing(errs, "tracing", t));
+    let auth = raw.auth.map(|a| security::auth(errs, a.value, base_dir));
+    let rate_limits = raw.rate_limits.map(|r| security::rate_limits(errs, r.value)).unwrap_or_default();
+    let access_log = security::access_log(errs, raw.access_log, base_dir);
     ValidatedConfig {
         listeners,
         limits,
@@ -73,6 +78,9 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         resolver,
         control,
         tracing,
+        auth,
+        rate_limits,
+        access_log,
     }
 }
 

@@ -232,9 +232,9 @@ pub async fn predict(
     table: &RoutingTable,
     metrics: &Metrics,
     limits: &Limits,
-    model: &str,
-    start: Instant,
+    call: Call<'_>,
 ) -> Reply {
+    let model = call.model;
     let mut headers = session.req_header().headers.clone();
     let request = match read_request(session, limits).await {
         Ok(r) => r,
@@ -251,7 +251,7 @@ pub async fn predict(
         }
     }
     // The signature maps `input_data` onto typed tensors; every variant of a model shares it.
-    let sel = match pipeline::select(table, model, None, &headers) {
+    let sel = match pipeline::select(table, model, None, &headers, call.principal) {
         Ok(s) => s,
         Err(e) => return Reply::error(&e),
     };
@@ -271,8 +271,7 @@ pub async fn predict(
         })
         .unwrap_or_default();
     let output = sel.route.quality.as_ref().map(|q| (q.config().output.to_string(), q.config().task));
-    let mut x = PredictExchange { session, model, signature, metadata: headers, request: Some(request), start, output };
-    let call = Call { model, version: None, deadline: None, start };
+    let mut x = PredictExchange { session, model, signature, metadata: headers, request: Some(request), start: call.start, output };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(mut m) => {

@@ -169,6 +169,7 @@ impl RoutingTable {
             batchers,
             tracer: ctx.tracer.cloned(),
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
+            allow_override: cfg.routing.allow_override,
         })
     }
 }

@@ -184,6 +184,8 @@ pub struct RoutingTable {
     pub override_header: http::HeaderName,
     /// Spans of sampled requests go here; `None`: tracing is off.
     pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// `routing.allow_override`: `false` ignores the override header for every client.
+    pub allow_override: bool,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
 }
@@ -197,6 +199,7 @@ impl RoutingTable {
             wildcard: None,
             override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
             tracer: None,
+            allow_override: true,
             batchers: HashMap::new(),
         }
     }
