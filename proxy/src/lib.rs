@@ -20,8 +20,8 @@ pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
-pub mod trace;
 pub mod tls;
+pub mod trace;
 
 use std::sync::Arc;
 

@@ -7,10 +7,10 @@
 //! The histogram has 192 buckets growing by 10% from 10 µs (the last reaches
 //! ~14 minutes), so a quantile is within 10% of the true value.
 
+pub mod access_log;
 pub mod drift;
 pub mod fleet;
 pub mod quality;
-pub mod access_log;
 pub mod tasks;
 
 use std::collections::HashMap;

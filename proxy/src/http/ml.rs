@@ -271,7 +271,15 @@ pub async fn predict(
         })
         .unwrap_or_default();
     let output = sel.route.quality.as_ref().map(|q| (q.config().output.to_string(), q.config().task));
-    let mut x = PredictExchange { session, model, signature, metadata: headers, request: Some(request), start: call.start, output };
+    let mut x = PredictExchange {
+        session,
+        model,
+        signature,
+        metadata: headers,
+        request: Some(request),
+        start: call.start,
+        output,
+    };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(mut m) => {
