@@ -695,7 +695,7 @@ impl ControlPlane {
                 for (snap, v) in s.iter_mut().zip(variants) {
                     if let Some(local) = self.serving.stats(model, v) {
                         (snap.data_drift, snap.model_drift) = (local.data_drift, local.model_drift);
-                        (snap.quality, snap.elapsed_secs) = (local.quality, local.elapsed_secs);
+                        snap.quality = local.quality;
                     }
                 }
                 return (StatsScope::Fleet, s);
