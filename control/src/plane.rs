@@ -766,6 +766,8 @@ impl ControlPlane {
             .get(model)
             .is_some_and(|m| m.variants.iter().all(|v| weights.get(v.name.as_ref()).is_none_or(|w| *w == v.weight)));
         if same_weights && inner.rollouts.get(model).map(Rollout::persisted) == Some(r.persisted()) {
+            // The gauge still reports the step (a fresh process resuming it has not set it yet).
+            self.metrics.rollout_weight.with_label_values(&labels).set(note.0);
             inner.rollouts.insert(model.to_string(), r);
             return;
         }
