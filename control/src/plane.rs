@@ -700,7 +700,7 @@ impl ControlPlane {
                 for (snap, v) in s.iter_mut().zip(variants) {
                     if let Some(local) = self.serving.stats(model, v) {
                         (snap.data_drift, snap.model_drift) = (local.data_drift, local.model_drift);
-                        (snap.quality, snap.elapsed_secs) = (local.quality, local.elapsed_secs);
+                        snap.quality = local.quality;
                     }
                 }
                 return (StatsScope::Fleet, s);
@@ -771,6 +771,8 @@ impl ControlPlane {
             .get(model)
             .is_some_and(|m| m.variants.iter().all(|v| weights.get(v.name.as_ref()).is_none_or(|w| *w == v.weight)));
         if same_weights && inner.rollouts.get(model).map(Rollout::persisted) == Some(r.persisted()) {
+            // The gauge still reports the step (a fresh process resuming it has not set it yet).
+            self.metrics.rollout_weight.with_label_values(&labels).set(note.0);
             inner.rollouts.insert(model.to_string(), r);
             return;
         }

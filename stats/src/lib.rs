@@ -247,13 +247,10 @@ impl Snapshot {
         }
     }
 
-    /// Requests per second over the time the counts cover.
-    pub fn throughput(&self) -> f64 {
-        if self.elapsed_secs > 0.0 {
-            self.requests as f64 / self.elapsed_secs
-        } else {
-            0.0
-        }
+    /// Requests per second over the time the counts cover; `None` when that
+    /// time is unknown (fleet-wide counters, merged from replicas of different ages).
+    pub fn throughput(&self) -> Option<f64> {
+        (self.elapsed_secs > 0.0).then(|| self.requests as f64 / self.elapsed_secs)
     }
 
     pub fn error_rate(&self) -> f64 {
