@@ -154,8 +154,24 @@ async fn replica_fault(kind: &str, fault: Fault) {
     let served_before = b.as_ref().unwrap().metrics().await.get("switchyard_requests_total", &[]).unwrap_or(0.0);
     let t0 = load.now();
     let fault_at = seconds_of_day(std::time::SystemTime::now());
+    let mut held = Vec::new();
     match fault {
-        Fault::Kill => signal(pid, "-KILL"),
+        Fault::Kill => {
+            signal(pid, "-KILL");
+            // Hold the dead replica's ports (bound, not listening: connections are
+            // still refused) so no other test's server takes them before the restart.
+            for port in [ports_b.0, ports_b.1] {
+                let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+                sock.set_reuseaddr(true).expect("SO_REUSEADDR");
+                for _ in 0..100 {
+                    if sock.bind(([127, 0, 0, 1], port).into()).is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                held.push(sock);
+            }
+        }
         Fault::Freeze => signal(pid, "-STOP"),
     }
     // The replica stays down 3 s.
@@ -164,6 +180,7 @@ async fn replica_fault(kind: &str, fault: Fault) {
     match fault {
         Fault::Kill => {
             drop(b.take());
+            drop(held);
             b = Some(replica(2, ports_b).await);
         }
         Fault::Freeze => signal(pid, "-CONT"),
