@@ -53,6 +53,9 @@ pub struct RawConfig {
     /// Response cache tiers shared by every cached variant.
     #[serde(default)]
     pub cache: RawCache,
+    /// Control-plane settings beyond its listener (fleet mode).
+    #[serde(default)]
+    pub control: RawControl,
     #[serde(default)]
     pub resolver: RawResolver,
     /// Authentication and authorization of the data plane (absent: open).
@@ -120,6 +123,25 @@ pub struct RawAccessLog {
     pub path: Option<S<String>>,
     pub sample: Option<S<f64>>,
     pub body_hash: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub fleet: Option<S<RawFleet>>,
+}
+
+/// Fleet mode: replicas share their control state through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// Standalone `redis://host:port[/db]`.
+    pub redis: Option<S<String>>,
+    /// The fleet's name: replicas with the same name (and Redis) act as one.
+    pub fleet: Option<S<String>>,
+    pub poll_interval: Option<S<String>>,
+    pub lease_ttl: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.
