@@ -81,6 +81,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         auth,
         rate_limits,
         access_log,
+        control,
     }
 }
 
