@@ -81,7 +81,6 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         auth,
         rate_limits,
         access_log,
-        control,
     }
 }
 
