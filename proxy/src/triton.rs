@@ -13,6 +13,7 @@ use switchyard_runtime::backend::triton::{IndexEntry, ModelDescription, StatDura
 use switchyard_runtime::codec::grpc::pb;
 use switchyard_runtime::tensor::TensorSpec;
 
+use crate::auth::{Action, Principal};
 use crate::error::{Error, ErrorKind};
 use crate::pipeline;
 use crate::routing::{RoutingTable, Selection};
@@ -31,8 +32,12 @@ pub fn owner<'t>(
     headers: &HeaderMap,
     model: &str,
     version: Option<&str>,
+    principal: Option<&Principal>,
+    action: Action,
 ) -> Result<Owner<'t>, Error> {
-    let sel = pipeline::select(table, model, version, headers)?;
+    // Authorization before routing: a model the principal may not touch is not disclosed.
+    pipeline::authorize(principal, model, version, action)?;
+    let sel = pipeline::select(table, model, version, headers, principal)?;
     Ok(match sel.variant.backend.triton() {
         Some(t) => Owner::Embedded(sel, t),
         None => Owner::Remote(sel),
@@ -265,9 +270,10 @@ pub fn statistics_of(
     headers: &HeaderMap,
     model: Option<&str>,
     version: Option<&str>,
+    principal: Option<&Principal>,
 ) -> Result<Vec<pb::ModelStatistics>, Error> {
     if let Some(model) = model {
-        return match owner(table, headers, model, version)? {
+        return match owner(table, headers, model, version, principal, Action::Metadata)? {
             Owner::Embedded(sel, t) => {
                 let stats = t.statistics(Some(&sel.target.name), version)?;
                 Ok(stats.iter().map(|s| statistics(model, s)).collect())
@@ -281,7 +287,8 @@ pub fn statistics_of(
     let mut out = Vec::new();
     let mut names: Vec<&str> = table.routes.keys().map(|k| &**k).collect();
     names.sort_unstable();
-    for name in names {
+    // Every model: those the principal may read (Triton lists what it serves; a caller sees its share).
+    for name in names.into_iter().filter(|n| principal.is_none_or(|p| p.may(n, None, Action::Metadata))) {
         let Ok(route) = table.route(name) else { continue };
         // Each embedded (backend, model) behind the route once, whichever variants share it.
         let mut seen: Vec<(&dyn TritonModels, Arc<str>)> = Vec::new();
@@ -324,9 +331,14 @@ pub fn index_json(entries: &[IndexEntry], ready_only: bool) -> Value {
     )
 }
 
-/// The index of every embedded repository behind the routes.
-pub fn index(table: &RoutingTable) -> Vec<IndexEntry> {
-    repositories(table).into_iter().flat_map(|r| r.index()).collect()
+/// The index of every embedded repository behind the routes: the models the
+/// principal may read the metadata of.
+pub fn index(table: &RoutingTable, principal: Option<&Principal>) -> Vec<IndexEntry> {
+    repositories(table)
+        .into_iter()
+        .flat_map(|r| r.index())
+        .filter(|e| principal.is_none_or(|p| p.may(&e.name, None, Action::Metadata)))
+        .collect()
 }
 
 /// Load parameters the embedded runtime cannot honour are refused, not ignored:

@@ -9,6 +9,7 @@ use switchyard_runtime::codec::grpc::pb;
 use tonic::Status;
 
 use super::exchange::version_opt;
+use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::respond;
 use crate::routing::RoutingTable;
@@ -22,9 +23,10 @@ pub fn model_config(
     table: &RoutingTable,
     headers: &HeaderMap,
     m: &pb::ModelConfigRequest,
+    principal: Option<&Principal>,
 ) -> Result<Option<pb::ModelConfigResponse>, Status> {
-    let Owner::Embedded(sel, t) = triton::owner(table, headers, &m.name, version_opt(&m.version)).map_err(status)?
-    else {
+    let owner = triton::owner(table, headers, &m.name, version_opt(&m.version), principal, Action::Metadata);
+    let Owner::Embedded(sel, t) = owner.map_err(status)? else {
         return Ok(None);
     };
     let d = t.describe(&sel.target.name, sel.target.version.as_deref()).map_err(|e| status(e.into()))?;
@@ -37,11 +39,13 @@ pub fn model_statistics(
     table: &RoutingTable,
     headers: &HeaderMap,
     m: &pb::ModelStatisticsRequest,
+    principal: Option<&Principal>,
 ) -> Result<Option<pb::ModelStatisticsResponse>, Status> {
     let model = (!m.name.is_empty()).then_some(m.name.as_str());
     match model {
         Some(name) => {
-            if let Owner::Remote(_) = triton::owner(table, headers, name, version_opt(&m.version)).map_err(status)? {
+            let owner = triton::owner(table, headers, name, version_opt(&m.version), principal, Action::Metadata);
+            if let Owner::Remote(_) = owner.map_err(status)? {
                 return Ok(None);
             }
         }
@@ -49,15 +53,20 @@ pub fn model_statistics(
         None if triton::repositories(table).is_empty() => return Ok(None),
         None => {}
     }
-    let stats = triton::statistics_of(table, headers, model, version_opt(&m.version)).map_err(status)?;
+    let stats = triton::statistics_of(table, headers, model, version_opt(&m.version), principal).map_err(status)?;
     Ok(Some(pb::ModelStatisticsResponse { model_stats: stats.iter().map(|s| s.encode_to_vec().into()).collect() }))
 }
 
-pub fn repository_index(table: &RoutingTable, m: &pb::RepositoryIndexRequest) -> Option<pb::RepositoryIndexResponse> {
+/// The embedded repositories' models the principal may read the metadata of.
+pub fn repository_index(
+    table: &RoutingTable,
+    m: &pb::RepositoryIndexRequest,
+    principal: Option<&Principal>,
+) -> Option<pb::RepositoryIndexResponse> {
     if triton::repositories(table).is_empty() {
         return None;
     }
-    let models = triton::index(table)
+    let models = triton::index(table, principal)
         .into_iter()
         .filter(|e| !m.ready || e.state == "READY")
         .map(|e| pb::repository_index_response::ModelIndex {
@@ -77,8 +86,12 @@ pub async fn repository_control<'a>(
     model: &str,
     parameters: impl Iterator<Item = &'a str>,
     load: bool,
+    principal: Option<&Principal>,
 ) -> Result<bool, Status> {
-    let Owner::Embedded(sel, t) = triton::owner(table, headers, model, None).map_err(status)? else {
+    // Administrative: `model:{m}:admin`, whichever backend serves it.
+    let Owner::Embedded(sel, t) =
+        triton::owner(table, headers, model, None, principal, Action::Admin).map_err(status)?
+    else {
         return Ok(false);
     };
     triton::check_control_parameters(parameters, load).map_err(status)?;

@@ -14,6 +14,7 @@ use switchyard_runtime::codec::grpc::{self as codec, pb};
 use switchyard_runtime::{InferRequest, InferResponse};
 use tonic::Status;
 
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Answer, Call, Exchange};
@@ -25,6 +26,8 @@ pub struct Shared {
     pub table: Arc<ArcSwap<RoutingTable>>,
     pub metrics: Metrics,
     pub max_message_bytes: usize,
+    /// Authentication, rate limits, body hashing.
+    pub guards: crate::Guards,
 }
 
 struct GrpcExchange<'a> {
@@ -81,7 +84,10 @@ impl Shared {
         headers: &HeaderMap,
         mut msg: pb::ModelInferRequest,
         deadline: Option<Duration>,
+        principal: Option<&Principal>,
+        client: Option<std::net::IpAddr>,
     ) -> Answer<pb::ModelInferResponse> {
+        let input_bytes = Some(prost::Message::encoded_len(&msg) as u64);
         let start = Instant::now();
         // One snapshot per request, kept to the end.
         let table = self.table.load_full();
@@ -95,7 +101,16 @@ impl Shared {
             shm: table.server.system_shared_memory,
             shm_out: Vec::new(),
         };
-        let call = Call { model: &model, version: version_opt(&version), deadline, start };
+        let call = Call {
+            model: &model,
+            version: version_opt(&version),
+            deadline,
+            start,
+            principal,
+            limiter: self.guards.limiter.as_deref(),
+            client,
+            input_bytes,
+        };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }
 }

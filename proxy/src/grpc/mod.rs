@@ -9,11 +9,13 @@
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
 //! `v2-grpc` backend. It runs on its own tokio runtime, beside pingora's.
 
+mod edge;
 mod embedded;
 mod exchange;
 mod passthrough;
 mod service;
 mod stream;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +30,7 @@ use switchyard_runtime::codec::grpc::pb;
 use tonic::codegen::Service;
 use tonic::{Code, Status};
 
+use self::edge::Edge;
 use self::exchange::{over_limit, Shared};
 use self::service::FrontEnd;
 use crate::metrics::Metrics;
@@ -48,6 +51,7 @@ pub fn serve(
     threads: usize,
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
+    guards: crate::Guards,
 ) -> std::io::Result<GrpcServer> {
     let std_listener = std::net::TcpListener::bind(cfg.address)
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding listeners.grpc.address {}: {e}", cfg.address)))?;
@@ -59,25 +63,44 @@ pub fn serve(
         .enable_all()
         .build()?;
     let max = cfg.max_message_bytes;
-    let front = FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max }) };
-    let svc = ResourceExhaustedOverLimit(
-        GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
-    );
+    let front =
+        FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max, guards: guards.clone() }) };
+    let svc = Edge {
+        inner: ResourceExhaustedOverLimit(
+            GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
+        ),
+        auth: guards.auth,
+    };
     let listener = {
         let _rt = runtime.enter();
         tokio::net::TcpListener::from_std(std_listener)?
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    runtime.spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .http2_adaptive_window(Some(true))
-            .serve_with_incoming(svc, incoming)
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "gRPC listener stopped");
+    let builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+    match &cfg.tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            runtime.spawn(async move {
+                let result = { builder }.serve_with_incoming(svc, incoming).await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC listener stopped");
+                }
+            });
         }
-    });
-    tracing::info!(grpc = %local_addr, max_message_bytes = max, "gRPC listener started");
+        Some(t) => {
+            let server_tls = crate::tls::ServerTls::load(t, "listeners.grpc").map_err(std::io::Error::other)?;
+            let config = server_tls.rustls_config(&[b"h2"]).map_err(std::io::Error::other)?;
+            runtime.spawn(async move {
+                // Kept with the listener: its certificate reloads while it lives.
+                let _tls = server_tls;
+                let incoming = tls::incoming(listener, config);
+                let result = { builder }.serve_with_incoming(svc, incoming).await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "gRPC listener stopped");
+                }
+            });
+        }
+    }
+    tracing::info!(grpc = %local_addr, tls = cfg.tls.is_some(), max_message_bytes = max, "gRPC listener started");
     Ok(GrpcServer { local_addr, _runtime: runtime })
 }
 

@@ -12,6 +12,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{grpc_timeout, version_opt, Shared};
 use super::{embedded, passthrough, stream};
+use prost::Message;
+use tonic::transport::server::TcpConnectInfo;
+
+use crate::access_log::SharedNote;
+use crate::auth::{Action, Principal, SHM_PERMISSION};
 use crate::error::Error;
 use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
 use crate::pipeline;
@@ -20,6 +25,31 @@ use crate::shm;
 
 use pb::grpc_inference_service_server::GrpcInferenceService;
 
+/// The principal `edge::Edge` put on the request; `None` when authentication is off.
+fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
+    ext.get::<Arc<Principal>>().cloned()
+}
+
+/// 403 as a gRPC status unless the principal (when auth is on) may do `action` on the model.
+fn gate(p: &Option<Arc<Principal>>, model: &str, version: &str, action: Action) -> Result<(), Status> {
+    pipeline::authorize(p.as_deref(), model, version_opt(version), action).map_err(|e| respond::grpc_status(&e))
+}
+
+/// 403 unless the principal (when auth is on) holds `passthrough`: repository RPCs reach the backend unchanged.
+fn gate_passthrough(p: &Option<Arc<Principal>>, rpc: &str) -> Result<(), Status> {
+    match p {
+        Some(p) => p.require("passthrough", &format!("call {rpc}")).map_err(|e| respond::grpc_status(&e)),
+        None => Ok(()),
+    }
+}
+
+/// 403 unless the principal (when auth is on) holds `shm`: a region maps a file of this host.
+fn gate_shm(ext: &tonic::Extensions) -> Result<(), Status> {
+    match principal(ext) {
+        Some(p) => p.require(SHM_PERMISSION, "use system shared memory regions").map_err(|e| respond::grpc_status(&e)),
+        None => Ok(()),
+    }
+}
 #[derive(Clone)]
 pub struct FrontEnd {
     pub shared: Arc<Shared>,
@@ -45,8 +75,10 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        let ready = match pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref()) {
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate(&p, &m.name, &m.version, Action::Metadata)?;
+        let ready = match pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref(), p.as_deref()) {
             // An unknown model is simply not ready, as Triton answers.
             Err(_) => false,
             Ok(sel) => sel.variant.backend.model_ready(&sel.target).await.unwrap_or_else(|e| {
@@ -71,8 +103,10 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        let sel = pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref())
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate(&p, &m.name, &m.version, Action::Metadata)?;
+        let sel = pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref(), p.as_deref())
             .map_err(|e| respond::grpc_status(&e))?;
         let meta =
             sel.variant.backend.model_metadata(&sel.target).await.map_err(|e| respond::grpc_status(&Error::from(e)))?;
@@ -88,9 +122,25 @@ impl GrpcInferenceService for FrontEnd {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let (md, _, msg) = request.into_parts();
+        let (md, ext, msg) = request.into_parts();
         let headers = md.into_headers();
-        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers)).await;
+        let p = principal(&ext);
+        let note = ext.get::<SharedNote>().cloned();
+        let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
+        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
+        if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
+            n.model = Some(model);
+            n.version = Some(version).filter(|v| !v.is_empty());
+            n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+            n.bytes_in = bytes_in as u64;
+            n.body_sha256 = body_sha256;
+            match &a.result {
+                Ok(r) => n.bytes_out = r.encoded_len() as u64,
+                Err(e) => n.error = Some(e.kind.label()),
+            }
+        }
         let mut resp = Response::new(a.result.map_err(|e| respond::grpc_status(&e))?);
         let h = resp.metadata_mut().as_mut();
         if let Some(v) = a.variant {
@@ -112,8 +162,9 @@ impl GrpcInferenceService for FrontEnd {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let (md, _, inbound) = request.into_parts();
-        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), inbound)))
+        let (md, ext, inbound) = request.into_parts();
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), principal(&ext), client, inbound)))
     }
 
     async fn model_config(
@@ -121,11 +172,13 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        if let Some(resp) = embedded::model_config(&table, md.as_ref(), &m)? {
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate(&p, &m.name, &m.version, Action::Metadata)?;
+        if let Some(resp) = embedded::model_config(&table, md.as_ref(), &m, p.as_deref())? {
             return Ok(Response::new(resp));
         }
-        passthrough::model_config(&table, md.as_ref(), m).await.map(Response::new)
+        passthrough::model_config(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn model_statistics(
@@ -133,11 +186,19 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        if let Some(resp) = embedded::model_statistics(&table, md.as_ref(), &m)? {
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        if !m.name.is_empty() {
+            gate(&p, &m.name, &m.version, Action::Metadata)?;
+        }
+        // Every model's, from the embedded repositories: those the principal may read.
+        if let Some(resp) = embedded::model_statistics(&table, md.as_ref(), &m, p.as_deref())? {
             return Ok(Response::new(resp));
         }
-        passthrough::model_statistics(&table, md.as_ref(), m).await.map(Response::new)
+        if m.name.is_empty() {
+            gate_passthrough(&p, "ModelStatistics for every model")?;
+        }
+        passthrough::model_statistics(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn repository_index(
@@ -145,10 +206,12 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
         let table = self.shared.table.load_full();
-        let m = request.into_inner();
-        if let Some(resp) = embedded::repository_index(&table, &m) {
+        let (_, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        if let Some(resp) = embedded::repository_index(&table, &m, p.as_deref()) {
             return Ok(Response::new(resp));
         }
+        gate_passthrough(&p, "RepositoryIndex")?;
         passthrough::repository_index(&table, m).await.map(Response::new)
     }
 
@@ -157,12 +220,14 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        // Administrative: `model:{m}:admin` (checked by `embedded`, whichever backend serves it).
         let names = m.parameters.keys().map(String::as_str);
-        if embedded::repository_control(&table, md.as_ref(), &m.model_name, names, true).await? {
+        if embedded::repository_control(&table, md.as_ref(), &m.model_name, names, true, p.as_deref()).await? {
             return Ok(Response::new(pb::RepositoryModelLoadResponse {}));
         }
-        passthrough::repository_model_load(&table, md.as_ref(), m).await.map(Response::new)
+        passthrough::repository_model_load(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn repository_model_unload(
@@ -170,12 +235,13 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
         let names = m.parameters.keys().map(String::as_str);
-        if embedded::repository_control(&table, md.as_ref(), &m.model_name, names, false).await? {
+        if embedded::repository_control(&table, md.as_ref(), &m.model_name, names, false, p.as_deref()).await? {
             return Ok(Response::new(pb::RepositoryModelUnloadResponse {}));
         }
-        passthrough::repository_model_unload(&table, md.as_ref(), m).await.map(Response::new)
+        passthrough::repository_model_unload(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn system_shared_memory_status(
@@ -183,6 +249,7 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
         self.shm_enabled()?;
+        gate_shm(request.extensions())?;
         let m = request.into_inner();
         let regions =
             shm::status((!m.name.is_empty()).then_some(m.name.as_str())).map_err(|e| respond::grpc_status(&e))?;
@@ -206,6 +273,7 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
         self.shm_enabled()?;
+        gate_shm(request.extensions())?;
         let m = request.into_inner();
         shm::register(&m.name, &m.key, m.offset, m.byte_size).map_err(|e| respond::grpc_status(&e))?;
         Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
@@ -216,6 +284,7 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
         self.shm_enabled()?;
+        gate_shm(request.extensions())?;
         let m = request.into_inner();
         shm::unregister((!m.name.is_empty()).then_some(m.name.as_str()));
         Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))

@@ -20,7 +20,9 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::exchange::{over_limit, version_opt, Shared};
+use crate::auth::{Action, Principal};
 use crate::error::Error;
+use crate::pipeline::Call;
 use crate::{pipeline, respond};
 
 /// Requests of one stream in flight at once; more wait for the oldest to answer.
@@ -33,7 +35,13 @@ pub type Responses = ReceiverStream<Result<pb::ModelStreamInferResponse, Status>
 
 /// Serves one stream. Sticky key and override come from the stream's
 /// metadata: every request on it is routed alike.
-pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb::ModelInferRequest>) -> Responses {
+pub fn serve(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    principal: Option<Arc<Principal>>,
+    client: Option<std::net::IpAddr>,
+    mut inbound: Streaming<pb::ModelInferRequest>,
+) -> Responses {
     let headers = Arc::new(headers);
     let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(STREAM_WINDOW);
@@ -42,9 +50,12 @@ pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb:
         loop {
             let next = match inbound.message().await {
                 Ok(Some(msg)) => {
-                    let (shared, headers) = (shared.clone(), headers.clone());
+                    let (shared, headers, principal) = (shared.clone(), headers.clone(), principal.clone());
                     let (tx, rx) = mpsc::channel(RESPONSES_PER_REQUEST);
-                    let task = tokio::spawn(async move { one(&shared, &headers, msg, tx).await });
+                    let task =
+                        tokio::spawn(
+                            async move { one(&shared, &headers, principal.as_deref(), client, msg, tx).await },
+                        );
                     Pending::Running(AbortOnDrop(task), rx)
                 }
                 Ok(None) => break,
@@ -90,7 +101,14 @@ pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb:
 type Answers = mpsc::Sender<pb::ModelStreamInferResponse>;
 
 /// One request of a stream; an error goes in `error_message` (the stream goes on).
-async fn one(shared: &Shared, headers: &HeaderMap, msg: pb::ModelInferRequest, out: Answers) {
+async fn one(
+    shared: &Shared,
+    headers: &HeaderMap,
+    principal: Option<&Principal>,
+    client: Option<std::net::IpAddr>,
+    msg: pb::ModelInferRequest,
+    out: Answers,
+) {
     let (model_name, model_version, id) = (msg.model_name.clone(), msg.model_version.clone(), msg.id.clone());
     let failed = |message: String| pb::ModelStreamInferResponse {
         error_message: message,
@@ -102,10 +120,10 @@ async fn one(shared: &Shared, headers: &HeaderMap, msg: pb::ModelInferRequest, o
             ..Default::default()
         }),
     };
-    let answer = match relay(shared, headers, msg, &out).await {
+    let answer = match relay(shared, headers, principal, client, msg, &out).await {
         Relay::Done => return,
         Relay::Failed(message) => failed(message),
-        Relay::Pipeline(msg) => match shared.infer(headers, msg, None).await.result {
+        Relay::Pipeline(msg) => match shared.infer(headers, msg, None, principal, client).await.result {
             Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
             Err(e) => failed(e.message),
         },
@@ -127,20 +145,42 @@ enum Relay {
 /// is a Triton behind `v2-grpc` and nothing of Switchyard's needs one answer
 /// per request (batching, caching), passing every response on in order under
 /// the client's model name.
-async fn relay(shared: &Shared, headers: &HeaderMap, mut msg: pb::ModelInferRequest, out: &Answers) -> Relay {
+async fn relay(
+    shared: &Shared,
+    headers: &HeaderMap,
+    principal: Option<&Principal>,
+    client: Option<std::net::IpAddr>,
+    mut msg: pb::ModelInferRequest,
+    out: &Answers,
+) -> Relay {
     let start = Instant::now();
     let table = shared.table.load_full();
-    let Ok(sel) = pipeline::select(&table, &msg.model_name, version_opt(&msg.model_version), headers) else {
+    let call = Call {
+        model: &msg.model_name,
+        version: version_opt(&msg.model_version),
+        deadline: None,
+        start,
+        principal,
+        limiter: shared.guards.limiter.as_deref(),
+        client,
+        input_bytes: Some(prost::Message::encoded_len(&msg) as u64),
+    };
+    // The lifecycle's guards, in its order: a refused request is refused here, in its words.
+    let Ok(sel) = pipeline::select(&table, call.model, call.version, headers, principal) else {
         // An unknown model or variant answers from the lifecycle, in its words.
         return Relay::Pipeline(msg);
     };
     let variant = sel.variant;
-    let backend = match variant.backend.grpc_passthrough() {
-        Some(b) if variant.batcher.is_none() && variant.cache.is_none() => b,
-        _ => return Relay::Pipeline(msg),
+    let relayed = match variant.backend.grpc_passthrough() {
+        Some(b) if variant.batcher.is_none() && variant.cache.is_none() => b.relays_streams().await.then_some(b),
+        _ => None,
     };
-    if !backend.relays_streams().await {
+    let Some(backend) = relayed else {
         return Relay::Pipeline(msg);
+    };
+    if let Err(e) = pipeline::authorize(principal, call.model, call.version, Action::Infer).and_then(|()| call.admit())
+    {
+        return Relay::Failed(e.message);
     }
     let public = std::mem::replace(&mut msg.model_name, sel.target.name.to_string());
     msg.model_version = sel.target.version.as_deref().unwrap_or_default().to_owned();

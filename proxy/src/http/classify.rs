@@ -30,6 +30,10 @@ pub enum Endpoint<'a> {
     ShmRegister(&'a str),
     /// Triton's `POST /v2/systemsharedmemory[/region/{r}]/unregister`.
     ShmUnregister(Option<&'a str>),
+    /// The seed ticket's `POST /ml/models/{m}/predict`.
+    Predict(&'a str),
+    /// `POST /ml/models/{m}/feedback`: ground truth for served answers.
+    Feedback(&'a str),
     /// A path we know, with the wrong method.
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
@@ -64,6 +68,14 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         return match rest.split_once('/') {
             Some((m, "load")) if !m.is_empty() => post(method, Endpoint::RepositoryControl(m, true)),
             Some((m, "unload")) if !m.is_empty() => post(method, Endpoint::RepositoryControl(m, false)),
+            _ => Endpoint::Other,
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/ml/models/") {
+        return match rest.split_once('/') {
+            Some((m, "predict")) if !m.is_empty() && method == Method::POST => Endpoint::Predict(m),
+            Some((m, "feedback")) if !m.is_empty() && method == Method::POST => Endpoint::Feedback(m),
+            Some((m, "predict" | "feedback")) if !m.is_empty() => Endpoint::WrongMethod("POST"),
             _ => Endpoint::Other,
         };
     }
@@ -156,6 +168,10 @@ mod tests {
             (&post, "/v1/models/x:predict", Endpoint::Other),
             (&get, "/v2/models/", Endpoint::Other),
             (&get, "/v2/models/mlp/versions/", Endpoint::Other),
+            (&post, "/ml/models/mlp/predict", Endpoint::Predict("mlp")),
+            (&post, "/ml/models/mlp/feedback", Endpoint::Feedback("mlp")),
+            (&get, "/ml/models/mlp/predict", Endpoint::WrongMethod("POST")),
+            (&post, "/ml/models/mlp/metrics", Endpoint::Other),
         ];
         for (m, p, want) in cases {
             assert_eq!(classify(m, p), want, "{m} {p}");

@@ -10,6 +10,7 @@ use switchyard_config::Limits;
 
 use super::body;
 use super::reply::Reply;
+use crate::auth::{Action, Principal};
 use crate::error::{Error, ErrorKind};
 use crate::routing::RoutingTable;
 use crate::shm;
@@ -17,20 +18,20 @@ use crate::triton::{self, Owner};
 
 /// What a Triton REST request gets.
 pub enum Outcome {
-    Reply(Reply),
+    Reply(Box<Reply>),
     /// Not ours: proxy it to the default upstream unchanged.
     PassThrough,
 }
 
 fn json(v: &serde_json::Value) -> Outcome {
     match serde_json::to_vec(v) {
-        Ok(body) => Outcome::Reply(Reply::json(200, body)),
-        Err(e) => Outcome::Reply(Reply::error(&Error::internal(format!("cannot encode the answer: {e}")))),
+        Ok(body) => Outcome::Reply(Box::new(Reply::json(200, body))),
+        Err(e) => Outcome::Reply(Box::new(Reply::error(&Error::internal(format!("cannot encode the answer: {e}"))))),
     }
 }
 
 fn error(e: &Error) -> Outcome {
-    Outcome::Reply(Reply::error(e))
+    Outcome::Reply(Box::new(Reply::error(e)))
 }
 
 /// A model no route knows: the default upstream may (its answer, as before Switchyard).
@@ -62,8 +63,9 @@ pub fn model_config(
     model: &str,
     version: Option<&str>,
     passthrough: bool,
+    principal: Option<&Principal>,
 ) -> Outcome {
-    match triton::owner(table, headers, model, version) {
+    match triton::owner(table, headers, model, version, principal, Action::Metadata) {
         Err(e) => unrouted(e, passthrough),
         Ok(Owner::Remote(sel)) => remote("the configuration", model, &sel.variant.backend_name, passthrough),
         Ok(Owner::Embedded(sel, t)) => {
@@ -86,9 +88,10 @@ pub fn model_stats(
     model: Option<&str>,
     version: Option<&str>,
     passthrough: bool,
+    principal: Option<&Principal>,
 ) -> Outcome {
     match model {
-        Some(m) => match triton::owner(table, headers, m, version) {
+        Some(m) => match triton::owner(table, headers, m, version, principal, Action::Metadata) {
             Ok(Owner::Remote(sel)) => return remote("the statistics", m, &sel.variant.backend_name, passthrough),
             Err(e) => return unrouted(e, passthrough),
             Ok(Owner::Embedded(..)) => {}
@@ -96,7 +99,7 @@ pub fn model_stats(
         None if passthrough && triton::repositories(table).is_empty() => return Outcome::PassThrough,
         None => {}
     }
-    match triton::statistics_of(table, headers, model, version) {
+    match triton::statistics_of(table, headers, model, version, principal) {
         Err(e) => error(&e),
         Ok(stats) => json(&serde_json::json!({
             "model_stats": stats.iter().map(triton::statistics_json).collect::<Vec<_>>()
@@ -131,6 +134,7 @@ pub async fn repository_index(
     table: &RoutingTable,
     limits: &Limits,
     passthrough: bool,
+    principal: Option<&Principal>,
 ) -> Outcome {
     if triton::repositories(table).is_empty() {
         if passthrough {
@@ -145,7 +149,7 @@ pub async fn repository_index(
         Ok(b) => b,
         Err(e) => return error(&e),
     };
-    json(&triton::index_json(&triton::index(table), body.ready))
+    json(&triton::index_json(&triton::index(table, principal), body.ready))
 }
 
 /// `POST /v2/repository/models/{m}/load` or `/unload`.
@@ -156,9 +160,10 @@ pub async fn repository_control(
     model: &str,
     load: bool,
     passthrough: bool,
+    principal: Option<&Principal>,
 ) -> Outcome {
     let headers = session.req_header().headers.clone();
-    let (sel, t) = match triton::owner(table, &headers, model, None) {
+    let (sel, t) = match triton::owner(table, &headers, model, None, principal, Action::Admin) {
         Err(e) => return unrouted(e, passthrough),
         Ok(Owner::Remote(sel)) => {
             let what = if load { "loading" } else { "unloading" };
@@ -176,7 +181,7 @@ pub async fn repository_control(
     let name = sel.target.name.clone();
     let result = if load { t.load(&name).await } else { t.unload(&name).await };
     match result {
-        Ok(()) => Outcome::Reply(Reply::json(200, Vec::new())),
+        Ok(()) => Outcome::Reply(Box::new(Reply::json(200, Vec::new()))),
         Err(e) => error(&e.into()),
     }
 }
@@ -214,7 +219,7 @@ pub async fn shm_register(session: &mut Session, limits: &Limits, region: &str) 
         return error(&Error::bad_request("register needs 'key' and 'byte_size' in the request body"));
     };
     match shm::register(region, &key, body.offset, byte_size) {
-        Ok(()) => Outcome::Reply(Reply::json(200, Vec::new())),
+        Ok(()) => Outcome::Reply(Box::new(Reply::json(200, Vec::new()))),
         Err(e) => error(&e),
     }
 }
@@ -222,5 +227,5 @@ pub async fn shm_register(session: &mut Session, limits: &Limits, region: &str) 
 /// `POST /v2/systemsharedmemory[/region/{r}]/unregister`.
 pub fn shm_unregister(region: Option<&str>) -> Outcome {
     shm::unregister(region);
-    Outcome::Reply(Reply::json(200, Vec::new()))
+    Outcome::Reply(Box::new(Reply::json(200, Vec::new())))
 }

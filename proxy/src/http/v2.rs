@@ -3,8 +3,6 @@
 //! decoding and encoding), model metadata and readiness, server metadata
 //! and the readiness probes.
 
-use std::time::Instant;
-
 use http::HeaderMap;
 use pingora_proxy::Session;
 use switchyard_config::Limits;
@@ -14,6 +12,7 @@ use switchyard_runtime::{InferRequest, InferResponse};
 
 use super::body;
 use super::reply::Reply;
+use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
@@ -41,6 +40,9 @@ struct HttpExchange<'s> {
     /// Whether system shared memory is on, and the outputs that go to it.
     shm: bool,
     shm_out: Vec<shm::OutputTarget>,
+    /// `Some` when the body's hash is wanted (`access_log.body_hash`); filled by `decode`.
+    body_sha256: Option<Option<String>>,
+    body_len: Option<u64>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -59,6 +61,10 @@ impl Exchange for HttpExchange<'_> {
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let header_len = body::inference_header_length(self.session.req_header())?;
         let body = body::read(self.session, self.limits).await?;
+        self.body_len = Some(body.len() as u64);
+        if let Some(h) = &mut self.body_sha256 {
+            *h = Some(crate::access_log::body_hash(&body));
+        }
         let mut req = v2::decode_request(&body, header_len)?;
         self.shm_out = shm::resolve(&mut req, self.shm)?;
         // Only an output's own `binary_data` can differ from the default.
@@ -76,6 +82,10 @@ impl Exchange for HttpExchange<'_> {
         }
     }
 
+    fn body_len(&self) -> Option<u64> {
+        self.body_len
+    }
+
     fn encode(&mut self, mut resp: InferResponse) -> Result<Encoded, Error> {
         shm::write_outputs(&mut resp, &self.shm_out)?;
         let prefs = &self.prefs;
@@ -90,13 +100,18 @@ pub async fn infer(
     table: &RoutingTable,
     metrics: &Metrics,
     limits: &Limits,
-    model: &str,
-    version: Option<&str>,
-    start: Instant,
+    call: Call<'_>,
+    body_hash: bool,
 ) -> Reply {
-    let shm = table.server.system_shared_memory;
-    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default(), shm, shm_out: Vec::new() };
-    let call = Call { model, version, deadline: None, start };
+    let mut x = HttpExchange {
+        session,
+        limits,
+        prefs: OutputPrefs::default(),
+        shm: table.server.system_shared_memory,
+        shm_out: Vec::new(),
+        body_sha256: body_hash.then_some(None),
+        body_len: None,
+    };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(enc) => Reply {
@@ -116,6 +131,7 @@ pub async fn infer(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.body_sha256 = x.body_sha256.flatten();
     reply
 }
 
@@ -126,8 +142,11 @@ pub async fn model_query(
     model: &str,
     version: Option<&str>,
     ready: bool,
+    principal: Option<&Principal>,
 ) -> Reply {
-    let sel = match pipeline::select(table, model, version, headers) {
+    let sel = match pipeline::authorize(principal, model, version, Action::Metadata)
+        .and_then(|()| pipeline::select(table, model, version, headers, principal))
+    {
         Ok(s) => s,
         Err(e) => return Reply::error(&e),
     };
