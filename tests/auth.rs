@@ -435,3 +435,95 @@ fn token_cli_refuses_bad_input() {
     .unwrap();
     assert_eq!(jwks, printed);
 }
+
+/// Triton's API behind `auth:`: config and statistics are metadata reads,
+/// the repository index and every-model statistics list only what the
+/// principal may read, load/unload need `model:m:admin` and shared memory
+/// needs `shm` — over HTTP and gRPC alike.
+#[tokio::test]
+async fn triton_api_needs_its_permissions() {
+    let dir = TempDir::new("auth-triton");
+    let (_, key1) = new_key(dir.path(), "key1.pem");
+    write_jwks(&dir.path().join("jwks.json"), &[(&key1, "k1")]);
+    let sy = Switchyard::config(&config(dir.path(), "server:\n  system_shared_memory: true")).start().await;
+    let mut grpc = grpc_client(sy.grpc_port).await;
+    let exp = now() + 600;
+    let token =
+        |sub: &str, perms: &[&str]| format!("Bearer {}", key1.sign(&claims(sub, perms, exp), Some("k1")).unwrap());
+    let reader = token("reader", &["model:mlp:metadata"]);
+    let admin = token("admin", &["model:mlp:admin", "shm"]);
+    let url = |p: &str| format!("{}{p}", sy.http_url());
+    let get = |p: &'static str, auth: Option<String>| {
+        let (url, client) = (url(p), &sy.client);
+        async move {
+            let h: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+            client.get_with(&url, &h).await
+        }
+    };
+    let post = |p: &'static str, auth: Option<String>| {
+        let sy = &sy;
+        async move {
+            let h: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+            sy.post(p, &h, "{}").await
+        }
+    };
+
+    // No credentials: 401 on every Triton endpoint (a shm status included).
+    for p in ["/v2/models/mlp/config", "/v2/models/stats", "/v2/systemsharedmemory/status"] {
+        assert_eq!(get(p, None).await.status, 401, "GET {p} without credentials");
+    }
+    assert_eq!(post("/v2/repository/index", None).await.status, 401);
+
+    // A metadata reader: config, its statistics and index rows; no load/unload, no shm.
+    let r = get("/v2/models/mlp/config", Some(reader.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get("/v2/models/stats", Some(reader.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["model_stats"].as_array().unwrap().iter().any(|s| s["name"] == "mlp"), "{}", r.text());
+    let r = post("/v2/repository/index", Some(reader.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.json().as_array().unwrap().is_empty(), "{}", r.text());
+    let r = post("/v2/repository/models/mlp/unload", Some(reader.clone())).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("model:mlp:admin"), "{}", r.text());
+    let r = get("/v2/systemsharedmemory/status", Some(reader.clone())).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("`shm`"), "{}", r.text());
+
+    // An inference-only API key sees no model's metadata: config refused, lists empty.
+    let key = || vec![("x-api-key", "batch-secret")];
+    let r = sy.client.get_with(&url("/v2/models/mlp/config"), &key()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = sy.client.get_with(&url("/v2/models/stats"), &key()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model_stats"], json!([]), "{}", r.text());
+    let r = sy.post("/v2/repository/index", &key(), "{}").await;
+    assert_eq!(r.json(), json!([]), "{}", r.text());
+
+    // The administrator: unload, load, shared memory status.
+    let r = post("/v2/repository/models/mlp/unload", Some(admin.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post("/v2/repository/models/mlp/load", Some(admin.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get("/v2/systemsharedmemory/status", Some(admin.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // gRPC: the same rules.
+    let md = |a: &str| vec![("authorization", a.to_string())];
+    let cfg = pb::ModelConfigRequest { name: "mlp".into(), version: String::new() };
+    assert_eq!(grpc.model_config(with_md(cfg.clone(), &[])).await.unwrap_err().code(), Code::Unauthenticated);
+    grpc.model_config(with_md(cfg, &md(&reader))).await.expect("ModelConfig for a metadata reader");
+    let unload = pb::RepositoryModelUnloadRequest { model_name: "mlp".into(), ..Default::default() };
+    let s = grpc.repository_model_unload(with_md(unload, &md(&reader))).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{}", s.message());
+    let status = pb::SystemSharedMemoryStatusRequest { name: String::new() };
+    let s = grpc.system_shared_memory_status(with_md(status.clone(), &md(&reader))).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{}", s.message());
+    grpc.system_shared_memory_status(with_md(status, &md(&admin))).await.expect("shm status for `shm`");
+    let index = pb::RepositoryIndexRequest { ready: false, ..Default::default() };
+    let keyed = vec![("x-api-key", "batch-secret".to_string())];
+    let r = grpc.repository_index(with_md(index.clone(), &keyed)).await.unwrap().into_inner();
+    assert!(r.models.is_empty(), "an inference-only key lists no model: {:?}", r.models);
+    let r = grpc.repository_index(with_md(index, &md(&reader))).await.unwrap().into_inner();
+    assert!(r.models.iter().any(|m| m.name == "mlp"), "{:?}", r.models);
+}
