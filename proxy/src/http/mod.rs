@@ -203,6 +203,18 @@ impl ProxyHttp for HttpListener {
         };
         match triton {
             Some(triton::Outcome::PassThrough) => {
+                // A request that names no model reaches the upstream unchanged: as any pass-through path.
+                let modelless = matches!(endpoint, Endpoint::ModelStats(None, _) | Endpoint::RepositoryIndex);
+                if let (Some(p), true) = (principal, modelless) {
+                    if let Err(e) =
+                        p.require("passthrough", &format!("call {} through the default upstream", uri.path()))
+                    {
+                        let reply = Reply::error(&e);
+                        ctx.remember(&reply);
+                        reply::write(session, reply).await?;
+                        return Ok(true);
+                    }
+                }
                 ctx.passthrough = true;
                 return Ok(false);
             }
