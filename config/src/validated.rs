@@ -58,6 +58,10 @@ pub struct ValidatedConfig {
     pub cache: CacheConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
+    /// Concurrency limits and load shedding.
+    pub admission: AdmissionConfig,
+    /// Drain and upgrade.
+    pub lifecycle: Lifecycle,
 }
 
 /// The DNS resolver of `dns:` backends.
@@ -485,5 +489,70 @@ impl ValidatedConfig {
             self.backends.len(),
             self.listeners.http.address
         )
+    }
+}
+
+/// `Retry-After` of a request refused for overload.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait for a concurrency slot.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Highest limit an adaptive limit may reach when `max_limit` is not set.
+pub const DEFAULT_MAX_ADAPTIVE_LIMIT: usize = 200;
+/// How long in-flight requests get after SIGTERM before the process exits anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Where an old process hands its listeners to `serve --upgrade`.
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/switchyard-upgrade.sock";
+
+/// Concurrency limits and load shedding (`admission`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionConfig {
+    pub retry_after: Duration,
+    /// Priority of a request that names none; 1 is the highest, larger is lower.
+    pub default_priority: u64,
+    /// By route name (a key of `models`, or `*`).
+    pub models: BTreeMap<Arc<str>, ConcurrencyLimit>,
+    /// By backend name.
+    pub backends: BTreeMap<Arc<str>, ConcurrencyLimit>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            retry_after: DEFAULT_RETRY_AFTER,
+            default_priority: 1,
+            models: BTreeMap::new(),
+            backends: BTreeMap::new(),
+        }
+    }
+}
+
+/// One concurrency limit with its bounded wait queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencyLimit {
+    /// The limit; for an adaptive one, where it starts.
+    pub limit: NonZeroUsize,
+    /// Present when the limit follows the latency it measures (gradient).
+    pub adaptive: Option<AdaptiveRange>,
+    /// Requests that may wait beyond the limit; more are refused at once.
+    pub queue: usize,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveRange {
+    pub min: NonZeroUsize,
+    pub max: NonZeroUsize,
+}
+
+/// Drain on SIGTERM and listener hand-over (`lifecycle`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub drain_timeout: Duration,
+    pub upgrade_socket: PathBuf,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle { drain_timeout: DEFAULT_DRAIN_TIMEOUT, upgrade_socket: PathBuf::from(DEFAULT_UPGRADE_SOCKET) }
     }
 }

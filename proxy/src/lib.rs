@@ -4,12 +4,14 @@
 //! batching, caching, shadow traffic and metrics.
 
 pub mod admin;
+pub mod admission;
 pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod grpc;
 pub mod headers;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod outcome;
 pub mod pipeline;

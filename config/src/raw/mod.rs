@@ -9,6 +9,7 @@
 
 mod backend;
 mod error;
+mod reliability;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use backend::*;
+pub use reliability::*;
 
 use crate::validated::FieldError;
 
@@ -55,6 +57,12 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub resolver: RawResolver,
+    /// Concurrency limits per model and backend, and who is shed first.
+    #[serde(default)]
+    pub admission: RawAdmission,
+    /// Drain on SIGTERM and the listener hand-over of `serve --upgrade`.
+    #[serde(default)]
+    pub lifecycle: RawLifecycle,
 }
 
 /// The DNS resolver of `dns:` backends.

@@ -3,7 +3,8 @@
 //! once, each pointed at its line:column.
 //!
 //! Module map (edges point at what a module uses; no cycles):
-//! `mod` → `process`, `backends`, `cache`, `models`, `fields`;
+//! `mod` → `process`, `backends`, `cache`, `models`, `reliability`, `fields`;
+//! `reliability` → `fields`;
 //! `models` → `cache`, `fields`; `backends` → `upstream`, `fields`;
 //! `process` → `upstream`, `fields`; `cache` → `fields`; `upstream` → `fields`;
 //! `fields` is the leaf.
@@ -13,6 +14,7 @@ mod cache;
 mod fields;
 mod models;
 mod process;
+mod reliability;
 mod upstream;
 
 use std::path::Path;
@@ -55,7 +57,21 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let models =
         models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
     let resolver = process::resolver(errs, &raw.resolver);
-    ValidatedConfig { listeners, limits, routing, runtime, logging, backends, models, cache, resolver }
+    let admission = reliability::admission(errs, &raw.admission, &models, &backends);
+    let lifecycle = reliability::lifecycle(errs, &raw.lifecycle, base_dir);
+    ValidatedConfig {
+        listeners,
+        limits,
+        routing,
+        runtime,
+        logging,
+        backends,
+        models,
+        cache,
+        resolver,
+        admission,
+        lifecycle,
+    }
 }
 
 impl ValidatedConfig {

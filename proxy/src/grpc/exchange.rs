@@ -84,7 +84,7 @@ impl Shared {
         let model = std::mem::take(&mut msg.model_name);
         let version = std::mem::take(&mut msg.model_version);
         let mut x = GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
-        let call = Call { model: &model, version: version_opt(&version), deadline, start };
+        let call = Call { model: &model, version: version_opt(&version), deadline, start, priority: None };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }
 }

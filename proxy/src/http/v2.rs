@@ -89,7 +89,7 @@ pub async fn infer(
     start: Instant,
 ) -> Reply {
     let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default() };
-    let call = Call { model, version, deadline: None, start };
+    let call = Call { model, version, deadline: None, start, priority: None };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(enc) => Reply {

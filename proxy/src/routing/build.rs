@@ -127,6 +127,11 @@ impl RoutingTable {
             routes,
             wildcard,
             batchers,
+            admission: crate::admission::Admission::build(
+                &cfg.admission,
+                ctx.previous.map(|p| &p.admission),
+                &metrics.admission,
+            ),
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
         })
     }
@@ -150,7 +155,9 @@ mod tests {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
             backends.insert(
                 name.clone(),
-                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c).unwrap()),
+                Arc::new(
+                    switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &Default::default()).unwrap(),
+                ),
             );
         }
         let ctx = BuildContext {

@@ -176,6 +176,8 @@ pub struct RoutingTable {
     pub override_header: http::HeaderName,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
+    /// Concurrency limits, handed on to the next snapshot when unchanged.
+    pub admission: crate::admission::Admission,
 }
 
 impl RoutingTable {
@@ -187,6 +189,7 @@ impl RoutingTable {
             wildcard: None,
             override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
             batchers: HashMap::new(),
+            admission: Default::default(),
         }
     }
 
