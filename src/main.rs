@@ -37,6 +37,10 @@ enum Command {
         log_format: Option<Format>,
         #[command(flatten)]
         overrides: OverrideArgs,
+        /// Take the listening sockets over from the running process (zero-downtime
+        /// upgrade): start this, then send the old process SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
@@ -105,7 +109,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> anyhow::Result<()> {
+fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgrade: bool) -> anyhow::Result<()> {
     // Read and validated once: logging and listeners come from it, and the
     // control plane starts on the same value (it owns the file from here on).
     let file = ConfigFile::read_with(&config, Arc::new(overrides)).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -137,9 +141,22 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
     if let Some(c) = &cfg.listeners.control {
         let token =
             std::env::var(switchyard_control::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()).or(c.token.clone());
-        background
-            .block_on(switchyard_control::api::serve(control.clone(), c.address, token))
-            .map_err(|e| anyhow::anyhow!(e))?;
+        if upgrade {
+            // The old process holds the control port until it has drained; take it then.
+            let (control, address) = (control.clone(), c.address);
+            background.spawn(async move {
+                loop {
+                    match switchyard_control::api::serve(control.clone(), address, token.clone()).await {
+                        Ok(_) => break,
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    }
+                }
+            });
+        } else {
+            background
+                .block_on(switchyard_control::api::serve(control.clone(), c.address, token))
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
     }
     {
         let _rt = background.enter();
@@ -148,31 +165,38 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
 
-    // gRPC is served by tonic on a runtime of its own, beside pingora's.
-    let _grpc = match &cfg.listeners.grpc {
+    // gRPC is served by tonic, as one of pingora's services.
+    let grpc = match &cfg.listeners.grpc {
         Some(g) => Some(
-            switchyard_proxy::grpc::serve(g, cfg.listeners.http.threads.get(), table.clone(), metrics.clone())
-                .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
+            switchyard_proxy::grpc::GrpcService::new(
+                g,
+                cfg.listeners.http.threads.get(),
+                table.clone(),
+                metrics.clone(),
+                upgrade,
+            )
+            .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
         ),
         None => None,
     };
 
     // `run` never returns; the background runtime lives as long as the process.
     let _background = background;
-    switchyard_proxy::run(&cfg, table, metrics)
+    switchyard_proxy::run(&cfg, table, metrics, grpc, upgrade)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("switchyard: {e:#}");
-                ExitCode::FAILURE
+        Command::Serve { config, log_format, overrides, upgrade } => {
+            match serve(config, log_format, overrides.into_overrides(), upgrade) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }

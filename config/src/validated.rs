@@ -25,6 +25,10 @@ pub const DEFAULT_CONTROL_ADDRESS: &str = "127.0.0.1:9901";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a client may take to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle keep-alive connection is kept open.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a whole request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a backend may take to answer one request.
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TCP connect to a backend endpoint may take.
@@ -153,8 +157,13 @@ pub struct ControlListener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_body_bytes: u64,
+    /// A request header must be complete within this of the connection's start.
     pub header_read_timeout: Duration,
     pub backend_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// A request body must arrive whole within this.
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

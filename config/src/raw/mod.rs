@@ -152,6 +152,8 @@ pub struct RawLimits {
     pub max_body_bytes: Option<S<u64>>,
     pub header_read_timeout: Option<S<String>>,
     pub backend_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub body_read_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -68,6 +68,14 @@ pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {
             false,
         ),
         backend_timeout: duration(errs, "limits.backend_timeout", &raw.backend_timeout, DEFAULT_BACKEND_TIMEOUT, false),
+        idle_timeout: duration(errs, "limits.idle_timeout", &raw.idle_timeout, DEFAULT_IDLE_TIMEOUT, false),
+        body_read_timeout: duration(
+            errs,
+            "limits.body_read_timeout",
+            &raw.body_read_timeout,
+            DEFAULT_BODY_READ_TIMEOUT,
+            false,
+        ),
     }
 }
 

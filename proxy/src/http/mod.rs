@@ -69,6 +69,15 @@ impl ProxyHttp for HttpListener {
         // HTTP/1.1 clients may pipeline; without this pingora answers the first
         // request and drops the ones queued behind it. Persists across keep-alive reuses.
         session.set_pipelining_enabled(true);
+        crate::lifecycle::header_complete();
+        // Draining: this answer closes the connection, so the client's next
+        // request goes to a fresh one (the new process's, on an upgrade).
+        // Otherwise an idle keep-alive connection lives `limits.idle_timeout`.
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.limits.idle_timeout.as_secs_f64().ceil().max(1.0) as u64));
+        }
         Ok(())
     }
 
@@ -162,6 +171,19 @@ impl ProxyHttp for HttpListener {
             if ctx.passthrough_bytes > self.limits.max_body_bytes {
                 return PError::e_explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
             }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut pingora_http::ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A pass-through answer while draining closes its connection too.
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
         }
         Ok(())
     }
