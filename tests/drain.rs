@@ -2,8 +2,8 @@
 //! listeners close, HTTP requests, gRPC calls and gRPC streams in flight
 //! finish and the process exits 0; with `serve --upgrade` + SIGQUIT a new
 //! process takes the sockets over under constant load (HTTP keep-alive,
-//! gRPC unary and streaming) and no request fails. Slow
-//! clients are cut at the configured deadlines while others are served.
+//! gRPC unary and streaming) and no request fails. Slow clients and
+//! oversized headers are cut at the configured limits while others are served.
 //! `benches/drain.sh` runs the upgrade loop 20 times and records the figures.
 
 mod common;
@@ -225,9 +225,25 @@ async fn upgrades_under_load_lose_nothing() {
 }
 
 #[tokio::test]
-async fn slow_headers_and_bodies_are_cut_while_others_are_served() {
+async fn slow_and_oversized_headers_and_slow_bodies_are_cut_while_others_are_served() {
     let backend = FaultBackend::start("b").await;
-    let sy = start(&backend, "limits:\n  header_read_timeout: 1s\n  body_read_timeout: 2s\n").await;
+    let sy = start(&backend, "limits:\n  header_read_timeout: 1s\n  body_read_timeout: 2s\n  max_header_bytes: 8192\n")
+        .await;
+    // A header over max_header_bytes, sent at once: the connection is cut, no answer comes.
+    let mut big = tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.unwrap();
+    let pad = "a".repeat(200_000);
+    let _ = big.write_all(format!("GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n").as_bytes()).await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), big.read_to_end(&mut buf)).await.expect("cut");
+    assert!(
+        read.is_err() || !String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // One just under the limit is served.
+    let pad = "a".repeat(6000);
+    let r = sy.client.get_with(&format!("{}/v2/health/ready", sy.http_url()), &[("x-pad", &pad)]).await;
+    assert_eq!(r.status, 200);
     // A header trickled a byte at a time: each read is quick, the whole is not.
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.unwrap();
     let trickle = tokio::spawn(async move {

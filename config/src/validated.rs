@@ -25,6 +25,10 @@ pub const DEFAULT_CONTROL_ADDRESS: &str = "127.0.0.1:9901";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a client may take to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request header accepted (Envoy's default is 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Pingora's own fixed cap on a request header, which no setting may exceed.
+pub const MAX_HEADER_BYTES_CAP: usize = 1024 * 1024 - 1;
 /// How long an idle keep-alive connection is kept open.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may take to send a whole request body.
@@ -164,6 +168,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A request body must arrive whole within this.
     pub body_read_timeout: Duration,
+    /// The longest request header (request line and header fields) accepted.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

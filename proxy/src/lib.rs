@@ -71,6 +71,7 @@ pub fn run(
         lifecycle::ConnectionLimits {
             header_read_timeout: cfg.limits.header_read_timeout,
             idle_timeout: cfg.limits.idle_timeout,
+            max_header_bytes: cfg.limits.max_header_bytes,
         },
     );
     let mut data = Service::new("switchyard-data-http".into(), app);

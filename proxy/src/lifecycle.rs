@@ -18,17 +18,26 @@
 //! within `limits.header_read_timeout` of its start (of the previous answer
 //! plus `limits.idle_timeout` on a reused connection), however slowly it
 //! trickles: pingora's own timeout applies to each read, so a client sending
-//! a byte every few seconds held a connection forever.
+//! a byte every few seconds held a connection forever. Its `GuardedStream`
+//! also cuts a header longer than `limits.max_header_bytes` (pingora's own
+//! cap is a fixed 1 MiB).
 
-use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef, ALPN};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType,
+};
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::broadcast;
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -115,37 +124,45 @@ pub fn watch(mut phases: broadcast::Receiver<ExecutionPhase>, drain_timeout: Dur
 }
 
 tokio::task_local! {
-    /// Set by the HTTP handler once a request's header is read.
-    static HEADER_DONE: Arc<AtomicBool>;
+    /// The request header being read on this connection (see `GuardedStream`).
+    static HEADER: Arc<HeaderState>;
 }
 
-/// Tells the connection's deadline that this request's header is complete.
+/// One request header's progress on a connection.
+#[derive(Default)]
+struct HeaderState {
+    done: AtomicBool,
+    /// Bytes read from the client since this request began.
+    read: AtomicUsize,
+}
+
+/// Tells the connection's guards that this request's header is complete.
 /// Called from the HTTP handler's first hook; a no-op outside `GuardedApp`.
 pub fn header_complete() {
-    let _ = HEADER_DONE.try_with(|d| d.store(true, Ordering::Release));
+    let _ = HEADER.try_with(|h| h.done.store(true, Ordering::Release));
 }
 
-/// Connection deadlines of the HTTP listener.
+/// Connection limits of the HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// A request header must be complete within this of the connection's start.
     pub header_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub idle_timeout: Duration,
+    /// A request header may not be longer (pingora's own cap is 1 MiB).
+    pub max_header_bytes: usize,
 }
 
-/// Pingora's HTTP application with connection counting and a total
-/// header-read deadline (see the module doc).
+/// Pingora's HTTP application with connection counting, a total
+/// header-read deadline and a header size cap (see the module doc).
 pub struct GuardedApp<A> {
     inner: Arc<A>,
     limits: ConnectionLimits,
-    /// Connections (by socket id) handed back for another request.
-    reused: Mutex<HashSet<i32>>,
 }
 
 impl<A> GuardedApp<A> {
     pub fn new(inner: A, limits: ConnectionLimits) -> GuardedApp<A> {
-        GuardedApp { inner: Arc::new(inner), limits, reused: Mutex::new(HashSet::new()) }
+        GuardedApp { inner: Arc::new(inner), limits }
     }
 }
 
@@ -168,43 +185,188 @@ impl Drop for Connection {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _conn = Connection::new();
-        let id = session.id();
-        let reused = self.reused.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let header = Arc::new(HeaderState::default());
+        // A connection handed back for another request is already guarded.
+        let (stream, reused): (Stream, bool) = if session.as_any().is::<GuardedStream>() {
+            let mut g = session.into_any().downcast::<GuardedStream>().expect("checked above");
+            g.header = header.clone();
+            (g, true)
+        } else {
+            let g = GuardedStream {
+                inner: session,
+                header: header.clone(),
+                max_header_bytes: self.limits.max_header_bytes,
+            };
+            (Box::new(g), false)
+        };
         let mut budget = self.limits.header_read_timeout;
         if reused {
             budget += self.limits.idle_timeout;
         }
-        let done = Arc::new(AtomicBool::new(false));
         let deadline = {
-            let done = done.clone();
+            let header = header.clone();
             async move {
                 tokio::time::sleep(budget).await;
-                if done.load(Ordering::Acquire) {
+                if header.done.load(Ordering::Acquire) {
                     // The request is being served: only the header had a deadline.
                     std::future::pending::<()>().await;
                 }
             }
         };
         let inner = self.inner.clone();
-        let next = HEADER_DONE
-            .scope(done, async move {
+        HEADER
+            .scope(header, async move {
                 tokio::select! {
                     biased;
-                    next = inner.process_new(session, shutdown) => next,
+                    next = inner.process_new(stream, shutdown) => next,
                     () = deadline => {
                         tracing::debug!(?budget, "request header not complete in time; connection closed");
                         None
                     }
                 }
             })
-            .await;
-        if let Some(s) = &next {
-            self.reused.lock().unwrap_or_else(|p| p.into_inner()).insert(s.id());
-        }
-        next
+            .await
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+/// The client connection as pingora reads it: a read that would go past
+/// `max_header_bytes` before the request's header is complete fails, so an
+/// oversized header is cut after at most one more read's worth of bytes.
+#[derive(Debug)]
+struct GuardedStream {
+    inner: Stream,
+    header: Arc<HeaderState>,
+    max_header_bytes: usize,
+}
+
+impl std::fmt::Debug for HeaderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderState").field("done", &self.header_done()).finish()
+    }
+}
+
+impl HeaderState {
+    fn header_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let header_open = !self.header.header_done();
+        if header_open && self.header.read.load(Ordering::Relaxed) > self.max_header_bytes {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request header over limits.max_header_bytes",
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if header_open {
+            self.header.read.fetch_add(buf.filled().len() - before, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
     }
 }

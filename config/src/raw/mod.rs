@@ -154,6 +154,7 @@ pub struct RawLimits {
     pub backend_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
     pub body_read_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -76,6 +76,18 @@ pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {
             DEFAULT_BODY_READ_TIMEOUT,
             false,
         ),
+        max_header_bytes: match &raw.max_header_bytes {
+            Some(s) if s.value < 1024 || s.value as usize > MAX_HEADER_BYTES_CAP => {
+                errs.at(
+                    "limits.max_header_bytes",
+                    loc(s),
+                    format!("must be between 1024 and {MAX_HEADER_BYTES_CAP} (pingora's own cap)"),
+                );
+                DEFAULT_MAX_HEADER_BYTES
+            }
+            Some(s) => s.value as usize,
+            None => DEFAULT_MAX_HEADER_BYTES,
+        },
     }
 }
 

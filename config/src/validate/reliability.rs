@@ -118,6 +118,21 @@ models:
         assert_eq!(c.admission.default_priority, 2);
         assert_eq!(c.lifecycle.drain_timeout, Duration::from_secs(5));
         assert_eq!(c.lifecycle.upgrade_socket, Path::new("/etc/sy/up.sock"));
+        assert_eq!(c.limits.max_header_bytes, crate::DEFAULT_MAX_HEADER_BYTES);
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let c = parse("limits:\n  max_header_bytes: 8192\n  idle_timeout: 5s\n  body_read_timeout: 2s\n").unwrap();
+        assert_eq!(
+            (c.limits.max_header_bytes, c.limits.idle_timeout, c.limits.body_read_timeout),
+            (8192, Duration::from_secs(5), Duration::from_secs(2))
+        );
+        for bad in ["max_header_bytes: 10", "max_header_bytes: 2000000", "idle_timeout: 0s"] {
+            let e = parse(&format!("limits:\n  {bad}\n")).unwrap_err();
+            let field = bad.split(':').next().unwrap();
+            assert_eq!(e.errors[0].path, format!("limits.{field}"), "{bad}: {:?}", e.errors);
+        }
     }
 
     #[test]
