@@ -116,3 +116,68 @@ async fn a_higher_priority_request_displaces_a_queued_lower_one() {
     let m = sy.metrics().await;
     assert_eq!(m.value("switchyard_admission_refused_total", &[("name", "echo"), ("reason", "shed")]), 1.0);
 }
+
+/// One request on a fresh connection: the status line, or `None` when the
+/// connection is closed without an answer.
+async fn fresh(port: u16, request: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.lines().next().filter(|l| l.starts_with("HTTP/")).map(|l| format!("{l}\n{text}"))
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_probes_and_metrics_still_answer() {
+    let backend = FaultBackend::start("b").await;
+    let sy = Switchyard::config(&format!(
+        "backends:\n  echo: {{kind: v2-http, endpoints: ['{}']}}\nmodels:\n  m:\n    variants:\n      - {{name: a, backend: echo}}\nlimits:\n  max_connections: 4\n  header_read_timeout: 60s\n",
+        backend.url()
+    ))
+    .start()
+    .await;
+    let infer = format!(
+        "POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body(1, None).len(),
+        body(1, None)
+    );
+    let ready = "GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert!(fresh(sy.http_port, &infer).await.unwrap().starts_with("HTTP/1.1 200"));
+    // Four idle connections fill the cap.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.unwrap());
+    }
+    assert_eventually!(
+        fresh(sy.http_port, &infer).await.is_some_and(|r| r.starts_with("HTTP/1.1 503")),
+        "past the cap an inference is refused"
+    );
+    let refused = fresh(sy.http_port, &infer).await.unwrap();
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
+    assert!(refused.contains("max_connections"), "{refused}");
+    assert!(fresh(sy.http_port, ready).await.unwrap().starts_with("HTTP/1.1 200"), "probes still answer");
+    assert_eq!(sy.client.get(&sy.metrics_url()).await.status, 200, "the metrics port still answers");
+    // Past the probe reserve (32 more) a new connection is closed at once:
+    // of 44 idle connections, the process keeps at most 36 open.
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.unwrap());
+    }
+    let open = async |idle: &mut Vec<tokio::net::TcpStream>| {
+        let mut n = 0;
+        for s in idle.iter_mut() {
+            let mut b = [0u8; 16];
+            if tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await.is_err() {
+                n += 1; // still open: nothing to read, no end
+            }
+        }
+        n
+    };
+    assert_eventually!(open(&mut idle).await <= 36, "the process holds at most max_connections + 32");
+    assert_eq!(sy.client.get(&sy.metrics_url()).await.status, 200, "the metrics port still answers");
+    drop(idle);
+    assert_eventually!(
+        fresh(sy.http_port, &infer).await.is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        "served again once connections close"
+    );
+}

@@ -170,6 +170,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// The longest request header (request line and header fields) accepted.
     pub max_header_bytes: usize,
+    /// Open data-plane HTTP connections past which new ones may ask for the
+    /// probes only; `None`: derived from the file-descriptor limit at start.
+    pub max_connections: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

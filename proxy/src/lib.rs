@@ -72,6 +72,7 @@ pub fn run(
             header_read_timeout: cfg.limits.header_read_timeout,
             idle_timeout: cfg.limits.idle_timeout,
             max_header_bytes: cfg.limits.max_header_bytes,
+            max_connections: cfg.limits.max_connections.map(|n| n.get()).or_else(lifecycle::default_max_connections),
         },
     );
     let mut data = Service::new("switchyard-data-http".into(), app);

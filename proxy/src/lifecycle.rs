@@ -20,7 +20,10 @@
 //! trickles: pingora's own timeout applies to each read, so a client sending
 //! a byte every few seconds held a connection forever. Its `GuardedStream`
 //! also cuts a header longer than `limits.max_header_bytes` (pingora's own
-//! cap is a fixed 1 MiB).
+//! cap is a fixed 1 MiB). Past `limits.max_connections` open connections a
+//! new one may ask for the probes only (others get 503), up to
+//! `PROBE_RESERVE` more; past that it is closed at once, so descriptors stay
+//! free for the metrics port, the backends and the probes.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -132,8 +135,31 @@ tokio::task_local! {
 #[derive(Default)]
 struct HeaderState {
     done: AtomicBool,
+    /// The connection was accepted over `limits.max_connections`: probes only.
+    over_cap: bool,
     /// Bytes read from the client since this request began.
     read: AtomicUsize,
+}
+
+/// Whether this request's connection was accepted over `limits.max_connections`
+/// (it may ask for the probes only).
+pub fn over_connection_cap() -> bool {
+    HEADER.try_with(|h| h.over_cap).unwrap_or(false)
+}
+
+/// Connections accepted past `max_connections` for probes only; more are closed at once.
+pub const PROBE_RESERVE: usize = 32;
+/// Descriptors kept free below the process's limit for backends, the other listeners and files.
+const DESCRIPTOR_RESERVE: usize = 512;
+
+/// The default connection cap: the soft limit on open files less a reserve,
+/// so the metrics port, backends and probes still get descriptors when the
+/// data port is full. `None` where the limit cannot be read or is unlimited.
+pub fn default_max_connections() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft: usize = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(soft.saturating_sub(DESCRIPTOR_RESERVE + PROBE_RESERVE).max(16))
 }
 
 /// Tells the connection's guards that this request's header is complete.
@@ -151,6 +177,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// A request header may not be longer (pingora's own cap is 1 MiB).
     pub max_header_bytes: usize,
+    /// Past this many connections, new ones may ask for the probes only
+    /// (`PROBE_RESERVE` of them); past that they are closed at once.
+    pub max_connections: Option<usize>,
 }
 
 /// Pingora's HTTP application with connection counting, a total
@@ -169,9 +198,9 @@ impl<A> GuardedApp<A> {
 struct Connection;
 
 impl Connection {
-    fn new() -> Connection {
-        CONNECTIONS.fetch_add(1, Ordering::AcqRel);
-        Connection
+    /// Counts the connection; the count with it.
+    fn new() -> (Connection, usize) {
+        (Connection, CONNECTIONS.fetch_add(1, Ordering::AcqRel) + 1)
     }
 }
 
@@ -184,20 +213,30 @@ impl Drop for Connection {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(self: &Arc<Self>, session: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let _conn = Connection::new();
-        let header = Arc::new(HeaderState::default());
+        let (_conn, open) = Connection::new();
         // A connection handed back for another request is already guarded.
-        let (stream, reused): (Stream, bool) = if session.as_any().is::<GuardedStream>() {
+        let (stream, header, reused): (Stream, _, bool) = if session.as_any().is::<GuardedStream>() {
             let mut g = session.into_any().downcast::<GuardedStream>().expect("checked above");
+            let header = Arc::new(HeaderState { over_cap: g.over_cap, ..HeaderState::default() });
             g.header = header.clone();
-            (g, true)
+            (g, header, true)
         } else {
+            let over_cap = match self.limits.max_connections {
+                Some(max) if open > max + PROBE_RESERVE => {
+                    tracing::debug!(open, max, "connection cap reached; connection closed");
+                    return None;
+                }
+                Some(max) => open > max,
+                None => false,
+            };
+            let header = Arc::new(HeaderState { over_cap, ..HeaderState::default() });
             let g = GuardedStream {
                 inner: session,
                 header: header.clone(),
                 max_header_bytes: self.limits.max_header_bytes,
+                over_cap,
             };
-            (Box::new(g), false)
+            (Box::new(g), header, false)
         };
         let mut budget = self.limits.header_read_timeout;
         if reused {
@@ -241,6 +280,7 @@ struct GuardedStream {
     inner: Stream,
     header: Arc<HeaderState>,
     max_header_bytes: usize,
+    over_cap: bool,
 }
 
 impl std::fmt::Debug for HeaderState {

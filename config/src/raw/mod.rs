@@ -155,6 +155,7 @@ pub struct RawLimits {
     pub idle_timeout: Option<S<String>>,
     pub body_read_timeout: Option<S<String>>,
     pub max_header_bytes: Option<S<u64>>,
+    pub max_connections: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -88,6 +88,10 @@ pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {
             Some(s) => s.value as usize,
             None => DEFAULT_MAX_HEADER_BYTES,
         },
+        max_connections: raw
+            .max_connections
+            .as_ref()
+            .map(|_| positive(errs, "limits.max_connections", &raw.max_connections, 1)),
     }
 }
 

@@ -87,6 +87,17 @@ impl ProxyHttp for HttpListener {
         let uri = session.req_header().uri.clone();
         let method = session.req_header().method.clone();
         let endpoint = classify(&method, uri.path());
+        let probe = matches!(
+            endpoint,
+            Endpoint::Health | Endpoint::Startup | Endpoint::V2Live | Endpoint::Ready | Endpoint::V2Ready
+        );
+        if !probe && crate::lifecycle::over_connection_cap() {
+            // Accepted past limits.max_connections: kept for the probes only.
+            session.set_keepalive(None);
+            let e = Error::overloaded(1, "too many open connections (limits.max_connections); retry later");
+            reply::write(session, Reply::error(&e)).await?;
+            return Ok(true);
+        }
         if endpoint == Endpoint::Other {
             if self.default_upstream.is_some() {
                 ctx.passthrough = true;
