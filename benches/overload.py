@@ -6,7 +6,13 @@ same port, and the server's RSS sampled from /proc:
 
   capacity URL BODY SECONDS          -> closed-loop saturation throughput (req/s)
   run URL BODY RATE SECONDS PID OUT  -> one open-loop run; writes OUT (JSON)
+
+BODY is a V2 JSON body, or a binary-extension body `X.bin` whose JSON
+header length is in `X.binlen`.
   report OUT...                      -> a markdown table of the runs
+  body ROWS FEATURES OUT.bin         -> a binary-extension body of ROWS x FEATURES FP32
+  probe URL SECONDS OUT              -> GET URL every 50 ms from its own process; latencies to OUT
+  merge RUN PROBE                    -> the prober's figures into a run's
 
 A request that gets no answer within 10 s counts as hung.
 """
@@ -29,6 +35,17 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(p / 100.0 * len(xs)))]
 
 
+def load_body(path):
+    body = open(path, "rb").read()
+    headers = {"content-type": "application/json"}
+    if path.endswith(".bin"):
+        headers = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": open(path[:-4] + ".binlen").read().strip(),
+        }
+    return body, headers
+
+
 def rss_mb(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -40,25 +57,26 @@ def rss_mb(pid):
     return float("nan")
 
 
-async def capacity(url, body, seconds, workers=32):
+async def capacity(url, body, headers, seconds, workers=8, warmup=2.0):
     done = 0
-    stop = time.monotonic() + seconds
+    start = time.monotonic() + warmup
+    stop = start + seconds
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as s:
 
         async def worker():
             nonlocal done
             while time.monotonic() < stop:
-                async with s.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                async with s.post(url, data=body, headers=headers) as r:
                     await r.read()
-                    if r.status == 200:
+                    if r.status == 200 and time.monotonic() >= start:
                         done += 1
 
         await asyncio.gather(*(worker() for _ in range(workers)))
     return done / seconds
 
 
-async def run(url, body, rate, seconds, pid):
+async def run(url, body, headers, rate, seconds, pid):
     base = url.split("/v2/")[0]
     results = []  # (status, latency, retry_after)
     probes = []
@@ -70,7 +88,7 @@ async def run(url, body, rate, seconds, pid):
         async def one():
             t0 = time.monotonic()
             try:
-                async with s.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                async with s.post(url, data=body, headers=headers) as r:
                     await r.read()
                     results.append((r.status, time.monotonic() - t0, r.headers.get("retry-after")))
             except asyncio.TimeoutError:
@@ -163,6 +181,46 @@ def report(paths):
         print("| " + " | ".join(f(r) for _, f in cols) + " |")
 
 
+def write_body(rows, features, path):
+    import struct
+
+    vals = [((i * 7919) % 1000) / 1000.0 - 0.5 for i in range(rows * features)]
+    raw = struct.pack(f"<{len(vals)}f", *vals)
+    head = {
+        "inputs": [{"name": "input", "shape": [rows, features], "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }
+    hb = json.dumps(head, separators=(",", ":")).encode()
+    with open(path, "wb") as f:
+        f.write(hb + raw)
+    with open(path[:-4] + ".binlen", "w") as f:
+        f.write(str(len(hb)))
+
+
+def probe(url, seconds, out):
+    """A blocking prober in a process of its own, so the load generator's
+    event loop cannot delay it: what it measures is the server's latency."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    lat = []
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        t0 = time.monotonic()
+        try:
+            c = http.client.HTTPConnection(u.hostname, u.port, timeout=HUNG_AFTER)
+            c.request("GET", u.path)
+            status = c.getresponse().status
+            c.close()
+        except OSError:
+            status = "fail"
+        lat.append((status, time.monotonic() - t0))
+        time.sleep(0.05)
+    json.dump(lat, open(out, "w"))
+
+
 def main():
     cmd = sys.argv[1]
     try:
@@ -172,14 +230,26 @@ def main():
     except ImportError:
         pass
     if cmd == "capacity":
-        url, body, seconds = sys.argv[2], open(sys.argv[3], "rb").read(), float(sys.argv[4])
-        print(f"{asyncio.run(capacity(url, body, seconds)):.1f}")
+        url, (body, headers), seconds = sys.argv[2], load_body(sys.argv[3]), float(sys.argv[4])
+        print(f"{asyncio.run(capacity(url, body, headers, seconds)):.1f}")
     elif cmd == "run":
-        url, body = sys.argv[2], open(sys.argv[3], "rb").read()
+        url, (body, headers) = sys.argv[2], load_body(sys.argv[3])
         rate, seconds, pid, out = float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
-        r = asyncio.run(run(url, body, rate, seconds, pid))
+        r = asyncio.run(run(url, body, headers, rate, seconds, pid))
         json.dump(r, open(out, "w"), indent=1)
         print(json.dumps(r))
+    elif cmd == "body":
+        write_body(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    elif cmd == "merge":
+        # The separate prober's figures replace the in-process ones.
+        r, lat = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+        ok = [l for st, l in lat if st == 200]
+        r["probes"], r["probes_failed"] = len(lat), sum(1 for st, _ in lat if st != 200)
+        r["probe_p99_ms"] = pct(ok, 99) * 1000
+        r["probe_max_ms"] = max((l for _, l in lat), default=float("nan")) * 1000
+        json.dump(r, open(sys.argv[2], "w"), indent=1)
+    elif cmd == "probe":
+        probe(sys.argv[2], float(sys.argv[3]), sys.argv[4])
     elif cmd == "report":
         report(sys.argv[2:])
     else:

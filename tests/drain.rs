@@ -4,7 +4,7 @@
 //! process takes the sockets over under constant load (HTTP keep-alive,
 //! gRPC unary and streaming) and no request fails. Slow clients and
 //! oversized headers are cut at the configured limits while others are served.
-//! `benches/drain.sh` runs the upgrade loop 20 times and records the figures.
+//! `benches/drain.sh` runs the upgrade loop 20 times (`SWITCHYARD_UPGRADE_ROUNDS`) and prints the figures.
 
 mod common;
 
@@ -91,6 +91,7 @@ async fn sigterm_closes_the_listeners_and_finishes_what_is_in_flight() {
     assert_eventually!(backend.in_flight() >= 6, "all calls reached the backend");
 
     sy.signal("TERM");
+    let signalled = std::time::Instant::now();
     // The listener closes at once while the calls are still running.
     assert_eventually!(
         tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.is_err(),
@@ -107,6 +108,7 @@ async fn sigterm_closes_the_listeners_and_finishes_what_is_in_flight() {
     got.sort();
     assert_eq!(got, [20, 21]);
     assert_eq!(sy.wait_exit(Duration::from_secs(20)).await, Some(0), "exits 0 once drained");
+    eprintln!("FIGURES drain: 4 HTTP + 1 unary + 1 stream in flight completed; exited {:?} after SIGTERM", signalled.elapsed());
     assert!(sy.log().contains("drained; exiting"), "{}", sy.log());
 }
 
@@ -196,8 +198,26 @@ async fn upgrades_under_load_lose_nothing() {
             }
         }));
     }
+    // New connections every 5 ms to both ports: a refused one fails the test.
+    let refused = Arc::new(AtomicU64::new(0));
+    let connects = Arc::new(AtomicU64::new(0));
+    for port in [sy.http_port, sy.grpc_port] {
+        let (stop, refused, connects) = (stop.clone(), refused.clone(), connects.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(_) => connects.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    // `benches/drain.sh` sets 20.
+    let rounds: usize = std::env::var("SWITCHYARD_UPGRADE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let socket = sy.config.parent().unwrap().join("upgrade.sock");
-    for round in 0..3 {
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
         let before = ok.load(Ordering::Relaxed);
         assert_eventually!(ok.load(Ordering::Relaxed) > before + 20, "load flows before upgrade {round}");
         let _ = std::fs::remove_file(&socket);
@@ -216,10 +236,13 @@ async fn upgrades_under_load_lose_nothing() {
     }
     let errors = errors.lock().unwrap();
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failures across upgrades: {errors:?}");
+    assert_eq!(refused.load(Ordering::Relaxed), 0, "refused connections across upgrades");
     assert!(ok.load(Ordering::Relaxed) > 100);
     eprintln!(
-        "upgrades: 3, answered: {}, failed: 0, gRPC calls retried as never sent: {}",
+        "FIGURES upgrades={rounds} seconds={:.1} answered={} failed=0 refused_connections=0 connects={} grpc_retried_never_sent={}",
+        started.elapsed().as_secs_f64(),
         ok.load(Ordering::Relaxed),
+        connects.load(Ordering::Relaxed),
         retried.load(Ordering::Relaxed)
     );
 }
