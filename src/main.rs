@@ -44,6 +44,10 @@ enum Command {
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Add the Switchyard sidecar to Kubernetes manifests (files or stdin) and print them.
+    Inject(switchyard_inject::InjectArgs),
+    /// Serve the sidecar-injecting mutating admission webhook over HTTPS.
+    Injector(switchyard_inject::InjectorArgs),
 }
 
 /// Settings that replace the config file's, at start and on every reload
@@ -60,6 +64,9 @@ struct OverrideArgs {
     /// gRPC address (replaces `listeners.grpc.address`; a config with gRPC off keeps it off).
     #[arg(long, env = "SWITCHYARD_GRPC_ADDRESS")]
     grpc_address: Option<SocketAddr>,
+    /// No gRPC listener, whatever the file says (an injected sidecar whose pod has no gRPC port for it).
+    #[arg(long, env = "SWITCHYARD_NO_GRPC", conflicts_with = "grpc_address")]
+    no_grpc: bool,
     /// Metrics address (replaces `listeners.metrics.address`).
     #[arg(long, env = "SWITCHYARD_METRICS_ADDRESS")]
     metrics_address: Option<SocketAddr>,
@@ -70,6 +77,7 @@ impl OverrideArgs {
         Overrides {
             http_address: self.http_address,
             grpc_address: self.grpc_address,
+            no_grpc: self.no_grpc,
             metrics_address: self.metrics_address,
             state_file: self.state_file,
         }
@@ -189,6 +197,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Inject(args) => switchyard_inject::cli::inject(args),
+        Command::Injector(args) => {
+            init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");
+            switchyard_inject::cli::injector(args)
+        }
         Command::Serve { config, log_format, overrides, upgrade } => {
             match serve(config, log_format, overrides.into_overrides(), upgrade) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -108,7 +108,10 @@ async fn sigterm_closes_the_listeners_and_finishes_what_is_in_flight() {
     got.sort();
     assert_eq!(got, [20, 21]);
     assert_eq!(sy.wait_exit(Duration::from_secs(20)).await, Some(0), "exits 0 once drained");
-    eprintln!("FIGURES drain: 4 HTTP + 1 unary + 1 stream in flight completed; exited {:?} after SIGTERM", signalled.elapsed());
+    eprintln!(
+        "FIGURES drain: 4 HTTP + 1 unary + 1 stream in flight completed; exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
     assert!(sy.log().contains("drained; exiting"), "{}", sy.log());
 }
 

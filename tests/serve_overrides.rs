@@ -143,3 +143,28 @@ async fn the_variant_in_flight_gauge_counts_requests_until_they_are_answered() {
     assert_eq!(slow.await.unwrap(), (200, 200));
     assert_eq!(gauge(&sy.metrics().await), Some(0.0), "back to 0 once answered");
 }
+
+#[tokio::test]
+async fn no_grpc_turns_the_files_grpc_listener_off() {
+    let backend = FaultBackend::start("server").await;
+    let dir = TempDir::new("no-grpc");
+    let (http, grpc, control) = (free_port(), free_port(), free_port());
+    let cfg_path = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "listeners:\n  http:\n    address: 127.0.0.1:{http}\n  metrics:\n    enabled: false\n  grpc:\n    address: 127.0.0.1:{grpc}\n  control:\n    address: 127.0.0.1:{control}\n\
+             backends:\n  b: {{kind: v2-http, endpoints: [\"{}\"]}}\nmodels:\n  m:\n    variants:\n      - {{name: a, backend: b}}\n",
+            backend.url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("serve").arg("--config").arg(&cfg_path).arg("--no-grpc").env("SWITCHYARD_LOG_FORMAT", "text");
+    let mut proc = Proc::spawn("switchyard", cmd, dir.path().join("switchyard.log"));
+    let client = HttpClient::new();
+    wait_until_serving(&mut proc, &client, &format!("http://127.0.0.1:{http}/startup")).await;
+    let status: Value = client.get(&format!("http://127.0.0.1:{control}/config")).await.json();
+    assert_eq!(status["listeners"]["grpc"], Value::Null, "{status}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err(), "nothing listens on the file's gRPC address");
+}

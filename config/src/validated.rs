@@ -88,6 +88,8 @@ pub struct Overrides {
     pub http_address: Option<SocketAddr>,
     /// Replaces `listeners.grpc.address`; a file that turns gRPC off keeps it off.
     pub grpc_address: Option<SocketAddr>,
+    /// Turns the gRPC listener off whatever the file says.
+    pub no_grpc: bool,
     pub metrics_address: Option<SocketAddr>,
     /// Where the control plane persists API changes (replaces `listeners.control.state_file`).
     pub state_file: Option<PathBuf>,
@@ -100,6 +102,9 @@ impl Overrides {
         }
         if let (Some(a), Some(g)) = (self.grpc_address, cfg.listeners.grpc.as_mut()) {
             g.address = a;
+        }
+        if self.no_grpc {
+            cfg.listeners.grpc = None;
         }
         if let Some(a) = self.metrics_address {
             cfg.listeners.metrics = Some(a);

@@ -100,9 +100,9 @@ MLSERVER_PATIENCE_S = 60.0
 SWITCHYARD_PATIENCE_S = 30.0
 
 
-def start_mlserver(tmp, procs):
-    """MLServer (tests/mlserver: mlp v1+v2, slow) on free ports; returns (http_port, grpc_port)."""
-    http_port, grpc_port = free_port(), free_port()
+def start_mlserver(tmp, procs, http_port=None, grpc_port=None):
+    """MLServer (tests/mlserver: mlp v1+v2, slow) on the given or free ports; returns (http_port, grpc_port)."""
+    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
     env = dict(os.environ, TMPDIR=str(tmp), XDG_CACHE_HOME=str(tmp / "xdg"))
     ml = Proc(
         "mlserver",

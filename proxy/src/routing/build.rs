@@ -155,9 +155,7 @@ mod tests {
             let switchyard_config::BackendConfig::V2Http(c) = b else { panic!() };
             backends.insert(
                 name.clone(),
-                Arc::new(
-                    switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &Default::default()).unwrap(),
-                ),
+                Arc::new(switchyard_runtime::backend::v2_http::V2HttpBackend::new(name, c, &cfg.resolver).unwrap()),
             );
         }
         let ctx = BuildContext {
