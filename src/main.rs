@@ -153,10 +153,17 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
             // The old process holds the control port until it has drained; take it then.
             let (control, address) = (control.clone(), c.address);
             background.spawn(async move {
+                let mut logged = false;
                 loop {
                     match switchyard_control::api::serve(control.clone(), address, token.clone()).await {
                         Ok(_) => break,
-                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                        Err(e) => {
+                            if !logged {
+                                tracing::info!(error = %e, "control API waits for the old process to release its port");
+                                logged = true;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
                     }
                 }
             });

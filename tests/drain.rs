@@ -68,7 +68,7 @@ fn answer_of(r: &pb::ModelInferResponse) -> i32 {
 async fn sigterm_closes_the_listeners_and_finishes_what_is_in_flight() {
     let backend = FaultBackend::start("b").await;
     let mut sy = start(&backend, "").await;
-    backend.delay_ms(2500);
+    backend.delay_ms(4000);
     let mut http = Vec::new();
     for i in 0..4 {
         let (client, url) = (sy.client.clone(), format!("{}/v2/models/m/infer", sy.http_url()));
