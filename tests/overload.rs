@@ -181,3 +181,33 @@ async fn at_the_connection_cap_probes_and_metrics_still_answer() {
         "served again once connections close"
     );
 }
+
+#[tokio::test]
+async fn a_queued_request_whose_client_left_never_runs() {
+    let backend = FaultBackend::start("b").await;
+    let sy = start(&backend, "  models:\n    m: { limit: 1, queue: 4, queue_timeout: 60s }\n").await;
+    backend.delay_ms(1500);
+    let holder = {
+        let (client, url) = (sy.client.clone(), format!("{}/v2/models/m/infer", sy.http_url()));
+        tokio::spawn(async move { client.post(&url, &[], body(0, None)).await })
+    };
+    assert_eventually!(backend.in_flight() == 1, "the slot is taken");
+    // A client queues a request, then hangs up while it waits.
+    let b = body(1, None);
+    let mut gone = tokio::net::TcpStream::connect(("127.0.0.1", sy.http_port)).await.unwrap();
+    gone.write_all(
+        format!("POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let queued =
+        || async { sy.metrics().await.value("switchyard_concurrency_queued", &[("scope", "model"), ("name", "m")]) };
+    assert_eventually!(queued().await == 1.0, "the request waits for the slot");
+    drop(gone);
+    assert_eventually!(queued().await == 0.0, "the abandoned request leaves the queue");
+    assert_eq!(holder.await.unwrap().status, 200);
+    // The slot is free again and the abandoned request never reached the backend.
+    assert_eq!(sy.post("/v2/models/m/infer", &[], body(2, None)).await.status, 200);
+    assert_eq!(backend.infers(), 2, "only the two requests whose clients waited ran");
+}
