@@ -176,6 +176,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
     {
         let _rt = background.enter();
         switchyard_control::watch::spawn(control.clone()).map_err(|e| anyhow::anyhow!(e))?;
+        switchyard_control::fleet::tasks::spawn(control.clone());
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());

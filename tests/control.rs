@@ -737,10 +737,13 @@ async fn canary_analysis_rolls_back_failing_and_slow_canaries_and_promotes_a_hea
         body.push_str(&backend_line(s.name(), &s.url()));
     }
     body.push_str("models:\n");
-    // Each policy isolates one criterion; the healthy canary faces both.
+    // Each policy isolates one criterion; the healthy canary faces both. Its
+    // p99 bound leaves room for scheduler noise on a loaded 2-core box (a
+    // millisecond-scale p99 once read 30 ms against 7 ms), which the slow
+    // canary's 300 ms against milliseconds still exceeds by far.
     body.push_str(&rollout_model("err", "err-base", "err-canary", 0.01, 1000.0));
     body.push_str(&rollout_model("slow", "slow-base", "slow-canary", 0.5, 1.5));
-    body.push_str(&rollout_model("ok", "ok-base", "ok-canary", 0.01, 1.5));
+    body.push_str(&rollout_model("ok", "ok-base", "ok-canary", 0.01, 20.0));
     let sy = Switchyard::config(&body).start().await;
     let ctl = Ctl::of(&sy);
 

@@ -64,12 +64,44 @@ pub struct ValidatedConfig {
     pub models: BTreeMap<Arc<str>, ModelConfig>,
     /// Response cache tiers (restart to change; per-variant policies reload).
     pub cache: CacheConfig,
+    /// Control-plane settings beyond its listener (restart to change).
+    pub control: ControlConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
     /// Concurrency limits and load shedding.
     pub admission: AdmissionConfig,
     /// Drain and upgrade.
     pub lifecycle: Lifecycle,
+}
+
+/// The `control` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ControlConfig {
+    /// Fleet mode; `None`: this replica's control state is its own.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// How often a replica looks at the shared state when not given (the pub/sub
+/// notification is the fast path; this bounds convergence when one is missed).
+pub const DEFAULT_FLEET_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// The judge lease's lifetime when not given (renewed every third of it).
+pub const DEFAULT_FLEET_LEASE_TTL: Duration = Duration::from_secs(3);
+/// Deadline of each fleet Redis command when not given.
+pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Fleet mode (docs/operations.md, "Fleet").
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// Standalone Redis URL holding the shared state.
+    pub redis: String,
+    /// The fleet's name; every key is under `switchyard:fleet:{name}:`.
+    pub name: String,
+    /// Polling fallback of change notifications, and the stats publish period.
+    pub poll_interval: Duration,
+    /// Judge lease lifetime.
+    pub lease_ttl: Duration,
+    /// Deadline of each Redis command.
+    pub timeout: Duration,
 }
 
 /// The DNS resolver of `dns:` backends.

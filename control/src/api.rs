@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::error::{ControlError, ErrorKind};
 use crate::experiments::{ExperimentResults, ExperimentStatus, Outcome};
-use crate::plane::{ControlPlane, Published};
+use crate::plane::{ControlPlane, Published, StatsScope};
 use crate::source::Source;
 use crate::supervise::{self, API_TASK};
 
@@ -125,6 +125,7 @@ fn status_of(kind: ErrorKind) -> u16 {
         ErrorKind::Conflict => 409,
         ErrorKind::InvalidConfig => 422,
         ErrorKind::ServingPlane => 500,
+        ErrorKind::Unavailable => 503,
     }
 }
 
@@ -214,7 +215,11 @@ async fn handle(
             return Ok(r);
         }
     };
-    let result = dispatch(&plane, route, req, &who).await;
+    let expect = match if_match(&req, route) {
+        Ok(e) => e,
+        Err(e) => return Ok(error(e)),
+    };
+    let result = dispatch(&plane, route, req, &who, expect).await;
     if route.is_mutation() {
         let outcome = match &result {
             Ok(v) => format!("ok generation={}", v["generation"]),
@@ -228,11 +233,30 @@ async fn handle(
     })
 }
 
+/// `If-Match: N` (or `"N"`): a routing change applies only if the live
+/// generation (the shared one in fleet mode) is still N. Refused where it
+/// cannot be honoured (reads, reloads, cache drops), never ignored.
+fn if_match(req: &Request<Incoming>, route: ApiRoute<'_>) -> Result<Option<u64>, ControlError> {
+    let Some(v) = req.headers().get(http::header::IF_MATCH) else { return Ok(None) };
+    if !matches!(route, ApiRoute::Traffic { .. } | ApiRoute::Rollback { .. } | ApiRoute::CreateExperiment) {
+        return Err(ControlError::bad_request(
+            "If-Match applies to traffic changes, rollbacks and A/B test creation only",
+        ));
+    }
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_matches('"'))
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| ControlError::bad_request("If-Match must be a generation number, e.g. If-Match: 7"))
+}
+
 async fn dispatch(
     plane: &ControlPlane,
     route: ApiRoute<'_>,
     req: Request<Incoming>,
     who: &str,
+    expect: Option<u64>,
 ) -> Result<Value, ControlError> {
     match route {
         ApiRoute::Config => Ok(config(plane)),
@@ -241,12 +265,12 @@ async fn dispatch(
         }
         ApiRoute::Status { model } => status(plane, model).await,
         ApiRoute::Versions { model } => versions(plane, model).await,
-        ApiRoute::Metrics { model } => metrics(plane, model),
-        ApiRoute::Traffic { model } => traffic(plane, model, body(req).await?, who).await,
-        ApiRoute::Rollback { model } => rollback(plane, model, body(req).await?, who).await,
+        ApiRoute::Metrics { model } => metrics(plane, model).await,
+        ApiRoute::Traffic { model } => traffic(plane, model, body(req).await?, who, expect).await,
+        ApiRoute::Rollback { model } => rollback(plane, model, body(req).await?, who, expect).await,
         ApiRoute::InvalidateCache { model } => invalidate(plane, model),
         ApiRoute::CreateExperiment => {
-            let created = plane.create_experiment(body(req).await?, who).await?;
+            let created = plane.create_experiment_if(body(req).await?, who, expect).await?;
             Ok(serde_json::to_value(created).expect("json"))
         }
         ApiRoute::ExperimentResults { test_id } => Ok(results_json(&plane.experiment_results(test_id).await?)),
@@ -278,7 +302,7 @@ fn config(plane: &ControlPlane) -> Value {
     let models: BTreeMap<&str, Value> =
         p.effective.models.keys().map(|m| (m.as_ref(), model_json(&p, m).unwrap_or(Value::Null))).collect();
     let backends: BTreeMap<&str, &str> = p.effective.backends.iter().map(|(k, b)| (k.as_ref(), b.kind())).collect();
-    json!({
+    let mut out = json!({
         "generation": p.generation,
         "config_file": plane.config_path().display().to_string(),
         "last_reload": p.last_reload,
@@ -290,6 +314,18 @@ fn config(plane: &ControlPlane) -> Value {
         },
         "backends": backends,
         "models": models,
+    });
+    if let Some(g) = p.fleet_generation {
+        out["fleet_generation"] = json!(g);
+        out["fleet"] = fleet_json(plane);
+    }
+    out
+}
+
+/// Fleet mode's state: the same object `/ready` carries.
+fn fleet_json(plane: &ControlPlane) -> Value {
+    plane.fleet().map_or(Value::Null, |_| {
+        switchyard_stats::fleet::detail().and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Null)
     })
 }
 
@@ -304,13 +340,17 @@ async fn status(plane: &ControlPlane, model: &str) -> Result<Value, ControlError
         let name = v["name"].as_str().unwrap_or_default().to_string();
         v["ready"] = Value::Bool(plane.serving().variant_ready(model, &name).await);
     }
-    Ok(json!({
+    let mut out = json!({
         "model": model,
         "generation": p.generation,
         "variants": m["variants"],
         "rollout": rollout,
         "last_reload": p.last_reload,
-    }))
+    });
+    if let Some(g) = p.fleet_generation {
+        out["fleet_generation"] = json!(g);
+    }
+    Ok(out)
 }
 
 async fn versions(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
@@ -343,14 +383,16 @@ fn shadow_json(s: &Snapshot) -> Value {
     })
 }
 
-fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
+async fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
     let p = plane.published();
     let m = p.effective.models.get(model).ok_or_else(|| ControlError::not_found(format!("unknown model '{model}'")))?;
+    let names: Vec<String> = m.variants.iter().map(|v| v.name.to_string()).collect();
+    let (scope, stats) = plane.variant_stats(model, &names).await;
     let variants: Vec<Value> = m
         .variants
         .iter()
-        .map(|v| {
-            let s = plane.serving().stats(model, &v.name).unwrap_or_default();
+        .zip(stats)
+        .map(|(v, s)| {
             json!({
                 "name": v.name.as_ref(),
                 "requests": s.requests,
@@ -361,7 +403,17 @@ fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
             })
         })
         .collect();
-    Ok(json!({ "model": model, "generation": p.generation, "since": "process start", "variants": variants }))
+    let since = match scope {
+        StatsScope::Replica => "process start",
+        StatsScope::Fleet => "fleet counters (every replica, kept 7 days after the last request)",
+    };
+    let mut out = json!({ "model": model, "generation": p.generation, "since": since, "variants": variants });
+    if let Some(g) = p.fleet_generation {
+        // Fleet mode: whose numbers these are (this replica's own while Redis is unreachable).
+        out["fleet_generation"] = json!(g);
+        out["scope"] = json!(scope);
+    }
+    Ok(out)
 }
 
 fn results_json(r: &ExperimentResults) -> Value {
@@ -437,16 +489,30 @@ fn weights_now(plane: &ControlPlane, model: &str) -> Value {
     json!(w)
 }
 
-async fn traffic(plane: &ControlPlane, model: &str, b: TrafficBody, who: &str) -> Result<Value, ControlError> {
+/// A mutation's answer: the model, the generation, the weights now, and the shared generation in fleet mode.
+fn changed(plane: &ControlPlane, model: &str, generation: u64) -> Value {
+    let mut v = json!({ "model": model, "generation": generation, "weights": weights_now(plane, model) });
+    if let Some(g) = plane.published().fleet_generation {
+        v["fleet_generation"] = json!(g);
+    }
+    v
+}
+
+async fn traffic(
+    plane: &ControlPlane,
+    model: &str,
+    b: TrafficBody,
+    who: &str,
+    expect: Option<u64>,
+) -> Result<Value, ControlError> {
     let generation = match (b.weights, b.reset) {
-        (Some(w), false) => plane.set_weights(model, w, Source::Api, who).await?,
-        (None, true) => plane.reset_weights(model, who).await?,
+        (Some(w), false) => plane.set_weights_if(model, w, Source::Api, who, expect).await?,
+        (None, true) => plane.reset_weights_if(model, who, expect).await?,
         _ => {
             return Err(ControlError::bad_request("give either {\"weights\": {variant: weight}} or {\"reset\": true}"))
         }
     };
-    plane.abort_rollout(model, &format!("manual traffic change by {who}")).await;
-    Ok(json!({ "model": model, "generation": generation, "weights": weights_now(plane, model) }))
+    Ok(changed(plane, model, generation))
 }
 
 fn invalidate(plane: &ControlPlane, model: &str) -> Result<Value, ControlError> {
@@ -468,9 +534,15 @@ struct RollbackBody {
     generation: Option<u64>,
 }
 
-async fn rollback(plane: &ControlPlane, model: &str, b: RollbackBody, who: &str) -> Result<Value, ControlError> {
-    let (generation, _) = plane.rollback(model, b.generation, who).await?;
-    Ok(json!({ "model": model, "generation": generation, "weights": weights_now(plane, model) }))
+async fn rollback(
+    plane: &ControlPlane,
+    model: &str,
+    b: RollbackBody,
+    who: &str,
+    expect: Option<u64>,
+) -> Result<Value, ControlError> {
+    let (generation, _) = plane.rollback_if(model, b.generation, who, expect).await?;
+    Ok(changed(plane, model, generation))
 }
 
 #[cfg(test)]
@@ -548,6 +620,7 @@ mod tests {
             (ErrorKind::Conflict, 409),
             (ErrorKind::InvalidConfig, 422),
             (ErrorKind::ServingPlane, 500),
+            (ErrorKind::Unavailable, 503),
         ] {
             assert_eq!(error(ControlError::new(kind, "x")).status().as_u16(), code);
         }

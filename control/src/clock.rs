@@ -1,6 +1,6 @@
 //! The control plane's clock: a few times per shortest rollout interval it
 //! lets the rollouts observe the live stats and ends experiments whose time
-//! is up. Each tick runs in a task of its own: a panic in one is logged and
+//! is up. In fleet mode only the replica holding the judge lease ticks. Each tick runs in a task of its own: a panic in one is logged and
 //! recorded, and the clock goes on (after a pause that grows while ticks
 //! keep panicking).
 
@@ -23,6 +23,9 @@ pub fn spawn(plane: Arc<ControlPlane>) {
             let backoff = Duration::from_secs(1).saturating_mul(panics).min(MAX_BACKOFF);
             tokio::time::sleep(period.max(backoff)).await;
             let p = plane.clone();
+            if !plane.is_judge() {
+                continue;
+            }
             let tick = supervise::isolated(CLOCK_TASK, async move {
                 p.tick_rollouts().await;
                 p.end_due_experiments().await;

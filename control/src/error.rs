@@ -17,6 +17,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// The serving plane could not apply a generation (a backend failed to build).
     ServingPlane,
+    /// Fleet mode: the shared state is unreachable, so no change can be made.
+    Unavailable,
 }
 
 /// A refused control-plane operation; nothing changed.
@@ -45,6 +47,10 @@ impl ControlError {
 
     pub fn invalid_config(message: impl Into<String>) -> ControlError {
         ControlError::new(ErrorKind::InvalidConfig, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::Unavailable, message)
     }
 
     pub fn serving_plane(message: impl Into<String>) -> ControlError {

@@ -295,16 +295,26 @@ impl Experiment {
 
     /// The results, judged on `current` (cumulative stats per arm; ignored once ended).
     pub fn results(&self, current: &BTreeMap<String, Snapshot>) -> ExperimentResults {
-        let d = &self.def;
         let upto = self.end.as_ref().unwrap_or(current);
         let interval = |v: &String| {
             let now = upto.get(v).cloned().unwrap_or_default();
             now.since(&self.start.get(v).cloned().unwrap_or_default())
         };
+        self.results_of(self.def.variants.iter().map(|v| (v.clone(), interval(v))).collect())
+    }
+
+    /// The results judged on `counted`: each arm's stats over the test (fleet
+    /// mode: the fleet's counters of the test, which only count while it runs).
+    pub fn results_of(&self, counted: BTreeMap<String, Snapshot>) -> ExperimentResults {
+        let d = &self.def;
         let arms: Vec<Arm> = d
             .variants
             .iter()
-            .map(|v| Arm { name: v.clone(), weight: d.traffic_split.get(v).copied(), stats: interval(v) })
+            .map(|v| Arm {
+                name: v.clone(),
+                weight: d.traffic_split.get(v).copied(),
+                stats: counted.get(v).cloned().unwrap_or_default(),
+            })
             .collect();
         let control = &arms[0];
         let comparisons: Vec<Comparison> = arms[1..]

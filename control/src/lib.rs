@@ -11,7 +11,8 @@
 //! Module map (dependencies point down; no module imports the crate root):
 //!
 //! - owner and its drivers: `api` (control API), `watch` (file reloads),
-//!   `clock` (rollout/experiment ticks) → `plane` ([`ControlPlane`]);
+//!   `clock` (rollout/experiment ticks), `fleet::tasks` (fleet sync, judge
+//!   lease, stats publishing) → `plane` ([`ControlPlane`]) → `fleet` (Redis);
 //! - state machines and pure functions: `rollout`, `experiments`,
 //!   `effective`, `settle`;
 //! - leaves: `state` (persisted shapes), `source`, `error`, `serving`,
@@ -23,6 +24,7 @@ pub mod config_file;
 pub mod effective;
 pub mod error;
 pub mod experiments;
+pub mod fleet;
 pub mod metrics;
 pub mod persist;
 pub mod plane;

@@ -14,6 +14,9 @@ pub struct ControlMetrics {
     pub rollout_weight: GaugeVec,
     pub rollout_status: IntGaugeVec,
     pub rollbacks: IntCounterVec,
+    pub fleet_connected: IntGauge,
+    pub fleet_generation: IntGauge,
+    pub fleet_judge: IntGauge,
 }
 
 impl ControlMetrics {
@@ -52,6 +55,21 @@ impl ControlMetrics {
                     &["model", "canary"],
                 )
                 .expect("valid"),
+                fleet_connected: IntGauge::new(
+                    "switchyard_fleet_connected",
+                    "Fleet mode: 1 while the fleet's shared state in Redis is reachable, 0 while not",
+                )
+                .expect("valid"),
+                fleet_generation: IntGauge::new(
+                    "switchyard_fleet_generation",
+                    "Fleet mode: generation of the shared control state this replica serves",
+                )
+                .expect("valid"),
+                fleet_judge: IntGauge::new(
+                    "switchyard_fleet_judge",
+                    "Fleet mode: 1 while this replica holds the judge lease (runs rollouts and experiments)",
+                )
+                .expect("valid"),
             };
             let r = prometheus::default_registry();
             for c in [
@@ -61,6 +79,9 @@ impl ControlMetrics {
                 Box::new(m.rollout_weight.clone()),
                 Box::new(m.rollout_status.clone()),
                 Box::new(m.rollbacks.clone()),
+                Box::new(m.fleet_connected.clone()),
+                Box::new(m.fleet_generation.clone()),
+                Box::new(m.fleet_judge.clone()),
             ] {
                 let _ = r.register(c);
             }

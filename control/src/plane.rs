@@ -5,9 +5,16 @@
 //! every change the same way: build the effective config (`effective`), ask
 //! the serving plane to apply it, and only if that succeeded commit the new
 //! generation into its state, publish it and persist it (`persist`).
+//!
+//! In fleet mode (`fleet`) the overrides, history, experiments and rollouts
+//! are the fleet's: an API change or a judge decision is first written to the
+//! shared record by compare-and-set (refused when another change won or
+//! Redis is unreachable), and records other replicas wrote are applied here
+//! through the same commit ([`ControlPlane::sync_fleet`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +28,7 @@ use crate::config_file::ConfigFile;
 use crate::effective::{effective, weights_of};
 use crate::error::ControlError;
 use crate::experiments::{CreateRequest, Experiment, ExperimentDecision, ExperimentResults};
+use crate::fleet::{Fleet, Record};
 use crate::metrics::ControlMetrics;
 use crate::persist::{StateWriter, Written};
 use crate::rollout::{self, Observation, Rollout, RolloutDecision, RolloutView};
@@ -45,6 +53,8 @@ pub struct ReloadStatus {
 /// The live state, readable without a lock.
 pub struct Published {
     pub generation: u64,
+    /// Fleet mode: the generation of the shared record this state comes from.
+    pub fleet_generation: Option<u64>,
     /// The file config with API overrides applied: what the serving plane runs.
     pub effective: Arc<ValidatedConfig>,
     /// Where each overridden weight came from; absent = the file.
@@ -58,8 +68,20 @@ pub struct ExperimentCreated {
     pub test_id: String,
     pub model: String,
     pub generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_generation: Option<u64>,
     pub traffic_split: BTreeMap<String, f64>,
     pub ends_at: u64,
+}
+
+/// Where per-variant numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsScope {
+    /// This process's requests since it started.
+    Replica,
+    /// Every replica's requests (fleet mode).
+    Fleet,
 }
 
 struct Inner {
@@ -71,14 +93,43 @@ struct Inner {
     history: BTreeMap<String, Vec<HistoryEntry>>,
     experiments: BTreeMap<String, Experiment>,
     rollouts: BTreeMap<String, Rollout>,
+    /// Fleet mode: generation of the shared record applied (0: none yet).
+    fleet_generation: u64,
     /// Sequence of the last state handed to the writer.
     persist_seq: u64,
 }
 
-/// A change to commit: a new file (when reloading) and the overrides to run with.
+/// Who asks for a change, which decides whether the fleet must agree first.
+enum Origin {
+    /// The config file: local to this replica, never written to the fleet.
+    File,
+    /// The API (with an optional `If-Match` generation) or, with `judge`, a
+    /// rollout decision: in fleet mode a compare-and-set on the shared record first.
+    Local { expect: Option<u64>, judge: bool },
+    /// A shared record another replica wrote: applied as it is.
+    Fleet(Box<Record>),
+}
+
+/// A change to commit: a new file (when reloading), the overrides to run
+/// with, and the rollouts and experiments when they change too.
 struct Change {
     file: Option<ConfigFile>,
     overrides: BTreeMap<String, ModelOverride>,
+    rollouts: Option<BTreeMap<String, Rollout>>,
+    experiments: Option<BTreeMap<String, Experiment>>,
+    origin: Origin,
+}
+
+impl Change {
+    fn local(overrides: BTreeMap<String, ModelOverride>, expect: Option<u64>) -> Change {
+        Change {
+            file: None,
+            overrides,
+            rollouts: None,
+            experiments: None,
+            origin: Origin::Local { expect, judge: false },
+        }
+    }
 }
 
 pub struct ControlPlane {
@@ -91,6 +142,10 @@ pub struct ControlPlane {
     metrics: ControlMetrics,
     writer: StateWriter,
     settle: Timing,
+    fleet: Option<Arc<Fleet>>,
+    /// Fleet mode: whether the last look at the shared record succeeded, and why not.
+    in_sync: AtomicBool,
+    sync_error: std::sync::Mutex<Option<String>>,
 }
 
 fn now_secs() -> u64 {
@@ -104,6 +159,9 @@ fn unknown_model(model: &str) -> ControlError {
 impl ControlPlane {
     /// Takes the config as read once by the caller, loads the persisted state,
     /// applies both as the first generation, and returns the running plane.
+    /// In fleet mode it then catches up with the fleet's shared state before
+    /// returning (the data plane listens, and so reports ready, only after);
+    /// with Redis unreachable it serves the local state and says so.
     pub async fn start(file: ConfigFile, serving: Arc<dyn ServingPlane>) -> Result<Arc<ControlPlane>, String> {
         let state_path = file
             .overrides
@@ -112,6 +170,10 @@ impl ControlPlane {
             .or_else(|| file.config.listeners.control.as_ref().and_then(|c| c.state_file.clone()))
             .unwrap_or_else(|| default_state_path(&file.path));
         let persisted = PersistedState::load(&state_path)?;
+        let fleet = match &file.config.control.fleet {
+            Some(cfg) => Some(Arc::new(Fleet::new(cfg.clone())?)),
+            None => None,
+        };
         let eff = effective(&file.config, &persisted.overrides);
         for d in &eff.dropped {
             tracing::warn!(target: "audit", "{d}");
@@ -122,6 +184,7 @@ impl ControlPlane {
         let metrics = ControlMetrics::get();
         metrics.reload_ok(true);
         metrics.generation.set(generation as i64);
+        let fleet_generation = persisted.fleet_generation.unwrap_or(0);
         let mut inner = Inner {
             file: file.config.clone(),
             file_text: file.text,
@@ -134,15 +197,21 @@ impl ControlPlane {
                 .map(|d| (d.test_id.clone(), Experiment::resume(d)))
                 .collect(),
             rollouts: rollout::resume(&config, persisted.rollouts),
+            fleet_generation,
             persist_seq: 0,
         };
-        record_history(&mut inner, &config, generation, "startup");
+        if fleet.is_none() {
+            let mut h = std::mem::take(&mut inner.history);
+            record_history(&mut h, &config, generation, "startup");
+            inner.history = h;
+        }
         let plane = Arc::new(ControlPlane {
             config_path: file.path.clone(),
             overrides: file.overrides.clone(),
             serving,
             published: ArcSwap::from_pointee(Published {
                 generation,
+                fleet_generation: fleet.as_ref().map(|_| fleet_generation),
                 effective: config,
                 sources: eff.sources,
                 last_reload: ReloadStatus {
@@ -156,11 +225,24 @@ impl ControlPlane {
             metrics,
             writer: StateWriter::spawn(state_path)?,
             settle: Timing::default(),
+            fleet,
+            in_sync: AtomicBool::new(false),
+            sync_error: std::sync::Mutex::new(None),
         });
         {
             let mut inner = plane.inner.lock().await;
             // Not awaited: a crash before it lands restarts from the file and the previous state.
             let _ = plane.persist(&mut inner);
+        }
+        if let Some(f) = &plane.fleet {
+            match plane.sync_fleet().await {
+                Ok(()) => {
+                    tracing::info!(fleet = %f.name(), replica = %f.replica(), fleet_generation = plane.inner.lock().await.fleet_generation, "caught up with the fleet")
+                }
+                Err(e) => {
+                    tracing::warn!(fleet = %f.name(), error = %e, "cannot reach the fleet's shared state; serving the local state until it is back")
+                }
+            }
         }
         tracing::info!(generation, path = %file.path.display(), "control plane started");
         Ok(plane)
@@ -187,6 +269,17 @@ impl ControlPlane {
         &self.serving
     }
 
+    /// Fleet mode's Redis side; `None` when fleet mode is off.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Whether this replica runs the rollout and experiment clock: always
+    /// without a fleet; in fleet mode only while it holds the judge lease.
+    pub fn is_judge(&self) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.judge_token().is_some())
+    }
+
     /// Waits until every state handed to the writer so far is on disk.
     pub async fn flush_state(&self) {
         let written = {
@@ -196,16 +289,21 @@ impl ControlPlane {
         written.wait().await;
     }
 
-    /// Hands the current state to the writer thread (never blocks on the file).
-    fn persist(&self, inner: &mut Inner) -> Written {
-        inner.persist_seq += 1;
-        let state = PersistedState {
-            generation: self.published.load().generation,
+    fn shared_state(&self, inner: &Inner, generation: u64) -> PersistedState {
+        PersistedState {
+            generation,
+            fleet_generation: self.fleet.as_ref().map(|_| inner.fleet_generation),
             overrides: inner.overrides.clone(),
             history: inner.history.clone(),
             experiments: inner.experiments.values().map(|e| e.def().clone()).collect(),
             rollouts: inner.rollouts.iter().map(|(k, v)| (k.clone(), v.persisted())).collect(),
-        };
+        }
+    }
+
+    /// Hands the current state to the writer thread (never blocks on the file).
+    fn persist(&self, inner: &mut Inner) -> Written {
+        inner.persist_seq += 1;
+        let state = self.shared_state(inner, self.published.load().generation);
         self.writer.submit(inner.persist_seq, state)
     }
 
@@ -225,8 +323,75 @@ impl ControlPlane {
         }
         let generation = self.published.load().generation + 1;
         let config = Arc::new(eff.config);
+        let rollouts = change.rollouts.as_ref().unwrap_or(&inner.rollouts);
+        let experiments = change.experiments.as_ref().unwrap_or(&inner.experiments);
+        let (history, fleet_generation) = match (&change.origin, &self.fleet) {
+            (Origin::Fleet(rec), _) => (rec.state.history.clone(), Some(rec.generation)),
+            // The history is the fleet's: a replica's own file does not write to it.
+            (Origin::File, Some(_)) => (inner.history.clone(), None),
+            (Origin::File, None) | (Origin::Local { .. }, None) => {
+                if let Origin::Local { expect: Some(e), .. } = change.origin {
+                    if e != generation - 1 {
+                        return Err(ControlError::conflict(format!(
+                            "If-Match: generation {e} expected, but generation {} is live; nothing was applied",
+                            generation - 1
+                        )));
+                    }
+                }
+                let mut h = inner.history.clone();
+                record_history(&mut h, &config, generation, reason);
+                (h, None)
+            }
+            (Origin::Local { expect, judge }, Some(fleet)) => {
+                let base = inner.fleet_generation;
+                if let Some(e) = expect.filter(|e| *e != base) {
+                    return Err(ControlError::conflict(format!(
+                        "fleet '{}': If-Match: generation {e} expected, but this replica serves shared generation {base}; nothing was applied",
+                        fleet.name()
+                    )));
+                }
+                let token = match judge {
+                    false => None,
+                    true => Some(fleet.judge_token().ok_or_else(|| {
+                        ControlError::conflict(format!(
+                            "fleet '{}': this replica no longer holds the judge lease",
+                            fleet.name()
+                        ))
+                    })?),
+                };
+                let mut h = inner.history.clone();
+                // What was live before (a new fleet's first change has no history yet): a rollback target.
+                let live = self.published.load().effective.clone();
+                for name in live.models.keys() {
+                    h.entry(name.to_string()).or_insert_with(|| {
+                        let weights = weights_of(&live, name);
+                        vec![HistoryEntry { generation: base, at: now_secs(), weights, reason: "live before".into() }]
+                    });
+                }
+                record_history(&mut h, &config, base + 1, reason);
+                let shared = PersistedState {
+                    generation: base + 1,
+                    fleet_generation: Some(base + 1),
+                    overrides: eff.overrides.clone(),
+                    history: h.clone(),
+                    experiments: experiments.values().map(|e| e.def().clone()).collect(),
+                    rollouts: rollouts.iter().map(|(k, v)| (k.clone(), v.persisted())).collect(),
+                };
+                let g = fleet.write(base, &shared, token).await.map_err(|e| e.into_control(fleet.name()))?;
+                (h, Some(g))
+            }
+        };
         if let Err(e) = self.serving.apply(config.clone(), generation).await {
+            if let Some(g) = fleet_generation {
+                tracing::error!(fleet_generation = g, error = %e, "the data plane refused a fleet generation; it is retried on the next sync");
+            }
             return Err(ControlError::serving_plane(format!("the data plane refused generation {generation}: {e}")));
+        }
+        if let Some(r) = change.rollouts {
+            inner.rollouts = r;
+        }
+        if let Some(x) = change.experiments {
+            inner.experiments = x;
         }
         if let Some(f) = change.file {
             inner.file = f.config;
@@ -235,7 +400,12 @@ impl ControlPlane {
             rollout::reconcile(&mut inner.rollouts, &inner.file);
         }
         inner.overrides = eff.overrides;
-        record_history(inner, &config, generation, reason);
+        inner.history = history;
+        if let (Some(g), Some(f)) = (fleet_generation, &self.fleet) {
+            inner.fleet_generation = g;
+            self.metrics.fleet_generation.set(g as i64);
+            self.report_fleet(f, g);
+        }
         let last_reload = match reload {
             Some(r) => {
                 self.metrics.reload_ok(r.successful);
@@ -243,10 +413,16 @@ impl ControlPlane {
             }
             None => self.published.load().last_reload.clone(),
         };
-        self.published.store(Arc::new(Published { generation, effective: config, sources: eff.sources, last_reload }));
+        self.published.store(Arc::new(Published {
+            generation,
+            fleet_generation: self.fleet.as_ref().map(|_| inner.fleet_generation),
+            effective: config,
+            sources: eff.sources,
+            last_reload,
+        }));
         self.metrics.generation.set(generation as i64);
         let written = self.persist(inner);
-        tracing::info!(target: "audit", generation, trigger, reason, "routing change applied");
+        tracing::info!(target: "audit", generation, ?fleet_generation, trigger, reason, "routing change applied");
         Ok((generation, written))
     }
 
@@ -255,12 +431,12 @@ impl ControlPlane {
         let p = self.published.load();
         self.published.store(Arc::new(Published {
             generation: p.generation,
+            fleet_generation: p.fleet_generation,
             effective: p.effective.clone(),
             sources: p.sources.clone(),
             last_reload: status,
         }));
     }
-
     fn refuse_reload(&self, trigger: &str, errors: Vec<String>) {
         self.set_reload_status(ReloadStatus { successful: false, at: now_secs(), trigger: trigger.into(), errors });
     }
@@ -325,11 +501,18 @@ impl ControlPlane {
             || new.listeners.metrics != old.listeners.metrics
             || new.listeners.control.as_ref().map(|c| c.address) != old.listeners.control.as_ref().map(|c| c.address)
             || new.runtime != old.runtime
+            || new.control != old.control
         {
-            tracing::warn!("listener addresses and runtime settings take effect on restart only");
+            tracing::warn!("listener addresses, runtime and control (fleet) settings take effect on restart only");
         }
         let status = ReloadStatus { successful: true, at: now_secs(), trigger: trigger.into(), errors: vec![] };
-        let change = Change { file: Some(file), overrides: inner.overrides.clone() };
+        let change = Change {
+            file: Some(file),
+            overrides: inner.overrides.clone(),
+            rollouts: None,
+            experiments: None,
+            origin: Origin::File,
+        };
         match self.commit(&mut inner, change, "config file", trigger, Some(status)).await {
             Ok((generation, _)) => Ok(generation),
             Err(e) => {
@@ -352,21 +535,40 @@ impl ControlPlane {
         source: Source,
         who: &str,
     ) -> Result<u64, ControlError> {
+        self.set_weights_if(model, weights, source, who, None).await
+    }
+
+    /// [`Self::set_weights`] if the live generation (the shared one in fleet
+    /// mode) is `expect`; an operator's change also ends the model's rollout.
+    pub async fn set_weights_if(
+        &self,
+        model: &str,
+        weights: BTreeMap<String, f64>,
+        source: Source,
+        who: &str,
+        expect: Option<u64>,
+    ) -> Result<u64, ControlError> {
         let mut inner = self.inner.lock().await;
-        let (generation, written) = self.set_weights_locked(&mut inner, model, weights, source, who).await?;
+        let overrides = self.weights_change(&inner, model, weights, source.clone())?;
+        let mut change = Change::local(overrides, expect);
+        if source == Source::Api {
+            change.rollouts = aborted(&inner.rollouts, model, &format!("manual traffic change by {who}"));
+        }
+        let reason = format!("traffic shift by {who} ({source})");
+        let (generation, written) = self.commit(&mut inner, change, &reason, who, None).await?;
         drop(inner);
         written.wait().await;
         Ok(generation)
     }
 
-    async fn set_weights_locked(
+    /// Checks new weights of a model; the overrides with them merged in.
+    fn weights_change(
         &self,
-        inner: &mut Inner,
+        inner: &Inner,
         model: &str,
         weights: BTreeMap<String, f64>,
         source: Source,
-        who: &str,
-    ) -> Result<(u64, Written), ControlError> {
+    ) -> Result<BTreeMap<String, ModelOverride>, ControlError> {
         let eff = self.published.load().effective.clone();
         let m = eff.models.get(model).ok_or_else(|| unknown_model(model))?;
         if weights.is_empty() {
@@ -398,22 +600,26 @@ impl ControlPlane {
         let mut overrides = inner.overrides.clone();
         let mut merged = overrides.get(model).map(|o| o.weights.clone()).unwrap_or_default();
         merged.extend(weights);
-        let reason = format!("traffic shift by {who} ({source})");
         overrides.insert(model.to_string(), ModelOverride { weights: merged, source });
-        self.commit(inner, Change { file: None, overrides }, &reason, who, None).await
+        Ok(overrides)
     }
 
     /// Drops a model's API weights: the file's apply again.
     pub async fn reset_weights(&self, model: &str, who: &str) -> Result<u64, ControlError> {
+        self.reset_weights_if(model, who, None).await
+    }
+
+    pub async fn reset_weights_if(&self, model: &str, who: &str, expect: Option<u64>) -> Result<u64, ControlError> {
         let mut inner = self.inner.lock().await;
         if !self.published.load().effective.models.contains_key(model) {
             return Err(unknown_model(model));
         }
         let mut overrides = inner.overrides.clone();
         overrides.remove(model);
+        let mut change = Change::local(overrides, expect);
+        change.rollouts = aborted(&inner.rollouts, model, &format!("manual traffic change by {who}"));
         let reason = format!("weights reset to the file by {who}");
-        let (generation, written) =
-            self.commit(&mut inner, Change { file: None, overrides }, &reason, who, None).await?;
+        let (generation, written) = self.commit(&mut inner, change, &reason, who, None).await?;
         drop(inner);
         written.wait().await;
         Ok(generation)
@@ -425,6 +631,16 @@ impl ControlPlane {
         model: &str,
         generation: Option<u64>,
         who: &str,
+    ) -> Result<(u64, BTreeMap<String, f64>), ControlError> {
+        self.rollback_if(model, generation, who, None).await
+    }
+
+    pub async fn rollback_if(
+        &self,
+        model: &str,
+        generation: Option<u64>,
+        who: &str,
+        expect: Option<u64>,
     ) -> Result<(u64, BTreeMap<String, f64>), ControlError> {
         let mut inner = self.inner.lock().await;
         if !self.published.load().effective.models.contains_key(model) {
@@ -440,10 +656,11 @@ impl ControlPlane {
             })?,
         };
         let source = Source::Rollback { to_generation: entry.generation };
-        let (g, written) = self.set_weights_locked(&mut inner, model, entry.weights.clone(), source, who).await?;
-        if let Some(r) = inner.rollouts.get_mut(model) {
-            r.abort("manual rollback");
-        }
+        let overrides = self.weights_change(&inner, model, entry.weights.clone(), source.clone())?;
+        let mut change = Change::local(overrides, expect);
+        change.rollouts = aborted(&inner.rollouts, model, "manual rollback");
+        let reason = format!("traffic shift by {who} ({source})");
+        let (g, written) = self.commit(&mut inner, change, &reason, who, None).await?;
         drop(inner);
         written.wait().await;
         Ok((g, entry.weights))
@@ -451,13 +668,6 @@ impl ControlPlane {
 
     pub async fn history(&self, model: &str) -> Vec<HistoryEntry> {
         self.inner.lock().await.history.get(model).cloned().unwrap_or_default()
-    }
-
-    /// An operator took over the model's weights: its rollout stops.
-    pub async fn abort_rollout(&self, model: &str, reason: &str) {
-        if let Some(r) = self.inner.lock().await.rollouts.get_mut(model) {
-            r.abort(reason);
-        }
     }
 
     /// The model's rollout, with the canary's live weight.
@@ -475,78 +685,157 @@ impl ControlPlane {
         })
     }
 
-    fn stats(&self, model: &str, variant: &str) -> Snapshot {
-        self.serving.stats(model, variant).unwrap_or_default()
+    /// Cumulative stats of variants: the fleet's merged counters in fleet mode
+    /// (this replica's own when Redis cannot be read), else this replica's.
+    pub async fn variant_stats(&self, model: &str, variants: &[String]) -> (StatsScope, Vec<Snapshot>) {
+        if let Some(f) = &self.fleet {
+            let keys = variants.iter().map(|v| f.stats_key(model, v)).collect();
+            if let Ok(s) = f.read_stats(keys).await {
+                return (StatsScope::Fleet, s);
+            }
+        }
+        let local = variants.iter().map(|v| self.serving.stats(model, v).unwrap_or_default()).collect();
+        (StatsScope::Replica, local)
     }
 
-    /// One pass of the canary analysis: every rollout observes the live stats; decisions are applied.
+    /// One pass of the canary analysis: every rollout observes the live stats
+    /// (the fleet's in fleet mode); decisions are applied. Each rollout
+    /// observes on a copy, kept only once its decision is committed, so a
+    /// refused decision is taken again at the next tick.
     pub async fn tick_rollouts(&self) {
         let mut inner = self.inner.lock().await;
         let now = Instant::now();
-        let mut decisions = Vec::new();
-        for (model, r) in inner.rollouts.iter_mut() {
-            let (canary, baseline) = (r.config().canary.clone(), r.config().baseline.clone());
-            let obs = Observation { now, canary: self.stats(model, &canary), baseline: self.stats(model, &baseline) };
+        let models: Vec<String> = inner.rollouts.keys().cloned().collect();
+        for model in models {
+            let Some(old) = inner.rollouts.get(&model) else { continue };
+            let mut r = old.clone();
+            let (canary, baseline) = (r.config().canary.to_string(), r.config().baseline.to_string());
+            if r.status() != crate::state::RolloutStatus::Progressing {
+                self.metrics.rollout_status.with_label_values(&[model.as_str(), &canary]).set(r.status().code());
+                continue;
+            }
+            let (scope, s) = self.variant_stats(&model, &[canary.clone(), baseline.clone()]).await;
+            if self.fleet.is_some() && scope == StatsScope::Replica {
+                // Never judge the fleet's canary on one replica's numbers.
+                continue;
+            }
+            let mut s = s.into_iter();
+            let obs = Observation { now, canary: s.next().unwrap_or_default(), baseline: s.next().unwrap_or_default() };
             let decision = r.observe(obs);
             self.metrics.rollout_status.with_label_values(&[model.as_str(), &canary]).set(r.status().code());
-            decisions.push((model.clone(), canary, decision));
-        }
-        for (model, canary, decision) in decisions {
-            self.apply_rollout_decision(&mut inner, &model, &canary, decision).await;
+            self.apply_rollout_decision(&mut inner, &model, &canary, r, decision).await;
         }
     }
 
-    async fn apply_rollout_decision(&self, inner: &mut Inner, model: &str, canary: &str, decision: RolloutDecision) {
+    async fn apply_rollout_decision(
+        &self,
+        inner: &mut Inner,
+        model: &str,
+        canary: &str,
+        r: Rollout,
+        decision: RolloutDecision,
+    ) {
         let labels = [model, canary];
-        let (weights, reason) = match decision {
-            RolloutDecision::Hold(_) => return,
+        let (weights, reason, note) = match decision {
+            RolloutDecision::Hold(_) => {
+                inner.rollouts.insert(model.to_string(), r);
+                return;
+            }
             RolloutDecision::StepWeight { step, steps, canary_weight, weights } => {
-                self.metrics.rollout_weight.with_label_values(&labels).set(canary_weight);
-                (weights, format!("rollout step {} of {steps}: canary {canary} at {canary_weight}%", step + 1))
+                let reason = format!("rollout step {} of {steps}: canary {canary} at {canary_weight}%", step + 1);
+                (weights, reason, (canary_weight, None))
             }
             RolloutDecision::Promote { canary_weight, weights } => {
-                self.metrics.rollout_weight.with_label_values(&labels).set(canary_weight);
-                tracing::info!(target: "audit", model, canary, "canary promoted");
-                (weights, "rollout promoted".to_string())
+                (weights, "rollout promoted".to_string(), (canary_weight, Some("canary promoted".to_string())))
             }
             RolloutDecision::RollBack { reason, weights } => {
-                self.metrics.rollbacks.with_label_values(&labels).inc();
-                self.metrics.rollout_weight.with_label_values(&labels).set(0.0);
-                tracing::warn!(target: "audit", model, canary, reason, "canary rolled back");
-                (weights, format!("automated rollback: {reason}"))
+                (weights, format!("automated rollback: {reason}"), (0.0, Some(reason)))
             }
         };
-        if let Err(e) = self.set_weights_locked(inner, model, weights, Source::Rollout, &reason).await {
-            tracing::error!(model, error = %e.message, "rollout could not apply its weights");
+        // A step that is already live (a new judge resuming it) only starts its clock.
+        let live = self.published.load().effective.clone();
+        let same_weights = live
+            .models
+            .get(model)
+            .is_some_and(|m| m.variants.iter().all(|v| weights.get(v.name.as_ref()).is_none_or(|w| *w == v.weight)));
+        if same_weights && inner.rollouts.get(model).map(Rollout::persisted) == Some(r.persisted()) {
+            inner.rollouts.insert(model.to_string(), r);
+            return;
+        }
+        let overrides = match self.weights_change(inner, model, weights, Source::Rollout) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(model, error = %e.message, "rollout could not apply its weights");
+                return;
+            }
+        };
+        let mut rollouts = inner.rollouts.clone();
+        rollouts.insert(model.to_string(), r);
+        let change = Change {
+            file: None,
+            overrides,
+            rollouts: Some(rollouts),
+            experiments: None,
+            origin: Origin::Local { expect: None, judge: true },
+        };
+        match self.commit(inner, change, &reason, &reason, None).await {
+            Ok(_) => {
+                self.metrics.rollout_weight.with_label_values(&labels).set(note.0);
+                match note.1 {
+                    Some(r) if note.0 == 0.0 => {
+                        self.metrics.rollbacks.with_label_values(&labels).inc();
+                        tracing::warn!(target: "audit", model, canary, reason = %r, "canary rolled back");
+                    }
+                    Some(_) => tracing::info!(target: "audit", model, canary, "canary promoted"),
+                    None => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(model, error = %e.message, "rollout decision not applied; retried at the next tick")
+            }
         }
     }
 
-    /// Cumulative stats of a test's arms now.
+    /// Cumulative stats of a test's arms now (this replica's).
     fn arm_stats(&self, e: &Experiment) -> BTreeMap<String, Snapshot> {
         let d = e.def();
-        d.variants.iter().map(|v| (v.clone(), self.stats(&d.model, v))).collect()
+        d.variants.iter().map(|v| (v.clone(), self.serving.stats(&d.model, v).unwrap_or_default())).collect()
     }
 
     /// Creates an A/B test: sets its split as the model's weights and starts counting.
     pub async fn create_experiment(&self, req: CreateRequest, who: &str) -> Result<ExperimentCreated, ControlError> {
+        self.create_experiment_if(req, who, None).await
+    }
+
+    pub async fn create_experiment_if(
+        &self,
+        req: CreateRequest,
+        who: &str,
+        expect: Option<u64>,
+    ) -> Result<ExperimentCreated, ControlError> {
         let def = req.plan(now_secs())?;
         let mut inner = self.inner.lock().await;
         if inner.experiments.contains_key(&def.test_id) {
             return Err(ControlError::conflict(format!("test '{}' already exists", def.test_id)));
         }
         let source = Source::Experiment { test_id: def.test_id.clone() };
-        let (generation, _) =
-            self.set_weights_locked(&mut inner, &def.model, def.traffic_split.clone(), source, who).await?;
-        let start = def.variants.iter().map(|v| (v.clone(), self.stats(&def.model, v))).collect();
+        let overrides = self.weights_change(&inner, &def.model, def.traffic_split.clone(), source.clone())?;
+        let start =
+            def.variants.iter().map(|v| (v.clone(), self.serving.stats(&def.model, v).unwrap_or_default())).collect();
+        let mut experiments = inner.experiments.clone();
+        experiments.insert(def.test_id.clone(), Experiment::start(def.clone(), start));
+        let mut change = Change::local(overrides, expect);
+        change.experiments = Some(experiments);
+        let reason = format!("traffic shift by {who} ({source})");
+        let (generation, written) = self.commit(&mut inner, change, &reason, who, None).await?;
         let created = ExperimentCreated {
             test_id: def.test_id.clone(),
             model: def.model.clone(),
             generation,
+            fleet_generation: self.fleet.as_ref().map(|_| inner.fleet_generation),
             traffic_split: def.traffic_split.clone(),
             ends_at: def.ends_at(),
         };
-        inner.experiments.insert(def.test_id.clone(), Experiment::start(def, start));
-        let written = self.persist(&mut inner);
         drop(inner);
         written.wait().await;
         tracing::info!(target: "audit", who, test_id = %created.test_id, model = %created.model, generation, "A/B test created");
@@ -562,11 +851,26 @@ impl ControlPlane {
     fn observe_experiments(&self, inner: &mut Inner) {
         let now = now_secs();
         for e in inner.experiments.values_mut().filter(|e| e.is_running()) {
-            let stats = self.arm_stats(e);
+            // In fleet mode results come from the fleet's counters, which stop
+            // at the end by themselves: the end only changes the status.
+            let stats = if self.fleet.is_some() { BTreeMap::new() } else { self.arm_stats(e) };
             if e.observe(now, &stats) == ExperimentDecision::End {
                 tracing::info!(target: "audit", test_id = %e.def().test_id, "A/B test ended; results kept");
             }
         }
+    }
+
+    /// Tests still counting, as `(test_id, model, variants, ends_at)` (the fleet's stats publisher adds to them).
+    pub async fn running_experiments(&self) -> Vec<(String, String, Vec<String>, u64)> {
+        let inner = self.inner.lock().await;
+        let now = now_secs();
+        inner
+            .experiments
+            .values()
+            .map(Experiment::def)
+            .filter(|d| now < d.ends_at())
+            .map(|d| (d.test_id.clone(), d.model.clone(), d.variants.clone(), d.ends_at()))
+            .collect()
     }
 
     pub async fn experiment_results(&self, test_id: &str) -> Result<ExperimentResults, ControlError> {
@@ -576,14 +880,160 @@ impl ControlPlane {
             .experiments
             .get(test_id)
             .ok_or_else(|| ControlError::not_found(format!("no A/B test '{test_id}'")))?;
-        Ok(e.results(&self.arm_stats(e)))
+        let Some(f) = &self.fleet else { return Ok(e.results(&self.arm_stats(e))) };
+        let d = e.def();
+        let keys = d.variants.iter().map(|v| f.ab_key(test_id, v)).collect();
+        let counted = f.read_stats(keys).await.map_err(|err| {
+            ControlError::unavailable(format!(
+                "fleet '{}': the test's fleet-wide counters in Redis are unreachable ({err})",
+                f.name()
+            ))
+        })?;
+        Ok(e.results_of(d.variants.iter().cloned().zip(counted).collect()))
+    }
+
+    /// Fleet mode: brings this replica to the shared record's generation
+    /// (whatever it is: a Redis that lost its data and was seeded again
+    /// counts as the truth), or seeds an empty Redis with this replica's
+    /// state if it ever had one from the fleet (a replica that never synced
+    /// must not overwrite the fleet's state with its file's). Runs under the
+    /// state lock, so it never races a local change.
+    pub async fn sync_fleet(&self) -> Result<(), String> {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        let mut inner = self.inner.lock().await;
+        let res = self.sync_locked(f, &mut inner).await;
+        self.in_sync.store(res.is_ok(), Ordering::Release);
+        *self.sync_error.lock().unwrap_or_else(|e| e.into_inner()) = res.as_ref().err().cloned();
+        self.report_fleet(f, inner.fleet_generation);
+        res
+    }
+
+    async fn sync_locked(&self, f: &Fleet, inner: &mut Inner) -> Result<(), String> {
+        let g = f.generation().await?;
+        if g == inner.fleet_generation && g != 0 {
+            return Ok(());
+        }
+        let Some(rec) = f.read().await? else {
+            if inner.fleet_generation == 0 {
+                // Never part of this fleet's state: nothing to seed it with.
+                // The first change through any replica creates the record.
+                return Ok(());
+            }
+            let next = inner.fleet_generation + 1;
+            let seed = PersistedState { fleet_generation: Some(next), ..self.shared_state(inner, next) };
+            return match f.write(0, &seed, None).await {
+                Ok(g) => {
+                    tracing::info!(fleet = %f.name(), generation = g, "seeded the fleet's empty shared state with this replica's");
+                    inner.fleet_generation = g;
+                    self.metrics.fleet_generation.set(g as i64);
+                    let p = self.published.load();
+                    self.published.store(Arc::new(Published {
+                        generation: p.generation,
+                        fleet_generation: Some(g),
+                        effective: p.effective.clone(),
+                        sources: p.sources.clone(),
+                        last_reload: p.last_reload.clone(),
+                    }));
+                    let _ = self.persist(inner);
+                    Ok(())
+                }
+                // Another replica seeded first: the next sync applies its record.
+                Err(crate::fleet::WriteError::Conflict { .. }) => Ok(()),
+                Err(e) => Err(e.into_control(f.name()).message),
+            };
+        };
+        if rec.generation == inner.fleet_generation {
+            return Ok(());
+        }
+        let rollouts = merge_rollouts(&inner.rollouts, &inner.file, &rec.state.rollouts);
+        let mut experiments = BTreeMap::new();
+        for d in &rec.state.experiments {
+            let e = match inner.experiments.get(&d.test_id) {
+                Some(e) if e.def() == d => e.clone(),
+                _ => Experiment::resume(d.clone()),
+            };
+            experiments.insert(d.test_id.clone(), e);
+        }
+        let reason = format!("fleet generation {} (written by {})", rec.generation, rec.by);
+        let change = Change {
+            file: None,
+            overrides: rec.state.overrides.clone(),
+            rollouts: Some(rollouts),
+            experiments: Some(experiments),
+            origin: Origin::Fleet(Box::new(rec)),
+        };
+        self.commit(inner, change, &reason, "fleet", None).await.map(|_| ()).map_err(|e| e.message)
+    }
+
+    /// Publishes the fleet's state for `/ready` and the metrics.
+    fn report_fleet(&self, f: &Fleet, generation: u64) {
+        let s = f.status(generation);
+        let in_sync = self.in_sync.load(Ordering::Acquire);
+        let detail = serde_json::json!({
+            "name": f.name(),
+            "replica": f.replica(),
+            "connected": s.connected && in_sync,
+            "generation": generation,
+            "judge": s.judge,
+            "detail": match (s.connected, in_sync) {
+                (true, true) => "in sync with the fleet's shared state".to_string(),
+                (false, _) => format!(
+                    "the shared state is unreachable ({}); serving the last state applied (shared generation {generation}); API changes are refused until it is back",
+                    s.error.unwrap_or_else(|| "no answer".into())
+                ),
+                (true, false) => format!(
+                    "cannot apply the fleet's shared state ({}); serving the last state applied (shared generation {generation}); retried every poll",
+                    self.sync_error.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
+                ),
+            },
+        });
+        switchyard_stats::fleet::set(Some(detail.to_string()));
+    }
+
+    /// A new judge starts its rollouts' steps afresh from the shared state (their clocks restart; no step repeats).
+    pub async fn became_judge(&self) {
+        let mut inner = self.inner.lock().await;
+        let persisted = inner.rollouts.iter().map(|(k, v)| (k.clone(), v.persisted())).collect();
+        let config = self.published.load().effective.clone();
+        inner.rollouts = rollout::resume(&config, persisted);
     }
 }
 
-fn record_history(inner: &mut Inner, eff: &ValidatedConfig, generation: u64, reason: &str) {
+/// The rollouts with the model's one aborted, if it was progressing (`None`: nothing to change).
+fn aborted(rollouts: &BTreeMap<String, Rollout>, model: &str, reason: &str) -> Option<BTreeMap<String, Rollout>> {
+    let r = rollouts.get(model).filter(|r| r.status() == crate::state::RolloutStatus::Progressing)?;
+    let mut r = r.clone();
+    r.abort(reason);
+    let mut out = rollouts.clone();
+    out.insert(model.to_string(), r);
+    Some(out)
+}
+
+/// Rollouts after a shared record: a local rollout whose persisted progress
+/// equals the record's is kept (with its step clock); others resume from it.
+fn merge_rollouts(
+    local: &BTreeMap<String, Rollout>,
+    file: &ValidatedConfig,
+    shared: &BTreeMap<String, crate::state::PersistedRollout>,
+) -> BTreeMap<String, Rollout> {
+    let mut out = rollout::resume(file, shared.clone());
+    for (name, r) in out.iter_mut() {
+        if let Some(l) = local.get(name).filter(|l| Some(&l.persisted()) == shared.get(name)) {
+            *r = l.clone();
+        }
+    }
+    out
+}
+
+fn record_history(
+    history: &mut BTreeMap<String, Vec<HistoryEntry>>,
+    eff: &ValidatedConfig,
+    generation: u64,
+    reason: &str,
+) {
     for name in eff.models.keys() {
         let weights = weights_of(eff, name);
-        let h = inner.history.entry(name.to_string()).or_default();
+        let h = history.entry(name.to_string()).or_default();
         if h.last().map(|e| &e.weights) != Some(&weights) {
             h.push(HistoryEntry { generation, at: now_secs(), weights, reason: reason.to_string() });
             if h.len() > HISTORY_LEN {
@@ -643,6 +1093,40 @@ mod tests {
         assert_eq!(saved.generation, 2);
         assert_eq!(saved.overrides["m"].weights, w(&[("v2", 50.0)]));
         assert_eq!(plane.history("m").await.last().unwrap().weights, w(&[("v1", 90.0), ("v2", 50.0)]));
+    }
+
+    #[tokio::test]
+    async fn if_match_applies_a_change_only_on_the_generation_it_names() {
+        let dir = ConfigDir::new("if-match", &two_models(90.0, 10.0));
+        let plane = dir.start(FakeServing::new()).await;
+        let e = plane.set_weights_if("m", w(&[("v2", 50.0)]), Source::Api, "t", Some(7)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("generation 7") && e.message.contains("generation 1"), "{e}");
+        assert_eq!(plane.published().generation, 1, "nothing applied");
+        assert_eq!(plane.set_weights_if("m", w(&[("v2", 50.0)]), Source::Api, "t", Some(1)).await.unwrap(), 2);
+        assert_eq!(plane.rollback_if("m", None, "t", Some(1)).await.unwrap_err().kind, ErrorKind::Conflict);
+        assert_eq!(plane.rollback_if("m", None, "t", Some(2)).await.unwrap().0, 3);
+    }
+
+    #[tokio::test]
+    async fn with_the_fleet_unreachable_a_replica_serves_its_local_state_and_refuses_changes() {
+        // Port 1 on loopback: connections are refused at once.
+        let fleet = "control:\n  fleet: {redis: 'redis://127.0.0.1:1', fleet: t, timeout: 100ms, lease_ttl: 300ms}\n";
+        let dir = ConfigDir::new("fleet-down", &format!("{fleet}{}", two_models(90.0, 10.0)));
+        let fake = FakeServing::new();
+        let plane = dir.start(fake.clone()).await;
+        let p = plane.published();
+        assert_eq!((p.generation, p.fleet_generation), (1, Some(0)), "started on the file and the local state");
+        assert_eq!(weight(&p.effective, "m", "v1"), 90.0);
+        assert!(!plane.is_judge(), "no lease without Redis");
+        let e = plane.set_weights("m", w(&[("v2", 50.0)]), Source::Api, "t").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("unreachable") && e.message.contains("nothing was applied"), "{e}");
+        assert_eq!((plane.published().generation, fake.applies()), (1, 1), "nothing applied");
+        let detail: serde_json::Value = serde_json::from_str(&switchyard_stats::fleet::detail().unwrap()).unwrap();
+        assert_eq!((detail["connected"].as_bool(), detail["name"].as_str()), (Some(false), Some("t")), "{detail}");
+        assert!(plane.sync_fleet().await.is_err());
+        assert_eq!(plane.history("m").await.len(), 0, "the history is the fleet's: a file start writes none");
     }
 
     #[tokio::test]
@@ -801,8 +1285,8 @@ mod tests {
         let plane = dir.start(fake.clone()).await;
         plane.tick_rollouts().await;
         assert_eq!(plane.rollout_status("m").await.unwrap().canary_weight, Some(10.0));
+        // An operator's shift ends the rollout in the same change.
         plane.set_weights("m", w(&[("v2", 0.0), ("v1", 100.0)]), Source::Api, "op").await.unwrap();
-        plane.abort_rollout("m", "manual").await;
         fake.serve("m", "v2", 100, 0, 5);
         tokio::time::sleep(Duration::from_millis(30)).await; // past one rollout interval
         plane.tick_rollouts().await;

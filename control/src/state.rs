@@ -94,6 +94,9 @@ impl ExperimentDef {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
     pub generation: u64,
+    /// Fleet mode: the shared generation this state is (absent without a fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_generation: Option<u64>,
     #[serde(default)]
     pub overrides: BTreeMap<String, ModelOverride>,
     #[serde(default)]

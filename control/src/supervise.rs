@@ -12,6 +12,8 @@ use tokio::task::JoinError;
 pub const RELOAD_TASK: &str = "config-reload";
 /// The rollout and experiment clock.
 pub const CLOCK_TASK: &str = "control-clock";
+/// Fleet mode: sync with the shared state, the judge lease, stats publishing.
+pub const FLEET_TASK: &str = "control-fleet";
 /// The control API listener and its connections.
 pub const API_TASK: &str = "control-api";
 

@@ -7,6 +7,7 @@
 //! The histogram has 192 buckets growing by 10% from 10 µs (the last reaches
 //! ~14 minutes), so a quantile is within 10% of the true value.
 
+pub mod fleet;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -14,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BUCKETS: usize = 192;
+/// Number of latency buckets (fixed: fleet-wide counters add bucket by bucket).
+pub const BUCKETS: usize = 192;
 const MIN_US: f64 = 10.0;
 const RATIO: f64 = 1.1;
 

@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Response cache tiers shared by every cached variant.
     #[serde(default)]
     pub cache: RawCache,
+    /// Control-plane settings beyond its listener (fleet mode).
+    #[serde(default)]
+    pub control: RawControl,
     #[serde(default)]
     pub resolver: RawResolver,
     /// Concurrency limits per model and backend, and who is shed first.
@@ -63,6 +66,25 @@ pub struct RawConfig {
     /// Drain on SIGTERM and the listener hand-over of `serve --upgrade`.
     #[serde(default)]
     pub lifecycle: RawLifecycle,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub fleet: Option<S<RawFleet>>,
+}
+
+/// Fleet mode: replicas share their control state through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// Standalone `redis://host:port[/db]`.
+    pub redis: Option<S<String>>,
+    /// The fleet's name: replicas with the same name (and Redis) act as one.
+    pub fleet: Option<S<String>>,
+    pub poll_interval: Option<S<String>>,
+    pub lease_ttl: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.

@@ -54,6 +54,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         &backends::Defaults { timeout: limits.backend_timeout, pool_threads: runtime.pool_threads.get() },
     );
     let cache = cache::cache_config(errs, &raw.cache);
+    let control = process::control(errs, &raw.control);
     let models =
         models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
     let resolver = process::resolver(errs, &raw.resolver);
@@ -69,6 +70,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         models,
         cache,
         resolver,
+        control,
         admission,
         lifecycle,
     }
@@ -214,6 +216,13 @@ models:
             ("bad redis url", "cache:\n  redis: {url: 'http://x:1'}\n".into(), "cache.redis.url", 2, 16, "is not a redis://host:port URL"),
             ("neither redis url nor cluster", "cache:\n  redis: {timeout: 1ms}\n".into(), "cache.redis", 2, 10, "give exactly one of `url`"),
             ("redis key prefix with whitespace", "cache:\n  redis: {url: 'redis://x:1', key_prefix: 'a b'}\n".into(), "cache.redis.key_prefix", 2, 43, "without whitespace"),
+            // Fleet mode.
+            ("fleet without redis", "control:\n  fleet: {fleet: prod}\n".into(), "control.fleet", 2, 10, "`redis`"),
+            ("fleet without a name", "control:\n  fleet: {redis: 'redis://r:6379'}\n".into(), "control.fleet", 2, 10, "`fleet`"),
+            ("fleet redis not a URL", "control:\n  fleet: {redis: 'r:6379', fleet: prod}\n".into(), "control.fleet.redis", 2, 18, "is not a redis://host:port URL"),
+            ("fleet name with a space", "control:\n  fleet: {redis: 'redis://r:1', fleet: 'a b'}\n".into(), "control.fleet.fleet", 2, 40, "letters, digits"),
+            ("lease shorter than three timeouts", "control:\n  fleet: {redis: 'redis://r:1', fleet: a, timeout: 1s, lease_ttl: 2s}\n".into(), "control.fleet.lease_ttl", 2, 67, "at least 3 × `timeout`"),
+            ("unknown fleet field", "control:\n  fleet: {redis: 'redis://r:1', fleet: a, leader: me}\n".into(), "<yaml>", 2, 43, "unknown field `leader`"),
         ];
         for (what, yaml, path, line, column, says) in &cases {
             let errs = errors(yaml);
@@ -222,6 +231,29 @@ models:
             assert_eq!((hit.line, hit.column), (*line, *column), "{what}: wrong location in {hit}");
             assert!(hit.message.contains(says), "{what}: `{}` does not say `{says}`", hit.message);
         }
+    }
+
+    #[test]
+    fn fleet_mode_is_off_unless_configured_and_gets_defaults() {
+        assert_eq!(parse("", Path::new(".")).unwrap().control.fleet, None);
+        let c =
+            parse("control:\n  fleet: {redis: 'redis://10.0.0.5:6379/2', fleet: gw-prod}\n", Path::new(".")).unwrap();
+        let f = c.control.fleet.unwrap();
+        assert_eq!((f.redis.as_str(), f.name.as_str()), ("redis://10.0.0.5:6379/2", "gw-prod"));
+        assert_eq!(
+            (f.poll_interval, f.lease_ttl, f.timeout),
+            (DEFAULT_FLEET_POLL_INTERVAL, DEFAULT_FLEET_LEASE_TTL, DEFAULT_FLEET_TIMEOUT)
+        );
+        let c = parse(
+            "control:\n  fleet: {redis: 'redis://r:1', fleet: a, poll_interval: 100ms, lease_ttl: 2s, timeout: 200ms}\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let f = c.control.fleet.unwrap();
+        assert_eq!(
+            (f.poll_interval, f.lease_ttl, f.timeout),
+            (Duration::from_millis(100), Duration::from_secs(2), Duration::from_millis(200))
+        );
     }
 
     #[test]

@@ -160,3 +160,55 @@ pub(super) fn logging(errs: &mut Errors, raw: RawLogging) -> Logging {
         level: raw.level.unwrap_or_else(|| "info".into()),
     }
 }
+
+/// The `control` section: fleet mode.
+pub(super) fn control(errs: &mut Errors, raw: &RawControl) -> ControlConfig {
+    let Some(f) = &raw.fleet else { return ControlConfig { fleet: None } };
+    let path = "control.fleet";
+    let v = &f.value;
+    let redis = match &v.redis {
+        Some(u) if u.value.starts_with("redis://") && u.value.len() > "redis://".len() => u.value.clone(),
+        Some(u) => {
+            errs.at(format!("{path}.redis"), loc(u), format!("`{}` is not a redis://host:port URL", u.value));
+            String::new()
+        }
+        None => {
+            errs.at(path, loc(f), "`redis` (the URL of the Redis holding the fleet's state) is required");
+            String::new()
+        }
+    };
+    let name = match &v.fleet {
+        Some(n)
+            if !n.value.is_empty()
+                && n.value.len() <= 64
+                && n.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+        {
+            n.value.clone()
+        }
+        Some(n) => {
+            errs.at(
+                format!("{path}.fleet"),
+                loc(n),
+                "a fleet name is 1 to 64 characters of letters, digits, `-`, `_` and `.`",
+            );
+            String::new()
+        }
+        None => {
+            errs.at(path, loc(f), "`fleet` (the name replicas sharing one state have in common) is required");
+            String::new()
+        }
+    };
+    let poll_interval =
+        duration(errs, &format!("{path}.poll_interval"), &v.poll_interval, DEFAULT_FLEET_POLL_INTERVAL, false);
+    let timeout = duration(errs, &format!("{path}.timeout"), &v.timeout, DEFAULT_FLEET_TIMEOUT, false);
+    let lease_ttl = duration(errs, &format!("{path}.lease_ttl"), &v.lease_ttl, DEFAULT_FLEET_LEASE_TTL, false);
+    if lease_ttl < timeout * 3 {
+        let at = v.lease_ttl.as_ref().map_or(loc(f), loc);
+        errs.at(
+            format!("{path}.lease_ttl"),
+            at,
+            format!("must be at least 3 × `timeout` ({timeout:?}): the lease is renewed every third of it"),
+        );
+    }
+    ControlConfig { fleet: Some(FleetConfig { redis, name, poll_interval, lease_ttl, timeout }) }
+}

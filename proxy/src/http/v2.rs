@@ -162,7 +162,11 @@ pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
     if v2_style {
         Reply::json(200, Vec::new())
     } else {
-        Reply::json(200, &br#"{"status":"ready"}"#[..])
+        match switchyard_stats::fleet::detail() {
+            // Fleet mode: ready either way (a replica cut off from Redis keeps serving), and says where it stands.
+            Some(fleet) => Reply::json(200, format!(r#"{{"status":"ready","fleet":{fleet}}}"#)),
+            None => Reply::json(200, &br#"{"status":"ready"}"#[..]),
+        }
     }
 }
 
