@@ -22,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # protoc compiles the gRPC protocol. The tests and benchmarks add the peers.
 BUILD_PKGS=(cmake:cmake protoc:protobuf-compiler)
 # prometheus (with promtool) runs the autoscaling rules' queries in tests/python/test_autoscaling.py.
-TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk prometheus:prometheus)
+TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk prometheus:prometheus openssl:openssl curl:curl)
 WANT=("${BUILD_PKGS[@]}")
 [ "$RUNTIME_ONLY" -eq 0 ] && WANT+=("${TEST_PKGS[@]}")
 

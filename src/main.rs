@@ -13,6 +13,7 @@ use switchyard_control::{ConfigFile, ControlPlane};
 use switchyard_proxy::Metrics;
 
 mod plane;
+mod profile;
 use plane::Plane;
 
 #[derive(Parser)]
@@ -44,10 +45,72 @@ enum Command {
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
+    /// Build a drift reference profile from sample inputs (docs/monitoring.md).
+    Profile(profile::ProfileArgs),
     /// Add the Switchyard sidecar to Kubernetes manifests (files or stdin) and print them.
     Inject(switchyard_inject::InjectArgs),
     /// Serve the sidecar-injecting mutating admission webhook over HTTPS.
     Injector(switchyard_inject::InjectorArgs),
+    /// Print a signed JWT for trying auth out (or, with --jwks, the JWKS that verifies it).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// PKCS#8 PEM private key: Ed25519 (EdDSA), P-256 (ES256) or RSA (RS256).
+    #[arg(long)]
+    key: PathBuf,
+    /// The principal (`sub` claim).
+    #[arg(long, required_unless_present = "jwks")]
+    sub: Option<String>,
+    /// Permissions, comma-separated (`model:mlp:infer,override`).
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Lifetime (`exp` = now + ttl): 30s, 15m, 12h.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    #[arg(long)]
+    iss: Option<String>,
+    #[arg(long)]
+    aud: Option<String>,
+    /// Key id put in the token's header (and in the printed JWKS).
+    #[arg(long)]
+    kid: Option<String>,
+    /// The claim that carries the permissions.
+    #[arg(long, default_value = switchyard_config::DEFAULT_PERMISSIONS_CLAIM)]
+    claim: String,
+    /// Print the key's public JWKS instead of a token.
+    #[arg(long)]
+    jwks: bool,
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    use switchyard_proxy::auth::jwt::SigningKey;
+    let pem = std::fs::read_to_string(&a.key).with_context(|| format!("reading {}", a.key.display()))?;
+    let key = SigningKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", a.key.display()))?;
+    if a.jwks {
+        println!("{}", serde_json::json!({ "keys": [key.public_jwk(a.kid.as_deref())] }));
+        return Ok(());
+    }
+    for p in &a.allow {
+        switchyard_config::check_permission(p).map_err(|e| anyhow::anyhow!("--allow: {e}"))?;
+    }
+    let ttl = switchyard_config::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::json!({
+        "sub": a.sub,
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+        a.claim: a.allow,
+    });
+    if let Some(iss) = a.iss {
+        claims["iss"] = iss.into();
+    }
+    if let Some(aud) = a.aud {
+        claims["aud"] = aud.into();
+    }
+    println!("{}", key.sign(&claims, a.kid.as_deref()).map_err(|e| anyhow::anyhow!(e))?);
+    Ok(())
 }
 
 /// Settings that replace the config file's, at start and on every reload
@@ -128,6 +191,18 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         None => cfg.logging.format,
     };
     init_logging(format, &cfg.logging.level);
+    let a = &cfg.access_log;
+    switchyard_stats::access_log::init(a.enabled, &a.path, a.sample)
+        .with_context(|| format!("opening access_log.path {}", a.path))?;
+    // Key files are read now: a missing JWKS fails start-up, not the first request.
+    let auth = match &cfg.auth {
+        Some(a) => {
+            let auth = switchyard_proxy::auth::Auth::new(a).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+            auth.spawn_refresh();
+            Some(auth)
+        }
+        None => None,
+    };
 
     // The control plane, backends (repository watching, batch schedulers) and
     // the control API run on a background runtime; pingora runs the data plane
@@ -144,18 +219,35 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         let _rt = background.enter();
         switchyard_proxy::cache::ResponseCache::new(&cfg.cache, &metrics.registry).map_err(|e| anyhow::anyhow!(e))?
     };
-    let plane = Arc::new(Plane::new(metrics).with_cache(cache));
+    // Spans are exported from the background runtime (restart to change `tracing:`).
+    let tracer = match &cfg.tracing {
+        Some(t) => {
+            let _rt = background.enter();
+            Some(switchyard_proxy::trace::Tracer::start(t.clone(), &metrics.registry).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        None => None,
+    };
+    let plane = Arc::new(Plane::new(metrics).with_cache(cache).with_tracer(tracer));
     let control = background.block_on(ControlPlane::start(file, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(c) = &cfg.listeners.control {
         let token =
             std::env::var(switchyard_control::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()).or(c.token.clone());
+        // With `auth:`, a principal holding `control` may call the control API too.
+        let verifier = auth.clone().map(|auth| {
+            Arc::new(move |h: &http::HeaderMap| {
+                let p = auth.authenticate(h).map_err(|e| e.message)?;
+                p.require("control", "call the control API").map_err(|e| e.message)?;
+                Ok(p.name.to_string())
+            }) as switchyard_control::api::Verifier
+        });
+        let control_auth = switchyard_control::api::ControlAuth { token, verifier };
         if upgrade {
             // The old process holds the control port until it has drained; take it then.
             let (control, address) = (control.clone(), c.address);
             background.spawn(async move {
                 let mut logged = false;
                 loop {
-                    match switchyard_control::api::serve(control.clone(), address, token.clone()).await {
+                    match switchyard_control::api::serve(control.clone(), address, control_auth.clone()).await {
                         Ok(_) => break,
                         Err(e) => {
                             if !logged {
@@ -169,7 +261,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
             });
         } else {
             background
-                .block_on(switchyard_control::api::serve(control.clone(), c.address, token))
+                .block_on(switchyard_control::api::serve(control.clone(), c.address, control_auth))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
     }
@@ -180,6 +272,11 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
+    let guards = switchyard_proxy::Guards {
+        auth,
+        limiter: switchyard_proxy::ratelimit::RateLimiter::new(&cfg.rate_limits).map(Arc::new),
+        body_hash: cfg.access_log.body_hash,
+    };
 
     // gRPC is served by tonic, as one of pingora's services.
     let grpc = match &cfg.listeners.grpc {
@@ -189,6 +286,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
                 cfg.listeners.http.threads.get(),
                 table.clone(),
                 metrics.clone(),
+                guards.clone(),
                 upgrade,
             )
             .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
@@ -198,13 +296,27 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
 
     // `run` never returns; the background runtime lives as long as the process.
     let _background = background;
-    switchyard_proxy::run(&cfg, table, metrics, grpc, upgrade)
+    switchyard_proxy::run(&cfg, table, metrics, guards, grpc, upgrade)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Profile(args) => match profile::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard profile: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token(args) => match token(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard token: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Inject(args) => switchyard_inject::cli::inject(args),
         Command::Injector(args) => {
             init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");

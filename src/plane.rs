@@ -9,9 +9,12 @@ use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
 use switchyard_control::ServingPlane;
 use switchyard_proxy::cache::ResponseCache;
+use switchyard_proxy::monitor::Monitoring;
 use switchyard_proxy::routing::BuildContext;
+use switchyard_proxy::trace::Tracer;
 use switchyard_proxy::{Metrics, Outcome, RoutingTable};
 use switchyard_runtime::backend::BackendSet;
+use switchyard_stats::drift::DriftReport;
 use switchyard_stats::{Snapshot, StatsRegistry};
 use tokio::sync::Mutex;
 
@@ -24,17 +27,30 @@ pub struct Plane {
     backends: Mutex<Option<BackendSet>>,
     /// The response cache every generation's cached variants share (kept across reloads).
     cache: Option<Arc<ResponseCache<Outcome>>>,
+    /// Drift monitors, kept across generations whose settings leave them unchanged.
+    monitoring: Arc<Monitoring>,
+    /// Span export, when `tracing:` was set at start.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Plane {
     pub fn new(metrics: Metrics) -> Plane {
+        let monitoring = Monitoring::new(&metrics.registry);
         Plane {
+            monitoring,
+            tracer: None,
             table: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
             metrics,
             stats: StatsRegistry::default(),
             backends: Mutex::new(None),
             cache: None,
         }
+    }
+
+    /// Every generation's requests are traced by `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Plane {
+        self.tracer = tracer;
+        self
     }
 
     /// Cached variants of every generation use `cache`.
@@ -67,6 +83,8 @@ impl ServingPlane for Plane {
             stats: &self.stats,
             previous: Some(&previous),
             cache: self.cache.as_ref(),
+            monitoring: Some(&self.monitoring),
+            tracer: self.tracer.as_ref(),
         };
         let table = RoutingTable::build(&cfg, &ctx, generation)?;
         self.table.store(Arc::new(table));
@@ -99,5 +117,9 @@ impl ServingPlane for Plane {
 
     fn invalidate_cache(&self, model: &str) -> Option<usize> {
         self.cache.as_ref().map(|c| c.invalidate_model(model))
+    }
+
+    fn drift(&self, model: &str, variant: &str) -> Option<DriftReport> {
+        self.monitoring.board().get(model, variant)
     }
 }

@@ -1214,7 +1214,7 @@ async fn ab_tests_report_counts_and_a_verdict_only_with_enough_samples() {
         "/ml/ab-tests/create",
         json!({
             "test_id": "latency-1", "model_a": "lat:fast", "model_b": "lat:slow", "traffic_split": {"fast": 50, "slow": 50},
-            "success_metric": "latency", "minimum_sample_size": 50, "confidence_level": 0.99, "test_duration": 3600,
+            "success_metric": "latency", "minimum_sample_size": 50, "confidence_level": 0.99, "test_duration": "1h",
         }),
     )
     .await;

@@ -9,5 +9,5 @@ mod raw;
 mod validate;
 mod validated;
 
-pub use validate::parse_duration;
+pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

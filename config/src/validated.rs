@@ -72,7 +72,38 @@ pub struct ValidatedConfig {
     pub admission: AdmissionConfig,
     /// Drain and upgrade.
     pub lifecycle: Lifecycle,
+    /// Span export; `None`: no spans are made (restart to change).
+    pub tracing: Option<TracingConfig>,
+    /// Data-plane authentication; `None`: every client may call every model (restart to change).
+    pub auth: Option<AuthConfig>,
+    /// Token buckets (restart to change).
+    pub rate_limits: RateLimits,
+    pub access_log: AccessLogConfig,
 }
+
+/// W3C trace context and OTLP/gRPC span export (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/gRPC endpoint, `http://host:port`.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces (no sampled parent) that are recorded, in [0, 1].
+    pub sampling_ratio: f64,
+    /// A client's `traceparent` decides: its sampled flag is followed.
+    pub parent_based: bool,
+    pub service_name: String,
+    /// Requests' spans waiting for export; beyond it they are dropped and counted.
+    pub max_queue: NonZeroUsize,
+    /// Most spans in one export call.
+    pub max_batch: NonZeroUsize,
+    /// Longest time a span waits for its batch.
+    pub export_interval: Duration,
+}
+
+pub const DEFAULT_TRACE_SAMPLING_RATIO: f64 = 0.1;
+pub const DEFAULT_TRACE_SERVICE_NAME: &str = "switchyard";
+pub const DEFAULT_TRACE_MAX_QUEUE: usize = 2048;
+pub const DEFAULT_TRACE_MAX_BATCH: usize = 512;
+pub const DEFAULT_TRACE_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The `control` section.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -102,6 +133,82 @@ pub struct FleetConfig {
     pub lease_ttl: Duration,
     /// Deadline of each Redis command.
     pub timeout: Duration,
+}
+
+/// Clock skew allowed on a JWT's `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
+/// How often key material on disk (JWKS file, API key file) is re-read.
+pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(30);
+/// The JWT claim that lists a principal's permissions.
+pub const DEFAULT_PERMISSIONS_CLAIM: &str = "permissions";
+/// The permission that lets a principal force a variant with the override header.
+pub const DEFAULT_OVERRIDE_PERMISSION: &str = "override";
+/// Where access and audit lines go.
+pub const DEFAULT_ACCESS_LOG_PATH: &str = "stdout";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub api_keys: Vec<ApiKey>,
+    pub api_keys_file: Option<PathBuf>,
+    pub jwt: Option<JwtConfig>,
+    pub override_permission: String,
+    pub refresh: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub principal: String,
+    pub sha256: [u8; 32],
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    pub jwks_file: PathBuf,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub permissions_claim: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimits {
+    pub global: Option<Bucket>,
+    /// One bucket per principal (per client IP address when auth is off).
+    pub per_principal: Option<Bucket>,
+    /// One bucket per model named here; `*`: one per every other model.
+    pub per_model: BTreeMap<Arc<str>, Bucket>,
+}
+
+/// A token bucket: a sustained rate and a burst, for requests and optionally input bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub requests: Option<Rate>,
+    pub bytes: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// `false`: no per-request lines (control-plane audit lines are always written).
+    pub enabled: bool,
+    /// `stdout`, `stderr` or a file path (appended to).
+    pub path: String,
+    /// Fraction of successful requests logged; errors are always logged.
+    pub sample: f64,
+    /// Log the SHA-256 of each inference request body.
+    pub body_hash: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig { enabled: true, path: DEFAULT_ACCESS_LOG_PATH.into(), sample: 1.0, body_hash: false }
+    }
 }
 
 /// The DNS resolver of `dns:` backends.
@@ -147,10 +254,25 @@ impl Overrides {
     }
 }
 
+/// How often a listener's certificate and key files are compared with what it serves.
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A listener's TLS: certificate chain and key (PEM, re-read every
+/// `TLS_RELOAD_INTERVAL` and swapped in when they change), and the CA that
+/// client certificates must chain to for mutual TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listeners {
     pub http: HttpListener,
     pub metrics: Option<SocketAddr>,
+    /// HTTPS on the metrics listener.
+    pub metrics_tls: Option<TlsConfig>,
     pub control: Option<ControlListener>,
     /// KServe V2 gRPC; `None` when `listeners.grpc.enabled: false`.
     pub grpc: Option<GrpcListener>,
@@ -159,6 +281,8 @@ pub struct Listeners {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpcListener {
     pub address: SocketAddr,
+    /// TLS (HTTP/2 over TLS); `None`: plaintext h2c.
+    pub tls: Option<TlsConfig>,
     /// Largest message accepted from a client and sent to it; beyond it RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
 }
@@ -166,6 +290,8 @@ pub struct GrpcListener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpListener {
     pub address: SocketAddr,
+    /// HTTPS; `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// Where requests the listener does not understand natively are proxied unchanged.
     pub default_upstream: Option<Upstream>,
     /// Worker threads of the data plane (defaults to the machine's cores).
@@ -216,6 +342,8 @@ pub struct Limits {
 pub struct Routing {
     /// Lower-case header name that forces a variant.
     pub override_header: String,
+    /// `false`: the override header is ignored for every client.
+    pub allow_override: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,11 +438,93 @@ pub struct V2HttpBackend {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_size: usize,
-    pub eject_after_failures: u32,
-    pub eject_for: Duration,
+    /// Ejection, health checks, retry budget and load-aware picking of the endpoints.
+    pub health: EndpointHealth,
     pub binary: BinaryMode,
     /// Which client request headers are sent on to the server.
     pub forward_headers: ForwardHeaders,
+}
+
+/// How a remote backend keeps failing replicas out of rotation, bounds its
+/// retries and spreads load (docs/backend-health.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointHealth {
+    /// Consecutive failures (connect errors, timeouts, 502/503/504, gRPC
+    /// UNAVAILABLE) that eject an endpoint.
+    pub eject_after_failures: u32,
+    /// How long a first ejection lasts; each further one in a row lasts
+    /// longer (× the count, at most [`MAX_EJECTION_FACTOR`]×).
+    pub eject_for: Duration,
+    pub health_check: Option<HealthCheck>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub retry_budget: RetryBudget,
+    pub load_metrics: Option<LoadMetrics>,
+}
+
+/// The longest ejection, as a multiple of `eject_for`.
+pub const MAX_EJECTION_FACTOR: u32 = 10;
+
+impl Default for EndpointHealth {
+    fn default() -> EndpointHealth {
+        EndpointHealth {
+            eject_after_failures: DEFAULT_EJECT_AFTER_FAILURES,
+            eject_for: DEFAULT_EJECT_FOR,
+            health_check: None,
+            outlier_detection: None,
+            retry_budget: RetryBudget::default(),
+            load_metrics: None,
+        }
+    }
+}
+
+/// Active probes: V2 `GET /v2/health/ready` (v2-http) or `ServerReady` (v2-grpc)
+/// on every endpoint each `interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed probes in a row that take an endpoint out of rotation.
+    pub unhealthy_after: u32,
+    /// Passed probes in a row that bring it back.
+    pub healthy_after: u32,
+}
+
+/// Every `interval`, endpoints with at least `min_requests` requests in it are
+/// compared: one whose error rate exceeds `max_error_rate`, or whose mean
+/// latency exceeds `max_latency_ratio` × the median of the endpoints' means, is
+/// ejected, never more than `max_ejected_percent` of the set at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub interval: Duration,
+    pub min_requests: u32,
+    pub max_error_rate: f64,
+    /// `None`: latency is not judged.
+    pub max_latency_ratio: Option<f64>,
+    pub max_ejected_percent: u32,
+}
+
+/// Retries (on another endpoint) stay within `ratio` × the requests of the last
+/// 10 s plus `min_per_second` (Linkerd's budget; Envoy's `retry_budget`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget { ratio: 0.2, min_per_second: 10 }
+    }
+}
+
+/// Load-aware picking from each endpoint's own Prometheus metrics in Triton's
+/// names (`nv_inference_pending_request_count`, `nv_inference_queue_duration_us`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadMetrics {
+    /// `None`: the endpoint's own port.
+    pub port: Option<u16>,
+    pub path: String,
+    pub interval: Duration,
 }
 
 /// Which client request headers a remote backend receives, on top of the
@@ -341,6 +551,8 @@ pub struct V2GrpcBackend {
     pub connect_timeout: Duration,
     /// Largest message sent to or accepted from the server.
     pub max_message_bytes: usize,
+    /// Ejection, health checks, retry budget and load-aware picking of the endpoints.
+    pub health: EndpointHealth,
     /// Which client request metadata is sent on to the server.
     pub forward_headers: ForwardHeaders,
 }
@@ -371,7 +583,61 @@ pub struct ModelConfig {
     pub sticky_header: Option<String>,
     pub variants: Vec<VariantConfig>,
     pub rollout: Option<RolloutConfig>,
+    /// Drift detection of this model's variants; `None`: off (no sampling, no cost).
+    pub drift: Option<DriftConfig>,
+    /// Prediction quality from feedback; `None`: off (nothing remembered per request).
+    pub quality: Option<QualityConfig>,
 }
+
+/// What a model predicts, for quality metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QualityTask {
+    /// The prediction is the argmax class of `output`'s row.
+    Classification,
+    /// The prediction is the first element of `output`'s row.
+    Regression,
+}
+
+/// Prediction quality from ground truth (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityConfig {
+    pub task: QualityTask,
+    /// The output tensor predictions are read from.
+    pub output: Arc<str>,
+    /// Labelled predictions each variant's metrics cover (the most recent).
+    pub window: NonZeroUsize,
+    /// Answers remembered for joining feedback (request id → variant, version, prediction); the oldest go first.
+    pub store: NonZeroUsize,
+}
+
+/// Labelled predictions in a quality window when not given.
+pub const DEFAULT_QUALITY_WINDOW: usize = 1000;
+/// Answers remembered for feedback when not given.
+pub const DEFAULT_QUALITY_STORE: usize = 100_000;
+
+/// Live drift detection of a model's inputs and outputs against a reference profile (docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// The reference profile (`switchyard profile`), resolved against the config file's directory.
+    pub reference: PathBuf,
+    /// Fraction of requests in (0, 1] whose inputs and outputs are summarised.
+    pub sample_rate: f64,
+    /// Rows each variant's live window summarises; a shift is fully in the window `window` rows after it starts.
+    pub window: NonZeroUsize,
+    /// Rows a window needs before it is scored.
+    pub min_samples: usize,
+    /// PSI above which a variant counts as drifted (alerts, canary judge).
+    pub threshold: f64,
+}
+
+/// Fraction of requests sampled for drift when not given.
+pub const DEFAULT_DRIFT_SAMPLE_RATE: f64 = 0.1;
+/// Rows in a drift window when not given.
+pub const DEFAULT_DRIFT_WINDOW: usize = 2000;
+/// Rows a drift window needs before it is scored, when not given.
+pub const DEFAULT_DRIFT_MIN_SAMPLES: usize = 200;
+/// PSI threshold when not given: 0.2 is the usual "significant shift" line.
+pub const DEFAULT_DRIFT_THRESHOLD: f64 = 0.2;
 
 /// Automated canary analysis of one model (docs/operations.md).
 #[derive(Debug, Clone, PartialEq)]
@@ -388,6 +654,11 @@ pub struct RolloutConfig {
     pub max_p99_ratio: f64,
     /// Canary requests needed in a step before it is judged.
     pub min_requests: u64,
+    /// Largest tolerated canary drift (PSI, data or prediction); needs `monitoring.drift`.
+    pub max_drift: Option<f64>,
+    /// Largest tolerated canary accuracy below the baseline's (absolute); needs
+    /// `monitoring.quality` and `min_requests` labelled answers on both.
+    pub max_accuracy_drop: Option<f64>,
 }
 
 /// How often a rollout is judged when not given.

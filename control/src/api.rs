@@ -32,6 +32,18 @@ const MAX_BODY: usize = 1 << 20;
 /// Environment variable whose value, when set, is the bearer token (wins over the config).
 pub const TOKEN_ENV: &str = "SWITCHYARD_CONTROL_TOKEN";
 
+/// Checks a control call's credentials the data plane's way (a JWT or API
+/// key whose principal holds the `control` permission): the principal's
+/// name, or why not. Supplied by the binary, so this crate stays free of the proxy.
+pub type Verifier = Arc<dyn Fn(&http::HeaderMap) -> Result<String, String> + Send + Sync>;
+
+/// How control calls are authenticated: a static bearer token, the data plane's rules, both or neither.
+#[derive(Clone, Default)]
+pub struct ControlAuth {
+    pub token: Option<String>,
+    pub verifier: Option<Verifier>,
+}
+
 /// A control endpoint, parsed from a path and a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiRoute<'a> {
@@ -45,6 +57,8 @@ pub enum ApiRoute<'a> {
     Versions { model: &'a str },
     /// `GET /ml/models/{model}/metrics`
     Metrics { model: &'a str },
+    /// `GET /ml/models/{model}/drift`
+    Drift { model: &'a str },
     /// `POST /ml/models/{model}/traffic`
     Traffic { model: &'a str },
     /// `POST /ml/models/{model}/rollback`
@@ -76,6 +90,7 @@ impl<'a> ApiRoute<'a> {
             ["ml", "models", model, "status"] => ApiRoute::Status { model },
             ["ml", "models", model, "versions"] => ApiRoute::Versions { model },
             ["ml", "models", model, "metrics"] => ApiRoute::Metrics { model },
+            ["ml", "models", model, "drift"] => ApiRoute::Drift { model },
             ["ml", "models", model, "traffic"] => ApiRoute::Traffic { model },
             ["ml", "models", model, "rollback"] => ApiRoute::Rollback { model },
             ["ml", "models", model, "cache", "invalidate"] => ApiRoute::InvalidateCache { model },
@@ -107,6 +122,7 @@ impl<'a> ApiRoute<'a> {
             | ApiRoute::Status { .. }
             | ApiRoute::Versions { .. }
             | ApiRoute::Metrics { .. }
+            | ApiRoute::Drift { .. }
             | ApiRoute::ExperimentResults { .. } => false,
             ApiRoute::Reload
             | ApiRoute::Traffic { .. }
@@ -130,11 +146,19 @@ fn status_of(kind: ErrorKind) -> u16 {
 }
 
 /// Binds the control listener and serves it on the current tokio runtime.
-pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, token: Option<String>) -> Result<SocketAddr, String> {
+/// Refuses to listen beyond loopback without credentials: anyone who reaches
+/// the port could shift traffic.
+pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, auth: ControlAuth) -> Result<SocketAddr, String> {
+    if !address.ip().is_loopback() && auth.token.is_none() && auth.verifier.is_none() {
+        return Err(format!(
+            "the control API would listen on {address}, beyond loopback, with no credentials: set \
+             listeners.control.token (or {TOKEN_ENV}), or auth: with a principal holding the `control` permission"
+        ));
+    }
     let listener = TcpListener::bind(address).await.map_err(|e| format!("control API cannot bind {address}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let token: Option<Arc<str>> = token.map(Arc::from);
-    tracing::info!(address = %local, auth = token.is_some(), "control API listening");
+    let auth = Arc::new(Guard { token: auth.token.map(Arc::from), verifier: auth.verifier });
+    tracing::info!(address = %local, token = auth.token.is_some(), jwt = auth.verifier.is_some(), "control API listening");
     supervise::spawn(API_TASK, async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -145,9 +169,9 @@ pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, token: Option<
                 }
             };
             let plane = plane.clone();
-            let token = token.clone();
+            let auth = auth.clone();
             supervise::spawn(API_TASK, async move {
-                let svc = service_fn(move |req| handle(plane.clone(), token.clone(), peer, req));
+                let svc = service_fn(move |req| handle(plane.clone(), auth.clone(), peer, req));
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
@@ -182,28 +206,59 @@ async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T,
     serde_json::from_slice(&bytes).map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn authorized(token: &Option<Arc<str>>, req: &Request<Incoming>) -> bool {
-    let Some(t) = token else { return true };
-    let given = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    given.is_some_and(|g| same(g.trim().as_bytes(), t.as_bytes()))
+struct Guard {
+    token: Option<Arc<str>>,
+    verifier: Option<Verifier>,
+}
+
+impl Guard {
+    /// Who the call runs as: `token` (the static token), a principal, or
+    /// `anonymous` when no credentials are configured (loopback only).
+    fn principal(&self, req: &Request<Incoming>) -> Result<String, String> {
+        if self.token.is_none() && self.verifier.is_none() {
+            return Ok("anonymous".into());
+        }
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let (Some(t), Some(g)) = (&self.token, given) {
+            if same(g.trim().as_bytes(), t.as_bytes()) {
+                return Ok("token".into());
+            }
+        }
+        match &self.verifier {
+            Some(v) => v(req.headers()),
+            None => Err("missing or wrong bearer token".into()),
+        }
+    }
 }
 
 async fn handle(
     plane: Arc<ControlPlane>,
-    token: Option<Arc<str>>,
+    auth: Arc<Guard>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if !authorized(&token, &req) {
-        let mut r = reply(401, json!({"error": "missing or wrong bearer token"}));
-        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-        return Ok(r);
-    }
-    let who = peer.to_string();
+    let principal = match auth.principal(&req) {
+        Ok(p) => p,
+        Err(why) => {
+            // A refused attempt to change state is audited too.
+            if req.method() == Method::POST {
+                switchyard_stats::access_log::Line::new("audit")
+                    .str("client", &peer.to_string())
+                    .str("what", &format!("POST {}", req.uri().path()))
+                    .num("status", 401)
+                    .str("error", &why)
+                    .write();
+            }
+            let mut r = reply(401, json!({ "error": why }));
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            return Ok(r);
+        }
+    };
+    let who = format!("{principal}@{peer}");
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_string();
     let route = match ApiRoute::parse(&method, &path) {
@@ -225,7 +280,24 @@ async fn handle(
             Ok(v) => format!("ok generation={}", v["generation"]),
             Err(e) => format!("refused {}: {}", status_of(e.kind), e.message),
         };
-        tracing::info!(target: "audit", who, what = %format!("{method} {path}"), outcome, "control call");
+        let what = format!("{method} {path}");
+        tracing::info!(target: "audit", who, what, outcome, "control call");
+        // The same line in the access log, beside the data plane's requests.
+        let (status, generation) = match &result {
+            Ok(v) => (200, v["generation"].as_u64()),
+            Err(e) => (status_of(e.kind), None),
+        };
+        let line = switchyard_stats::access_log::Line::new("audit")
+            .str("principal", &principal)
+            .str("client", &peer.to_string())
+            .str("what", &what)
+            .num("status", status);
+        let line = match (generation, &result) {
+            (Some(g), _) => line.num("generation", g),
+            (None, Err(e)) => line.str("error", &e.message),
+            (None, Ok(_)) => line,
+        };
+        line.write();
     }
     Ok(match result {
         Ok(v) => reply(200, v),
@@ -266,6 +338,7 @@ async fn dispatch(
         ApiRoute::Status { model } => status(plane, model).await,
         ApiRoute::Versions { model } => versions(plane, model).await,
         ApiRoute::Metrics { model } => metrics(plane, model).await,
+        ApiRoute::Drift { model } => crate::monitoring::drift(plane, model),
         ApiRoute::Traffic { model } => traffic(plane, model, body(req).await?, who, expect).await,
         ApiRoute::Rollback { model } => rollback(plane, model, body(req).await?, who, expect).await,
         ApiRoute::InvalidateCache { model } => invalidate(plane, model),
@@ -400,6 +473,16 @@ async fn metrics(plane: &ControlPlane, model: &str) -> Result<Value, ControlErro
                 "error_rate": s.error_rate(),
                 "latency_ms": latency_json(&s),
                 "shadow": (s.shadow.mirrored + s.shadow.dropped > 0).then(|| shadow_json(&s)),
+                "data_drift_score": s.data_drift,
+                "model_drift_score": s.model_drift,
+                // The seed ticket's ModelMetrics (ASTR-90).
+                "prediction_latency": s.mean_latency_ms(),
+                "throughput": s.throughput(),
+                "accuracy": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.accuracy),
+                "precision": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.precision),
+                "recall": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.recall),
+                "f1_score": s.quality.as_ref().and_then(|q| q.classification.as_ref()).map(|c| c.f1),
+                "quality": s.quality.as_ref().map(crate::monitoring::quality_json),
             })
         })
         .collect();

@@ -40,9 +40,13 @@ pub struct CreateRequest {
     pub minimum_sample_size: u64,
     #[serde(default = "default_confidence")]
     pub confidence_level: f64,
-    /// Seconds, or a duration such as "1h".
+    /// Days, as the seed ticket (ASTR-90) defines a bare number (`7` is a
+    /// week; fractions allowed), or a duration such as "1h" or "90s".
     pub test_duration: Value,
 }
+
+/// A bare `test_duration` counts days.
+const SECONDS_PER_DAY: f64 = 86_400.0;
 
 fn default_metric() -> Metric {
     Metric::ErrorRate
@@ -71,6 +75,10 @@ impl CreateRequest {
     pub fn plan(self, now: u64) -> Result<ExperimentDef, ControlError> {
         if self.test_id.is_empty() {
             return Err(ControlError::bad_request("test_id must not be empty"));
+        }
+        // It names the test in URLs and logs: printable, no control characters.
+        if self.test_id.chars().any(char::is_control) || self.test_id.len() > 128 {
+            return Err(ControlError::bad_request("test_id must be at most 128 printable characters"));
         }
         let mut model = None;
         let mut variants = Vec::new();
@@ -117,11 +125,15 @@ impl CreateRequest {
             return Err(ControlError::bad_request("confidence_level must be between 0 and 1 (e.g. 0.95)"));
         }
         let duration = match &self.test_duration {
-            Value::Number(n) => n.as_f64().filter(|s| *s > 0.0).map(|s| s as u64),
+            Value::Number(n) => {
+                n.as_f64().filter(|d| *d > 0.0).map(|d| (d * SECONDS_PER_DAY).round() as u64).filter(|s| *s > 0)
+            }
             Value::String(s) => parse_duration(s).ok().map(|d| d.as_secs()).filter(|s| *s > 0),
             _ => None,
         }
-        .ok_or_else(|| ControlError::bad_request("test_duration must be positive seconds or a duration like \"2h\""))?;
+        .ok_or_else(|| {
+            ControlError::bad_request("test_duration must be a positive number of days or a duration like \"2h\"")
+        })?;
         Ok(ExperimentDef {
             test_id: self.test_id,
             model,
@@ -336,8 +348,51 @@ impl Experiment {
     }
 }
 
+/// (successes, trials) of a quality metric in one arm's feedback window: a
+/// binary classifier's precision is TP of TP+FP, recall TP of TP+FN, F1
+/// 2·TP of 2·TP+FP+FN; accuracy, and every metric of a multi-class model
+/// (micro averages, which equal accuracy), is correct of labelled.
+fn quality_counts(metric: Metric, s: &Snapshot) -> Option<(u64, u64)> {
+    let q = s.quality.as_ref()?;
+    let c = q.classification.as_ref()?;
+    let p = &c.positive;
+    Some(match metric {
+        Metric::Precision if c.binary => (p.true_positives, p.true_positives + p.false_positives),
+        Metric::Recall if c.binary => (p.true_positives, p.true_positives + p.false_negatives),
+        Metric::F1Score if c.binary => {
+            (2 * p.true_positives, 2 * p.true_positives + p.false_positives + p.false_negatives)
+        }
+        _ => (c.correct, q.count),
+    })
+}
+
 fn compare(d: &ExperimentDef, control: &Arm, treatment: &Arm) -> Outcome {
     let (c, t) = (&control.stats, &treatment.stats);
+    if matches!(d.success_metric, Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::F1Score) {
+        let labelled = |s: &Snapshot| s.quality.as_ref().map_or(0, |q| q.count);
+        let (cn, tn) = (labelled(c), labelled(t));
+        let counts = quality_counts(d.success_metric, c).zip(quality_counts(d.success_metric, t));
+        let Some(((cx, cn_), (tx, tn_))) =
+            counts.filter(|_| cn >= d.minimum_sample_size && tn >= d.minimum_sample_size)
+        else {
+            return Outcome::InsufficientData {
+                need: d.minimum_sample_size,
+                control_requests: cn,
+                treatment_requests: tn,
+            };
+        };
+        let (z, p_value) = two_proportion_z_test(tx, tn_, cx, cn_).unwrap_or((0.0, 1.0));
+        let ratio = |x: u64, n: u64| if n == 0 { 0.0 } else { x as f64 / n as f64 };
+        let significant = p_value < 1.0 - d.confidence_level;
+        let better = if ratio(tx, tn_) > ratio(cx, cn_) { &treatment.name } else { &control.name };
+        return Outcome::Tested {
+            test: TestKind::TwoProportionZ,
+            statistic: z,
+            p_value,
+            significant,
+            winner: significant.then(|| better.clone()),
+        };
+    }
     if c.requests < d.minimum_sample_size || t.requests < d.minimum_sample_size {
         return Outcome::InsufficientData {
             need: d.minimum_sample_size,
@@ -362,6 +417,7 @@ fn compare(d: &ExperimentDef, control: &Arm, treatment: &Arm) -> Outcome {
             .unwrap_or((0.0, 0.0, 1.0));
             (TestKind::WelchT, tt, p, t.mean_latency_ms() < c.mean_latency_ms())
         }
+        Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::F1Score => unreachable!("judged above"),
     };
     let significant = p_value < 1.0 - d.confidence_level;
     let better = if treatment_better { &treatment.name } else { &control.name };
@@ -492,6 +548,28 @@ mod tests {
     }
 
     #[test]
+    fn quality_metrics_are_judged_on_feedback() {
+        let arm = |correct: u64| {
+            let s = LiveStats::default();
+            s.configure_quality(switchyard_stats::quality::Task::Classification, 10_000);
+            s.record_feedback((0..1000).map(|i| (1.0, if i < correct { 1.0 } else { 0.0 })));
+            s.snapshot()
+        };
+        let d = def(Metric::Accuracy, 500);
+        let (a, b) = (
+            Arm { name: "a".into(), weight: None, stats: arm(700) },
+            Arm { name: "b".into(), weight: None, stats: arm(800) },
+        );
+        let Outcome::Tested { significant: true, winner: Some(w), .. } = compare(&d, &a, &b) else { panic!() };
+        assert_eq!(w, "b");
+        // Binary precision: every prediction is class 1, so precision is accuracy here.
+        let Outcome::Tested { winner: Some(w), .. } = compare(&def(Metric::Precision, 500), &a, &b) else { panic!() };
+        assert_eq!(w, "b");
+        let few = compare(&def(Metric::F1Score, 5000), &a, &b);
+        assert!(matches!(few, Outcome::InsufficientData { control_requests: 1000, .. }), "{few:?}");
+    }
+
+    #[test]
     fn create_requests_are_validated() {
         let base = json!({"test_id": "t", "model": "m", "model_a": "a", "model_b": "b",
             "traffic_split": 0.25, "test_duration": "1h"});
@@ -508,9 +586,11 @@ mod tests {
         let d = req(with("traffic_split", json!(30))).unwrap();
         assert_eq!(d.traffic_split["b"], 30.0, "a percent");
         let d = req(json!({"test_id": "t", "model_a": "m:a", "model_b": "m:b", "traffic_split": {"a": 1, "b": 3},
-            "test_duration": 60}))
+            "test_duration": 7}))
         .unwrap();
-        assert_eq!((d.model.as_str(), d.test_duration_secs), ("m", 60));
+        assert_eq!((d.model.as_str(), d.test_duration_secs), ("m", 7 * 86_400), "a bare number is days");
+        let d = req(with("test_duration", json!(0.5))).unwrap();
+        assert_eq!(d.test_duration_secs, 43_200);
         for (body, needle) in [
             (with("test_id", json!("")), "test_id"),
             (with("traffic_split", json!(150)), "numeric traffic_split"),

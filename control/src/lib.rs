@@ -14,7 +14,7 @@
 //!   `clock` (rollout/experiment ticks), `fleet::tasks` (fleet sync, judge
 //!   lease, stats publishing) → `plane` ([`ControlPlane`]) → `fleet` (Redis);
 //! - state machines and pure functions: `rollout`, `experiments`,
-//!   `effective`, `settle`;
+//!   `effective`, `settle`, `monitoring` (drift reports as the API shows them);
 //! - leaves: `state` (persisted shapes), `source`, `error`, `serving`,
 //!   `config_file`, `persist` (the writer thread), `supervise`, `metrics`.
 
@@ -26,6 +26,7 @@ pub mod error;
 pub mod experiments;
 pub mod fleet;
 pub mod metrics;
+pub mod monitoring;
 pub mod persist;
 pub mod plane;
 pub mod rollout;

@@ -176,7 +176,7 @@ impl ControlPlane {
         };
         let eff = effective(&file.config, &persisted.overrides);
         for d in &eff.dropped {
-            tracing::warn!(target: "audit", "{d}");
+            tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = persisted.generation + 1;
         let config = Arc::new(eff.config);
@@ -319,7 +319,7 @@ impl ControlPlane {
         let file = change.file.as_ref().map_or_else(|| inner.file.clone(), |f| f.config.clone());
         let eff = effective(&file, &change.overrides);
         for d in &eff.dropped {
-            tracing::warn!(target: "audit", "{d}");
+            tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = self.published.load().generation + 1;
         let config = Arc::new(eff.config);
@@ -502,8 +502,13 @@ impl ControlPlane {
             || new.listeners.control.as_ref().map(|c| c.address) != old.listeners.control.as_ref().map(|c| c.address)
             || new.runtime != old.runtime
             || new.control != old.control
+            || new.auth != old.auth
+            || new.rate_limits != old.rate_limits
+            || new.access_log != old.access_log
         {
-            tracing::warn!("listener addresses, runtime and control (fleet) settings take effect on restart only");
+            tracing::warn!(
+                "listener addresses, runtime, control (fleet), auth, rate_limits and access_log settings take effect on restart only"
+            );
         }
         let status = ReloadStatus { successful: true, at: now_secs(), trigger: trigger.into(), errors: vec![] };
         let change = Change {
@@ -690,7 +695,14 @@ impl ControlPlane {
     pub async fn variant_stats(&self, model: &str, variants: &[String]) -> (StatsScope, Vec<Snapshot>) {
         if let Some(f) = &self.fleet {
             let keys = variants.iter().map(|v| f.stats_key(model, v)).collect();
-            if let Ok(s) = f.read_stats(keys).await {
+            if let Ok(mut s) = f.read_stats(keys).await {
+                // Drift and feedback quality are levels of this replica's own windows, not counters.
+                for (snap, v) in s.iter_mut().zip(variants) {
+                    if let Some(local) = self.serving.stats(model, v) {
+                        (snap.data_drift, snap.model_drift) = (local.data_drift, local.model_drift);
+                        snap.quality = local.quality;
+                    }
+                }
                 return (StatsScope::Fleet, s);
             }
         }
@@ -759,6 +771,8 @@ impl ControlPlane {
             .get(model)
             .is_some_and(|m| m.variants.iter().all(|v| weights.get(v.name.as_ref()).is_none_or(|w| *w == v.weight)));
         if same_weights && inner.rollouts.get(model).map(Rollout::persisted) == Some(r.persisted()) {
+            // The gauge still reports the step (a fresh process resuming it has not set it yet).
+            self.metrics.rollout_weight.with_label_values(&labels).set(note.0);
             inner.rollouts.insert(model.to_string(), r);
             return;
         }
@@ -838,7 +852,7 @@ impl ControlPlane {
         };
         drop(inner);
         written.wait().await;
-        tracing::info!(target: "audit", who, test_id = %created.test_id, model = %created.model, generation, "A/B test created");
+        tracing::info!(target: "audit", who, test_id = ?created.test_id, model = ?created.model, generation, "A/B test created");
         Ok(created)
     }
 
@@ -855,7 +869,7 @@ impl ControlPlane {
             // at the end by themselves: the end only changes the status.
             let stats = if self.fleet.is_some() { BTreeMap::new() } else { self.arm_stats(e) };
             if e.observe(now, &stats) == ExperimentDecision::End {
-                tracing::info!(target: "audit", test_id = %e.def().test_id, "A/B test ended; results kept");
+                tracing::info!(target: "audit", test_id = ?e.def().test_id, "A/B test ended; results kept");
             }
         }
     }

@@ -246,6 +246,29 @@ fn judge(cfg: &RolloutConfig, canary: &Snapshot, baseline: &Snapshot) -> Option<
             }
         }
     }
+    if let Some(max) = cfg.max_drift {
+        for (what, d) in [("data", canary.data_drift), ("prediction", canary.model_drift)] {
+            if let Some(d) = d.filter(|d| *d > max) {
+                return Some(format!("canary {what} drift (PSI {d:.3}) exceeds {max}"));
+            }
+        }
+    }
+    if let Some(max) = cfg.max_accuracy_drop {
+        let acc = |s: &Snapshot| {
+            let q = s.quality.as_ref()?;
+            q.classification.as_ref().filter(|_| q.count >= cfg.min_requests).map(|c| (c.accuracy, q.count))
+        };
+        if let (Some((ca, cn)), Some((ba, _))) = (acc(canary), acc(baseline)) {
+            if ba - ca > max {
+                return Some(format!(
+                    "canary accuracy {:.2}% is below baseline {:.2}% by more than {:.2} points ({cn} labelled answers)",
+                    ca * 100.0,
+                    ba * 100.0,
+                    max * 100.0
+                ));
+            }
+        }
+    }
     None
 }
 
@@ -272,6 +295,8 @@ mod tests {
             max_error_rate_increase: 0.01,
             max_p99_ratio: 1.5,
             min_requests: 10,
+            max_drift: None,
+            max_accuracy_drop: None,
         }
     }
 
@@ -313,6 +338,25 @@ mod tests {
 
     fn step(step: usize, canary_weight: f64) -> RolloutDecision {
         RolloutDecision::StepWeight { step, steps: 3, canary_weight, weights: w(canary_weight) }
+    }
+
+    #[test]
+    fn judge_drift_and_accuracy() {
+        let c = RolloutConfig { max_drift: Some(0.2), max_accuracy_drop: Some(0.05), ..cfg() };
+        let healthy = snap(100, 0, 5);
+        let mut drifted = snap(100, 0, 5);
+        drifted.model_drift = Some(0.5);
+        assert!(judge(&c, &drifted, &healthy).unwrap().contains("prediction drift (PSI 0.500)"));
+        let labelled = |correct: u64| {
+            let s = switchyard_stats::LiveStats::default();
+            s.configure_quality(switchyard_stats::quality::Task::Classification, 1000);
+            s.record_feedback((0..100).map(|i| (1.0, if i < correct { 1.0 } else { 0.0 })));
+            let mut snap = snap(100, 0, 5);
+            snap.quality = s.quality();
+            snap
+        };
+        assert!(judge(&c, &labelled(80), &labelled(90)).unwrap().contains("accuracy 80.00%"));
+        assert_eq!(judge(&c, &labelled(88), &labelled(90)), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
+use switchyard_stats::drift::DriftReport;
 use switchyard_stats::Snapshot;
 
 /// The serving plane as the control plane sees it.
@@ -20,4 +21,8 @@ pub trait ServingPlane: Send + Sync + 'static {
     fn stats(&self, model: &str, variant: &str) -> Option<Snapshot>;
     /// Drops every cached answer of a model; the number of cached variants, `None` without a cache.
     fn invalidate_cache(&self, model: &str) -> Option<usize>;
+    /// The latest drift report of a variant; `None` when it is not monitored.
+    fn drift(&self, _model: &str, _variant: &str) -> Option<DriftReport> {
+        None
+    }
 }

@@ -65,6 +65,11 @@ pub struct PersistedRollout {
 pub enum Metric {
     ErrorRate,
     Latency,
+    /// Prediction quality from feedback (`monitoring.quality`), judged over each arm's feedback window.
+    Accuracy,
+    Precision,
+    Recall,
+    F1Score,
 }
 
 /// An A/B test as created (its counts are live, never persisted).

@@ -28,6 +28,12 @@ pub enum ErrorKind {
     /// Overloaded (a full queue) or not ready: the client may retry, after
     /// `retry_after` seconds when set.
     Unavailable { retry_after: Option<u32> },
+    /// No credentials, or credentials that do not verify.
+    Unauthenticated,
+    /// A known principal without the permission the request needs.
+    PermissionDenied,
+    /// Over a rate limit: retry after `retry_after` seconds.
+    RateLimited { retry_after: u32 },
     /// The request's own deadline passed (queue deadline, client deadline).
     DeadlineExceeded,
     /// The client went away; nothing is written back.
@@ -36,6 +42,34 @@ pub enum ErrorKind {
     Backend(BackendFailure),
     /// A fault of Switchyard itself.
     Internal,
+}
+
+impl ErrorKind {
+    /// A stable name for logs (`error` in the access log).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest { .. } => "bad_request",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed { .. } => "method_not_allowed",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::Unavailable { .. } => "unavailable",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::RateLimited { .. } => "rate_limited",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::ClientClosed => "client_closed",
+            ErrorKind::Backend(b) => match b {
+                BackendFailure::Unreachable => "backend_unreachable",
+                BackendFailure::Timeout => "backend_timeout",
+                BackendFailure::Invalid => "backend_invalid",
+                BackendFailure::Failed => "backend_failed",
+                BackendFailure::Http { .. } => "backend_http_error",
+                BackendFailure::Grpc { .. } => "backend_grpc_error",
+            },
+            ErrorKind::Internal => "internal",
+        }
+    }
 }
 
 /// How a backend failed.
@@ -137,6 +171,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<u32> {
         match self.kind {
             ErrorKind::Unavailable { retry_after } => retry_after,
+            ErrorKind::RateLimited { retry_after } => Some(retry_after),
             _ => None,
         }
     }

@@ -3,8 +3,10 @@
 //! (`pipeline`), routing and A/B selection over a swappable snapshot,
 //! batching, caching, shadow traffic and metrics.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod error;
@@ -14,11 +16,15 @@ pub mod http;
 pub mod lifecycle;
 pub mod limit;
 pub mod metrics;
+pub mod monitor;
 pub mod outcome;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod shadow;
+pub mod tls;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -35,17 +41,28 @@ pub use metrics::Metrics;
 pub use outcome::Outcome;
 pub use routing::RoutingTable;
 
+/// What guards the data plane, shared by the HTTP and gRPC listeners.
+#[derive(Clone, Default)]
+pub struct Guards {
+    /// Required credentials on every path but the probes; `None`: open.
+    pub auth: Option<Arc<auth::Auth>>,
+    pub limiter: Option<Arc<ratelimit::RateLimiter>>,
+    /// `access_log.body_hash`.
+    pub body_hash: bool,
+}
+
 /// Starts the listeners and serves until the process is told to stop.
 ///
 /// `table` is the published routing snapshot: whoever holds the other end
-/// (the control plane) swaps it; requests load it once each. `grpc`, when
-/// present, is served beside HTTP and drains and upgrades with it. With
-/// `upgrade`, the listening sockets are taken over from the running old
-/// process (`serve --upgrade`, see `lifecycle`).
+/// (the control plane) swaps it; requests load it once each. `guards` apply
+/// to every data-plane request. `grpc`, when present, is served beside HTTP
+/// and drains and upgrades with it. With `upgrade`, the listening sockets are
+/// taken over from the running old process (`serve --upgrade`, see `lifecycle`).
 pub fn run(
     cfg: &ValidatedConfig,
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Metrics,
+    guards: Guards,
     grpc: Option<grpc::GrpcService>,
     upgrade: bool,
 ) -> ! {
@@ -65,7 +82,8 @@ pub fn run(
     lifecycle::watch(server.watch_execution_phase(), drain);
 
     let plane =
-        HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone());
+        HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
+            .with_guards(guards);
     let app = lifecycle::GuardedApp::new(
         pingora_proxy::http_proxy(&server.configuration, plane),
         lifecycle::ConnectionLimits {
@@ -76,13 +94,33 @@ pub fn run(
         },
     );
     let mut data = Service::new("switchyard-data-http".into(), app);
-    data.add_tcp(&cfg.listeners.http.address.to_string());
+    // Kept for the process's life: their certificates reload while they live.
+    let mut keep_tls = Vec::new();
+    match &cfg.listeners.http.tls {
+        None => data.add_tcp(&cfg.listeners.http.address.to_string()),
+        Some(t) => {
+            let server_tls = exit_on_err(tls::ServerTls::load(t, "listeners.http"));
+            data.add_tls_with_settings(
+                &cfg.listeners.http.address.to_string(),
+                None,
+                exit_on_err(server_tls.pingora_settings()),
+            );
+            keep_tls.push(server_tls);
+        }
+    }
     server.add_service(data);
 
     if let Some(addr) = cfg.listeners.metrics {
         let mut svc = Service::new("switchyard-metrics".into(), HttpServer::new_app(admin::MetricsApp { metrics }));
         svc.threads = Some(1);
-        svc.add_tcp(&addr.to_string());
+        match &cfg.listeners.metrics_tls {
+            None => svc.add_tcp(&addr.to_string()),
+            Some(t) => {
+                let server_tls = exit_on_err(tls::ServerTls::load(t, "listeners.metrics"));
+                svc.add_tls_with_settings(&addr.to_string(), None, exit_on_err(server_tls.pingora_settings()));
+                keep_tls.push(server_tls);
+            }
+        }
         server.add_service(svc);
     }
     if let Some(g) = grpc {
@@ -95,5 +133,14 @@ pub fn run(
         upgrade,
         "switchyard listening"
     );
+    let _keep_tls = keep_tls;
     server.run_forever()
+}
+
+/// A listener that cannot start stops the process with the reason (as a taken port does).
+fn exit_on_err<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| {
+        eprintln!("switchyard: {e}");
+        std::process::exit(1)
+    })
 }

@@ -6,21 +6,26 @@
 //! protocol routes, caches, batches, times and counts alike, and a new
 //! protocol is a codec plus a thin listener.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_runtime::{InferRequest, InferResponse};
 
 use crate::admission;
+use crate::auth::{Action, Principal};
 use crate::batch::BatchError;
 use crate::cache::{CacheStatus, Directive};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::outcome::{Executed, Outcome};
+use crate::ratelimit::RateLimiter;
 use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::shadow;
+use crate::trace;
 
 /// The protocol-specific half of one inference exchange with a client.
 pub trait Exchange: Send {
@@ -35,6 +40,12 @@ pub trait Exchange: Send {
 
     /// Resolves when the client has gone away; never, where the listener cannot tell.
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The request's size in bytes once `decode` has read it, where the
+    /// protocol did not say it up front (`Call::input_bytes`).
+    fn body_len(&self) -> Option<u64> {
+        None
+    }
 
     /// Encodes a successful response in the client's format.
     fn encode(&mut self, response: InferResponse) -> Result<Self::Encoded, Error>;
@@ -64,6 +75,33 @@ pub struct Call<'a> {
     /// the hook for authenticated principals. The request's own `priority`
     /// parameter wins; `None` and 0 mean `admission.default_priority`.
     pub priority: Option<u64>,
+    /// Who asks, when authentication is on (`None`: every request may do anything).
+    pub principal: Option<&'a Principal>,
+    /// The rate limits, when configured.
+    pub limiter: Option<&'a RateLimiter>,
+    /// The client's address: its rate-limit key when there is no principal.
+    pub client: Option<IpAddr>,
+    /// The request's size when known before reading it (Content-Length, a gRPC message).
+    pub input_bytes: Option<u64>,
+}
+
+impl Call<'_> {
+    /// Whose bucket the request is charged to: the principal, else the client's address.
+    fn rate_key(&self) -> Cow<'_, str> {
+        match (self.principal, self.client) {
+            (Some(p), _) => Cow::Borrowed(&p.name),
+            (None, Some(ip)) => Cow::Owned(ip.to_string()),
+            (None, None) => Cow::Borrowed("anonymous"),
+        }
+    }
+
+    /// Charges the request to its rate limits before anything is read (429 when over).
+    fn admit(&self) -> Result<(), Error> {
+        match self.limiter {
+            Some(rl) => rl.admit(&self.rate_key(), self.model, self.input_bytes.unwrap_or(0)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs one inference from selection to recording; see the module doc.
@@ -74,10 +112,14 @@ pub async fn infer<X: Exchange>(
     call: Call<'_>,
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
-    let sel = match select(table, call.model, call.version, x.metadata()) {
+    let sel = match authorize(call.principal, call.model, call.version, Action::Infer)
+        .and_then(|()| call.admit())
+        .and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal))
+    {
         Ok(s) => s,
         Err(e) => {
-            let known_route = !matches!(e.kind, crate::error::ErrorKind::NotFound);
+            // Labelled by model only when it names a route: refused clients cannot grow the label set.
+            let known_route = table.route(call.model).is_ok();
             metrics.count_unrouted(known_route.then_some(call.model), respond::http_status(&e));
             let overhead = call.start.elapsed();
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
@@ -99,13 +141,44 @@ pub async fn infer<X: Exchange>(
             };
         }
     };
+    // Sampled requests only; with tracing off the snapshot has no tracer and nothing is timed.
+    let trace = table.tracer.as_ref().and_then(|t| t.begin(x.metadata(), call.start));
+    let mut marks = Marks::default();
+    let mark = |m: &mut Option<Instant>| {
+        if trace.is_some() {
+            *m = Some(Instant::now());
+        }
+    };
+    mark(&mut marks.routed);
     // What the run learnt, kept for the answer and the record (the response itself moves on).
     let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
     let result = async {
         let mut req = x.decode().await?;
+        mark(&mut marks.decoded);
+        // A body of unknown size (chunked) is charged its bytes once read: before the work.
+        if let (Some(rl), None, Some(n)) = (call.limiter, call.input_bytes, x.body_len()) {
+            if rl.counts_bytes() {
+                rl.admit_bytes(&call.rate_key(), call.model, n)?;
+            }
+        }
         if let Some(forward) = sel.variant.backend.forwarding() {
             // Only what this backend sends on is copied (`runtime::backend::forward`).
             forward.apply(x.metadata(), &mut req.metadata);
+            // Trace context reaches the backend whatever `forward_headers` says:
+            // ours (the backend call as parent) when sampled, else the client's own.
+            match &trace {
+                Some(t) => {
+                    req.metadata.insert(trace::TRACEPARENT, trace::traceparent(&t.trace_id, &t.backend_span, true));
+                }
+                None => {
+                    if let Some(tp) = x.metadata().get(trace::TRACEPARENT) {
+                        req.metadata.insert(trace::TRACEPARENT, tp.clone());
+                    }
+                }
+            }
+            if let Some(ts) = x.metadata().get(trace::TRACESTATE) {
+                req.metadata.insert(trace::TRACESTATE, ts.clone());
+            }
             if !req.metadata.is_empty() {
                 req.metadata.remove(&table.override_header);
             }
@@ -117,6 +190,11 @@ pub async fn infer<X: Exchange>(
             None => Directive::default(),
         };
         let priority = admission::request_priority(&req).or(call.priority);
+        // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
+        let drift_inputs = match &sel.variant.drift {
+            Some(d) if d.sample() => Some(req.inputs.clone()),
+            _ => None,
+        };
         // Pinned where it is made: the run's future is large, and every move of it is a copy.
         // The slot wait is inside it, so a client that leaves or a deadline
         // that passes while queued never reaches the backend.
@@ -131,6 +209,7 @@ pub async fn infer<X: Exchange>(
             outcome
         };
         tokio::pin!(run);
+        mark(&mut marks.executing);
         let limited = async {
             match call.deadline {
                 None => (&mut run).await,
@@ -145,11 +224,18 @@ pub async fn infer<X: Exchange>(
             r = limited => r,
             () = x.closed() => Err(Error::client_closed()),
         }?;
+        mark(&mut marks.executed);
         (batch_rows, cache, backend_time) = (executed.batch_rows, executed.cache, executed.backend_time);
         let mut resp = executed.response;
+        if let (Some(d), Some(inputs)) = (&sel.variant.drift, drift_inputs) {
+            d.submit(inputs, resp.outputs.clone());
+        }
         resp.model_name = call.model.to_string();
         if id.is_some() {
             resp.id = id;
+        }
+        if let Some(q) = &sel.route.quality {
+            q.remember(&mut resp, x.metadata(), &sel.variant.name, sel.variant.version.as_ref(), &sel.variant.stats);
         }
         x.encode(resp)
     }
@@ -157,6 +243,9 @@ pub async fn infer<X: Exchange>(
     let total = call.start.elapsed();
     let status = result.as_ref().map_or_else(respond::http_status, |_| 200);
     record(sel.variant, status, total, backend_time);
+    if let (Some(tracer), Some(t)) = (&table.tracer, trace) {
+        tracer.finish(spans(t, &marks, &sel, call, status, batch_rows, cache, backend_time));
+    }
     Answer {
         result,
         variant: Some(sel.variant.header_value.clone()),
@@ -166,17 +255,111 @@ pub async fn infer<X: Exchange>(
     }
 }
 
+/// When a traced request reached each phase.
+#[derive(Default)]
+struct Marks {
+    routed: Option<Instant>,
+    decoded: Option<Instant>,
+    executing: Option<Instant>,
+    executed: Option<Instant>,
+}
+
+/// A traced request's spans, children of its own: route, receive (read and
+/// decode), cache (a cached variant's lookup and fill), queue (the batch
+/// wait), backend (the call itself; its id is the parent backends were
+/// sent), encode. A phase the request never reached has no span.
+#[allow(clippy::too_many_arguments)]
+fn spans(
+    mut t: trace::ActiveTrace,
+    m: &Marks,
+    sel: &Selection<'_>,
+    call: Call<'_>,
+    status: u16,
+    batch_rows: Option<usize>,
+    cache: Option<CacheStatus>,
+    backend_time: Duration,
+) -> trace::ActiveTrace {
+    use trace::otlp::{KeyValue, KIND_CLIENT, KIND_INTERNAL};
+    let v = sel.variant;
+    let version = sel.target.version.as_deref().unwrap_or("");
+    let base = || {
+        vec![
+            KeyValue::string("switchyard.model", call.model),
+            KeyValue::string("switchyard.variant", v.name.as_ref()),
+            KeyValue::string("switchyard.version", version),
+        ]
+    };
+    let end = Instant::now();
+    if let Some(routed) = m.routed {
+        t.child("route", KIND_INTERNAL, call.start, routed, None, base());
+        if let Some(decoded) = m.decoded {
+            t.child("receive", KIND_INTERNAL, routed, decoded, None, base());
+        }
+    }
+    if let (Some(from), Some(to)) = (m.executing, m.executed) {
+        if v.cache.is_some() {
+            let mut a = base();
+            a.push(KeyValue::string("switchyard.cache", cache.map_or("none", |c| c.as_str())));
+            t.child("cache", KIND_INTERNAL, from, to, None, a);
+        }
+        let backend_start = to.checked_sub(backend_time).unwrap_or(from).max(from);
+        if let Some(rows) = batch_rows {
+            let mut a = base();
+            a.push(KeyValue::int("switchyard.batch_size", rows as i64));
+            t.child("queue", KIND_INTERNAL, from, backend_start, None, a);
+        }
+        if !backend_time.is_zero() {
+            let mut a = base();
+            a.push(KeyValue::string("switchyard.backend", v.backend_name.as_ref()));
+            if let Some(rows) = batch_rows {
+                a.push(KeyValue::int("switchyard.batch_size", rows as i64));
+            }
+            t.child("backend", KIND_CLIENT, backend_start, to, Some(t.backend_span), a);
+        }
+        t.child("encode", KIND_INTERNAL, to, end, None, base());
+    }
+    let mut a = base();
+    a.push(KeyValue::int("http.response.status_code", i64::from(status)));
+    t.root("infer", status, a);
+    t
+}
+
+/// 403 unless `principal` (when auth is on) may do `action` on the model:
+/// checked before routing, so a refused client learns nothing of the routes.
+pub fn authorize(
+    principal: Option<&Principal>,
+    model: &str,
+    version: Option<&str>,
+    action: Action,
+) -> Result<(), Error> {
+    principal.map_or(Ok(()), |p| p.authorize(model, version, action))
+}
+
 /// Picks the variant for a request from its model, version and metadata
-/// (sticky key and variant override are read from it).
+/// (sticky key and variant override are read from it). The override header
+/// is ignored when `routing.allow_override` is off, and refused (403) to a
+/// principal without the override permission.
 pub fn select<'t>(
     table: &'t RoutingTable,
     model: &str,
     version: Option<&str>,
     metadata: &HeaderMap,
+    principal: Option<&Principal>,
 ) -> Result<Selection<'t>, Error> {
-    let route = table.route(model)?;
     let header = |h: &HeaderName| metadata.get(h).map(|v| v.as_bytes());
-    let override_variant = header(&table.override_header);
+    let override_variant = header(&table.override_header).filter(|_| table.allow_override);
+    if let (Some(_), Some(p)) = (override_variant, principal) {
+        if !p.may_override {
+            return Err(Error::new(
+                crate::error::ErrorKind::PermissionDenied,
+                format!(
+                    "principal '{}' may not force a variant with {} (needs the override permission)",
+                    p.name, table.override_header
+                ),
+            ));
+        }
+    }
+    let route = table.route(model)?;
     let sticky = route.sticky_header.as_ref().and_then(header);
     Ok(route.select(model, version, override_variant, sticky)?)
 }

@@ -30,8 +30,11 @@ pub struct HttpError {
 pub fn http_status(e: &Error) -> u16 {
     match &e.kind {
         ErrorKind::BadRequest { .. } => 400,
+        ErrorKind::Unauthenticated => 401,
+        ErrorKind::PermissionDenied => 403,
         ErrorKind::NotFound => 404,
         ErrorKind::MethodNotAllowed { .. } => 405,
+        ErrorKind::RateLimited { .. } => 429,
         ErrorKind::RequestTimeout => 408,
         ErrorKind::TooLarge => 413,
         ErrorKind::ClientClosed => CLIENT_CLOSED,
@@ -92,6 +95,9 @@ pub fn grpc_status(e: &Error) -> tonic::Status {
     let code = match &e.kind {
         ErrorKind::BadRequest { .. } => Code::InvalidArgument,
         ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::RateLimited { .. } => Code::ResourceExhausted,
         ErrorKind::MethodNotAllowed { .. } => Code::Unimplemented,
         ErrorKind::RequestTimeout | ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::TooLarge => Code::ResourceExhausted,
@@ -118,7 +124,12 @@ pub fn grpc_status(e: &Error) -> tonic::Status {
             },
         },
     };
-    tonic::Status::new(code, e.message.clone())
+    let mut s = tonic::Status::new(code, e.message.clone());
+    // A rate-limited or overloaded client learns when to retry, as over HTTP.
+    if let Some(secs) = e.retry_after() {
+        s.metadata_mut().insert("retry-after", secs.into());
+    }
+    s
 }
 
 #[cfg(test)]
@@ -139,6 +150,9 @@ mod tests {
         let cases: Vec<(Error, u16, Code)> = vec![
             (CodecError::invalid("bad tensor").into(), 400, Code::InvalidArgument),
             (Error::not_found("unknown model 'm'"), 404, Code::NotFound),
+            (Error::new(ErrorKind::Unauthenticated, "no token"), 401, Code::Unauthenticated),
+            (Error::new(ErrorKind::PermissionDenied, "no permission"), 403, Code::PermissionDenied),
+            (Error::new(ErrorKind::RateLimited { retry_after: 2 }, "slow down"), 429, Code::ResourceExhausted),
             (Error::new(ErrorKind::MethodNotAllowed { allowed: "POST" }, "x"), 405, Code::Unimplemented),
             (Error::new(ErrorKind::RequestTimeout, "slow body"), 408, Code::DeadlineExceeded),
             (Error::too_large("too big"), 413, Code::ResourceExhausted),
@@ -199,5 +213,7 @@ mod tests {
         let a = v2_http(&Error::overloaded(2, "full"));
         assert_eq!((a.status, a.retry_after), (503, Some(2)));
         assert_eq!(v2_http(&Error::unavailable("not ready")).retry_after, None);
+        let a = v2_http(&Error::new(ErrorKind::RateLimited { retry_after: 3 }, "over the limit"));
+        assert_eq!((a.status, a.retry_after), (429, Some(3)));
     }
 }

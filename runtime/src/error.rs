@@ -16,6 +16,8 @@ pub enum TensorError {
     CountMismatch { expected: usize, got: usize },
     #[error("BYTES element with a bad length prefix")]
     BadBytesElement,
+    #[error("BOOL element {value} at {index} (a BOOL byte is 0 or 1)")]
+    BadBool { index: usize, value: u8 },
     #[error("request has no inputs")]
     NoInputs,
     #[error("input '{0}' appears more than once")]

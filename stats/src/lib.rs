@@ -7,7 +7,10 @@
 //! The histogram has 192 buckets growing by 10% from 10 µs (the last reaches
 //! ~14 minutes), so a quantile is within 10% of the true value.
 
+pub mod access_log;
+pub mod drift;
 pub mod fleet;
+pub mod quality;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -47,6 +50,14 @@ pub struct LiveStats {
     latency_us_sum: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
     shadow: ShadowStats,
+    /// Latest drift scores (f64 bits; NaN: not scored), set by the variant's drift monitor.
+    data_drift: AtomicU64,
+    model_drift: AtomicU64,
+    /// Labelled predictions (feedback); `None` until the model turns quality monitoring on.
+    /// Locked by feedback and readers only, never on the request path.
+    quality: Mutex<Option<quality::QualityWindow>>,
+    /// When counting began: throughput is requests over the time since.
+    created: std::time::Instant,
 }
 
 /// How a shadow variant's mirrored answers compare with the primary's.
@@ -79,6 +90,10 @@ impl Default for LiveStats {
             latency_us_sum: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             shadow: ShadowStats::default(),
+            data_drift: AtomicU64::new(f64::NAN.to_bits()),
+            model_drift: AtomicU64::new(f64::NAN.to_bits()),
+            quality: Mutex::new(None),
+            created: std::time::Instant::now(),
         }
     }
 }
@@ -116,8 +131,38 @@ impl LiveStats {
         }
     }
 
+    /// The latest drift scores of this variant's live window (`None`: not scored yet).
+    pub fn set_drift(&self, data: Option<f64>, model: Option<f64>) {
+        self.data_drift.store(data.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+        self.model_drift.store(model.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Turns quality tracking on with this task and window (a changed setting starts a new window).
+    pub fn configure_quality(&self, task: quality::Task, window: usize) {
+        let mut q = self.quality.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(&*q, Some(w) if w.task() == task && w.capacity() == window) {
+            *q = Some(quality::QualityWindow::new(task, window));
+        }
+    }
+
+    /// Records labelled predictions; `false` when quality tracking is off.
+    pub fn record_feedback(&self, pairs: impl IntoIterator<Item = (f64, f64)>) -> bool {
+        let mut q = self.quality.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = q.as_mut() else { return false };
+        for (p, l) in pairs {
+            w.add(p, l);
+        }
+        true
+    }
+
+    /// Quality over the feedback window, when tracked.
+    pub fn quality(&self) -> Option<quality::QualityReport> {
+        self.quality.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|w| w.report())
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let s = &self.shadow;
+        let drift = |a: &AtomicU64| Some(f64::from_bits(a.load(Ordering::Relaxed))).filter(|x| !x.is_nan());
         Snapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -131,6 +176,10 @@ impl LiveStats {
                 agreeing_rows: s.agreeing_rows.load(Ordering::Relaxed),
                 max_abs_error: f64::from_bits(s.max_abs_error.load(Ordering::Relaxed)),
             },
+            data_drift: drift(&self.data_drift),
+            model_drift: drift(&self.model_drift),
+            quality: self.quality(),
+            elapsed_secs: self.created.elapsed().as_secs_f64(),
         }
     }
 }
@@ -143,6 +192,14 @@ pub struct Snapshot {
     pub latency_us_sum: u64,
     pub buckets: Vec<u64>,
     pub shadow: ShadowSnapshot,
+    /// Latest largest input PSI (a level, not a count: `since` keeps the later one).
+    pub data_drift: Option<f64>,
+    /// Latest largest output PSI.
+    pub model_drift: Option<f64>,
+    /// Quality over the feedback window (a window, not a count: `since` keeps the later one).
+    pub quality: Option<quality::QualityReport>,
+    /// Seconds the counts cover (since the variant's stats were created, or the interval).
+    pub elapsed_secs: f64,
 }
 
 /// Shadow comparison counts (cumulative; `max_abs_error` is the largest seen since start).
@@ -183,7 +240,17 @@ impl Snapshot {
                 agreeing_rows: self.shadow.agreeing_rows.saturating_sub(earlier.shadow.agreeing_rows),
                 max_abs_error: self.shadow.max_abs_error,
             },
+            data_drift: self.data_drift,
+            model_drift: self.model_drift,
+            quality: self.quality.clone(),
+            elapsed_secs: (self.elapsed_secs - earlier.elapsed_secs).max(0.0),
         }
+    }
+
+    /// Requests per second over the time the counts cover; `None` when that
+    /// time is unknown (fleet-wide counters, merged from replicas of different ages).
+    pub fn throughput(&self) -> Option<f64> {
+        (self.elapsed_secs > 0.0).then(|| self.requests as f64 / self.elapsed_secs)
     }
 
     pub fn error_rate(&self) -> f64 {

@@ -6,6 +6,14 @@
 //! `delay_ms(d)` holds every infer for `d` ms, `down(true)` closes every
 //! connection without answering (and every new one at once). It counts what
 //! it receives, so a test can check that a 0% arm got exactly nothing.
+//! `capacity(n)` lets at most n infers execute at once; the others wait in a
+//! queue, as requests wait for a model instance in Triton.
+//!
+//! `GET /metrics` is a stand-in for Triton's metrics endpoint: this server's
+//! own real queue in Triton's metric names and Prometheus text format
+//! (`nv_inference_pending_request_count`, `nv_inference_queue_duration_us`,
+//! `nv_inference_request_success`/`_failure`, labelled `model`, `version`, as
+//! Triton's user guide, metrics.md, documents them).
 //!
 //! `GET /v2` advertises no extensions, so Switchyard talks JSON to it.
 
@@ -37,6 +45,14 @@ struct State {
     /// Injected 500s.
     failed: AtomicU64,
     in_flight: AtomicU64,
+    /// Infers allowed to execute at once (0: no limit), those executing, and
+    /// the wake-up of those waiting for a slot.
+    capacity: AtomicU64,
+    executing: AtomicU64,
+    slot_freed: tokio::sync::Notify,
+    /// Infers waiting for a slot, and the total time they waited (µs).
+    pending: AtomicU64,
+    queue_us: AtomicU64,
 }
 
 /// A running fault backend on `127.0.0.1:port` (port 0 at bind time).
@@ -71,6 +87,11 @@ impl FaultBackend {
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            capacity: AtomicU64::new(0),
+            executing: AtomicU64::new(0),
+            slot_freed: tokio::sync::Notify::new(),
+            pending: AtomicU64::new(0),
+            queue_us: AtomicU64::new(0),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -114,6 +135,17 @@ impl FaultBackend {
     /// Holds every infer request this long before answering.
     pub fn delay_ms(&self, ms: u64) {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// At most `n` infers execute at once; the rest queue (0 = no limit).
+    pub fn capacity(&self, n: u64) {
+        self.state.capacity.store(n, Ordering::SeqCst);
+        self.state.slot_freed.notify_waiters();
+    }
+
+    /// Infers waiting for an execution slot now.
+    pub fn pending(&self) -> u64 {
+        self.state.pending.load(Ordering::SeqCst)
     }
 
     /// Down: open connections are closed and new ones are closed on accept.
@@ -203,6 +235,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
     let resp = match (segs.as_slice(), model_path) {
         (["v2"], _) if get => reply(200, &json!({ "name": state.name, "version": "fault-backend", "extensions": [] })),
         (["v2", "health", "live" | "ready"], _) if get => empty(200),
+        (["metrics"], _) if get => metrics(&state),
         (_, Some((m, _, ""))) if get => reply(
             200,
             &json!({
@@ -234,6 +267,7 @@ async fn infer(state: &State, model: &str, req: Request<Incoming>) -> Resp {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(400, format!("cannot read the body: {e}")),
     };
+    let _slot = Slot::acquire(state).await;
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -247,6 +281,69 @@ async fn infer(state: &State, model: &str, req: Request<Incoming>) -> Resp {
     };
     state.answered.fetch_add(1, Ordering::SeqCst);
     resp
+}
+
+/// An execution slot under `capacity`; waiting for it counts as pending.
+struct Slot<'a>(&'a State);
+
+impl<'a> Slot<'a> {
+    async fn acquire(state: &'a State) -> Slot<'a> {
+        let started = std::time::Instant::now();
+        state.pending.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let freed = state.slot_freed.notified();
+            let cap = state.capacity.load(Ordering::SeqCst);
+            let n = state.executing.load(Ordering::SeqCst);
+            if (cap == 0 || n < cap)
+                && state.executing.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
+                break;
+            }
+            if cap != 0 && n >= cap {
+                freed.await;
+            }
+        }
+        state.pending.fetch_sub(1, Ordering::SeqCst);
+        state.queue_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+        Slot(state)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.executing.fetch_sub(1, Ordering::SeqCst);
+        self.0.slot_freed.notify_waiters();
+    }
+}
+
+/// The stand-in for Triton's metrics page: this server's real figures, one
+/// series (`model="echo"`, every model it echoes).
+fn metrics(state: &State) -> Resp {
+    let answered = state.answered.load(Ordering::SeqCst);
+    let failed = state.failed.load(Ordering::SeqCst);
+    let series = "{model=\"echo\",version=\"1\"}";
+    let text = format!(
+        "# HELP nv_inference_request_success Number of successful inference requests, all batch sizes\n\
+         # TYPE nv_inference_request_success counter\n\
+         nv_inference_request_success{series} {}\n\
+         # HELP nv_inference_request_failure Number of failed inference requests, all batch sizes\n\
+         # TYPE nv_inference_request_failure counter\n\
+         nv_inference_request_failure{series} {failed}\n\
+         # HELP nv_inference_queue_duration_us Cumulative inference queuing duration in microseconds (includes cached requests)\n\
+         # TYPE nv_inference_queue_duration_us counter\n\
+         nv_inference_queue_duration_us{series} {}\n\
+         # HELP nv_inference_pending_request_count Instantaneous number of pending requests awaiting execution per-model.\n\
+         # TYPE nv_inference_pending_request_count gauge\n\
+         nv_inference_pending_request_count{series} {}\n",
+        answered - failed,
+        state.queue_us.load(Ordering::SeqCst),
+        state.pending.load(Ordering::SeqCst),
+    );
+    Response::builder()
+        .status(200)
+        .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(text)))
+        .expect("static parts")
 }
 
 fn echo(state: &State, model: &str, body: &[u8]) -> Resp {

@@ -245,9 +245,16 @@ pub struct SwitchyardBuilder {
     default_upstream: Option<String>,
     grpc_max_message_bytes: Option<usize>,
     control_token: Option<String>,
+    ports: Option<(u16, u16)>,
 }
 
 impl SwitchyardBuilder {
+    /// The HTTP and gRPC listeners on these ports (a replica restarted where it was).
+    pub fn ports(mut self, http: u16, grpc: u16) -> Self {
+        self.ports = Some((http, grpc));
+        self
+    }
+
     /// `listeners.grpc.max_message_bytes` of the gRPC listener.
     pub fn grpc_max_message_bytes(mut self, n: usize) -> Self {
         self.grpc_max_message_bytes = Some(n);
@@ -269,9 +276,8 @@ impl SwitchyardBuilder {
     pub async fn start(self) -> Switchyard {
         assert!(!self.body.contains("listeners:"), "the harness owns the listeners section");
         let dir = TempDir::new("switchyard");
-        let http_port = free_port();
+        let (http_port, grpc_port) = self.ports.unwrap_or_else(|| (free_port(), free_port()));
         let metrics_port = free_port();
-        let grpc_port = free_port();
         let control_port = free_port();
         let mut yaml = format!("listeners:\n  http:\n    address: 127.0.0.1:{http_port}\n");
         if let Some(up) = &self.default_upstream {
@@ -319,6 +325,7 @@ impl Switchyard {
             default_upstream: None,
             grpc_max_message_bytes: None,
             control_token: None,
+            ports: None,
         }
     }
 
@@ -339,6 +346,7 @@ impl Switchyard {
         self.proc.log()
     }
 
+    /// The process id (to stop, continue or kill it with a signal).
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }

@@ -37,10 +37,10 @@ pub struct RawBackend {
 
 #[derive(Debug)]
 pub enum RawBackendFields {
-    // Boxed: the largest kind by far (every field optional and spanned).
+    // Boxed: every field optional and spanned makes each kind large.
     V2Http(Box<RawV2HttpBackend>),
-    V2Grpc(RawV2GrpcBackend),
-    Onnx(RawOnnxBackend),
+    V2Grpc(Box<RawV2GrpcBackend>),
+    Onnx(Box<RawOnnxBackend>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +57,10 @@ pub struct RawV2HttpBackend {
     pub pool_size: Option<S<u64>>,
     pub eject_after_failures: Option<S<u64>>,
     pub eject_for: Option<S<String>>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub outlier_detection: Option<S<RawOutlierDetection>>,
+    pub retry_budget: Option<S<RawRetryBudget>>,
+    pub load_metrics: Option<S<RawLoadMetrics>>,
     /// `auto` (ask `GET /v2`), `always` or `never`.
     pub binary: Option<S<String>>,
     pub forward_headers: Option<S<RawForwardHeaders>>,
@@ -75,7 +79,51 @@ pub struct RawV2GrpcBackend {
     pub connect_timeout: Option<S<String>>,
     /// Largest message either way.
     pub max_message_bytes: Option<S<u64>>,
+    pub eject_after_failures: Option<S<u64>>,
+    pub eject_for: Option<S<String>>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub outlier_detection: Option<S<RawOutlierDetection>>,
+    pub retry_budget: Option<S<RawRetryBudget>>,
+    pub load_metrics: Option<S<RawLoadMetrics>>,
     pub forward_headers: Option<S<RawForwardHeaders>>,
+}
+
+/// Active readiness probes of every endpoint of a remote backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub unhealthy_after: Option<S<u64>>,
+    pub healthy_after: Option<S<u64>>,
+}
+
+/// Ejection of endpoints whose error rate or latency stands out from the rest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    pub interval: Option<S<String>>,
+    pub min_requests: Option<S<u64>>,
+    pub max_error_rate: Option<S<f64>>,
+    pub max_latency_ratio: Option<S<f64>>,
+    pub max_ejected_percent: Option<S<u64>>,
+}
+
+/// Retries allowed as a share of requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub ratio: Option<S<f64>>,
+    pub min_per_second: Option<S<u64>>,
+}
+
+/// Where each endpoint's own queue figures (Triton's Prometheus metrics) are read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoadMetrics {
+    pub port: Option<S<u64>>,
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,8 +326,8 @@ impl<'de> Visitor<'de> for Backend<'_> {
         let d = de::value::MapAccessDeserializer::new(WithoutKind { map, cursor: self.cursor });
         Ok(match self.kind {
             Kind::V2Http => RawBackendFields::V2Http(Box::new(RawV2HttpBackend::deserialize(d)?)),
-            Kind::V2Grpc => RawBackendFields::V2Grpc(RawV2GrpcBackend::deserialize(d)?),
-            Kind::Onnx => RawBackendFields::Onnx(RawOnnxBackend::deserialize(d)?),
+            Kind::V2Grpc => RawBackendFields::V2Grpc(Box::new(RawV2GrpcBackend::deserialize(d)?)),
+            Kind::Onnx => RawBackendFields::Onnx(Box::new(RawOnnxBackend::deserialize(d)?)),
         })
     }
 }

@@ -66,6 +66,59 @@ pub struct RawConfig {
     /// Drain on SIGTERM and the listener hand-over of `serve --upgrade`.
     #[serde(default)]
     pub lifecycle: RawLifecycle,
+    /// W3C trace context and OTLP span export (docs/monitoring.md).
+    pub tracing: Option<S<RawTracing>>,
+    /// Authentication and authorization of the data plane (absent: open).
+    pub auth: Option<S<RawAuth>>,
+    /// Token buckets on the data plane (absent: none).
+    pub rate_limits: Option<S<RawRateLimits>>,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// OTLP/gRPC collector, `http://host:port` (4317 is the collector's default).
+    pub otlp_endpoint: S<String>,
+    pub sampling_ratio: Option<S<f64>>,
+    pub parent_based: Option<bool>,
+    pub service_name: Option<S<String>>,
+    pub max_queue: Option<S<u64>>,
+    pub max_batch: Option<S<u64>>,
+    pub export_interval: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub api_keys: Vec<S<RawApiKey>>,
+    /// A mounted secret: one `principal sha256:HEX perm[,perm...]` per line, re-read every `refresh`.
+    pub api_keys_file: Option<S<String>>,
+    pub jwt: Option<S<RawJwt>>,
+    pub override_permission: Option<S<String>>,
+    pub refresh: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub principal: S<String>,
+    /// `sha256:` and 64 hex digits: the hash of the key, never the key.
+    pub sha256: S<String>,
+    #[serde(default)]
+    pub permissions: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub jwks_file: S<String>,
+    pub issuer: Option<S<String>>,
+    pub audience: Option<S<String>>,
+    pub leeway: Option<S<String>>,
+    pub permissions_claim: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -85,6 +138,33 @@ pub struct RawFleet {
     pub poll_interval: Option<S<String>>,
     pub lease_ttl: Option<S<String>>,
     pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub global: Option<S<RawBucket>>,
+    pub per_principal: Option<S<RawBucket>>,
+    #[serde(default)]
+    pub per_model: BTreeMap<String, S<RawBucket>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBucket {
+    pub requests_per_second: Option<S<f64>>,
+    pub burst: Option<S<f64>>,
+    pub bytes_per_second: Option<S<f64>>,
+    pub bytes_burst: Option<S<f64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub path: Option<S<String>>,
+    pub sample: Option<S<f64>>,
+    pub body_hash: Option<bool>,
 }
 
 /// The DNS resolver of `dns:` backends.
@@ -138,6 +218,7 @@ pub struct RawListeners {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawGrpcListener {
+    pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
     pub max_message_bytes: Option<S<u64>>,
@@ -146,14 +227,26 @@ pub struct RawGrpcListener {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttpListener {
+    pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub default_upstream: Option<S<String>>,
     pub threads: Option<S<u64>>,
 }
 
+/// A listener's TLS: PEM files, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: S<String>,
+    pub key: S<String>,
+    /// CA bundle client certificates must chain to (mutual TLS); absent: no client certificate asked.
+    pub client_ca: Option<S<String>>,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlainListener {
+    pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
 }
@@ -185,6 +278,8 @@ pub struct RawLimits {
 pub struct RawRouting {
     pub sticky_header: Option<S<String>>,
     pub override_header: Option<S<String>>,
+    /// `false`: the override header is ignored for every client.
+    pub allow_override: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -219,6 +314,36 @@ pub struct RawModel {
     pub rollout: Option<S<RawRollout>>,
     /// Response cache for every deterministic variant of the model.
     pub cache: Option<S<RawCachePolicy>>,
+    /// Drift detection and prediction quality (docs/monitoring.md).
+    pub monitoring: Option<S<RawMonitoring>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitoring {
+    pub drift: Option<S<RawDrift>>,
+    pub quality: Option<S<RawQuality>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuality {
+    /// `classification` (argmax of `output`) or `regression` (its value).
+    pub task: S<String>,
+    pub output: S<String>,
+    pub window: Option<S<u64>>,
+    pub store: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    /// A profile written by `switchyard profile` (relative to the config file).
+    pub reference: S<String>,
+    pub sample_rate: Option<S<f64>>,
+    pub window: Option<S<u64>>,
+    pub min_samples: Option<S<u64>>,
+    pub threshold: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +356,10 @@ pub struct RawRollout {
     pub max_error_rate_increase: Option<S<f64>>,
     pub max_p99_ratio: Option<S<f64>>,
     pub min_requests: Option<S<u64>>,
+    /// Roll back when the canary's data or prediction drift (PSI) exceeds this.
+    pub max_drift: Option<S<f64>>,
+    /// Roll back when the canary's accuracy (feedback) is below the baseline's by more than this.
+    pub max_accuracy_drop: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

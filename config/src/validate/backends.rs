@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::fields::{duration, header_name, loc, message_bytes, positive, Errors};
+use super::fields::{duration, escaped, header_name, loc, message_bytes, positive, Errors};
 use super::upstream::{parse_grpc_endpoint, parse_http_or_bare, parse_upstream};
 use crate::raw::*;
 use crate::validated::*;
@@ -139,14 +139,18 @@ fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, d
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
         connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
         pool_size: positive(errs, &format!("{path}.pool_size"), &r.pool_size, DEFAULT_POOL_SIZE).get(),
-        eject_after_failures: positive(
+        health: health(
             errs,
-            &format!("{path}.eject_after_failures"),
-            &r.eject_after_failures,
-            DEFAULT_EJECT_AFTER_FAILURES as usize,
-        )
-        .get() as u32,
-        eject_for: duration(errs, &format!("{path}.eject_for"), &r.eject_for, DEFAULT_EJECT_FOR, true),
+            path,
+            HealthFields {
+                eject_after_failures: &r.eject_after_failures,
+                eject_for: &r.eject_for,
+                health_check: &r.health_check,
+                outlier_detection: &r.outlier_detection,
+                retry_budget: &r.retry_budget,
+                load_metrics: &r.load_metrics,
+            },
+        ),
         binary,
         forward_headers: forward_headers(errs, path, &r.forward_headers),
     }
@@ -161,7 +165,133 @@ fn v2_grpc(errs: &mut Errors, path: &str, at: &Location, r: &RawV2GrpcBackend, d
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
         connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
         max_message_bytes: message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes),
+        health: health(
+            errs,
+            path,
+            HealthFields {
+                eject_after_failures: &r.eject_after_failures,
+                eject_for: &r.eject_for,
+                health_check: &r.health_check,
+                outlier_detection: &r.outlier_detection,
+                retry_budget: &r.retry_budget,
+                load_metrics: &r.load_metrics,
+            },
+        ),
         forward_headers: forward_headers(errs, path, &r.forward_headers),
+    }
+}
+
+/// The endpoint-health fields both remote kinds share.
+struct HealthFields<'a> {
+    eject_after_failures: &'a Option<Spanned<u64>>,
+    eject_for: &'a Option<Spanned<String>>,
+    health_check: &'a Option<Spanned<RawHealthCheck>>,
+    outlier_detection: &'a Option<Spanned<RawOutlierDetection>>,
+    retry_budget: &'a Option<Spanned<RawRetryBudget>>,
+    load_metrics: &'a Option<Spanned<RawLoadMetrics>>,
+}
+
+fn health(errs: &mut Errors, path: &str, r: HealthFields<'_>) -> EndpointHealth {
+    let d = EndpointHealth::default();
+    let count = |errs: &mut Errors, field: &str, v: &Option<Spanned<u64>>, default: u32| -> u32 {
+        let n = positive(errs, &format!("{path}.{field}"), v, default as usize).get();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    };
+    let health_check = r.health_check.as_ref().map(|h| {
+        let h = &h.value;
+        let p = "health_check";
+        let interval = duration(errs, &format!("{path}.{p}.interval"), &h.interval, Duration::from_secs(5), false);
+        let timeout = duration(errs, &format!("{path}.{p}.timeout"), &h.timeout, Duration::from_secs(1), false);
+        if let Some(t) = &h.timeout {
+            if timeout > interval {
+                errs.at(format!("{path}.{p}.timeout"), loc(t), "must not be longer than `interval`");
+            }
+        }
+        HealthCheck {
+            interval,
+            timeout,
+            unhealthy_after: count(errs, "health_check.unhealthy_after", &h.unhealthy_after, 2),
+            healthy_after: count(errs, "health_check.healthy_after", &h.healthy_after, 2),
+        }
+    });
+    let outlier_detection = r.outlier_detection.as_ref().map(|o| {
+        let o = &o.value;
+        let p = format!("{path}.outlier_detection");
+        let max_ejected_percent = match &o.max_ejected_percent {
+            None => 50,
+            Some(v) if v.value > 100 => {
+                errs.at(format!("{p}.max_ejected_percent"), loc(v), "must be between 0 and 100");
+                50
+            }
+            Some(v) => v.value as u32,
+        };
+        OutlierDetection {
+            interval: duration(errs, &format!("{p}.interval"), &o.interval, Duration::from_secs(10), false),
+            min_requests: count(errs, "outlier_detection.min_requests", &o.min_requests, 20),
+            max_error_rate: number(errs, &format!("{p}.max_error_rate"), &o.max_error_rate, 0.5, (0.0, 1.0)),
+            max_latency_ratio: o
+                .max_latency_ratio
+                .as_ref()
+                .map(|_| number(errs, &format!("{p}.max_latency_ratio"), &o.max_latency_ratio, 3.0, (1.0, f64::MAX))),
+            max_ejected_percent,
+        }
+    });
+    let retry_budget = match r.retry_budget {
+        None => d.retry_budget.clone(),
+        Some(b) => RetryBudget {
+            ratio: number(errs, &format!("{path}.retry_budget.ratio"), &b.value.ratio, 0.2, (0.0, 1.0)),
+            min_per_second: b.value.min_per_second.as_ref().map_or(10, |v| u32::try_from(v.value).unwrap_or(u32::MAX)),
+        },
+    };
+    let load_metrics = r.load_metrics.as_ref().map(|m| {
+        let m = &m.value;
+        let p = format!("{path}.load_metrics");
+        let port = m.port.as_ref().and_then(|v| match u16::try_from(v.value) {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                errs.at(format!("{p}.port"), loc(v), format!("`{}` is not a TCP port (1-65535)", v.value));
+                None
+            }
+        });
+        let path = match &m.path {
+            None => "/metrics".to_string(),
+            Some(s) if s.value.starts_with('/') && s.value.parse::<http::uri::PathAndQuery>().is_ok() => {
+                s.value.clone()
+            }
+            Some(s) => {
+                errs.at(format!("{p}.path"), loc(s), format!("`{}` is not an absolute URL path", escaped(&s.value)));
+                "/metrics".to_string()
+            }
+        };
+        LoadMetrics {
+            port,
+            path,
+            interval: duration(errs, &format!("{p}.interval"), &m.interval, Duration::from_secs(1), false),
+        }
+    });
+    EndpointHealth {
+        eject_after_failures: count(errs, "eject_after_failures", r.eject_after_failures, d.eject_after_failures),
+        eject_for: duration(errs, &format!("{path}.eject_for"), r.eject_for, d.eject_for, true),
+        health_check,
+        outlier_detection,
+        retry_budget,
+        load_metrics,
+    }
+}
+
+/// A number within `[lo, hi]`.
+fn number(errs: &mut Errors, path: &str, v: &Option<Spanned<f64>>, default: f64, (lo, hi): (f64, f64)) -> f64 {
+    match v {
+        None => default,
+        Some(s) if s.value.is_finite() && s.value >= lo && s.value <= hi => s.value,
+        Some(s) if hi == f64::MAX => {
+            errs.at(path, loc(s), format!("must be at least {lo}, got {}", s.value));
+            default
+        }
+        Some(s) => {
+            errs.at(path, loc(s), format!("must be between {lo} and {hi}, got {}", s.value));
+            default
+        }
     }
 }
 
@@ -367,5 +497,65 @@ mod tests {
         assert!(got[1].0 == "backends.b.dns" && got[1].1.contains("port"), "{got:?}");
         assert!(got[2].0 == "backends.c.dns_refresh" && got[2].1.contains("only with `dns`"), "{got:?}");
         assert!(got[3].0 == "backends.d.dns" && got[3].1.contains("without a path"), "{got:?}");
+    }
+
+    #[test]
+    fn endpoint_health_for_both_remote_kinds() {
+        let BackendConfig::V2Grpc(g) = backend(
+            "    kind: v2-grpc\n    endpoints: ['h:1']\n    eject_after_failures: 2\n    eject_for: 3s\n    health_check: {interval: 2s, timeout: 500ms, unhealthy_after: 3}\n    outlier_detection: {interval: 5s, max_error_rate: 0.1, max_latency_ratio: 4}\n    retry_budget: {ratio: 0.1, min_per_second: 2}\n    load_metrics: {port: 8002}\n",
+        ) else {
+            panic!()
+        };
+        let want = EndpointHealth {
+            eject_after_failures: 2,
+            eject_for: Duration::from_secs(3),
+            health_check: Some(HealthCheck {
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_millis(500),
+                unhealthy_after: 3,
+                healthy_after: 2,
+            }),
+            outlier_detection: Some(OutlierDetection {
+                interval: Duration::from_secs(5),
+                min_requests: 20,
+                max_error_rate: 0.1,
+                max_latency_ratio: Some(4.0),
+                max_ejected_percent: 50,
+            }),
+            retry_budget: RetryBudget { ratio: 0.1, min_per_second: 2 },
+            load_metrics: Some(LoadMetrics {
+                port: Some(8002),
+                path: "/metrics".into(),
+                interval: Duration::from_secs(1),
+            }),
+        };
+        assert_eq!(g.health, want);
+        let BackendConfig::V2Http(h) = backend("    kind: v2-http\n    endpoints: ['http://h:1']\n") else { panic!() };
+        assert_eq!(h.health, EndpointHealth::default());
+    }
+
+    #[test]
+    fn endpoint_health_errors_name_their_field() {
+        let errs = parse(
+            "backends:\n  a:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    health_check: {interval: 1s, timeout: 2s, healthy_after: 0}\n    outlier_detection: {max_error_rate: 1.5, max_latency_ratio: 0.5, max_ejected_percent: 101}\n    retry_budget: {ratio: -1}\n    load_metrics: {port: 70000, path: metrics}\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .errors;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "backends.a.health_check.timeout",
+                "backends.a.health_check.healthy_after",
+                "backends.a.outlier_detection.max_error_rate",
+                "backends.a.outlier_detection.max_latency_ratio",
+                "backends.a.outlier_detection.max_ejected_percent",
+                "backends.a.retry_budget.ratio",
+                "backends.a.load_metrics.port",
+                "backends.a.load_metrics.path",
+            ],
+            "{errs:?}"
+        );
     }
 }

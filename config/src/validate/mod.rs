@@ -13,8 +13,10 @@ mod backends;
 mod cache;
 mod fields;
 mod models;
+mod monitoring;
 mod process;
 mod reliability;
+mod security;
 mod upstream;
 
 use std::path::Path;
@@ -24,6 +26,7 @@ use crate::validated::*;
 
 pub use fields::parse_duration;
 use fields::Errors;
+pub use security::{check_permission, parse_sha256};
 
 pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError> {
     let raw = raw::read(text).map_err(|e| ConfigError { source_name: "<config>".into(), errors: vec![e] })?;
@@ -55,11 +58,18 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     );
     let cache = cache::cache_config(errs, &raw.cache);
     let control = process::control(errs, &raw.control);
-    let models =
-        models::models(errs, raw.models, &models::Context { backends: &backends, cache: &cache, default_sticky });
+    let models = models::models(
+        errs,
+        raw.models,
+        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
+    );
     let resolver = process::resolver(errs, &raw.resolver);
     let admission = reliability::admission(errs, &raw.admission, &models, &backends);
     let lifecycle = reliability::lifecycle(errs, &raw.lifecycle, base_dir);
+    let tracing = raw.tracing.as_ref().map(|t| monitoring::tracing(errs, "tracing", t));
+    let auth = raw.auth.map(|a| security::auth(errs, a.value, base_dir));
+    let rate_limits = raw.rate_limits.map(|r| security::rate_limits(errs, r.value)).unwrap_or_default();
+    let access_log = security::access_log(errs, raw.access_log, base_dir);
     ValidatedConfig {
         listeners,
         limits,
@@ -73,6 +83,10 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         control,
         admission,
         lifecycle,
+        tracing,
+        auth,
+        rate_limits,
+        access_log,
     }
 }
 

@@ -19,6 +19,8 @@ pub(super) struct Context<'a> {
     pub(super) cache: &'a CacheConfig,
     /// `routing.sticky_header`, inherited by models that set none.
     pub(super) default_sticky: Option<String>,
+    /// The config file's directory: reference profiles are relative to it.
+    pub(super) base_dir: &'a std::path::Path,
 }
 
 pub(super) fn models(
@@ -73,7 +75,31 @@ fn model(errs: &mut Errors, path: &str, name: &str, m: &RawModel, cx: &Context<'
         errs.at(format!("{path}.variants"), loc(vs), "variant weights must have a positive sum");
     }
     let rollout = m.rollout.as_ref().map(|r| rollout(errs, &format!("{path}.rollout"), r, &variants));
-    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout }
+    if let Some(r) = m.rollout.as_ref() {
+        let needs = |field: &Option<Spanned<f64>>, section: &str, present: bool, errs: &mut Errors| {
+            if let (Some(f), false) = (field, present) {
+                errs.at(
+                    format!("{path}.rollout"),
+                    loc(f),
+                    format!("judging the canary on it needs {path}.monitoring.{section}"),
+                );
+            }
+        };
+        let mon = m.monitoring.as_ref().map(|x| &x.value);
+        needs(&r.value.max_drift, "drift", mon.is_some_and(|x| x.drift.is_some()), errs);
+        needs(&r.value.max_accuracy_drop, "quality", mon.is_some_and(|x| x.quality.is_some()), errs);
+    }
+    let drift = m
+        .monitoring
+        .as_ref()
+        .and_then(|mon| mon.value.drift.as_ref())
+        .map(|d| super::monitoring::drift(errs, &format!("{path}.monitoring.drift"), d, cx.base_dir));
+    let quality = m
+        .monitoring
+        .as_ref()
+        .and_then(|mon| mon.value.quality.as_ref())
+        .map(|q| super::monitoring::quality(errs, &format!("{path}.monitoring.quality"), q));
+    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift, quality }
 }
 
 fn variant(
@@ -184,6 +210,18 @@ fn rollout(errs: &mut Errors, path: &str, r: &Spanned<RawRollout>, variants: &[V
         ),
         max_p99_ratio: ratio(errs, "max_p99_ratio", &v.max_p99_ratio, DEFAULT_MAX_P99_RATIO, 1.0),
         min_requests: v.min_requests.as_ref().map(|m| m.value).unwrap_or(DEFAULT_MIN_REQUESTS),
+        max_drift: v.max_drift.as_ref().map(|d| ratio(errs, "max_drift", &Some(d.clone()), 0.0, 0.0)),
+        max_accuracy_drop: v.max_accuracy_drop.as_ref().map(|d| {
+            let x = ratio(errs, "max_accuracy_drop", &Some(d.clone()), 0.0, 0.0);
+            if x > 1.0 {
+                errs.at(
+                    format!("{path}.max_accuracy_drop"),
+                    loc(d),
+                    "must be at most 1 (an absolute accuracy difference)",
+                );
+            }
+            x
+        }),
     }
 }
 

@@ -14,11 +14,20 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
         .default_upstream
         .as_ref()
         .and_then(|u| parse_upstream(&u.value).map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok());
+    let tls = |t: &Option<S<RawTls>>| {
+        t.as_ref().map(|t| TlsConfig {
+            cert: base_dir.join(&t.value.cert.value),
+            key: base_dir.join(&t.value.key.value),
+            client_ca: t.value.client_ca.as_ref().map(|c| base_dir.join(&c.value)),
+        })
+    };
     let http = HttpListener {
+        tls: tls(&http_raw.tls),
         address: address(errs, "listeners.http.address", &http_raw.address, DEFAULT_HTTP_ADDRESS),
         default_upstream,
         threads: positive(errs, "listeners.http.threads", &http_raw.threads, cores),
     };
+    let metrics_tls = raw.metrics.as_ref().filter(|m| m.enabled != Some(false)).and_then(|m| tls(&m.tls));
     let metrics = match raw.metrics {
         Some(m) if m.enabled == Some(false) => None,
         Some(m) => Some(address(errs, "listeners.metrics.address", &m.address, DEFAULT_METRICS_ADDRESS)),
@@ -29,6 +38,7 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
         g => {
             let g = g.unwrap_or_default();
             Some(GrpcListener {
+                tls: tls(&g.tls),
                 address: address(errs, "listeners.grpc.address", &g.address, DEFAULT_GRPC_ADDRESS),
                 max_message_bytes: message_bytes(errs, "listeners.grpc.max_message_bytes", &g.max_message_bytes),
             })
@@ -47,7 +57,7 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
             state_file: c.state_file.map(|p| base_dir.join(p)),
         }),
     };
-    Listeners { http, metrics, control, grpc }
+    Listeners { http, metrics, metrics_tls, control, grpc }
 }
 
 pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {
@@ -104,6 +114,7 @@ pub(super) fn routing(errs: &mut Errors, raw: &RawRouting) -> (Routing, Option<S
             .as_ref()
             .and_then(|s| header_name(errs, "routing.override_header", s))
             .unwrap_or_else(|| DEFAULT_OVERRIDE_HEADER.to_string()),
+        allow_override: raw.allow_override.unwrap_or(true),
     };
     (routing, default_sticky)
 }

@@ -84,6 +84,8 @@ pub fn snapshot_of(h: &HashMap<String, String>) -> Snapshot {
             agreeing_rows: n("sa"),
             max_abs_error: h.get("mx").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         },
+        // Levels, not counters (drift, feedback quality): each replica's own, never summed.
+        ..Snapshot::default()
     }
 }
 

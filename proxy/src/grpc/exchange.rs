@@ -14,6 +14,7 @@ use switchyard_runtime::codec::grpc::{self as codec, pb};
 use switchyard_runtime::{InferRequest, InferResponse};
 use tonic::Status;
 
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Answer, Call, Exchange};
@@ -24,6 +25,8 @@ pub struct Shared {
     pub table: Arc<ArcSwap<RoutingTable>>,
     pub metrics: Metrics,
     pub max_message_bytes: usize,
+    /// Authentication, rate limits, body hashing.
+    pub guards: crate::Guards,
 }
 
 struct GrpcExchange<'a> {
@@ -77,14 +80,27 @@ impl Shared {
         headers: &HeaderMap,
         mut msg: pb::ModelInferRequest,
         deadline: Option<Duration>,
+        principal: Option<&Principal>,
+        client: Option<std::net::IpAddr>,
     ) -> Answer<pb::ModelInferResponse> {
+        let input_bytes = Some(prost::Message::encoded_len(&msg) as u64);
         let start = Instant::now();
         // One snapshot per request, kept to the end.
         let table = self.table.load_full();
         let model = std::mem::take(&mut msg.model_name);
         let version = std::mem::take(&mut msg.model_version);
         let mut x = GrpcExchange { headers, message: Some(msg), raw: false, max_message_bytes: self.max_message_bytes };
-        let call = Call { model: &model, version: version_opt(&version), deadline, start, priority: None };
+        let call = Call {
+            model: &model,
+            version: version_opt(&version),
+            deadline,
+            start,
+            principal,
+            limiter: self.guards.limiter.as_deref(),
+            client,
+            input_bytes,
+            priority: None,
+        };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }
 }

@@ -10,10 +10,12 @@
 //! `v2-grpc` backend. It runs as one of pingora's services (`GrpcService`), on
 //! a runtime of its own, and drains and upgrades with the HTTP listener.
 
+mod edge;
 mod exchange;
 mod passthrough;
 mod service;
 mod stream;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +30,7 @@ use switchyard_runtime::codec::grpc::pb;
 use tonic::codegen::Service;
 use tonic::{Code, Status};
 
+use self::edge::Edge;
 use self::exchange::{over_limit, Shared};
 use self::service::FrontEnd;
 use crate::metrics::Metrics;
@@ -47,16 +50,20 @@ pub struct GrpcService {
     listener: Option<std::net::TcpListener>,
     threads: usize,
     shared: Arc<Shared>,
+    /// `listeners.grpc.tls`: the reloading certificate and the rustls config built on it.
+    tls: Option<(crate::tls::ServerTls, Arc<rustls::ServerConfig>)>,
 }
 
 impl GrpcService {
     /// Binds `cfg.address` now, unless `inherit` (an upgrade, where the
-    /// socket comes from the old process).
+    /// socket comes from the old process), and loads its certificate when
+    /// `cfg.tls` is set: either failing fails start-up.
     pub fn new(
         cfg: &GrpcListener,
         threads: usize,
         table: Arc<ArcSwap<RoutingTable>>,
         metrics: Metrics,
+        guards: crate::Guards,
         inherit: bool,
     ) -> std::io::Result<GrpcService> {
         let listener = if inherit {
@@ -67,8 +74,16 @@ impl GrpcService {
             })?;
             Some(l)
         };
-        let shared = Arc::new(Shared { table, metrics, max_message_bytes: cfg.max_message_bytes });
-        Ok(GrpcService { key: cfg.address.to_string(), listener, threads: threads.max(1), shared })
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let server_tls = crate::tls::ServerTls::load(t, "listeners.grpc").map_err(std::io::Error::other)?;
+                let config = server_tls.rustls_config(&[b"h2"]).map_err(std::io::Error::other)?;
+                Some((server_tls, config))
+            }
+        };
+        let shared = Arc::new(Shared { table, metrics, max_message_bytes: cfg.max_message_bytes, guards });
+        Ok(GrpcService { key: cfg.address.to_string(), listener, threads: threads.max(1), shared, tls })
     }
 
     fn take_listener(&mut self, fds: Option<&ListenFds>) -> std::io::Result<std::net::TcpListener> {
@@ -113,21 +128,31 @@ impl pingora_core::services::Service for GrpcService {
         };
         let max = self.shared.max_message_bytes;
         let front = FrontEnd { shared: self.shared.clone() };
-        let svc = ResourceExhaustedOverLimit(
-            GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
-        );
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tracing::info!(grpc = ?local_addr, max_message_bytes = max, "gRPC listener started");
+        let svc = Edge {
+            inner: ResourceExhaustedOverLimit(
+                GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
+            ),
+            auth: self.shared.guards.auth.clone(),
+        };
+        tracing::info!(grpc = ?local_addr, tls = self.tls.is_some(), max_message_bytes = max, "gRPC listener started");
         let stop = async move {
             tokio::select! {
                 () = crate::lifecycle::drain_started() => {}
                 _ = shutdown.wait_for(|s| *s) => {}
             }
         };
-        let result = tonic::transport::Server::builder()
-            .http2_adaptive_window(Some(true))
-            .serve_with_incoming_shutdown(svc, incoming, stop)
-            .await;
+        let builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+        let result = match &self.tls {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                { builder }.serve_with_incoming_shutdown(svc, incoming, stop).await
+            }
+            // The certificate reloads while `self.tls` lives: as long as the service.
+            Some((_, config)) => {
+                let incoming = tls::incoming(listener, config.clone());
+                { builder }.serve_with_incoming_shutdown(svc, incoming, stop).await
+            }
+        };
         match result {
             Ok(()) => tracing::info!("gRPC listener drained"),
             Err(e) => tracing::error!(error = %e, "gRPC listener stopped"),

@@ -10,19 +10,22 @@ use switchyard_runtime::codec::grpc::pb;
 use tonic::Status;
 
 use super::exchange::version_opt;
+use crate::auth::Principal;
 use crate::pipeline;
 use crate::respond;
 use crate::routing::{RoutingTable, Selection};
 
 /// The v2-grpc backend a pass-through RPC about `model` goes to, with the selection made for it.
 fn backend_for<'t>(
+    principal: Option<&Principal>,
     rpc: &str,
     table: &'t RoutingTable,
     headers: &HeaderMap,
     model: &str,
     version: &str,
 ) -> Result<(Selection<'t>, &'t dyn GrpcPassthrough), Status> {
-    let sel = pipeline::select(table, model, version_opt(version), headers).map_err(|e| respond::grpc_status(&e))?;
+    let sel = pipeline::select(table, model, version_opt(version), headers, principal)
+        .map_err(|e| respond::grpc_status(&e))?;
     match sel.variant.backend.grpc_passthrough() {
         Some(b) => Ok((sel, b)),
         None => Err(Status::unimplemented(format!(
@@ -59,9 +62,10 @@ fn sole_backend<'t>(rpc: &str, table: &'t RoutingTable) -> Result<&'t dyn GrpcPa
 pub async fn model_config(
     table: &RoutingTable,
     headers: &HeaderMap,
+    principal: Option<&Principal>,
     mut m: pb::ModelConfigRequest,
 ) -> Result<pb::ModelConfigResponse, Status> {
-    let (sel, backend) = backend_for("ModelConfig", table, headers, &m.name, &m.version)?;
+    let (sel, backend) = backend_for(principal, "ModelConfig", table, headers, &m.name, &m.version)?;
     m.name = sel.target.name.to_string();
     m.version = sel.target.version.as_deref().unwrap_or_default().to_owned();
     backend.model_config(m).await
@@ -70,12 +74,13 @@ pub async fn model_config(
 pub async fn model_statistics(
     table: &RoutingTable,
     headers: &HeaderMap,
+    principal: Option<&Principal>,
     mut m: pb::ModelStatisticsRequest,
 ) -> Result<pb::ModelStatisticsResponse, Status> {
     let backend = if m.name.is_empty() {
         sole_backend("ModelStatistics", table)?
     } else {
-        let (sel, backend) = backend_for("ModelStatistics", table, headers, &m.name, &m.version)?;
+        let (sel, backend) = backend_for(principal, "ModelStatistics", table, headers, &m.name, &m.version)?;
         m.name = sel.target.name.to_string();
         m.version = sel.target.version.as_deref().unwrap_or_default().to_owned();
         backend
@@ -93,9 +98,10 @@ pub async fn repository_index(
 pub async fn repository_model_load(
     table: &RoutingTable,
     headers: &HeaderMap,
+    principal: Option<&Principal>,
     mut m: pb::RepositoryModelLoadRequest,
 ) -> Result<pb::RepositoryModelLoadResponse, Status> {
-    let (sel, backend) = backend_for("RepositoryModelLoad", table, headers, &m.model_name, "")?;
+    let (sel, backend) = backend_for(principal, "RepositoryModelLoad", table, headers, &m.model_name, "")?;
     m.model_name = sel.target.name.to_string();
     backend.repository_model_load(m).await
 }
@@ -103,9 +109,10 @@ pub async fn repository_model_load(
 pub async fn repository_model_unload(
     table: &RoutingTable,
     headers: &HeaderMap,
+    principal: Option<&Principal>,
     mut m: pb::RepositoryModelUnloadRequest,
 ) -> Result<pb::RepositoryModelUnloadResponse, Status> {
-    let (sel, backend) = backend_for("RepositoryModelUnload", table, headers, &m.model_name, "")?;
+    let (sel, backend) = backend_for(principal, "RepositoryModelUnload", table, headers, &m.model_name, "")?;
     m.model_name = sel.target.name.to_string();
     backend.repository_model_unload(m).await
 }

@@ -10,6 +10,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::exchange::{grpc_timeout, version_opt, Shared};
 use super::{passthrough, stream};
+use prost::Message;
+use tonic::transport::server::TcpConnectInfo;
+
+use crate::access_log::SharedNote;
+use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
 use crate::pipeline;
@@ -19,6 +24,24 @@ use pb::grpc_inference_service_server::GrpcInferenceService;
 
 /// Extensions advertised in ServerMetadata (the same server as over HTTP).
 const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+
+/// The principal `edge::Edge` put on the request; `None` when authentication is off.
+fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
+    ext.get::<Arc<Principal>>().cloned()
+}
+
+/// 403 as a gRPC status unless the principal (when auth is on) may do `action` on the model.
+fn gate(p: &Option<Arc<Principal>>, model: &str, version: &str, action: Action) -> Result<(), Status> {
+    pipeline::authorize(p.as_deref(), model, version_opt(version), action).map_err(|e| respond::grpc_status(&e))
+}
+
+/// 403 unless the principal (when auth is on) holds `passthrough`: repository RPCs reach the backend unchanged.
+fn gate_passthrough(p: &Option<Arc<Principal>>, rpc: &str) -> Result<(), Status> {
+    match p {
+        Some(p) => p.require("passthrough", &format!("call {rpc}")).map_err(|e| respond::grpc_status(&e)),
+        None => Ok(()),
+    }
+}
 
 #[derive(Clone)]
 pub struct FrontEnd {
@@ -45,8 +68,10 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        let ready = match pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref()) {
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate(&p, &m.name, &m.version, Action::Metadata)?;
+        let ready = match pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref(), p.as_deref()) {
             // An unknown model is simply not ready, as Triton answers.
             Err(_) => false,
             Ok(sel) => sel.variant.backend.model_ready(&sel.target).await.unwrap_or_else(|e| {
@@ -73,8 +98,10 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        let sel = pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref())
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate(&p, &m.name, &m.version, Action::Metadata)?;
+        let sel = pipeline::select(&table, &m.name, version_opt(&m.version), md.as_ref(), p.as_deref())
             .map_err(|e| respond::grpc_status(&e))?;
         let meta =
             sel.variant.backend.model_metadata(&sel.target).await.map_err(|e| respond::grpc_status(&Error::from(e)))?;
@@ -90,9 +117,25 @@ impl GrpcInferenceService for FrontEnd {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let (md, _, msg) = request.into_parts();
+        let (md, ext, msg) = request.into_parts();
         let headers = md.into_headers();
-        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers)).await;
+        let p = principal(&ext);
+        let note = ext.get::<SharedNote>().cloned();
+        let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
+        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
+        if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
+            n.model = Some(model);
+            n.version = Some(version).filter(|v| !v.is_empty());
+            n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+            n.bytes_in = bytes_in as u64;
+            n.body_sha256 = body_sha256;
+            match &a.result {
+                Ok(r) => n.bytes_out = r.encoded_len() as u64,
+                Err(e) => n.error = Some(e.kind.label()),
+            }
+        }
         let mut resp = Response::new(a.result.map_err(|e| respond::grpc_status(&e))?);
         let h = resp.metadata_mut().as_mut();
         if let Some(v) = a.variant {
@@ -114,8 +157,9 @@ impl GrpcInferenceService for FrontEnd {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let (md, _, inbound) = request.into_parts();
-        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), inbound)))
+        let (md, ext, inbound) = request.into_parts();
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        Ok(Response::new(stream::serve(self.shared.clone(), md.into_headers(), principal(&ext), client, inbound)))
     }
 
     async fn model_config(
@@ -123,8 +167,10 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        passthrough::model_config(&table, md.as_ref(), m).await.map(Response::new)
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate(&p, &m.name, &m.version, Action::Metadata)?;
+        passthrough::model_config(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn model_statistics(
@@ -132,8 +178,14 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        passthrough::model_statistics(&table, md.as_ref(), m).await.map(Response::new)
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        if m.name.is_empty() {
+            gate_passthrough(&p, "ModelStatistics for every model")?;
+        } else {
+            gate(&p, &m.name, &m.version, Action::Metadata)?;
+        }
+        passthrough::model_statistics(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn repository_index(
@@ -141,6 +193,7 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
         let table = self.shared.table.load_full();
+        gate_passthrough(&principal(request.extensions()), "RepositoryIndex")?;
         passthrough::repository_index(&table, request.into_inner()).await.map(Response::new)
     }
 
@@ -149,8 +202,10 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        passthrough::repository_model_load(&table, md.as_ref(), m).await.map(Response::new)
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate_passthrough(&p, "RepositoryModelLoad")?;
+        passthrough::repository_model_load(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 
     async fn repository_model_unload(
@@ -158,7 +213,9 @@ impl GrpcInferenceService for FrontEnd {
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let table = self.shared.table.load_full();
-        let (md, _, m) = request.into_parts();
-        passthrough::repository_model_unload(&table, md.as_ref(), m).await.map(Response::new)
+        let (md, ext, m) = request.into_parts();
+        let p = principal(&ext);
+        gate_passthrough(&p, "RepositoryModelUnload")?;
+        passthrough::repository_model_unload(&table, md.as_ref(), p.as_deref(), m).await.map(Response::new)
     }
 }

@@ -13,6 +13,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::exchange::{over_limit, Shared};
+use crate::auth::Principal;
 
 /// Requests of one stream in flight at once; more wait for the oldest to answer.
 const STREAM_WINDOW: usize = 128;
@@ -21,7 +22,13 @@ pub type Responses = ReceiverStream<Result<pb::ModelStreamInferResponse, Status>
 
 /// Serves one stream. Sticky key and override come from the stream's
 /// metadata: every request on it is routed alike.
-pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb::ModelInferRequest>) -> Responses {
+pub fn serve(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    principal: Option<Arc<Principal>>,
+    client: Option<std::net::IpAddr>,
+    mut inbound: Streaming<pb::ModelInferRequest>,
+) -> Responses {
     let headers = Arc::new(headers);
     let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(STREAM_WINDOW);
@@ -30,8 +37,10 @@ pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb:
         loop {
             let next = match inbound.message().await {
                 Ok(Some(msg)) => {
-                    let (shared, headers) = (shared.clone(), headers.clone());
-                    Pending::Running(AbortOnDrop(tokio::spawn(async move { one(&shared, &headers, msg).await })))
+                    let (shared, headers, principal) = (shared.clone(), headers.clone(), principal.clone());
+                    Pending::Running(AbortOnDrop(tokio::spawn(async move {
+                        one(&shared, &headers, principal.as_deref(), client, msg).await
+                    })))
                 }
                 Ok(None) => break,
                 Err(s) => Pending::Failed(over_limit(&s)),
@@ -68,9 +77,15 @@ pub fn serve(shared: Arc<Shared>, headers: HeaderMap, mut inbound: Streaming<pb:
 }
 
 /// One request of a stream; an error goes in `error_message` (the stream goes on).
-async fn one(shared: &Shared, headers: &HeaderMap, msg: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+async fn one(
+    shared: &Shared,
+    headers: &HeaderMap,
+    principal: Option<&Principal>,
+    client: Option<std::net::IpAddr>,
+    msg: pb::ModelInferRequest,
+) -> pb::ModelStreamInferResponse {
     let (model_name, model_version, id) = (msg.model_name.clone(), msg.model_version.clone(), msg.id.clone());
-    match shared.infer(headers, msg, None).await.result {
+    match shared.infer(headers, msg, None, principal, client).await.result {
         Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
         Err(e) => pb::ModelStreamInferResponse {
             error_message: e.message,

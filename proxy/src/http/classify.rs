@@ -15,6 +15,10 @@ pub enum Endpoint<'a> {
     ModelMetadata(&'a str, Option<&'a str>),
     ModelReady(&'a str, Option<&'a str>),
     Infer(&'a str, Option<&'a str>),
+    /// The seed ticket's `POST /ml/models/{m}/predict`.
+    Predict(&'a str),
+    /// `POST /ml/models/{m}/feedback`: ground truth for served answers.
+    Feedback(&'a str),
     /// A path we know, with the wrong method.
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
@@ -32,6 +36,14 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         "/v2/health/ready" => return simple(Endpoint::V2Ready),
         "/v2" | "/v2/" => return simple(Endpoint::V2Server),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/ml/models/") {
+        return match rest.split_once('/') {
+            Some((m, "predict")) if !m.is_empty() && method == Method::POST => Endpoint::Predict(m),
+            Some((m, "feedback")) if !m.is_empty() && method == Method::POST => Endpoint::Feedback(m),
+            Some((m, "predict" | "feedback")) if !m.is_empty() => Endpoint::WrongMethod("POST"),
+            _ => Endpoint::Other,
+        };
     }
     let Some(rest) = path.strip_prefix("/v2/models/") else {
         return Endpoint::Other;
@@ -89,6 +101,10 @@ mod tests {
             (&post, "/v1/models/x:predict", Endpoint::Other),
             (&get, "/v2/models/", Endpoint::Other),
             (&get, "/v2/models/mlp/versions/", Endpoint::Other),
+            (&post, "/ml/models/mlp/predict", Endpoint::Predict("mlp")),
+            (&post, "/ml/models/mlp/feedback", Endpoint::Feedback("mlp")),
+            (&get, "/ml/models/mlp/predict", Endpoint::WrongMethod("POST")),
+            (&post, "/ml/models/mlp/metrics", Endpoint::Other),
         ];
         for (m, p, want) in cases {
             assert_eq!(classify(m, p), want, "{m} {p}");

@@ -7,6 +7,7 @@
 
 mod body;
 mod classify;
+mod ml;
 mod reply;
 mod upstream;
 mod v2;
@@ -26,9 +27,13 @@ use switchyard_config::{Limits, Upstream};
 use self::classify::{classify, Endpoint};
 use self::reply::Reply;
 use self::upstream::ResolvedUpstream;
+use crate::access_log::{Note, Record};
+use crate::auth::{Action, Principal};
 use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::metrics::Metrics;
+use crate::pipeline::Call;
 use crate::routing::RoutingTable;
+use crate::Guards;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
 pub struct HttpListener {
@@ -36,6 +41,8 @@ pub struct HttpListener {
     metrics: Metrics,
     limits: Limits,
     default_upstream: Option<ResolvedUpstream>,
+    /// Authentication, rate limits, body hashing.
+    guards: Guards,
 }
 
 impl HttpListener {
@@ -46,7 +53,19 @@ impl HttpListener {
         limits: Limits,
         default_upstream: Option<Upstream>,
     ) -> HttpListener {
-        HttpListener { table, metrics, limits, default_upstream: default_upstream.map(ResolvedUpstream::start) }
+        HttpListener {
+            table,
+            metrics,
+            limits,
+            default_upstream: default_upstream.map(ResolvedUpstream::start),
+            guards: Guards::default(),
+        }
+    }
+
+    /// Credentials on every path but the probes and `GET /v2`, rate limits, body hashes.
+    pub fn with_guards(mut self, guards: Guards) -> HttpListener {
+        self.guards = guards;
+        self
     }
 }
 
@@ -55,6 +74,37 @@ pub struct Ctx {
     passthrough: bool,
     /// Body bytes seen so far on a pass-through request.
     passthrough_bytes: u64,
+    /// Who the request runs as, once authenticated.
+    principal: Option<Arc<Principal>>,
+    /// The request's URI (refcounted), to name model and version in its access line.
+    uri: Option<http::Uri>,
+    /// What the answer said, for the access line.
+    variant: Option<http::HeaderValue>,
+    error: Option<&'static str>,
+    body_sha256: Option<String>,
+}
+
+impl Ctx {
+    /// Keeps what the access line needs from a reply about to be written.
+    fn remember(&mut self, reply: &Reply) {
+        self.variant.clone_from(&reply.variant);
+        self.error = reply.error;
+        self.body_sha256.clone_from(&reply.body_sha256);
+    }
+}
+
+/// Probes and server metadata stay open, so orchestrators need no credentials.
+fn needs_auth(e: &Endpoint<'_>) -> bool {
+    !matches!(
+        e,
+        Endpoint::Health
+            | Endpoint::Startup
+            | Endpoint::Ready
+            | Endpoint::V2Live
+            | Endpoint::V2Ready
+            | Endpoint::V2Server
+            | Endpoint::WrongMethod(_)
+    )
 }
 
 #[async_trait]
@@ -62,7 +112,16 @@ impl ProxyHttp for HttpListener {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), passthrough: false, passthrough_bytes: 0 }
+        Ctx {
+            start: Instant::now(),
+            passthrough: false,
+            passthrough_bytes: 0,
+            principal: None,
+            uri: None,
+            variant: None,
+            error: None,
+            body_sha256: None,
+        }
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
@@ -85,6 +144,7 @@ impl ProxyHttp for HttpListener {
         ctx.start = Instant::now();
         // The URI is refcounted: cloning it frees `session` for body reads.
         let uri = session.req_header().uri.clone();
+        ctx.uri = Some(uri.clone());
         let method = session.req_header().method.clone();
         let endpoint = classify(&method, uri.path());
         let probe = matches!(
@@ -95,21 +155,46 @@ impl ProxyHttp for HttpListener {
             // Accepted past limits.max_connections: kept for the probes only.
             session.set_keepalive(None);
             let e = Error::overloaded(1, "too many open connections (limits.max_connections); retry later");
-            reply::write(session, Reply::error(&e)).await?;
+            let reply = Reply::error(&e);
+            ctx.remember(&reply);
+            reply::write(session, reply).await?;
             return Ok(true);
         }
+        // Credentials before anything else is read: an unauthenticated body is never read.
+        if let (Some(auth), true) = (&self.guards.auth, needs_auth(&endpoint)) {
+            let checked = auth.authenticate(&session.req_header().headers).and_then(|p| {
+                if endpoint == Endpoint::Other && self.default_upstream.is_some() {
+                    p.require("passthrough", &format!("call {} through the default upstream", uri.path()))?;
+                }
+                Ok(p)
+            });
+            match checked {
+                Ok(p) => ctx.principal = Some(p),
+                Err(e) => {
+                    let reply = Reply::error(&e);
+                    ctx.remember(&reply);
+                    reply::write(session, reply).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let principal = ctx.principal.as_deref();
         if endpoint == Endpoint::Other {
             if self.default_upstream.is_some() {
                 ctx.passthrough = true;
                 let max = self.limits.max_body_bytes;
                 if let Some(n) = body::declared_length(session.req_header()).filter(|n| *n > max) {
-                    reply::write(session, Reply::error(&body::too_big(n, max))).await?;
+                    let reply = Reply::error(&body::too_big(n, max));
+                    ctx.remember(&reply);
+                    reply::write(session, reply).await?;
                     return Ok(true);
                 }
                 return Ok(false);
             }
             let e = Error::not_found(format!("no route for {} {}", method, uri.path()));
-            reply::write(session, Reply::error(&e)).await?;
+            let reply = Reply::error(&e);
+            ctx.remember(&reply);
+            reply::write(session, reply).await?;
             return Ok(true);
         }
         // One snapshot per request, kept to the end.
@@ -121,15 +206,52 @@ impl ProxyHttp for HttpListener {
             Endpoint::Ready => v2::readiness(&table, false).await,
             Endpoint::V2Ready => v2::readiness(&table, true).await,
             Endpoint::V2Server => v2::server_metadata(),
-            Endpoint::ModelMetadata(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, false).await,
-            Endpoint::ModelReady(m, v) => v2::model_query(&session.req_header().headers, &table, m, v, true).await,
-            Endpoint::Infer(m, v) => v2::infer(session, &table, &self.metrics, &self.limits, m, v, ctx.start).await,
+            Endpoint::ModelMetadata(m, v) => {
+                v2::model_query(&session.req_header().headers, &table, m, v, false, principal).await
+            }
+            Endpoint::ModelReady(m, v) => {
+                v2::model_query(&session.req_header().headers, &table, m, v, true, principal).await
+            }
+            Endpoint::Infer(m, v) => {
+                let call = Call {
+                    model: m,
+                    version: v,
+                    deadline: None,
+                    start: ctx.start,
+                    principal,
+                    limiter: self.guards.limiter.as_deref(),
+                    client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                    input_bytes: body::declared_length(session.req_header()),
+                    priority: None,
+                };
+                v2::infer(session, &table, &self.metrics, &self.limits, call, self.guards.body_hash).await
+            }
+            Endpoint::Predict(m) => {
+                let call = Call {
+                    model: m,
+                    version: None,
+                    deadline: None,
+                    start: ctx.start,
+                    principal,
+                    limiter: self.guards.limiter.as_deref(),
+                    client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                    input_bytes: body::declared_length(session.req_header()),
+                    priority: None,
+                };
+                ml::predict(session, &table, &self.metrics, &self.limits, call).await
+            }
+            // Ground truth changes what quality figures (and a canary's verdict) say: its own permission.
+            Endpoint::Feedback(m) => match crate::pipeline::authorize(principal, m, None, Action::Feedback) {
+                Ok(()) => ml::feedback(session, &table, &self.limits, m).await,
+                Err(e) => Reply::error(&e),
+            },
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },
                 format!("{} is not allowed on {} (use {allowed})", method, uri.path()),
             )),
             Endpoint::Other => Reply::error(&Error::internal("pass-through path reached the V2 handlers")),
         };
+        ctx.remember(&reply);
         reply::write(session, reply).await?;
         Ok(true)
     }
@@ -251,10 +373,39 @@ impl ProxyHttp for HttpListener {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&PError>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut Ctx) {
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.passthrough {
-            let code = session.response_written().map_or(0, |r| r.status.as_u16());
             self.metrics.passthrough.with_label_values(&[&code.to_string()]).inc();
         }
+        let Some(uri) = &ctx.uri else { return };
+        let req = session.req_header();
+        let (model, version) = match classify(&req.method, uri.path()) {
+            Endpoint::Infer(m, v) | Endpoint::ModelMetadata(m, v) | Endpoint::ModelReady(m, v) => (Some(m), v),
+            _ => (None, None),
+        };
+        let downstream = session.as_downstream();
+        let note = Note {
+            model: model.map(str::to_string),
+            version: version.map(str::to_string),
+            variant: ctx.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string),
+            error: ctx.error.or(e.map(|_| "proxy_error")),
+            bytes_in: downstream.body_bytes_read() as u64,
+            bytes_out: downstream.body_bytes_sent() as u64,
+            body_sha256: ctx.body_sha256.take(),
+        };
+        Record {
+            protocol: "http",
+            method: req.method.as_str(),
+            path: uri.path(),
+            headers: &req.headers,
+            principal: ctx.principal.as_deref().map(|p| &*p.name),
+            client: session.client_addr().map(|a| a.to_string()),
+            // 499: the client left before its answer.
+            status: if code == 0 { u32::from(crate::respond::CLIENT_CLOSED) } else { u32::from(code) },
+            latency: ctx.start.elapsed(),
+            note: &note,
+        }
+        .write();
     }
 }

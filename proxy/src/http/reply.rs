@@ -30,6 +30,10 @@ pub struct Reply {
     pub batch_rows: Option<usize>,
     pub cache: Option<CacheStatus>,
     pub retry_after: Option<u32>,
+    /// The error kind's label, for the access log.
+    pub error: Option<&'static str>,
+    /// SHA-256 of the request body, when `access_log.body_hash` is on.
+    pub body_sha256: Option<String>,
 }
 
 impl Reply {
@@ -44,6 +48,7 @@ impl Reply {
             body: a.body,
             content_type: Some(a.content_type),
             retry_after: a.retry_after,
+            error: Some(e.kind.label()),
             ..Reply::default()
         }
     }
@@ -73,6 +78,9 @@ pub async fn write(session: &mut Session, reply: Reply) -> Result<()> {
     }
     if let Some(rows) = reply.batch_rows {
         h.insert_header(BATCH_SIZE_HEADER, rows)?;
+    }
+    if reply.status == 401 {
+        h.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
     }
     if let Some(secs) = reply.retry_after {
         h.insert_header(http::header::RETRY_AFTER, secs)?;

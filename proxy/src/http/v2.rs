@@ -3,8 +3,6 @@
 //! decoding and encoding), model metadata and readiness, server metadata
 //! and the readiness probes.
 
-use std::time::Instant;
-
 use http::HeaderMap;
 use pingora_proxy::Session;
 use switchyard_config::Limits;
@@ -14,6 +12,7 @@ use switchyard_runtime::{InferRequest, InferResponse};
 
 use super::body;
 use super::reply::Reply;
+use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
@@ -37,6 +36,9 @@ struct HttpExchange<'s> {
     session: &'s mut Session,
     limits: &'s Limits,
     prefs: OutputPrefs,
+    /// `Some` when the body's hash is wanted (`access_log.body_hash`); filled by `decode`.
+    body_sha256: Option<Option<String>>,
+    body_len: Option<u64>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -55,6 +57,10 @@ impl Exchange for HttpExchange<'_> {
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let header_len = body::inference_header_length(self.session.req_header())?;
         let body = body::read(self.session, self.limits).await?;
+        self.body_len = Some(body.len() as u64);
+        if let Some(h) = &mut self.body_sha256 {
+            *h = Some(crate::access_log::body_hash(&body));
+        }
         let req = v2::decode_request(&body, header_len)?;
         // Only an output's own `binary_data` can differ from the default.
         let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
@@ -71,6 +77,10 @@ impl Exchange for HttpExchange<'_> {
         }
     }
 
+    fn body_len(&self) -> Option<u64> {
+        self.body_len
+    }
+
     fn encode(&mut self, resp: InferResponse) -> Result<Encoded, Error> {
         let prefs = &self.prefs;
         let enc = v2::encode_response(&resp, |n| prefs.binary(n)).map_err(Error::unencodable)?;
@@ -84,12 +94,16 @@ pub async fn infer(
     table: &RoutingTable,
     metrics: &Metrics,
     limits: &Limits,
-    model: &str,
-    version: Option<&str>,
-    start: Instant,
+    call: Call<'_>,
+    body_hash: bool,
 ) -> Reply {
-    let mut x = HttpExchange { session, limits, prefs: OutputPrefs::default() };
-    let call = Call { model, version, deadline: None, start, priority: None };
+    let mut x = HttpExchange {
+        session,
+        limits,
+        prefs: OutputPrefs::default(),
+        body_sha256: body_hash.then_some(None),
+        body_len: None,
+    };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(enc) => Reply {
@@ -109,6 +123,7 @@ pub async fn infer(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.body_sha256 = x.body_sha256.flatten();
     reply
 }
 
@@ -119,8 +134,11 @@ pub async fn model_query(
     model: &str,
     version: Option<&str>,
     ready: bool,
+    principal: Option<&Principal>,
 ) -> Reply {
-    let sel = match pipeline::select(table, model, version, headers) {
+    let sel = match pipeline::authorize(principal, model, version, Action::Metadata)
+        .and_then(|()| pipeline::select(table, model, version, headers, principal))
+    {
         Ok(s) => s,
         Err(e) => return Reply::error(&e),
     };

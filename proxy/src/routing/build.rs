@@ -23,6 +23,8 @@ impl RoutingTable {
         // One queue per (backend, model, version), shared by variants that agree on all three.
         let mut batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>> = HashMap::new();
         let mut wildcard = None;
+        let mut monitored = std::collections::HashSet::new();
+        let mut tracked = std::collections::HashSet::new();
         for (name, m) in &cfg.models {
             let is_wild = name.as_ref() == WILDCARD;
             let mut variants = Vec::with_capacity(m.variants.len());
@@ -78,6 +80,27 @@ impl RoutingTable {
                     }
                 };
                 targets.push(target);
+                let stats = ctx.stats.get_or_create(name, &v.name);
+                if let Some(q) = &m.quality {
+                    let task = match q.task {
+                        switchyard_config::QualityTask::Classification => {
+                            switchyard_stats::quality::Task::Classification
+                        }
+                        switchyard_config::QualityTask::Regression => switchyard_stats::quality::Task::Regression,
+                    };
+                    stats.configure_quality(task, q.window.get());
+                }
+                let drift = match (&m.drift, ctx.monitoring) {
+                    (None, _) => None,
+                    (Some(_), _) if is_wild => {
+                        return Err(format!("model `{name}`: drift monitoring needs a named model route, not `*`"))
+                    }
+                    (Some(_), None) => return Err(format!("model `{name}`: drift monitoring is not available here")),
+                    (Some(d), Some(mon)) => {
+                        monitored.insert((name.to_string(), v.name.to_string()));
+                        Some(mon.drift_monitor(name, &v.name, d, stats.clone())?)
+                    }
+                };
                 variants.push(Variant {
                     name: v.name.clone(),
                     weight: v.weight,
@@ -93,7 +116,8 @@ impl RoutingTable {
                         _ => None,
                     },
                     batcher,
-                    stats: ctx.stats.get_or_create(name, &v.name),
+                    stats,
+                    drift,
                     shadow_percent: v.shadow_percent,
                     cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
                 });
@@ -104,7 +128,19 @@ impl RoutingTable {
                 name.clone(),
                 variants.iter().map(|v| Arm::new(v.name.clone(), v.weight, v.version.clone())).collect(),
             );
+            let quality = match (&m.quality, ctx.monitoring) {
+                (None, _) => None,
+                (Some(_), _) if is_wild => {
+                    return Err(format!("model `{name}`: quality monitoring needs a named model route, not `*`"))
+                }
+                (Some(_), None) => return Err(format!("model `{name}`: quality monitoring is not available here")),
+                (Some(q), Some(mon)) => {
+                    tracked.insert(name.to_string());
+                    Some(mon.quality_tracker(name, q))
+                }
+            };
             let route = Arc::new(Route {
+                quality,
                 shadows,
                 picker,
                 name: name.clone(),
@@ -122,6 +158,10 @@ impl RoutingTable {
                 routes.insert(name.clone(), route);
             }
         }
+        if let Some(mon) = ctx.monitoring {
+            mon.retain(&monitored);
+            mon.retain_quality(&tracked);
+        }
         Ok(RoutingTable {
             generation,
             routes,
@@ -132,7 +172,9 @@ impl RoutingTable {
                 ctx.previous.map(|p| &p.admission),
                 &metrics.admission,
             ),
+            tracer: ctx.tracer.cloned(),
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
+            allow_override: cfg.routing.allow_override,
         })
     }
 }
@@ -164,6 +206,8 @@ mod tests {
             stats: &StatsRegistry::default(),
             previous: None,
             cache: None,
+            monitoring: None,
+            tracer: None,
         };
         RoutingTable::build(&cfg, &ctx, 1).unwrap()
     }

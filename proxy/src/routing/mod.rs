@@ -33,6 +33,10 @@ pub struct BuildContext<'a> {
     pub previous: Option<&'a RoutingTable>,
     /// The process's response cache; `None`: no variant is cached.
     pub cache: Option<&'a Arc<crate::cache::ResponseCache<Outcome>>>,
+    /// The process's drift monitors; `None`: drift settings are refused.
+    pub monitoring: Option<&'a Arc<crate::monitor::Monitoring>>,
+    /// The process's tracer; `None`: no spans.
+    pub tracer: Option<&'a Arc<crate::trace::Tracer>>,
 }
 
 /// The catch-all route's model name.
@@ -69,6 +73,8 @@ pub struct Variant {
     pub shadow_percent: Option<f64>,
     /// The response cache as this variant uses it, when the variant is cached.
     pub cache: Option<VariantCache<Outcome>>,
+    /// Drift monitoring of this variant's inputs and outputs; `None`: off, nothing sampled.
+    pub drift: Option<Arc<crate::monitor::DriftMonitor>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.
@@ -121,6 +127,8 @@ pub struct Route {
     picker: Picker,
     /// Indices of the shadow variants.
     pub shadows: Vec<usize>,
+    /// Answers remembered for feedback, when the model tracks prediction quality.
+    pub quality: Option<Arc<crate::monitor::quality::QualityTracker>>,
 }
 
 /// A routing decision: which variant, and what to ask its backend for.
@@ -174,6 +182,10 @@ pub struct RoutingTable {
     pub routes: HashMap<Arc<str>, Arc<Route>>,
     pub wildcard: Option<Arc<Route>>,
     pub override_header: http::HeaderName,
+    /// Spans of sampled requests go here; `None`: tracing is off.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// `routing.allow_override`: `false` ignores the override header for every client.
+    pub allow_override: bool,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
     /// Concurrency limits, handed on to the next snapshot when unchanged.
@@ -188,6 +200,8 @@ impl RoutingTable {
             routes: HashMap::new(),
             wildcard: None,
             override_header: http::HeaderName::from_static(switchyard_config::DEFAULT_OVERRIDE_HEADER),
+            tracer: None,
+            allow_override: true,
             batchers: HashMap::new(),
             admission: Default::default(),
         }

@@ -1,11 +1,13 @@
 //! Backends: where an inference actually runs. Every backend speaks the tensor
 //! model (`contract`), so routing, batching and caching never depend on
 //! which one it is; `set` builds a generation's backends; `dns` keeps the
-//! endpoint sets of backends named by DNS current.
+//! endpoint sets of backends named by DNS current; `health` keeps failing
+//! replicas of a remote backend out of rotation and spreads load by it.
 
 mod contract;
 pub mod dns;
 pub mod forward;
+pub mod health;
 pub mod onnx;
 mod set;
 pub mod v2_grpc;

@@ -1,24 +1,24 @@
-//! Remote KServe V2 server over gRPC (Triton, MLServer): one tonic channel
-//! (HTTP/2, requests multiplexed on a connection per endpoint, several
-//! endpoints balanced by power of two choices over pending requests), the
-//! backend's timeout sent as the `grpc-timeout` deadline and enforced here
-//! too, tensors sent raw. Also the client behind the front end's
-//! pass-through RPCs (ModelConfig, ModelStatistics, Repository*). A `dns:`
-//! backend's channel balances over a set that `backend::dns` keeps current.
+//! Remote KServe V2 server over gRPC (Triton, MLServer): a tonic channel per
+//! endpoint (HTTP/2, requests multiplexed on one connection), each call on an
+//! endpoint picked by load with ejection, probes and a retry budget
+//! (`backend::health`, as for `v2-http`), the backend's timeout sent as the
+//! `grpc-timeout` deadline and enforced here too, tensors sent raw. Also the
+//! client behind the front end's pass-through RPCs (ModelConfig,
+//! ModelStatistics, Repository*). A `dns:` backend's set is kept current by
+//! `backend::dns`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_config::{Endpoints, ResolverConfig, V2GrpcBackend as Config};
-use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::contract::{Backend, GrpcPassthrough, ModelTarget};
 use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
+use super::health::{Member, Outcome, Pool, Probe, Tasks};
 use crate::codec::grpc::{self, pb};
 use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
@@ -29,80 +29,95 @@ type Client = pb::grpc_inference_service_client::GrpcInferenceServiceClient<Chan
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings keep idle connections known-good (and find dead ones before a request does).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// Endpoint changes a `dns:` backend's channel can have pending (a change is a few per pod).
-const DNS_CHANGES: usize = 1024;
+
+/// Whether a call may be sent again to another endpoint once it may have reached one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
 
 pub struct V2GrpcBackend {
     name: Arc<str>,
     /// `host:port, ...` (or `dns host:port`) for error messages.
     endpoints: String,
-    client: Client,
-    /// Feeds the channel's endpoint set for a `dns:` backend; stops with the backend.
+    /// One lazily connected channel per endpoint, picked per call by `backend::health`.
+    pool: Arc<Pool<Client>>,
+    /// Feeds the pool for a `dns:` backend; stops with the backend.
     _dns: Option<DnsWatch>,
-    /// How many endpoints the channel balances over (a `dns:` set may be empty:
-    /// then calls fail at once instead of waiting out their deadline).
-    live: Arc<AtomicUsize>,
+    /// Probes, outlier sweeps, load scrapes; stop with the backend.
+    _health: Tasks,
     timeout: Duration,
     forward: Forwarding,
 }
 
 impl V2GrpcBackend {
-    /// Builds the channel (connections are made lazily, on first use); needs a tokio runtime.
+    /// Builds the channels (connections are made lazily, on first use); needs a tokio runtime.
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2GrpcBackend, String> {
         let connect_timeout = cfg.connect_timeout;
-        let endpoint = |authority: &str| {
-            channel_endpoint(authority, connect_timeout)
-                .map_err(|e| format!("backend `{name}`: endpoint `{authority}`: {e}"))
+        let max = cfg.max_message_bytes;
+        let member = move |authority: &str| -> Result<Arc<Member<Client>>, String> {
+            let channel = channel_endpoint(authority, connect_timeout)
+                .map_err(|e| format!("endpoint `{authority}`: {e}"))?
+                .connect_lazy();
+            let client = Client::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
+            Ok(Arc::new(Member::new(authority.to_string(), client)))
         };
-        let live = Arc::new(AtomicUsize::new(0));
-        let (channel, source, dns) = match &cfg.endpoints {
+        let (members, source) = match &cfg.endpoints {
             Endpoints::List(list) => {
-                let mut endpoints = Vec::with_capacity(list.len());
-                for up in list {
-                    endpoints.push(endpoint(&up.authority)?);
+                if list.is_empty() {
+                    return Err(format!("backend `{name}` has no endpoints"));
                 }
-                live.store(endpoints.len(), Ordering::Relaxed);
-                let channel = match endpoints.len() {
-                    0 => return Err(format!("backend `{name}` has no endpoints")),
-                    1 => endpoints[0].connect_lazy(),
-                    _ => Channel::balance_list(endpoints.into_iter()),
-                };
-                (channel, list.iter().map(|u| u.authority.as_str()).collect::<Vec<_>>().join(", "), None)
+                let set = list
+                    .iter()
+                    .map(|up| member(&up.authority).map_err(|e| format!("backend `{name}`: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (set, list.iter().map(|u| u.authority.as_str()).collect::<Vec<_>>().join(", "))
             }
+            Endpoints::Dns(d) => (Vec::new(), format!("dns {}:{}", d.host, d.port)),
+        };
+        let pool = Arc::new(Pool::new(Arc::from(name), members, cfg.health.clone()));
+        let dns = match &cfg.endpoints {
+            Endpoints::List(_) => None,
             Endpoints::Dns(d) => {
-                let (channel, tx) = Channel::balance_channel::<std::net::SocketAddr>(DNS_CHANGES);
-                let mut current = std::collections::BTreeSet::new();
-                let (backend, count) = (name.to_string(), live.clone());
+                let feed = Arc::downgrade(&pool);
+                let backend = name.to_string();
                 let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
-                    for gone in current.difference(addrs) {
-                        if tx.try_send(Change::Remove(*gone)).is_err() {
-                            tracing::error!(backend = %backend, endpoint = %gone, "endpoint change not applied");
-                        }
-                    }
-                    for new in addrs.difference(&current) {
-                        let sent = channel_endpoint(&new.to_string(), connect_timeout)
-                            .is_ok_and(|ep| tx.try_send(Change::Insert(*new, ep)).is_ok());
-                        if !sent {
-                            tracing::error!(backend = %backend, endpoint = %new, "endpoint change not applied");
-                        }
-                    }
-                    current = addrs.clone();
-                    count.store(current.len(), Ordering::Relaxed);
+                    let Some(pool) = feed.upgrade() else { return };
+                    let old = pool.members();
+                    // An endpoint that stays keeps its connection, load and health state.
+                    let set = addrs
+                        .iter()
+                        .filter_map(|a| {
+                            let authority = a.to_string();
+                            if let Some(m) = old.iter().find(|m| m.authority == authority) {
+                                return Some(m.clone());
+                            }
+                            member(&authority)
+                                .inspect_err(|e| tracing::error!(backend = %backend, error = %e, "endpoint not added"))
+                                .ok()
+                        })
+                        .collect();
+                    pool.replace(set);
                 };
                 let resolver = dns::resolver(resolver).map_err(|e| format!("backend `{name}`: {e}"))?;
-                let watch = DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply);
-                (channel, format!("dns {}:{}", d.host, d.port), Some(watch))
+                Some(DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply))
             }
         };
-        let client = Client::new(channel)
-            .max_decoding_message_size(cfg.max_message_bytes)
-            .max_encoding_message_size(cfg.max_message_bytes);
+        let probe: Probe<Client> = Arc::new(|m, timeout| {
+            Box::pin(async move {
+                let mut client = m.transport.clone();
+                let call = client.server_ready(V2GrpcBackend::request(pb::ServerReadyRequest {}, timeout));
+                matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if r.get_ref().ready)
+            })
+        });
+        let health = pool.start(probe);
         Ok(V2GrpcBackend {
             name: Arc::from(name),
             endpoints: source,
-            client,
+            pool,
             _dns: dns,
-            live,
+            _health: health,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
         })
@@ -115,33 +130,59 @@ impl V2GrpcBackend {
         r
     }
 
-    /// Runs one call with the deadline enforced locally as well.
-    async fn call<T, F>(&self, timeout: Duration, f: F) -> Result<T, BackendError>
+    /// Runs one call on an endpoint picked by load, with the deadline enforced
+    /// locally as well; `f` makes the call on a given endpoint's client (again
+    /// on another endpoint when the first refused the connection, or for an
+    /// idempotent call that failed in transport, within the retry budget).
+    async fn call<T, F, Fut>(&self, timeout: Duration, idempotent: Idempotent, f: F) -> Result<T, BackendError>
     where
-        F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        if self.live.load(Ordering::Relaxed) == 0 {
-            return Err(BackendError::Unavailable(format!(
-                "backend `{}` has no endpoints ({})",
-                self.name, self.endpoints
-            )));
-        }
-        match tokio::time::timeout(timeout, f).await {
-            Err(_) => Err(BackendError::Timeout(timeout)),
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(self.error(s, timeout)),
+        let eps = self.pool.members();
+        self.pool.count_request();
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let i = self.pool.pick(&eps, &tried).ok_or_else(|| {
+                BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
+            })?;
+            let call = self.pool.begin(&eps[i]);
+            let status = match tokio::time::timeout(timeout, f(call.member().transport.clone())).await {
+                Err(_) => {
+                    self.pool.finish(&call, Outcome::Failure);
+                    return Err(BackendError::Timeout(timeout));
+                }
+                Ok(Ok(r)) => {
+                    self.pool.finish(&call, Outcome::Success);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) => s,
+            };
+            let outcome = match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Outcome::Failure,
+                Code::Internal | Code::Unknown | Code::DataLoss => Outcome::ServerError,
+                _ => Outcome::Success,
+            };
+            self.pool.finish(&call, outcome);
+            tried.push(i);
+            let transport = status.code() == Code::Unavailable && std::error::Error::source(&status).is_some();
+            let retry = transport && (idempotent == Idempotent::Yes || refused(&status)) && tried.len() < eps.len();
+            if retry && self.pool.may_retry() {
+                tracing::debug!(backend = %self.name, endpoint = %eps[i].authority, error = %error_chain(&status), "retrying on another endpoint");
+                continue;
+            }
+            return Err(self.error(status, &eps[i].authority, timeout));
         }
     }
 
     /// A backend's gRPC status → who failed, in the runtime's terms.
-    fn error(&self, s: Status, timeout: Duration) -> BackendError {
+    fn error(&self, s: Status, endpoint: &str, timeout: Duration) -> BackendError {
         let msg = s.message().to_owned();
         match s.code() {
             // A transport failure carries its cause; a status the server sent does not.
-            Code::Unavailable if std::error::Error::source(&s).is_some() => BackendError::Connect {
-                endpoint: format!("{} ({})", self.name, self.endpoints),
-                message: error_chain(&s),
-            },
+            Code::Unavailable if std::error::Error::source(&s).is_some() => {
+                BackendError::Connect { endpoint: format!("{} ({endpoint})", self.name), message: error_chain(&s) }
+            }
             Code::Unavailable => BackendError::Unavailable(format!("backend `{}`: {msg}", self.name)),
             // tonic's own enforcement of the deadline we sent answers CANCELLED "Timeout expired".
             Code::DeadlineExceeded | Code::Cancelled => BackendError::Timeout(timeout),
@@ -149,6 +190,20 @@ impl V2GrpcBackend {
             code => BackendError::Grpc { code: code as i32, message: msg },
         }
     }
+}
+
+/// Whether the connection was refused: the request provably never left.
+fn refused(s: &Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// One replica of the channel, with the connection settings every replica shares.
@@ -161,33 +216,63 @@ fn channel_endpoint(authority: &str, connect_timeout: Duration) -> Result<Endpoi
         .keep_alive_while_idle(true))
 }
 
+impl V2GrpcBackend {
+    /// A pass-through call on an endpoint picked by load: the backend's answer
+    /// or its status, unchanged. Counted in the endpoint's health like any call.
+    async fn relay<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let eps = self.pool.members();
+        self.pool.count_request();
+        let i = self.pool.pick(&eps, &[]).ok_or_else(|| {
+            Status::unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
+        })?;
+        let call = self.pool.begin(&eps[i]);
+        let r = f(call.member().transport.clone()).await;
+        let outcome = match r.as_ref().map_err(|s| s.code()) {
+            Err(Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => Outcome::Failure,
+            Err(Code::Internal | Code::Unknown | Code::DataLoss) => Outcome::ServerError,
+            _ => Outcome::Success,
+        };
+        self.pool.finish(&call, outcome);
+        r.map(|r| r.into_inner())
+    }
+}
+
 /// Pass-through: the backend's answer or its status, unchanged.
 #[async_trait]
 impl GrpcPassthrough for V2GrpcBackend {
     async fn model_config(&self, req: pb::ModelConfigRequest) -> Result<pb::ModelConfigResponse, Status> {
-        self.client.clone().model_config(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
+        let t = self.timeout;
+        self.relay(|mut c| async move { c.model_config(Self::request(req, t)).await }).await
     }
 
     async fn model_statistics(&self, req: pb::ModelStatisticsRequest) -> Result<pb::ModelStatisticsResponse, Status> {
-        self.client.clone().model_statistics(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
+        let t = self.timeout;
+        self.relay(|mut c| async move { c.model_statistics(Self::request(req, t)).await }).await
     }
 
     async fn repository_index(&self, req: pb::RepositoryIndexRequest) -> Result<pb::RepositoryIndexResponse, Status> {
-        self.client.clone().repository_index(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
+        let t = self.timeout;
+        self.relay(|mut c| async move { c.repository_index(Self::request(req, t)).await }).await
     }
 
     async fn repository_model_load(
         &self,
         req: pb::RepositoryModelLoadRequest,
     ) -> Result<pb::RepositoryModelLoadResponse, Status> {
-        self.client.clone().repository_model_load(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
+        let t = self.timeout;
+        self.relay(|mut c| async move { c.repository_model_load(Self::request(req, t)).await }).await
     }
 
     async fn repository_model_unload(
         &self,
         req: pb::RepositoryModelUnloadRequest,
     ) -> Result<pb::RepositoryModelUnloadResponse, Status> {
-        self.client.clone().repository_model_unload(Self::request(req, self.timeout)).await.map(|r| r.into_inner())
+        let t = self.timeout;
+        self.relay(|mut c| async move { c.repository_model_unload(Self::request(req, t)).await }).await
     }
 }
 
@@ -204,10 +289,10 @@ impl Backend for V2GrpcBackend {
     async fn infer(&self, target: &ModelTarget, mut req: InferRequest) -> Result<InferResponse, BackendError> {
         let client_metadata = std::mem::take(&mut req.metadata);
         let msg = grpc::encode_request(req, &target.name, target.version.as_deref());
-        let mut request = Self::request(msg, self.timeout);
+        let mut md = tonic::metadata::MetadataMap::new();
         // Already filtered (`forwarding`): the client's metadata as it may go on.
         if !client_metadata.is_empty() {
-            let md = request.metadata_mut().as_mut();
+            let map = md.as_mut();
             // A repeated name comes as `None` after its first entry.
             let mut last: Option<http::HeaderName> = None;
             for (k, v) in client_metadata {
@@ -215,11 +300,22 @@ impl Backend for V2GrpcBackend {
                     last = k;
                 }
                 if let Some(name) = &last {
-                    md.append(name.clone(), v);
+                    map.append(name.clone(), v);
                 }
             }
         }
-        let resp = self.call(self.timeout, self.client.clone().model_infer(request)).await?;
+        let timeout = self.timeout;
+        // Tensor contents are `Bytes`: a second attempt's copy of the message shares them.
+        let resp = self
+            .call(timeout, Idempotent::No, |mut client| {
+                let mut request = Self::request(msg.clone(), timeout);
+                if !md.is_empty() {
+                    *request.metadata_mut() = md.clone();
+                    request.set_timeout(timeout);
+                }
+                async move { client.model_infer(request).await }
+            })
+            .await?;
         grpc::decode_response(resp).map_err(|e| BackendError::Protocol(e.to_string()))
     }
 
@@ -228,8 +324,13 @@ impl Backend for V2GrpcBackend {
             name: target.name.to_string(),
             version: target.version.as_deref().unwrap_or_default().to_owned(),
         };
-        let resp =
-            self.call(self.timeout, self.client.clone().model_metadata(Self::request(msg, self.timeout))).await?;
+        let t = self.timeout;
+        let resp = self
+            .call(t, Idempotent::Yes, |mut c| {
+                let r = Self::request(msg.clone(), t);
+                async move { c.model_metadata(r).await }
+            })
+            .await?;
         Ok(grpc::metadata_to_json(&resp))
     }
 
@@ -238,8 +339,12 @@ impl Backend for V2GrpcBackend {
             name: target.name.to_string(),
             version: target.version.as_deref().unwrap_or_default().to_owned(),
         };
-        let mut client = self.client.clone();
-        match self.call(READY_PROBE_TIMEOUT, client.model_ready(Self::request(msg, READY_PROBE_TIMEOUT))).await {
+        let t = READY_PROBE_TIMEOUT;
+        let call = self.call(t, Idempotent::Yes, |mut c| {
+            let r = Self::request(msg.clone(), t);
+            async move { c.model_ready(r).await }
+        });
+        match call.await {
             Ok(r) => Ok(r.ready),
             // The server answered (unknown model, say): not ready. Not reaching it is an error.
             Err(BackendError::Grpc { .. }) => Ok(false),
@@ -248,9 +353,15 @@ impl Backend for V2GrpcBackend {
     }
 
     async fn ready(&self) -> bool {
-        let mut client = self.client.clone();
-        let call = client.server_ready(Self::request(pb::ServerReadyRequest {}, READY_PROBE_TIMEOUT));
-        matches!(self.call(READY_PROBE_TIMEOUT, call).await, Ok(r) if r.ready)
+        // With active probes, their verdict: no request of its own on the readiness path.
+        if self.pool.policy().health_check.is_some() {
+            return self.pool.any_in_rotation();
+        }
+        let t = READY_PROBE_TIMEOUT;
+        let call = self.call(t, Idempotent::Yes, |mut c| async move {
+            c.server_ready(Self::request(pb::ServerReadyRequest {}, t)).await
+        });
+        matches!(call.await, Ok(r) if r.ready)
     }
 
     fn grpc_passthrough(&self) -> Option<&dyn GrpcPassthrough> {

@@ -1,16 +1,14 @@
 //! Remote KServe V2 server over HTTP/1.1 (Triton, MLServer, OpenVINO, KServe
 //! runtimes): pooled keep-alive connections, several endpoints spread by least
-//! outstanding requests (power of two choices), ejection of endpoints that keep
-//! failing, and binary↔JSON conversion for servers without the extension.
-//! The endpoint set is a snapshot swapped whole when DNS changes it
-//! (`backend::dns`); a request works on the snapshot it loaded, so an
+//! load (power of two choices) with ejection, probes and a retry budget
+//! (`backend::health`), and binary↔JSON conversion for servers without the
+//! extension. The endpoint set is a snapshot swapped whole when DNS changes
+//! it (`backend::dns`); a request works on the snapshot it loaded, so an
 //! endpoint that leaves finishes the requests already sent to it.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -25,6 +23,7 @@ use tokio::sync::OnceCell;
 use super::contract::{Backend, ModelTarget};
 use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
+use super::health::{Member, Outcome, Pool, Probe, Tasks};
 use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use crate::error::{error_chain, BackendError};
 use crate::tensor::{InferRequest, InferResponse};
@@ -36,49 +35,38 @@ const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static(HEAD
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const APPLICATION_OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 
-struct Endpoint {
+/// How requests reach one replica.
+pub struct HttpEndpoint {
     upstream: Upstream,
     /// `http://authority/base_path`: every request URI starts with it.
     base_uri: String,
     host: HeaderValue,
-    outstanding: AtomicUsize,
-    consecutive_failures: AtomicU32,
-    /// Milliseconds since the backend's epoch until which the endpoint is out of rotation.
-    ejected_until_ms: AtomicU64,
 }
 
-impl Endpoint {
-    fn new(backend: &str, upstream: Upstream) -> Result<Endpoint, String> {
+impl HttpEndpoint {
+    fn member(backend: &str, upstream: Upstream) -> Result<Arc<Member<HttpEndpoint>>, String> {
         let host = HeaderValue::from_str(&upstream.authority)
             .map_err(|_| format!("backend `{backend}`: endpoint {:?} is not a valid host", upstream.authority))?;
-        Ok(Endpoint {
-            base_uri: upstream.to_string(),
-            host,
-            upstream,
-            outstanding: AtomicUsize::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-        })
+        let ep = HttpEndpoint { base_uri: upstream.to_string(), host, upstream };
+        Ok(Arc::new(Member::new(ep.upstream.authority.clone(), ep)))
     }
 }
 
-/// One snapshot of the endpoint set.
-type EndpointSet = Vec<Arc<Endpoint>>;
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub struct V2HttpBackend {
     name: Arc<str>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    endpoints: Arc<ArcSwap<EndpointSet>>,
+    client: HttpClient,
+    pool: Arc<Pool<HttpEndpoint>>,
     /// Where the endpoints come from, for errors: the list, or `dns host:port`.
     source: String,
-    /// Feeds `endpoints` for a `dns:` backend; stops with the backend.
+    /// Feeds the pool for a `dns:` backend; stops with the backend.
     _dns: Option<DnsWatch>,
+    /// Probes, outlier sweeps, load scrapes; stop with the backend.
+    _health: Tasks,
     timeout: Duration,
-    eject_after: u32,
-    eject_for: Duration,
     binary: BinaryMode,
     binary_supported: OnceCell<bool>,
-    epoch: Instant,
     forward: Forwarding,
 }
 
@@ -102,15 +90,6 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// Decrements an endpoint's outstanding count however the call ends.
-struct Outstanding<'a>(&'a AtomicUsize);
-
-impl Drop for Outstanding<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl V2HttpBackend {
     /// Fails (instead of panicking the reload that builds it) on an endpoint
     /// whose authority is no valid `Host` value; config validation rejects
@@ -123,109 +102,65 @@ impl V2HttpBackend {
             .pool_max_idle_per_host(cfg.pool_size)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let (endpoints, source, dns) = match &cfg.endpoints {
+        let (members, source) = match &cfg.endpoints {
             Endpoints::List(list) => {
-                let set =
-                    list.iter().map(|u| Endpoint::new(name, u.clone()).map(Arc::new)).collect::<Result<_, _>>()?;
-                let source = list.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ");
-                (Arc::new(ArcSwap::from_pointee(set)), source, None)
+                let set = list.iter().map(|u| HttpEndpoint::member(name, u.clone())).collect::<Result<_, _>>()?;
+                (set, list.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "))
             }
+            Endpoints::Dns(d) => (Vec::new(), format!("dns {}:{}", d.host, d.port)),
+        };
+        let pool = Arc::new(Pool::new(Arc::from(name), members, cfg.health.clone()));
+        let dns = match &cfg.endpoints {
+            Endpoints::List(_) => None,
             Endpoints::Dns(d) => {
-                let endpoints: Arc<ArcSwap<EndpointSet>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
-                let feed = endpoints.clone();
+                let feed = Arc::downgrade(&pool);
                 let (backend, base_path) = (Arc::<str>::from(name), d.base_path.clone());
                 let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
-                    let old = feed.load_full();
-                    // An endpoint that stays keeps its load and ejection state.
+                    let Some(pool) = feed.upgrade() else { return };
+                    let old = pool.members();
+                    // An endpoint that stays keeps its load and health state.
                     let set = addrs
                         .iter()
                         .filter_map(|a| {
                             let authority = a.to_string();
-                            if let Some(e) = old.iter().find(|e| e.upstream.authority == authority) {
-                                return Some(e.clone());
+                            if let Some(m) = old.iter().find(|m| m.authority == authority) {
+                                return Some(m.clone());
                             }
                             let up = Upstream { authority, base_path: base_path.clone() };
-                            Endpoint::new(&backend, up).map(Arc::new).ok()
+                            HttpEndpoint::member(&backend, up).ok()
                         })
                         .collect();
-                    feed.store(Arc::new(set));
+                    pool.replace(set);
                 };
-                let watch = DnsWatch::spawn(
-                    Arc::from(name),
-                    d.clone(),
-                    dns::resolver(resolver).map_err(|e| format!("backend `{name}`: {e}"))?,
-                    apply,
-                );
-                (endpoints, format!("dns {}:{}", d.host, d.port), Some(watch))
+                let resolver = dns::resolver(resolver).map_err(|e| format!("backend `{name}`: {e}"))?;
+                Some(DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply))
             }
         };
+        let probe_client = client.clone();
+        let probe: Probe<HttpEndpoint> = Arc::new(move |m, timeout| {
+            let client = probe_client.clone();
+            Box::pin(async move {
+                let Ok(uri) = Uri::try_from(format!("{}/v2/health/ready", m.transport.base_uri)) else { return false };
+                let mut req = Request::new(Full::new(Bytes::new()));
+                *req.uri_mut() = uri;
+                req.headers_mut().insert(HOST, m.transport.host.clone());
+                let call = async { client.request(req).await.map(|r| r.status() == StatusCode::OK) };
+                matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(true)))
+            })
+        });
+        let health = pool.start(probe);
         Ok(V2HttpBackend {
             name: Arc::from(name),
             client,
-            endpoints,
+            pool,
             source,
             _dns: dns,
+            _health: health,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
-            eject_after: cfg.eject_after_failures,
-            eject_for: cfg.eject_for,
             binary: cfg.binary,
             binary_supported: OnceCell::new(),
-            epoch: Instant::now(),
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Power of two choices among endpoints in rotation, never `exclude`.
-    /// When every endpoint is ejected, all of them are candidates again
-    /// (a guess beats a certain failure).
-    fn pick(&self, eps: &[Arc<Endpoint>], exclude: &[usize]) -> Option<usize> {
-        let eligible = |i: usize| !exclude.contains(&i);
-        if eps.len() == 1 {
-            return eligible(0).then_some(0);
-        }
-        let now = self.now_ms();
-        let in_rotation = |i: usize| eligible(i) && eps[i].ejected_until_ms.load(Ordering::Relaxed) <= now;
-        // The candidates, without collecting them: the k-th index passing `cand`.
-        let n_all = eps.len();
-        let count = |cand: &dyn Fn(usize) -> bool| (0..n_all).filter(|&i| cand(i)).count();
-        let (cand, n): (&dyn Fn(usize) -> bool, usize) = match count(&in_rotation) {
-            0 => (&eligible, count(&eligible)),
-            n => (&in_rotation, n),
-        };
-        let nth = |k: usize| (0..n_all).filter(|&i| cand(i)).nth(k).expect("k < n");
-        match n {
-            0 => None,
-            1 => Some(nth(0)),
-            n => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (nth(a), nth(b));
-                let load = |i: usize| eps[i].outstanding.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b } else { a })
-            }
-        }
-    }
-
-    fn record(&self, eps: &[Arc<Endpoint>], i: usize, ok: bool) {
-        let ep = &eps[i];
-        if ok {
-            ep.consecutive_failures.store(0, Ordering::Relaxed);
-            return;
-        }
-        let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.eject_after && eps.len() > 1 {
-            let until = self.now_ms() + self.eject_for.as_millis() as u64;
-            ep.ejected_until_ms.store(until, Ordering::Relaxed);
-            ep.consecutive_failures.store(0, Ordering::Relaxed);
-            tracing::warn!(backend = %self.name, endpoint = %ep.upstream, failures = n, eject_for = ?self.eject_for, "endpoint ejected");
-        }
     }
 
     /// Sends a request to an endpoint; `path` is the pieces of the path, joined.
@@ -240,14 +175,16 @@ impl V2HttpBackend {
     ) -> Result<Reply, BackendError> {
         let mut tried: Vec<usize> = Vec::new();
         // One snapshot for the whole call (retries included).
-        let eps = self.endpoints.load_full();
+        let eps = self.pool.members();
+        self.pool.count_request();
+        // Only a call that is safe to repeat is retried after it may have reached the server.
+        let idempotent = method == Method::GET;
         loop {
-            let i = self.pick(&eps, &tried).ok_or_else(|| {
+            let i = self.pool.pick(&eps, &tried).ok_or_else(|| {
                 BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.source))
             })?;
-            let ep = &eps[i];
-            ep.outstanding.fetch_add(1, Ordering::Relaxed);
-            let _guard = Outstanding(&ep.outstanding);
+            let call = self.pool.begin(&eps[i]);
+            let ep = &call.member().transport;
             let mut uri = String::with_capacity(ep.base_uri.len() + path.iter().map(|p| p.len()).sum::<usize>());
             uri.push_str(&ep.base_uri);
             path.iter().for_each(|p| uri.push_str(p));
@@ -268,41 +205,47 @@ impl V2HttpBackend {
             for (k, v) in headers {
                 h.append(k.clone(), v.clone());
             }
-            let call = async {
+            let exchange = async {
                 let resp = self.client.request(req).await.map_err(CallError::Request)?;
                 let (parts, body) = resp.into_parts();
                 let body = body.collect().await.map_err(CallError::Body)?.to_bytes();
                 Ok::<_, CallError>(Reply { status: parts.status, headers: parts.headers, body })
             };
-            match tokio::time::timeout(timeout, call).await {
+            let (err, sent) = match tokio::time::timeout(timeout, exchange).await {
                 Err(_) => {
-                    self.record(&eps, i, false);
+                    self.pool.finish(&call, Outcome::Failure);
                     return Err(BackendError::Timeout(timeout));
                 }
-                Ok(Err(CallError::Request(e))) if e.is_connect() => {
-                    self.record(&eps, i, false);
-                    tried.push(i);
-                    let err = BackendError::Connect { endpoint: ep.upstream.to_string(), message: error_chain(&e) };
-                    // Nothing was sent: another endpoint may take it.
-                    if tried.len() < eps.len() {
-                        tracing::debug!(backend = %self.name, error = %err, "retrying on another endpoint");
-                        continue;
-                    }
-                    return Err(err);
-                }
-                Ok(Err(e)) => {
-                    self.record(&eps, i, false);
-                    return Err(BackendError::Unavailable(format!(
-                        "backend {} failed mid-request: {}",
-                        ep.upstream, e
-                    )));
-                }
                 Ok(Ok(reply)) => {
-                    let overloaded = matches!(reply.status.as_u16(), 502..=504);
-                    self.record(&eps, i, !overloaded);
+                    let outcome = match reply.status.as_u16() {
+                        502..=504 => Outcome::Failure,
+                        500..=599 => Outcome::ServerError,
+                        _ => Outcome::Success,
+                    };
+                    self.pool.finish(&call, outcome);
                     return Ok(reply);
                 }
+                Ok(Err(CallError::Request(e))) if e.is_connect() => {
+                    let err = BackendError::Connect { endpoint: ep.upstream.to_string(), message: error_chain(&e) };
+                    (err, false)
+                }
+                Ok(Err(e)) => {
+                    let err = BackendError::Unavailable(format!("backend {} failed mid-request: {}", ep.upstream, e));
+                    (err, true)
+                }
+            };
+            self.pool.finish(&call, Outcome::Failure);
+            tried.push(i);
+            // Nothing was sent (connect failed), or the call is safe to repeat:
+            // another endpoint may take it, within the retry budget.
+            if (!sent || idempotent) && tried.len() < eps.len() {
+                if self.pool.may_retry() {
+                    tracing::debug!(backend = %self.name, error = %err, "retrying on another endpoint");
+                    continue;
+                }
+                tracing::debug!(backend = %self.name, error = %err, "retry budget spent: not retried");
             }
+            return Err(err);
         }
     }
 
@@ -420,6 +363,10 @@ impl Backend for V2HttpBackend {
     }
 
     async fn ready(&self) -> bool {
+        // With active probes, their verdict: no request of its own on the readiness path.
+        if self.pool.policy().health_check.is_some() {
+            return self.pool.any_in_rotation();
+        }
         match self.send(Method::GET, &["/v2/health/ready"], Bytes::new(), &[], None, READY_PROBE_TIMEOUT).await {
             Ok(r) => r.status == StatusCode::OK,
             Err(_) => false,

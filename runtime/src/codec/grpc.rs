@@ -43,12 +43,15 @@ pub fn parameters_from_pb(p: PbParameters) -> Result<Parameters, CodecError> {
     Ok(out)
 }
 
-/// The tensor model's JSON parameters → gRPC parameters. Values gRPC has no
-/// type for (null, arrays, objects) travel as their JSON text.
+/// The tensor model's JSON parameters → gRPC parameters. Null is a parameter
+/// without a value (what a gRPC parameter with none decodes to, so it survives
+/// a gRPC → gRPC hop); values gRPC has no type for (arrays, objects) travel as
+/// their JSON text.
 pub fn parameters_to_pb(p: &Parameters) -> PbParameters {
     p.iter()
         .map(|(k, v)| {
             let choice = match v {
+                Value::Null => return (k.clone(), InferParameter { parameter_choice: None }),
                 Value::Bool(b) => ParameterChoice::BoolParam(*b),
                 Value::Number(n) => match (n.as_i64(), n.as_u64()) {
                     (Some(i), _) => ParameterChoice::Int64Param(i),
@@ -578,5 +581,16 @@ mod tests {
         p.insert("flag".into(), Value::Bool(true));
         p.insert("name".into(), Value::from("x"));
         assert_eq!(parameters_from_pb(parameters_to_pb(&p)).unwrap(), p);
+    }
+
+    /// Found by the `grpc_response` fuzz target: a parameter without a value
+    /// came back from a round trip as the string "null".
+    #[test]
+    fn a_parameter_without_a_value_stays_without_one() {
+        let mut p = PbParameters::new();
+        p.insert("empty".into(), InferParameter { parameter_choice: None });
+        let json = parameters_from_pb(p.clone()).unwrap();
+        assert_eq!(json["empty"], Value::Null);
+        assert_eq!(parameters_to_pb(&json), p);
     }
 }

@@ -129,6 +129,12 @@ impl Tensor {
                 if self.data.len() != want {
                     return Err(TensorError::SizeMismatch { expected: want, got: self.data.len() });
                 }
+                // Any other byte is no bool (undefined behaviour as a C++ `bool` in a model server).
+                if self.datatype == DataType::Bool {
+                    if let Some(index) = self.data.iter().position(|b| *b > 1) {
+                        return Err(TensorError::BadBool { index, value: self.data[index] });
+                    }
+                }
             }
             None => {
                 let got = bytes_elements(&self.data).count_checked()?;
@@ -288,5 +294,15 @@ mod tests {
         raw.truncate(5);
         let t = Tensor::new("s", DataType::Bytes, vec![1], Bytes::from(raw));
         assert!(matches!(t.validate(), Err(TensorError::BadBytesElement)));
+    }
+
+    /// Seen beside the fuzzers' findings: BOOL bytes other than 0 and 1 passed validation and
+    /// changed value through JSON (2 → true → 1).
+    #[test]
+    fn bool_bytes_are_zero_or_one() {
+        let ok = Tensor::new("b", DataType::Bool, vec![2], Bytes::from_static(&[0, 1]));
+        assert!(ok.validate().is_ok());
+        let bad = Tensor::new("b", DataType::Bool, vec![2], Bytes::from_static(&[1, 2]));
+        assert_eq!(bad.validate(), Err(TensorError::BadBool { index: 1, value: 2 }));
     }
 }

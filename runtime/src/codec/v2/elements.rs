@@ -134,6 +134,27 @@ impl Serialize for DataJson<'_> {
                 seq.end()
             }};
         }
+        // JSON has no NaN or infinity (serde_json would write `null`, which
+        // reads back as no number at all): such a tensor travels binary only.
+        macro_rules! floats {
+            ($n:expr, $conv:expr) => {{
+                let mut seq = s.serialize_seq(Some(d.len() / $n))?;
+                for c in d.chunks_exact($n) {
+                    let v: f64 = $conv(c.try_into().expect("chunk size"));
+                    if !v.is_finite() {
+                        return Err(serde::ser::Error::custom(format!(
+                            "tensor '{}' holds {v}, which JSON cannot carry; ask for it as binary data",
+                            t.name
+                        )));
+                    }
+                    match t.datatype {
+                        DataType::Fp64 => seq.serialize_element(&v)?,
+                        _ => seq.serialize_element(&(v as f32))?,
+                    }
+                }
+                seq.end()
+            }};
+        }
         match t.datatype {
             DataType::Bool => each!(1, |c: [u8; 1]| c[0] != 0),
             DataType::Uint8 => each!(1, |c: [u8; 1]| c[0]),
@@ -144,10 +165,10 @@ impl Serialize for DataJson<'_> {
             DataType::Int32 => each!(4, i32::from_le_bytes),
             DataType::Uint64 => each!(8, u64::from_le_bytes),
             DataType::Int64 => each!(8, i64::from_le_bytes),
-            DataType::Fp16 => each!(2, |c| f16::from_le_bytes(c).to_f32()),
-            DataType::Bf16 => each!(2, |c| bf16::from_le_bytes(c).to_f32()),
-            DataType::Fp32 => each!(4, f32::from_le_bytes),
-            DataType::Fp64 => each!(8, f64::from_le_bytes),
+            DataType::Fp16 => floats!(2, |c| f16::from_le_bytes(c).to_f64()),
+            DataType::Bf16 => floats!(2, |c| bf16::from_le_bytes(c).to_f64()),
+            DataType::Fp32 => floats!(4, |c| f32::from_le_bytes(c) as f64),
+            DataType::Fp64 => floats!(8, f64::from_le_bytes),
             DataType::Bytes => {
                 let mut seq = s.serialize_seq(None)?;
                 for el in bytes_elements(d) {
@@ -175,6 +196,22 @@ mod tests {
 
     fn to_json(dt: DataType, data: Vec<u8>) -> String {
         serde_json::to_string(&DataJson(&Tensor::new("t", dt, vec![], Bytes::from(data)))).unwrap()
+    }
+
+    /// Found by the `v2_response` fuzz target: a binary NaN re-encoded as JSON
+    /// became `null`, which no client reads back as a number.
+    #[test]
+    fn non_finite_floats_are_refused_in_json() {
+        for (dt, data) in [
+            (DataType::Fp32, f32::NAN.to_le_bytes().to_vec()),
+            (DataType::Fp64, f64::INFINITY.to_le_bytes().to_vec()),
+            (DataType::Fp16, half::f16::NEG_INFINITY.to_le_bytes().to_vec()),
+            (DataType::Bf16, half::bf16::NAN.to_le_bytes().to_vec()),
+        ] {
+            let t = Tensor::new("y", dt, vec![1], Bytes::from(data));
+            let e = serde_json::to_string(&DataJson(&t)).expect_err("no JSON for a non-finite value").to_string();
+            assert!(e.contains("tensor 'y'") && e.contains("binary"), "{dt:?}: {e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! The security sections — `auth`, `rate_limits` and `access_log` — which
+//! refer to no other section. Permissions are checked for their grammar
+//! here so a typo fails validation instead of silently granting nothing.
+
+use std::path::Path;
+
+use super::fields::{duration, escaped, loc, Errors};
+use crate::raw::*;
+use crate::validated::*;
+
+pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConfig {
+    let mut api_keys = Vec::new();
+    for (i, k) in raw.api_keys.iter().enumerate() {
+        let path = format!("auth.api_keys[{i}]");
+        if k.value.principal.value.trim().is_empty() {
+            errs.at(format!("{path}.principal"), loc(&k.value.principal), "must not be empty");
+        }
+        let sha = &k.value.sha256;
+        let hash = match parse_sha256(&sha.value) {
+            Ok(h) => h,
+            Err(m) => {
+                errs.at(format!("{path}.sha256"), loc(sha), m);
+                [0; 32]
+            }
+        };
+        for (j, p) in k.value.permissions.iter().enumerate() {
+            if let Err(m) = check_permission(&p.value) {
+                errs.at(format!("{path}.permissions[{j}]"), loc(p), m);
+            }
+        }
+        api_keys.push(ApiKey {
+            principal: k.value.principal.value.clone(),
+            sha256: hash,
+            permissions: k.value.permissions.iter().map(|p| p.value.clone()).collect(),
+        });
+    }
+    let jwt = raw.jwt.map(|j| {
+        let j = j.value;
+        let nonempty = |errs: &mut Errors, name: &str, v: &Option<S<String>>| {
+            v.as_ref().and_then(|s| {
+                if s.value.is_empty() {
+                    errs.at(format!("auth.jwt.{name}"), loc(s), "must not be empty (leave it out to not check it)");
+                }
+                Some(s.value.clone()).filter(|v| !v.is_empty())
+            })
+        };
+        JwtConfig {
+            jwks_file: base_dir.join(&j.jwks_file.value),
+            issuer: nonempty(errs, "issuer", &j.issuer),
+            audience: nonempty(errs, "audience", &j.audience),
+            leeway: duration(errs, "auth.jwt.leeway", &j.leeway, DEFAULT_JWT_LEEWAY, true),
+            permissions_claim: nonempty(errs, "permissions_claim", &j.permissions_claim)
+                .unwrap_or_else(|| DEFAULT_PERMISSIONS_CLAIM.to_string()),
+        }
+    });
+    let api_keys_file = raw.api_keys_file.map(|f| base_dir.join(&f.value));
+    if api_keys.is_empty() && api_keys_file.is_none() && jwt.is_none() {
+        // An `auth:` that names no credential would lock every client out.
+        errs.at("auth", &serde_saphyr::Location::UNKNOWN, "names no credential: set api_keys, api_keys_file or jwt");
+    }
+    let override_permission = match raw.override_permission {
+        Some(p) => {
+            if let Err(m) = check_permission(&p.value) {
+                errs.at("auth.override_permission", loc(&p), m);
+            }
+            p.value
+        }
+        None => DEFAULT_OVERRIDE_PERMISSION.to_string(),
+    };
+    AuthConfig {
+        api_keys,
+        api_keys_file,
+        jwt,
+        override_permission,
+        refresh: duration(errs, "auth.refresh", &raw.refresh, DEFAULT_KEY_REFRESH, false),
+    }
+}
+
+/// `sha256:` and 64 hex digits.
+pub fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    let hex = s.strip_prefix("sha256:").ok_or("must be `sha256:` and 64 hex digits (the hash of the key)")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{}` is not 64 hex digits after `sha256:`", escaped(hex)));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// A permission: `model:NAME[/VERSION]:ACTION` (each part may use `*`) or a
+/// bare word such as `override`; `*` grants everything.
+pub fn check_permission(p: &str) -> Result<(), String> {
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*/".contains(&b));
+    let ok = match p.strip_prefix("model:") {
+        Some(rest) => match rest.rsplit_once(':') {
+            Some((model, action)) => word(model) && word(action) && model.matches('/').count() <= 1,
+            None => false,
+        },
+        None => word(p) && !p.contains('/'),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a permission (`model:NAME[/VERSION]:ACTION`, e.g. `model:fraud-*:infer`, or a word such as `override`)",
+            escaped(p)
+        ))
+    }
+}
+
+pub(super) fn rate_limits(errs: &mut Errors, raw: RawRateLimits) -> RateLimits {
+    RateLimits {
+        global: raw.global.map(|b| bucket(errs, "rate_limits.global", &b)),
+        per_principal: raw.per_principal.map(|b| bucket(errs, "rate_limits.per_principal", &b)),
+        per_model: raw
+            .per_model
+            .iter()
+            .map(|(m, b)| (m.as_str().into(), bucket(errs, &format!("rate_limits.per_model.{m}"), b)))
+            .collect(),
+    }
+}
+
+fn bucket(errs: &mut Errors, path: &str, b: &S<RawBucket>) -> Bucket {
+    let rate = |errs: &mut Errors, name: &str, per_second: &Option<S<f64>>, burst: &Option<S<f64>>| {
+        let positive = |errs: &mut Errors, field: &str, v: &S<f64>| {
+            if !(v.value.is_finite() && v.value > 0.0) {
+                errs.at(format!("{path}.{field}"), loc(v), format!("must be a number above 0, got {}", v.value));
+            }
+        };
+        match (per_second, burst) {
+            (Some(r), burst) => {
+                positive(errs, name, r);
+                if let Some(b) = burst {
+                    positive(errs, if name == "requests_per_second" { "burst" } else { "bytes_burst" }, b);
+                }
+                // The default burst: one second's worth.
+                Some(Rate { per_second: r.value, burst: burst.as_ref().map_or(r.value, |b| b.value).max(1.0) })
+            }
+            (None, Some(b)) => {
+                errs.at(format!("{path}.{name}"), loc(b), format!("a burst needs {name}"));
+                None
+            }
+            (None, None) => None,
+        }
+    };
+    let requests = rate(errs, "requests_per_second", &b.value.requests_per_second, &b.value.burst);
+    let bytes = rate(errs, "bytes_per_second", &b.value.bytes_per_second, &b.value.bytes_burst);
+    if requests.is_none() && bytes.is_none() {
+        errs.at(path, loc(b), "limits nothing: set requests_per_second and/or bytes_per_second");
+    }
+    Bucket { requests, bytes }
+}
+
+pub(super) fn access_log(errs: &mut Errors, raw: RawAccessLog, base_dir: &Path) -> AccessLogConfig {
+    let d = AccessLogConfig::default();
+    let sample = match raw.sample {
+        Some(s) if !(0.0..=1.0).contains(&s.value) => {
+            errs.at("access_log.sample", loc(&s), format!("must be between 0 and 1, got {}", s.value));
+            d.sample
+        }
+        Some(s) => s.value,
+        None => d.sample,
+    };
+    let path = match raw.path {
+        Some(p) if p.value.is_empty() => {
+            errs.at("access_log.path", loc(&p), "must be stdout, stderr or a file path");
+            d.path
+        }
+        Some(p) if p.value == "stdout" || p.value == "stderr" => p.value,
+        Some(p) => base_dir.join(&p.value).display().to_string(),
+        None => d.path,
+    };
+    AccessLogConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        path,
+        sample,
+        body_hash: raw.body_hash.unwrap_or(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions() {
+        for ok in ["model:fraud-*:infer", "model:*:*", "model:mlp/2:infer", "override", "*", "passthrough"] {
+            assert!(check_permission(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "model:mlp", "model::infer", "model:a/b/c:infer", "over ride", "a\nb", "model:m:in fer"] {
+            assert!(check_permission(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hashes() {
+        let h = parse_sha256(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        assert_eq!(h, [0xab; 32]);
+        assert!(parse_sha256(&"ab".repeat(32)).is_err());
+        assert!(parse_sha256("sha256:abc").is_err());
+    }
+}

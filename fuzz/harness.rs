@@ -1,0 +1,97 @@
+//! What each fuzz target does with its bytes, shared by the cargo-fuzz
+//! targets (`fuzz/fuzz_targets/`) and the corpus replay that runs them as an
+//! ordinary test (`tests/fuzz_corpus.rs`). Every decoder must refuse bad
+//! bytes with an error, never panic; what it accepts must survive a
+//! re-encoding unchanged.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use prost::Message;
+use switchyard_runtime::codec::{grpc, v2};
+use switchyard_runtime::InferRequest;
+
+/// The first byte picks the body's form: even, JSON only; odd, JSON of the
+/// length in the next two bytes (little-endian) then binary tensor data, as
+/// `Inference-Header-Content-Length` says.
+fn body(data: &[u8]) -> (Bytes, Option<usize>) {
+    match data {
+        [mode, a, b, rest @ ..] if mode % 2 == 1 => {
+            (Bytes::copy_from_slice(rest), Some(u16::from_le_bytes([*a, *b]) as usize))
+        }
+        [_, rest @ ..] => (Bytes::copy_from_slice(rest), None),
+        [] => (Bytes::new(), None),
+    }
+}
+
+/// A request without how its outputs should come back: encoding a request
+/// for a backend sets that itself (binary outputs with the extension, JSON without).
+fn without_output_encoding(mut req: InferRequest) -> InferRequest {
+    req.binary_output = false;
+    req.outputs.iter_mut().for_each(|o| o.binary = None);
+    req
+}
+
+/// A V2 HTTP infer request body, as a client sends it.
+pub fn v2_request(data: &[u8]) {
+    let (body, header_len) = body(data);
+    let Ok(req) = v2::decode_request(&body, header_len) else { return };
+    let want = without_output_encoding(req.clone());
+    for binary in [false, true] {
+        // JSON cannot carry NaN or infinity: such a request goes binary only.
+        let enc = match v2::encode_request(&req, binary) {
+            Ok(enc) => enc,
+            Err(e) if !binary && e.to_string().contains("JSON cannot carry") => continue,
+            Err(e) => panic!("a decoded request does not encode (binary: {binary}): {e}"),
+        };
+        let again = v2::decode_request(&enc.body, enc.header_len).expect("a re-encoded request decodes");
+        assert_eq!(without_output_encoding(again), want, "request changed by a round trip (binary: {binary})");
+    }
+}
+
+/// A V2 HTTP infer response body, as a remote backend sends it.
+pub fn v2_response(data: &[u8]) {
+    let (body, header_len) = body(data);
+    let Ok(resp) = v2::decode_response(&body, header_len) else { return };
+    for binary in [false, true] {
+        let enc = match v2::encode_response(&resp, |_| binary) {
+            Ok(enc) => enc,
+            Err(e) if !binary && e.to_string().contains("JSON cannot carry") => continue,
+            Err(e) => panic!("a decoded response does not encode (binary: {binary}): {e}"),
+        };
+        let again = v2::decode_response(&enc.body, enc.header_len).expect("a re-encoded response decodes");
+        assert_eq!(again, resp, "response changed by a round trip (binary: {binary})");
+    }
+}
+
+/// A gRPC ModelInferRequest message, as a client sends it.
+pub fn grpc_request(data: &[u8]) {
+    let Ok(msg) = grpc::pb::ModelInferRequest::decode(data) else { return };
+    let Ok(decoded) = grpc::decode_request(msg) else { return };
+    let name = decoded.model_name.clone();
+    let pb = grpc::encode_request(decoded.request.clone(), &name, decoded.model_version.as_deref());
+    let again = grpc::decode_request(pb).expect("a re-encoded request decodes");
+    assert_eq!(again.request, decoded.request, "request changed by a round trip");
+}
+
+/// A gRPC ModelInferResponse message, as a remote backend sends it.
+pub fn grpc_response(data: &[u8]) {
+    let Ok(msg) = grpc::pb::ModelInferResponse::decode(data) else { return };
+    let Ok(resp) = grpc::decode_response(msg) else { return };
+    for raw in [false, true] {
+        let again =
+            grpc::decode_response(grpc::encode_response(resp.clone(), raw)).expect("a re-encoded response decodes");
+        assert_eq!(again, resp, "response changed by a round trip (raw: {raw})");
+    }
+}
+
+/// A config file.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = switchyard_config::ValidatedConfig::parse(text, std::path::Path::new("/nonexistent/switchyard-fuzz"));
+}
+
+/// A model server's Prometheus metrics page (load-aware picking reads it).
+pub fn load_metrics(data: &[u8]) {
+    let q = switchyard_runtime::backend::health::parse_queue_metrics(&String::from_utf8_lossy(data));
+    assert!(q.pending.is_finite());
+}
