@@ -188,6 +188,8 @@ pub struct RoutingTable {
     pub allow_override: bool,
     /// Batch queues by (backend, target), handed on to the next snapshot when unchanged.
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
+    /// Concurrency limits, handed on to the next snapshot when unchanged.
+    pub admission: crate::admission::Admission,
 }
 
 impl RoutingTable {
@@ -201,6 +203,7 @@ impl RoutingTable {
             tracer: None,
             allow_override: true,
             batchers: HashMap::new(),
+            admission: Default::default(),
         }
     }
 
