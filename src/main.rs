@@ -38,6 +38,10 @@ enum Command {
         log_format: Option<Format>,
         #[command(flatten)]
         overrides: OverrideArgs,
+        /// Take the listening sockets over from the running process (zero-downtime
+        /// upgrade): start this, then send the old process SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file: exit 0 with a summary, or 1 with every error.
     Validate { file: PathBuf },
@@ -176,7 +180,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> anyhow::Result<()> {
+fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgrade: bool) -> anyhow::Result<()> {
     // Read and validated once: logging and listeners come from it, and the
     // control plane starts on the same value (it owns the file from here on).
     let file = ConfigFile::read_with(&config, Arc::new(overrides)).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -237,9 +241,29 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
             }) as switchyard_control::api::Verifier
         });
         let control_auth = switchyard_control::api::ControlAuth { token, verifier };
-        background
-            .block_on(switchyard_control::api::serve(control.clone(), c.address, control_auth))
-            .map_err(|e| anyhow::anyhow!(e))?;
+        if upgrade {
+            // The old process holds the control port until it has drained; take it then.
+            let (control, address) = (control.clone(), c.address);
+            background.spawn(async move {
+                let mut logged = false;
+                loop {
+                    match switchyard_control::api::serve(control.clone(), address, control_auth.clone()).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            if !logged {
+                                tracing::info!(error = %e, "control API waits for the old process to release its port");
+                                logged = true;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            });
+        } else {
+            background
+                .block_on(switchyard_control::api::serve(control.clone(), c.address, control_auth))
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
     }
     {
         let _rt = background.enter();
@@ -254,15 +278,16 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
         body_hash: cfg.access_log.body_hash,
     };
 
-    // gRPC is served by tonic on a runtime of its own, beside pingora's.
-    let _grpc = match &cfg.listeners.grpc {
+    // gRPC is served by tonic, as one of pingora's services.
+    let grpc = match &cfg.listeners.grpc {
         Some(g) => Some(
-            switchyard_proxy::grpc::serve(
+            switchyard_proxy::grpc::GrpcService::new(
                 g,
                 cfg.listeners.http.threads.get(),
                 table.clone(),
                 metrics.clone(),
                 guards.clone(),
+                upgrade,
             )
             .context("starting the gRPC listener (set listeners.grpc.enabled: false to turn it off)")?,
         ),
@@ -271,7 +296,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides) -> a
 
     // `run` never returns; the background runtime lives as long as the process.
     let _background = background;
-    switchyard_proxy::run(&cfg, table, metrics, guards)
+    switchyard_proxy::run(&cfg, table, metrics, guards, grpc, upgrade)
 }
 
 fn main() -> ExitCode {
@@ -297,13 +322,14 @@ fn main() -> ExitCode {
             init_logging(if args.json_logs() { LogFormat::Json } else { LogFormat::Text }, "info");
             switchyard_inject::cli::injector(args)
         }
-        Command::Serve { config, log_format, overrides } => match serve(config, log_format, overrides.into_overrides())
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("switchyard: {e:#}");
-                ExitCode::FAILURE
+        Command::Serve { config, log_format, overrides, upgrade } => {
+            match serve(config, log_format, overrides.into_overrides(), upgrade) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchyard: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }

@@ -25,6 +25,14 @@ pub const DEFAULT_CONTROL_ADDRESS: &str = "127.0.0.1:9901";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a client may take to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request header accepted (Envoy's default is 60 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Pingora's own fixed cap on a request header, which no setting may exceed.
+pub const MAX_HEADER_BYTES_CAP: usize = 1024 * 1024 - 1;
+/// How long an idle keep-alive connection is kept open.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a whole request body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a backend may take to answer one request.
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TCP connect to a backend endpoint may take.
@@ -64,6 +72,10 @@ pub struct ValidatedConfig {
     pub control: ControlConfig,
     /// How `dns:` backends resolve their names.
     pub resolver: ResolverConfig,
+    /// Concurrency limits and load shedding.
+    pub admission: AdmissionConfig,
+    /// Drain and upgrade.
+    pub lifecycle: Lifecycle,
     /// Span export; `None`: no spans are made (restart to change).
     pub tracing: Option<TracingConfig>,
     /// Data-plane authentication; `None`: every client may call every model (restart to change).
@@ -340,8 +352,18 @@ pub struct ControlListener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_body_bytes: u64,
+    /// A request header must be complete within this of the connection's start.
     pub header_read_timeout: Duration,
     pub backend_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// A request body must arrive whole within this.
+    pub body_read_timeout: Duration,
+    /// The longest request header (request line and header fields) accepted.
+    pub max_header_bytes: usize,
+    /// Open data-plane HTTP connections past which new ones may ask for the
+    /// probes only; `None`: derived from the file-descriptor limit at start.
+    pub max_connections: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -823,5 +845,70 @@ impl ValidatedConfig {
             self.backends.len(),
             self.listeners.http.address
         )
+    }
+}
+
+/// `Retry-After` of a request refused for overload.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait for a concurrency slot.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Highest limit an adaptive limit may reach when `max_limit` is not set.
+pub const DEFAULT_MAX_ADAPTIVE_LIMIT: usize = 200;
+/// How long in-flight requests get after SIGTERM before the process exits anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Where an old process hands its listeners to `serve --upgrade`.
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/switchyard-upgrade.sock";
+
+/// Concurrency limits and load shedding (`admission`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionConfig {
+    pub retry_after: Duration,
+    /// Priority of a request that names none; 1 is the highest, larger is lower.
+    pub default_priority: u64,
+    /// By route name (a key of `models`, or `*`).
+    pub models: BTreeMap<Arc<str>, ConcurrencyLimit>,
+    /// By backend name.
+    pub backends: BTreeMap<Arc<str>, ConcurrencyLimit>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            retry_after: DEFAULT_RETRY_AFTER,
+            default_priority: 1,
+            models: BTreeMap::new(),
+            backends: BTreeMap::new(),
+        }
+    }
+}
+
+/// One concurrency limit with its bounded wait queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencyLimit {
+    /// The limit; for an adaptive one, where it starts.
+    pub limit: NonZeroUsize,
+    /// Present when the limit follows the latency it measures (gradient).
+    pub adaptive: Option<AdaptiveRange>,
+    /// Requests that may wait beyond the limit; more are refused at once.
+    pub queue: usize,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveRange {
+    pub min: NonZeroUsize,
+    pub max: NonZeroUsize,
+}
+
+/// Drain on SIGTERM and listener hand-over (`lifecycle`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub drain_timeout: Duration,
+    pub upgrade_socket: PathBuf,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle { drain_timeout: DEFAULT_DRAIN_TIMEOUT, upgrade_socket: PathBuf::from(DEFAULT_UPGRADE_SOCKET) }
     }
 }

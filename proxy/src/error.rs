@@ -160,6 +160,17 @@ impl Error {
     }
 
     /// Seconds a client should wait before retrying, for overload answers.
+    /// A failure that says the backend is past its capacity: feeds adaptive limits.
+    pub fn signals_overload(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unavailable { .. }
+                | ErrorKind::DeadlineExceeded
+                | ErrorKind::Backend(BackendFailure::Timeout)
+                | ErrorKind::Backend(BackendFailure::Http { status: 503 | 429, .. })
+        )
+    }
+
     pub fn retry_after(&self) -> Option<u32> {
         match self.kind {
             ErrorKind::Unavailable { retry_after } => retry_after,

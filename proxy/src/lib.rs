@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod cache;
@@ -12,6 +13,8 @@ pub mod error;
 pub mod grpc;
 pub mod headers;
 pub mod http;
+pub mod lifecycle;
+pub mod limit;
 pub mod metrics;
 pub mod monitor;
 pub mod outcome;
@@ -29,7 +32,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use switchyard_config::ValidatedConfig;
@@ -40,15 +43,6 @@ pub use metrics::Metrics;
 pub use outcome::Outcome;
 pub use routing::RoutingTable;
 
-/// Seconds an old listener keeps serving after SIGTERM before shutdown starts.
-const GRACE_PERIOD_SECS: u64 = 1;
-/// Seconds in-flight requests get to finish during shutdown.
-const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
-
-/// Starts the listeners and serves until the process is told to stop.
-///
-/// `table` is the published routing snapshot: whoever holds the other end
-/// (the control plane) swaps it; requests load it once each.
 /// What guards the data plane, shared by the HTTP and gRPC listeners.
 #[derive(Clone, Default)]
 pub struct Guards {
@@ -59,21 +53,49 @@ pub struct Guards {
     pub body_hash: bool,
 }
 
-/// `guards` apply to every data-plane request.
-pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Metrics, guards: Guards) -> ! {
+/// Starts the listeners and serves until the process is told to stop.
+///
+/// `table` is the published routing snapshot: whoever holds the other end
+/// (the control plane) swaps it; requests load it once each. `guards` apply
+/// to every data-plane request. `grpc`, when present, is served beside HTTP
+/// and drains and upgrades with it. With `upgrade`, the listening sockets are
+/// taken over from the running old process (`serve --upgrade`, see `lifecycle`).
+pub fn run(
+    cfg: &ValidatedConfig,
+    table: Arc<ArcSwap<RoutingTable>>,
+    metrics: Metrics,
+    guards: Guards,
+    grpc: Option<grpc::GrpcService>,
+    upgrade: bool,
+) -> ! {
+    // Pingora waits this long after its listeners stop before it cuts what is
+    // left; `lifecycle::watch` exits sooner once nothing is in flight.
+    let drain = cfg.lifecycle.drain_timeout;
     let conf = ServerConf {
         threads: cfg.listeners.http.threads.get(),
-        grace_period_seconds: Some(GRACE_PERIOD_SECS),
-        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        grace_period_seconds: Some(drain.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: cfg.lifecycle.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt { upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    lifecycle::watch(server.watch_execution_phase(), drain);
 
     let plane =
         HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
             .with_guards(guards);
-    let mut data = pingora_proxy::http_proxy_service_with_name(&server.configuration, plane, "switchyard-data-http");
+    let app = lifecycle::GuardedApp::new(
+        pingora_proxy::http_proxy(&server.configuration, plane),
+        lifecycle::ConnectionLimits {
+            header_read_timeout: cfg.limits.header_read_timeout,
+            idle_timeout: cfg.limits.idle_timeout,
+            max_header_bytes: cfg.limits.max_header_bytes,
+            max_connections: cfg.limits.max_connections.map(|n| n.get()).or_else(lifecycle::default_max_connections),
+        },
+    );
+    let mut data = Service::new("switchyard-data-http".into(), app);
     // Kept for the process's life: their certificates reload while they live.
     let mut keep_tls = Vec::new();
     match &cfg.listeners.http.tls {
@@ -103,10 +125,14 @@ pub fn run(cfg: &ValidatedConfig, table: Arc<ArcSwap<RoutingTable>>, metrics: Me
         }
         server.add_service(svc);
     }
+    if let Some(g) = grpc {
+        server.add_service(g);
+    }
     tracing::info!(
         http = %cfg.listeners.http.address,
         metrics = ?cfg.listeners.metrics,
         default_upstream = ?cfg.listeners.http.default_upstream.as_ref().map(|u| u.to_string()),
+        upgrade,
         "switchyard listening"
     );
     let _keep_tls = keep_tls;

@@ -36,6 +36,8 @@ pub struct Metrics {
     shadow_rows: IntCounterVec,
     shadow_max_abs_error: HistogramVec,
     task_panics: IntGaugeVec,
+    /// Concurrency limits (`admission`).
+    pub admission: crate::admission::AdmissionMetrics,
 }
 
 /// Metric handles of one batch queue.
@@ -220,7 +222,9 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let admission = crate::admission::AdmissionMetrics::new(&registry);
         Metrics {
+            admission,
             registry,
             requests,
             request_duration,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard_runtime::{InferRequest, InferResponse};
 
+use crate::admission;
 use crate::auth::{Action, Principal};
 use crate::batch::BatchError;
 use crate::cache::{CacheStatus, Directive};
@@ -70,6 +71,10 @@ pub struct Call<'a> {
     pub deadline: Option<Duration>,
     /// When the request arrived.
     pub start: Instant,
+    /// The caller's priority (1 is the highest) where its identity sets one:
+    /// the hook for authenticated principals. The request's own `priority`
+    /// parameter wins; `None` and 0 mean `admission.default_priority`.
+    pub priority: Option<u64>,
     /// Who asks, when authentication is on (`None`: every request may do anything).
     pub principal: Option<&'a Principal>,
     /// The rate limits, when configured.
@@ -121,6 +126,21 @@ pub async fn infer<X: Exchange>(
         }
     };
     let _variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
+    // Admission before work: a saturated model or backend refuses before the body is read.
+    let ticket = match table.admission.enter(&sel.route.name, &sel.variant.backend_name) {
+        Ok(t) => t,
+        Err(e) => {
+            let total = call.start.elapsed();
+            record(sel.variant, respond::http_status(&e), total, Duration::ZERO);
+            return Answer {
+                result: Err(e),
+                variant: Some(sel.variant.header_value.clone()),
+                batch_rows: None,
+                cache: None,
+                overhead: total,
+            };
+        }
+    };
     // Sampled requests only; with tracing off the snapshot has no tracer and nothing is timed.
     let trace = table.tracer.as_ref().and_then(|t| t.begin(x.metadata(), call.start));
     let mut marks = Marks::default();
@@ -169,13 +189,25 @@ pub async fn infer<X: Exchange>(
             Some(_) => Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes())),
             None => Directive::default(),
         };
+        let priority = admission::request_priority(&req).or(call.priority);
         // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
         let drift_inputs = match &sel.variant.drift {
             Some(d) if d.sample() => Some(req.inputs.clone()),
             _ => None,
         };
         // Pinned where it is made: the run's future is large, and every move of it is a copy.
-        let run = execute(&sel, call.model, call.version, req, directive);
+        // The slot wait is inside it, so a client that leaves or a deadline
+        // that passes while queued never reaches the backend.
+        let run = async {
+            let mut permits = ticket.admit(priority).await?;
+            let outcome = execute(&sel, call.model, call.version, req, directive).await;
+            match &outcome {
+                Ok(_) => permits.record(true),
+                Err(e) if e.signals_overload() => permits.record(false),
+                Err(_) => {}
+            }
+            outcome
+        };
         tokio::pin!(run);
         mark(&mut marks.executing);
         let limited = async {

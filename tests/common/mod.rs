@@ -136,6 +136,20 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit; its exit code (`None`: still running, or killed by a signal).
+    pub async fn wait_exit(&mut self, patience: Duration) -> Option<i32> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     fn kill_group(&mut self) {
         // The group id is the leader's pid (process_group(0)); a negative pid addresses the group.
         let _ = Command::new("kill")
@@ -161,6 +175,14 @@ impl Drop for Proc {
             eprintln!("--- last lines of {} ({}):\n{tail}", self.name, self.log.display());
         }
     }
+}
+
+static UPGRADES: AtomicUsize = AtomicUsize::new(0);
+
+/// Sends `pid` a signal by name (`TERM`, `QUIT`).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
 /// Waits until `url` answers 200, failing early if the process died.
@@ -327,6 +349,33 @@ impl Switchyard {
     /// The process id (to stop, continue or kill it with a signal).
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// Sends the process a signal by name (`TERM`, `QUIT`).
+    pub fn signal(&self, sig: &str) {
+        signal(self.proc.pid(), sig);
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, patience: Duration) -> Option<i32> {
+        self.proc.wait_exit(patience).await
+    }
+
+    /// Starts `serve --upgrade` on the same config (the caller sends this process SIGQUIT
+    /// once `lifecycle.upgrade_socket` exists) and makes it the process this handle drives;
+    /// the old process is returned.
+    pub fn upgrade(&mut self) -> Proc {
+        let dir = self.config.parent().expect("config dir").to_path_buf();
+        let n = UPGRADES.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("serve")
+            .arg("--upgrade")
+            .arg("--config")
+            .arg(&self.config)
+            .env("SWITCHYARD_LOG_FORMAT", "text")
+            .current_dir(&dir);
+        let new = Proc::spawn("switchyard (upgraded)", cmd, dir.join(format!("switchyard-{n}.log")));
+        std::mem::replace(&mut self.proc, new)
     }
 
     pub async fn get(&self, path: &str) -> Resp {

@@ -45,9 +45,9 @@ K8S_VERSIONS = ("1.30.0", "1.35.0")
 # Kinds whose schemas are CRDs, not in the Kubernetes API: checked by hand.
 CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
 
-# Switchyard's drain after SIGTERM: 1 s more accepting, then up to 10 s for
-# in-flight requests (proxy/src/lib.rs).
-DRAIN_S = 1 + 10
+# Switchyard's drain after SIGTERM: up to lifecycle.drain_timeout (20 s by
+# default) for in-flight requests (proxy/src/lifecycle.rs).
+DRAIN_S = 20
 
 
 def tool(name):
@@ -474,7 +474,12 @@ def test_helm_gateway_existing_configmap_and_no_policy(tmp_path):
         ({"mode": "injector", "injector": {"tls": {"mode": "vault"}}}, "at '/injector/tls/mode'"),
         ({"mode": "injector", "injector": {"webhook": {"failurePolicy": "Maybe"}}}, "at '/injector/webhook/failurePolicy'"),
         # the templates' own checks
-        ({"gateway": {"terminationGracePeriodSeconds": 15}}, "must exceed preStopSleepSeconds + 11"),
+        ({"gateway": {"terminationGracePeriodSeconds": 15}}, "must exceed preStopSleepSeconds + lifecycle.drain_timeout (25 s)"),
+        (
+            {"gateway": {"config": "lifecycle:\n  drain_timeout: 1m\n", "terminationGracePeriodSeconds": 60}},
+            "must exceed preStopSleepSeconds + lifecycle.drain_timeout (65 s)",
+        ),
+        ({"gateway": {"config": "lifecycle:\n  drain_timeout: soon\n"}}, "lifecycle.drain_timeout `soon` is not a duration"),
         ({"gateway": {"preStopSleepSeconds": 0, "terminationGracePeriodSeconds": 10}}, "must exceed Switchyard's drain"),
         ({"gateway": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}}, "needs at least one of"),
         ({"gateway": {"config": "models: [unclosed\n"}}, "gateway.config is not valid YAML"),

@@ -124,13 +124,7 @@ def test_the_injected_sidecar_serves_reloads_on_a_data_swap_and_drains(tmp_path)
     run_pod(tmp_path, hold="300ms")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pingora cuts in-flight requests 1 s (grace_period_seconds) after SIGTERM: its runtimes' "
-    "shutdown_timeout(10 s) waits for blocking threads only and drops async tasks; a request needing "
-    "longer than 1 s after SIGTERM is aborted (proxy/src/lib.rs SHUTDOWN_TIMEOUT_SECS)",
-)
-def test_a_request_still_in_flight_after_the_1s_grace_completes(tmp_path):
+def test_a_request_still_in_flight_3s_after_sigterm_completes(tmp_path):
     run_pod(tmp_path, hold="3s")
 
 

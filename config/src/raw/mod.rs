@@ -9,6 +9,7 @@
 
 mod backend;
 mod error;
+mod reliability;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use backend::*;
+pub use reliability::*;
 
 use crate::validated::FieldError;
 
@@ -58,6 +60,12 @@ pub struct RawConfig {
     pub control: RawControl,
     #[serde(default)]
     pub resolver: RawResolver,
+    /// Concurrency limits per model and backend, and who is shed first.
+    #[serde(default)]
+    pub admission: RawAdmission,
+    /// Drain on SIGTERM and the listener hand-over of `serve --upgrade`.
+    #[serde(default)]
+    pub lifecycle: RawLifecycle,
     /// W3C trace context and OTLP span export (docs/monitoring.md).
     pub tracing: Option<S<RawTracing>>,
     /// Authentication and authorization of the data plane (absent: open).
@@ -275,6 +283,10 @@ pub struct RawLimits {
     pub max_body_bytes: Option<S<u64>>,
     pub header_read_timeout: Option<S<String>>,
     pub backend_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub body_read_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<u64>>,
+    pub max_connections: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

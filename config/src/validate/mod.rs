@@ -3,7 +3,8 @@
 //! once, each pointed at its line:column.
 //!
 //! Module map (edges point at what a module uses; no cycles):
-//! `mod` → `process`, `backends`, `cache`, `models`, `fields`;
+//! `mod` → `process`, `backends`, `cache`, `models`, `reliability`, `fields`;
+//! `reliability` → `fields`;
 //! `models` → `cache`, `fields`; `backends` → `upstream`, `fields`;
 //! `process` → `upstream`, `fields`; `cache` → `fields`; `upstream` → `fields`;
 //! `fields` is the leaf.
@@ -14,6 +15,7 @@ mod fields;
 mod models;
 mod monitoring;
 mod process;
+mod reliability;
 mod security;
 mod upstream;
 
@@ -87,6 +89,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
             ),
         }
     }
+    let admission = reliability::admission(errs, &raw.admission, &models, &backends);
+    let lifecycle = reliability::lifecycle(errs, &raw.lifecycle, base_dir);
     let tracing = raw.tracing.as_ref().map(|t| monitoring::tracing(errs, "tracing", t));
     let auth = raw.auth.map(|a| security::auth(errs, a.value, base_dir));
     let rate_limits = raw.rate_limits.map(|r| security::rate_limits(errs, r.value)).unwrap_or_default();
@@ -102,6 +106,8 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         cache,
         resolver,
         control,
+        admission,
+        lifecycle,
         tracing,
         auth,
         rate_limits,

@@ -79,6 +79,30 @@ pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {
             false,
         ),
         backend_timeout: duration(errs, "limits.backend_timeout", &raw.backend_timeout, DEFAULT_BACKEND_TIMEOUT, false),
+        idle_timeout: duration(errs, "limits.idle_timeout", &raw.idle_timeout, DEFAULT_IDLE_TIMEOUT, false),
+        body_read_timeout: duration(
+            errs,
+            "limits.body_read_timeout",
+            &raw.body_read_timeout,
+            DEFAULT_BODY_READ_TIMEOUT,
+            false,
+        ),
+        max_header_bytes: match &raw.max_header_bytes {
+            Some(s) if s.value < 1024 || s.value as usize > MAX_HEADER_BYTES_CAP => {
+                errs.at(
+                    "limits.max_header_bytes",
+                    loc(s),
+                    format!("must be between 1024 and {MAX_HEADER_BYTES_CAP} (pingora's own cap)"),
+                );
+                DEFAULT_MAX_HEADER_BYTES
+            }
+            Some(s) => s.value as usize,
+            None => DEFAULT_MAX_HEADER_BYTES,
+        },
+        max_connections: raw
+            .max_connections
+            .as_ref()
+            .map(|_| positive(errs, "limits.max_connections", &raw.max_connections, 1)),
     }
 }
 

@@ -110,6 +110,7 @@ impl Shared {
             limiter: self.guards.limiter.as_deref(),
             client,
             input_bytes,
+            priority: None,
         };
         pipeline::infer(&table, &self.metrics, &mut x, call).await
     }

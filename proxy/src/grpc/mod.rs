@@ -7,7 +7,8 @@
 //! same header names as HTTP). `service` answers the RPCs, `exchange` is the
 //! gRPC half of an inference, `stream` serves ModelStreamInfer, and
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
-//! `v2-grpc` backend. It runs on its own tokio runtime, beside pingora's.
+//! `v2-grpc` backend. It runs as one of pingora's services (`GrpcService`), on
+//! a runtime of its own, and drains and upgrades with the HTTP listener.
 
 mod edge;
 mod embedded;
@@ -19,12 +20,12 @@ mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
+use pingora_core::server::{ListenFds, ShutdownWatch};
 use switchyard_config::GrpcListener;
 use switchyard_runtime::codec::grpc::pb;
 use tonic::codegen::Service;
@@ -38,70 +39,138 @@ use crate::routing::RoutingTable;
 
 use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 
-/// A running gRPC listener; serving stops when it is dropped.
-pub struct GrpcServer {
-    pub local_addr: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
+/// The gRPC listener as one of pingora's services: it runs on a runtime
+/// pingora makes for it, takes its socket from an old process on
+/// `serve --upgrade` (and hands it on to the next through pingora's table),
+/// and drains with the rest (`lifecycle`): GOAWAY, no new connections,
+/// in-flight calls and streams finish.
+pub struct GrpcService {
+    /// The key of its socket in pingora's table: the configured address.
+    key: String,
+    /// Bound at start-up (so a taken port fails start-up), unless the socket comes from an old process.
+    listener: Option<std::net::TcpListener>,
+    threads: usize,
+    shared: Arc<Shared>,
+    /// `listeners.grpc.tls`: the reloading certificate and the rustls config built on it.
+    tls: Option<(crate::tls::ServerTls, Arc<rustls::ServerConfig>)>,
 }
 
-/// Binds `cfg.address` now (so a taken port fails start-up) and serves on a
-/// runtime of `threads` workers of its own.
-pub fn serve(
-    cfg: &GrpcListener,
-    threads: usize,
-    table: Arc<ArcSwap<RoutingTable>>,
-    metrics: Metrics,
-    guards: crate::Guards,
-) -> std::io::Result<GrpcServer> {
-    let std_listener = std::net::TcpListener::bind(cfg.address)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("binding listeners.grpc.address {}: {e}", cfg.address)))?;
-    std_listener.set_nonblocking(true)?;
-    let local_addr = std_listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("switchyard-grpc")
-        .enable_all()
-        .build()?;
-    let max = cfg.max_message_bytes;
-    let front =
-        FrontEnd { shared: Arc::new(Shared { table, metrics, max_message_bytes: max, guards: guards.clone() }) };
-    let svc = Edge {
-        inner: ResourceExhaustedOverLimit(
-            GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
-        ),
-        auth: guards.auth,
-    };
-    let listener = {
-        let _rt = runtime.enter();
-        tokio::net::TcpListener::from_std(std_listener)?
-    };
-    let builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
-    match &cfg.tls {
-        None => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            runtime.spawn(async move {
-                let result = { builder }.serve_with_incoming(svc, incoming).await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "gRPC listener stopped");
-                }
-            });
+impl GrpcService {
+    /// Binds `cfg.address` now, unless `inherit` (an upgrade, where the
+    /// socket comes from the old process), and loads its certificate when
+    /// `cfg.tls` is set: either failing fails start-up.
+    pub fn new(
+        cfg: &GrpcListener,
+        threads: usize,
+        table: Arc<ArcSwap<RoutingTable>>,
+        metrics: Metrics,
+        guards: crate::Guards,
+        inherit: bool,
+    ) -> std::io::Result<GrpcService> {
+        let listener = if inherit {
+            None
+        } else {
+            let l = std::net::TcpListener::bind(cfg.address).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("binding listeners.grpc.address {}: {e}", cfg.address))
+            })?;
+            Some(l)
+        };
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let server_tls = crate::tls::ServerTls::load(t, "listeners.grpc").map_err(std::io::Error::other)?;
+                let config = server_tls.rustls_config(&[b"h2"]).map_err(std::io::Error::other)?;
+                Some((server_tls, config))
+            }
+        };
+        let shared = Arc::new(Shared { table, metrics, max_message_bytes: cfg.max_message_bytes, guards });
+        Ok(GrpcService { key: cfg.address.to_string(), listener, threads: threads.max(1), shared, tls })
+    }
+
+    fn take_listener(&mut self, fds: Option<&ListenFds>) -> std::io::Result<std::net::TcpListener> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        if let Some(fd) = fds.and_then(|f| f.lock().get(&self.key).copied()) {
+            // SAFETY: pingora received this descriptor from the old process for
+            // this address and hands it to no one else; this listener owns it now.
+            return Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) });
         }
-        Some(t) => {
-            let server_tls = crate::tls::ServerTls::load(t, "listeners.grpc").map_err(std::io::Error::other)?;
-            let config = server_tls.rustls_config(&[b"h2"]).map_err(std::io::Error::other)?;
-            runtime.spawn(async move {
-                // Kept with the listener: its certificate reloads while it lives.
-                let _tls = server_tls;
-                let incoming = tls::incoming(listener, config);
-                let result = { builder }.serve_with_incoming(svc, incoming).await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "gRPC listener stopped");
-                }
-            });
+        let l = match self.listener.take() {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(&self.key)?,
+        };
+        if let Some(f) = fds {
+            f.lock().add(self.key.clone(), l.as_raw_fd());
+        }
+        Ok(l)
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::Service for GrpcService {
+    async fn start_service(&mut self, fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _per_fd: usize) {
+        let _serving = crate::lifecycle::GrpcServing::new();
+        let std_listener = match self.take_listener(fds.as_ref()).and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(l)
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, address = %self.key, "gRPC listener cannot start");
+                std::process::exit(1);
+            }
+        };
+        let local_addr = std_listener.local_addr().ok();
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "gRPC listener cannot start");
+                std::process::exit(1);
+            }
+        };
+        let max = self.shared.max_message_bytes;
+        let front = FrontEnd { shared: self.shared.clone() };
+        let svc = Edge {
+            inner: ResourceExhaustedOverLimit(
+                GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
+            ),
+            auth: self.shared.guards.auth.clone(),
+        };
+        tracing::info!(grpc = ?local_addr, tls = self.tls.is_some(), max_message_bytes = max, "gRPC listener started");
+        let stop = async move {
+            tokio::select! {
+                () = crate::lifecycle::drain_started() => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        };
+        let builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+        let result = match &self.tls {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                { builder }.serve_with_incoming_shutdown(svc, incoming, stop).await
+            }
+            // The certificate reloads while `self.tls` lives: as long as the service.
+            Some((_, config)) => {
+                let incoming = tls::incoming(listener, config.clone());
+                { builder }.serve_with_incoming_shutdown(svc, incoming, stop).await
+            }
+        };
+        match result {
+            Ok(()) => tracing::info!("gRPC listener drained"),
+            Err(e) => tracing::error!(error = %e, "gRPC listener stopped"),
         }
     }
-    tracing::info!(grpc = %local_addr, tls = cfg.tls.is_some(), max_message_bytes = max, "gRPC listener started");
-    Ok(GrpcServer { local_addr, _runtime: runtime })
+
+    fn name(&self) -> &str {
+        "switchyard-grpc"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.key.clone()])
+    }
 }
 
 /// tonic rejects an over-limit message with OUT_OF_RANGE before any handler

@@ -164,6 +164,7 @@ async fn relay(
         limiter: shared.guards.limiter.as_deref(),
         client,
         input_bytes: Some(prost::Message::encoded_len(&msg) as u64),
+        priority: None,
     };
     // The lifecycle's guards, in its order: a refused request is refused here, in its words.
     let Ok(sel) = pipeline::select(&table, call.model, call.version, headers, principal) else {

@@ -60,7 +60,12 @@ pub fn incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Rec
     let (tx, rx) = mpsc::channel(BACKLOG);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // tonic drops the stream when it drains: the socket closes with it.
+            let accepted = tokio::select! {
+                () = tx.closed() => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "gRPC accept failed");

@@ -1,6 +1,7 @@
 //! Reading an HTTP request body under the configured limits: the declared
 //! length is checked before a byte is read, the running total while reading,
-//! and a slow client runs into `limits.header_read_timeout`.
+//! and a slow client runs into `limits.header_read_timeout` (per read) and
+//! `limits.body_read_timeout` (the whole body).
 
 use bytes::{Bytes, BytesMut};
 use pingora_core::ErrorType;
@@ -38,6 +39,17 @@ pub async fn read(session: &mut Session, limits: &Limits) -> Result<Bytes, Error
         return Err(too_big(n, max));
     }
     session.set_read_timeout(Some(limits.header_read_timeout));
+    // Each read has `header_read_timeout`; the whole body `body_read_timeout`,
+    // so a body trickled a byte at a time is cut too.
+    tokio::time::timeout(limits.body_read_timeout, read_within(session, max, declared)).await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::RequestTimeout,
+            format!("the request body did not arrive within {:?} (limits.body_read_timeout)", limits.body_read_timeout),
+        ))
+    })
+}
+
+async fn read_within(session: &mut Session, max: u64, declared: Option<u64>) -> Result<Bytes, Error> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {

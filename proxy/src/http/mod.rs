@@ -129,6 +129,15 @@ impl ProxyHttp for HttpListener {
         // HTTP/1.1 clients may pipeline; without this pingora answers the first
         // request and drops the ones queued behind it. Persists across keep-alive reuses.
         session.set_pipelining_enabled(true);
+        crate::lifecycle::header_complete();
+        // Draining: this answer closes the connection, so the client's next
+        // request goes to a fresh one (the new process's, on an upgrade).
+        // Otherwise an idle keep-alive connection lives `limits.idle_timeout`.
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.limits.idle_timeout.as_secs_f64().ceil().max(1.0) as u64));
+        }
         Ok(())
     }
 
@@ -144,6 +153,19 @@ impl ProxyHttp for HttpListener {
         if endpoint.is_shared_memory() && !table.server.system_shared_memory {
             // The extension is off: the path is not ours (a default upstream may serve it).
             endpoint = Endpoint::Other;
+        }
+        let probe = matches!(
+            endpoint,
+            Endpoint::Health | Endpoint::Startup | Endpoint::V2Live | Endpoint::Ready | Endpoint::V2Ready
+        );
+        if !probe && crate::lifecycle::over_connection_cap() {
+            // Accepted past limits.max_connections: kept for the probes only.
+            session.set_keepalive(None);
+            let e = Error::overloaded(1, "too many open connections (limits.max_connections); retry later");
+            let reply = Reply::error(&e);
+            ctx.remember(&reply);
+            reply::write(session, reply).await?;
+            return Ok(true);
         }
         // Credentials before anything else is read: an unauthenticated body is never read.
         if let (Some(auth), true) = (&self.guards.auth, needs_auth(&endpoint)) {
@@ -248,6 +270,7 @@ impl ProxyHttp for HttpListener {
                     limiter: self.guards.limiter.as_deref(),
                     client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
                     input_bytes: body::declared_length(session.req_header()),
+                    priority: None,
                 };
                 v2::infer(session, &table, &self.metrics, &self.limits, call, self.guards.body_hash).await
             }
@@ -261,6 +284,7 @@ impl ProxyHttp for HttpListener {
                     limiter: self.guards.limiter.as_deref(),
                     client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
                     input_bytes: body::declared_length(session.req_header()),
+                    priority: None,
                 };
                 ml::predict(session, &table, &self.metrics, &self.limits, call).await
             }
@@ -337,6 +361,19 @@ impl ProxyHttp for HttpListener {
             if ctx.passthrough_bytes > self.limits.max_body_bytes {
                 return PError::e_explain(ErrorType::HTTPStatus(413), "request body over limits.max_body_bytes");
             }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut pingora_http::ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A pass-through answer while draining closes its connection too.
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
         }
         Ok(())
     }

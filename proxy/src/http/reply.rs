@@ -86,6 +86,10 @@ pub async fn write(session: &mut Session, reply: Reply) -> Result<()> {
         h.insert_header(http::header::RETRY_AFTER, secs)?;
     }
     let head_only = session.req_header().method == Method::HEAD;
+    if crate::lifecycle::draining() {
+        // Started draining while this request ran: the answer closes the connection.
+        session.set_keepalive(None);
+    }
     session.write_response_header(Box::new(h), head_only).await?;
     if !head_only {
         session.write_response_body(Some(reply.body), true).await?;

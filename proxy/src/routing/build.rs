@@ -168,6 +168,11 @@ impl RoutingTable {
             wildcard,
             batchers,
             server: cfg.server.clone(),
+            admission: crate::admission::Admission::build(
+                &cfg.admission,
+                ctx.previous.map(|p| &p.admission),
+                &metrics.admission,
+            ),
             tracer: ctx.tracer.cloned(),
             override_header: cfg.routing.override_header.parse().map_err(|_| "bad override header".to_string())?,
             allow_override: cfg.routing.allow_override,

@@ -190,6 +190,8 @@ pub struct RoutingTable {
     batchers: HashMap<(Arc<str>, ModelTarget), Arc<Batcher>>,
     /// What server metadata says this server is.
     pub server: switchyard_config::ServerSettings,
+    /// Concurrency limits, handed on to the next snapshot when unchanged.
+    pub admission: crate::admission::Admission,
 }
 
 impl RoutingTable {
@@ -204,6 +206,7 @@ impl RoutingTable {
             allow_override: true,
             batchers: HashMap::new(),
             server: Default::default(),
+            admission: Default::default(),
         }
     }
 

@@ -98,6 +98,29 @@ topologySpreadConstraints:
 {{- $text }}
 {{- end }}
 
+{{/*
+Whole seconds Switchyard may drain after SIGTERM: gateway.config's
+lifecycle.drain_timeout (rounded up), 20 s (its default) when unset or when
+the config lives in an existing ConfigMap the chart cannot read.
+*/}}
+{{- define "switchyard.drainSeconds" -}}
+{{- $secs := 20 }}
+{{- if not .Values.gateway.existingConfigMap }}
+{{- $lc := get (fromYaml (include "switchyard.gatewayConfig" .)) "lifecycle" }}
+{{- if and (kindIs "map" $lc) (hasKey $lc "drain_timeout") }}
+{{- $text := trim (toString (get $lc "drain_timeout")) }}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $text }}
+{{- $unit := trim (trimPrefix $num $text) }}
+{{- $scale := dict "h" 3600.0 "m" 60.0 "s" 1.0 "ms" 0.001 "us" 0.000001 }}
+{{- if or (not $num) (not (hasKey $scale $unit)) }}
+{{- fail (printf "gateway.config: lifecycle.drain_timeout `%s` is not a duration (use us, ms, s, m or h)" $text) }}
+{{- end }}
+{{- $secs = int (ceil (mulf (float64 $num) (get $scale $unit))) }}
+{{- end }}
+{{- end }}
+{{- $secs }}
+{{- end }}
+
 {{- define "switchyard.gatewayConfigMapName" -}}
 {{- default (printf "%s-config" (include "switchyard.fullname" .)) .Values.gateway.existingConfigMap }}
 {{- end }}
