@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod grpc;
+pub mod guards;
 pub mod headers;
 pub mod http;
 pub mod lifecycle;
@@ -38,20 +39,11 @@ use pingora_core::services::listening::Service;
 use switchyard_config::ValidatedConfig;
 
 pub use error::Error;
+pub use guards::Guards;
 pub use http::HttpListener;
 pub use metrics::Metrics;
 pub use outcome::Outcome;
 pub use routing::RoutingTable;
-
-/// What guards the data plane, shared by the HTTP and gRPC listeners.
-#[derive(Clone, Default)]
-pub struct Guards {
-    /// Required credentials on every path but the probes; `None`: open.
-    pub auth: Option<Arc<auth::Auth>>,
-    pub limiter: Option<Arc<ratelimit::RateLimiter>>,
-    /// `access_log.body_hash`.
-    pub body_hash: bool,
-}
 
 /// Starts the listeners and serves until the process is told to stop.
 ///

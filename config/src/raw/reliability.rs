@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::S;
+// Its own alias, as `backend.rs` has: `raw` re-exports this module and must not be imported back.
+type S<T> = serde_saphyr::Spanned<T>;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -27,7 +27,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub max_message_bytes: usize,
     /// Authentication, rate limits, body hashing.
-    pub guards: crate::Guards,
+    pub guards: crate::guards::Guards,
 }
 
 struct GrpcExchange<'a> {

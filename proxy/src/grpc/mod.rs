@@ -64,7 +64,7 @@ impl GrpcService {
         threads: usize,
         table: Arc<ArcSwap<RoutingTable>>,
         metrics: Metrics,
-        guards: crate::Guards,
+        guards: crate::guards::Guards,
         inherit: bool,
     ) -> std::io::Result<GrpcService> {
         let listener = if inherit {

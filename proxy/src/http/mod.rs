@@ -31,10 +31,10 @@ use self::upstream::ResolvedUpstream;
 use crate::access_log::{Note, Record};
 use crate::auth::{Action, Principal, SHM_PERMISSION};
 use crate::error::{BackendFailure, Error, ErrorKind};
+use crate::guards::Guards;
 use crate::metrics::Metrics;
 use crate::pipeline::Call;
 use crate::routing::RoutingTable;
-use crate::Guards;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
 pub struct HttpListener {
