@@ -59,8 +59,19 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (bind port 0, read it, drop).
+///
+/// Never the same port twice in one test process: between this call and the
+/// server's own bind the port is free, and a test running beside it could
+/// otherwise be handed it too (seen: "control API cannot bind ... in use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `host:port` where nothing listens. It is on 127.0.0.2: test servers bind
