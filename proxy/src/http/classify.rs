@@ -79,7 +79,13 @@ fn classify_tf<'a>(method: &Method, rest: &'a str) -> Endpoint<'a> {
     let servable = match (parts.clone().next(), parts.clone().nth(1)) {
         (Some("versions"), Some(v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
             parts.nth(1);
-            TfServable::Version(v)
+            // Version 0 is "the latest" to OpenVINO Model Server and its `ovmsclient`,
+            // which always names a version: the A/B split, as an unversioned path.
+            if v.bytes().all(|b| b == b'0') {
+                TfServable::Latest
+            } else {
+                TfServable::Version(v)
+            }
         }
         (Some("labels"), Some(l)) if !l.is_empty() => {
             parts.nth(1);
@@ -257,6 +263,7 @@ mod tests {
             (&get, "/v1/models/x/metadata", Endpoint::TfMetadata("x", TfServable::Latest)),
             (&post, "/v1/models/x/metadata", Endpoint::WrongMethod("GET")),
             (&get, "/v1/models/x/versions/abc", Endpoint::Other),
+            (&post, "/v1/models/x/versions/0:predict", Endpoint::TfPredict("x", TfServable::Latest, TfMethod::Predict)),
             (&get, "/v1/models/x/versions/", Endpoint::Other),
             (&get, "/v1/models/", Endpoint::Other),
             (&get, "/v1/models/x/other", Endpoint::Other),
