@@ -32,11 +32,12 @@ const SIGNATURE_TTL: Duration = Duration::from_secs(10);
 const MAX_SIGNATURES: usize = 1024;
 
 type SignatureKey = (usize, ModelTarget);
+type Signatures = RwLock<HashMap<SignatureKey, (Instant, Arc<[InputSpec]>)>>;
 
 /// Model signatures (the inputs a REST body is typed by) per (backend, target),
 /// so a request costs no metadata call to a remote backend.
-fn signatures() -> &'static RwLock<HashMap<SignatureKey, (Instant, Arc<[InputSpec]>)>> {
-    static CACHE: OnceLock<RwLock<HashMap<SignatureKey, (Instant, Arc<[InputSpec]>)>>> = OnceLock::new();
+fn signatures() -> &'static Signatures {
+    static CACHE: OnceLock<Signatures> = OnceLock::new();
     CACHE.get_or_init(|| RwLock::new(HashMap::new()))
 }
 

@@ -589,10 +589,10 @@ impl<'t> Writer<'t> {
             DataType::Int32 => write!(out, "{}", i32::from_le_bytes(le4(i))),
             DataType::Uint64 => write!(out, "{}", u64::from_le_bytes(le8(i))),
             DataType::Int64 => write!(out, "{}", i64::from_le_bytes(le8(i))),
-            DataType::Fp16 => Ok(out.push_str(&float_text(f64::from(f16::from_bits(le2(i)).to_f32()), true))),
-            DataType::Bf16 => Ok(out.push_str(&float_text(f64::from(bf16::from_bits(le2(i)).to_f32()), true))),
-            DataType::Fp32 => Ok(out.push_str(&float_text(f64::from(f32::from_le_bytes(le4(i))), true))),
-            DataType::Fp64 => Ok(out.push_str(&float_text(f64::from_le_bytes(le8(i)), false))),
+            DataType::Fp16 => write!(out, "{}", float_text(f64::from(f16::from_bits(le2(i)).to_f32()), true)),
+            DataType::Bf16 => write!(out, "{}", float_text(f64::from(bf16::from_bits(le2(i)).to_f32()), true)),
+            DataType::Fp32 => write!(out, "{}", float_text(f64::from(f32::from_le_bytes(le4(i))), true)),
+            DataType::Fp64 => write!(out, "{}", float_text(f64::from_le_bytes(le8(i)), false)),
             DataType::Bytes => {
                 let s = self.strings[i];
                 match std::str::from_utf8(s) {
