@@ -5,14 +5,21 @@ version labels pick variants, unlabelled requests get the A/B split and
 stickiness, every bad-input class is a 400 in TF Serving's `{"error": ...}`
 form, a TF request and a V2 request share cache entries and batches.
 
+TF Serving itself cannot be installed here: `tfserving_standin.py` stands in
+for it (TF Serving's REST protocol over onnxruntime), checked against
+`ovmsclient` first; it is the default upstream that `/v1` paths of models
+Switchyard does not route pass through to, and the "direct" side of the
+comparisons.
+
 Run: .venv/bin/python -m pytest tests/python/test_tfserving.py -q
 (after `cargo build`; set SWITCHYARD_BIN to test another binary).
 """
 
-from harness import REPO, free_port, mlp_reference, start_switchyard  # first: sets XDG_CACHE_HOME
+from harness import REPO, Proc, free_port, mlp_reference, start_switchyard  # first: sets XDG_CACHE_HOME
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -289,3 +296,90 @@ def test_backend_down_is_an_error_in_tf_form(server):
     assert r.status_code == 200
     status = r.json()["model_version_status"][0]
     assert status["state"] != "AVAILABLE" and status["status"]["error_code"] == "UNAVAILABLE"
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """The TF Serving stand-in serving `mlp` (versions 1 and 2) and `other` (= mlp); yields host:port."""
+    tmp = tmp_path_factory.mktemp("standin")
+    port = free_port()
+    p = Proc(
+        "tfserving-standin",
+        [sys.executable, str(REPO / "tests" / "python" / "tfserving_standin.py"), str(port),
+         f"mlp={MODELS / 'mlp'}", f"other={MODELS / 'mlp'}"],
+        tmp / "standin.log",
+    )
+    try:
+        p.wait_until_ok(f"http://127.0.0.1:{port}/v1/models/mlp", 30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        p.stop()
+
+
+def test_standin_agrees_with_ovmsclient(standin, reference):
+    """The stand-in is only a witness if the real client reads it as TF Serving."""
+    client = make_http_client(standin)
+    x = rows()
+    for version in (1, 2):
+        np.testing.assert_allclose(client.predict({"input": x}, "mlp", model_version=version),
+                                   reference(str(version), x), atol=TOLERANCE)
+    assert {v: s["state"] for v, s in client.get_model_status("mlp").items()} == {1: "AVAILABLE", 2: "AVAILABLE"}
+    meta = client.get_model_metadata("mlp", model_version=1)
+    assert meta["model_version"] == 1 and meta["inputs"]["input"]["dtype"] == "DT_FLOAT"
+    r = post(standin, "/v1/models/mlp:predict", {"instances": [[1, 2], [3]]})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_switchyard_and_standin_answer_alike(server, standin):
+    """The same TF requests, to Switchyard and straight to the stand-in: the same documents."""
+    x = rows(2, seed=3)
+    for path, body in [
+        ("/v1/models/mlp/versions/1:predict", {"instances": x.tolist()}),
+        ("/v1/models/mlp/versions/2:predict", {"inputs": {"input": x.tolist()}}),
+        ("/v1/models/mlp/versions/2:predict", {"signature_name": "serving_default", "inputs": x.tolist()}),
+    ]:
+        a, b = post(server, path, body).json(), post(standin, path, body).json()
+        key = "predictions" if "predictions" in b else "outputs"
+        np.testing.assert_allclose(a[key], b[key], atol=TOLERANCE)
+    for path in ["/v1/models/mlp/versions/2/metadata"]:
+        a = requests.get(f"http://{server}{path}", timeout=10).json()
+        b = requests.get(f"http://{standin}{path}", timeout=10).json()
+        assert a["modelSpec"] == b["modelSpec"]
+        sa = a["metadata"]["signature_def"]["signatureDef"]["serving_default"]
+        sb = b["metadata"]["signature_def"]["signatureDef"]["serving_default"]
+        assert sa["inputs"]["input"]["dtype"] == sb["inputs"]["input"]["dtype"] == "DT_FLOAT"
+        assert sa["methodName"] == sb["methodName"]
+
+
+def test_unrouted_models_pass_through_to_the_default_upstream(tmp_path, standin):
+    procs = []
+    try:
+        ports = start_switchyard(
+            tmp_path,
+            f"""
+backends:
+  local:
+    kind: onnx
+    repository: {MODELS}
+models:
+  mlp:
+    variants:
+      - {{name: main, backend: local}}
+""",
+            procs,
+            default_upstream=f"http://{standin}",
+        )
+        sy = f"127.0.0.1:{ports['http']}"
+        body = {"instances": rows(1, seed=5).tolist()}
+        # `other` has no route: TF Serving (the stand-in) answers it, through Switchyard.
+        r = post(sy, "/v1/models/other:predict", body)
+        assert r.status_code == 200 and "x-switchyard-variant" not in r.headers
+        assert r.json() == post(standin, "/v1/models/other:predict", body).json()
+        assert requests.get(f"http://{sy}/v1/models/other", timeout=10).json() == \
+            requests.get(f"http://{standin}/v1/models/other", timeout=10).json()
+        # `mlp` has one: Switchyard serves it itself.
+        r = post(sy, "/v1/models/mlp:predict", body)
+        assert r.status_code == 200 and r.headers["x-switchyard-variant"] == "main"
+    finally:
+        for p in reversed(procs):
+            p.stop()
