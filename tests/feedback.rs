@@ -202,7 +202,8 @@ async fn in_fleet_mode_any_replica_joins_any_replicas_answers_once() {
         })
         .await;
     }
-    assert!(redis.cli(&["KEYS", "switchyard:fleet:fb:answer:m:*"]).unwrap_or_default().lines().count() >= 40);
+    let keys = redis.cli(&["KEYS", "switchyard:fleet:fb:answer:m:*"]).unwrap_or_default();
+    assert_eq!(keys.lines().count(), 40, "every answer is in redis: {keys}");
 
     // A's answers labelled through B (HTTP), B's through A (gRPC): every one joins.
     // Labels: right for even i, wrong for odd i.

@@ -26,7 +26,7 @@ pub async fn submit(table: &RoutingTable, model: &str, items: Vec<FeedbackItem>)
     if items.len() > MAX_FEEDBACK_ITEMS {
         return Err(Error::bad_field(
             "feedback",
-            format!("{} items in one call; send at most {MAX_FEEDBACK_ITEMS}", items.len()),
+            format!("feedback: {} items in one call; send at most {MAX_FEEDBACK_ITEMS}", items.len()),
         ));
     }
     Ok(tracker.feedback(items).await)

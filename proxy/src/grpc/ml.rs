@@ -49,7 +49,7 @@ impl pb::feedback_server::Feedback for FeedbackService {
 impl FeedbackService {
     async fn run(&self, principal: Option<&Principal>, m: &pb::SubmitRequest) -> Result<pb::SubmitResponse, Error> {
         if m.model.is_empty() {
-            return Err(Error::bad_field("model", "model must name the model the answers came from"));
+            return Err(Error::bad_field("model", "model: must name the model the answers came from"));
         }
         crate::pipeline::authorize(principal, &m.model, None, Action::Feedback)?;
         let table = self.shared.table.load_full();

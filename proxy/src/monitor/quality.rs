@@ -214,17 +214,19 @@ impl QualityTracker {
         };
         let version = resp.model_version.as_deref().map(Arc::from).or_else(|| version.cloned());
         let predictions: Arc<[f64]> = predictions.into();
-        if let Some(f) = &self.fleet {
-            f.submit(Pending {
-                key: f.answer_key(&self.model, &id),
-                id: id.clone(),
-                value: encode_answer(variant, version.as_deref(), &predictions),
-                ttl: self.cfg.ttl,
-                local: self.store.clone(),
-                model: self.model.clone(),
-            });
-        }
+        let pending = self.fleet.as_ref().map(|f| Pending {
+            key: f.answer_key(&self.model, &id),
+            id: id.clone(),
+            value: encode_answer(variant, version.as_deref(), &predictions),
+            ttl: self.cfg.ttl,
+            local: self.store.clone(),
+            model: self.model.clone(),
+        });
+        // Kept locally before the writer can see it: the writer drops the local copy once Redis has it.
         self.store.insert(id, Served { variant: variant.clone(), version, predictions, stats: stats.clone() });
+        if let (Some(f), Some(p)) = (&self.fleet, pending) {
+            f.submit(p);
+        }
     }
 
     /// Joins labels to remembered answers; each answer takes feedback once
