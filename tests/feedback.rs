@@ -207,7 +207,7 @@ async fn in_fleet_mode_any_replica_joins_any_replicas_answers_once() {
 
     // A's answers labelled through B (HTTP), B's through A (gRPC): every one joins.
     // Labels: right for even i, wrong for odd i.
-    let label = |i: usize| if i % 2 == 0 { (i % 4) as f64 } else { ((i + 1) % 4) as f64 };
+    let label = |i: usize| if i.is_multiple_of(2) { (i % 4) as f64 } else { ((i + 1) % 4) as f64 };
     let items: Vec<Value> = (0..20).map(|i| json!({"request_id": format!("a{i}"), "label": label(i)})).collect();
     let r = feedback_http(&b, Value::Array(items.clone())).await;
     assert_eq!((r["joined"].as_u64(), r["store"].as_str()), (Some(20), Some("fleet")), "{r}");

@@ -45,9 +45,11 @@ pub struct CaptureSpec {
     pub duration: Option<Duration>,
 }
 
-/// A capture in progress: the profile (`switchyard-profile/1` JSON) and its
-/// rows when it ends, and the rows captured so far.
+/// A capture's end: the profile (`switchyard-profile/1` JSON) and its rows, or why it failed.
+pub type CaptureEnd = Pin<Box<dyn Future<Output = Result<(String, u64), String>> + Send>>;
+
+/// A capture in progress: its end, and the rows captured so far.
 pub struct CaptureTicket {
-    pub result: Pin<Box<dyn Future<Output = Result<(String, u64), String>> + Send>>,
+    pub result: CaptureEnd,
     pub rows: Arc<AtomicU64>,
 }

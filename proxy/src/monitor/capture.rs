@@ -63,6 +63,7 @@ pub struct Captures {
 }
 
 /// A started capture: its result when it ends, and its rows so far.
+#[derive(Debug)]
 pub struct Ticket {
     pub result: oneshot::Receiver<CaptureResult>,
     pub rows: Arc<AtomicU64>,

@@ -38,6 +38,12 @@ pub struct Served {
     stats: Arc<LiveStats>,
 }
 
+/// Labels joined in one call to one variant and version: variant, version,
+/// its stats, items joined, (prediction, label) pairs.
+type Joined = (Arc<str>, Option<Arc<str>>, Arc<LiveStats>, u64, Vec<(f64, f64)>);
+/// A variant's labelled pairs of one call: variant, its stats, (prediction, label) pairs.
+type Labelled = (Arc<str>, Arc<LiveStats>, Vec<(f64, f64)>);
+
 /// The fleet's answer store, as a tracker uses it.
 pub type FleetStore = FleetAnswers<Served>;
 
@@ -235,7 +241,7 @@ impl QualityTracker {
     pub async fn feedback(&self, items: Vec<FeedbackItem>) -> FeedbackOutcome {
         let mut out = FeedbackOutcome { model: self.model.to_string(), ..FeedbackOutcome::default() };
         // Joined labels per (variant, version): its stats and (prediction, label) pairs.
-        let mut touched: Vec<(Arc<str>, Option<Arc<str>>, Arc<LiveStats>, u64, Vec<(f64, f64)>)> = Vec::new();
+        let mut touched: Vec<Joined> = Vec::new();
         let mut join = |served: &Served, labels: Vec<f64>| {
             let pairs = served.predictions.iter().copied().zip(labels);
             match touched.iter_mut().find(|t| t.0 == served.variant && t.1 == served.version) {
@@ -341,7 +347,7 @@ impl QualityTracker {
         counter("unknown", out.unknown.len());
         counter("rejected", out.rejected.len());
         // One window update per variant, whatever its versions.
-        let mut by_variant: Vec<(Arc<str>, Arc<LiveStats>, Vec<(f64, f64)>)> = Vec::new();
+        let mut by_variant: Vec<Labelled> = Vec::new();
         for (variant, version, stats, n, pairs) in touched {
             out.variants.push((variant.to_string(), version.as_deref().map(str::to_string), n));
             match by_variant.iter_mut().find(|b| b.0 == variant) {
