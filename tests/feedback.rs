@@ -40,7 +40,7 @@ async fn grpc(port: u16) -> Client {
 /// `m`: quality monitored (classification on the echo's `y`), one variant.
 fn config(backend: &FaultBackend, extra: &str) -> String {
     format!(
-        "backends:\n  echo: {{kind: v2-http, endpoints: [\"{}\"]}}\nmodels:\n  m:\n    monitoring:\n      quality: {{task: classification, output: y, window: 100}}\n    variants:\n      - {{name: v1, backend: echo, weight: 100}}\n  plain:\n    variants:\n      - {{name: v1, backend: echo, weight: 100}}\n{extra}",
+        "backends:\n  echo: {{kind: v2-http, endpoints: [\"{}\"]}}\nmodels:\n  m:\n    monitoring:\n      quality: {{task: classification, output: y, window: 100, ttl: 90s}}\n    variants:\n      - {{name: v1, backend: echo, weight: 100}}\n  plain:\n    variants:\n      - {{name: v1, backend: echo, weight: 100}}\n{extra}",
         backend.url()
     )
 }
@@ -148,16 +148,32 @@ async fn feedback_over_grpc_answers_what_http_answers() {
     assert_eq!(metric(&sy, "switchyard_feedback_total", &[("model", "m"), ("outcome", "joined")]).await, 3.0);
 }
 
+#[test]
+fn a_bad_quality_ttl_is_refused_naming_the_field() {
+    let dir = common::TempDir::new("ttl");
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        "backends:\n  echo: {kind: v2-http, endpoints: [\"http://127.0.0.1:1\"]}\nmodels:\n  m:\n    monitoring:\n      quality: {task: classification, output: y, ttl: soon}\n    variants:\n      - {name: v1, backend: echo}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("validate").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("models.m.monitoring.quality.ttl"), "{err}");
+}
+
 #[tokio::test]
-async fn feedback_over_grpc_needs_the_feedback_permission() {
+async fn feedback_over_grpc_and_reference_capture_need_their_permissions() {
     let backend = FaultBackend::start("b1").await;
     let sha = |s: &str| -> String {
         switchyard_proxy::auth::sha256(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     };
     let auth = format!(
-        "auth:\n  api_keys:\n    - {{principal: feeder, sha256: \"sha256:{}\", permissions: [\"model:m:infer\", \"model:m:feedback\"]}}\n    - {{principal: client, sha256: \"sha256:{}\", permissions: [\"model:m:infer\"]}}\n",
+        "auth:\n  api_keys:\n    - {{principal: feeder, sha256: \"sha256:{}\", permissions: [\"model:m:infer\", \"model:m:feedback\"]}}\n    - {{principal: client, sha256: \"sha256:{}\", permissions: [\"model:m:infer\"]}}\n    - {{principal: ops, sha256: \"sha256:{}\", permissions: [\"control\"]}}\n    - {{principal: owner, sha256: \"sha256:{}\", permissions: [\"control\", \"model:m:admin\"]}}\n",
         sha("feed-key"),
-        sha("infer-key")
+        sha("infer-key"),
+        sha("ops-key"),
+        sha("owner-key")
     );
     let sy = Switchyard::config(&config(&backend, &auth)).start().await;
     let mut c = grpc(sy.grpc_port).await;
@@ -174,6 +190,17 @@ async fn feedback_over_grpc_needs_the_feedback_permission() {
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
     let r = c.submit(call(Some("feed-key"))).await.expect("a principal holding feedback").into_inner();
     assert_eq!(r.unknown, vec!["a".to_string()]);
+
+    // Capturing a drift reference replaces what the model is judged against: `control` is
+    // not enough, it takes `model:m:admin` (then `m`, without drift monitoring, is a 409).
+    let url = format!("{}/ml/models/m/drift/reference", sy.control_url());
+    let capture = || bytes::Bytes::from(json!({"capture": {"samples": 10}}).to_string());
+    let r = sy.client.post(&url, &[JSON, ("authorization", "Bearer ops-key")], capture()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("model:m:admin"), "{}", r.text());
+    let r = sy.client.post(&url, &[JSON, ("authorization", "Bearer owner-key")], capture()).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("no drift monitoring"), "{}", r.text());
 }
 
 /// `control.fleet` with a short timeout so a dead Redis is noticed quickly.
@@ -204,6 +231,9 @@ async fn in_fleet_mode_any_replica_joins_any_replicas_answers_once() {
     }
     let keys = redis.cli(&["KEYS", "switchyard:fleet:fb:answer:m:*"]).unwrap_or_default();
     assert_eq!(keys.lines().count(), 40, "every answer is in redis: {keys}");
+    // With the model's `quality.ttl` (90s).
+    let pttl: i64 = redis.cli(&["PTTL", "switchyard:fleet:fb:answer:m:a0"]).and_then(|s| s.parse().ok()).unwrap_or(-3);
+    assert!(0 < pttl && pttl <= 90_000, "PTTL {pttl}");
 
     // A's answers labelled through B (HTTP), B's through A (gRPC): every one joins.
     // Labels: right for even i, wrong for odd i.
