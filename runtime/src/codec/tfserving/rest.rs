@@ -19,11 +19,11 @@ use crate::tensor::{bytes_elements, DataType, InferRequest, InferResponse, Tenso
 /// The one signature Switchyard serves for every model (TF Serving's default key).
 pub const DEFAULT_SIGNATURE: &str = "serving_default";
 
-/// Non-standard literals smuggled through serde_json as strings no client
-/// sends in practice (a NUL first): `NaN`, `Infinity`, `-Infinity`.
-const NAN_MARK: &str = "\u{0}NaN";
-const INF_MARK: &str = "\u{0}Infinity";
-const NEG_INF_MARK: &str = "\u{0}-Infinity";
+/// Non-standard literals smuggled through serde_json as one-key objects
+/// `{"\u0000": "NaN"}`: an object is never a number or a string to TF
+/// Serving, so no string a client sends changes meaning, and the marks are
+/// read wherever a number may stand.
+const MARK_KEY: &str = "\u{0}";
 
 /// How the client laid its request out; the answer is laid out alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,11 +88,11 @@ fn mark_literals(body: &[u8]) -> Vec<u8> {
         }
         let rest = &body[i..];
         let (token, mark): (&[u8], &str) = if rest.starts_with(b"NaN") {
-            (b"NaN", NAN_MARK)
+            (b"NaN", "NaN")
         } else if rest.starts_with(b"-Infinity") {
-            (b"-Infinity", NEG_INF_MARK)
+            (b"-Infinity", "-Infinity")
         } else if rest.starts_with(b"Infinity") {
-            (b"Infinity", INF_MARK)
+            (b"Infinity", "Infinity")
         } else {
             if b == b'"' {
                 in_str = true;
@@ -101,22 +101,31 @@ fn mark_literals(body: &[u8]) -> Vec<u8> {
             i += 1;
             continue;
         };
-        out.push(b'"');
-        out.extend_from_slice(b"\\u0000");
-        out.extend_from_slice(&mark.as_bytes()[1..]);
-        out.push(b'"');
+        out.extend_from_slice(b"{\"\\u0000\":\"");
+        out.extend_from_slice(mark.as_bytes());
+        out.extend_from_slice(b"\"}");
         i += token.len();
     }
     out
 }
 
+/// The value of a marked `NaN`/`Infinity` literal.
 fn literal(v: &Json) -> Option<f64> {
-    match v.as_str()? {
-        NAN_MARK => Some(f64::NAN),
-        INF_MARK => Some(f64::INFINITY),
-        NEG_INF_MARK => Some(f64::NEG_INFINITY),
+    let Json::Object(m) = v else { return None };
+    if m.len() != 1 {
+        return None;
+    }
+    match m.get(MARK_KEY)?.as_str()? {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
         _ => None,
     }
+}
+
+/// An object that names tensors: neither `{"b64"}` nor a marked literal.
+fn is_named_object(v: &Json) -> bool {
+    v.is_object() && b64_object(v).is_none() && literal(v).is_none()
 }
 
 /// A JSON value as TF Serving prints it in an error.
@@ -137,9 +146,9 @@ fn json_type(v: &Json) -> &'static str {
         Json::Null => "Null",
         Json::Bool(false) => "False",
         Json::Bool(true) => "True",
+        Json::Object(_) if literal(v).is_some() => "Number",
         Json::Object(_) => "Object",
         Json::Array(_) => "Array",
-        Json::String(_) if literal(v).is_some() => "Number",
         Json::String(_) => "String",
         Json::Number(_) => "Number",
     }
@@ -257,8 +266,8 @@ fn fill(v: &Json, level: usize, shape: &[i64], dt: DataType, out: &mut Vec<u8>) 
 fn put_value(v: &Json, dt: DataType, out: &mut Vec<u8>) -> Result<(), CodecError> {
     if dt == DataType::Bytes {
         let bytes: Vec<u8> = match v {
-            Json::String(s) if literal(v).is_none() => s.as_bytes().to_vec(),
-            Json::Object(_) => {
+            Json::String(s) => s.as_bytes().to_vec(),
+            Json::Object(_) if literal(v).is_none() => {
                 let Some(text) = b64_object(v) else {
                     return Err(invalid(format!("JSON Value: {} not formatted correctly for base64 data", show(v))));
                 };
@@ -349,7 +358,7 @@ fn tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
 
 fn from_inputs(v: &Json, inputs: &[InputSpec]) -> Result<Vec<Tensor>, CodecError> {
     // A plain value or list (or one b64 object) is the one input; an object names them.
-    if !v.is_object() || b64_object(v).is_some() {
+    if !is_named_object(v) {
         if inputs.len() > 1 {
             return Err(invalid(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors required as per tensorinfo_map",
@@ -403,8 +412,8 @@ fn shape_text(s: &[i64]) -> String {
 }
 
 fn from_instances(rows: &[Json], inputs: &[InputSpec]) -> Result<Vec<Tensor>, CodecError> {
-    let is_object = |v: &Json| v.is_object() && b64_object(v).is_none();
-    if !rows[0].is_object() && inputs.len() > 1 {
+    let is_object = is_named_object;
+    if !is_object(&rows[0]) && inputs.len() > 1 {
         return Err(invalid(
             "instances is a plain list, but expecting list of objects as multiple input tensors required as per tensorinfo_map",
         ));
@@ -418,7 +427,7 @@ fn from_instances(rows: &[Json], inputs: &[InputSpec]) -> Result<Vec<Tensor>, Co
             let Json::Object(m) = row else {
                 return Err(invalid(format!("Expecting object but got list at item {i} of input list")));
             };
-            if b64_object(row).is_some() {
+            if !is_object(row) {
                 return Err(invalid(format!("Expecting object but got list at item {i} of input list")));
             }
             for (name, value) in m {
@@ -684,6 +693,13 @@ mod tests {
             decode_predict(br#"{"instances": [[NaN, Infinity, -Infinity, 1]]}"#, &[spec("x", DataType::Fp32)]).unwrap();
         let v = f32s(&p.request.inputs[0]);
         assert!(v[0].is_nan() && v[1] == f32::INFINITY && v[2] == f32::NEG_INFINITY && v[3] == 1.0);
+        // A scalar literal is the one input's value; a string is a string, whatever it holds.
+        let p = decode_predict(br#"{"inputs": -Infinity}"#, &[spec("x", DataType::Fp64)]).unwrap();
+        assert_eq!(p.request.inputs[0].data[..], f64::NEG_INFINITY.to_le_bytes());
+        let p = decode_predict(br#"{"inputs": ["\u0000NaN"]}"#, &[spec("s", DataType::Bytes)]).unwrap();
+        assert_eq!(&p.request.inputs[0].data[4..], b"\0NaN");
+        assert!(err(r#"{"inputs": [NaN]}"#, &[spec("s", DataType::Bytes)])
+            .contains("Type: Number is not of expected type: string"));
         // Inside strings they stay text.
         let p = decode_predict(br#"{"instances": ["NaN \"Infinity"]}"#, &[spec("s", DataType::Bytes)]).unwrap();
         assert_eq!(&p.request.inputs[0].data[4..], b"NaN \"Infinity");
