@@ -139,6 +139,9 @@ impl RoutingTable {
                     Some(mon.quality_tracker(name, q))
                 }
             };
+            if let Some(q) = &quality {
+                q.bind_variants(variants.iter().map(|v| (v.name.clone(), v.stats.clone())).collect());
+            }
             // Live sequences outlive a reload while their route does.
             let sequences =
                 match ctx.previous.and_then(|p| p.routes.get(name).or(p.wildcard.as_ref().filter(|_| is_wild))) {
