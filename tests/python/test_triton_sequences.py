@@ -476,3 +476,25 @@ def test_pins_survive_a_reload_and_a_removed_replica_fails_its_sequences(stack):
             assert f"sequence {s}" in msg and stack.http_endpoints[removed] in msg and "no longer" in msg, msg
         else:
             assert http_step(c, "acc", s, 2, end=True) == (2, rep * 10), f"sequence {s} kept its replica"
+
+
+def test_a_sequence_whose_variant_is_removed_by_a_reload_fails_clearly(stack):
+    c = httpclient.InferenceServerClient(url=stack.http)
+    on_http = 6900
+    start_on(stack, c, on_http, variant="over-http")
+    on_grpc = 6901
+    assert http_step(c, "acc", on_grpc, 4, start=True, headers={"x-switchyard-variant": "over-grpc"})[1] % 10 == 1
+    cfg = stack.tmp / "switchyard.yaml"
+    text = cfg.read_text()
+    gone = "      - {name: over-http, backend: acc_http, model: acc_backend, weight: 1}\n"
+    assert gone in text
+    cfg.write_text(text.replace(gone, ""))
+    r = requests.post(f"http://127.0.0.1:{stack.ports['control']}/reload", timeout=PATIENCE_S)
+    assert r.status_code == 200, r.text
+    with pytest.raises(InferenceServerException) as e:
+        http_step(c, "acc", on_http, 1)
+    assert e.value.status() == "503"
+    msg = e.value.message()
+    assert f"sequence {on_http} of model 'acc'" in msg and "variant 'over-http'" in msg, msg
+    # The sequence on the variant that stays goes on, state and all.
+    assert http_step(c, "acc", on_grpc, 5, end=True)[0] == 9
