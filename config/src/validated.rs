@@ -603,6 +603,8 @@ pub struct OnnxBackend {
     pub warmup_requests: u32,
     pub instances: NonZeroUsize,
     pub poll_interval: Duration,
+    /// The MLflow registry the models come from (`repository` is then its local cache).
+    pub mlflow: Option<crate::MlflowSource>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -716,6 +718,8 @@ pub struct VariantConfig {
     pub cache: Option<CachePolicy>,
     /// `false`: the model may answer the same input differently; never cached.
     pub deterministic: bool,
+    /// Inputs completed from a feature store before the model runs.
+    pub features: Option<crate::FeaturesConfig>,
 }
 
 /// In-process L1 bound when not given (256 MiB).

@@ -10,6 +10,7 @@
 mod backend;
 mod error;
 mod reliability;
+mod sources;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use serde_saphyr::Spanned;
 
 pub use backend::*;
 pub use reliability::*;
+pub use sources::*;
 
 use crate::validated::FieldError;
 
@@ -397,6 +399,8 @@ pub struct RawVariant {
     pub cache: Option<S<RawCachePolicy>>,
     /// `false`: answers may differ for the same input; never cached.
     pub deterministic: Option<bool>,
+    /// Inputs fetched from a feature store (docs/features.md).
+    pub features: Option<S<RawFeatures>>,
 }
 
 #[derive(Debug, Deserialize)]

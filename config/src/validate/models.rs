@@ -165,6 +165,7 @@ fn variant(
         shadow_percent,
         cache,
         deterministic: v.deterministic.unwrap_or(true),
+        features: v.features.as_ref().and_then(|f| super::sources::features(errs, &format!("{vp}.features"), f)),
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Variant {
     pub cache: Option<VariantCache<Outcome>>,
     /// Drift monitoring of this variant's inputs and outputs; `None`: off, nothing sampled.
     pub drift: Option<Arc<crate::monitor::DriftMonitor>>,
+    /// Inputs completed from a feature store before the request runs; `None`: the client sends every input.
+    pub features: Option<Arc<crate::features::Enricher>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.
