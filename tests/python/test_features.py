@@ -75,6 +75,11 @@ backends:
     repository: {REPO / "examples" / "models"}
     models: [mlp]
     warmup: 1
+  tests:
+    kind: onnx
+    repository: {REPO / "tests" / "models"}
+    models: [dtypes]
+    warmup: 1
 models:
   by-tensor:
     variants:
@@ -85,9 +90,17 @@ models:
   by-parameter:
     variants:
       - name: main
-        backend: local
-        model: mlp
-        features: {{feast: {feast_url}, entity_parameter: user, timeout: 5s, defaults: [{", ".join(["0.25"] * WIDTH)}], {common}}}
+        backend: tests
+        model: dtypes
+        features:
+          feast: {feast_url}
+          entity: user_id
+          entity_parameter: user
+          input: f64
+          datatype: FP64
+          features: [user_stats:f01, user_stats:f00]
+          defaults: [0.25, -1]
+          timeout: 5s
   cached:
     variants:
       - name: main
@@ -127,6 +140,24 @@ def probabilities(r):
     return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
+# Every input of tests/models/dtypes but f64 (which the features fill), one row.
+DTYPES_INPUTS = [
+    {"name": "f32", "datatype": "FP32", "shape": [1, 2], "data": [1.5, 2.5]},
+    {"name": "f16", "datatype": "FP16", "shape": [1, 2], "data": [0.5, 1.0]},
+    {"name": "i8", "datatype": "INT8", "shape": [1, 2], "data": [1, -1]},
+    {"name": "i16", "datatype": "INT16", "shape": [1, 2], "data": [2, -2]},
+    {"name": "i32", "datatype": "INT32", "shape": [1, 2], "data": [3, -4]},
+    {"name": "i64", "datatype": "INT64", "shape": [1, 2], "data": [5, -6]},
+    {"name": "u8", "datatype": "UINT8", "shape": [1, 2], "data": [7, 8]},
+    {"name": "b", "datatype": "BOOL", "shape": [1, 2], "data": [True, False]},
+    {"name": "s", "datatype": "BYTES", "shape": [1, 1], "data": ["x"]},
+]
+
+
+def output(r, name):
+    return next(o for o in r.json()["outputs"] if o["name"] == name)["data"]
+
+
 def lookups(world, model, result):
     text = requests.get(world["metrics"], timeout=5).text
     for line in text.splitlines():
@@ -149,23 +180,31 @@ def test_entity_keys_from_a_tensor_become_the_declared_feature_rows(world):
     np.testing.assert_allclose(probabilities(r32), ref("2", features_of(7)[None, :]), atol=1e-6)
 
 
-def test_a_missing_entity_is_refused_by_name_or_takes_the_defaults(world):
-    ref = mlp_reference()
+def test_a_missing_entity_is_refused_by_name(world):
     r = infer(world, "by-tensor", users([3, 1000]))
     assert r.status_code == 400, r.text
     assert "user_id=1000" in r.text and "user_stats:f00" in r.text, r.text
-    # The parameter-keyed variant declares defaults: an unknown user scores on them.
-    r = infer(world, "by-parameter", [], parameters={"user": 1000})
+    assert lookups(world, "by-tensor", "missing") >= 1
+
+
+def test_a_parameter_keys_one_row_and_defaults_fill_unknown_entities(world):
+    # The `dtypes` model passes every input through: f64_out is exactly what was fetched (FP64,
+    # in the declared order: f01 then f00), the client sending the other inputs itself.
+    r = infer(world, "by-parameter", DTYPES_INPUTS, parameters={"user": 5})
     assert r.status_code == 200, r.text
-    np.testing.assert_allclose(probabilities(r), ref("2", np.full((1, WIDTH), 0.25, np.float32)), atol=1e-6)
-    r = infer(world, "by-parameter", [], parameters={"user": 5})
-    np.testing.assert_allclose(probabilities(r), ref("2", features_of(5)[None, :]), atol=1e-6)
-    assert lookups(world, "by-parameter", "defaulted") >= 1
+    assert output(r, "f64_out") == [float(features_of(5)[1]), float(features_of(5)[0])]
+    assert output(r, "i32_out") == [3, -4]
+    r = infer(world, "by-parameter", DTYPES_INPUTS, parameters={"user": 1000})
+    assert r.status_code == 200, r.text
+    assert output(r, "f64_out") == [0.25, -1.0]
+    assert lookups(world, "by-parameter", "defaulted") == 1
 
 
 def test_bad_requests_name_the_problem(world):
-    r = infer(world, "by-parameter", [])
+    r = infer(world, "by-parameter", DTYPES_INPUTS)
     assert r.status_code == 400 and "parameter `user`" in r.text, r.text
+    r = infer(world, "by-parameter", DTYPES_INPUTS, parameters={"user": 1.5})
+    assert r.status_code == 400 and "integer or a string" in r.text, r.text
     r = infer(world, "by-tensor", users([1.5], "FP32"))
     assert r.status_code == 400 and "must be integers" in r.text, r.text
     r = infer(world, "by-tensor", users([1]) + [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": [0] * 16}])
