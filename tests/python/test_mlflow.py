@@ -6,7 +6,7 @@ client (tests/python/mlflow_registry.py, run in the MLflow venv).
 One server and one Switchyard for the module; the tests run in file order:
 pinned version and stage, the alias followed (a version that fails its
 checksum or its load is refused while the old one keeps serving; a good one
-replaces it with no failed request), then the registry killed.
+replaces it with no failed request), Triton's unload/load, then the registry killed.
 
 Run: .venv/bin/python -m pytest tests/python/test_mlflow.py -q
 (after `scripts/setup.sh`, which creates .switchyard/venvs/mlflow, and `cargo build`).
@@ -244,6 +244,20 @@ def test_moving_the_alias_hot_swaps_with_no_failed_request(world):
     assert meta["versions"] == ["2"], meta
     s = source(world, "champion")
     assert (s["serving_version"], s["error"]) == (2, None), s
+
+
+def test_triton_repository_unload_and_load_work_on_the_cache(world):
+    url = world["url"]
+    r = requests.post(f"{url}/v2/repository/models/fraud/unload", timeout=10)
+    assert r.status_code == 200, r.text
+    assert infer(url, "fraud", batch(rows=1, seed=2)).status_code in (400, 404)
+    # Polls go on while unloaded (a later success time) and must neither fetch nor retire anything.
+    before = source(world, "champion")["last_success_unix"]
+    wait_for("polls while unloaded", lambda: source(world, "champion")["last_success_unix"] > before + 1)
+    assert (world["cache"] / "champion" / "fraud" / "2" / "model.onnx").exists()
+    r = requests.post(f"{url}/v2/repository/models/fraud/load", timeout=30)
+    assert r.status_code == 200, r.text
+    assert infer(url, "fraud", batch(rows=1, seed=2)).json()["model_version"] == "2"
 
 
 def test_an_unreachable_registry_keeps_the_loaded_version_serving(world):

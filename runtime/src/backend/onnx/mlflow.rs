@@ -165,6 +165,11 @@ impl Registry {
 
     async fn sync_inner(&self, repo: &Arc<Repository>) -> Result<(), Failure> {
         let (selected, source) = self.resolve().await?;
+        if repo.is_unloaded(&self.src.model) {
+            // Unloaded through Triton's repository API: nothing is fetched or retired until it is loaded again.
+            self.state.lock().unwrap_or_else(PoisonError::into_inner).selected = Some(selected.version);
+            return Ok(());
+        }
         {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             s.selected = Some(selected.version);
