@@ -6,8 +6,10 @@
 //! reported at once.
 
 mod raw;
+mod sources;
 mod validate;
 mod validated;
 
+pub use sources::*;
 pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

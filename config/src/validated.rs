@@ -610,6 +610,8 @@ pub struct OnnxBackend {
     pub warmup_requests: u32,
     pub instances: NonZeroUsize,
     pub poll_interval: Duration,
+    /// The MLflow registry the models come from (`repository` is then its local cache).
+    pub mlflow: Option<crate::MlflowSource>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -751,6 +753,8 @@ pub struct VariantConfig {
     pub deterministic: bool,
     /// TF Serving version labels this variant answers besides its own name.
     pub labels: Vec<Arc<str>>,
+    /// Inputs completed from a feature store before the model runs.
+    pub features: Option<crate::FeaturesConfig>,
 }
 
 /// In-process L1 bound when not given (256 MiB).

@@ -224,6 +224,10 @@ pub async fn infer<X: Exchange>(
                 req.metadata.remove(&table.override_header);
             }
         }
+        // Features first: the cache key, the batch and the backend see the whole input.
+        if let Some(f) = &sel.variant.features {
+            f.enrich(&mut req).await?;
+        }
         let id = req.id.clone();
         // `cache-control` matters only to a cached variant.
         let directive = match sel.variant.cache {

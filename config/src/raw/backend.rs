@@ -145,6 +145,8 @@ pub struct RawOnnxBackend {
     pub instances: Option<S<u64>>,
     /// Poll interval fallback for repository watching.
     pub poll_interval: Option<S<String>>,
+    /// The MLflow registry a `repository: mlflow://…` URL names (docs/mlflow.md).
+    pub mlflow: Option<S<super::RawMlflowSource>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@
 mod backend;
 mod error;
 mod reliability;
+mod sources;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use serde_saphyr::Spanned;
 
 pub use backend::*;
 pub use reliability::*;
+pub use sources::*;
 
 use crate::validated::FieldError;
 
@@ -413,6 +415,8 @@ pub struct RawVariant {
     /// TF Serving version labels (`/labels/{l}`) this variant answers besides its name.
     #[serde(default)]
     pub labels: Vec<S<String>>,
+    /// Inputs fetched from a feature store (docs/features.md).
+    pub features: Option<S<RawFeatures>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::fields::{duration, escaped, header_name, loc, message_bytes, positive, Errors};
+use super::sources;
 use super::upstream::{parse_grpc_endpoint, parse_http_or_bare, parse_upstream};
 use crate::raw::*;
 use crate::validated::*;
@@ -307,22 +308,54 @@ fn onnx(
         errs.at(
             format!("{path}.repository"),
             at,
-            "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx)",
+            "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx, or mlflow://HOST[:PORT]/MODEL)",
         );
         return None;
     };
-    let repository = base_dir.join(&repo.value);
-    if !repository.is_dir() {
-        errs.at(format!("{path}.repository"), loc(repo), format!("`{}` is not a directory", repository.display()));
-    }
-    let version_policy = match &r.version_policy {
+    let mut version_policy = match &r.version_policy {
         None => VersionPolicy::Latest(NonZeroUsize::MIN),
         Some(p) => version_policy(errs, &format!("{path}.version_policy"), p),
+    };
+    let mut models: Vec<String> = r.models.iter().map(|m| m.value.clone()).collect();
+    let (repository, mlflow) = if repo.value.starts_with(sources::MLFLOW_SCHEME) {
+        let name = path.strip_prefix("backends.").unwrap_or(path);
+        let (cache_dir, source) = sources::mlflow(errs, path, name, repo, r.mlflow.as_ref(), base_dir)?;
+        if let Some(p) = &r.version_policy {
+            errs.at(
+                format!("{path}.version_policy"),
+                loc(p),
+                "an MLflow repository serves the version its URL selects (…/MODEL/3, @alias, /Stage): drop version_policy",
+            );
+        }
+        if let Some(m) = r.models.iter().find(|m| m.value != source.model) {
+            errs.at(
+                format!("{path}.models"),
+                loc(m),
+                format!("this backend serves only `{}`, the model its MLflow URL names", source.model),
+            );
+        }
+        // The cache holds what the registry selects: every version in it is served (old ones leave once the new one is up).
+        version_policy = VersionPolicy::All;
+        models = vec![source.model.clone()];
+        (cache_dir, Some(source))
+    } else {
+        if let Some(m) = &r.mlflow {
+            errs.at(
+                format!("{path}.mlflow"),
+                loc(m),
+                "applies only when `repository` is an mlflow://HOST[:PORT]/MODEL URL",
+            );
+        }
+        let repository = base_dir.join(&repo.value);
+        if !repository.is_dir() {
+            errs.at(format!("{path}.repository"), loc(repo), format!("`{}` is not a directory", repository.display()));
+        }
+        (repository, None)
     };
     Some(OnnxBackend {
         repository,
         version_policy,
-        models: r.models.iter().map(|m| m.value.clone()).collect(),
+        models,
         warmup: r.warmup.as_ref().map(|w| w.value as u32).unwrap_or(DEFAULT_WARMUP_RUNS),
         warmup_requests: match &r.warmup_requests {
             None => DEFAULT_WARMUP_REQUESTS,
@@ -341,6 +374,7 @@ fn onnx(
             DEFAULT_REPOSITORY_POLL,
             false,
         ),
+        mlflow,
     })
 }
 

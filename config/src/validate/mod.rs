@@ -17,6 +17,7 @@ mod monitoring;
 mod process;
 mod reliability;
 mod security;
+mod sources;
 mod upstream;
 
 use std::path::Path;
