@@ -50,10 +50,12 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
         None => Some(ControlListener {
             address: DEFAULT_CONTROL_ADDRESS.parse().expect("default parses"),
             token: None,
+            tls: None,
             state_file: None,
         }),
         Some(c) => Some(ControlListener {
             address: address(errs, "listeners.control.address", &c.address, DEFAULT_CONTROL_ADDRESS),
+            tls: c.tls.as_ref().map(|t| super::tls::server(errs, "listeners.control.tls", t, base_dir)),
             token: c.token.filter(|t| !t.is_empty()),
             state_file: c.state_file.map(|p| base_dir.join(p)),
         }),
