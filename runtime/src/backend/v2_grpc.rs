@@ -195,6 +195,13 @@ impl V2GrpcBackend {
                 BackendError::Connect { endpoint: format!("{} ({endpoint})", self.name), message: error_chain(&s) }
             }
             Code::Unavailable => BackendError::Unavailable(format!("backend `{}`: {msg}", self.name)),
+            // Any other transport failure (a TLS alert after the handshake, a
+            // reset): the connection broke, the server answered nothing.
+            code if std::error::Error::source(&s).is_some()
+                && !matches!(code, Code::DeadlineExceeded | Code::Cancelled) =>
+            {
+                BackendError::Unavailable(format!("backend `{}` ({endpoint}): {}", self.name, error_chain(&s)))
+            }
             // tonic's own enforcement of the deadline we sent answers CANCELLED "Timeout expired".
             Code::DeadlineExceeded | Code::Cancelled => BackendError::Timeout(timeout),
             // The server's own answer: its code travels on unchanged (gRPC clients get it as is).
