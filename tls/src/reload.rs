@@ -39,7 +39,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                             me.current.store(Arc::new(value));
                             seen = bytes;
                             last_error = None;
-                            tracing::info!(tls = %what, "TLS files changed: reloaded");
+                            tracing::info!(tls = %what, "TLS certificate reloaded");
                         }
                         Err(e) if last_error.as_ref() != Some(&e) => {
                             tracing::warn!(tls = %what, "TLS files not reloaded, the previous ones stay in use: {e}");
