@@ -586,6 +586,7 @@ mod tests {
                 port: Some(8002),
                 path: "/metrics".into(),
                 interval: Duration::from_secs(1),
+                tls: false,
             }),
         };
         assert_eq!(g.health, want);
