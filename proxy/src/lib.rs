@@ -10,6 +10,7 @@ pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod error;
+pub mod feedback;
 pub mod grpc;
 pub mod guards;
 pub mod headers;

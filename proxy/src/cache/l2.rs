@@ -66,6 +66,8 @@ pub const OPEN: i64 = 1;
 pub const HALF_OPEN: i64 = 2;
 
 struct Breaker {
+    /// What it guards, for its log lines (`cache L2`, `answer store`).
+    name: &'static str,
     threshold: u32,
     cooldown: Duration,
     base: Instant,
@@ -101,7 +103,7 @@ impl Breaker {
     fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
         if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!("redis is back: cache L2 breaker closed");
+            tracing::info!(breaker = self.name, "redis is back: breaker closed");
         }
         self.probing.store(false, Ordering::Release);
         self.state.set(CLOSED);
@@ -120,7 +122,7 @@ impl Breaker {
         if probing || n >= self.threshold {
             let was = self.open_until.swap(self.now_ms() + self.cooldown.as_millis() as u64, Ordering::AcqRel);
             if was == 0 {
-                tracing::warn!(failures = n, cooldown = ?self.cooldown, "redis failing: cache L2 breaker open");
+                tracing::warn!(breaker = self.name, failures = n, cooldown = ?self.cooldown, "redis failing: breaker open");
             }
             self.state.set(OPEN);
         }
@@ -131,6 +133,11 @@ impl L2 {
     /// Must be called inside a tokio runtime that outlives the cache: connects
     /// and background writes run on it.
     pub fn new(cfg: &RedisConfig, metrics: L2Metrics) -> Result<Arc<L2>, String> {
+        L2::named(cfg, metrics, "cache L2")
+    }
+
+    /// The same, for another user of Redis than the cache (its breaker's log lines carry `name`).
+    pub fn named(cfg: &RedisConfig, metrics: L2Metrics, name: &'static str) -> Result<Arc<L2>, String> {
         let client = if cfg.cluster {
             Client::Cluster(Box::new(
                 redis::cluster::ClusterClient::builder(cfg.urls.clone())
@@ -147,6 +154,7 @@ impl L2 {
         metrics.breaker_state.set(CLOSED);
         let l2 = Arc::new(L2 {
             breaker: Breaker {
+                name,
                 threshold: cfg.breaker_failures.max(1),
                 cooldown: cfg.breaker_cooldown,
                 base: Instant::now(),
@@ -225,11 +233,24 @@ impl L2 {
 
     /// Runs one command under the timeout; failures feed the breaker.
     async fn call<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, cmd: redis::Cmd) -> Option<T> {
+        self.exec(conn, Query::Cmd(&cmd)).await
+    }
+
+    /// Runs a pipeline (one round trip) under the timeout and the breaker;
+    /// `None` when Redis was skipped (breaker open, not connected) or failed.
+    pub async fn pipeline<T: redis::FromRedisValue>(self: &Arc<Self>, pipe: &redis::Pipeline) -> Option<T> {
+        let conn = self.conn()?;
+        self.exec(conn, Query::Pipe(pipe)).await
+    }
+
+    async fn exec<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, q: Query<'_>) -> Option<T> {
         let mut c = (*conn).clone();
         let fut = async {
-            match &mut c {
-                Conn::Single(c) => query(c, &cmd).await,
-                Conn::Cluster(c) => query(c, &cmd).await,
+            match (&mut c, q) {
+                (Conn::Single(c), Query::Cmd(cmd)) => query(c, cmd).await,
+                (Conn::Cluster(c), Query::Cmd(cmd)) => query(c, cmd).await,
+                (Conn::Single(c), Query::Pipe(p)) => p.query_async(c).await,
+                (Conn::Cluster(c), Query::Pipe(p)) => p.query_async(c).await,
             }
         };
         match tokio::time::timeout(self.cfg.timeout, fut).await {
@@ -317,6 +338,13 @@ impl L2 {
     }
 }
 
+/// One command or a pipeline of them.
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
 async fn query<C: ConnectionLike, T: redis::FromRedisValue>(c: &mut C, cmd: &redis::Cmd) -> Result<T, RedisError> {
     cmd.query_async(c).await
 }
@@ -339,6 +367,7 @@ mod tests {
 
     fn breaker(threshold: u32, cooldown: Duration) -> Breaker {
         Breaker {
+            name: "test",
             threshold,
             cooldown,
             base: Instant::now(),
