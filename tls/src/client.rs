@@ -120,3 +120,29 @@ impl ClientTls {
         tokio_rustls::TlsConnector::from(self.config()).connect(name, tcp).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verified_name_is_the_host_unless_overridden() {
+        let t = ClientTls::load(&ClientTlsConfig::default(), &[b"h2"], "test").unwrap();
+        assert!(t.negotiates_h2());
+        assert!(matches!(t.server_name("[::1]").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(t.server_name("10.0.0.7").unwrap(), ServerName::IpAddress(_)));
+        assert_eq!(t.server_name("triton.models.svc").unwrap().to_str(), "triton.models.svc");
+        assert!(t.server_name("bad name").is_err());
+        let cfg = ClientTlsConfig { server_name: Some("triton.internal".into()), ..ClientTlsConfig::default() };
+        let t = ClientTls::load(&cfg, &[b"http/1.1"], "test").unwrap();
+        assert!(!t.negotiates_h2());
+        assert_eq!(t.server_name("10.0.0.7").unwrap().to_str(), "triton.internal");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let cfg = ClientTlsConfig { ca: Some("/nonexistent/ca.pem".into()), ..ClientTlsConfig::default() };
+        let e = ClientTls::load(&cfg, &[], "backend `b`").err().unwrap();
+        assert!(e.contains("backend `b`") && e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+}

@@ -42,7 +42,8 @@ impl Connector {
 /// A connection made by [`Connector`].
 pub enum Stream {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>, bool),
+    /// Boxed: a TLS session is a kilobyte, a TCP stream a few words.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>, bool),
 }
 
 impl Service<Uri> for Connector {
@@ -77,7 +78,7 @@ impl Service<Uri> for Connector {
                         .await
                         .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {host}: {e}")))?;
                     let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Ok(Stream::Tls(TokioIo::new(s), h2))
+                    Ok(Stream::Tls(Box::new(TokioIo::new(s)), h2))
                 }
             }
         })
@@ -97,7 +98,7 @@ impl Read for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -106,21 +107,21 @@ impl Write for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s, _) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -131,7 +132,7 @@ impl Write for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
