@@ -12,7 +12,7 @@ use switchyard_config::{pem, ClientTlsConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::provider;
+use crate::crypto::provider;
 use crate::reload::Reloading;
 use crate::server::load_roots;
 

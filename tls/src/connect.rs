@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower_service::Service;
 
-use crate::ClientTls;
+use crate::client::ClientTls;
 
 /// Plain TCP for `http` URIs, TLS for `https` ones.
 #[derive(Clone)]

@@ -8,16 +8,11 @@
 
 pub mod client;
 pub mod connect;
+pub mod crypto;
 pub mod reload;
 pub mod server;
 
-use std::sync::Arc;
-
 pub use client::ClientTls;
 pub use connect::{Connector, Stream};
+pub use crypto::provider;
 pub use server::ServerTls;
-
-/// The one crypto provider every config is built with.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}

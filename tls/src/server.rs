@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use switchyard_config::{pem, TlsConfig};
 
-use crate::provider;
+use crate::crypto::provider;
 use crate::reload::Reloading;
 
 /// A certificate chain and its key, read and checked together.

@@ -752,7 +752,7 @@ mod tests {
 
     #[test]
     fn load_aware_picking_uses_fresh_server_queues() {
-        let lm = LoadMetrics { port: None, path: "/metrics".into(), interval: Duration::from_secs(60) };
+        let lm = LoadMetrics { port: None, path: "/metrics".into(), interval: Duration::from_secs(60), tls: false };
         let p = pool(2, EndpointHealth { load_metrics: Some(lm), ..Default::default() });
         let set = p.members();
         let busy = "nv_inference_pending_request_count{model=\"m\",version=\"1\"} 7\nnv_inference_queue_duration_us{model=\"m\",version=\"1\"} 100\n";
