@@ -38,6 +38,8 @@ pub struct Metrics {
     task_panics: IntGaugeVec,
     /// Concurrency limits (`admission`).
     pub admission: crate::admission::AdmissionMetrics,
+    /// Live Triton sequences (`sequence`).
+    pub sequences: crate::sequence::SequenceMetrics,
 }
 
 /// Metric handles of one batch queue.
@@ -223,8 +225,10 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let admission = crate::admission::AdmissionMetrics::new(&registry);
+        let sequences = crate::sequence::SequenceMetrics::new(&registry);
         Metrics {
             admission,
+            sequences,
             registry,
             requests,
             request_duration,

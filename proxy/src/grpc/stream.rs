@@ -7,15 +7,18 @@
 //! `triton_final_response`) all reach the client, in order; others run
 //! through the shared lifecycle and answer once. A failed request answers
 //! with `error_message` and the stream goes on; a client that goes away
-//! aborts what still runs.
+//! aborts what still runs. The requests of one Triton sequence run one
+//! after another, in order, and through the lifecycle (never relayed), so
+//! they stay on the sequence's pinned endpoint.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
 use switchyard_runtime::codec::grpc::pb;
 use switchyard_runtime::BackendError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -23,6 +26,7 @@ use super::exchange::{over_limit, version_opt, Shared};
 use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::pipeline::Call;
+use crate::sequence::{self, SequenceId};
 use crate::{pipeline, respond};
 
 /// Requests of one stream in flight at once; more wait for the oldest to answer.
@@ -47,15 +51,21 @@ pub fn serve(
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(STREAM_WINDOW);
     // Reader: starts every request as it arrives, so many run at once.
     tokio::spawn(async move {
+        let mut sequences = SequenceOrder::default();
         loop {
             let next = match inbound.message().await {
                 Ok(Some(msg)) => {
                     let (shared, headers, principal) = (shared.clone(), headers.clone(), principal.clone());
                     let (tx, rx) = mpsc::channel(RESPONSES_PER_REQUEST);
-                    let task =
-                        tokio::spawn(
-                            async move { one(&shared, &headers, principal.as_deref(), client, msg, tx).await },
-                        );
+                    // A request of a Triton sequence waits for the sequence's previous one.
+                    let (after, done) = sequences.next(&msg);
+                    let task = tokio::spawn(async move {
+                        if let Some(previous) = after {
+                            let _ = previous.await;
+                        }
+                        one(&shared, &headers, principal.as_deref(), client, msg, tx).await;
+                        drop(done);
+                    });
                     Pending::Running(AbortOnDrop(task), rx)
                 }
                 Ok(None) => break,
@@ -153,11 +163,17 @@ async fn relay(
     mut msg: pb::ModelInferRequest,
     out: &Answers,
 ) -> Relay {
+    // A sequence's requests stay on their pinned endpoint: through the
+    // lifecycle, one answer each (decoupled sequence models are not relayed).
+    if sequence::grpc_sequence_key(&msg.parameters).is_some() {
+        return Relay::Pipeline(msg);
+    }
     let start = Instant::now();
     let table = shared.table.load_full();
     let call = Call {
         model: &msg.model_name,
         version: version_opt(&msg.model_version),
+        variant: None,
         deadline: None,
         start,
         principal,
@@ -218,6 +234,31 @@ async fn relay(
                 return Relay::Failed(e.message);
             }
         }
+    }
+}
+
+/// Runs the requests of each Triton sequence on a stream one after another,
+/// in the order they came (Triton's streaming keeps a sequence in order;
+/// started concurrently, a sequence's second request could overtake its
+/// first): each waits for the previous request of its (model, sequence id).
+#[derive(Default)]
+struct SequenceOrder {
+    last: HashMap<(String, SequenceId), oneshot::Receiver<()>>,
+}
+
+impl SequenceOrder {
+    /// What `msg` waits for before it runs, and what it drops when done.
+    fn next(&mut self, msg: &pb::ModelInferRequest) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
+        let Some(id) = sequence::grpc_sequence_key(&msg.parameters) else { return (None, None) };
+        let key = (msg.model_name.clone(), id);
+        let previous = self.last.remove(&key);
+        let (done, waiter) = oneshot::channel();
+        self.last.insert(key, waiter);
+        if self.last.len() > 4 * STREAM_WINDOW {
+            // Sequences whose last request finished need no place in line.
+            self.last.retain(|_, w| matches!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+        (previous, Some(done))
     }
 }
 

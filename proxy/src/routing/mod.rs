@@ -75,6 +75,8 @@ pub struct Variant {
     pub cache: Option<VariantCache<Outcome>>,
     /// Drift monitoring of this variant's inputs and outputs; `None`: off, nothing sampled.
     pub drift: Option<Arc<crate::monitor::DriftMonitor>>,
+    /// TF Serving version labels this variant answers besides its name.
+    pub labels: Vec<Arc<str>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.
@@ -129,6 +131,8 @@ pub struct Route {
     pub shadows: Vec<usize>,
     /// Answers remembered for feedback, when the model tracks prediction quality.
     pub quality: Option<Arc<crate::monitor::quality::QualityTracker>>,
+    /// Live Triton sequences pinned to a variant and endpoint (kept across snapshots).
+    pub sequences: Arc<crate::sequence::SequenceTable>,
 }
 
 /// A routing decision: which variant, and what to ask its backend for.
@@ -141,6 +145,13 @@ pub struct Selection<'a> {
 }
 
 impl Route {
+    /// The variant a TF Serving version label names: the variant of that
+    /// name, else the one declaring the label.
+    pub fn variant_for_label(&self, label: &str) -> Option<&Variant> {
+        let by_name = self.variants.iter().find(|v| v.name.as_ref() == label);
+        by_name.or_else(|| self.variants.iter().find(|v| v.labels.iter().any(|l| l.as_ref() == label)))
+    }
+
     /// Picks the variant for one request.
     pub fn select<'a>(
         &'a self,
@@ -156,6 +167,12 @@ impl Route {
             index: idx,
             target: self.target_of(idx, model, version),
         })
+    }
+
+    /// The selection of variant `idx` for the client's model and version
+    /// (a sequence goes back to the variant it was opened on).
+    pub fn selection_of<'a>(&'a self, idx: usize, model: &str, version: Option<&str>) -> Selection<'a> {
+        Selection { route: self, variant: &self.variants[idx], index: idx, target: self.target_of(idx, model, version) }
     }
 
     /// What variant `idx` asks its backend for, given the client's model and version.
