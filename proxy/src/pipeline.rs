@@ -559,10 +559,14 @@ pub async fn unready_routes(table: &RoutingTable) -> Vec<String> {
 }
 
 /// What keeps the process from being ready besides its routes: background
-/// tasks that died (a panicked batch scheduler or reload task).
+/// tasks that died (a panicked batch scheduler or reload task), and a JWKS
+/// URL not fetched yet.
 pub fn dead_tasks() -> Vec<String> {
+    // A JWKS URL never fetched yet: every JWT would be refused.
+    let jwks = crate::auth::remote::not_ready();
     if !switchyard_stats::tasks::any_panicked() {
-        return Vec::new();
+        return jwks.into_iter().collect();
     }
-    switchyard_stats::tasks::panicked().into_iter().map(|p| format!("{} ({})", p.task, p.message)).collect()
+    let dead = switchyard_stats::tasks::panicked().into_iter().map(|p| format!("{} ({})", p.task, p.message));
+    jwks.into_iter().chain(dead).collect()
 }

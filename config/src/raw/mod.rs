@@ -119,7 +119,13 @@ pub struct RawApiKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    pub jwks_file: S<String>,
+    pub jwks_file: Option<S<String>>,
+    /// `https://` (or `http://` on loopback) URL of the issuer's JWKS.
+    pub jwks_url: Option<S<String>>,
+    /// TLS to `jwks_url`: CA, client certificate, server name.
+    pub jwks_tls: Option<S<RawClientTls>>,
+    /// Longest time a fetched JWKS is used before it is fetched again.
+    pub jwks_refresh: Option<S<String>>,
     pub issuer: Option<S<String>>,
     pub audience: Option<S<String>>,
     pub leeway: Option<S<String>>,
@@ -274,6 +280,7 @@ pub struct RawPlainListener {
 pub struct RawControlListener {
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
+    pub tls: Option<S<RawTls>>,
     pub token: Option<String>,
     /// Where API changes persist (default: `<config file>.state.json`).
     pub state_file: Option<String>,

@@ -179,7 +179,7 @@ pub async fn model_query(
 pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
     let dead = pipeline::dead_tasks();
     if !dead.is_empty() {
-        return Reply::error(&Error::unavailable(format!("background task(s) failed: {}", dead.join("; "))));
+        return Reply::error(&Error::unavailable(format!("not ready: {}", dead.join("; "))));
     }
     let unready = pipeline::unready_routes(table).await;
     if !unready.is_empty() {
