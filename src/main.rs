@@ -272,11 +272,14 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
-    let guards = switchyard_proxy::Guards {
-        auth,
-        limiter: switchyard_proxy::ratelimit::RateLimiter::new(&cfg.rate_limits).map(Arc::new),
-        body_hash: cfg.access_log.body_hash,
+    // Fleet-wide buckets connect to Redis from the background runtime, never on a request.
+    let limiter = {
+        let _rt = background.enter();
+        switchyard_proxy::ratelimit::RateLimiter::new(&cfg.rate_limits, &metrics.registry)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .map(Arc::new)
     };
+    let guards = switchyard_proxy::Guards { auth, limiter, body_hash: cfg.access_log.body_hash };
 
     // gRPC is served by tonic, as one of pingora's services.
     let grpc = match &cfg.listeners.grpc {

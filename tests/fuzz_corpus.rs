@@ -55,3 +55,8 @@ fn config_corpus() {
 fn load_metrics_corpus() {
     replay("load_metrics", harness::load_metrics);
 }
+
+#[test]
+fn jwt_corpus() {
+    replay("jwt", harness::jwt);
+}

@@ -28,10 +28,23 @@ pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConf
                 errs.at(format!("{path}.permissions[{j}]"), loc(p), m);
             }
         }
+        let priority = k.value.priority.as_ref().and_then(|p| {
+            if p.value == 0 {
+                errs.at(
+                    format!("{path}.priority"),
+                    loc(p),
+                    "must be 1 (the highest) or more; leave it out for the default",
+                );
+                None
+            } else {
+                Some(p.value)
+            }
+        });
         api_keys.push(ApiKey {
             principal: k.value.principal.value.clone(),
             sha256: hash,
             permissions: k.value.permissions.iter().map(|p| p.value.clone()).collect(),
+            priority,
         });
     }
     let jwt = raw.jwt.map(|j| {
@@ -51,6 +64,8 @@ pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConf
             leeway: duration(errs, "auth.jwt.leeway", &j.leeway, DEFAULT_JWT_LEEWAY, true),
             permissions_claim: nonempty(errs, "permissions_claim", &j.permissions_claim)
                 .unwrap_or_else(|| DEFAULT_PERMISSIONS_CLAIM.to_string()),
+            priority_claim: nonempty(errs, "priority_claim", &j.priority_claim)
+                .unwrap_or_else(|| DEFAULT_PRIORITY_CLAIM.to_string()),
         }
     });
     let api_keys_file = raw.api_keys_file.map(|f| base_dir.join(&f.value));
@@ -111,7 +126,16 @@ pub fn check_permission(p: &str) -> Result<(), String> {
 }
 
 pub(super) fn rate_limits(errs: &mut Errors, raw: RawRateLimits) -> RateLimits {
+    let redis = raw.redis.as_ref().map(|r| shared_limits(errs, r));
+    if let (Some(r), None, None, true) = (&raw.redis, &raw.global, &raw.per_principal, raw.per_model.is_empty()) {
+        errs.at(
+            "rate_limits.redis",
+            loc(r),
+            "shares buckets, but no bucket is configured (global, per_principal, per_model)",
+        );
+    }
     RateLimits {
+        redis,
         global: raw.global.map(|b| bucket(errs, "rate_limits.global", &b)),
         per_principal: raw.per_principal.map(|b| bucket(errs, "rate_limits.per_principal", &b)),
         per_model: raw
@@ -119,6 +143,76 @@ pub(super) fn rate_limits(errs: &mut Errors, raw: RawRateLimits) -> RateLimits {
             .iter()
             .map(|(m, b)| (m.as_str().into(), bucket(errs, &format!("rate_limits.per_model.{m}"), b)))
             .collect(),
+    }
+}
+
+fn shared_limits(errs: &mut Errors, r: &S<RawRateRedis>) -> SharedRateLimits {
+    let path = "rate_limits.redis";
+    let v = &r.value;
+    let url = match &v.url {
+        Some(u) if u.value.starts_with("redis://") && u.value.len() > "redis://".len() => u.value.clone(),
+        Some(u) => {
+            errs.at(format!("{path}.url"), loc(u), format!("`{}` is not a redis://host:port URL", escaped(&u.value)));
+            String::new()
+        }
+        None => {
+            errs.at(path, loc(r), "`url` (the standalone Redis the replicas share their buckets in) is required");
+            String::new()
+        }
+    };
+    let on_unavailable = match v.on_unavailable.as_ref() {
+        None => Unavailable::Local,
+        Some(m) => match m.value.as_str() {
+            "local" => Unavailable::Local,
+            "open" => Unavailable::Open,
+            "closed" => Unavailable::Closed,
+            other => {
+                errs.at(
+                    format!("{path}.on_unavailable"),
+                    loc(m),
+                    format!("`{}` is not one of local, open, closed", escaped(other)),
+                );
+                Unavailable::Local
+            }
+        },
+    };
+    let key_prefix = match &v.key_prefix {
+        Some(p) if p.value.is_empty() || p.value.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            errs.at(format!("{path}.key_prefix"), loc(p), "must be non-empty, without whitespace");
+            DEFAULT_REDIS_KEY_PREFIX.to_string()
+        }
+        Some(p) => p.value.clone(),
+        None => DEFAULT_REDIS_KEY_PREFIX.to_string(),
+    };
+    let breaker_failures = match &v.breaker_failures {
+        Some(n) if n.value == 0 => {
+            errs.at(format!("{path}.breaker_failures"), loc(n), "must be at least 1");
+            DEFAULT_BREAKER_FAILURES
+        }
+        Some(n) => n.value.min(u64::from(u32::MAX)) as u32,
+        None => DEFAULT_BREAKER_FAILURES,
+    };
+    SharedRateLimits {
+        url,
+        key_prefix,
+        timeout: duration(errs, &format!("{path}.timeout"), &v.timeout, DEFAULT_RATE_REDIS_TIMEOUT, false),
+        connect_timeout: duration(
+            errs,
+            &format!("{path}.connect_timeout"),
+            &v.connect_timeout,
+            DEFAULT_REDIS_CONNECT_TIMEOUT,
+            false,
+        ),
+        on_unavailable,
+        breaker_failures,
+        breaker_cooldown: duration(
+            errs,
+            &format!("{path}.breaker_cooldown"),
+            &v.breaker_cooldown,
+            DEFAULT_BREAKER_COOLDOWN,
+            false,
+        ),
+        lease: duration(errs, &format!("{path}.lease"), &v.lease, DEFAULT_RATE_LEASE, true),
     }
 }
 

@@ -5,9 +5,12 @@
 //! that neither batches nor caches) is relayed on Triton's own stream, so a
 //! decoupled model's zero, one or many responses per request (with
 //! `triton_final_response`) all reach the client, in order; others run
-//! through the shared lifecycle and answer once. A failed request answers
-//! with `error_message` and the stream goes on; a client that goes away
-//! aborts what still runs.
+//! through the shared lifecycle and answer once. A relayed request passes
+//! the lifecycle's guards too — authorization, rate limits, then admission
+//! (the model's and backend's concurrency limits, at the request's
+//! priority), holding its slots until the backend's last response. A failed
+//! request answers with `error_message` and the stream goes on; a client
+//! that goes away aborts what still runs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +23,8 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::exchange::{over_limit, version_opt, Shared};
-use crate::auth::{Action, Principal};
+use crate::admission;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::pipeline::Call;
 use crate::{pipeline, respond};
@@ -179,10 +183,23 @@ async fn relay(
     let Some(backend) = relayed else {
         return Relay::Pipeline(msg);
     };
-    if let Err(e) = pipeline::authorize(principal, call.model, call.version, Action::Infer).and_then(|()| call.admit())
-    {
+    if let Err(e) = call.guard().await {
         return Relay::Failed(e.message);
     }
+    // Admission, as `pipeline::infer` does: refused at once when saturated, else a slot at its priority.
+    let refused = |e: Error| {
+        pipeline::record(variant, respond::http_status(&e), start.elapsed(), std::time::Duration::ZERO);
+        Relay::Failed(e.message)
+    };
+    let ticket = match table.admission.enter(&sel.route.name, &variant.backend_name) {
+        Ok(t) => t,
+        Err(e) => return refused(e),
+    };
+    let priority = admission::effective_priority(parameter_priority(&msg), call.caller_priority());
+    let mut permits = match ticket.admit(priority).await {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
     let public = std::mem::replace(&mut msg.model_name, sel.target.name.to_string());
     msg.model_version = sel.target.version.as_deref().unwrap_or_default().to_owned();
     let mut metadata = HeaderMap::new();
@@ -194,6 +211,9 @@ async fn relay(
         Ok(r) => r,
         Err(s) => {
             let e = status(s);
+            if e.signals_overload() {
+                permits.record(false);
+            }
             pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
             return Relay::Failed(e.message);
         }
@@ -209,15 +229,29 @@ async fn relay(
                 }
             }
             Ok(None) => {
+                permits.record(true);
                 pipeline::record(variant, 200, start.elapsed(), start.elapsed());
                 return Relay::Done;
             }
             Err(s) => {
                 let e = status(s);
+                if e.signals_overload() {
+                    permits.record(false);
+                }
                 pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
                 return Relay::Failed(e.message);
             }
         }
+    }
+}
+
+/// Triton's `priority` parameter of a gRPC request, when it is a non-negative integer.
+fn parameter_priority(msg: &pb::ModelInferRequest) -> Option<u64> {
+    use pb::infer_parameter::ParameterChoice;
+    match msg.parameters.get("priority")?.parameter_choice {
+        Some(ParameterChoice::Uint64Param(p)) => Some(p),
+        Some(ParameterChoice::Int64Param(p)) => u64::try_from(p).ok(),
+        _ => None,
     }
 }
 
