@@ -192,7 +192,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
     };
     init_logging(format, &cfg.logging.level);
     let a = &cfg.access_log;
-    switchyard_stats::access_log::init(a.enabled, &a.path, a.sample)
+    switchyard_stats::access_log::init(a.enabled, &a.path, a.sample, a.queue.get(), a.flush_interval)
         .with_context(|| format!("opening access_log.path {}", a.path))?;
     // Key files are read now: a missing JWKS fails start-up, not the first request.
     let auth = match &cfg.auth {

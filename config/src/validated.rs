@@ -281,11 +281,27 @@ pub struct AccessLogConfig {
     pub sample: f64,
     /// Log the SHA-256 of each inference request body.
     pub body_hash: bool,
+    /// Lines waiting for the writer thread; when full, access lines are dropped and counted.
+    pub queue: NonZeroUsize,
+    /// Longest a line waits in the writer's buffer before it reaches the destination.
+    pub flush_interval: Duration,
 }
+
+/// Access lines that may wait for the log's writer thread.
+pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 8192;
+/// How long a line may sit in the access log writer's buffer.
+pub const DEFAULT_ACCESS_LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        AccessLogConfig { enabled: true, path: DEFAULT_ACCESS_LOG_PATH.into(), sample: 1.0, body_hash: false }
+        AccessLogConfig {
+            enabled: true,
+            path: DEFAULT_ACCESS_LOG_PATH.into(),
+            sample: 1.0,
+            body_hash: false,
+            queue: NonZeroUsize::new(DEFAULT_ACCESS_LOG_QUEUE).expect("non-zero"),
+            flush_interval: DEFAULT_ACCESS_LOG_FLUSH_INTERVAL,
+        }
     }
 }
 

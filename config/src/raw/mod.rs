@@ -204,6 +204,10 @@ pub struct RawAccessLog {
     pub path: Option<S<String>>,
     pub sample: Option<S<f64>>,
     pub body_hash: Option<bool>,
+    /// Lines waiting for the writer thread; beyond it access lines are dropped and counted.
+    pub queue: Option<S<u64>>,
+    /// Longest a written line waits in the writer's buffer.
+    pub flush_interval: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::fields::{duration, escaped, loc, Errors};
+use super::fields::{duration, escaped, loc, positive, Errors};
 use crate::raw::*;
 use crate::validated::*;
 
@@ -271,6 +271,14 @@ pub(super) fn access_log(errs: &mut Errors, raw: RawAccessLog, base_dir: &Path) 
         path,
         sample,
         body_hash: raw.body_hash.unwrap_or(false),
+        queue: positive(errs, "access_log.queue", &raw.queue, DEFAULT_ACCESS_LOG_QUEUE),
+        flush_interval: duration(
+            errs,
+            "access_log.flush_interval",
+            &raw.flush_interval,
+            DEFAULT_ACCESS_LOG_FLUSH_INTERVAL,
+            false,
+        ),
     }
 }
 
