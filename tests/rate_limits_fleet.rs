@@ -148,3 +148,53 @@ async fn redis_killed_mid_test_open_closed_and_local() {
     }
     assert_eq!(served, 3);
 }
+
+/// The latency fleet-wide limits add, measured rather than asserted (run
+/// with `--ignored --nocapture`; figures in docs/security.md): 500
+/// sequential requests per setting, the `x-switchyard-overhead-us` header
+/// (time in Switchyard, backend excluded) and the script's round trip.
+#[tokio::test]
+#[ignore]
+async fn added_latency() {
+    let redis = Redis::start().await;
+    let bucket = "{requests_per_second: 100000, burst: 100000}";
+    let settings = [
+        ("no rate limits", String::new()),
+        ("local buckets", format!("rate_limits:\n  per_model:\n    mlp: {bucket}\n  per_principal: {bucket}\n")),
+        (
+            "redis, leased",
+            format!(
+                "rate_limits:\n  per_model:\n    mlp: {bucket}\n  per_principal: {bucket}\n  redis: {{url: {}, key_prefix: a}}\n",
+                redis.url()
+            ),
+        ),
+        (
+            "redis, a round trip each (lease: 0s)",
+            format!(
+                "rate_limits:\n  per_model:\n    mlp: {bucket}\n  per_principal: {bucket}\n  redis: {{url: {}, key_prefix: b, lease: 0s}}\n",
+                redis.url()
+            ),
+        ),
+    ];
+    println!("| setting | overhead p50 µs | p90 | p99 | script calls | mean script round trip µs |");
+    println!("|---|---|---|---|---|---|");
+    for (name, limits) in settings {
+        let sy = Switchyard::config(&format!("{limits}{}", models())).start().await;
+        for _ in 0..50 {
+            infer(&sy).await;
+        }
+        let mut us: Vec<u64> = Vec::new();
+        for _ in 0..500 {
+            let r = infer(&sy).await;
+            assert_eq!(r.status, 200);
+            us.push(r.header("x-switchyard-overhead-us").unwrap().parse().unwrap());
+        }
+        us.sort_unstable();
+        let q = |p: f64| us[((us.len() as f64 * p) as usize).min(us.len() - 1)];
+        let m = sy.metrics().await;
+        let calls = m.get("switchyard_ratelimit_redis_calls_total", &[("result", "ok")]).unwrap_or(0.0);
+        let rtt = m.get("switchyard_ratelimit_redis_seconds_sum", &[]).unwrap_or(0.0)
+            / m.get("switchyard_ratelimit_redis_seconds_count", &[]).unwrap_or(1.0).max(1.0);
+        println!("| {name} | {} | {} | {} | {calls} | {:.0} |", q(0.5), q(0.9), q(0.99), rtt * 1e6);
+    }
+}
