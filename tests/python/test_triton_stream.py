@@ -207,7 +207,7 @@ def test_relayed_stream_requests_pass_admission_and_rate_limits(tmp_path):
     backend.start()
     procs = []
     got = queue.Queue()
-    c = None
+    c = c2 = None
     try:
         ports = start_switchyard(
             tmp_path,
@@ -229,8 +229,13 @@ rate_limits:
             procs,
             grpc_max_message_bytes=4 << 20,
         )
+        # Answers of one stream come in request order: the request held at the
+        # backend and the ones that follow are sent on two streams.
+        held = queue.Queue()
         c = grpcclient.InferenceServerClient(url=f"127.0.0.1:{ports['grpc']}")
-        c.start_stream(callback=lambda result, error: got.put((result, error)))
+        c.start_stream(callback=lambda result, error: held.put((result, error)))
+        c2 = grpcclient.InferenceServerClient(url=f"127.0.0.1:{ports['grpc']}")
+        c2.start_stream(callback=lambda result, error: got.put((result, error)))
         in_flight = {"scope": "model", "name": "repeat"}
         servicer.gate.clear()
         c.async_stream_infer(**request(99, "held"), enable_empty_final_response=True)
@@ -239,30 +244,33 @@ rate_limits:
             assert time.monotonic() < deadline, "the relayed request never took its slot"
             time.sleep(0.05)
         # The slot is held by the relayed request: the next one is refused at once, inline.
-        c.async_stream_infer(**request(1, "refused"), enable_empty_final_response=True)
+        c2.async_stream_infer(**request(1, "refused"), enable_empty_final_response=True)
         result, error = got.get(timeout=PATIENCE_S)
         assert result is None and "concurrency limit" in str(error), error
         refused = {"scope": "model", "name": "repeat", "reason": "full"}
         assert metric(ports["metrics"], "switchyard_admission_refused_total", refused) == 1.0
         servicer.gate.set()
         # Then the held one answers (a response and the final flag), and the slot is free.
-        ids = [got.get(timeout=PATIENCE_S)[0].get_response().id for _ in range(2)]
+        ids = [held.get(timeout=PATIENCE_S)[0].get_response().id for _ in range(2)]
         assert ids == ["held", "held"]
         # Two more are served (4 tokens charged in all: the refused one counted too) ...
         for rid in ("ok1", "ok2"):
-            c.async_stream_infer(**request(1, rid), enable_empty_final_response=True)
+            c2.async_stream_infer(**request(1, rid), enable_empty_final_response=True)
             ids = [got.get(timeout=PATIENCE_S)[0].get_response().id for _ in range(2)]
             assert ids == [rid, rid]
         # ... and the next one is over the model's rate limit: inline, the stream goes on.
-        c.async_stream_infer(**request(1, "limited"), enable_empty_final_response=True)
+        c2.async_stream_infer(**request(1, "limited"), enable_empty_final_response=True)
         result, error = got.get(timeout=PATIENCE_S)
         assert result is None and "rate limit of model 'repeat'" in str(error), error
+        c2.async_stream_infer(**request(1, "after"))
+        assert "rate limit" in str(got.get(timeout=PATIENCE_S)[1]), "still limited, and the stream still answers"
         assert metric(ports["metrics"], "switchyard_concurrency_in_flight", in_flight) == 0.0
     finally:
         servicer.gate.set()
-        if c is not None:
-            c.stop_stream()
-            c.close()
+        for client in (c, c2):
+            if client is not None:
+                client.stop_stream()
+                client.close()
         for p in reversed(procs):
             p.stop()
         backend.stop(None)
