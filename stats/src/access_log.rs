@@ -273,9 +273,11 @@ mod tests {
     }
 
     /// A destination that blocks until told, and records what reached it.
-    #[derive(Clone, Default)]
     /// (open, bytes written, flushes, writes that started).
-    struct Gate(std::sync::Arc<(std::sync::Mutex<(bool, Vec<u8>, usize, usize)>, std::sync::Condvar)>);
+    type GateState = (bool, Vec<u8>, usize, usize);
+
+    #[derive(Clone, Default)]
+    struct Gate(std::sync::Arc<(std::sync::Mutex<GateState>, std::sync::Condvar)>);
 
     impl Write for Gate {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
