@@ -131,6 +131,9 @@ if [ -z "$ORT_LIB" ]; then
   echo "[setup] ERROR: libonnxruntime.so.* not found under $SITE/onnxruntime/capi" >&2
   exit 1
 fi
+# The real path, so a checkout whose .venv is a symlink (a git worktree sharing
+# one venv) does not leave a link into a directory that may be deleted.
+ORT_LIB="$(realpath "$ORT_LIB")"
 mkdir -p "$REPO/.switchyard/lib"
 LINK="$REPO/.switchyard/lib/libonnxruntime.so"
 if [ "$(readlink "$LINK" 2>/dev/null || true)" != "$ORT_LIB" ]; then

@@ -227,16 +227,31 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         }
         None => None,
     };
-    let plane = Arc::new(Plane::new(metrics).with_cache(cache).with_tracer(tracer));
+    let plane = {
+        // The answer store's Redis connection and writer run on the background runtime.
+        let _rt = background.enter();
+        Arc::new(
+            Plane::new(metrics).with_cache(cache).with_tracer(tracer).with_fleet_answers(cfg.control.fleet.as_ref())?,
+        )
+    };
     let control = background.block_on(ControlPlane::start(file, plane.clone())).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(c) = &cfg.listeners.control {
         let token =
             std::env::var(switchyard_control::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()).or(c.token.clone());
         // With `auth:`, a principal holding `control` may call the control API too.
         let verifier = auth.clone().map(|auth| {
-            Arc::new(move |h: &http::HeaderMap| {
+            Arc::new(move |h: &http::HeaderMap, admin_of: Option<&str>| {
                 let p = auth.authenticate(h).map_err(|e| e.message)?;
                 p.require("control", "call the control API").map_err(|e| e.message)?;
+                if let Some(model) = admin_of {
+                    switchyard_proxy::pipeline::authorize(
+                        Some(&*p),
+                        model,
+                        None,
+                        switchyard_proxy::auth::Action::Admin,
+                    )
+                    .map_err(|e| e.message)?;
+                }
                 Ok(p.name.to_string())
             }) as switchyard_control::api::Verifier
         });

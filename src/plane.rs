@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
+use switchyard_control::serving::{CaptureSpec, CaptureTicket};
 use switchyard_control::ServingPlane;
 use switchyard_proxy::cache::ResponseCache;
 use switchyard_proxy::monitor::Monitoring;
@@ -51,6 +52,15 @@ impl Plane {
     pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Plane {
         self.tracer = tracer;
         self
+    }
+
+    /// Fleet mode: answers remembered for feedback, and quality windows, are the
+    /// fleet's, in its Redis. Must run inside the background runtime, before the first generation.
+    pub fn with_fleet_answers(self, fleet: Option<&switchyard_config::FleetConfig>) -> anyhow::Result<Plane> {
+        if let Some(f) = fleet {
+            self.monitoring.enable_fleet(f, &self.metrics.registry).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(self)
     }
 
     /// Cached variants of every generation use `cache`.
@@ -121,5 +131,17 @@ impl ServingPlane for Plane {
 
     fn drift(&self, model: &str, variant: &str) -> Option<DriftReport> {
         self.monitoring.board().get(model, variant)
+    }
+
+    fn capture_reference(&self, model: &str, spec: CaptureSpec) -> Result<CaptureTicket, String> {
+        let variants = spec.variants.map(|v| v.into_iter().collect());
+        let ticket = self.monitoring.capture(model, variants, spec.samples, spec.duration)?;
+        let result = ticket.result;
+        Ok(CaptureTicket {
+            result: Box::pin(async move {
+                result.await.unwrap_or_else(|_| Err("the capture was dropped before it ended".into()))
+            }),
+            rows: ticket.rows,
+        })
     }
 }

@@ -704,8 +704,12 @@ pub struct QualityConfig {
     pub window: NonZeroUsize,
     /// Answers remembered for joining feedback (request id → variant, version, prediction); the oldest go first.
     pub store: NonZeroUsize,
+    /// Fleet mode: how long an answer stays in the fleet's Redis answer store, waiting for feedback.
+    pub ttl: Duration,
 }
 
+/// How long an answer waits for feedback in the fleet's Redis store when not given.
+pub const DEFAULT_QUALITY_TTL: Duration = Duration::from_secs(3600);
 /// Labelled predictions in a quality window when not given.
 pub const DEFAULT_QUALITY_WINDOW: usize = 1000;
 /// Answers remembered for feedback when not given.

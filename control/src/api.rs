@@ -33,9 +33,10 @@ const MAX_BODY: usize = 1 << 20;
 pub const TOKEN_ENV: &str = "SWITCHYARD_CONTROL_TOKEN";
 
 /// Checks a control call's credentials the data plane's way (a JWT or API
-/// key whose principal holds the `control` permission): the principal's
-/// name, or why not. Supplied by the binary, so this crate stays free of the proxy.
-pub type Verifier = Arc<dyn Fn(&http::HeaderMap) -> Result<String, String> + Send + Sync>;
+/// key whose principal holds the `control` permission, and — when a model is
+/// named — its `admin` permission on that model): the principal's name, or
+/// why not. Supplied by the binary, so this crate stays free of the proxy.
+pub type Verifier = Arc<dyn Fn(&http::HeaderMap, Option<&str>) -> Result<String, String> + Send + Sync>;
 
 /// How control calls are authenticated: a static bearer token, the data plane's rules, both or neither.
 #[derive(Clone, Default)]
@@ -65,6 +66,8 @@ pub enum ApiRoute<'a> {
     Rollback { model: &'a str },
     /// `POST /ml/models/{model}/cache/invalidate`
     InvalidateCache { model: &'a str },
+    /// `POST /ml/models/{model}/drift/reference`: capture a drift reference from live traffic, or reset it.
+    DriftReference { model: &'a str },
     /// `POST /ml/ab-tests/create`
     CreateExperiment,
     /// `GET /ml/ab-tests/{test_id}/results`
@@ -91,6 +94,7 @@ impl<'a> ApiRoute<'a> {
             ["ml", "models", model, "versions"] => ApiRoute::Versions { model },
             ["ml", "models", model, "metrics"] => ApiRoute::Metrics { model },
             ["ml", "models", model, "drift"] => ApiRoute::Drift { model },
+            ["ml", "models", model, "drift", "reference"] => ApiRoute::DriftReference { model },
             ["ml", "models", model, "traffic"] => ApiRoute::Traffic { model },
             ["ml", "models", model, "rollback"] => ApiRoute::Rollback { model },
             ["ml", "models", model, "cache", "invalidate"] => ApiRoute::InvalidateCache { model },
@@ -128,6 +132,7 @@ impl<'a> ApiRoute<'a> {
             | ApiRoute::Traffic { .. }
             | ApiRoute::Rollback { .. }
             | ApiRoute::InvalidateCache { .. }
+            | ApiRoute::DriftReference { .. }
             | ApiRoute::CreateExperiment => true,
         }
     }
@@ -229,8 +234,18 @@ impl Guard {
             }
         }
         match &self.verifier {
-            Some(v) => v(req.headers()),
+            Some(v) => v(req.headers(), None),
             None => Err("missing or wrong bearer token".into()),
+        }
+    }
+
+    /// Whether the caller may administer `model` (a drift reference replaces
+    /// what the model is judged against): the static token and an anonymous
+    /// loopback caller may; a principal needs `model:{model}:admin` (or wider).
+    fn admin(&self, req: &Request<Incoming>, principal: &str, model: &str) -> Result<(), String> {
+        match (&self.verifier, principal) {
+            (_, "token" | "anonymous") | (None, _) => Ok(()),
+            (Some(v), _) => v(req.headers(), Some(model)).map(|_| ()),
         }
     }
 }
@@ -270,6 +285,18 @@ async fn handle(
             return Ok(r);
         }
     };
+    if let ApiRoute::DriftReference { model } = route {
+        if let Err(why) = auth.admin(&req, &principal, model) {
+            switchyard_stats::access_log::Line::new("audit")
+                .str("principal", &principal)
+                .str("client", &peer.to_string())
+                .str("what", &format!("{method} {path}"))
+                .num("status", 403)
+                .str("error", &why)
+                .write();
+            return Ok(reply(403, json!({ "error": why })));
+        }
+    }
     let expect = match if_match(&req, route) {
         Ok(e) => e,
         Err(e) => return Ok(error(e)),
@@ -324,7 +351,7 @@ fn if_match(req: &Request<Incoming>, route: ApiRoute<'_>) -> Result<Option<u64>,
 }
 
 async fn dispatch(
-    plane: &ControlPlane,
+    plane: &Arc<ControlPlane>,
     route: ApiRoute<'_>,
     req: Request<Incoming>,
     who: &str,
@@ -342,6 +369,7 @@ async fn dispatch(
         ApiRoute::Traffic { model } => traffic(plane, model, body(req).await?, who, expect).await,
         ApiRoute::Rollback { model } => rollback(plane, model, body(req).await?, who, expect).await,
         ApiRoute::InvalidateCache { model } => invalidate(plane, model),
+        ApiRoute::DriftReference { model } => crate::reference::reference(plane, model, body(req).await?, who).await,
         ApiRoute::CreateExperiment => {
             let created = plane.create_experiment_if(body(req).await?, who, expect).await?;
             Ok(serde_json::to_value(created).expect("json"))
@@ -670,6 +698,8 @@ mod tests {
             (Method::POST, "/ml/ab-tests/create", Ok(R::CreateExperiment)),
             (Method::GET, "/ml/ab-tests/create", not_allowed(Method::POST)),
             (Method::GET, "/ml/ab-tests/t1/results", Ok(R::ExperimentResults { test_id: "t1" })),
+            (Method::POST, "/ml/models/mlp/drift/reference", Ok(R::DriftReference { model: "mlp" })),
+            (Method::GET, "/ml/models/mlp/drift/reference", not_allowed(Method::POST)),
             (Method::POST, "/ml/ab-tests/t1/results", not_allowed(Method::GET)),
             (Method::GET, "/", Err(RouteError::NotFound)),
             (Method::GET, "", Err(RouteError::NotFound)),

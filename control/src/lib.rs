@@ -14,11 +14,14 @@
 //!   `clock` (rollout/experiment ticks), `fleet::tasks` (fleet sync, judge
 //!   lease, stats publishing) → `plane` ([`ControlPlane`]) → `fleet` (Redis);
 //! - state machines and pure functions: `rollout`, `experiments`,
-//!   `effective`, `settle`, `monitoring` (drift reports as the API shows them);
+//!   `effective`, `settle`, `monitoring` (drift reports as the API shows them),
+//!   `reference` (drift reference capture from live traffic, for the API);
 //! - leaves: `state` (persisted shapes), `source`, `error`, `serving`,
-//!   `config_file`, `persist` (the writer thread), `supervise`, `metrics`.
+//!   `config_file`, `persist` (the writer thread), `supervise`, `metrics`,
+//!   `capture` (captures' status and profile files).
 
 pub mod api;
+pub mod capture;
 pub mod clock;
 pub mod config_file;
 pub mod effective;
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod persist;
 pub mod plane;
+pub mod reference;
 pub mod rollout;
 pub mod serving;
 pub mod settle;

@@ -60,6 +60,7 @@ pub(crate) fn drift(plane: &ControlPlane, model: &str) -> Result<Value, ControlE
         "generation": p.generation,
         "data_drift_score": worst(|r| r.data_drift),
         "model_drift_score": worst(|r| r.model_drift),
+        "reference": crate::reference::reference_json(plane, model),
         "variants": variants,
     }))
 }

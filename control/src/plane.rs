@@ -35,7 +35,7 @@ use crate::rollout::{self, Observation, Rollout, RolloutDecision, RolloutView};
 use crate::serving::ServingPlane;
 use crate::settle::{self, Contents, Settled, Timing};
 use crate::source::Source;
-use crate::state::{default_state_path, HistoryEntry, ModelOverride, PersistedState};
+use crate::state::{default_state_path, CapturedReference, HistoryEntry, ModelOverride, PersistedState};
 
 /// Routing states kept per model in the history.
 const HISTORY_LEN: usize = 100;
@@ -60,6 +60,8 @@ pub struct Published {
     /// Where each overridden weight came from; absent = the file.
     pub sources: BTreeMap<String, BTreeMap<String, Source>>,
     pub last_reload: ReloadStatus,
+    /// Drift references captured from live traffic, by model (they replace the file's).
+    pub references: Arc<BTreeMap<String, CapturedReference>>,
 }
 
 /// An A/B test just created.
@@ -93,6 +95,8 @@ struct Inner {
     history: BTreeMap<String, Vec<HistoryEntry>>,
     experiments: BTreeMap<String, Experiment>,
     rollouts: BTreeMap<String, Rollout>,
+    /// Drift references captured from live traffic (this replica's own).
+    references: BTreeMap<String, CapturedReference>,
     /// Fleet mode: generation of the shared record applied (0: none yet).
     fleet_generation: u64,
     /// Sequence of the last state handed to the writer.
@@ -117,6 +121,7 @@ struct Change {
     overrides: BTreeMap<String, ModelOverride>,
     rollouts: Option<BTreeMap<String, Rollout>>,
     experiments: Option<BTreeMap<String, Experiment>>,
+    references: Option<BTreeMap<String, CapturedReference>>,
     origin: Origin,
 }
 
@@ -127,6 +132,7 @@ impl Change {
             overrides,
             rollouts: None,
             experiments: None,
+            references: None,
             origin: Origin::Local { expect, judge: false },
         }
     }
@@ -146,6 +152,8 @@ pub struct ControlPlane {
     /// Fleet mode: whether the last look at the shared record succeeded, and why not.
     in_sync: AtomicBool,
     sync_error: std::sync::Mutex<Option<String>>,
+    /// Drift reference captures, by model (`reference`).
+    captures: crate::capture::Captures,
 }
 
 fn now_secs() -> u64 {
@@ -169,7 +177,15 @@ impl ControlPlane {
             .clone()
             .or_else(|| file.config.listeners.control.as_ref().and_then(|c| c.state_file.clone()))
             .unwrap_or_else(|| default_state_path(&file.path));
-        let persisted = PersistedState::load(&state_path)?;
+        let mut persisted = PersistedState::load(&state_path)?;
+        // A captured reference whose file is gone cannot be served: the file's applies again.
+        persisted.references.retain(|model, r| {
+            let ok = r.path.is_file();
+            if !ok {
+                tracing::warn!(model, path = %r.path.display(), "captured drift reference is missing; the config file's applies");
+            }
+            ok
+        });
         let fleet = match &file.config.control.fleet {
             Some(cfg) => Some(Arc::new(Fleet::new(cfg.clone())?)),
             None => None,
@@ -179,7 +195,9 @@ impl ControlPlane {
             tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = persisted.generation + 1;
-        let config = Arc::new(eff.config);
+        let mut config = eff.config;
+        with_references(&mut config, &persisted.references);
+        let config = Arc::new(config);
         serving.apply(config.clone(), generation).await?;
         let metrics = ControlMetrics::get();
         metrics.reload_ok(true);
@@ -197,6 +215,7 @@ impl ControlPlane {
                 .map(|d| (d.test_id.clone(), Experiment::resume(d)))
                 .collect(),
             rollouts: rollout::resume(&config, persisted.rollouts),
+            references: persisted.references.clone(),
             fleet_generation,
             persist_seq: 0,
         };
@@ -220,6 +239,7 @@ impl ControlPlane {
                     trigger: "startup".into(),
                     errors: vec![],
                 },
+                references: Arc::new(persisted.references),
             }),
             inner: Mutex::new(inner),
             metrics,
@@ -228,6 +248,7 @@ impl ControlPlane {
             fleet,
             in_sync: AtomicBool::new(false),
             sync_error: std::sync::Mutex::new(None),
+            captures: crate::capture::Captures::default(),
         });
         {
             let mut inner = plane.inner.lock().await;
@@ -258,6 +279,10 @@ impl ControlPlane {
 
     pub fn state_path(&self) -> &Path {
         self.writer.path()
+    }
+
+    pub(crate) fn captures(&self) -> &crate::capture::Captures {
+        &self.captures
     }
 
     /// The settle rule's timing (reloads read the file until it stops changing).
@@ -297,6 +322,7 @@ impl ControlPlane {
             history: inner.history.clone(),
             experiments: inner.experiments.values().map(|e| e.def().clone()).collect(),
             rollouts: inner.rollouts.iter().map(|(k, v)| (k.clone(), v.persisted())).collect(),
+            references: inner.references.clone(),
         }
     }
 
@@ -322,7 +348,9 @@ impl ControlPlane {
             tracing::warn!(target: "audit", dropped = ?d.to_string(), "override dropped");
         }
         let generation = self.published.load().generation + 1;
-        let config = Arc::new(eff.config);
+        let mut config = eff.config;
+        with_references(&mut config, change.references.as_ref().unwrap_or(&inner.references));
+        let config = Arc::new(config);
         let rollouts = change.rollouts.as_ref().unwrap_or(&inner.rollouts);
         let experiments = change.experiments.as_ref().unwrap_or(&inner.experiments);
         let (history, fleet_generation) = match (&change.origin, &self.fleet) {
@@ -376,6 +404,8 @@ impl ControlPlane {
                     history: h.clone(),
                     experiments: experiments.values().map(|e| e.def().clone()).collect(),
                     rollouts: rollouts.iter().map(|(k, v)| (k.clone(), v.persisted())).collect(),
+                    // Captured references are each replica's own (their files are local).
+                    references: BTreeMap::new(),
                 };
                 let g = fleet.write(base, &shared, token).await.map_err(|e| e.into_control(fleet.name()))?;
                 (h, Some(g))
@@ -392,6 +422,9 @@ impl ControlPlane {
         }
         if let Some(x) = change.experiments {
             inner.experiments = x;
+        }
+        if let Some(r) = change.references {
+            inner.references = r;
         }
         if let Some(f) = change.file {
             inner.file = f.config;
@@ -419,6 +452,7 @@ impl ControlPlane {
             effective: config,
             sources: eff.sources,
             last_reload,
+            references: Arc::new(inner.references.clone()),
         }));
         self.metrics.generation.set(generation as i64);
         let written = self.persist(inner);
@@ -435,6 +469,7 @@ impl ControlPlane {
             effective: p.effective.clone(),
             sources: p.sources.clone(),
             last_reload: status,
+            references: p.references.clone(),
         }));
     }
     fn refuse_reload(&self, trigger: &str, errors: Vec<String>) {
@@ -516,6 +551,7 @@ impl ControlPlane {
             overrides: inner.overrides.clone(),
             rollouts: None,
             experiments: None,
+            references: None,
             origin: Origin::File,
         };
         match self.commit(&mut inner, change, "config file", trigger, Some(status)).await {
@@ -696,7 +732,8 @@ impl ControlPlane {
         if let Some(f) = &self.fleet {
             let keys = variants.iter().map(|v| f.stats_key(model, v)).collect();
             if let Ok(mut s) = f.read_stats(keys).await {
-                // Drift and feedback quality are levels of this replica's own windows, not counters.
+                // Levels, not counters: drift is this replica's own window; feedback quality is
+                // the fleet's shared window, which the data plane loads into this replica's.
                 for (snap, v) in s.iter_mut().zip(variants) {
                     if let Some(local) = self.serving.stats(model, v) {
                         (snap.data_drift, snap.model_drift) = (local.data_drift, local.model_drift);
@@ -790,6 +827,7 @@ impl ControlPlane {
             overrides,
             rollouts: Some(rollouts),
             experiments: None,
+            references: None,
             origin: Origin::Local { expect: None, judge: true },
         };
         match self.commit(inner, change, &reason, &reason, None).await {
@@ -934,7 +972,11 @@ impl ControlPlane {
                 return Ok(());
             }
             let next = inner.fleet_generation + 1;
-            let seed = PersistedState { fleet_generation: Some(next), ..self.shared_state(inner, next) };
+            let seed = PersistedState {
+                fleet_generation: Some(next),
+                references: BTreeMap::new(),
+                ..self.shared_state(inner, next)
+            };
             return match f.write(0, &seed, None).await {
                 Ok(g) => {
                     tracing::info!(fleet = %f.name(), generation = g, "seeded the fleet's empty shared state with this replica's");
@@ -947,6 +989,7 @@ impl ControlPlane {
                         effective: p.effective.clone(),
                         sources: p.sources.clone(),
                         last_reload: p.last_reload.clone(),
+                        references: p.references.clone(),
                     }));
                     let _ = self.persist(inner);
                     Ok(())
@@ -974,9 +1017,36 @@ impl ControlPlane {
             overrides: rec.state.overrides.clone(),
             rollouts: Some(rollouts),
             experiments: Some(experiments),
+            references: None,
             origin: Origin::Fleet(Box::new(rec)),
         };
         self.commit(inner, change, &reason, "fleet", None).await.map(|_| ()).map_err(|e| e.message)
+    }
+
+    /// Serves `reference` as the model's drift reference (`None`: the config
+    /// file's again) in a new generation, local to this replica.
+    pub(crate) async fn set_reference(
+        &self,
+        model: &str,
+        reference: Option<CapturedReference>,
+        reason: &str,
+        trigger: &str,
+    ) -> Result<u64, ControlError> {
+        let mut inner = self.inner.lock().await;
+        let mut references = inner.references.clone();
+        match reference {
+            Some(r) => references.insert(model.to_string(), r),
+            None => references.remove(model),
+        };
+        let change = Change {
+            file: None,
+            overrides: inner.overrides.clone(),
+            rollouts: None,
+            experiments: None,
+            references: Some(references),
+            origin: Origin::File,
+        };
+        self.commit(&mut inner, change, reason, trigger, None).await.map(|(g, _)| g)
     }
 
     /// Publishes the fleet's state for `/ready` and the metrics.
@@ -1014,6 +1084,15 @@ impl ControlPlane {
 }
 
 /// The rollouts with the model's one aborted, if it was progressing (`None`: nothing to change).
+/// Points each model with a captured reference (and drift monitoring) at its profile file.
+fn with_references(config: &mut ValidatedConfig, references: &BTreeMap<String, CapturedReference>) {
+    for (model, r) in references {
+        if let Some(d) = config.models.get_mut(model.as_str()).and_then(|m| m.drift.as_mut()) {
+            d.reference = r.path.clone();
+        }
+    }
+}
+
 fn aborted(rollouts: &BTreeMap<String, Rollout>, model: &str, reason: &str) -> Option<BTreeMap<String, Rollout>> {
     let r = rollouts.get(model).filter(|r| r.status() == crate::state::RolloutStatus::Progressing)?;
     let mut r = r.clone();

@@ -1,7 +1,11 @@
 //! What the control plane needs from the serving (data) plane. The binary
 //! implements it over the proxy; tests implement it with a fake.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_config::ValidatedConfig;
@@ -25,4 +29,27 @@ pub trait ServingPlane: Send + Sync + 'static {
     fn drift(&self, _model: &str, _variant: &str) -> Option<DriftReport> {
         None
     }
+    /// Starts capturing a drift reference profile from the model's sampled live traffic.
+    fn capture_reference(&self, _model: &str, _spec: CaptureSpec) -> Result<CaptureTicket, String> {
+        Err("reference capture is not available in this serving plane".into())
+    }
+}
+
+/// The window of live traffic a reference capture covers: whichever ends first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureSpec {
+    /// Variants whose samples count; `None`: every monitored variant of the model.
+    pub variants: Option<Vec<String>>,
+    /// Sampled rows to capture.
+    pub samples: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// A capture's end: the profile (`switchyard-profile/1` JSON) and its rows, or why it failed.
+pub type CaptureEnd = Pin<Box<dyn Future<Output = Result<(String, u64), String>> + Send>>;
+
+/// A capture in progress: its end, and the rows captured so far.
+pub struct CaptureTicket {
+    pub result: CaptureEnd,
+    pub rows: Arc<AtomicU64>,
 }

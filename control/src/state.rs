@@ -110,6 +110,25 @@ pub struct PersistedState {
     pub experiments: Vec<ExperimentDef>,
     #[serde(default)]
     pub rollouts: BTreeMap<String, PersistedRollout>,
+    /// Drift references captured from live traffic, by model (this replica's own, even in fleet mode).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub references: BTreeMap<String, CapturedReference>,
+}
+
+/// A drift reference profile captured from live traffic: it replaces the
+/// model's `monitoring.drift.reference` until it is reset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapturedReference {
+    /// The profile file (beside the state file, in `<state file>.references/`).
+    pub path: PathBuf,
+    /// Unix seconds.
+    pub captured_at: u64,
+    /// Sampled rows the profile was built from.
+    pub rows: u64,
+    /// The variants whose traffic it covers; `None`: every monitored variant.
+    pub variants: Option<Vec<String>>,
+    /// The window asked for, as the request said it (`500 samples`, `10m`).
+    pub window: String,
 }
 
 /// Default place of the state file: beside the config.

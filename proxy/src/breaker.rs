@@ -16,7 +16,7 @@ pub const OPEN: i64 = 1;
 pub const HALF_OPEN: i64 = 2;
 
 pub struct Breaker {
-    /// What it guards, for the log lines (`cache L2`, `rate limits`).
+    /// What it guards, for the log lines (`cache L2`, `answer store`, `rate limits`).
     what: &'static str,
     threshold: u32,
     cooldown: Duration,
@@ -67,7 +67,7 @@ impl Breaker {
     pub fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
         if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!(what = self.what, "redis is back: breaker closed");
+            tracing::info!(breaker = self.what, "redis is back: breaker closed");
         }
         self.probing.store(false, Ordering::Release);
         self.state.set(CLOSED);
@@ -86,7 +86,7 @@ impl Breaker {
         if probing || n >= self.threshold {
             let was = self.open_until.swap(self.now_ms() + self.cooldown.as_millis() as u64, Ordering::AcqRel);
             if was == 0 {
-                tracing::warn!(what = self.what, failures = n, cooldown = ?self.cooldown, "redis failing: breaker open");
+                tracing::warn!(breaker = self.what, failures = n, cooldown = ?self.cooldown, "redis failing: breaker open");
             }
             self.state.set(OPEN);
         }

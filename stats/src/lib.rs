@@ -155,6 +155,16 @@ impl LiveStats {
         true
     }
 
+    /// Replaces the window's labelled predictions (oldest first) with a shared
+    /// window's (fleet mode: the fleet's latest labels); `total` counts the
+    /// `joined` labels this replica added. `false` when quality tracking is off.
+    pub fn replace_feedback(&self, pairs: impl IntoIterator<Item = (f64, f64)>, joined: u64) -> bool {
+        let mut q = self.quality.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = q.as_mut() else { return false };
+        w.replace(pairs, joined);
+        true
+    }
+
     /// Quality over the feedback window, when tracked.
     pub fn quality(&self) -> Option<quality::QualityReport> {
         self.quality.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|w| w.report())

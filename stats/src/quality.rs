@@ -108,6 +108,19 @@ impl QualityWindow {
         self.total += 1;
     }
 
+    /// Replaces the labelled predictions (oldest first; the newest `capacity`
+    /// kept); `total` grows by the `joined` labels that came with them.
+    pub fn replace(&mut self, pairs: impl IntoIterator<Item = (f64, f64)>, joined: u64) {
+        self.total += joined;
+        self.pairs.clear();
+        for p in pairs {
+            if self.pairs.len() == self.capacity {
+                self.pairs.pop_front();
+            }
+            self.pairs.push_back(p);
+        }
+    }
+
     pub fn report(&self) -> QualityReport {
         let n = self.pairs.len() as u64;
         let mut r = QualityReport { count: n, total: self.total, ..Default::default() };
@@ -179,6 +192,15 @@ mod tests {
             w.add(*p, *l);
         }
         w
+    }
+
+    #[test]
+    fn replace_keeps_the_newest_and_the_total() {
+        let mut w = window(Task::Classification, &[(1.0, 1.0), (0.0, 1.0)]);
+        w.replace((0..150).map(|i| (f64::from(i % 2), 1.0)), 3);
+        let r = w.report();
+        assert_eq!((r.count, r.total), (100, 5));
+        assert_eq!(w.pairs.back(), Some(&(1.0, 1.0)));
     }
 
     #[test]

@@ -138,6 +138,8 @@ def test_bad_requests_name_the_problem(server):
     r = requests.post(f"{base}/ml/models/mlp/feedback", json={"items": []}, timeout=5)
     assert r.status_code == 400 and "feedback" in r.json()["error"]
     r = requests.post(f"{base}/ml/models/mlp/feedback", json={"feedback": [{"request_id": "x", "label": "cat"}]}, timeout=5)
-    assert r.status_code == 200 and r.json()["unknown"] == ["x"]
+    # A label that is not a number is rejected whatever its id (it never reaches the answer store).
+    assert r.status_code == 200 and r.json()["unknown"] == [], r.text
+    assert r.json()["rejected"][0]["request_id"] == "x" and "must be a number" in r.json()["rejected"][0]["error"]
     r = requests.post(f"{base}/ml/models/nope/feedback", json={"feedback": []}, timeout=5)
     assert r.status_code == 404

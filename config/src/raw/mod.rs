@@ -376,6 +376,8 @@ pub struct RawQuality {
     pub output: S<String>,
     pub window: Option<S<u64>>,
     pub store: Option<S<u64>>,
+    /// Fleet mode: how long an answer waits for its feedback in Redis.
+    pub ttl: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

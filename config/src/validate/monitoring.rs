@@ -101,6 +101,7 @@ pub(super) fn quality(errs: &mut Errors, path: &str, q: &Spanned<RawQuality>) ->
         output: v.output.value.as_str().into(),
         window: count(errs, &format!("{path}.window"), &v.window, DEFAULT_QUALITY_WINDOW, 1_000_000),
         store: count(errs, &format!("{path}.store"), &v.store, DEFAULT_QUALITY_STORE, 10_000_000),
+        ttl: duration(errs, &format!("{path}.ttl"), &v.ttl, DEFAULT_QUALITY_TTL, false),
     }
 }
 

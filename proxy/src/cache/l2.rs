@@ -66,6 +66,11 @@ impl L2 {
     /// Must be called inside a tokio runtime that outlives the cache: connects
     /// and background writes run on it.
     pub fn new(cfg: &RedisConfig, metrics: L2Metrics) -> Result<Arc<L2>, String> {
+        L2::named(cfg, metrics, "cache L2")
+    }
+
+    /// The same, for another user of Redis than the cache (its breaker's log lines carry `name`).
+    pub fn named(cfg: &RedisConfig, metrics: L2Metrics, name: &'static str) -> Result<Arc<L2>, String> {
         let client = if cfg.cluster {
             Client::Cluster(Box::new(
                 redis::cluster::ClusterClient::builder(cfg.urls.clone())
@@ -80,12 +85,7 @@ impl L2 {
             Client::Single(redis::Client::open(url.as_str()).map_err(|e| format!("cache.redis.url `{url}`: {e}"))?)
         };
         let l2 = Arc::new(L2 {
-            breaker: Breaker::new(
-                "cache L2",
-                cfg.breaker_failures,
-                cfg.breaker_cooldown,
-                metrics.breaker_state.clone(),
-            ),
+            breaker: Breaker::new(name, cfg.breaker_failures, cfg.breaker_cooldown, metrics.breaker_state.clone()),
             cfg: cfg.clone(),
             client,
             conn: ArcSwapOption::empty(),
@@ -156,11 +156,24 @@ impl L2 {
 
     /// Runs one command under the timeout; failures feed the breaker.
     async fn call<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, cmd: redis::Cmd) -> Option<T> {
+        self.exec(conn, Query::Cmd(&cmd)).await
+    }
+
+    /// Runs a pipeline (one round trip) under the timeout and the breaker;
+    /// `None` when Redis was skipped (breaker open, not connected) or failed.
+    pub async fn pipeline<T: redis::FromRedisValue>(self: &Arc<Self>, pipe: &redis::Pipeline) -> Option<T> {
+        let conn = self.conn()?;
+        self.exec(conn, Query::Pipe(pipe)).await
+    }
+
+    async fn exec<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, q: Query<'_>) -> Option<T> {
         let mut c = (*conn).clone();
         let fut = async {
-            match &mut c {
-                Conn::Single(c) => query(c, &cmd).await,
-                Conn::Cluster(c) => query(c, &cmd).await,
+            match (&mut c, q) {
+                (Conn::Single(c), Query::Cmd(cmd)) => query(c, cmd).await,
+                (Conn::Cluster(c), Query::Cmd(cmd)) => query(c, cmd).await,
+                (Conn::Single(c), Query::Pipe(p)) => p.query_async(c).await,
+                (Conn::Cluster(c), Query::Pipe(p)) => p.query_async(c).await,
             }
         };
         match tokio::time::timeout(self.cfg.timeout, fut).await {
@@ -246,6 +259,13 @@ impl L2 {
     pub fn breaker_state(&self) -> i64 {
         self.breaker.state()
     }
+}
+
+/// One command or a pipeline of them.
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
 }
 
 async fn query<C: ConnectionLike, T: redis::FromRedisValue>(c: &mut C, cmd: &redis::Cmd) -> Result<T, RedisError> {

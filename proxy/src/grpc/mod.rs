@@ -7,12 +7,14 @@
 //! same header names as HTTP). `service` answers the RPCs, `exchange` is the
 //! gRPC half of an inference, `stream` serves ModelStreamInfer, and
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
-//! `v2-grpc` backend. It runs as one of pingora's services (`GrpcService`), on
+//! `v2-grpc` backend; `ml` serves Switchyard's own `switchyard.ml.v1.Feedback`
+//! beside it. It runs as one of pingora's services (`GrpcService`), on
 //! a runtime of its own, and drains and upgrades with the HTTP listener.
 
 mod edge;
 mod embedded;
 mod exchange;
+mod ml;
 mod passthrough;
 mod service;
 mod stream;
@@ -129,10 +131,16 @@ impl pingora_core::services::Service for GrpcService {
         };
         let max = self.shared.max_message_bytes;
         let front = FrontEnd { shared: self.shared.clone() };
+        let feedback = ml::FeedbackServer::new(ml::FeedbackService { shared: self.shared.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let svc = Edge {
-            inner: ResourceExhaustedOverLimit(
-                GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max),
-            ),
+            inner: ResourceExhaustedOverLimit(ByService {
+                inference: GrpcInferenceServiceServer::new(front)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+                feedback,
+            }),
             auth: self.shared.guards.auth.clone(),
         };
         tracing::info!(grpc = ?local_addr, tls = self.tls.is_some(), max_message_bytes = max, "gRPC listener started");
@@ -170,6 +178,45 @@ impl pingora_core::services::Service for GrpcService {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         Some(vec![self.key.clone()])
+    }
+}
+
+/// Calls go to the service their path names: `switchyard.ml.v1.Feedback`
+/// or, for everything else, KServe V2 (which answers UNIMPLEMENTED for what it
+/// does not know). Both generated servers are always ready.
+#[derive(Clone)]
+struct ByService<I, F> {
+    inference: I,
+    feedback: F,
+}
+
+/// The path prefix of `switchyard.ml.v1.Feedback`'s methods.
+const FEEDBACK_PREFIX: &str = "/switchyard.ml.v1.Feedback/";
+
+impl<I, F, B> Service<http::Request<B>> for ByService<I, F>
+where
+    I: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    F: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    I::Future: Send + 'static,
+    F::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match (self.inference.poll_ready(cx), self.feedback.poll_ready(cx)) {
+            (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path().starts_with(FEEDBACK_PREFIX) {
+            Box::pin(self.feedback.call(req))
+        } else {
+            Box::pin(self.inference.call(req))
+        }
     }
 }
 

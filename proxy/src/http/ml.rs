@@ -20,21 +20,16 @@ use super::reply::Reply;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::monitor::features::for_each_value;
-use crate::monitor::quality::{FeedbackBody, MAX_FEEDBACK_ITEMS};
+use crate::monitor::quality::FeedbackBody;
 use crate::pipeline::{self, Call, Exchange};
 use crate::routing::RoutingTable;
 
 /// `POST /ml/models/{m}/feedback`.
 pub async fn feedback(session: &mut Session, table: &RoutingTable, limits: &Limits, model: &str) -> Reply {
-    let route = match table.routes.get(model) {
-        Some(r) => r,
-        None => return Reply::error(&Error::not_found(format!("unknown model '{model}'"))),
-    };
-    let Some(tracker) = &route.quality else {
-        return Reply::error(&Error::bad_request(format!(
-            "model '{model}' does not track prediction quality (set models.{model}.monitoring.quality)"
-        )));
-    };
+    // An unknown model or one without quality monitoring is told before its body is read.
+    if let Err(e) = crate::feedback::tracker(table, model) {
+        return Reply::error(&e);
+    }
     let bytes = match body::read(session, limits).await {
         Ok(b) => b,
         Err(e) => return Reply::error(&e),
@@ -47,14 +42,10 @@ pub async fn feedback(session: &mut Session, table: &RoutingTable, limits: &Limi
             )))
         }
     };
-    if body.feedback.len() > MAX_FEEDBACK_ITEMS {
-        return Reply::error(&Error::bad_field(
-            "feedback",
-            format!("{} items in one call; send at most {MAX_FEEDBACK_ITEMS}", body.feedback.len()),
-        ));
+    match crate::feedback::submit(table, model, body.feedback).await {
+        Ok(outcome) => Reply::json(200, serde_json::to_vec(&outcome.to_json()).unwrap_or_default()),
+        Err(e) => Reply::error(&e),
     }
-    let answer = tracker.feedback(body.feedback);
-    Reply::json(200, serde_json::to_vec(&answer).unwrap_or_default())
 }
 
 /// The seed ticket's `InferenceRequest`.

@@ -11,13 +11,15 @@
 //! plane reads. A variant without monitoring carries `None` and pays one
 //! branch.
 
+pub mod answers;
+pub mod capture;
 pub mod features;
 pub mod profile;
 pub mod quality;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
@@ -29,7 +31,7 @@ use tokio::sync::mpsc;
 
 use self::features::for_each_value;
 use self::profile::{ColumnProfile, Profile};
-use self::quality::{QualityMetrics, QualityTracker};
+use self::quality::{FleetStore, QualityMetrics, QualityTracker};
 
 /// Samples waiting for a summariser; beyond this they are dropped (and counted).
 pub const SAMPLE_QUEUE: usize = 256;
@@ -44,6 +46,10 @@ pub struct Monitoring {
     monitors: Mutex<HashMap<(String, String), Arc<DriftMonitor>>>,
     quality_metrics: QualityMetrics,
     trackers: Mutex<HashMap<String, Arc<QualityTracker>>>,
+    /// Fleet mode: answers and quality windows in Redis (set once, at start).
+    fleet: OnceLock<Arc<FleetStore>>,
+    /// Reference captures from live traffic, fed by the summarisers.
+    captures: Arc<capture::Captures>,
 }
 
 #[derive(Clone)]
@@ -119,7 +125,39 @@ impl Monitoring {
             monitors: Mutex::new(HashMap::new()),
             quality_metrics: QualityMetrics { quality, feedback },
             trackers: Mutex::new(HashMap::new()),
+            fleet: OnceLock::new(),
+            captures: Arc::new(capture::Captures::default()),
         })
+    }
+
+    /// Starts capturing a reference profile from `model`'s sampled live traffic
+    /// (its `variants`, or all it monitors) until `samples` rows or `duration`.
+    pub fn capture(
+        &self,
+        model: &str,
+        variants: Option<HashSet<String>>,
+        samples: Option<u64>,
+        duration: Option<Duration>,
+    ) -> Result<capture::Ticket, String> {
+        let monitored: HashSet<String> = {
+            let monitors = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
+            monitors.keys().filter(|(m, _)| m == model).map(|(_, v)| v.clone()).collect()
+        };
+        if monitored.is_empty() {
+            return Err(format!("model '{model}' has no drift monitoring"));
+        }
+        if let Some(v) = variants.as_ref().and_then(|v| v.iter().find(|v| !monitored.contains(*v))) {
+            return Err(format!("model '{model}' has no drift-monitored variant '{v}'"));
+        }
+        self.captures.start(model, variants, samples, duration)
+    }
+
+    /// Fleet mode: answers go to the fleet's Redis (connected in the
+    /// background on the current tokio runtime). Call before the first generation.
+    pub fn enable_fleet(&self, cfg: &switchyard_config::FleetConfig, registry: &Registry) -> Result<(), String> {
+        let store = answers::FleetAnswers::start(cfg, registry)?;
+        let _ = self.fleet.set(store);
+        Ok(())
     }
 
     /// The latest drift reports, as the control plane reads them.
@@ -147,8 +185,16 @@ impl Monitoring {
         if let Some(m) = monitors.get(&key).filter(|m| m.cfg == *cfg && m.profile == profile) {
             return Ok(m.clone());
         }
-        let m =
-            DriftMonitor::spawn(model, variant, cfg.clone(), profile, stats, self.board.clone(), self.metrics.clone());
+        let m = DriftMonitor::spawn(
+            model,
+            variant,
+            cfg.clone(),
+            profile,
+            stats,
+            self.board.clone(),
+            self.metrics.clone(),
+            self.captures.clone(),
+        );
         monitors.insert(key, m.clone());
         Ok(m)
     }
@@ -159,7 +205,9 @@ impl Monitoring {
         if let Some(t) = trackers.get(model).filter(|t| t.config() == cfg) {
             return t.clone();
         }
-        let t = Arc::new(QualityTracker::new(model, cfg.clone(), self.quality_metrics.clone()));
+        let t =
+            Arc::new(QualityTracker::new(model, cfg.clone(), self.quality_metrics.clone(), self.fleet.get().cloned()));
+        t.spawn_refresh();
         trackers.insert(model.to_string(), t.clone());
         t
     }
@@ -188,6 +236,8 @@ impl Monitoring {
             }
             keep
         });
+        let models: HashSet<&str> = monitors.keys().map(|(m, _)| m.as_str()).collect();
+        self.captures.retain(|m| models.contains(m));
     }
 }
 
@@ -207,6 +257,7 @@ pub struct DriftMonitor {
 }
 
 impl DriftMonitor {
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         model: &str,
         variant: &str,
@@ -215,11 +266,13 @@ impl DriftMonitor {
         stats: Arc<LiveStats>,
         board: DriftBoard,
         metrics: DriftMetrics,
+        captures: Arc<capture::Captures>,
     ) -> Arc<DriftMonitor> {
         let (tx, rx) = mpsc::channel(SAMPLE_QUEUE);
         let dropped = metrics.samples.with_label_values(&[model, variant, "dropped"]);
         metrics.threshold.with_label_values(&[model, variant]).set(cfg.threshold);
-        let summariser = Summariser::new(model, variant, &cfg, &profile, stats, board, metrics, dropped.clone());
+        let mut summariser = Summariser::new(model, variant, &cfg, &profile, stats, board, metrics, dropped.clone());
+        summariser.captures = Some(captures);
         let name = format!("drift {model}/{variant}");
         let task = tokio::spawn(summariser.run(rx));
         // Supervised: a panic is recorded (readiness and metrics see it), never silent.
@@ -346,6 +399,8 @@ struct Summariser {
     summarised: IntCounter,
     dropped: IntCounter,
     sampled: u64,
+    /// Reference captures this variant's samples may feed.
+    captures: Option<Arc<capture::Captures>>,
 }
 
 impl Summariser {
@@ -374,6 +429,7 @@ impl Summariser {
             metrics,
             dropped,
             sampled: 0,
+            captures: None,
         }
     }
 
@@ -400,6 +456,9 @@ impl Summariser {
     }
 
     fn add(&mut self, s: Sample) {
+        if let Some(c) = &self.captures {
+            c.offer(&self.model, &self.variant, &s.inputs, &s.outputs);
+        }
         self.sampled += 1;
         self.summarised.inc();
         self.inputs.add(&s.inputs);

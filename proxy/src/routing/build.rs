@@ -139,6 +139,9 @@ impl RoutingTable {
                     Some(mon.quality_tracker(name, q))
                 }
             };
+            if let Some(q) = &quality {
+                q.bind_variants(variants.iter().map(|v| (v.name.clone(), v.stats.clone())).collect());
+            }
             let route = Arc::new(Route {
                 quality,
                 shadows,

@@ -18,6 +18,13 @@ pub mod pb {
     tonic::include_proto!("inference");
 }
 
+/// Switchyard's own `switchyard.ml.v1` service (feedback), served beside KServe V2;
+/// generated from `runtime/proto/switchyard_ml.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod ml_pb {
+    tonic::include_proto!("switchyard.ml.v1");
+}
+
 use pb::infer_parameter::ParameterChoice;
 use pb::{InferParameter, InferTensorContents};
 
