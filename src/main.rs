@@ -79,6 +79,9 @@ struct TokenArgs {
     /// The claim that carries the permissions.
     #[arg(long, default_value = switchyard_config::DEFAULT_PERMISSIONS_CLAIM)]
     claim: String,
+    /// Admission priority of the principal (1 is the highest), in the `priority` claim.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    priority: Option<u64>,
     /// Print the key's public JWKS instead of a token.
     #[arg(long)]
     jwks: bool,
@@ -108,6 +111,9 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     }
     if let Some(aud) = a.aud {
         claims["aud"] = aud.into();
+    }
+    if let Some(p) = a.priority {
+        claims[switchyard_config::DEFAULT_PRIORITY_CLAIM] = p.into();
     }
     println!("{}", key.sign(&claims, a.kid.as_deref()).map_err(|e| anyhow::anyhow!(e))?);
     Ok(())
