@@ -284,6 +284,8 @@ pub(super) fn access_log(errs: &mut Errors, raw: RawAccessLog, base_dir: &Path) 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -294,6 +296,50 @@ mod tests {
         for bad in ["", "model:mlp", "model::infer", "model:a/b/c:infer", "over ride", "a\nb", "model:m:in fer"] {
             assert!(check_permission(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn parse(yaml: &str) -> Result<ValidatedConfig, String> {
+        ValidatedConfig::parse(yaml, Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn shared_rate_limits_priorities_and_the_log_writer() {
+        let c = parse(
+            "rate_limits:\n  per_model: {m: {requests_per_second: 5}}\n  redis: {url: 'redis://r:6379/1', on_unavailable: closed, lease: 0s}\n\
+             access_log: {queue: 16, flush_interval: 50ms}\n",
+        )
+        .unwrap();
+        let r = c.rate_limits.redis.unwrap();
+        assert_eq!((r.url.as_str(), r.key_prefix.as_str()), ("redis://r:6379/1", DEFAULT_REDIS_KEY_PREFIX));
+        assert_eq!(
+            (r.on_unavailable, r.lease, r.timeout),
+            (Unavailable::Closed, Duration::ZERO, DEFAULT_RATE_REDIS_TIMEOUT)
+        );
+        assert_eq!((c.access_log.queue.get(), c.access_log.flush_interval), (16, Duration::from_millis(50)));
+        let d = parse("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'redis://r:1'}\n").unwrap();
+        assert_eq!(d.rate_limits.redis.unwrap().on_unavailable, Unavailable::Local);
+        for (yaml, want) in [
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'r:1'}\n", "rate_limits.redis.url"),
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {}\n", "`url`"),
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'redis://r:1', on_unavailable: maybe}\n", "not one of local, open, closed"),
+            ("rate_limits:\n  redis: {url: 'redis://r:1'}\n", "no bucket is configured"),
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'redis://r:1', breaker_failures: 0}\n", "breaker_failures"),
+            ("auth:\n  api_keys: [{principal: a, sha256: 'sha256:{H}', priority: 0}]\n", "auth.api_keys[0].priority"),
+            ("access_log: {queue: 0}\n", "access_log.queue"),
+            ("access_log: {flush_interval: 0s}\n", "access_log.flush_interval"),
+        ] {
+            let yaml = yaml.replace("{H}", &"ab".repeat(32));
+            let e = parse(&yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        let k = parse(&format!(
+            "auth:\n  api_keys: [{{principal: a, sha256: 'sha256:{}', priority: 2}}]\n  jwt: {{jwks_file: j.json, priority_claim: tier}}\n",
+            "ab".repeat(32)
+        ))
+        .unwrap()
+        .auth
+        .unwrap();
+        assert_eq!((k.api_keys[0].priority, k.jwt.unwrap().priority_claim.as_str()), (Some(2), "tier"));
     }
 
     #[test]
