@@ -53,6 +53,13 @@ pub const DEFAULT_WARMUP_RUNS: u32 = 3;
 pub const DEFAULT_WARMUP_REQUESTS: u32 = 1;
 /// The server's name in V2 server metadata.
 pub const DEFAULT_SERVER_NAME: &str = "switchyard";
+/// How long a Triton sequence may go without a request before it is released.
+/// Longer than Triton's own default `max_sequence_idle_microseconds` (1 s), so
+/// Switchyard never refuses a request its backend would still take: the
+/// backend's own limit judges first.
+pub const DEFAULT_SEQUENCE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Live sequences per model at most (about 200 bytes each).
+pub const DEFAULT_MAX_SEQUENCES: usize = 65_536;
 /// How often the ONNX repository is rescanned when file events are missed.
 pub const DEFAULT_REPOSITORY_POLL: Duration = Duration::from_secs(2);
 
@@ -683,6 +690,28 @@ pub struct ModelConfig {
     pub drift: Option<DriftConfig>,
     /// Prediction quality from feedback; `None`: off (nothing remembered per request).
     pub quality: Option<QualityConfig>,
+    /// Triton sequence affinity (always on; these are its bounds).
+    pub sequences: SequenceConfig,
+}
+
+/// The bounds of a model's table of live Triton sequences (`sequence_id` →
+/// variant and endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceConfig {
+    /// A sequence with no request for this long is released (Triton's
+    /// `max_sequence_idle_microseconds` is the backend's own).
+    pub idle_timeout: Duration,
+    /// Live sequences at most; a new one past it is refused (503).
+    pub max_active: NonZeroUsize,
+}
+
+impl Default for SequenceConfig {
+    fn default() -> Self {
+        SequenceConfig {
+            idle_timeout: DEFAULT_SEQUENCE_IDLE_TIMEOUT,
+            max_active: NonZeroUsize::new(DEFAULT_MAX_SEQUENCES).expect("non-zero"),
+        }
+    }
 }
 
 /// What a model predicts, for quality metrics.

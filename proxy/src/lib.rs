@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod respond;
 pub mod routing;
+pub mod sequence;
 pub mod shadow;
 pub mod shm;
 pub mod tls;

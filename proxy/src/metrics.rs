@@ -40,6 +40,8 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     /// Concurrency limits (`admission`).
     pub admission: crate::admission::AdmissionMetrics,
+    /// Live Triton sequences (`sequence`).
+    pub sequences: crate::sequence::SequenceMetrics,
 }
 
 /// Metric handles of one batch queue.
@@ -231,8 +233,10 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let admission = crate::admission::AdmissionMetrics::new(&registry);
+        let sequences = crate::sequence::SequenceMetrics::new(&registry);
         Metrics {
             admission,
+            sequences,
             registry,
             requests,
             request_duration,

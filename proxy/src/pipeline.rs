@@ -1,6 +1,8 @@
 //! The request lifecycle, once for every protocol: select the variant →
 //! decode → cache → batch queue → backend (shadow mirrors beside it) →
-//! encode → record. A listener supplies only what is protocol-specific — how
+//! encode → record. A request of a Triton sequence goes back, once decoded,
+//! to the variant its sequence was opened on (`sequence`) and skips cache,
+//! batch queue and mirrors. A listener supplies only what is protocol-specific — how
 //! to read metadata, decode the request, tell that the client left and
 //! encode the answer (`Exchange`) — and writes what `infer` returns. So every
 //! protocol routes, caches, batches, times and counts alike, and a new
@@ -12,6 +14,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use switchyard_runtime::backend::affinity::Affinity;
 use switchyard_runtime::{InferRequest, InferResponse};
 
 use crate::admission;
@@ -24,6 +27,7 @@ use crate::outcome::{Executed, Outcome};
 use crate::ratelimit::RateLimiter;
 use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
+use crate::sequence;
 use crate::shadow;
 use crate::trace;
 
@@ -125,7 +129,7 @@ pub async fn infer<X: Exchange>(
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
     let guarded = call.guard().await;
-    let sel = match guarded.and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal)) {
+    let mut sel = match guarded.and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal)) {
         Ok(s) => s,
         Err(e) => {
             // Labelled by model only when it names a route: refused clients cannot grow the label set.
@@ -135,21 +139,22 @@ pub async fn infer<X: Exchange>(
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
         }
     };
-    let _variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
+    let mut variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
     // Admission before work: a saturated model or backend refuses before the body is read.
-    let ticket = match table.admission.enter(&sel.route.name, &sel.variant.backend_name) {
-        Ok(t) => t,
-        Err(e) => {
-            let total = call.start.elapsed();
-            record(sel.variant, respond::http_status(&e), total, Duration::ZERO);
-            return Answer {
-                result: Err(e),
-                variant: Some(sel.variant.header_value.clone()),
-                batch_rows: None,
-                cache: None,
-                overhead: total,
-            };
+    let refused = |sel: &Selection<'_>, e: Error| {
+        let total = call.start.elapsed();
+        record(sel.variant, respond::http_status(&e), total, Duration::ZERO);
+        Answer {
+            result: Err(e),
+            variant: Some(sel.variant.header_value.clone()),
+            batch_rows: None,
+            cache: None,
+            overhead: total,
         }
+    };
+    let mut ticket = match table.admission.enter(&sel.route.name, &sel.variant.backend_name) {
+        Ok(t) => t,
+        Err(e) => return refused(&sel, e),
     };
     // Sampled requests only; with tracing off the snapshot has no tracer and nothing is timed.
     let trace = table.tracer.as_ref().and_then(|t| t.begin(x.metadata(), call.start));
@@ -162,8 +167,8 @@ pub async fn infer<X: Exchange>(
     mark(&mut marks.routed);
     // What the run learnt, kept for the answer and the record (the response itself moves on).
     let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
-    let result = async {
-        let mut req = x.decode().await?;
+    let decoded = async {
+        let req = x.decode().await?;
         mark(&mut marks.decoded);
         // A body of unknown size (chunked) is charged its bytes once read: before the work.
         if let (Some(rl), None, Some(n)) = (call.limiter, call.input_bytes, x.body_len()) {
@@ -171,6 +176,37 @@ pub async fn infer<X: Exchange>(
                 rl.admit_bytes(&call.rate_key(), call.model, n).await?;
             }
         }
+        // A Triton sequence stays on the variant (and endpoint) it was opened on.
+        let placement = match sequence::params(&req)? {
+            None => None,
+            Some(seq) => Some(sel.route.sequences.place(call.model, &seq, &sel.variant.name)?),
+        };
+        Ok::<_, Error>((req, placement))
+    }
+    .await;
+    if let Ok((_, Some(p))) = &decoded {
+        if p.variant != sel.variant.name {
+            let Some(idx) = sel.route.variants.iter().position(|v| v.name == p.variant) else {
+                let e = Error::unavailable(format!(
+                    "{} was opened on variant '{}', which model '{}' no longer has (config changed); \
+                     its state cannot move: start the sequence again",
+                    p.pin.label(),
+                    p.variant,
+                    sel.route.name
+                ));
+                return refused(&sel, e);
+            };
+            sel = sel.route.selection_of(idx, call.model, call.version);
+            variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
+            ticket = match table.admission.enter(&sel.route.name, &sel.variant.backend_name) {
+                Ok(t) => t,
+                Err(e) => return refused(&sel, e),
+            };
+        }
+    }
+    let _variant_in_flight = variant_in_flight;
+    let result = async {
+        let (mut req, placement) = decoded?;
         if let Some(forward) = sel.variant.backend.forwarding() {
             // Only what this backend sends on is copied (`runtime::backend::forward`).
             forward.apply(x.metadata(), &mut req.metadata);
@@ -210,7 +246,10 @@ pub async fn infer<X: Exchange>(
         // that passes while queued never reaches the backend.
         let run = async {
             let mut permits = ticket.admit(priority).await?;
-            let outcome = execute(&sel, call.model, call.version, req, directive).await;
+            let outcome = match &placement {
+                None => execute(&sel, call.model, call.version, req, directive).await,
+                Some(p) => in_sequence(&sel, req, p).await,
+            };
             match &outcome {
                 Ok(_) => permits.record(true),
                 Err(e) if e.signals_overload() => permits.record(false),
@@ -394,6 +433,18 @@ async fn execute(
         mirrors.primary_answered(&done.response);
     }
     result
+}
+
+/// A request of a Triton sequence: straight to its backend, on the
+/// sequence's endpoint. No cache (the answer depends on the sequence's
+/// state, not only the request), no batch queue (a merged request would
+/// carry one sequence's id for rows of several), no shadow mirrors (a
+/// sampled mirror would see a sequence with holes in it).
+async fn in_sequence(sel: &Selection<'_>, req: InferRequest, p: &sequence::Placement) -> Outcome {
+    let t0 = Instant::now();
+    let affinity = Affinity { pin: &p.pin, start: p.start };
+    let response = sel.variant.backend.infer_pinned(&sel.target, req, affinity).await?;
+    Ok(Executed::from_backend(response, t0.elapsed()))
 }
 
 async fn cached(sel: &Selection<'_>, model: &str, req: InferRequest, directive: Directive) -> Outcome {

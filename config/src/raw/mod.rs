@@ -359,6 +359,17 @@ pub struct RawModel {
     pub cache: Option<S<RawCachePolicy>>,
     /// Drift detection and prediction quality (docs/monitoring.md).
     pub monitoring: Option<S<RawMonitoring>>,
+    /// Triton sequence affinity: the table of live `sequence_id`s (docs/triton.md).
+    pub sequences: Option<S<RawSequences>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSequences {
+    /// A sequence with no request for this long is released.
+    pub idle_timeout: Option<S<String>>,
+    /// Live sequences of the model at most; a new one past it is refused.
+    pub max_active: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

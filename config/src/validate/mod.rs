@@ -212,6 +212,8 @@ models:
             ("zero grpc limit", "listeners:\n  grpc:\n    max_message_bytes: 0\n".into(), "listeners.grpc.max_message_bytes", 3, 24, "must be between 1 and"),
             ("bad duration", "limits:\n  backend_timeout: 5 parsecs\n".into(), "limits.backend_timeout", 2, 20, "unknown unit `parsecs`"),
             ("zero duration", "limits:\n  header_read_timeout: 0s\n".into(), "limits.header_read_timeout", 2, 24, "must be greater than zero"),
+            ("zero sequence idle", format!("{B}models:\n  m:\n    sequences: {{idle_timeout: 0s}}\n    variants: [{{name: a, backend: b}}]\n"), "models.m.sequences.idle_timeout", 5, 31, "must be greater than zero"),
+            ("zero sequence cap", format!("{B}models:\n  m:\n    sequences:\n      max_active: 0\n    variants: [{{name: a, backend: b}}]\n"), "models.m.sequences.max_active", 6, 19, "must be at least 1"),
             ("bad header name", "routing:\n  sticky_header: x user\n".into(), "routing.sticky_header", 2, 18, "`x user` is not a valid HTTP header name"),
             ("unknown execution provider", "runtime:\n  onnx:\n    execution_provider: tpu\n".into(), "runtime.onnx.execution_provider", 3, 25, "unknown execution provider `tpu`"),
             ("unknown log format", "logging:\n  format: xml\n".into(), "logging.format", 2, 11, "unknown log format `xml`"),

@@ -99,7 +99,20 @@ fn model(errs: &mut Errors, path: &str, name: &str, m: &RawModel, cx: &Context<'
         .as_ref()
         .and_then(|mon| mon.value.quality.as_ref())
         .map(|q| super::monitoring::quality(errs, &format!("{path}.monitoring.quality"), q));
-    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift, quality }
+    let sequences = m.sequences.as_ref().map_or_else(SequenceConfig::default, |s| {
+        let p = format!("{path}.sequences");
+        SequenceConfig {
+            idle_timeout: duration(
+                errs,
+                &format!("{p}.idle_timeout"),
+                &s.value.idle_timeout,
+                DEFAULT_SEQUENCE_IDLE_TIMEOUT,
+                false,
+            ),
+            max_active: positive(errs, &format!("{p}.max_active"), &s.value.max_active, DEFAULT_MAX_SEQUENCES),
+        }
+    });
+    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift, quality, sequences }
 }
 
 fn variant(

@@ -10,15 +10,18 @@
 //! (the model's and backend's concurrency limits, at the request's
 //! priority), holding its slots until the backend's last response. A failed
 //! request answers with `error_message` and the stream goes on; a client
-//! that goes away aborts what still runs.
+//! that goes away aborts what still runs. The requests of one Triton
+//! sequence run one after another, in order, and through the lifecycle
+//! (never relayed), so they stay on the sequence's pinned endpoint.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
 use switchyard_runtime::codec::grpc::pb;
 use switchyard_runtime::BackendError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -27,6 +30,7 @@ use crate::admission;
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::pipeline::Call;
+use crate::sequence::{self, SequenceId};
 use crate::{pipeline, respond};
 
 /// Requests of one stream in flight at once; more wait for the oldest to answer.
@@ -51,15 +55,21 @@ pub fn serve(
     let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(STREAM_WINDOW);
     // Reader: starts every request as it arrives, so many run at once.
     tokio::spawn(async move {
+        let mut sequences = SequenceOrder::default();
         loop {
             let next = match inbound.message().await {
                 Ok(Some(msg)) => {
                     let (shared, headers, principal) = (shared.clone(), headers.clone(), principal.clone());
                     let (tx, rx) = mpsc::channel(RESPONSES_PER_REQUEST);
-                    let task =
-                        tokio::spawn(
-                            async move { one(&shared, &headers, principal.as_deref(), client, msg, tx).await },
-                        );
+                    // A request of a Triton sequence waits for the sequence's previous one.
+                    let (after, done) = sequences.next(&msg);
+                    let task = tokio::spawn(async move {
+                        if let Some(previous) = after {
+                            let _ = previous.await;
+                        }
+                        one(&shared, &headers, principal.as_deref(), client, msg, tx).await;
+                        drop(done);
+                    });
                     Pending::Running(AbortOnDrop(task), rx)
                 }
                 Ok(None) => break,
@@ -157,6 +167,11 @@ async fn relay(
     mut msg: pb::ModelInferRequest,
     out: &Answers,
 ) -> Relay {
+    // A sequence's requests stay on their pinned endpoint: through the
+    // lifecycle, one answer each (decoupled sequence models are not relayed).
+    if sequence::grpc_sequence_key(&msg.parameters).is_some() {
+        return Relay::Pipeline(msg);
+    }
     let start = Instant::now();
     let table = shared.table.load_full();
     let call = Call {
@@ -196,9 +211,15 @@ async fn relay(
         Err(e) => return refused(e),
     };
     let priority = admission::effective_priority(parameter_priority(&msg), call.caller_priority());
+    // Held until the backend's final response for the request (or its stream's end).
     let mut permits = match ticket.admit(priority).await {
-        Ok(p) => p,
+        Ok(p) => Some(p),
         Err(e) => return refused(e),
+    };
+    let record = |permits: &mut Option<admission::Permits>, ok: bool| {
+        if let Some(mut p) = permits.take() {
+            p.record(ok);
+        }
     };
     let public = std::mem::replace(&mut msg.model_name, sel.target.name.to_string());
     msg.model_version = sel.target.version.as_deref().unwrap_or_default().to_owned();
@@ -212,7 +233,7 @@ async fn relay(
         Err(s) => {
             let e = status(s);
             if e.signals_overload() {
-                permits.record(false);
+                record(&mut permits, false);
             }
             pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
             return Relay::Failed(e.message);
@@ -223,26 +244,39 @@ async fn relay(
             Ok(Some(mut r)) => {
                 if let Some(ir) = r.infer_response.as_mut() {
                     ir.model_name.clone_from(&public);
+                    // The work is done at the final response: the slots are free before the client hears of it.
+                    if final_response(ir) {
+                        record(&mut permits, true);
+                    }
                 }
                 if out.send(r).await.is_err() {
                     return Relay::Done;
                 }
             }
             Ok(None) => {
-                permits.record(true);
+                record(&mut permits, true);
                 pipeline::record(variant, 200, start.elapsed(), start.elapsed());
                 return Relay::Done;
             }
             Err(s) => {
                 let e = status(s);
                 if e.signals_overload() {
-                    permits.record(false);
+                    record(&mut permits, false);
                 }
                 pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
                 return Relay::Failed(e.message);
             }
         }
     }
+}
+
+/// Whether a relayed response is the request's last (Triton's `triton_final_response`).
+fn final_response(r: &pb::ModelInferResponse) -> bool {
+    use pb::infer_parameter::ParameterChoice;
+    matches!(
+        r.parameters.get("triton_final_response").and_then(|p| p.parameter_choice.as_ref()),
+        Some(ParameterChoice::BoolParam(true))
+    )
 }
 
 /// Triton's `priority` parameter of a gRPC request, when it is a non-negative integer.
@@ -252,6 +286,31 @@ fn parameter_priority(msg: &pb::ModelInferRequest) -> Option<u64> {
         Some(ParameterChoice::Uint64Param(p)) => Some(p),
         Some(ParameterChoice::Int64Param(p)) => u64::try_from(p).ok(),
         _ => None,
+    }
+}
+
+/// Runs the requests of each Triton sequence on a stream one after another,
+/// in the order they came (Triton's streaming keeps a sequence in order;
+/// started concurrently, a sequence's second request could overtake its
+/// first): each waits for the previous request of its (model, sequence id).
+#[derive(Default)]
+struct SequenceOrder {
+    last: HashMap<(String, SequenceId), oneshot::Receiver<()>>,
+}
+
+impl SequenceOrder {
+    /// What `msg` waits for before it runs, and what it drops when done.
+    fn next(&mut self, msg: &pb::ModelInferRequest) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
+        let Some(id) = sequence::grpc_sequence_key(&msg.parameters) else { return (None, None) };
+        let key = (msg.model_name.clone(), id);
+        let previous = self.last.remove(&key);
+        let (done, waiter) = oneshot::channel();
+        self.last.insert(key, waiter);
+        if self.last.len() > 4 * STREAM_WINDOW {
+            // Sequences whose last request finished need no place in line.
+            self.last.retain(|_, w| matches!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+        (previous, Some(done))
     }
 }
 

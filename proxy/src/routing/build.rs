@@ -142,7 +142,17 @@ impl RoutingTable {
             if let Some(q) = &quality {
                 q.bind_variants(variants.iter().map(|v| (v.name.clone(), v.stats.clone())).collect());
             }
+            // Live sequences outlive a reload while their route does.
+            let sequences =
+                match ctx.previous.and_then(|p| p.routes.get(name).or(p.wildcard.as_ref().filter(|_| is_wild))) {
+                    Some(old) => {
+                        old.sequences.configure(&m.sequences);
+                        old.sequences.clone()
+                    }
+                    None => crate::sequence::SequenceTable::new(name.clone(), &m.sequences, &metrics.sequences),
+                };
             let route = Arc::new(Route {
+                sequences,
                 quality,
                 shadows,
                 picker,

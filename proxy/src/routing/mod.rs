@@ -129,6 +129,8 @@ pub struct Route {
     pub shadows: Vec<usize>,
     /// Answers remembered for feedback, when the model tracks prediction quality.
     pub quality: Option<Arc<crate::monitor::quality::QualityTracker>>,
+    /// Live Triton sequences pinned to a variant and endpoint (kept across snapshots).
+    pub sequences: Arc<crate::sequence::SequenceTable>,
 }
 
 /// A routing decision: which variant, and what to ask its backend for.
@@ -156,6 +158,12 @@ impl Route {
             index: idx,
             target: self.target_of(idx, model, version),
         })
+    }
+
+    /// The selection of variant `idx` for the client's model and version
+    /// (a sequence goes back to the variant it was opened on).
+    pub fn selection_of<'a>(&'a self, idx: usize, model: &str, version: Option<&str>) -> Selection<'a> {
+        Selection { route: self, variant: &self.variants[idx], index: idx, target: self.target_of(idx, model, version) }
     }
 
     /// What variant `idx` asks its backend for, given the client's model and version.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tonic::Status;
 
+use super::affinity::Affinity;
 use super::forward::Forwarding;
 use super::triton::TritonModels;
 use crate::codec::grpc::pb;
@@ -28,6 +29,18 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Runs one inference request.
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError>;
+
+    /// Runs one request of a Triton sequence: on the endpoint its pin names
+    /// (its first request places it). A backend with one place to run
+    /// (the embedded runtime) has nothing to pin and just runs it.
+    async fn infer_pinned(
+        &self,
+        target: &ModelTarget,
+        req: InferRequest,
+        _affinity: Affinity<'_>,
+    ) -> Result<InferResponse, BackendError> {
+        self.infer(target, req).await
+    }
 
     /// V2 model metadata object (`GET /v2/models/{m}[/versions/{v}]`).
     async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError>;

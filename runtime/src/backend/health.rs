@@ -25,6 +25,8 @@ use hyper_util::rt::TokioExecutor;
 use switchyard_config::{EndpointHealth, LoadMetrics, OutlierDetection, MAX_EJECTION_FACTOR};
 use tokio::task::JoinHandle;
 
+use super::affinity::{Affinity, PinMiss};
+
 /// Server queue figures older than this many scrape intervals are not trusted.
 const STALE_SCRAPES: u32 = 3;
 /// The retry budget's window (Linkerd's `ttl`).
@@ -277,6 +279,43 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 let (a, b) = (nth(a), nth(b));
                 Some(if self.load(&set[b], now) < self.load(&set[a], now) { b } else { a })
             }
+        }
+    }
+
+    /// The endpoint a request of a pinned sequence must go to
+    /// (`backend::affinity`): its index in `set` when it is there and in
+    /// rotation. Unlike `pick`, never another one: the sequence's state is there.
+    pub fn pinned(&self, set: &[Arc<Member<T>>], authority: &str) -> Result<usize, PinMiss> {
+        let i = set.iter().position(|m| m.authority == authority).ok_or(PinMiss::Removed)?;
+        if self.in_rotation(&set[i], self.now_ms()) {
+            Ok(i)
+        } else {
+            Err(PinMiss::OutOfRotation)
+        }
+    }
+
+    /// The endpoint for a call: by load (`pick`), or for a request of a
+    /// sequence its pinned one — its first request is placed by load and
+    /// recorded in the pin. `None` from `pick` (nothing left to try) is `Ok(None)`.
+    pub fn choose(
+        &self,
+        set: &[Arc<Member<T>>],
+        tried: &[usize],
+        affinity: Option<Affinity<'_>>,
+    ) -> Result<Option<usize>, PinMiss> {
+        match affinity {
+            None => Ok(self.pick(set, tried)),
+            Some(a) if a.start => {
+                let i = self.pick(set, tried);
+                if let Some(i) = i {
+                    a.pin.place(&set[i].authority);
+                }
+                Ok(i)
+            }
+            Some(a) => match a.pin.endpoint() {
+                None => Err(PinMiss::Unplaced),
+                Some(ep) => self.pinned(set, &ep).map(Some),
+            },
         }
     }
 
@@ -630,6 +669,28 @@ mod tests {
             n[p.pick(&set, &[]).unwrap()] += 1;
         }
         n
+    }
+
+    #[test]
+    fn a_sequence_is_placed_once_then_only_its_endpoint_serves_it() {
+        use crate::backend::affinity::{Affinity, EndpointPin};
+        let p = pool(3, EndpointHealth { eject_after_failures: 1, ..Default::default() });
+        let set = p.members();
+        let pin = EndpointPin::new("sequence 1 of model 'm'");
+        let later = Affinity { pin: &pin, start: false };
+        assert_eq!(p.choose(&set, &[], Some(later)), Err(PinMiss::Unplaced));
+        let first = p.choose(&set, &[], Some(Affinity { pin: &pin, start: true })).unwrap().unwrap();
+        assert_eq!(pin.endpoint().as_deref(), Some(set[first].authority.as_str()));
+        for _ in 0..50 {
+            assert_eq!(p.choose(&set, &[], Some(later)), Ok(Some(first)));
+        }
+        // Ejected: the sequence fails rather than moving.
+        run(&p, first, Outcome::Failure, 1);
+        assert_eq!(p.choose(&set, &[], Some(later)), Err(PinMiss::OutOfRotation));
+        // Gone from the set (DNS): the same.
+        let rest: Vec<_> = set.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, m)| m.clone()).collect();
+        p.replace(rest);
+        assert_eq!(p.choose(&p.members(), &[], Some(later)), Err(PinMiss::Removed));
     }
 
     #[test]

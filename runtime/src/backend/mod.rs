@@ -2,8 +2,10 @@
 //! model (`contract`), so routing, batching and caching never depend on
 //! which one it is; `set` builds a generation's backends; `dns` keeps the
 //! endpoint sets of backends named by DNS current; `health` keeps failing
-//! replicas of a remote backend out of rotation and spreads load by it.
+//! replicas of a remote backend out of rotation and spreads load by it;
+//! `affinity` keeps a Triton sequence on the one replica that holds its state.
 
+pub mod affinity;
 mod contract;
 pub mod dns;
 pub mod forward;

@@ -15,6 +15,7 @@ use switchyard_config::{Endpoints, ResolverConfig, V2GrpcBackend as Config};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use super::affinity::Affinity;
 use super::contract::{Backend, GrpcPassthrough, ModelTarget};
 use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
@@ -144,13 +145,34 @@ impl V2GrpcBackend {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_on(timeout, idempotent, None, f).await
+    }
+
+    /// `call`, for a request of a Triton sequence on its pinned endpoint
+    /// (`backend::affinity`): never retried elsewhere once the sequence is placed.
+    async fn call_on<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        idempotent: Idempotent,
+        affinity: Option<Affinity<'_>>,
+        f: F,
+    ) -> Result<T, BackendError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let eps = self.pool.members();
         self.pool.count_request();
         let mut tried: Vec<usize> = Vec::new();
+        let pinned = affinity.is_some_and(|a| !a.start);
         loop {
-            let i = self.pool.pick(&eps, &tried).ok_or_else(|| {
-                BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
-            })?;
+            let i = self
+                .pool
+                .choose(&eps, &tried, affinity)
+                .map_err(|miss| miss.error(&self.name, affinity.expect("a miss needs a pin").pin))?
+                .ok_or_else(|| {
+                    BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
+                })?;
             let call = self.pool.begin(&eps[i]);
             let status = match tokio::time::timeout(timeout, f(call.member().transport.clone())).await {
                 Err(_) => {
@@ -171,13 +193,53 @@ impl V2GrpcBackend {
             self.pool.finish(&call, outcome);
             tried.push(i);
             let transport = status.code() == Code::Unavailable && std::error::Error::source(&status).is_some();
-            let retry = transport && (idempotent == Idempotent::Yes || refused(&status)) && tried.len() < eps.len();
+            let retry =
+                transport && !pinned && (idempotent == Idempotent::Yes || refused(&status)) && tried.len() < eps.len();
             if retry && self.pool.may_retry() {
                 tracing::debug!(backend = %self.name, endpoint = %eps[i].authority, error = %error_chain(&status), "retrying on another endpoint");
                 continue;
             }
             return Err(self.error(status, &eps[i].authority, timeout));
         }
+    }
+
+    /// One inference, on the sequence's pinned endpoint when `affinity` says so.
+    async fn infer_on(
+        &self,
+        target: &ModelTarget,
+        mut req: InferRequest,
+        affinity: Option<Affinity<'_>>,
+    ) -> Result<InferResponse, BackendError> {
+        let client_metadata = std::mem::take(&mut req.metadata);
+        let msg = grpc::encode_request(req, &target.name, target.version.as_deref());
+        let mut md = tonic::metadata::MetadataMap::new();
+        // Already filtered (`forwarding`): the client's metadata as it may go on.
+        if !client_metadata.is_empty() {
+            let map = md.as_mut();
+            // A repeated name comes as `None` after its first entry.
+            let mut last: Option<http::HeaderName> = None;
+            for (k, v) in client_metadata {
+                if k.is_some() {
+                    last = k;
+                }
+                if let Some(name) = &last {
+                    map.append(name.clone(), v);
+                }
+            }
+        }
+        let timeout = self.timeout;
+        // Tensor contents are `Bytes`: a second attempt's copy of the message shares them.
+        let resp = self
+            .call_on(timeout, Idempotent::No, affinity, |mut client| {
+                let mut request = Self::request(msg.clone(), timeout);
+                if !md.is_empty() {
+                    *request.metadata_mut() = md.clone();
+                    request.set_timeout(timeout);
+                }
+                async move { client.model_infer(request).await }
+            })
+            .await?;
+        grpc::decode_response(resp).map_err(|e| BackendError::Protocol(e.to_string()))
     }
 
     /// A backend's gRPC status → who failed, in the runtime's terms.
@@ -331,37 +393,17 @@ impl Backend for V2GrpcBackend {
         Some(&self.forward)
     }
 
-    async fn infer(&self, target: &ModelTarget, mut req: InferRequest) -> Result<InferResponse, BackendError> {
-        let client_metadata = std::mem::take(&mut req.metadata);
-        let msg = grpc::encode_request(req, &target.name, target.version.as_deref());
-        let mut md = tonic::metadata::MetadataMap::new();
-        // Already filtered (`forwarding`): the client's metadata as it may go on.
-        if !client_metadata.is_empty() {
-            let map = md.as_mut();
-            // A repeated name comes as `None` after its first entry.
-            let mut last: Option<http::HeaderName> = None;
-            for (k, v) in client_metadata {
-                if k.is_some() {
-                    last = k;
-                }
-                if let Some(name) = &last {
-                    map.append(name.clone(), v);
-                }
-            }
-        }
-        let timeout = self.timeout;
-        // Tensor contents are `Bytes`: a second attempt's copy of the message shares them.
-        let resp = self
-            .call(timeout, Idempotent::No, |mut client| {
-                let mut request = Self::request(msg.clone(), timeout);
-                if !md.is_empty() {
-                    *request.metadata_mut() = md.clone();
-                    request.set_timeout(timeout);
-                }
-                async move { client.model_infer(request).await }
-            })
-            .await?;
-        grpc::decode_response(resp).map_err(|e| BackendError::Protocol(e.to_string()))
+    async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
+        self.infer_on(target, req, None).await
+    }
+
+    async fn infer_pinned(
+        &self,
+        target: &ModelTarget,
+        req: InferRequest,
+        affinity: Affinity<'_>,
+    ) -> Result<InferResponse, BackendError> {
+        self.infer_on(target, req, Some(affinity)).await
     }
 
     async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError> {

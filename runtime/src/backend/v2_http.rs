@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use switchyard_config::{BinaryMode, Endpoints, ResolverConfig, Upstream, V2HttpBackend as Config};
 use tokio::sync::OnceCell;
 
+use super::affinity::Affinity;
 use super::contract::{Backend, ModelTarget};
 use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
@@ -173,16 +174,37 @@ impl V2HttpBackend {
         client: Option<&http::HeaderMap>,
         timeout: Duration,
     ) -> Result<Reply, BackendError> {
+        self.send_on(method, path, body, headers, client, timeout, None).await
+    }
+
+    /// `send`, for a request of a Triton sequence on its pinned endpoint
+    /// (`backend::affinity`): never retried elsewhere once the sequence is placed.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_on(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Bytes,
+        headers: &[(HeaderName, HeaderValue)],
+        client: Option<&http::HeaderMap>,
+        timeout: Duration,
+        affinity: Option<Affinity<'_>>,
+    ) -> Result<Reply, BackendError> {
         let mut tried: Vec<usize> = Vec::new();
         // One snapshot for the whole call (retries included).
         let eps = self.pool.members();
         self.pool.count_request();
         // Only a call that is safe to repeat is retried after it may have reached the server.
         let idempotent = method == Method::GET;
+        let pinned = affinity.is_some_and(|a| !a.start);
         loop {
-            let i = self.pool.pick(&eps, &tried).ok_or_else(|| {
-                BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.source))
-            })?;
+            let i = self
+                .pool
+                .choose(&eps, &tried, affinity)
+                .map_err(|miss| miss.error(&self.name, affinity.expect("a miss needs a pin").pin))?
+                .ok_or_else(|| {
+                    BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.source))
+                })?;
             let call = self.pool.begin(&eps[i]);
             let ep = &call.member().transport;
             let mut uri = String::with_capacity(ep.base_uri.len() + path.iter().map(|p| p.len()).sum::<usize>());
@@ -238,7 +260,7 @@ impl V2HttpBackend {
             tried.push(i);
             // Nothing was sent (connect failed), or the call is safe to repeat:
             // another endpoint may take it, within the retry budget.
-            if (!sent || idempotent) && tried.len() < eps.len() {
+            if (!sent || idempotent) && !pinned && tried.len() < eps.len() {
                 if self.pool.may_retry() {
                     tracing::debug!(backend = %self.name, error = %err, "retrying on another endpoint");
                     continue;
@@ -272,6 +294,42 @@ impl V2HttpBackend {
                 probe.copied().unwrap_or(false)
             }
         }
+    }
+
+    /// One inference, on the sequence's pinned endpoint when `affinity` says so.
+    async fn infer_on(
+        &self,
+        target: &ModelTarget,
+        req: InferRequest,
+        affinity: Option<Affinity<'_>>,
+    ) -> Result<InferResponse, BackendError> {
+        let binary = self.use_binary().await;
+        let enc = v2::encode_request(&req, binary).map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        let binary_headers;
+        let headers: &[(HeaderName, HeaderValue)] = match enc.header_len {
+            Some(n) => {
+                binary_headers =
+                    [(CONTENT_TYPE, APPLICATION_OCTET_STREAM), (INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n))];
+                &binary_headers
+            }
+            None => &[(CONTENT_TYPE, APPLICATION_JSON)],
+        };
+        let path = Self::model_path(target, "/infer");
+        let reply =
+            self.send_on(Method::POST, &path, enc.body, headers, Some(&req.metadata), self.timeout, affinity).await?;
+        if reply.status != StatusCode::OK {
+            return Err(status_error(&reply));
+        }
+        let header_len = match reply.headers.get(HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| BackendError::Protocol("bad Inference-Header-Content-Length".into()))?,
+            ),
+        };
+        v2::decode_response(&reply.body, header_len).map_err(|e| BackendError::Protocol(e.to_string()))
     }
 
     /// `/v2/models/{name}[/versions/{version}]{suffix}`, in pieces for `send`.
@@ -329,32 +387,16 @@ impl Backend for V2HttpBackend {
     }
 
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
-        let binary = self.use_binary().await;
-        let enc = v2::encode_request(&req, binary).map_err(|e| BackendError::InvalidInput(e.to_string()))?;
-        let binary_headers;
-        let headers: &[(HeaderName, HeaderValue)] = match enc.header_len {
-            Some(n) => {
-                binary_headers =
-                    [(CONTENT_TYPE, APPLICATION_OCTET_STREAM), (INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n))];
-                &binary_headers
-            }
-            None => &[(CONTENT_TYPE, APPLICATION_JSON)],
-        };
-        let path = Self::model_path(target, "/infer");
-        let reply = self.send(Method::POST, &path, enc.body, headers, Some(&req.metadata), self.timeout).await?;
-        if reply.status != StatusCode::OK {
-            return Err(status_error(&reply));
-        }
-        let header_len = match reply.headers.get(HEADER_CONTENT_LENGTH) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<usize>().ok())
-                    .ok_or_else(|| BackendError::Protocol("bad Inference-Header-Content-Length".into()))?,
-            ),
-        };
-        v2::decode_response(&reply.body, header_len).map_err(|e| BackendError::Protocol(e.to_string()))
+        self.infer_on(target, req, None).await
+    }
+
+    async fn infer_pinned(
+        &self,
+        target: &ModelTarget,
+        req: InferRequest,
+        affinity: Affinity<'_>,
+    ) -> Result<InferResponse, BackendError> {
+        self.infer_on(target, req, Some(affinity)).await
     }
 
     async fn model_metadata(&self, target: &ModelTarget) -> Result<serde_json::Value, BackendError> {
