@@ -60,3 +60,8 @@ fn load_metrics_corpus() {
 fn jwt_corpus() {
     replay("jwt", harness::jwt);
 }
+
+#[test]
+fn tfserving_request_corpus() {
+    replay("tfserving_request", harness::tfserving_request);
+}

@@ -177,6 +177,7 @@ async fn relay(
     let call = Call {
         model: &msg.model_name,
         version: version_opt(&msg.model_version),
+        variant: None,
         deadline: None,
         start,
         principal,
