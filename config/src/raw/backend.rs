@@ -165,7 +165,7 @@ pub struct RawOnnxBackend {
     /// Poll interval fallback for repository watching.
     pub poll_interval: Option<S<String>>,
     /// The MLflow registry a `repository: mlflow://…` URL names (docs/mlflow.md).
-    pub mlflow: Option<S<super::RawMlflowSource>>,
+    pub mlflow: Option<S<super::sources::RawMlflowSource>>,
 }
 
 #[derive(Debug, Deserialize)]
