@@ -5,9 +5,11 @@
 //! offending value and `line:column` in the file, and all errors of a file are
 //! reported at once.
 
+mod graph;
 mod raw;
 mod validate;
 mod validated;
 
+pub use graph::*;
 pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

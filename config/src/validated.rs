@@ -73,6 +73,8 @@ pub struct ValidatedConfig {
     pub logging: Logging,
     pub backends: BTreeMap<Arc<str>, BackendConfig>,
     pub models: BTreeMap<Arc<str>, ModelConfig>,
+    /// Inference graphs: routes whose answer is computed by other routes.
+    pub graphs: BTreeMap<Arc<str>, crate::GraphConfig>,
     /// Response cache tiers (restart to change; per-variant policies reload).
     pub cache: CacheConfig,
     /// Control-plane settings beyond its listener (restart to change).

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod feedback;
+pub mod graph;
 pub mod grpc;
 pub mod guards;
 pub mod headers;
