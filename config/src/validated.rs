@@ -74,7 +74,7 @@ pub struct ValidatedConfig {
     pub backends: BTreeMap<Arc<str>, BackendConfig>,
     pub models: BTreeMap<Arc<str>, ModelConfig>,
     /// Inference graphs: routes whose answer is computed by other routes.
-    pub graphs: BTreeMap<Arc<str>, crate::GraphConfig>,
+    pub graphs: BTreeMap<Arc<str>, crate::graph::GraphConfig>,
     /// Response cache tiers (restart to change; per-variant policies reload).
     pub cache: CacheConfig,
     /// Control-plane settings beyond its listener (restart to change).

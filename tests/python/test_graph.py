@@ -352,3 +352,46 @@ def test_a_thousand_concurrent_graph_requests_all_answer_right(server, ref):
     wrong = [(i, got.tolist(), int(want[i])) for i, got in answers if got.tolist() != [int(want[i])]]
     assert not wrong, f"{len(wrong)} wrong answers, e.g. {wrong[:5]}"
     assert sorted(i for i, _ in answers) == list(range(n))
+
+
+def test_the_shipped_example_answers_like_numpy(tmp_path, ref):
+    """examples/ensemble.yaml as shipped, with only its addresses and model directory made local."""
+    from harness import Proc, switchyard_bin
+
+    http_port, metrics_port, control_port, grpc_port = (free_port() for _ in range(4))
+    text = (REPO / "examples" / "ensemble.yaml").read_text()
+    for old, new in [
+        ("0.0.0.0:8000", f"127.0.0.1:{http_port}"),
+        ("0.0.0.0:8002", f"127.0.0.1:{metrics_port}"),
+        ("127.0.0.1:9901", f"127.0.0.1:{control_port}"),
+        ("repository: models", f"repository: {MODELS}"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new)
+    config = tmp_path / "ensemble.yaml"
+    config.write_text(text)
+    sy = Proc(
+        "switchyard",
+        [switchyard_bin(), "serve", "--config", str(config), "--grpc-address", f"127.0.0.1:{grpc_port}"],
+        tmp_path / "switchyard.log",
+        cwd=str(tmp_path),
+    )
+    try:
+        sy.wait_until_ok(f"http://127.0.0.1:{http_port}/ready", 30)
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{http_port}")
+        x = rows(32, seed=9)
+        v1, v2 = ref("1", x), ref("2", x)
+        ensemble = 0.7 * v1 + 0.3 * v2
+        got = http_infer(client, "mlp_ensemble", {"input": x}, binary=True).as_numpy("probabilities")
+        assert float(np.max(np.abs(got - ensemble))) <= TOLERANCE
+        got = http_infer(client, "mlp_vote", {"input": x}, binary=False).as_numpy("class")
+        np.testing.assert_array_equal(got, weighted_vote([v1, v2, ensemble], [0.45, 0.35, 0.2]))
+        for params, want in [({"tier": "premium"}, ensemble), (None, v1)]:
+            got = http_infer(client, "mlp_by_tier", {"input": x}, binary=True, parameters=params)
+            assert float(np.max(np.abs(got.as_numpy("probabilities") - want))) <= TOLERANCE
+        res = http_infer(client, "mlp_scored", {"features": x}, binary=True)
+        assert float(np.max(np.abs(res.as_numpy("v1") - v1))) <= TOLERANCE
+        assert float(np.max(np.abs(res.as_numpy("side_by_side") - np.concatenate([v1, v2], axis=1)))) <= TOLERANCE
+        client.close()
+    finally:
+        sy.stop()

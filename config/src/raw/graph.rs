@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::S;
+use serde_saphyr::Spanned as S;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -35,8 +35,12 @@ pub(super) fn graphs(
             if graph_names.contains(target) {
                 edges.entry(name.clone()).or_default().push((target.to_string(), *loc(r)));
             } else if !models.contains(target) || target == "*" {
-                let known: Vec<&str> =
-                    models.iter().map(String::as_str).chain(graph_names.iter().copied()).filter(|m| *m != "*").collect();
+                let known: Vec<&str> = models
+                    .iter()
+                    .map(String::as_str)
+                    .chain(graph_names.iter().copied())
+                    .filter(|m| *m != "*")
+                    .collect();
                 errs.at(p, loc(r), format!("unknown model `{target}` (models and graphs: {})", known.join(", ")));
             }
             Arc::from(target)
@@ -60,10 +64,10 @@ pub(super) fn graphs(
                 errs.at(&sp, loc(s), "a step has exactly one of `model`, `fan_out` and `condition`");
                 continue;
             }
-            if st.combine.is_some() && st.fan_out.is_none() {
+            if let (Some(c), None) = (&st.combine, &st.fan_out) {
                 errs.at(
                     format!("{sp}.combine"),
-                    loc(st.combine.as_ref().expect("checked")),
+                    loc(c),
                     "`combine` merges the members of a `fan_out`; this step has none",
                 );
             }
@@ -154,7 +158,11 @@ fn fan_out(
         })
         .collect();
     let Some(c) = combine else {
-        errs.at(format!("{sp}.fan_out"), loc(f), "a fan-out needs `combine` (average, majority_vote, weighted_vote, max or concat)");
+        errs.at(
+            format!("{sp}.fan_out"),
+            loc(f),
+            "a fan-out needs `combine` (average, majority_vote, weighted_vote, max or concat)",
+        );
         return StepKind::FanOut {
             members,
             combine: Combine { op: CombineOp::Concat, tensor: String::new(), output: String::new() },
@@ -275,6 +283,7 @@ fn cycles(errs: &mut Errors, edges: &BTreeMap<String, Vec<(String, Location)>>) 
 mod tests {
     use std::path::Path;
 
+    use crate::graph::{CombineOp, StepKind};
     use crate::validated::*;
 
     const HEAD: &str = r#"

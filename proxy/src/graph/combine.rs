@@ -67,7 +67,9 @@ pub fn combine(op: CombineOp, output: &str, votes: &[Vote<'_>]) -> Result<Tensor
             for v in votes {
                 match v.tensor.shape.split_last() {
                     Some((w, l)) if l == lead => width += w,
-                    _ => return Err(format!("shapes differ before the last axis: {:?} and {:?}", shape, v.tensor.shape)),
+                    _ => {
+                        return Err(format!("shapes differ before the last axis: {:?} and {:?}", shape, v.tensor.shape))
+                    }
                 }
             }
             let rows: i64 = lead.iter().product();
@@ -159,7 +161,8 @@ mod tests {
         let a = t("p", vec![2, 3], &[0.7, 0.2, 0.1, 0.1, 0.1, 0.8]);
         let b = t("p", vec![2, 3], &[0.1, 0.8, 0.1, 0.1, 0.8, 0.1]);
         let c = t("p", vec![2, 3], &[0.1, 0.8, 0.1, 0.9, 0.05, 0.05]);
-        let votes = [Vote { tensor: &a, weight: 3.0 }, Vote { tensor: &b, weight: 1.0 }, Vote { tensor: &c, weight: 1.0 }];
+        let votes =
+            [Vote { tensor: &a, weight: 3.0 }, Vote { tensor: &b, weight: 1.0 }, Vote { tensor: &c, weight: 1.0 }];
         assert_eq!(ints(&combine(CombineOp::WeightedVote, "v", &votes).unwrap()), vec![0, 0]);
         // Unweighted: row 0 → class 1 (two votes); row 1 → a three-way tie → class 0.
         assert_eq!(ints(&combine(CombineOp::MajorityVote, "v", &votes).unwrap()), vec![1, 0]);

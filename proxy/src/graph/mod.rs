@@ -52,7 +52,13 @@ impl Graph {
         Graph { cfg, metrics, routes }
     }
 
-    async fn execute(&self, table: &RoutingTable, mut metadata: HeaderMap, req: InferRequest, caller: StepCaller) -> Outcome {
+    async fn execute(
+        &self,
+        table: &RoutingTable,
+        mut metadata: HeaderMap,
+        req: InferRequest,
+        caller: StepCaller,
+    ) -> Outcome {
         let t0 = Instant::now();
         // A forced variant names one of the graph's, never one of a step's routes.
         metadata.remove(&table.override_header);
@@ -101,7 +107,12 @@ impl Graph {
                 let t = outputs.iter().find(|t| t.name == o.name).ok_or_else(|| {
                     Error::bad_field(
                         o.name.clone(),
-                        format!("graph `{}` has no output `{}` (it answers {})", self.cfg.name, o.name, names.join(", ")),
+                        format!(
+                            "graph `{}` has no output `{}` (it answers {})",
+                            self.cfg.name,
+                            o.name,
+                            names.join(", ")
+                        ),
                     )
                 })?;
                 chosen.push(t.clone());
@@ -148,7 +159,13 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// The tensors a step adds to the working set.
-    async fn step(&self, step: &StepConfig, work: &[Tensor], last: &[String], req: &InferRequest) -> Result<Vec<Tensor>, Error> {
+    async fn step(
+        &self,
+        step: &StepConfig,
+        work: &[Tensor],
+        last: &[String],
+        req: &InferRequest,
+    ) -> Result<Vec<Tensor>, Error> {
         let g = &self.graph.cfg.name;
         let inputs = inputs(g, step, work, last)?;
         match &step.kind {
@@ -158,10 +175,9 @@ impl Run<'_> {
                 Ok(renamed(step, self.call(step, m, inputs).await?))
             }
             StepKind::FanOut { members, combine } => {
-                let answers = futures_util::future::join_all(
-                    members.iter().map(|mb| self.call(step, &mb.model, inputs.clone())),
-                )
-                .await;
+                let answers =
+                    futures_util::future::join_all(members.iter().map(|mb| self.call(step, &mb.model, inputs.clone())))
+                        .await;
                 let mut votes = Vec::with_capacity(members.len());
                 let mut failed = Vec::new();
                 for (mb, a) in members.iter().zip(&answers) {
@@ -331,7 +347,9 @@ fn choose<'c>(
             Some(t) => match combine::values(t).as_deref() {
                 Some([one]) => Some(Seen::Number(*one)),
                 Some(v) => return Err(refuse(format!("{what} holds {} values; a condition reads one", v.len()))),
-                None => return Err(refuse(format!("{what} is {}, which a condition cannot read", t.datatype.as_str()))),
+                None => {
+                    return Err(refuse(format!("{what} is {}, which a condition cannot read", t.datatype.as_str())))
+                }
             },
         },
     };

@@ -15,7 +15,7 @@ use super::{BuildContext, Route, Variant};
 use crate::graph::Graph;
 
 /// The variant name every graph route has.
-pub const GRAPH_VARIANT: &str = "graph";
+const GRAPH_VARIANT: &str = "graph";
 
 /// Adds a route per graph to `routes`, which holds the model routes.
 pub(super) fn add(
@@ -36,7 +36,8 @@ pub(super) fn add(
             pending.swap_remove(i);
             let mut calls = HashMap::new();
             for r in g.references() {
-                let route = routes.get(r).ok_or_else(|| format!("graph `{}` calls `{r}`, which is no route", g.name))?;
+                let route =
+                    routes.get(r).ok_or_else(|| format!("graph `{}` calls `{r}`, which is no route", g.name))?;
                 calls.insert(r.clone(), route.clone());
             }
             let graph = Arc::new(Graph::new(g.clone(), ctx.metrics.clone(), calls));

@@ -23,7 +23,6 @@ use crate::metrics::{Metrics, VariantMetrics};
 use crate::outcome::Outcome;
 
 use select::Picker;
-pub use graphs::GRAPH_VARIANT;
 pub use select::RouteError;
 
 /// What a snapshot is built from besides the config.
