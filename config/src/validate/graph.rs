@@ -254,15 +254,20 @@ fn condition(
 fn cycles(errs: &mut Errors, edges: &BTreeMap<String, Vec<(String, Location)>>) {
     let mut reported = BTreeSet::new();
     for start in edges.keys() {
+        // A cycle is reported once, from the first of its graphs.
+        if reported.contains(start) {
+            continue;
+        }
         // Depth-first from `start`, along the first path to each graph.
         let mut stack: Vec<(String, Vec<String>)> = vec![(start.clone(), vec![start.clone()])];
         let mut visited = BTreeSet::new();
         while let Some((at, path)) = stack.pop() {
             for (next, l) in edges.get(&at).into_iter().flatten() {
                 if next == start {
-                    if reported.insert(start.clone()) {
+                    if !reported.contains(start) {
                         let mut ring = path.clone();
                         ring.push(start.clone());
+                        reported.extend(path.iter().cloned());
                         errs.at(
                             format!("graphs.{at}"),
                             l,
@@ -361,6 +366,7 @@ graphs:
             "  a:\n    steps: [{ name: s, model: b }]\n  b:\n    steps: [{ name: s, model: c }]\n  c:\n    steps: [{ name: s, model: a }]\n",
         );
         assert!(e.iter().any(|e| e.contains("graph cycle: a → b → c → a")), "{e:?}");
+        assert_eq!(e.len(), 1, "one cycle, one error: {e:?}");
         let e = errors("  a:\n    steps: [{ name: s, model: a }]\n");
         assert!(e.iter().any(|e| e.contains("graph cycle: a → a")), "{e:?}");
     }

@@ -163,7 +163,8 @@ mod tests {
         let c = t("p", vec![2, 3], &[0.1, 0.8, 0.1, 0.9, 0.05, 0.05]);
         let votes =
             [Vote { tensor: &a, weight: 3.0 }, Vote { tensor: &b, weight: 1.0 }, Vote { tensor: &c, weight: 1.0 }];
-        assert_eq!(ints(&combine(CombineOp::WeightedVote, "v", &votes).unwrap()), vec![0, 0]);
+        // Weighted: `a` (3) outweighs the other two together on both rows.
+        assert_eq!(ints(&combine(CombineOp::WeightedVote, "v", &votes).unwrap()), vec![0, 2]);
         // Unweighted: row 0 → class 1 (two votes); row 1 → a three-way tie → class 0.
         assert_eq!(ints(&combine(CombineOp::MajorityVote, "v", &votes).unwrap()), vec![1, 0]);
     }
