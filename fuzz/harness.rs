@@ -95,3 +95,39 @@ pub fn load_metrics(data: &[u8]) {
     let q = switchyard_runtime::backend::health::parse_queue_metrics(&String::from_utf8_lossy(data));
     assert!(q.pending.is_finite());
 }
+
+/// The signatures a TF Serving body is decoded against; the first byte picks one.
+fn tf_signature(pick: u8) -> Vec<switchyard_runtime::codec::tfserving::InputSpec> {
+    use switchyard_runtime::codec::tfserving::InputSpec;
+    use switchyard_runtime::DataType;
+    let one = |name: &str, datatype| InputSpec { name: name.into(), datatype };
+    match pick % 5 {
+        0 => vec![one("x", DataType::Fp32)],
+        1 => vec![one("a", DataType::Fp64), one("s", DataType::Bytes)],
+        2 => vec![one("i", DataType::Int8), one("u", DataType::Uint64), one("b", DataType::Bool)],
+        3 => vec![one("h", DataType::Fp16), one("bf", DataType::Bf16)],
+        _ => vec![one("s_bytes", DataType::Bytes)],
+    }
+}
+
+/// A TF Serving REST predict body, as a client sends it: decoded against a
+/// signature, what is accepted must come back unchanged from its own answer
+/// form (the inputs encoded as `outputs`, then decoded again).
+pub fn tfserving_request(data: &[u8]) {
+    use switchyard_runtime::codec::tfserving::{decode_predict, encode_predict, Format};
+    use switchyard_runtime::InferResponse;
+    let Some((pick, body)) = data.split_first() else { return };
+    let inputs = tf_signature(*pick);
+    let Ok(p) = decode_predict(body, &inputs) else { return };
+    p.request.validate().expect("a decoded request is valid");
+    let resp = InferResponse { outputs: p.request.inputs.clone(), ..InferResponse::default() };
+    let enc = encode_predict(&resp, Format::Columnar).expect("decoded tensors encode");
+    // The answer's `outputs` is the request's `inputs`.
+    let mut again = b"{\"inputs\"".to_vec();
+    again.extend_from_slice(&enc[b"{\"outputs\"".len()..]);
+    let back = decode_predict(&again, &inputs).expect("a re-encoded request decodes");
+    assert_eq!(back.request.inputs, p.request.inputs, "tensors changed by a round trip");
+    if p.format == Format::Row {
+        encode_predict(&resp, Format::Row).expect("row tensors encode as rows");
+    }
+}

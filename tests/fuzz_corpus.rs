@@ -55,3 +55,8 @@ fn config_corpus() {
 fn load_metrics_corpus() {
     replay("load_metrics", harness::load_metrics);
 }
+
+#[test]
+fn tfserving_request_corpus() {
+    replay("tfserving_request", harness::tfserving_request);
+}

@@ -751,6 +751,8 @@ pub struct VariantConfig {
     pub cache: Option<CachePolicy>,
     /// `false`: the model may answer the same input differently; never cached.
     pub deterministic: bool,
+    /// TF Serving version labels this variant answers besides its own name.
+    pub labels: Vec<Arc<str>>,
 }
 
 /// In-process L1 bound when not given (256 MiB).

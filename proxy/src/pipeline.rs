@@ -71,6 +71,9 @@ pub struct Answer<E> {
 pub struct Call<'a> {
     pub model: &'a str,
     pub version: Option<&'a str>,
+    /// A variant the protocol itself names (a TF Serving version label):
+    /// chosen before weights, whatever `routing.allow_override` says.
+    pub variant: Option<&'a str>,
     /// The client's own deadline (gRPC `grpc-timeout`), enforced end to end.
     pub deadline: Option<Duration>,
     /// When the request arrived.
@@ -118,8 +121,10 @@ pub async fn infer<X: Exchange>(
     let _in_flight = InFlight::new(&metrics.in_flight);
     let mut sel = match authorize(call.principal, call.model, call.version, Action::Infer)
         .and_then(|()| call.admit())
-        .and_then(|()| select(table, call.model, call.version, x.metadata(), call.principal))
-    {
+        .and_then(|()| match call.variant {
+            Some(v) => select_named(table, call.model, call.version, v),
+            None => select(table, call.model, call.version, x.metadata(), call.principal),
+        }) {
         Ok(s) => s,
         Err(e) => {
             // Labelled by model only when it names a route: refused clients cannot grow the label set.
@@ -407,6 +412,17 @@ pub fn select<'t>(
     let route = table.route(model)?;
     let sticky = route.sticky_header.as_ref().and_then(header);
     Ok(route.select(model, version, override_variant, sticky)?)
+}
+
+/// The variant a protocol names itself (a TF Serving label resolved to a
+/// variant name): no weights, no stickiness, no override header.
+pub fn select_named<'t>(
+    table: &'t RoutingTable,
+    model: &str,
+    version: Option<&str>,
+    variant: &str,
+) -> Result<Selection<'t>, Error> {
+    Ok(table.route(model)?.select(model, version, Some(variant.as_bytes()), None)?)
 }
 
 /// Runs a decoded, validated request on the selected variant, mirroring it

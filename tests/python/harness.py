@@ -115,14 +115,16 @@ def start_mlserver(tmp, procs, http_port=None, grpc_port=None):
     return http_port, grpc_port
 
 
-def start_switchyard(tmp, body, procs, grpc_max_message_bytes=None):
+def start_switchyard(tmp, body, procs, grpc_max_message_bytes=None, default_upstream=None):
     """`switchyard serve` with every listener on a free loopback port (gRPC only when
-    `grpc_max_message_bytes` is given) followed by `body`; returns the ports by listener."""
+    `grpc_max_message_bytes` is given; `default_upstream` on the HTTP listener when given)
+    followed by `body`; returns the ports by listener."""
     ports = {name: free_port() for name in ("http", "metrics", "control")}
     listeners = (
         "listeners:\n"
         f"  http:\n    address: 127.0.0.1:{ports['http']}\n"
-        f"  metrics:\n    address: 127.0.0.1:{ports['metrics']}\n"
+        + (f"    default_upstream: {default_upstream}\n" if default_upstream else "")
+        + f"  metrics:\n    address: 127.0.0.1:{ports['metrics']}\n"
         f"  control:\n    address: 127.0.0.1:{ports['control']}\n"
     )
     if grpc_max_message_bytes is None:

@@ -415,6 +415,9 @@ pub struct RawVariant {
     pub cache: Option<S<RawCachePolicy>>,
     /// `false`: answers may differ for the same input; never cached.
     pub deterministic: Option<bool>,
+    /// TF Serving version labels (`/labels/{l}`) this variant answers besides its name.
+    #[serde(default)]
+    pub labels: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -69,6 +69,20 @@ fn model(errs: &mut Errors, path: &str, name: &str, m: &RawModel, cx: &Context<'
         }
         variants.push(variant(errs, &vp, v, model_cache.as_ref(), cx));
     }
+    // A TF Serving label names one variant: its own name or a label it declares.
+    let mut labels: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, v) in vs.value.iter().enumerate() {
+        for l in &v.value.labels {
+            let (lp, label) = (format!("{path}.variants[{i}].labels"), l.value.as_str());
+            if label.is_empty() || label.contains('/') {
+                errs.at(lp, loc(l), format!("label `{label}` must be a non-empty name without `/`"));
+            } else if vs.value.iter().any(|o| o.value.name.value == label && o.value.name.value != v.value.name.value) {
+                errs.at(lp, loc(l), format!("label `{label}` is another variant's name in model `{name}`"));
+            } else if let Some(other) = labels.insert(label, v.value.name.value.as_str()) {
+                errs.at(lp, loc(l), format!("label `{label}` is already variant `{other}`'s in model `{name}`"));
+            }
+        }
+    }
     // Invalid weights were reported and count as 0 here.
     let sum: f64 = variants.iter().map(|v| v.weight).filter(|w| w.is_finite() && *w >= 0.0).sum();
     if !vs.value.is_empty() && sum <= 0.0 {
@@ -178,6 +192,7 @@ fn variant(
         shadow_percent,
         cache,
         deterministic: v.deterministic.unwrap_or(true),
+        labels: v.labels.iter().map(|l| Arc::from(l.value.as_str())).collect(),
     }
 }
 

@@ -104,6 +104,7 @@ impl Shared {
         let call = Call {
             model: &model,
             version: version_opt(&version),
+            variant: None,
             deadline,
             start,
             principal,

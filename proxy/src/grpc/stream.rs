@@ -173,6 +173,7 @@ async fn relay(
     let call = Call {
         model: &msg.model_name,
         version: version_opt(&msg.model_version),
+        variant: None,
         deadline: None,
         start,
         principal,

@@ -34,10 +34,85 @@ pub enum Endpoint<'a> {
     Predict(&'a str),
     /// `POST /ml/models/{m}/feedback`: ground truth for served answers.
     Feedback(&'a str),
+    /// TF Serving's `POST /v1/models/{m}[/versions/{v}|/labels/{l}]:{predict|classify|regress}`.
+    TfPredict(&'a str, TfServable<'a>, TfMethod),
+    /// TF Serving's `GET /v1/models/{m}[/versions/{v}|/labels/{l}]` (model status).
+    TfStatus(&'a str, TfServable<'a>),
+    /// TF Serving's `GET /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata`.
+    TfMetadata(&'a str, TfServable<'a>),
     /// A path we know, with the wrong method.
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
     Other,
+}
+
+/// Which servable of a model a TF Serving path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TfServable<'a> {
+    /// No version or label: the A/B split picks.
+    Latest,
+    Version(&'a str),
+    Label(&'a str),
+}
+
+/// The verb after `:` on a TF Serving inference path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TfMethod {
+    Predict,
+    Classify,
+    Regress,
+}
+
+/// `/v1/models/...` as TF Serving's REST API routes it; `Other` for what it would not serve.
+fn classify_tf<'a>(method: &Method, rest: &'a str) -> Endpoint<'a> {
+    let get = method == Method::GET || method == Method::HEAD;
+    // The verb follows the last segment: `m:predict`, `m/versions/3:predict`.
+    let (rest, verb) = match rest.rsplit_once(':') {
+        Some((r, v)) if !v.contains('/') => (r, Some(v)),
+        _ => (rest, None),
+    };
+    let mut parts = rest.split('/');
+    let model = match parts.next() {
+        Some(m) if !m.is_empty() => m,
+        _ => return Endpoint::Other,
+    };
+    let servable = match (parts.clone().next(), parts.clone().nth(1)) {
+        (Some("versions"), Some(v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            parts.nth(1);
+            // Version 0 is "the latest" to OpenVINO Model Server and its `ovmsclient`,
+            // which always names a version: the A/B split, as an unversioned path.
+            if v.bytes().all(|b| b == b'0') {
+                TfServable::Latest
+            } else {
+                TfServable::Version(v)
+            }
+        }
+        (Some("labels"), Some(l)) if !l.is_empty() => {
+            parts.nth(1);
+            TfServable::Label(l)
+        }
+        (Some("versions" | "labels"), _) => return Endpoint::Other,
+        _ => TfServable::Latest,
+    };
+    match (parts.next(), parts.next(), verb) {
+        (None, _, Some(v)) => {
+            let m = match v {
+                "predict" => TfMethod::Predict,
+                "classify" => TfMethod::Classify,
+                "regress" => TfMethod::Regress,
+                _ => return Endpoint::Other,
+            };
+            if method == Method::POST {
+                Endpoint::TfPredict(model, servable, m)
+            } else {
+                Endpoint::WrongMethod("POST")
+            }
+        }
+        (None, _, None) if get => Endpoint::TfStatus(model, servable),
+        (Some("metadata"), None, None) if get => Endpoint::TfMetadata(model, servable),
+        (None, _, None) | (Some("metadata"), None, None) => Endpoint::WrongMethod("GET"),
+        _ => Endpoint::Other,
+    }
 }
 
 pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
@@ -70,6 +145,9 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
             Some((m, "unload")) if !m.is_empty() => post(method, Endpoint::RepositoryControl(m, false)),
             _ => Endpoint::Other,
         };
+    }
+    if let Some(rest) = path.strip_prefix("/v1/models/") {
+        return classify_tf(method, rest);
     }
     if let Some(rest) = path.strip_prefix("/ml/models/") {
         return match rest.split_once('/') {
@@ -165,7 +243,30 @@ mod tests {
             (&post, "/v2/systemsharedmemory/unregister", Endpoint::ShmUnregister(None)),
             (&get, "/v2/systemsharedmemory/region/in/register", Endpoint::WrongMethod("POST")),
             (&get, "/v2/systemsharedmemory/region//status", Endpoint::Other),
-            (&post, "/v1/models/x:predict", Endpoint::Other),
+            (&post, "/v1/models/x:predict", Endpoint::TfPredict("x", TfServable::Latest, TfMethod::Predict)),
+            (
+                &post,
+                "/v1/models/x/versions/3:predict",
+                Endpoint::TfPredict("x", TfServable::Version("3"), TfMethod::Predict),
+            ),
+            (
+                &post,
+                "/v1/models/x/labels/canary:classify",
+                Endpoint::TfPredict("x", TfServable::Label("canary"), TfMethod::Classify),
+            ),
+            (&post, "/v1/models/x:regress", Endpoint::TfPredict("x", TfServable::Latest, TfMethod::Regress)),
+            (&post, "/v1/models/x:explain", Endpoint::Other),
+            (&get, "/v1/models/x:predict", Endpoint::WrongMethod("POST")),
+            (&get, "/v1/models/x", Endpoint::TfStatus("x", TfServable::Latest)),
+            (&get, "/v1/models/x/versions/2", Endpoint::TfStatus("x", TfServable::Version("2"))),
+            (&get, "/v1/models/x/labels/stable/metadata", Endpoint::TfMetadata("x", TfServable::Label("stable"))),
+            (&get, "/v1/models/x/metadata", Endpoint::TfMetadata("x", TfServable::Latest)),
+            (&post, "/v1/models/x/metadata", Endpoint::WrongMethod("GET")),
+            (&get, "/v1/models/x/versions/abc", Endpoint::Other),
+            (&post, "/v1/models/x/versions/0:predict", Endpoint::TfPredict("x", TfServable::Latest, TfMethod::Predict)),
+            (&get, "/v1/models/x/versions/", Endpoint::Other),
+            (&get, "/v1/models/", Endpoint::Other),
+            (&get, "/v1/models/x/other", Endpoint::Other),
             (&get, "/v2/models/", Endpoint::Other),
             (&get, "/v2/models/mlp/versions/", Endpoint::Other),
             (&post, "/ml/models/mlp/predict", Endpoint::Predict("mlp")),

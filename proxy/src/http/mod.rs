@@ -9,6 +9,7 @@ mod body;
 mod classify;
 mod ml;
 mod reply;
+mod tfserving;
 mod triton;
 mod upstream;
 mod v2;
@@ -189,6 +190,24 @@ impl ProxyHttp for HttpListener {
             }
         }
         let principal = ctx.principal.as_deref();
+        // TF Serving paths of a model with no route are someone else's: the
+        // default upstream's when there is one (a TF Serving behind), else 404.
+        if let Endpoint::TfPredict(m, ..) | Endpoint::TfStatus(m, _) | Endpoint::TfMetadata(m, _) = endpoint {
+            if table.route(m).is_err() && self.default_upstream.is_some() {
+                if let Some(p) = principal {
+                    if let Err(e) =
+                        p.require("passthrough", &format!("call {} through the default upstream", uri.path()))
+                    {
+                        let reply = Reply::error(&e);
+                        ctx.remember(&reply);
+                        reply::write(session, reply).await?;
+                        return Ok(true);
+                    }
+                }
+                ctx.passthrough = true;
+                return Ok(false);
+            }
+        }
         if endpoint == Endpoint::Other {
             if self.default_upstream.is_some() {
                 ctx.passthrough = true;
@@ -264,6 +283,7 @@ impl ProxyHttp for HttpListener {
                 let call = Call {
                     model: m,
                     version: v,
+                    variant: None,
                     deadline: None,
                     start: ctx.start,
                     principal,
@@ -278,6 +298,7 @@ impl ProxyHttp for HttpListener {
                 let call = Call {
                     model: m,
                     version: None,
+                    variant: None,
                     deadline: None,
                     start: ctx.start,
                     principal,
@@ -287,6 +308,27 @@ impl ProxyHttp for HttpListener {
                     priority: None,
                 };
                 ml::predict(session, &table, &self.metrics, &self.limits, call).await
+            }
+            Endpoint::TfPredict(m, servable, method) => {
+                let call = Call {
+                    model: m,
+                    version: None,
+                    variant: None,
+                    deadline: None,
+                    start: ctx.start,
+                    principal,
+                    limiter: self.guards.limiter.as_deref(),
+                    client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                    input_bytes: body::declared_length(session.req_header()),
+                    priority: None,
+                };
+                tfserving::predict(session, &table, &self.metrics, &self.limits, servable, method, call).await
+            }
+            Endpoint::TfStatus(m, servable) => {
+                tfserving::status(&session.req_header().headers, &table, m, servable, principal).await
+            }
+            Endpoint::TfMetadata(m, servable) => {
+                tfserving::metadata(&session.req_header().headers, &table, m, servable, principal).await
             }
             // Ground truth changes what quality figures (and a canary's verdict) say: its own permission.
             Endpoint::Feedback(m) => match crate::pipeline::authorize(principal, m, None, Action::Feedback) {

@@ -119,6 +119,7 @@ impl RoutingTable {
                     stats,
                     drift,
                     shadow_percent: v.shadow_percent,
+                    labels: v.labels.clone(),
                     cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
                 });
             }

@@ -76,6 +76,8 @@ pub struct Variant {
     pub cache: Option<VariantCache<Outcome>>,
     /// Drift monitoring of this variant's inputs and outputs; `None`: off, nothing sampled.
     pub drift: Option<Arc<crate::monitor::DriftMonitor>>,
+    /// TF Serving version labels this variant answers besides its name.
+    pub labels: Vec<Arc<str>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.
@@ -165,6 +167,13 @@ pub struct Selection<'a> {
 }
 
 impl Route {
+    /// The variant a TF Serving version label names: the variant of that
+    /// name, else the one declaring the label.
+    pub fn variant_for_label(&self, label: &str) -> Option<&Variant> {
+        let by_name = self.variants.iter().find(|v| v.name.as_ref() == label);
+        by_name.or_else(|| self.variants.iter().find(|v| v.labels.iter().any(|l| l.as_ref() == label)))
+    }
+
     /// Picks the variant for one request.
     pub fn select<'a>(
         &'a self,

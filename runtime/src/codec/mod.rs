@@ -1,4 +1,5 @@
 //! Wire codecs: each protocol's bodies to and from the tensor model.
 
 pub mod grpc;
+pub mod tfserving;
 pub mod v2;
