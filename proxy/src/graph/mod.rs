@@ -245,6 +245,7 @@ impl Run<'_> {
         let call = Call {
             model,
             version: None,
+            variant: None,
             deadline: None,
             start: Instant::now(),
             priority: self.caller.priority,

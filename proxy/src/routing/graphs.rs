@@ -76,6 +76,7 @@ fn route(name: &Arc<str>, graph: Arc<Graph>, ctx: &BuildContext<'_>) -> Route {
             shadow_percent: None,
             cache: None,
             drift: None,
+            labels: Vec::new(),
         }],
         targets: vec![Some(ModelTarget { name: name.clone(), version: None })],
         picker: Picker::new(name.clone(), vec![Arm::new(variant, 1.0, None)]),
