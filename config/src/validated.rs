@@ -875,8 +875,12 @@ impl ValidatedConfig {
     /// One line for `switchyard validate`.
     pub fn summary(&self) -> String {
         let variants: usize = self.models.values().map(|m| m.variants.len()).sum();
+        let graphs = match self.graphs.len() {
+            0 => String::new(),
+            n => format!(", {n} graph(s)"),
+        };
         format!(
-            "{} model route(s), {} variant(s), {} backend(s); data http {}",
+            "{} model route(s), {} variant(s), {} backend(s){graphs}; data http {}",
             self.models.len(),
             variants,
             self.backends.len(),
