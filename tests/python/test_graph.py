@@ -4,7 +4,8 @@ gRPC ModelInfer (blocking and asyncio). Every answer is checked against the
 same computation done here with numpy and onnxruntime on the very files
 Switchyard serves: a three-model weighted vote, a weighted average, a
 sequence with tensor renames, conditions on a parameter and on a tensor, a
-failing step (named in the error), optional members and steps, and 1,000
+failing step (named in the error), optional members and steps, per-step
+metrics, the shipped examples/ensemble.yaml, and 1,000
 concurrent graph requests.
 
 Two of the members are ONNX models this test builds (`onnx` package): `scale`
@@ -93,7 +94,7 @@ def rows(n, seed):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Switchyard with both repositories and the graphs; yields (http host:port, grpc host:port)."""
+    """Switchyard with both repositories and the graphs; yields the http, grpc and metrics host:port."""
     tmp = tmp_path_factory.mktemp("graph")
     extra = tmp / "extra"
     build_models(extra)
@@ -185,7 +186,7 @@ graphs:
             procs,
             grpc_max_message_bytes=16 << 20,
         )
-        yield f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}"
+        yield f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['metrics']}"
     finally:
         for p in reversed(procs):
             p.stop()
@@ -316,6 +317,26 @@ def test_optional_members_and_steps_are_skipped(http, grpc, ref):
     with pytest.raises(InferenceServerException) as e:
         http_infer(http, "none_left", {"input": x}, binary=True)
     assert "step `both`: no member answered" in str(e.value), e.value
+
+
+def requests_total(server, model, variant, code="200"):
+    text = requests.get(f"http://{server[2]}/metrics", timeout=10).text
+    line = f'switchyard_requests_total{{code="{code}",model="{model}",variant="{variant}"}} '
+    found = [ln for ln in text.splitlines() if ln.startswith(line)]
+    return int(float(found[0].split()[-1])) if found else 0
+
+
+def test_every_step_is_counted_as_a_request_of_its_route(server, http):
+    before = {m: requests_total(server, m, v) for m, v in [("vote", "graph"), ("lin3", "main"), ("mlp_v2", "v2")]}
+    x = rows(2, seed=10)
+    for _ in range(3):
+        http_infer(http, "vote", {"input": x}, binary=True)
+    after = {m: requests_total(server, m, v) for m, v in [("vote", "graph"), ("lin3", "main"), ("mlp_v2", "v2")]}
+    assert {m: after[m] - before[m] for m in after} == {"vote": 3, "lin3": 3, "mlp_v2": 3}
+    # A failed step is counted against its own route too.
+    with pytest.raises(InferenceServerException):
+        http_infer(http, "fails", {"input": x}, binary=True)
+    assert requests_total(server, "broken", "main", "503") + requests_total(server, "broken", "main", "502") > 0
 
 
 def test_metadata_and_readiness(http):
