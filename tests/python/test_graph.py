@@ -307,6 +307,15 @@ def test_a_failing_step_fails_the_request_naming_it(server, grpc):
     assert "step `explode`" in e.value.message(), e.value
 
 
+def test_a_sequence_request_to_a_graph_is_refused(http):
+    inp = httpclient.InferInput("input", [1, 16], "FP32")
+    inp.set_data_from_numpy(rows(1, seed=11), binary_data=True)
+    with pytest.raises(InferenceServerException) as e:
+        http.infer("vote", [inp], sequence_id=7, sequence_start=True)
+    assert e.value.status() == "400", e.value
+    assert "graph `vote` keeps no sequence state" in str(e.value), e.value
+
+
 def test_optional_members_and_steps_are_skipped(http, grpc, ref):
     x = rows(4, seed=7)
     got = http_infer(http, "tolerant", {"input": x}, binary=True).as_numpy("probabilities")

@@ -62,11 +62,17 @@ impl Graph {
         let t0 = Instant::now();
         // A forced variant names one of the graph's, never one of a step's routes.
         metadata.remove(&table.override_header);
-        let mut parameters = req.parameters.clone();
-        // A Triton sequence is one model's state; steps are not that model.
-        for p in [sequence::SEQUENCE_ID, sequence::SEQUENCE_START, sequence::SEQUENCE_END] {
-            parameters.remove(p);
+        // A Triton sequence is one model's state, which no graph step holds.
+        if sequence::params(&req)?.is_some() {
+            return Err(Error::bad_field(
+                sequence::SEQUENCE_ID,
+                format!(
+                    "graph `{}` keeps no sequence state: send a sequence's requests to the model itself",
+                    self.cfg.name
+                ),
+            ));
         }
+        let parameters = req.parameters.clone();
         let mut last: Vec<String> = req.inputs.iter().map(|t| t.name.clone()).collect();
         let mut work: Vec<Tensor> = req.inputs.clone();
         let run = Run { graph: self, table, metadata: &metadata, caller, parameters: &parameters, id: req.id.clone() };
