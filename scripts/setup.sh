@@ -86,6 +86,33 @@ else
   log "venv up to date"
 fi
 
+# ---------------------------------------------------------------- tool venvs
+# Servers the tests start whose dependencies conflict with .venv's and with each
+# other's: each gets its own venv under .switchyard/venvs/NAME, installed from
+# scripts/requirements-NAME.txt and skipped while that file (and Python) are
+# unchanged. No test imports them: they run bin/mlflow, bin/feast by path.
+tool_venv() {
+  local name="$1" req="$REPO/scripts/requirements-$1.txt" dir="$REPO/.switchyard/venvs/$1"
+  local hash
+  hash="$( { "$PY" --version 2>&1; cat "$req"; } | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.switchyard-stamp" 2>/dev/null || true)" = "$hash" ]; then
+    log "venv $name up to date"
+    return
+  fi
+  log "installing $name into $dir (this takes ~2.5 min)"
+  [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  echo "$hash" > "$dir/.switchyard-stamp"
+}
+if [ "$RUNTIME_ONLY" -eq 0 ]; then
+  # Side by side: the installs wait on downloads more than on the CPU (~2.5 min each alone).
+  tool_venv mlflow & mlflow_pid=$!
+  tool_venv feast & feast_pid=$!
+  wait "$mlflow_pid"
+  wait "$feast_pid"
+fi
+
 # ---------------------------------------------------------------- Kubernetes tools
 # The deploy/ tests render the Helm chart and the Kustomize manifests with the
 # real tools: helm 4 and kubectl (with its built-in kustomize). Neither is a

@@ -256,13 +256,27 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
             }) as switchyard_control::api::Verifier
         });
         let control_auth = switchyard_control::api::ControlAuth { token, verifier };
+        // HTTPS on the control API: the files are watched for as long as the config lives.
+        let control_tls = c
+            .tls
+            .as_ref()
+            .map(|t| switchyard_proxy::tls::ServerTls::load(t, "listeners.control")?.rustls_config(&[b"http/1.1"]))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?;
         if upgrade {
             // The old process holds the control port until it has drained; take it then.
             let (control, address) = (control.clone(), c.address);
             background.spawn(async move {
                 let mut logged = false;
                 loop {
-                    match switchyard_control::api::serve(control.clone(), address, control_auth.clone()).await {
+                    match switchyard_control::api::serve(
+                        control.clone(),
+                        address,
+                        control_auth.clone(),
+                        control_tls.clone(),
+                    )
+                    .await
+                    {
                         Ok(_) => break,
                         Err(e) => {
                             if !logged {
@@ -276,7 +290,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
             });
         } else {
             background
-                .block_on(switchyard_control::api::serve(control.clone(), c.address, control_auth))
+                .block_on(switchyard_control::api::serve(control.clone(), c.address, control_auth, control_tls))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
     }

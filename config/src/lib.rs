@@ -6,10 +6,13 @@
 //! reported at once.
 
 mod graph;
+pub mod pem;
 mod raw;
+mod sources;
 mod validate;
 mod validated;
 
 pub use graph::*;
+pub use sources::*;
 pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

@@ -201,11 +201,33 @@ pub struct ApiKey {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
-    pub jwks_file: PathBuf,
+    /// Where the signing keys come from: exactly one of a file and a URL.
+    pub jwks: JwksSource,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Duration,
     pub permissions_claim: String,
+}
+
+/// The longest a fetched JWKS is trusted without fetching it again (a
+/// `Cache-Control: max-age` above it is cut to it).
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// The shortest time between two JWKS fetches, whatever `max-age` or unknown
+/// `kid`s ask: a flood of tokens with made-up `kid`s cannot turn into a
+/// flood of fetches.
+pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwksSource {
+    /// Re-read every `auth.refresh`.
+    File(PathBuf),
+    Url {
+        url: String,
+        /// TLS settings of the fetch (an `https://` URL).
+        tls: ClientTlsConfig,
+        /// Upper bound on the cache lifetime; `Cache-Control: max-age` may shorten it.
+        refresh: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -341,12 +363,44 @@ pub struct Upstream {
     pub authority: String,
     /// Path prefix prepended to every forwarded path (no trailing slash; may be empty).
     pub base_path: String,
+    /// `https://`: the connection is TLS (the backend's or listener's client TLS settings).
+    pub tls: bool,
+}
+
+impl Upstream {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.base_path)
+        write!(f, "{}://{}{}", self.scheme(), self.authority, self.base_path)
     }
+}
+
+/// TLS as a client — to a backend's endpoints, a JWKS URL, the default
+/// upstream. The files are checked by validation and re-read every
+/// `TLS_RELOAD_INTERVAL` while in use (a rotated CA or client certificate
+/// needs no restart).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTlsConfig {
+    /// CA bundle the server's certificate must chain to; `None`: the platform's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key, for servers that require mutual TLS.
+    pub identity: Option<ClientIdentity>,
+    /// Sent as SNI and verified against the server's certificate instead of the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -354,6 +408,8 @@ pub struct ControlListener {
     pub address: SocketAddr,
     /// Bearer token every control call must carry (`SWITCHYARD_CONTROL_TOKEN` overrides it).
     pub token: Option<String>,
+    /// HTTPS (and with `client_ca`, mutual TLS) on the control API.
+    pub tls: Option<TlsConfig>,
     /// Where API changes persist; `None` = `<config file>.state.json`.
     pub state_file: Option<PathBuf>,
 }
@@ -480,6 +536,8 @@ pub struct V2HttpBackend {
     pub binary: BinaryMode,
     /// Which client request headers are sent on to the server.
     pub forward_headers: ForwardHeaders,
+    /// `Some`: every endpoint is `https://` (probes and load scrapes too).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// How a remote backend keeps failing replicas out of rotation, bounds its
@@ -562,6 +620,8 @@ pub struct LoadMetrics {
     pub port: Option<u16>,
     pub path: String,
     pub interval: Duration,
+    /// Scrape over https (default: as the backend's endpoints), with the backend's TLS settings.
+    pub tls: bool,
 }
 
 /// Which client request headers a remote backend receives, on top of the
@@ -592,6 +652,8 @@ pub struct V2GrpcBackend {
     pub health: EndpointHealth,
     /// Which client request metadata is sent on to the server.
     pub forward_headers: ForwardHeaders,
+    /// `Some`: gRPC over TLS to every endpoint (load scrapes too).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,6 +674,8 @@ pub struct OnnxBackend {
     pub warmup_requests: u32,
     pub instances: NonZeroUsize,
     pub poll_interval: Duration,
+    /// The MLflow registry the models come from (`repository` is then its local cache).
+    pub mlflow: Option<crate::MlflowSource>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -753,6 +817,8 @@ pub struct VariantConfig {
     pub deterministic: bool,
     /// TF Serving version labels this variant answers besides its own name.
     pub labels: Vec<Arc<str>>,
+    /// Inputs completed from a feature store before the model runs.
+    pub features: Option<crate::FeaturesConfig>,
 }
 
 /// In-process L1 bound when not given (256 MiB).

@@ -150,10 +150,21 @@ fn status_of(kind: ErrorKind) -> u16 {
     }
 }
 
-/// Binds the control listener and serves it on the current tokio runtime.
-/// Refuses to listen beyond loopback without credentials: anyone who reaches
-/// the port could shift traffic.
-pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, auth: ControlAuth) -> Result<SocketAddr, String> {
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds the control listener and serves it on the current tokio runtime,
+/// over HTTPS when `tls` is given (`switchyard_tls::ServerTls`: the
+/// certificate and client CA re-read from disk on change; with a client CA,
+/// callers need a certificate too). Refuses to listen beyond loopback
+/// without credentials: anyone who reaches the port could shift traffic, and
+/// TLS (even mutual) says who connected, not that they may change routing.
+pub async fn serve(
+    plane: Arc<ControlPlane>,
+    address: SocketAddr,
+    auth: ControlAuth,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<SocketAddr, String> {
     if !address.ip().is_loopback() && auth.token.is_none() && auth.verifier.is_none() {
         return Err(format!(
             "the control API would listen on {address}, beyond loopback, with no credentials: set \
@@ -163,7 +174,14 @@ pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, auth: ControlA
     let listener = TcpListener::bind(address).await.map_err(|e| format!("control API cannot bind {address}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let auth = Arc::new(Guard { token: auth.token.map(Arc::from), verifier: auth.verifier });
-    tracing::info!(address = %local, token = auth.token.is_some(), jwt = auth.verifier.is_some(), "control API listening");
+    tracing::info!(
+        address = %local,
+        tls = tls.is_some(),
+        token = auth.token.is_some(),
+        jwt = auth.verifier.is_some(),
+        "control API listening"
+    );
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     supervise::spawn(API_TASK, async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -175,9 +193,20 @@ pub async fn serve(plane: Arc<ControlPlane>, address: SocketAddr, auth: ControlA
             };
             let plane = plane.clone();
             let auth = auth.clone();
+            let acceptor = acceptor.clone();
             supervise::spawn(API_TASK, async move {
                 let svc = service_fn(move |req| handle(plane.clone(), auth.clone(), peer, req));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    None => drop(http.serve_connection(TokioIo::new(stream), svc).await),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => drop(http.serve_connection(TokioIo::new(tls), svc).await),
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "control API TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "control API TLS handshake timed out"),
+                        }
+                    }
+                }
             });
         }
     });

@@ -2,7 +2,8 @@
 //! hyper, routes `POST /inject`, `POST /inject-namespace` and `GET /health`.
 //! The certificate and key are re-read every few seconds and swapped in when
 //! their contents change (cert-manager rotates the Secret the pod mounts);
-//! a pair that does not load is logged and the previous one kept.
+//! a pair that does not load is logged and the previous one kept — all of it
+//! `switchyard_tls::ServerTls`, the same code as Switchyard's listeners.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,16 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -29,8 +25,6 @@ use crate::webhook;
 
 /// The API server sends at most 3 MiB objects; an AdmissionReview holds one pod.
 const MAX_BODY: usize = 8 << 20;
-/// How often the certificate files are compared with what is served.
-const CERT_CHECK: Duration = Duration::from_secs(5);
 /// A client that does not finish its handshake or its headers in this time is dropped
 /// (the API server's webhook timeout is 10 s by default).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,80 +48,20 @@ pub enum Error {
     Listen(SocketAddr, std::io::Error),
 }
 
-/// The served certificate, swapped whole when the files change.
-#[derive(Debug)]
-struct Certificate {
-    current: ArcSwap<CertifiedKey>,
-}
-
-impl ResolvesServerCert for Certificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-/// The files' bytes, and the key they make.
-fn load(cert: &PathBuf, key: &PathBuf) -> Result<(Vec<u8>, Arc<CertifiedKey>), String> {
-    let cert_pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: holds no CERTIFICATE block", cert.display()));
-    }
-    let private = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, private, &provider)
-        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
-    let mut seen = cert_pem;
-    seen.extend_from_slice(&key_pem);
-    Ok((seen, Arc::new(certified)))
-}
-
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight reviews finish.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let (mut seen, first) = load(&config.cert, &config.key).map_err(Error::Tls)?;
-    let cert = Arc::new(Certificate { current: ArcSwap::new(first) });
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(cert.clone());
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    // The certificate is re-read when its files change (cert-manager rotating the Secret).
+    let tls = switchyard_tls::ServerTls::load(
+        &switchyard_config::TlsConfig { cert: config.cert.clone(), key: config.key.clone(), client_ca: None },
+        "injector",
+    )
+    .map_err(Error::Tls)?;
+    let acceptor = TlsAcceptor::from(tls.rustls_config(&[b"http/1.1"]).map_err(Error::Tls)?);
 
     let listener = TcpListener::bind(config.listen).await.map_err(|e| Error::Listen(config.listen, e))?;
     let bound = listener.local_addr().map_err(|e| Error::Listen(config.listen, e))?;
     // Started on port 0 (tests), the bound port is read from this line.
     tracing::info!("switchyard injector listening on https://{bound}");
-
-    let (cert_path, key_path) = (config.cert.clone(), config.key.clone());
-    let reloader = cert.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CERT_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_error = None;
-        loop {
-            tick.tick().await;
-            match load(&cert_path, &key_path) {
-                Ok((bytes, _)) if bytes == seen => last_error = None,
-                Ok((bytes, key)) => {
-                    reloader.current.store(key);
-                    seen = bytes;
-                    last_error = None;
-                    tracing::info!(cert = %cert_path.display(), "TLS certificate reloaded");
-                }
-                // Mid-rotation the two files may not match yet: said once, retried on the next tick.
-                Err(e) if last_error.as_ref() != Some(&e) => {
-                    tracing::warn!("TLS certificate not reloaded, the previous one is still served: {e}");
-                    last_error = Some(e);
-                }
-                Err(_) => {}
-            }
-        }
-    });
 
     let defaults = Arc::new(config.defaults);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod error;
+pub mod features;
 pub mod feedback;
 pub mod graph;
 pub mod grpc;
@@ -100,7 +101,7 @@ pub fn run(
             data.add_tls_with_settings(
                 &cfg.listeners.http.address.to_string(),
                 None,
-                exit_on_err(server_tls.pingora_settings()),
+                exit_on_err(tls::pingora_settings(&server_tls)),
             );
             keep_tls.push(server_tls);
         }
@@ -114,7 +115,7 @@ pub fn run(
             None => svc.add_tcp(&addr.to_string()),
             Some(t) => {
                 let server_tls = exit_on_err(tls::ServerTls::load(t, "listeners.metrics"));
-                svc.add_tls_with_settings(&addr.to_string(), None, exit_on_err(server_tls.pingora_settings()));
+                svc.add_tls_with_settings(&addr.to_string(), None, exit_on_err(tls::pingora_settings(&server_tls)));
                 keep_tls.push(server_tls);
             }
         }

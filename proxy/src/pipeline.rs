@@ -224,6 +224,10 @@ pub async fn infer<X: Exchange>(
                 req.metadata.remove(&table.override_header);
             }
         }
+        // Features first: the cache key, the batch and the backend see the whole input.
+        if let Some(f) = &sel.variant.features {
+            f.enrich(&mut req).await?;
+        }
         let id = req.id.clone();
         // `cache-control` matters only to a cached variant.
         let directive = match sel.variant.cache {
@@ -231,9 +235,9 @@ pub async fn infer<X: Exchange>(
             None => Directive::default(),
         };
         let priority = admission::request_priority(&req).or(call.priority);
-        // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
         // A graph route's steps need the client's metadata while the client is watched.
         let graph_metadata = sel.route.graph.as_ref().map(|_| x.metadata().clone());
+        // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
         let drift_inputs = match &sel.variant.drift {
             Some(d) if d.sample() => Some(req.inputs.clone()),
             _ => None,
@@ -561,10 +565,14 @@ pub async fn unready_routes(table: &RoutingTable) -> Vec<String> {
 }
 
 /// What keeps the process from being ready besides its routes: background
-/// tasks that died (a panicked batch scheduler or reload task).
+/// tasks that died (a panicked batch scheduler or reload task), and a JWKS
+/// URL not fetched yet.
 pub fn dead_tasks() -> Vec<String> {
+    // A JWKS URL never fetched yet: every JWT would be refused.
+    let jwks = crate::auth::remote::not_ready();
     if !switchyard_stats::tasks::any_panicked() {
-        return Vec::new();
+        return jwks.into_iter().collect();
     }
-    switchyard_stats::tasks::panicked().into_iter().map(|p| format!("{} ({})", p.task, p.message)).collect()
+    let dead = switchyard_stats::tasks::panicked().into_iter().map(|p| format!("{} ({})", p.task, p.message));
+    jwks.into_iter().chain(dead).collect()
 }

@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod drift;
 pub mod fleet;
 pub mod quality;
+pub mod sources;
 pub mod tasks;
 
 use std::collections::HashMap;

@@ -64,6 +64,8 @@ pub struct RawV2HttpBackend {
     /// `auto` (ask `GET /v2`), `always` or `never`.
     pub binary: Option<S<String>>,
     pub forward_headers: Option<S<RawForwardHeaders>>,
+    /// TLS to the endpoints (`https://` endpoints use it; defaults apply without it).
+    pub tls: Option<S<RawClientTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +88,21 @@ pub struct RawV2GrpcBackend {
     pub retry_budget: Option<S<RawRetryBudget>>,
     pub load_metrics: Option<S<RawLoadMetrics>>,
     pub forward_headers: Option<S<RawForwardHeaders>>,
+    /// TLS to the endpoints: set it (or write `https://host:port`) for gRPC over TLS.
+    pub tls: Option<S<RawClientTls>>,
+}
+
+/// TLS as a client (to a backend, a JWKS URL): PEM files relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    /// CA bundle the server's certificate must chain to; absent: the platform's roots.
+    pub ca: Option<S<String>>,
+    /// Client certificate chain (mutual TLS); needs `key`.
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    /// The name sent as SNI and verified in the server's certificate (default: the endpoint's host).
+    pub server_name: Option<S<String>>,
 }
 
 /// Active readiness probes of every endpoint of a remote backend.
@@ -124,6 +141,8 @@ pub struct RawLoadMetrics {
     pub port: Option<S<u64>>,
     pub path: Option<S<String>>,
     pub interval: Option<S<String>>,
+    /// Scrape over https (default: as the backend's endpoints).
+    pub tls: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +164,8 @@ pub struct RawOnnxBackend {
     pub instances: Option<S<u64>>,
     /// Poll interval fallback for repository watching.
     pub poll_interval: Option<S<String>>,
+    /// The MLflow registry a `repository: mlflow://…` URL names (docs/mlflow.md).
+    pub mlflow: Option<S<super::sources::RawMlflowSource>>,
 }
 
 #[derive(Debug, Deserialize)]

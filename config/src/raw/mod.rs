@@ -11,6 +11,7 @@ mod backend;
 mod error;
 mod graph;
 mod reliability;
+mod sources;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use serde_saphyr::Spanned;
 pub use backend::*;
 pub use graph::*;
 pub use reliability::*;
+pub use sources::*;
 
 use crate::validated::FieldError;
 
@@ -122,7 +124,13 @@ pub struct RawApiKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
-    pub jwks_file: S<String>,
+    pub jwks_file: Option<S<String>>,
+    /// `https://` (or `http://` on loopback) URL of the issuer's JWKS.
+    pub jwks_url: Option<S<String>>,
+    /// TLS to `jwks_url`: CA, client certificate, server name.
+    pub jwks_tls: Option<S<RawClientTls>>,
+    /// Longest time a fetched JWKS is used before it is fetched again.
+    pub jwks_refresh: Option<S<String>>,
     pub issuer: Option<S<String>>,
     pub audience: Option<S<String>>,
     pub leeway: Option<S<String>>,
@@ -277,6 +285,7 @@ pub struct RawPlainListener {
 pub struct RawControlListener {
     pub address: Option<S<String>>,
     pub enabled: Option<bool>,
+    pub tls: Option<S<RawTls>>,
     pub token: Option<String>,
     /// Where API changes persist (default: `<config file>.state.json`).
     pub state_file: Option<String>,
@@ -418,6 +427,8 @@ pub struct RawVariant {
     /// TF Serving version labels (`/labels/{l}`) this variant answers besides its name.
     #[serde(default)]
     pub labels: Vec<S<String>>,
+    /// Inputs fetched from a feature store (docs/features.md).
+    pub features: Option<S<RawFeatures>>,
 }
 
 #[derive(Debug, Deserialize)]

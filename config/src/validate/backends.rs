@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::fields::{duration, escaped, header_name, loc, message_bytes, positive, Errors};
+use super::sources;
 use super::upstream::{parse_grpc_endpoint, parse_http_or_bare, parse_upstream};
 use crate::raw::*;
 use crate::validated::*;
@@ -35,10 +36,10 @@ pub(super) fn backends(
         let path = format!("backends.{name}");
         let cfg = match &b.value.fields {
             Some(RawBackendFields::V2Http(r)) => {
-                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), r, defaults)))
+                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), r, base_dir, defaults)))
             }
             Some(RawBackendFields::V2Grpc(r)) => {
-                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), r, defaults)))
+                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), r, base_dir, defaults)))
             }
             Some(RawBackendFields::Onnx(r)) => {
                 onnx(errs, &path, loc(&b), r, base_dir, defaults).map(BackendConfig::Onnx)
@@ -117,10 +118,32 @@ fn connect_timeout(errs: &mut Errors, path: &str, raw: &Option<Spanned<String>>)
     duration(errs, &format!("{path}.connect_timeout"), raw, DEFAULT_CONNECT_TIMEOUT, false)
 }
 
-fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, defaults: &Defaults) -> V2HttpBackend {
+fn v2_http(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: &RawV2HttpBackend,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> V2HttpBackend {
     let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
     let when_empty = "a v2-http backend needs at least one endpoint (or `dns: host:port`)";
     let endpoints = endpoints(errs, path, at, fields, parse_upstream, parse_http_or_bare, when_empty);
+    let tls = remote_tls(errs, path, &r.endpoints, r.dns.as_ref(), r.tls.as_ref(), base_dir);
+    let endpoints = with_scheme(endpoints, tls.is_some());
+    let health = health(
+        errs,
+        path,
+        HealthFields {
+            eject_after_failures: &r.eject_after_failures,
+            eject_for: &r.eject_for,
+            health_check: &r.health_check,
+            outlier_detection: &r.outlier_detection,
+            retry_budget: &r.retry_budget,
+            load_metrics: &r.load_metrics,
+            backend_tls: tls.is_some(),
+        },
+    );
     let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
         None | Some(("auto", _)) => BinaryMode::Auto,
         Some(("always", _)) => BinaryMode::Always,
@@ -139,45 +162,70 @@ fn v2_http(errs: &mut Errors, path: &str, at: &Location, r: &RawV2HttpBackend, d
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
         connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
         pool_size: positive(errs, &format!("{path}.pool_size"), &r.pool_size, DEFAULT_POOL_SIZE).get(),
-        health: health(
-            errs,
-            path,
-            HealthFields {
-                eject_after_failures: &r.eject_after_failures,
-                eject_for: &r.eject_for,
-                health_check: &r.health_check,
-                outlier_detection: &r.outlier_detection,
-                retry_budget: &r.retry_budget,
-                load_metrics: &r.load_metrics,
-            },
-        ),
+        health,
         binary,
         forward_headers: forward_headers(errs, path, &r.forward_headers),
+        tls,
     }
 }
 
-fn v2_grpc(errs: &mut Errors, path: &str, at: &Location, r: &RawV2GrpcBackend, defaults: &Defaults) -> V2GrpcBackend {
+fn v2_grpc(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: &RawV2GrpcBackend,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> V2GrpcBackend {
     let when_empty = "a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)";
     let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
     let endpoints = endpoints(errs, path, at, fields, parse_grpc_endpoint, parse_grpc_endpoint, when_empty);
+    let tls = remote_tls(errs, path, &r.endpoints, r.dns.as_ref(), r.tls.as_ref(), base_dir);
+    let endpoints = with_scheme(endpoints, tls.is_some());
+    let health = health(
+        errs,
+        path,
+        HealthFields {
+            eject_after_failures: &r.eject_after_failures,
+            eject_for: &r.eject_for,
+            health_check: &r.health_check,
+            outlier_detection: &r.outlier_detection,
+            retry_budget: &r.retry_budget,
+            load_metrics: &r.load_metrics,
+            backend_tls: tls.is_some(),
+        },
+    );
     V2GrpcBackend {
         endpoints,
         timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
         connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
         max_message_bytes: message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes),
-        health: health(
-            errs,
-            path,
-            HealthFields {
-                eject_after_failures: &r.eject_after_failures,
-                eject_for: &r.eject_for,
-                health_check: &r.health_check,
-                outlier_detection: &r.outlier_detection,
-                retry_budget: &r.retry_budget,
-                load_metrics: &r.load_metrics,
-            },
-        ),
+        health,
         forward_headers: forward_headers(errs, path, &r.forward_headers),
+        tls,
+    }
+}
+
+/// A remote backend's TLS: `Some` when its endpoints use it (see
+/// `tls::backend_uses_tls`), with its `tls:` block's files checked.
+fn remote_tls(
+    errs: &mut Errors,
+    path: &str,
+    list: &[Spanned<String>],
+    dns: Option<&Spanned<String>>,
+    block: Option<&Spanned<RawClientTls>>,
+    base_dir: &Path,
+) -> Option<ClientTlsConfig> {
+    let on = super::tls::backend_uses_tls(errs, path, list, dns, block);
+    let cfg = super::tls::client(errs, &format!("{path}.tls"), block, base_dir);
+    on.then_some(cfg)
+}
+
+/// Every listed endpoint takes the backend's transport (a bare `host:port` included).
+fn with_scheme(endpoints: Endpoints, tls: bool) -> Endpoints {
+    match endpoints {
+        Endpoints::List(list) => Endpoints::List(list.into_iter().map(|u| Upstream { tls, ..u }).collect()),
+        dns => dns,
     }
 }
 
@@ -189,6 +237,8 @@ struct HealthFields<'a> {
     outlier_detection: &'a Option<Spanned<RawOutlierDetection>>,
     retry_budget: &'a Option<Spanned<RawRetryBudget>>,
     load_metrics: &'a Option<Spanned<RawLoadMetrics>>,
+    /// Whether the endpoints are TLS: load scrapes follow unless `load_metrics.tls` says otherwise.
+    backend_tls: bool,
 }
 
 fn health(errs: &mut Errors, path: &str, r: HealthFields<'_>) -> EndpointHealth {
@@ -267,6 +317,8 @@ fn health(errs: &mut Errors, path: &str, r: HealthFields<'_>) -> EndpointHealth 
             port,
             path,
             interval: duration(errs, &format!("{p}.interval"), &m.interval, Duration::from_secs(1), false),
+            // Triton serves its metrics port in plain HTTP even when its gRPC port is TLS.
+            tls: m.tls.as_ref().map_or(r.backend_tls, |t| t.value),
         }
     });
     EndpointHealth {
@@ -307,22 +359,54 @@ fn onnx(
         errs.at(
             format!("{path}.repository"),
             at,
-            "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx)",
+            "an onnx backend needs `repository` (a directory MODEL/VERSION/model.onnx, or mlflow://HOST[:PORT]/MODEL)",
         );
         return None;
     };
-    let repository = base_dir.join(&repo.value);
-    if !repository.is_dir() {
-        errs.at(format!("{path}.repository"), loc(repo), format!("`{}` is not a directory", repository.display()));
-    }
-    let version_policy = match &r.version_policy {
+    let mut version_policy = match &r.version_policy {
         None => VersionPolicy::Latest(NonZeroUsize::MIN),
         Some(p) => version_policy(errs, &format!("{path}.version_policy"), p),
+    };
+    let mut models: Vec<String> = r.models.iter().map(|m| m.value.clone()).collect();
+    let (repository, mlflow) = if repo.value.starts_with(sources::MLFLOW_SCHEME) {
+        let name = path.strip_prefix("backends.").unwrap_or(path);
+        let (cache_dir, source) = sources::mlflow(errs, path, name, repo, r.mlflow.as_ref(), base_dir)?;
+        if let Some(p) = &r.version_policy {
+            errs.at(
+                format!("{path}.version_policy"),
+                loc(p),
+                "an MLflow repository serves the version its URL selects (…/MODEL/3, @alias, /Stage): drop version_policy",
+            );
+        }
+        if let Some(m) = r.models.iter().find(|m| m.value != source.model) {
+            errs.at(
+                format!("{path}.models"),
+                loc(m),
+                format!("this backend serves only `{}`, the model its MLflow URL names", source.model),
+            );
+        }
+        // The cache holds what the registry selects: every version in it is served (old ones leave once the new one is up).
+        version_policy = VersionPolicy::All;
+        models = vec![source.model.clone()];
+        (cache_dir, Some(source))
+    } else {
+        if let Some(m) = &r.mlflow {
+            errs.at(
+                format!("{path}.mlflow"),
+                loc(m),
+                "applies only when `repository` is an mlflow://HOST[:PORT]/MODEL URL",
+            );
+        }
+        let repository = base_dir.join(&repo.value);
+        if !repository.is_dir() {
+            errs.at(format!("{path}.repository"), loc(repo), format!("`{}` is not a directory", repository.display()));
+        }
+        (repository, None)
     };
     Some(OnnxBackend {
         repository,
         version_policy,
-        models: r.models.iter().map(|m| m.value.clone()).collect(),
+        models,
         warmup: r.warmup.as_ref().map(|w| w.value as u32).unwrap_or(DEFAULT_WARMUP_RUNS),
         warmup_requests: match &r.warmup_requests {
             None => DEFAULT_WARMUP_REQUESTS,
@@ -341,6 +425,7 @@ fn onnx(
             DEFAULT_REPOSITORY_POLL,
             false,
         ),
+        mlflow,
     })
 }
 
@@ -535,6 +620,7 @@ mod tests {
                 port: Some(8002),
                 path: "/metrics".into(),
                 interval: Duration::from_secs(1),
+                tls: false,
             }),
         };
         assert_eq!(g.health, want);

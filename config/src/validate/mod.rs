@@ -6,8 +6,8 @@
 //! `mod` → `process`, `backends`, `cache`, `models`, `graph`, `reliability`, `fields`;
 //! `graph` → `fields`;
 //! `reliability` → `fields`;
-//! `models` → `cache`, `fields`; `backends` → `upstream`, `fields`;
-//! `process` → `upstream`, `fields`; `cache` → `fields`; `upstream` → `fields`;
+//! `models` → `cache`, `fields`; `backends` → `upstream`, `tls`, `fields`;
+//! `process` → `upstream`, `tls`, `fields`; `security` → `tls`, `fields`; `tls` → `fields`; `cache` → `fields`; `upstream` → `fields`;
 //! `fields` is the leaf.
 
 mod backends;
@@ -19,6 +19,8 @@ mod monitoring;
 mod process;
 mod reliability;
 mod security;
+mod sources;
+mod tls;
 mod upstream;
 
 use std::path::Path;
@@ -238,7 +240,12 @@ models:
             ("unknown nested field", "backends:\n  b:\n    kind: onnx\n    repository: .\n    version_policy: {latest: 1, newest: 2}\n".into(), "backends.b.version_policy", 5, 33, "unknown field `newest`"),
             ("unknown field in forward_headers", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    forward_headers: {allowed: [a]}\n".into(), "backends.b.forward_headers", 5, 23, "unknown field `allowed`, expected one of allow, deny"),
             // Backends: values.
-            ("https endpoint", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['https://h:1']\n".into(), "backends.b.endpoints[0]", 4, 17, "TLS to backends is not supported"),
+            ("https default upstream", "listeners:\n  http:\n    default_upstream: 'https://h:1'\n".into(), "listeners.http.default_upstream", 3, 23, "not supported yet"),
+            ("jwks over plain http", "auth:\n  jwt:\n    jwks_url: 'http://idp:80/jwks'\n".into(), "auth.jwt.jwks_url", 3, 15, "over https://"),
+            ("jwks refresh too short", "auth:\n  jwt:\n    jwks_url: 'https://idp/jwks'\n    jwks_refresh: 1s\n".into(), "auth.jwt.jwks_refresh", 4, 19, "at least 10s"),
+            ("mixed schemes", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['https://h:1', 'http://h:2']\n".into(), "backends.b.endpoints[1]", 4, 32, "a backend uses one transport"),
+            ("missing CA file", "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1']\n    tls: {ca: /nonexistent/ca.pem}\n".into(), "backends.b.tls.ca", 5, 15, "/nonexistent/ca.pem"),
+            ("client cert without key", "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1']\n    tls: {cert: /nonexistent/c.pem}\n".into(), "backends.b.tls.key", 5, 17, "needs its `key`"),
             ("control character in an endpoint", "backends:\n  b:\n    kind: v2-http\n    endpoints: [\"http://ba\\x01d:80\"]\n".into(), "backends.b.endpoints[0]", 4, 17, "`http://ba\\u{1}d:80`: the authority `ba\\u{1}d:80` contains a control character"),
             ("whitespace in a grpc endpoint", "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['ba d:80']\n".into(), "backends.b.endpoints[0]", 4, 17, "contains whitespace"),
             ("grpc endpoint with a path", "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1/x']\n".into(), "backends.b.endpoints[0]", 4, 17, "without a path"),

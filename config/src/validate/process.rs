@@ -11,10 +11,17 @@ use crate::validated::*;
 
 pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, cores: usize) -> Listeners {
     let http_raw = raw.http.unwrap_or_default();
-    let default_upstream = http_raw
-        .default_upstream
-        .as_ref()
-        .and_then(|u| parse_upstream(&u.value).map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok());
+    let default_upstream = http_raw.default_upstream.as_ref().and_then(|u| {
+        let parsed = parse_upstream(&u.value).and_then(|up| {
+            // pingora's upstream TLS is not wired to `switchyard_tls` yet: refuse rather than send plaintext.
+            if up.tls {
+                Err("an https:// default_upstream is not supported yet; use http://".to_string())
+            } else {
+                Ok(up)
+            }
+        });
+        parsed.map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok()
+    });
     let tls = |t: &Option<S<RawTls>>| {
         t.as_ref().map(|t| TlsConfig {
             cert: base_dir.join(&t.value.cert.value),
@@ -50,10 +57,12 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
         None => Some(ControlListener {
             address: DEFAULT_CONTROL_ADDRESS.parse().expect("default parses"),
             token: None,
+            tls: None,
             state_file: None,
         }),
         Some(c) => Some(ControlListener {
             address: address(errs, "listeners.control.address", &c.address, DEFAULT_CONTROL_ADDRESS),
+            tls: c.tls.as_ref().map(|t| super::tls::server(errs, "listeners.control.tls", t, base_dir)),
             token: c.token.filter(|t| !t.is_empty()),
             state_file: c.state_file.map(|p| base_dir.join(p)),
         }),

@@ -44,8 +44,9 @@ pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConf
                 Some(s.value.clone()).filter(|v| !v.is_empty())
             })
         };
+        let jwks = jwks_source(errs, &j, base_dir);
         JwtConfig {
-            jwks_file: base_dir.join(&j.jwks_file.value),
+            jwks,
             issuer: nonempty(errs, "issuer", &j.issuer),
             audience: nonempty(errs, "audience", &j.audience),
             leeway: duration(errs, "auth.jwt.leeway", &j.leeway, DEFAULT_JWT_LEEWAY, true),
@@ -73,6 +74,74 @@ pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConf
         jwt,
         override_permission,
         refresh: duration(errs, "auth.refresh", &raw.refresh, DEFAULT_KEY_REFRESH, false),
+    }
+}
+
+/// Exactly one of `jwks_file` and `jwks_url`; a URL is `https://` (plain
+/// `http://` only to a loopback address: keys fetched in the clear could be
+/// swapped by anyone on the path).
+fn jwks_source(errs: &mut Errors, j: &RawJwt, base_dir: &Path) -> JwksSource {
+    let refresh = duration(errs, "auth.jwt.jwks_refresh", &j.jwks_refresh, DEFAULT_JWKS_REFRESH, false);
+    let tls = super::tls::client(errs, "auth.jwt.jwks_tls", j.jwks_tls.as_ref(), base_dir);
+    match (&j.jwks_file, &j.jwks_url) {
+        (Some(f), None) => {
+            if let Some(t) = &j.jwks_tls {
+                errs.at("auth.jwt.jwks_tls", loc(t), "applies only with `jwks_url`");
+            }
+            if let Some(r) = &j.jwks_refresh {
+                errs.at(
+                    "auth.jwt.jwks_refresh",
+                    loc(r),
+                    "applies only with `jwks_url` (a file is re-read every `auth.refresh`)",
+                );
+            }
+            JwksSource::File(base_dir.join(&f.value))
+        }
+        (None, Some(u)) => {
+            if let Err(m) = check_jwks_url(&u.value) {
+                errs.at("auth.jwt.jwks_url", loc(u), m);
+            }
+            if refresh < JWKS_MIN_REFETCH {
+                if let Some(r) = &j.jwks_refresh {
+                    errs.at(
+                        "auth.jwt.jwks_refresh",
+                        loc(r),
+                        format!(
+                            "must be at least {}s (the shortest time between two fetches)",
+                            JWKS_MIN_REFETCH.as_secs()
+                        ),
+                    );
+                }
+            }
+            JwksSource::Url { url: u.value.clone(), tls, refresh }
+        }
+        (Some(f), Some(_)) => {
+            errs.at("auth.jwt.jwks_url", loc(f), "give either `jwks_file` or `jwks_url`, not both");
+            JwksSource::File(base_dir.join(&f.value))
+        }
+        (None, None) => {
+            errs.at("auth.jwt", &serde_saphyr::Location::UNKNOWN, "needs `jwks_file` or `jwks_url`");
+            JwksSource::File(base_dir.to_path_buf())
+        }
+    }
+}
+
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let shown = escaped(url);
+    let uri: http::Uri = url.parse().map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("`{shown}` has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let h = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!("`{shown}`: keys must be fetched over https:// (http:// only to a loopback address)"))
+            }
+        }
+        _ => Err(format!("`{shown}` must start with https://")),
     }
 }
 

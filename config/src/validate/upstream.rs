@@ -1,4 +1,4 @@
-//! Upstream URLs (`http://host:port[/prefix]`) and gRPC endpoints (`host:port`)
+//! Upstream URLs (`http[s]://host:port[/prefix]`) and gRPC endpoints (`host:port`)
 //! → [`Upstream`], checked with the `http` crate's own parsers: what passes here
 //! is what the runtime later turns into an `http::Uri` and a `Host` header
 //! value, so a bad byte is refused by validation instead of panicking a reload.
@@ -10,15 +10,15 @@ use http::uri::{Authority, PathAndQuery};
 use super::fields::escaped;
 use crate::validated::Upstream;
 
-/// `http://host:port[/prefix]` → `Upstream`.
+/// `http://host:port[/prefix]` or `https://…` → `Upstream`.
 pub(super) fn parse_upstream(url: &str) -> Result<Upstream, String> {
     let shown = escaped(url);
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(format!("`{shown}`: TLS to backends is not supported yet; use http://"));
+    let (rest, tls) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
     } else {
-        return Err(format!("`{shown}` must start with http://"));
+        return Err(format!("`{shown}` must start with http:// or https://"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -33,7 +33,7 @@ pub(super) fn parse_upstream(url: &str) -> Result<Upstream, String> {
     check_authority(&shown, authority)?;
     let base_path = path.trim_end_matches('/');
     check_base_path(&shown, base_path)?;
-    Ok(Upstream { authority: authority.to_string(), base_path: base_path.to_string() })
+    Ok(Upstream { authority: authority.to_string(), base_path: base_path.to_string(), tls })
 }
 
 /// `host:port` or `http://host:port[/prefix]` (a `dns:` name of a v2-http backend).
@@ -45,7 +45,7 @@ pub(super) fn parse_http_or_bare(text: &str) -> Result<Upstream, String> {
     }
 }
 
-/// A gRPC endpoint: `host:port` or `http://host:port` (no path: gRPC paths are fixed).
+/// A gRPC endpoint: `host:port`, `http://host:port` or `https://host:port` (no path: gRPC paths are fixed).
 pub(super) fn parse_grpc_endpoint(text: &str) -> Result<Upstream, String> {
     let url = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
     let up = parse_upstream(&url)?;
@@ -110,6 +110,7 @@ mod tests {
             ("http://triton:8000/prefix/", "triton:8000", "/prefix"),
             ("http://model_server.internal:80/a/b", "model_server.internal:80", "/a/b"),
             ("http://[::1]:8000", "[::1]:8000", ""),
+            ("https://triton:8443/v", "triton:8443", "/v"),
         ] {
             let up = parse_upstream(url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!((up.authority.as_str(), up.base_path.as_str()), (authority, base_path), "{url}");
@@ -121,7 +122,7 @@ mod tests {
     #[test]
     fn rejected_upstreams_say_why() {
         for (url, says) in [
-            ("https://h:1", "TLS to backends is not supported"),
+            ("ftp://h:1", "must start with http:// or https://"),
             ("h:1", "must start with http://"),
             ("http://h", "needs an explicit port"),
             ("http://h:0", "no valid host:port"),

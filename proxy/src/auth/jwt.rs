@@ -143,11 +143,16 @@ pub struct Rules {
 
 /// Why a token was refused (the message is safe to show the client).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
+#[error("{message}")]
+pub struct Invalid {
+    pub message: String,
+    /// No key of the JWKS fits the token's `alg` and `kid`: the issuer may
+    /// have rotated its keys (a JWKS fetched from a URL is fetched again).
+    pub unknown_key: bool,
+}
 
 fn invalid(m: impl Into<String>) -> Invalid {
-    Invalid(m.into())
+    Invalid { message: m.into(), unknown_key: false }
 }
 
 fn now_secs() -> u64 {
@@ -186,10 +191,11 @@ fn verify_at(token: &str, jwks: &Jwks, rules: &Rules, now: u64) -> Result<Map<St
         }
     }
     if !tried {
-        return Err(invalid(match kid {
+        let message = match kid {
             Some(kid) => format!("no {} key with kid `{kid}` in the JWKS", alg.name()),
             None => format!("no {} key in the JWKS", alg.name()),
-        }));
+        };
+        return Err(Invalid { message, unknown_key: true });
     }
     if !ok {
         return Err(invalid("token signature does not verify"));
@@ -381,7 +387,7 @@ pub(crate) mod tests {
         let jwks = jwks_of(&[(&key, "k1")]);
         let r = rules();
         let sign = |v: Value| key.sign(&v, Some("k1")).unwrap();
-        let err = |t: &str, now| verify_at(t, &jwks, &r, now).unwrap_err().0;
+        let err = |t: &str, now| verify_at(t, &jwks, &r, now).unwrap_err().message;
         // Expiry and not-before, with the leeway.
         assert!(verify_at(&sign(claims(1_000)), &jwks, &r, 1_029).is_ok());
         assert!(err(&sign(claims(1_000)), 1_031).contains("expired"));

@@ -8,6 +8,7 @@
 //! bad keeps the last good keys and logs why.
 
 pub mod jwt;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Weak};
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use serde_json::Value;
-use switchyard_config::{check_permission, parse_sha256, ApiKey, AuthConfig};
+use switchyard_config::{check_permission, parse_sha256, ApiKey, AuthConfig, JwksSource};
 
 use crate::error::{Error, ErrorKind};
 
@@ -196,6 +197,8 @@ pub struct Auth {
     cfg: AuthConfig,
     rules: Option<jwt::Rules>,
     keys: ArcSwap<Keys>,
+    /// The JWKS of `auth.jwt.jwks_url` (the file one lives in `keys`).
+    remote: Option<Arc<remote::RemoteJwks>>,
 }
 
 /// SHA-256 of an API key, as `auth.api_keys[].sha256` holds it.
@@ -236,7 +239,11 @@ impl Auth {
             audience: j.audience.clone(),
             leeway: j.leeway,
         });
-        let auth = Auth { cfg: cfg.clone(), rules, keys: ArcSwap::from_pointee(Keys::default()) };
+        let remote = match cfg.jwt.as_ref().map(|j| &j.jwks) {
+            Some(JwksSource::Url { url, tls, refresh }) => Some(remote::RemoteJwks::start(url, tls, *refresh)?),
+            _ => None,
+        };
+        let auth = Auth { cfg: cfg.clone(), rules, keys: ArcSwap::from_pointee(Keys::default()), remote };
         auth.keys.store(Arc::new(auth.load()?));
         Ok(Arc::new(auth))
     }
@@ -253,9 +260,9 @@ impl Auth {
                 keys.api_keys.insert(k.sha256, Arc::new(Principal::new(&k.principal, &k.permissions, op)));
             }
         }
-        if let Some(j) = &self.cfg.jwt {
-            let text = read(&j.jwks_file, "auth.jwt.jwks_file")?;
-            keys.jwks = jwt::Jwks::parse(text.as_bytes()).map_err(|e| format!("{}: {e}", j.jwks_file.display()))?;
+        if let Some(JwksSource::File(path)) = self.cfg.jwt.as_ref().map(|j| &j.jwks) {
+            let text = read(path, "auth.jwt.jwks_file")?;
+            keys.jwks = jwt::Jwks::parse(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         Ok(keys)
     }
@@ -309,8 +316,25 @@ impl Auth {
         let (Some(rules), Some(j)) = (&self.rules, &self.cfg.jwt) else {
             return Err(unauthenticated("JWTs are not accepted here"));
         };
-        let claims =
-            jwt::verify(token, &keys.jwks, rules).map_err(|e| unauthenticated(&format!("invalid token: {e}")))?;
+        let fetched;
+        let jwks = match &self.remote {
+            None => &keys.jwks,
+            Some(r) => {
+                fetched = r
+                    .current()
+                    .ok_or_else(|| unauthenticated("no signing keys fetched yet from the issuer's JWKS URL"))?;
+                &*fetched
+            }
+        };
+        let claims = jwt::verify(token, jwks, rules).map_err(|e| {
+            if e.unknown_key {
+                // The issuer may have rotated its keys: fetch its set again (rate-limited).
+                if let Some(r) = &self.remote {
+                    r.unknown_key();
+                }
+            }
+            unauthenticated(&format!("invalid token: {e}"))
+        })?;
         let sub = claims.get("sub").and_then(Value::as_str).ok_or_else(|| unauthenticated("token has no `sub`"))?;
         // An array of strings, or one space-separated string (as OAuth's `scope`).
         let perms: Vec<&str> = match claims.get(&j.permissions_claim) {
@@ -395,7 +419,7 @@ mod tests {
             api_keys: vec![ApiKey { principal: "batch".into(), sha256: sha256(b"s3cret"), permissions: vec![] }],
             api_keys_file: Some(dir.join("keys")),
             jwt: Some(JwtConfig {
-                jwks_file: dir.join("jwks.json"),
+                jwks: JwksSource::File(dir.join("jwks.json")),
                 issuer: None,
                 audience: None,
                 leeway: Duration::ZERO,

@@ -68,7 +68,7 @@ mod tests {
     use super::*;
 
     fn upstream(authority: &str) -> Upstream {
-        Upstream { authority: authority.into(), base_path: String::new() }
+        Upstream { authority: authority.into(), base_path: String::new(), tls: false }
     }
 
     #[test]

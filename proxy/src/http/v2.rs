@@ -179,7 +179,7 @@ pub async fn model_query(
 pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
     let dead = pipeline::dead_tasks();
     if !dead.is_empty() {
-        return Reply::error(&Error::unavailable(format!("background task(s) failed: {}", dead.join("; "))));
+        return Reply::error(&Error::unavailable(format!("not ready: {}", dead.join("; "))));
     }
     let unready = pipeline::unready_routes(table).await;
     if !unready.is_empty() {
@@ -188,11 +188,17 @@ pub async fn readiness(table: &RoutingTable, v2_style: bool) -> Reply {
     if v2_style {
         Reply::json(200, Vec::new())
     } else {
-        match switchyard_stats::fleet::detail() {
-            // Fleet mode: ready either way (a replica cut off from Redis keeps serving), and says where it stands.
-            Some(fleet) => Reply::json(200, format!(r#"{{"status":"ready","fleet":{fleet}}}"#)),
-            None => Reply::json(200, &br#"{"status":"ready"}"#[..]),
+        // Fleet mode: ready either way (a replica cut off from Redis keeps serving), and says where it stands;
+        // so do model sources (a registry that stopped answering leaves what is loaded serving).
+        let mut body = String::from(r#"{"status":"ready""#);
+        if let Some(fleet) = switchyard_stats::fleet::detail() {
+            body.push_str(&format!(r#","fleet":{fleet}"#));
         }
+        if let Some(sources) = switchyard_stats::sources::detail() {
+            body.push_str(&format!(r#","sources":{sources}"#));
+        }
+        body.push('}');
+        Reply::json(200, body)
     }
 }
 

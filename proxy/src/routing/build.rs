@@ -121,6 +121,16 @@ impl RoutingTable {
                     shadow_percent: v.shadow_percent,
                     labels: v.labels.clone(),
                     cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
+                    features: match &v.features {
+                        None => None,
+                        Some(f) => Some(Arc::new(
+                            crate::features::Enricher::new(
+                                f.clone(),
+                                crate::features::FeatureMetrics::new(name, &v.name),
+                            )
+                            .map_err(|e| format!("model `{name}` variant `{}`: {e}", v.name))?,
+                        )),
+                    },
                 });
             }
             let shadows =

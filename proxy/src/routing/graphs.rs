@@ -77,6 +77,7 @@ fn route(name: &Arc<str>, graph: Arc<Graph>, ctx: &BuildContext<'_>) -> Route {
             cache: None,
             drift: None,
             labels: Vec::new(),
+            features: None,
         }],
         targets: vec![Some(ModelTarget { name: name.clone(), version: None })],
         picker: Picker::new(name.clone(), vec![Arm::new(variant, 1.0, None)]),

@@ -78,6 +78,8 @@ pub struct Variant {
     pub drift: Option<Arc<crate::monitor::DriftMonitor>>,
     /// TF Serving version labels this variant answers besides its name.
     pub labels: Vec<Arc<str>>,
+    /// Inputs completed from a feature store before the request runs; `None`: the client sends every input.
+    pub features: Option<Arc<crate::features::Enricher>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.

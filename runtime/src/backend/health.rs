@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use switchyard_config::{EndpointHealth, LoadMetrics, OutlierDetection, MAX_EJECTION_FACTOR};
+use switchyard_config::{ClientTlsConfig, EndpointHealth, LoadMetrics, OutlierDetection, MAX_EJECTION_FACTOR};
+use switchyard_tls::{ClientTls, Connector};
 use tokio::task::JoinHandle;
 
 use super::affinity::{Affinity, PinMiss};
@@ -165,7 +165,8 @@ impl<T: Send + Sync + 'static> Pool<T> {
 
     /// Starts the probes, outlier sweeps and scrapes the policy asks for (on
     /// the current tokio runtime). `probe` is the kind's readiness check.
-    pub fn start(self: &Arc<Self>, probe: Probe<T>) -> Tasks {
+    /// `scrape_tls`: the settings of `https` load scrapes (see [`scrape_tls`]).
+    pub fn start(self: &Arc<Self>, probe: Probe<T>, scrape_tls: Option<Arc<ClientTls>>) -> Tasks {
         let mut tasks = Vec::new();
         if let Some(check) = self.policy.health_check.clone() {
             let pool = Arc::downgrade(self);
@@ -204,7 +205,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
             }));
         }
         if let Some(lm) = self.policy.load_metrics.clone() {
-            tasks.push(tokio::spawn(scrape_loop(Arc::downgrade(self), lm)));
+            tasks.push(tokio::spawn(scrape_loop(Arc::downgrade(self), lm, scrape_tls)));
         }
         Tasks(tasks)
     }
@@ -592,12 +593,27 @@ fn sample(line: &str) -> Option<(&str, f64)> {
     value.is_finite().then_some((name, value))
 }
 
+/// The TLS settings of a backend's load scrapes when they are `https`
+/// (`load_metrics.tls`, by default the backend's transport): the backend's
+/// own CA, client certificate and server name, offering HTTP/1.1.
+pub fn scrape_tls(
+    policy: &EndpointHealth,
+    backend_tls: Option<&ClientTlsConfig>,
+    backend: &str,
+) -> Result<Option<Arc<ClientTls>>, String> {
+    match &policy.load_metrics {
+        Some(lm) if lm.tls => {
+            let cfg = backend_tls.cloned().unwrap_or_default();
+            ClientTls::load(&cfg, &[b"http/1.1"], &format!("backend `{backend}` load metrics")).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Reads every endpoint's metrics page each interval.
-async fn scrape_loop<T: Send + Sync + 'static>(pool: Weak<Pool<T>>, lm: LoadMetrics) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(lm.interval));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+async fn scrape_loop<T: Send + Sync + 'static>(pool: Weak<Pool<T>>, lm: LoadMetrics, tls: Option<Arc<ClientTls>>) {
+    let client: Client<Connector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(Connector::new(Some(lm.interval), tls));
     let mut tick = tokio::time::interval(lm.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -622,18 +638,19 @@ async fn scrape_loop<T: Send + Sync + 'static>(pool: Weak<Pool<T>>, lm: LoadMetr
     }
 }
 
-/// `http://HOST:PORT/path` for an endpoint's `host:port`.
+/// `http[s]://HOST:PORT/path` for an endpoint's `host:port`.
 fn metrics_url(authority: &str, lm: &LoadMetrics) -> String {
+    let scheme = if lm.tls { "https" } else { "http" };
     match lm.port {
-        None => format!("http://{authority}{}", lm.path),
+        None => format!("{scheme}://{authority}{}", lm.path),
         Some(port) => {
             let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-            format!("http://{host}:{port}{}", lm.path)
+            format!("{scheme}://{host}:{port}{}", lm.path)
         }
     }
 }
 
-async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<String, String> {
+async fn fetch(client: &Client<Connector, Empty<Bytes>>, url: &str) -> Result<String, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
     let resp = client.get(uri).await.map_err(|e| crate::error::error_chain(&e))?;
     if !resp.status().is_success() {
@@ -796,7 +813,7 @@ mod tests {
 
     #[test]
     fn load_aware_picking_uses_fresh_server_queues() {
-        let lm = LoadMetrics { port: None, path: "/metrics".into(), interval: Duration::from_secs(60) };
+        let lm = LoadMetrics { port: None, path: "/metrics".into(), interval: Duration::from_secs(60), tls: false };
         let p = pool(2, EndpointHealth { load_metrics: Some(lm), ..Default::default() });
         let set = p.members();
         let busy = "nv_inference_pending_request_count{model=\"m\",version=\"1\"} 7\nnv_inference_queue_duration_us{model=\"m\",version=\"1\"} 100\n";

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_config::{Endpoints, ResolverConfig, V2GrpcBackend as Config};
+use switchyard_tls::{ClientTls, Connector};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -61,10 +62,14 @@ impl V2GrpcBackend {
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2GrpcBackend, String> {
         let connect_timeout = cfg.connect_timeout;
         let max = cfg.max_message_bytes;
+        // gRPC over TLS offers h2 by ALPN; the files are watched while the backend lives.
+        let tls = cfg.tls.as_ref().map(|t| ClientTls::load(t, &[b"h2"], &format!("backend `{name}`"))).transpose()?;
+        let connector = Connector::new(Some(connect_timeout), tls.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let member = move |authority: &str| -> Result<Arc<Member<Client>>, String> {
-            let channel = channel_endpoint(authority, connect_timeout)
+            let channel = channel_endpoint(scheme, authority, connect_timeout)
                 .map_err(|e| format!("endpoint `{authority}`: {e}"))?
-                .connect_lazy();
+                .connect_with_connector_lazy(connector.clone());
             let client = Client::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
             Ok(Arc::new(Member::new(authority.to_string(), client)))
         };
@@ -116,7 +121,8 @@ impl V2GrpcBackend {
                 matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if r.get_ref().ready)
             })
         });
-        let health = pool.start(probe);
+        let scrape_tls = super::health::scrape_tls(&cfg.health, cfg.tls.as_ref(), name)?;
+        let health = pool.start(probe, scrape_tls);
         Ok(V2GrpcBackend {
             name: Arc::from(name),
             endpoints: source,
@@ -251,6 +257,13 @@ impl V2GrpcBackend {
                 BackendError::Connect { endpoint: format!("{} ({endpoint})", self.name), message: error_chain(&s) }
             }
             Code::Unavailable => BackendError::Unavailable(format!("backend `{}`: {msg}", self.name)),
+            // Any other transport failure (a TLS alert after the handshake, a
+            // reset): the connection broke, the server answered nothing.
+            code if std::error::Error::source(&s).is_some()
+                && !matches!(code, Code::DeadlineExceeded | Code::Cancelled) =>
+            {
+                BackendError::Unavailable(format!("backend `{}` ({endpoint}): {}", self.name, error_chain(&s)))
+            }
             // tonic's own enforcement of the deadline we sent answers CANCELLED "Timeout expired".
             Code::DeadlineExceeded | Code::Cancelled => BackendError::Timeout(timeout),
             // The server's own answer: its code travels on unchanged (gRPC clients get it as is).
@@ -274,8 +287,12 @@ fn refused(s: &Status) -> bool {
 }
 
 /// One replica of the channel, with the connection settings every replica shares.
-fn channel_endpoint(authority: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{authority}"))?
+fn channel_endpoint(
+    scheme: &str,
+    authority: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("{scheme}://{authority}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_adaptive_window(true)

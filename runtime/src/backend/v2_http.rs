@@ -14,10 +14,10 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use switchyard_config::{BinaryMode, Endpoints, ResolverConfig, Upstream, V2HttpBackend as Config};
+use switchyard_tls::{ClientTls, Connector};
 use tokio::sync::OnceCell;
 
 use super::affinity::Affinity;
@@ -53,7 +53,7 @@ impl HttpEndpoint {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<Connector, Full<Bytes>>;
 
 pub struct V2HttpBackend {
     name: Arc<str>,
@@ -96,9 +96,11 @@ impl V2HttpBackend {
     /// whose authority is no valid `Host` value; config validation rejects
     /// those first.
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2HttpBackend, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
+        // TLS settings are loaded (and their files watched) once per backend;
+        // a reload that keeps the backend keeps them.
+        let tls =
+            cfg.tls.as_ref().map(|t| ClientTls::load(t, &[b"http/1.1"], &format!("backend `{name}`"))).transpose()?;
+        let connector = Connector::new(Some(cfg.connect_timeout), tls.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(cfg.pool_size)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -116,6 +118,7 @@ impl V2HttpBackend {
             Endpoints::Dns(d) => {
                 let feed = Arc::downgrade(&pool);
                 let (backend, base_path) = (Arc::<str>::from(name), d.base_path.clone());
+                let scheme_tls = cfg.tls.is_some();
                 let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
                     let Some(pool) = feed.upgrade() else { return };
                     let old = pool.members();
@@ -127,7 +130,7 @@ impl V2HttpBackend {
                             if let Some(m) = old.iter().find(|m| m.authority == authority) {
                                 return Some(m.clone());
                             }
-                            let up = Upstream { authority, base_path: base_path.clone() };
+                            let up = Upstream { authority, base_path: base_path.clone(), tls: scheme_tls };
                             HttpEndpoint::member(&backend, up).ok()
                         })
                         .collect();
@@ -149,7 +152,8 @@ impl V2HttpBackend {
                 matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(true)))
             })
         });
-        let health = pool.start(probe);
+        let scrape_tls = super::health::scrape_tls(&cfg.health, cfg.tls.as_ref(), name)?;
+        let health = pool.start(probe, scrape_tls);
         Ok(V2HttpBackend {
             name: Arc::from(name),
             client,
@@ -248,7 +252,8 @@ impl V2HttpBackend {
                     return Ok(reply);
                 }
                 Ok(Err(CallError::Request(e))) if e.is_connect() => {
-                    let err = BackendError::Connect { endpoint: ep.upstream.to_string(), message: error_chain(&e) };
+                    let endpoint = format!("{} (backend `{}`)", ep.upstream, self.name);
+                    let err = BackendError::Connect { endpoint, message: error_chain(&e) };
                     (err, false)
                 }
                 Ok(Err(e)) => {

@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod library;
+pub mod mlflow;
 pub mod model;
 pub mod pool;
 pub mod repository;
@@ -52,6 +53,9 @@ impl OnnxShared {
 
 pub struct OnnxBackend {
     repo: Arc<Repository>,
+    /// The MLflow registry the model comes from, when `repository` is an `mlflow://` URL.
+    /// Owned here (its poller holds it weakly): dropping the backend ends its polls and status.
+    _registry: Option<Arc<mlflow::Registry>>,
     pool: Arc<Pool>,
     /// The CUDA device sessions run on, if any (for Triton's `instance_group`).
     gpu: Option<u32>,
@@ -71,10 +75,23 @@ impl OnnxBackend {
             warmup_requests: cfg.warmup_requests,
         };
         let repo = Arc::new(Repository::new(Arc::from(name), cfg.clone(), settings));
+        let registry = match &cfg.mlflow {
+            Some(src) => {
+                std::fs::create_dir_all(cfg.repository.join(&src.model)).map_err(|e| {
+                    format!("backend `{name}`: cannot create the MLflow cache {}: {e}", cfg.repository.display())
+                })?;
+                Some(Arc::new(mlflow::Registry::new(Arc::from(name), src.clone(), cfg.repository.clone())))
+            }
+            None => None,
+        };
         let r = repo.clone();
         tokio::task::spawn_blocking(move || r.rescan())
             .await
             .map_err(|e| format!("backend `{name}`: loading the model repository failed: {e}"))?;
+        if let Some(reg) = &registry {
+            // What the cache held from before is up already; now what the registry selects.
+            reg.sync(&repo).await;
+        }
         let snapshot = repo.snapshot();
         let failures = repo.failures();
         for m in &cfg.models {
@@ -84,6 +101,18 @@ impl OnnxBackend {
                     .filter(|f| &f.model == m)
                     .map(|f| format!("version {}: {}", f.version, f.error))
                     .collect();
+                if let (Some(src), Some(reg)) = (&cfg.mlflow, &registry) {
+                    let detail = reg.last_error().unwrap_or_default();
+                    return Err(format!(
+                        "backend `{name}`: no version of `{m}` could be fetched from the MLflow registry {} ({}) \
+                         nor found in its cache {}{}{}",
+                        src.base_url,
+                        src.selector,
+                        cfg.repository.display(),
+                        if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) },
+                        if detail.is_empty() { String::new() } else { format!("; the registry: {detail}") }
+                    ));
+                }
                 return Err(format!(
                     "backend `{name}`: model `{m}` has no loadable version in {} ({})",
                     cfg.repository.display(),
@@ -97,11 +126,14 @@ impl OnnxBackend {
         }
         drop(snapshot);
         repository::spawn_watcher(&repo);
+        if let Some(reg) = &registry {
+            mlflow::spawn_poller(reg, &repo);
+        }
         let gpu = match shared.runtime.execution_provider {
             switchyard_config::ExecutionProvider::Cuda { device } => Some(device),
             _ => None,
         };
-        Ok(OnnxBackend { repo, pool: shared.pool.clone(), gpu })
+        Ok(OnnxBackend { repo, _registry: registry, pool: shared.pool.clone(), gpu })
     }
 
     /// Loaded versions of `model`, ascending (empty when it is not loaded).

@@ -45,6 +45,7 @@ fn cfg(repository: &Path, policy: VersionPolicy, models: &[&str]) -> Config {
         warmup_requests: 1,
         instances: NonZeroUsize::MIN,
         poll_interval: Duration::from_millis(500),
+        mlflow: None,
     }
 }
 
