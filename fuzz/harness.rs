@@ -5,6 +5,11 @@
 //! re-encoding unchanged.
 #![allow(dead_code)]
 
+#[path = "../proxy/src/auth/jwt.rs"]
+mod jwt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use prost::Message;
 use switchyard_runtime::codec::{grpc, v2};
@@ -94,6 +99,67 @@ pub fn config(data: &[u8]) {
 pub fn load_metrics(data: &[u8]) {
     let q = switchyard_runtime::backend::health::parse_queue_metrics(&String::from_utf8_lossy(data));
     assert!(q.pending.is_finite());
+}
+
+/// The keys the `jwt` target verifies against: an Ed25519 key from a fixed
+/// seed (so the fuzzer can reach the claim checks with tokens it signs) in a
+/// JWKS beside a P-256 key, both with kids.
+fn jwt_keys() -> &'static (ring::signature::Ed25519KeyPair, jwt::Jwks) {
+    static KEYS: std::sync::OnceLock<(ring::signature::Ed25519KeyPair, jwt::Jwks)> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        use ring::signature::KeyPair;
+        let ed = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]).expect("a 32-byte seed");
+        let x = URL_SAFE_NO_PAD.encode(ed.public_key().as_ref());
+        let jwks = format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":"ed","x":"{x}"}},
+            {{"kty":"EC","crv":"P-256","kid":"ec","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}}]}}"#
+        );
+        (ed, jwt::Jwks::parse(jwks.as_bytes()).expect("the harness's JWKS parses"))
+    })
+}
+
+/// JWTs and JWKS documents, as a client and a key file send them. The first
+/// byte picks what the rest is: 0, a JWKS to parse; 1, a token to verify as
+/// it stands; anything else, a token header and claims (split at the first
+/// NUL) signed with the harness's Ed25519 key, so the fuzzer gets past the
+/// signature to the header, claim and time checks. Whatever verifies must be
+/// exactly the signed claims, and (expiry aside) satisfy the rules.
+pub fn jwt(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let (key, jwks) = jwt_keys();
+    let rules = jwt::Rules {
+        issuer: Some("https://issuer.example".into()),
+        audience: Some("switchyard".into()),
+        leeway: std::time::Duration::from_secs(60),
+    };
+    match mode {
+        0 => {
+            if let Ok(parsed) = jwt::Jwks::parse(rest) {
+                assert!(!parsed.is_empty(), "a JWKS that parses holds a key");
+            }
+        }
+        1 => {
+            if let Ok(token) = std::str::from_utf8(rest) {
+                let _ = jwt::verify(token, jwks, &rules);
+            }
+        }
+        _ => {
+            let (header, claims) = match rest.iter().position(|&b| b == 0) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &b"{}"[..]),
+            };
+            let signed = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+            let sig = key.sign(signed.as_bytes());
+            let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+            if let Ok(verified) = jwt::verify(&token, jwks, &rules) {
+                let sent: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(claims).expect("verified claims are a JSON object");
+                assert_eq!(verified, sent, "verify returned other claims than were signed");
+                assert!(verified.get("exp").and_then(serde_json::Value::as_u64).is_some(), "accepted without exp");
+                assert_eq!(verified.get("iss").and_then(serde_json::Value::as_str), Some("https://issuer.example"));
+            }
+        }
+    }
 }
 
 /// The signatures a TF Serving body is decoded against; the first byte picks one.

@@ -79,6 +79,9 @@ struct TokenArgs {
     /// The claim that carries the permissions.
     #[arg(long, default_value = switchyard_config::DEFAULT_PERMISSIONS_CLAIM)]
     claim: String,
+    /// Admission priority of the principal (1 is the highest), in the `priority` claim.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    priority: Option<u64>,
     /// Print the key's public JWKS instead of a token.
     #[arg(long)]
     jwks: bool,
@@ -108,6 +111,9 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     }
     if let Some(aud) = a.aud {
         claims["aud"] = aud.into();
+    }
+    if let Some(p) = a.priority {
+        claims[switchyard_config::DEFAULT_PRIORITY_CLAIM] = p.into();
     }
     println!("{}", key.sign(&claims, a.kid.as_deref()).map_err(|e| anyhow::anyhow!(e))?);
     Ok(())
@@ -192,7 +198,7 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
     };
     init_logging(format, &cfg.logging.level);
     let a = &cfg.access_log;
-    switchyard_stats::access_log::init(a.enabled, &a.path, a.sample)
+    switchyard_stats::access_log::init(a.enabled, &a.path, a.sample, a.queue.get(), a.flush_interval)
         .with_context(|| format!("opening access_log.path {}", a.path))?;
     // Key files are read now: a missing JWKS fails start-up, not the first request.
     let auth = match &cfg.auth {
@@ -301,11 +307,14 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         switchyard_control::clock::spawn(control);
     }
     let (table, metrics) = (plane.table.clone(), plane.metrics.clone());
-    let guards = switchyard_proxy::Guards {
-        auth,
-        limiter: switchyard_proxy::ratelimit::RateLimiter::new(&cfg.rate_limits).map(Arc::new),
-        body_hash: cfg.access_log.body_hash,
+    // Fleet-wide buckets connect to Redis from the background runtime, never on a request.
+    let limiter = {
+        let _rt = background.enter();
+        switchyard_proxy::ratelimit::RateLimiter::new(&cfg.rate_limits, &metrics.registry)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .map(Arc::new)
     };
+    let guards = switchyard_proxy::Guards { auth, limiter, body_hash: cfg.access_log.body_hash };
 
     // gRPC is served by tonic, as one of pingora's services.
     let grpc = match &cfg.listeners.grpc {

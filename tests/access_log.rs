@@ -48,11 +48,15 @@ fn infer_body() -> String {
     json!({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": data}]}).to_string()
 }
 
-/// Every line of the log, each of which must be one JSON object — but the
-/// harness's start-up probes (`GET /startup`).
+/// Every complete line of the log, each of which must be one JSON object —
+/// but the harness's start-up probes (`GET /startup`). Lines reach the file
+/// from the log's writer thread, in chunks, some time after their answer:
+/// callers wait for them, and a chunk still being written is not read.
 fn lines(log: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .map(|l| {
             serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l:?}"))
         })

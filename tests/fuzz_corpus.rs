@@ -57,6 +57,11 @@ fn load_metrics_corpus() {
 }
 
 #[test]
+fn jwt_corpus() {
+    replay("jwt", harness::jwt);
+}
+
+#[test]
 fn tfserving_request_corpus() {
     replay("tfserving_request", harness::tfserving_request);
 }

@@ -211,3 +211,71 @@ async fn a_queued_request_whose_client_left_never_runs() {
     assert_eq!(sy.post("/v2/models/m/infer", &[], body(2, None)).await.status, 200);
     assert_eq!(backend.infers(), 2, "only the two requests whose clients waited ran");
 }
+
+/// Priorities from the principal: under overload a priority-1 principal keeps
+/// being served while a priority-5 one is shed, although the latter asks for
+/// priority 1 in every request (a principal's priority caps what its
+/// requests may claim).
+#[tokio::test]
+async fn a_high_priority_principal_is_served_while_a_low_one_is_shed() {
+    let hash = |k: &str| -> String {
+        switchyard_proxy::auth::sha256(k.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let backend = FaultBackend::start("b").await;
+    let sy = Switchyard::config(&format!(
+        "backends:\n  echo: {{kind: v2-http, endpoints: ['{}']}}\nmodels:\n  m:\n    variants:\n      - {{name: a, backend: echo}}\n\
+         admission:\n  default_priority: 3\n  models:\n    m: {{ limit: 1, queue: 4, queue_timeout: 60s }}\n\
+         auth:\n  api_keys:\n    - {{principal: gold, sha256: 'sha256:{}', permissions: ['model:*:infer'], priority: 1}}\n\
+         \x20   - {{principal: bronze, sha256: 'sha256:{}', permissions: ['model:*:infer'], priority: 5}}\n",
+        backend.url(),
+        hash("gold-key"),
+        hash("bronze-key"),
+    ))
+    .start()
+    .await;
+    backend.delay_ms(50);
+    // Closed loops: 2 gold clients, 5 bronze ones (which alone fill the slot and the queue).
+    let worker = |key: &'static str, claim: Option<u64>, rounds: usize| {
+        let (client, url) = (sy.client.clone(), format!("{}/v2/models/m/infer", sy.http_url()));
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..rounds {
+                let r = client.post(&url, &[("x-api-key", key)], body(i as i32, claim)).await;
+                out.push((r.status, if r.status == 200 { String::new() } else { r.error() }));
+            }
+            out
+        })
+    };
+    let bronze: Vec<_> = (0..5).map(|_| worker("bronze-key", Some(1), 12)).collect();
+    assert_eventually!(backend.in_flight() == 1, "bronze holds the slot");
+    let gold: Vec<_> = (0..2).map(|_| worker("gold-key", None, 10)).collect();
+    let (mut gold_served, mut gold_failed) = (0, Vec::new());
+    for g in gold {
+        for (status, err) in g.await.unwrap() {
+            if status == 200 {
+                gold_served += 1;
+            } else {
+                gold_failed.push((status, err));
+            }
+        }
+    }
+    let (mut bronze_served, mut bronze_shed) = (0, 0);
+    for b in bronze {
+        for (status, err) in b.await.unwrap() {
+            match status {
+                200 => bronze_served += 1,
+                503 if err.contains("higher priority") => bronze_shed += 1,
+                _ => {}
+            }
+        }
+    }
+    // Gold is never shed for bronze, and is served nearly always (a gold
+    // request can only be refused at the first gate, in the instant every
+    // place is reserved by bronze requests still reading their bodies).
+    assert!(gold_failed.iter().all(|(_, e)| !e.contains("higher priority")), "{gold_failed:?}");
+    assert!(gold_served >= 18, "gold served {gold_served} of 20: {gold_failed:?}");
+    assert!(bronze_shed > 0, "bronze requests were shed for gold ones");
+    assert!(bronze_served < 60, "bronze was refused part of its load ({bronze_served} of 60 served)");
+    let m = sy.metrics().await;
+    assert!(m.value("switchyard_admission_refused_total", &[("name", "m"), ("reason", "shed")]) >= 1.0);
+}

@@ -178,6 +178,8 @@ pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(30);
 /// The JWT claim that lists a principal's permissions.
 pub const DEFAULT_PERMISSIONS_CLAIM: &str = "permissions";
+/// The JWT claim that holds a principal's admission priority.
+pub const DEFAULT_PRIORITY_CLAIM: &str = "priority";
 /// The permission that lets a principal force a variant with the override header.
 pub const DEFAULT_OVERRIDE_PERMISSION: &str = "override";
 /// Where access and audit lines go.
@@ -197,6 +199,8 @@ pub struct ApiKey {
     pub principal: String,
     pub sha256: [u8; 32],
     pub permissions: Vec<String>,
+    /// Admission priority of its requests (1 is the highest); `None`: the request's own.
+    pub priority: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +211,8 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     pub leeway: Duration,
     pub permissions_claim: String,
+    /// The claim holding the principal's admission priority (a positive integer).
+    pub priority_claim: String,
 }
 
 /// The longest a fetched JWKS is trusted without fetching it again (a
@@ -237,6 +243,50 @@ pub struct RateLimits {
     pub per_principal: Option<Bucket>,
     /// One bucket per model named here; `*`: one per every other model.
     pub per_model: BTreeMap<Arc<str>, Bucket>,
+    /// Buckets shared by every replica through Redis; `None`: local to the process.
+    pub redis: Option<SharedRateLimits>,
+}
+
+/// Deadline of each rate-limit script call when not given: a round trip
+/// within a data centre is well under a millisecond.
+pub const DEFAULT_RATE_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a replica may keep tokens it took from Redis ahead of its requests.
+pub const DEFAULT_RATE_LEASE: Duration = Duration::from_millis(100);
+
+/// What a replica does while Redis cannot answer (the breaker is open, a call failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Each replica enforces the configured buckets by itself (the fleet admits up to N×).
+    Local,
+    /// Admit without a limit.
+    Open,
+    /// Refuse every limited request (503 with `Retry-After`).
+    Closed,
+}
+
+impl Unavailable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::Local => "local",
+            Unavailable::Open => "open",
+            Unavailable::Closed => "closed",
+        }
+    }
+}
+
+/// `rate_limits.redis`: fleet-wide token buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedRateLimits {
+    pub url: String,
+    /// Keys are `{key_prefix}:rl:...`.
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub on_unavailable: Unavailable,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    /// Tokens taken ahead are at most `lease` worth of the rate, used within `lease`.
+    pub lease: Duration,
 }
 
 /// A token bucket: a sustained rate and a burst, for requests and optionally input bytes.
@@ -262,11 +312,27 @@ pub struct AccessLogConfig {
     pub sample: f64,
     /// Log the SHA-256 of each inference request body.
     pub body_hash: bool,
+    /// Lines waiting for the writer thread; when full, access lines are dropped and counted.
+    pub queue: NonZeroUsize,
+    /// Longest a line waits in the writer's buffer before it reaches the destination.
+    pub flush_interval: Duration,
 }
+
+/// Access lines that may wait for the log's writer thread.
+pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 8192;
+/// How long a line may sit in the access log writer's buffer.
+pub const DEFAULT_ACCESS_LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        AccessLogConfig { enabled: true, path: DEFAULT_ACCESS_LOG_PATH.into(), sample: 1.0, body_hash: false }
+        AccessLogConfig {
+            enabled: true,
+            path: DEFAULT_ACCESS_LOG_PATH.into(),
+            sample: 1.0,
+            body_hash: false,
+            queue: NonZeroUsize::new(DEFAULT_ACCESS_LOG_QUEUE).expect("non-zero"),
+            flush_interval: DEFAULT_ACCESS_LOG_FLUSH_INTERVAL,
+        }
     }
 }
 

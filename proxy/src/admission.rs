@@ -9,8 +9,9 @@
 //!
 //! Priority (1 is the highest, larger is lower, 0 or none is
 //! `admission.default_priority`) comes from Triton's `priority` request
-//! parameter, or from `Call::priority`, which a listener fills from the
-//! caller's identity (the hook for authentication's principals).
+//! parameter and from the caller: an authenticated principal's priority
+//! (`auth.api_keys[].priority`, a JWT's priority claim) is the best its
+//! requests may claim (`effective_priority`).
 //!
 //! Limiters live across routing snapshots: a reload that keeps a limit's
 //! settings keeps its state (in-flight count, adaptive limit, waiters).
@@ -181,8 +182,36 @@ impl Permits {
     }
 }
 
+/// The priority a request runs at, from its own `priority` parameter and
+/// its caller's (a principal's `priority`): the caller's is the best the
+/// request may claim — it may ask to run lower, never higher — so a
+/// low-priority client cannot jump the queue by setting the parameter.
+/// 0 or none: the other one, else `admission.default_priority`.
+pub fn effective_priority(request: Option<u64>, caller: Option<u64>) -> Option<u64> {
+    match (request.filter(|p| *p > 0), caller.filter(|p| *p > 0)) {
+        (Some(r), Some(c)) => Some(r.max(c)),
+        (r, c) => r.or(c),
+    }
+}
+
 /// The `priority` request parameter, when it is a non-negative integer
 /// (anything else is the batcher's or the backend's to refuse).
 pub fn request_priority(req: &switchyard_runtime::InferRequest) -> Option<u64> {
     req.parameters.get("priority").and_then(|v| v.as_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::effective_priority;
+
+    #[test]
+    fn a_caller_priority_caps_what_a_request_claims() {
+        assert_eq!(effective_priority(None, None), None);
+        assert_eq!(effective_priority(Some(2), None), Some(2));
+        assert_eq!(effective_priority(None, Some(3)), Some(3));
+        assert_eq!(effective_priority(Some(0), Some(3)), Some(3));
+        // A priority-3 caller asking for 1 runs at 3; asking for 5 runs at 5.
+        assert_eq!(effective_priority(Some(1), Some(3)), Some(3));
+        assert_eq!(effective_priority(Some(5), Some(3)), Some(5));
+    }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod batch;
+pub mod breaker;
 pub mod cache;
 pub mod error;
 pub mod features;

@@ -112,11 +112,14 @@ pub fn watch(mut phases: broadcast::Receiver<ExecutionPhase>, drain_timeout: Dur
                                 http_connections = CONNECTIONS.load(Ordering::Acquire),
                                 "drain timeout reached; cutting what is left"
                             );
+                            switchyard_stats::access_log::flush();
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     tracing::info!(took_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+                    // The access log's writer holds the last lines in its buffer.
+                    switchyard_stats::access_log::flush();
                     std::process::exit(0);
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}

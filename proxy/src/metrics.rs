@@ -36,6 +36,8 @@ pub struct Metrics {
     shadow_rows: IntCounterVec,
     shadow_max_abs_error: HistogramVec,
     task_panics: IntGaugeVec,
+    /// Read from `switchyard_stats::access_log::dropped` at scrape time.
+    access_log_dropped: IntCounter,
     /// Concurrency limits (`admission`).
     pub admission: crate::admission::AdmissionMetrics,
     /// Live Triton sequences (`sequence`).
@@ -134,6 +136,11 @@ impl Metrics {
             &["task"],
         )
         .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "switchyard_access_log_dropped_total",
+            "Access lines dropped because the log's writer thread was behind (its queue full)",
+        )
+        .expect("valid metric");
         let in_flight =
             IntGauge::new("switchyard_requests_in_flight", "Requests being processed on the data port").expect("valid");
         let passthrough = IntCounterVec::new(
@@ -221,6 +228,7 @@ impl Metrics {
             Box::new(shadow_rows.clone()),
             Box::new(shadow_max_abs_error.clone()),
             Box::new(task_panics.clone()),
+            Box::new(access_log_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -245,6 +253,7 @@ impl Metrics {
             shadow_rows,
             shadow_max_abs_error,
             task_panics,
+            access_log_dropped,
         }
     }
 
@@ -295,6 +304,11 @@ impl Metrics {
             for p in switchyard_stats::tasks::panicked() {
                 self.task_panics.with_label_values(&[&p.task]).inc();
             }
+        }
+        let dropped = switchyard_stats::access_log::dropped();
+        let seen = self.access_log_dropped.get();
+        if dropped > seen {
+            self.access_log_dropped.inc_by(dropped - seen);
         }
         let mut families = self.registry.gather();
         families.extend(prometheus::gather());

@@ -78,9 +78,10 @@ pub struct Call<'a> {
     pub deadline: Option<Duration>,
     /// When the request arrived.
     pub start: Instant,
-    /// The caller's priority (1 is the highest) where its identity sets one:
-    /// the hook for authenticated principals. The request's own `priority`
-    /// parameter wins; `None` and 0 mean `admission.default_priority`.
+    /// The caller's priority (1 is the highest) where the listener knows one
+    /// beside the principal's; `None`: the principal's `priority`. It is the
+    /// best the request's own `priority` parameter may claim
+    /// (`admission::effective_priority`); none at all: `admission.default_priority`.
     pub priority: Option<u64>,
     /// Who asks, when authentication is on (`None`: every request may do anything).
     pub principal: Option<&'a Principal>,
@@ -103,11 +104,22 @@ impl Call<'_> {
     }
 
     /// Charges the request to its rate limits before anything is read (429 when over).
-    pub fn admit(&self) -> Result<(), Error> {
+    pub async fn admit(&self) -> Result<(), Error> {
         match self.limiter {
-            Some(rl) => rl.admit(&self.rate_key(), self.model, self.input_bytes.unwrap_or(0)),
+            Some(rl) => rl.admit(&self.rate_key(), self.model, self.input_bytes.unwrap_or(0)).await,
             None => Ok(()),
         }
+    }
+
+    /// The caller's priority: `priority`, else the principal's.
+    pub fn caller_priority(&self) -> Option<u64> {
+        self.priority.or_else(|| self.principal.and_then(|p| p.priority))
+    }
+
+    /// Authorization (403) then rate limits (429), the lifecycle's guards before routing.
+    pub async fn guard(&self) -> Result<(), Error> {
+        authorize(self.principal, self.model, self.version, Action::Infer)?;
+        self.admit().await
     }
 }
 
@@ -119,12 +131,11 @@ pub async fn infer<X: Exchange>(
     call: Call<'_>,
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
-    let mut sel = match authorize(call.principal, call.model, call.version, Action::Infer)
-        .and_then(|()| call.admit())
-        .and_then(|()| match call.variant {
-            Some(v) => select_named(table, call.model, call.version, v),
-            None => select(table, call.model, call.version, x.metadata(), call.principal),
-        }) {
+    let guarded = call.guard().await;
+    let mut sel = match guarded.and_then(|()| match call.variant {
+        Some(v) => select_named(table, call.model, call.version, v),
+        None => select(table, call.model, call.version, x.metadata(), call.principal),
+    }) {
         Ok(s) => s,
         Err(e) => {
             // Labelled by model only when it names a route: refused clients cannot grow the label set.
@@ -168,7 +179,7 @@ pub async fn infer<X: Exchange>(
         // A body of unknown size (chunked) is charged its bytes once read: before the work.
         if let (Some(rl), None, Some(n)) = (call.limiter, call.input_bytes, x.body_len()) {
             if rl.counts_bytes() {
-                rl.admit_bytes(&call.rate_key(), call.model, n)?;
+                rl.admit_bytes(&call.rate_key(), call.model, n).await?;
             }
         }
         // A Triton sequence stays on the variant (and endpoint) it was opened on.
@@ -234,7 +245,7 @@ pub async fn infer<X: Exchange>(
             Some(_) => Directive::from_header(x.metadata().get(http::header::CACHE_CONTROL).map(|v| v.as_bytes())),
             None => Directive::default(),
         };
-        let priority = admission::request_priority(&req).or(call.priority);
+        let priority = admission::effective_priority(admission::request_priority(&req), call.caller_priority());
         // A graph route's steps need the client's metadata while the client is watched.
         let graph_metadata = sel.route.graph.as_ref().map(|_| x.metadata().clone());
         // A drift sample keeps the inputs (refcounted bytes) until the answer is in.

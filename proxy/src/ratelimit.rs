@@ -2,16 +2,22 @@
 //! when auth is off) and per model, on requests and optionally on input
 //! bytes, checked after authorization and before the request is decoded. A
 //! refused request costs nothing; a request refused by a later bucket gets
-//! back what earlier ones charged it. Local to this process: each replica
-//! enforces its own buckets.
+//! back what earlier ones charged it. By default each process enforces its
+//! own buckets (`Local`); with `rate_limits.redis` the buckets are shared by
+//! the fleet (`shared`), and `on_unavailable` says what happens while Redis
+//! cannot answer: this process's own buckets, no limit, or refusal.
+
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use switchyard_config::{Bucket as BucketConfig, Rate, RateLimits};
+use prometheus::{IntCounter, Registry};
+use switchyard_config::{Bucket as BucketConfig, Rate, RateLimits, Unavailable};
 
 use crate::error::{Error, ErrorKind};
+use shared::{Refused, Scope, Shared};
 
 /// Above this many per-principal (or per-model) buckets, full ones are dropped:
 /// a full bucket is the same as none, so forgetting it changes nothing.
@@ -122,9 +128,9 @@ impl Keyed {
     }
 }
 
-/// Every configured bucket of the process.
+/// Every configured bucket, in this process.
 #[derive(Debug)]
-pub struct RateLimiter {
+struct Local {
     global: Option<Mutex<Pair>>,
     per_principal: Option<Keyed>,
     per_model: HashMap<Arc<str>, Mutex<Pair>>,
@@ -134,17 +140,72 @@ pub struct RateLimiter {
     max_bytes: Option<f64>,
 }
 
-/// Which bucket refused, for the message.
-#[derive(Clone, Copy)]
-enum Scope {
-    Global,
-    Principal,
-    Model,
+/// The process's rate limits: fleet-wide when `rate_limits.redis` is set, else local.
+#[derive(Debug)]
+pub struct RateLimiter {
+    local: Local,
+    shared: Option<Arc<Shared>>,
+    on_unavailable: Unavailable,
+    /// Requests decided without Redis, for this process's `on_unavailable` mode.
+    unavailable: Option<IntCounter>,
 }
 
 impl RateLimiter {
+    /// `None` when nothing is limited. With `rate_limits.redis`, must be
+    /// called inside the tokio runtime that drives the Redis connection
+    /// (connecting happens there, never on a request).
+    pub fn new(cfg: &RateLimits, registry: &Registry) -> Result<Option<RateLimiter>, String> {
+        let Some(local) = Local::new(cfg) else { return Ok(None) };
+        let (shared, on_unavailable) = match &cfg.redis {
+            Some(r) => (Some(Shared::new(cfg, r, registry)?), r.on_unavailable),
+            None => (None, Unavailable::Local),
+        };
+        let unavailable = shared.as_ref().map(|s| s.metrics.unavailable.with_label_values(&[on_unavailable.as_str()]));
+        Ok(Some(RateLimiter { local, shared, on_unavailable, unavailable }))
+    }
+
+    /// Whether any bucket counts bytes (a request of unknown size is charged once it is read).
+    pub fn counts_bytes(&self) -> bool {
+        self.local.max_bytes.is_some()
+    }
+
+    /// Charges one request of `bytes` input bytes to the global bucket, `who`'s
+    /// and `model`'s; 429 with the seconds to wait when one is empty.
+    pub async fn admit(&self, who: &str, model: &str, bytes: u64) -> Result<(), Error> {
+        self.charge(who, model, bytes, true).await
+    }
+
+    /// Charges only `bytes` (a body whose size was learnt when it was read).
+    pub async fn admit_bytes(&self, who: &str, model: &str, bytes: u64) -> Result<(), Error> {
+        self.charge(who, model, bytes, false).await
+    }
+
+    async fn charge(&self, who: &str, model: &str, bytes: u64, request: bool) -> Result<(), Error> {
+        let Some(shared) = &self.shared else { return self.local.charge(who, model, bytes, request) };
+        self.local.check_size(bytes)?;
+        match shared.admit(who, model, bytes, request).await {
+            Ok(()) => Ok(()),
+            Err(Refused::Over { scope, wait }) => Err(refused(scope, wait, who, model)),
+            Err(Refused::Unavailable) => {
+                if let Some(c) = &self.unavailable {
+                    c.inc();
+                }
+                match self.on_unavailable {
+                    Unavailable::Local => self.local.charge(who, model, bytes, request),
+                    Unavailable::Open => Ok(()),
+                    Unavailable::Closed => Err(Error::overloaded(
+                        shared.retry_after_unavailable(),
+                        "the fleet-wide rate limits cannot be checked (Redis is unavailable) and rate_limits.redis.on_unavailable is closed",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl Local {
     /// `None` when nothing is limited.
-    pub fn new(cfg: &RateLimits) -> Option<RateLimiter> {
+    fn new(cfg: &RateLimits) -> Option<Local> {
         if cfg.global.is_none() && cfg.per_principal.is_none() && cfg.per_model.is_empty() {
             return None;
         }
@@ -160,7 +221,7 @@ impl RateLimiter {
         }
         let bursts = cfg.global.iter().chain(cfg.per_principal.iter()).chain(cfg.per_model.values());
         let max_bytes = bursts.filter_map(|b| b.bytes.map(|r| r.burst)).reduce(f64::min);
-        Some(RateLimiter {
+        Some(Local {
             global: cfg.global.map(|b| Mutex::new(Pair::new(&b, now))),
             per_principal: cfg.per_principal.map(Keyed::new),
             per_model,
@@ -169,30 +230,18 @@ impl RateLimiter {
         })
     }
 
-    /// Whether any bucket counts bytes (a request of unknown size is charged once it is read).
-    pub fn counts_bytes(&self) -> bool {
-        self.max_bytes.is_some()
-    }
-
-    /// Charges one request of `bytes` input bytes to the global bucket, `who`'s
-    /// and `model`'s; 429 with the seconds to wait when one is empty.
-    pub fn admit(&self, who: &str, model: &str, bytes: u64) -> Result<(), Error> {
-        self.charge(who, model, bytes, true)
-    }
-
-    /// Charges only `bytes` (a body whose size was learnt when it was read).
-    pub fn admit_bytes(&self, who: &str, model: &str, bytes: u64) -> Result<(), Error> {
-        self.charge(who, model, bytes, false)
+    /// 413 for a request no bucket could ever admit (larger than the smallest byte burst).
+    fn check_size(&self, bytes: u64) -> Result<(), Error> {
+        match self.max_bytes {
+            Some(max) if bytes as f64 > max => Err(Error::too_large(format!(
+                "a request of {bytes} input bytes exceeds the smallest bytes_burst of rate_limits ({max}); it could never be admitted"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn charge(&self, who: &str, model: &str, bytes: u64, request: bool) -> Result<(), Error> {
-        if let Some(max) = self.max_bytes {
-            if bytes as f64 > max {
-                return Err(Error::too_large(format!(
-                    "a request of {bytes} input bytes exceeds the smallest bytes_burst of rate_limits ({max}); it could never be admitted"
-                )));
-            }
-        }
+        self.check_size(bytes)?;
         let now = Instant::now();
         let take = |p: &mut Pair| {
             if request {
@@ -290,22 +339,24 @@ mod tests {
             global: Some(BucketConfig { requests: rate(1e-6, 100.0), bytes: rate(1e-6, 1000.0) }),
             per_principal: Some(BucketConfig { requests: rate(1e-6, 3.0), bytes: None }),
             per_model,
+            redis: None,
         };
-        let rl = RateLimiter::new(&cfg).unwrap();
-        rl.admit("alice", "hot", 10).unwrap();
-        let e = rl.admit("alice", "hot", 10).unwrap_err();
+        let rl = Local::new(&cfg).unwrap();
+        let admit = |who: &str, model: &str, bytes: u64| rl.charge(who, model, bytes, true);
+        admit("alice", "hot", 10).unwrap();
+        let e = admit("alice", "hot", 10).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::RateLimited { .. }) && e.message.contains("model 'hot'"), "{e:?}");
         // alice's bucket got its token back: two more on other models pass, then hers is empty.
-        rl.admit("alice", "a", 10).unwrap();
-        rl.admit("alice", "b", 10).unwrap();
-        assert!(rl.admit("alice", "c", 10).unwrap_err().message.contains("'alice'"));
+        admit("alice", "a", 10).unwrap();
+        admit("alice", "b", 10).unwrap();
+        assert!(admit("alice", "c", 10).unwrap_err().message.contains("'alice'"));
         // Every other model has its own bucket of 2; bob has his own of 3.
-        rl.admit("bob", "a", 10).unwrap();
-        assert!(rl.admit("bob", "a", 10).unwrap_err().message.contains("model 'a'"));
+        admit("bob", "a", 10).unwrap();
+        assert!(admit("bob", "a", 10).unwrap_err().message.contains("model 'a'"));
         // Bytes: the global byte bucket had 1000, minus 40 charged (refunds included).
-        assert!(rl.admit("carol", "z", 961).unwrap_err().message.contains("global"));
-        rl.admit("carol", "z", 960).unwrap();
-        assert_eq!(rl.admit("dave", "z", 5000).unwrap_err().kind, ErrorKind::TooLarge);
-        assert!(RateLimiter::new(&RateLimits::default()).is_none());
+        assert!(admit("carol", "z", 961).unwrap_err().message.contains("global"));
+        admit("carol", "z", 960).unwrap();
+        assert_eq!(admit("dave", "z", 5000).unwrap_err().kind, ErrorKind::TooLarge);
+        assert!(Local::new(&RateLimits::default()).is_none());
     }
 }

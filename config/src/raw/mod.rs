@@ -119,6 +119,8 @@ pub struct RawApiKey {
     pub sha256: S<String>,
     #[serde(default)]
     pub permissions: Vec<S<String>>,
+    /// Its requests' admission priority (1 is the highest).
+    pub priority: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +137,8 @@ pub struct RawJwt {
     pub audience: Option<S<String>>,
     pub leeway: Option<S<String>>,
     pub permissions_claim: Option<S<String>>,
+    /// The claim carrying the principal's admission priority (default `priority`).
+    pub priority_claim: Option<S<String>>,
 }
 
 /// The server's identity in V2 server metadata (`GET /v2`, gRPC ServerMetadata)
@@ -176,6 +180,25 @@ pub struct RawRateLimits {
     pub per_principal: Option<S<RawBucket>>,
     #[serde(default)]
     pub per_model: BTreeMap<String, S<RawBucket>>,
+    /// Share the buckets across replicas through Redis (absent: each process its own).
+    pub redis: Option<S<RawRateRedis>>,
+}
+
+/// Fleet-wide buckets: every replica with the same Redis and `key_prefix` shares them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateRedis {
+    /// Standalone `redis://host:port[/db]`.
+    pub url: Option<S<String>>,
+    pub key_prefix: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    /// `local` (default), `open` or `closed`: what to do while Redis cannot answer.
+    pub on_unavailable: Option<S<String>>,
+    pub breaker_failures: Option<S<u64>>,
+    pub breaker_cooldown: Option<S<String>>,
+    /// How long a replica may hold tokens taken from Redis ahead of its requests.
+    pub lease: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +217,10 @@ pub struct RawAccessLog {
     pub path: Option<S<String>>,
     pub sample: Option<S<f64>>,
     pub body_hash: Option<bool>,
+    /// Lines waiting for the writer thread; beyond it access lines are dropped and counted.
+    pub queue: Option<S<u64>>,
+    /// Longest a written line waits in the writer's buffer.
+    pub flush_interval: Option<S<String>>,
 }
 
 /// The DNS resolver of `dns:` backends.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::fields::{duration, escaped, loc, Errors};
+use super::fields::{duration, escaped, loc, positive, Errors};
 use crate::raw::*;
 use crate::validated::*;
 
@@ -28,10 +28,23 @@ pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConf
                 errs.at(format!("{path}.permissions[{j}]"), loc(p), m);
             }
         }
+        let priority = k.value.priority.as_ref().and_then(|p| {
+            if p.value == 0 {
+                errs.at(
+                    format!("{path}.priority"),
+                    loc(p),
+                    "must be 1 (the highest) or more; leave it out for the default",
+                );
+                None
+            } else {
+                Some(p.value)
+            }
+        });
         api_keys.push(ApiKey {
             principal: k.value.principal.value.clone(),
             sha256: hash,
             permissions: k.value.permissions.iter().map(|p| p.value.clone()).collect(),
+            priority,
         });
     }
     let jwt = raw.jwt.map(|j| {
@@ -52,6 +65,8 @@ pub(super) fn auth(errs: &mut Errors, raw: RawAuth, base_dir: &Path) -> AuthConf
             leeway: duration(errs, "auth.jwt.leeway", &j.leeway, DEFAULT_JWT_LEEWAY, true),
             permissions_claim: nonempty(errs, "permissions_claim", &j.permissions_claim)
                 .unwrap_or_else(|| DEFAULT_PERMISSIONS_CLAIM.to_string()),
+            priority_claim: nonempty(errs, "priority_claim", &j.priority_claim)
+                .unwrap_or_else(|| DEFAULT_PRIORITY_CLAIM.to_string()),
         }
     });
     let api_keys_file = raw.api_keys_file.map(|f| base_dir.join(&f.value));
@@ -180,7 +195,16 @@ pub fn check_permission(p: &str) -> Result<(), String> {
 }
 
 pub(super) fn rate_limits(errs: &mut Errors, raw: RawRateLimits) -> RateLimits {
+    let redis = raw.redis.as_ref().map(|r| shared_limits(errs, r));
+    if let (Some(r), None, None, true) = (&raw.redis, &raw.global, &raw.per_principal, raw.per_model.is_empty()) {
+        errs.at(
+            "rate_limits.redis",
+            loc(r),
+            "shares buckets, but no bucket is configured (global, per_principal, per_model)",
+        );
+    }
     RateLimits {
+        redis,
         global: raw.global.map(|b| bucket(errs, "rate_limits.global", &b)),
         per_principal: raw.per_principal.map(|b| bucket(errs, "rate_limits.per_principal", &b)),
         per_model: raw
@@ -188,6 +212,76 @@ pub(super) fn rate_limits(errs: &mut Errors, raw: RawRateLimits) -> RateLimits {
             .iter()
             .map(|(m, b)| (m.as_str().into(), bucket(errs, &format!("rate_limits.per_model.{m}"), b)))
             .collect(),
+    }
+}
+
+fn shared_limits(errs: &mut Errors, r: &S<RawRateRedis>) -> SharedRateLimits {
+    let path = "rate_limits.redis";
+    let v = &r.value;
+    let url = match &v.url {
+        Some(u) if u.value.starts_with("redis://") && u.value.len() > "redis://".len() => u.value.clone(),
+        Some(u) => {
+            errs.at(format!("{path}.url"), loc(u), format!("`{}` is not a redis://host:port URL", escaped(&u.value)));
+            String::new()
+        }
+        None => {
+            errs.at(path, loc(r), "`url` (the standalone Redis the replicas share their buckets in) is required");
+            String::new()
+        }
+    };
+    let on_unavailable = match v.on_unavailable.as_ref() {
+        None => Unavailable::Local,
+        Some(m) => match m.value.as_str() {
+            "local" => Unavailable::Local,
+            "open" => Unavailable::Open,
+            "closed" => Unavailable::Closed,
+            other => {
+                errs.at(
+                    format!("{path}.on_unavailable"),
+                    loc(m),
+                    format!("`{}` is not one of local, open, closed", escaped(other)),
+                );
+                Unavailable::Local
+            }
+        },
+    };
+    let key_prefix = match &v.key_prefix {
+        Some(p) if p.value.is_empty() || p.value.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            errs.at(format!("{path}.key_prefix"), loc(p), "must be non-empty, without whitespace");
+            DEFAULT_REDIS_KEY_PREFIX.to_string()
+        }
+        Some(p) => p.value.clone(),
+        None => DEFAULT_REDIS_KEY_PREFIX.to_string(),
+    };
+    let breaker_failures = match &v.breaker_failures {
+        Some(n) if n.value == 0 => {
+            errs.at(format!("{path}.breaker_failures"), loc(n), "must be at least 1");
+            DEFAULT_BREAKER_FAILURES
+        }
+        Some(n) => n.value.min(u64::from(u32::MAX)) as u32,
+        None => DEFAULT_BREAKER_FAILURES,
+    };
+    SharedRateLimits {
+        url,
+        key_prefix,
+        timeout: duration(errs, &format!("{path}.timeout"), &v.timeout, DEFAULT_RATE_REDIS_TIMEOUT, false),
+        connect_timeout: duration(
+            errs,
+            &format!("{path}.connect_timeout"),
+            &v.connect_timeout,
+            DEFAULT_REDIS_CONNECT_TIMEOUT,
+            false,
+        ),
+        on_unavailable,
+        breaker_failures,
+        breaker_cooldown: duration(
+            errs,
+            &format!("{path}.breaker_cooldown"),
+            &v.breaker_cooldown,
+            DEFAULT_BREAKER_COOLDOWN,
+            false,
+        ),
+        lease: duration(errs, &format!("{path}.lease"), &v.lease, DEFAULT_RATE_LEASE, true),
     }
 }
 
@@ -246,11 +340,21 @@ pub(super) fn access_log(errs: &mut Errors, raw: RawAccessLog, base_dir: &Path) 
         path,
         sample,
         body_hash: raw.body_hash.unwrap_or(false),
+        queue: positive(errs, "access_log.queue", &raw.queue, DEFAULT_ACCESS_LOG_QUEUE),
+        flush_interval: duration(
+            errs,
+            "access_log.flush_interval",
+            &raw.flush_interval,
+            DEFAULT_ACCESS_LOG_FLUSH_INTERVAL,
+            false,
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -261,6 +365,50 @@ mod tests {
         for bad in ["", "model:mlp", "model::infer", "model:a/b/c:infer", "over ride", "a\nb", "model:m:in fer"] {
             assert!(check_permission(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn parse(yaml: &str) -> Result<ValidatedConfig, String> {
+        ValidatedConfig::parse(yaml, Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn shared_rate_limits_priorities_and_the_log_writer() {
+        let c = parse(
+            "rate_limits:\n  per_model: {m: {requests_per_second: 5}}\n  redis: {url: 'redis://r:6379/1', on_unavailable: closed, lease: 0s}\n\
+             access_log: {queue: 16, flush_interval: 50ms}\n",
+        )
+        .unwrap();
+        let r = c.rate_limits.redis.unwrap();
+        assert_eq!((r.url.as_str(), r.key_prefix.as_str()), ("redis://r:6379/1", DEFAULT_REDIS_KEY_PREFIX));
+        assert_eq!(
+            (r.on_unavailable, r.lease, r.timeout),
+            (Unavailable::Closed, Duration::ZERO, DEFAULT_RATE_REDIS_TIMEOUT)
+        );
+        assert_eq!((c.access_log.queue.get(), c.access_log.flush_interval), (16, Duration::from_millis(50)));
+        let d = parse("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'redis://r:1'}\n").unwrap();
+        assert_eq!(d.rate_limits.redis.unwrap().on_unavailable, Unavailable::Local);
+        for (yaml, want) in [
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'r:1'}\n", "rate_limits.redis.url"),
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {}\n", "`url`"),
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'redis://r:1', on_unavailable: maybe}\n", "not one of local, open, closed"),
+            ("rate_limits:\n  redis: {url: 'redis://r:1'}\n", "no bucket is configured"),
+            ("rate_limits:\n  global: {requests_per_second: 5}\n  redis: {url: 'redis://r:1', breaker_failures: 0}\n", "breaker_failures"),
+            ("auth:\n  api_keys: [{principal: a, sha256: 'sha256:{H}', priority: 0}]\n", "auth.api_keys[0].priority"),
+            ("access_log: {queue: 0}\n", "access_log.queue"),
+            ("access_log: {flush_interval: 0s}\n", "access_log.flush_interval"),
+        ] {
+            let yaml = yaml.replace("{H}", &"ab".repeat(32));
+            let e = parse(&yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+        let k = parse(&format!(
+            "auth:\n  api_keys: [{{principal: a, sha256: 'sha256:{}', priority: 2}}]\n  jwt: {{jwks_file: j.json, priority_claim: tier}}\n",
+            "ab".repeat(32)
+        ))
+        .unwrap()
+        .auth
+        .unwrap();
+        assert_eq!((k.api_keys[0].priority, k.jwt.unwrap().priority_claim.as_str()), (Some(2), "tier"));
     }
 
     #[test]

@@ -115,12 +115,16 @@ pub struct Principal {
     permissions: Vec<Permission>,
     /// Whether the variant-override header is honoured for it.
     pub may_override: bool,
+    /// Its requests' admission priority (1 is the highest): the best a
+    /// request of it may claim (`admission::effective_priority`).
+    pub priority: Option<u64>,
 }
 
 impl Principal {
-    fn new(name: &str, permissions: &[impl AsRef<str>], override_permission: &str) -> Principal {
+    fn new(name: &str, permissions: &[impl AsRef<str>], override_permission: &str, priority: Option<u64>) -> Principal {
         let permissions: Vec<Permission> = permissions.iter().filter_map(|p| Permission::parse(p.as_ref())).collect();
-        let mut p = Principal { name: name.into(), permissions, may_override: false };
+        let priority = priority.filter(|p| *p > 0);
+        let mut p = Principal { name: name.into(), permissions, may_override: false, priority };
         p.may_override = p.has(override_permission);
         p
     }
@@ -209,7 +213,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Parses an API key file: `principal sha256:HEX [perm[,perm...]]` per line, `#` comments.
+/// Parses an API key file: `principal sha256:HEX [perm[,perm...]] [priority=N]`
+/// per line, `#` comments.
 pub fn parse_key_file(text: &str) -> Result<Vec<ApiKey>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -217,16 +222,28 @@ pub fn parse_key_file(text: &str) -> Result<Vec<ApiKey>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let shape = || format!("line {}: expected `principal sha256:HEX [perm[,perm...]] [priority=N]`", i + 1);
         let mut f = line.split_whitespace();
-        let (Some(name), Some(hash), perms, None) = (f.next(), f.next(), f.next(), f.next()) else {
-            return Err(format!("line {}: expected `principal sha256:HEX perm[,perm...]`", i + 1));
-        };
+        let (Some(name), Some(hash)) = (f.next(), f.next()) else { return Err(shape()) };
         let hash = parse_sha256(hash).map_err(|e| format!("line {}: {e}", i + 1))?;
-        let perms: Vec<String> = perms.map(|p| p.split(',').map(str::to_string).collect()).unwrap_or_default();
+        let (mut perms, mut priority): (Option<Vec<String>>, Option<u64>) = (None, None);
+        for field in f {
+            match field.strip_prefix("priority=") {
+                Some(n) if priority.is_none() => match n.parse::<u64>() {
+                    Ok(p) if p > 0 => priority = Some(p),
+                    _ => return Err(format!("line {}: priority must be an integer of 1 (the highest) or more", i + 1)),
+                },
+                None if perms.is_none() && priority.is_none() => {
+                    perms = Some(field.split(',').map(str::to_string).collect())
+                }
+                _ => return Err(shape()),
+            }
+        }
+        let perms = perms.unwrap_or_default();
         for p in &perms {
             check_permission(p).map_err(|e| format!("line {}: {e}", i + 1))?;
         }
-        out.push(ApiKey { principal: name.to_string(), sha256: hash, permissions: perms });
+        out.push(ApiKey { principal: name.to_string(), sha256: hash, permissions: perms, priority });
     }
     Ok(out)
 }
@@ -252,12 +269,12 @@ impl Auth {
         let op = &self.cfg.override_permission;
         let mut keys = Keys::default();
         for k in &self.cfg.api_keys {
-            keys.api_keys.insert(k.sha256, Arc::new(Principal::new(&k.principal, &k.permissions, op)));
+            keys.api_keys.insert(k.sha256, Arc::new(Principal::new(&k.principal, &k.permissions, op, k.priority)));
         }
         if let Some(path) = &self.cfg.api_keys_file {
             let text = read(path, "auth.api_keys_file")?;
             for k in parse_key_file(&text).map_err(|e| format!("{}: {e}", path.display()))? {
-                keys.api_keys.insert(k.sha256, Arc::new(Principal::new(&k.principal, &k.permissions, op)));
+                keys.api_keys.insert(k.sha256, Arc::new(Principal::new(&k.principal, &k.permissions, op, k.priority)));
             }
         }
         if let Some(JwksSource::File(path)) = self.cfg.jwt.as_ref().map(|j| &j.jwks) {
@@ -342,7 +359,9 @@ impl Auth {
             Some(Value::String(s)) => s.split_whitespace().collect(),
             _ => Vec::new(),
         };
-        Ok(Arc::new(Principal::new(sub, &perms, &self.cfg.override_permission)))
+        // A positive integer; anything else grants no priority (the request's own applies).
+        let priority = claims.get(&j.priority_claim).and_then(Value::as_u64);
+        Ok(Arc::new(Principal::new(sub, &perms, &self.cfg.override_permission, priority)))
     }
 }
 
@@ -382,7 +401,7 @@ mod tests {
 
     #[test]
     fn permissions_by_model_version_and_action() {
-        let p = Principal::new("u", &["model:fraud-*:infer", "model:mlp/2:*", "override"], "override");
+        let p = Principal::new("u", &["model:fraud-*:infer", "model:mlp/2:*", "override"], "override", None);
         assert!(p.may("fraud-a", None, Action::Infer));
         assert!(p.may("fraud-a", Some("9"), Action::Infer));
         assert!(!p.may("fraud-a", None, Action::Metadata));
@@ -393,10 +412,10 @@ mod tests {
         let e = p.authorize("mlp", None, Action::Infer).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PermissionDenied);
         assert!(e.message.contains("model:mlp:infer"), "{}", e.message);
-        let all = Principal::new("root", &["*"], "override");
+        let all = Principal::new("root", &["*"], "override", Some(1));
         assert!(all.may("x", Some("1"), Action::Infer) && all.may_override);
         // A malformed claim grants nothing.
-        assert!(!Principal::new("u", &["model:x"], "override").may("x", None, Action::Infer));
+        assert!(!Principal::new("u", &["model:x"], "override", None).may("x", None, Action::Infer));
     }
 
     fn headers(name: &str, v: &str) -> HeaderMap {
@@ -414,9 +433,14 @@ mod tests {
         std::fs::write(dir.join("jwks.json"), serde_json::to_vec(&jwks).unwrap()).unwrap();
         let file_key_hash = sha256(b"from-file");
         let hex: String = file_key_hash.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(dir.join("keys"), format!("# ci\nci sha256:{hex} model:*:infer,override\n")).unwrap();
+        std::fs::write(dir.join("keys"), format!("# ci\nci sha256:{hex} model:*:infer,override priority=2\n")).unwrap();
         let cfg = AuthConfig {
-            api_keys: vec![ApiKey { principal: "batch".into(), sha256: sha256(b"s3cret"), permissions: vec![] }],
+            api_keys: vec![ApiKey {
+                principal: "batch".into(),
+                sha256: sha256(b"s3cret"),
+                permissions: vec![],
+                priority: Some(3),
+            }],
             api_keys_file: Some(dir.join("keys")),
             jwt: Some(JwtConfig {
                 jwks: JwksSource::File(dir.join("jwks.json")),
@@ -424,20 +448,27 @@ mod tests {
                 audience: None,
                 leeway: Duration::ZERO,
                 permissions_claim: "perms".into(),
+                priority_claim: "prio".into(),
             }),
             override_permission: "override".into(),
             refresh: Duration::from_secs(60),
         };
         let auth = Auth::new(&cfg).unwrap();
-        assert_eq!(&*auth.authenticate(&headers("x-api-key", "s3cret")).unwrap().name, "batch");
+        let batch = auth.authenticate(&headers("x-api-key", "s3cret")).unwrap();
+        assert_eq!((&*batch.name, batch.priority), ("batch", Some(3)));
         let ci = auth.authenticate(&headers("authorization", "Bearer from-file")).unwrap();
         assert!(ci.may_override && ci.may("m", None, Action::Infer));
+        assert_eq!(ci.priority, Some(2));
         let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 60;
-        let t =
-            key.sign(&json!({"sub": "alice", "exp": exp, "perms": "model:a:infer model:b:infer"}), Some("k1")).unwrap();
+        let t = key
+            .sign(&json!({"sub": "alice", "exp": exp, "perms": "model:a:infer model:b:infer", "prio": 4}), Some("k1"))
+            .unwrap();
         let alice = auth.authenticate(&headers("authorization", &format!("Bearer {t}"))).unwrap();
         assert_eq!(&*alice.name, "alice");
         assert!(alice.may("b", None, Action::Infer) && !alice.may_override);
+        assert_eq!(alice.priority, Some(4));
+        let t = key.sign(&json!({"sub": "eve", "exp": exp, "prio": "high"}), Some("k1")).unwrap();
+        assert_eq!(auth.authenticate(&headers("authorization", &format!("Bearer {t}"))).unwrap().priority, None);
         for (h, v, why) in [
             ("x-other", "1", "credentials required"),
             ("authorization", "Basic abc", "Bearer"),
@@ -456,5 +487,10 @@ mod tests {
         assert!(parse_key_file("a sha256:00").unwrap_err().contains("line 1"));
         assert!(parse_key_file(&format!("a sha256:{} model:x", "00".repeat(32))).unwrap_err().contains("line 1"));
         assert_eq!(parse_key_file(&format!("\n# c\na sha256:{}\n", "00".repeat(32))).unwrap().len(), 1);
+        let k = parse_key_file(&format!("a sha256:{} priority=5", "00".repeat(32))).unwrap();
+        assert_eq!((k[0].priority, k[0].permissions.len()), (Some(5), 0));
+        for bad in ["priority=0", "priority=x", "m:*:infer m:*:infer", "priority=2 model:x:infer"] {
+            assert!(parse_key_file(&format!("a sha256:{} {bad}", "00".repeat(32))).is_err(), "{bad}");
+        }
     }
 }

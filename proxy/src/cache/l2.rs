@@ -9,9 +9,9 @@
 //! the background, never on a request: a request that finds no connection
 //! just skips L2 (and wakes the connector).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -20,6 +20,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 use switchyard_config::RedisConfig;
+
+use crate::breaker::Breaker;
 
 /// SCAN page size of a model purge.
 const PURGE_PAGE: usize = 500;
@@ -60,75 +62,6 @@ pub struct L2 {
     metrics: L2Metrics,
 }
 
-/// Breaker states, as exported in `switchyard_cache_redis_breaker_state`.
-pub const CLOSED: i64 = 0;
-pub const OPEN: i64 = 1;
-pub const HALF_OPEN: i64 = 2;
-
-struct Breaker {
-    /// What it guards, for its log lines (`cache L2`, `answer store`).
-    name: &'static str,
-    threshold: u32,
-    cooldown: Duration,
-    base: Instant,
-    failures: AtomicU32,
-    /// Millis since `base` until which the breaker is open; 0 = closed.
-    open_until: AtomicU64,
-    probing: AtomicBool,
-    state: IntGauge,
-}
-
-impl Breaker {
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
-    }
-
-    /// Whether a call may go to Redis now.
-    fn allow(&self) -> bool {
-        let until = self.open_until.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        if self.now_ms() < until {
-            return false;
-        }
-        // Cool-down over: exactly one probe.
-        let probe = self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        if probe {
-            self.state.set(HALF_OPEN);
-        }
-        probe
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!(breaker = self.name, "redis is back: breaker closed");
-        }
-        self.probing.store(false, Ordering::Release);
-        self.state.set(CLOSED);
-    }
-
-    /// The breaker let a call through but there is no connection to make it on.
-    fn no_connection(&self) {
-        if self.probing.load(Ordering::Acquire) || self.open_until.load(Ordering::Acquire) != 0 {
-            self.failure();
-        }
-    }
-
-    fn failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let probing = self.probing.swap(false, Ordering::AcqRel);
-        if probing || n >= self.threshold {
-            let was = self.open_until.swap(self.now_ms() + self.cooldown.as_millis() as u64, Ordering::AcqRel);
-            if was == 0 {
-                tracing::warn!(breaker = self.name, failures = n, cooldown = ?self.cooldown, "redis failing: breaker open");
-            }
-            self.state.set(OPEN);
-        }
-    }
-}
-
 impl L2 {
     /// Must be called inside a tokio runtime that outlives the cache: connects
     /// and background writes run on it.
@@ -151,18 +84,8 @@ impl L2 {
             let url = cfg.urls.first().ok_or("cache.redis.url is missing")?;
             Client::Single(redis::Client::open(url.as_str()).map_err(|e| format!("cache.redis.url `{url}`: {e}"))?)
         };
-        metrics.breaker_state.set(CLOSED);
         let l2 = Arc::new(L2 {
-            breaker: Breaker {
-                name,
-                threshold: cfg.breaker_failures.max(1),
-                cooldown: cfg.breaker_cooldown,
-                base: Instant::now(),
-                failures: AtomicU32::new(0),
-                open_until: AtomicU64::new(0),
-                probing: AtomicBool::new(false),
-                state: metrics.breaker_state.clone(),
-            },
+            breaker: Breaker::new(name, cfg.breaker_failures, cfg.breaker_cooldown, metrics.breaker_state.clone()),
             cfg: cfg.clone(),
             client,
             conn: ArcSwapOption::empty(),
@@ -332,9 +255,9 @@ impl L2 {
         });
     }
 
-    /// `OPEN`, `CLOSED` or `HALF_OPEN`.
+    /// `breaker::OPEN`, `CLOSED` or `HALF_OPEN`.
     pub fn breaker_state(&self) -> i64 {
-        self.breaker.state.get()
+        self.breaker.state()
     }
 }
 
@@ -364,45 +287,6 @@ pub fn glob_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn breaker(threshold: u32, cooldown: Duration) -> Breaker {
-        Breaker {
-            name: "test",
-            threshold,
-            cooldown,
-            base: Instant::now(),
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-            state: IntGauge::new("b", "b").unwrap(),
-        }
-    }
-
-    #[test]
-    fn breaker_opens_probes_once_and_recovers() {
-        let b = breaker(3, Duration::from_millis(30));
-        b.failure();
-        b.failure();
-        assert!(b.allow(), "below the threshold it stays closed");
-        b.success();
-        b.failure();
-        b.failure();
-        assert!(b.allow(), "success resets the count");
-        b.failure();
-        assert!(!b.allow(), "open after 3 consecutive failures");
-        assert_eq!(b.state.get(), OPEN);
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(b.allow(), "one probe after the cool-down");
-        assert!(!b.allow(), "only one");
-        assert_eq!(b.state.get(), HALF_OPEN);
-        b.failure();
-        assert!(!b.allow(), "a failed probe re-opens");
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(b.allow());
-        b.success();
-        assert!(b.allow() && b.allow());
-        assert_eq!(b.state.get(), CLOSED);
-    }
 
     #[test]
     fn glob_escaping() {

@@ -5,11 +5,14 @@
 //! that neither batches nor caches) is relayed on Triton's own stream, so a
 //! decoupled model's zero, one or many responses per request (with
 //! `triton_final_response`) all reach the client, in order; others run
-//! through the shared lifecycle and answer once. A failed request answers
-//! with `error_message` and the stream goes on; a client that goes away
-//! aborts what still runs. The requests of one Triton sequence run one
-//! after another, in order, and through the lifecycle (never relayed), so
-//! they stay on the sequence's pinned endpoint.
+//! through the shared lifecycle and answer once. A relayed request passes
+//! the lifecycle's guards too — authorization, rate limits, then admission
+//! (the model's and backend's concurrency limits, at the request's
+//! priority), holding its slots until the backend's last response. A failed
+//! request answers with `error_message` and the stream goes on; a client
+//! that goes away aborts what still runs. The requests of one Triton
+//! sequence run one after another, in order, and through the lifecycle
+//! (never relayed), so they stay on the sequence's pinned endpoint.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +26,8 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::exchange::{over_limit, version_opt, Shared};
-use crate::auth::{Action, Principal};
+use crate::admission;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::pipeline::Call;
 use crate::sequence::{self, SequenceId};
@@ -195,10 +199,29 @@ async fn relay(
     let Some(backend) = relayed else {
         return Relay::Pipeline(msg);
     };
-    if let Err(e) = pipeline::authorize(principal, call.model, call.version, Action::Infer).and_then(|()| call.admit())
-    {
+    if let Err(e) = call.guard().await {
         return Relay::Failed(e.message);
     }
+    // Admission, as `pipeline::infer` does: refused at once when saturated, else a slot at its priority.
+    let refused = |e: Error| {
+        pipeline::record(variant, respond::http_status(&e), start.elapsed(), std::time::Duration::ZERO);
+        Relay::Failed(e.message)
+    };
+    let ticket = match table.admission.enter(&sel.route.name, &variant.backend_name) {
+        Ok(t) => t,
+        Err(e) => return refused(e),
+    };
+    let priority = admission::effective_priority(parameter_priority(&msg), call.caller_priority());
+    // Held until the backend's final response for the request (or its stream's end).
+    let mut permits = match ticket.admit(priority).await {
+        Ok(p) => Some(p),
+        Err(e) => return refused(e),
+    };
+    let record = |permits: &mut Option<admission::Permits>, ok: bool| {
+        if let Some(mut p) = permits.take() {
+            p.record(ok);
+        }
+    };
     let public = std::mem::replace(&mut msg.model_name, sel.target.name.to_string());
     msg.model_version = sel.target.version.as_deref().unwrap_or_default().to_owned();
     let mut metadata = HeaderMap::new();
@@ -210,6 +233,9 @@ async fn relay(
         Ok(r) => r,
         Err(s) => {
             let e = status(s);
+            if e.signals_overload() {
+                record(&mut permits, false);
+            }
             pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
             return Relay::Failed(e.message);
         }
@@ -219,21 +245,48 @@ async fn relay(
             Ok(Some(mut r)) => {
                 if let Some(ir) = r.infer_response.as_mut() {
                     ir.model_name.clone_from(&public);
+                    // The work is done at the final response: the slots are free before the client hears of it.
+                    if final_response(ir) {
+                        record(&mut permits, true);
+                    }
                 }
                 if out.send(r).await.is_err() {
                     return Relay::Done;
                 }
             }
             Ok(None) => {
+                record(&mut permits, true);
                 pipeline::record(variant, 200, start.elapsed(), start.elapsed());
                 return Relay::Done;
             }
             Err(s) => {
                 let e = status(s);
+                if e.signals_overload() {
+                    record(&mut permits, false);
+                }
                 pipeline::record(variant, respond::http_status(&e), start.elapsed(), start.elapsed());
                 return Relay::Failed(e.message);
             }
         }
+    }
+}
+
+/// Whether a relayed response is the request's last (Triton's `triton_final_response`).
+fn final_response(r: &pb::ModelInferResponse) -> bool {
+    use pb::infer_parameter::ParameterChoice;
+    matches!(
+        r.parameters.get("triton_final_response").and_then(|p| p.parameter_choice.as_ref()),
+        Some(ParameterChoice::BoolParam(true))
+    )
+}
+
+/// Triton's `priority` parameter of a gRPC request, when it is a non-negative integer.
+fn parameter_priority(msg: &pb::ModelInferRequest) -> Option<u64> {
+    use pb::infer_parameter::ParameterChoice;
+    match msg.parameters.get("priority")?.parameter_choice {
+        Some(ParameterChoice::Uint64Param(p)) => Some(p),
+        Some(ParameterChoice::Int64Param(p)) => u64::try_from(p).ok(),
+        _ => None,
     }
 }
 

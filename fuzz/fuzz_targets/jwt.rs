@@ -1,0 +1,7 @@
+//! Fuzz target `jwt`: see harness.rs.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::jwt(data));
