@@ -53,6 +53,18 @@ pub struct MlflowSource {
     pub poll_interval: Duration,
     /// Deadline of each registry call and each artifact download.
     pub timeout: Duration,
+    /// The secret MLflow signs webhook deliveries with; `None`: polling only.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+/// A webhook's shared secret; `Debug` never prints it.
+#[derive(Clone, PartialEq)]
+pub struct WebhookSecret(pub Arc<[u8]>);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
 }
 
 /// Where the entity key of each row comes from.

@@ -40,6 +40,7 @@ pub mod source;
 pub mod state;
 pub mod supervise;
 pub mod watch;
+pub mod webhook;
 
 #[cfg(test)]
 mod testing;

@@ -48,3 +48,34 @@ mod tests {
         assert!(!detail().unwrap_or_default().contains("\"a\""));
     }
 }
+
+/// A model source that takes registry webhooks: the model it serves, the
+/// secret a delivery must be signed with, and what wakes its poller.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub backend: String,
+    pub model: String,
+    pub secret: std::sync::Arc<[u8]>,
+    pub wake: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+type Targets = BTreeMap<String, (u64, WebhookTarget)>;
+static WEBHOOKS: Mutex<Targets> = Mutex::new(BTreeMap::new());
+
+/// Registers `backend`'s webhook target, owned by `owner` (as `set`).
+pub fn set_webhook(owner: u64, target: WebhookTarget) {
+    WEBHOOKS.lock().unwrap_or_else(|e| e.into_inner()).insert(target.backend.clone(), (owner, target));
+}
+
+/// Removes `backend`'s webhook target if `owner` still owns it.
+pub fn remove_webhook(backend: &str, owner: u64) {
+    let mut w = WEBHOOKS.lock().unwrap_or_else(|e| e.into_inner());
+    if w.get(backend).is_some_and(|(o, _)| *o == owner) {
+        w.remove(backend);
+    }
+}
+
+/// Every registered webhook target.
+pub fn webhook_targets() -> Vec<WebhookTarget> {
+    WEBHOOKS.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(_, t)| t.clone()).collect()
+}

@@ -65,6 +65,10 @@ def run(client, cmd, *args):
     elif cmd == "stage":
         name, version, stage = args
         client.transition_model_version_stage(name, version, stage)
+    elif cmd == "webhook":
+        url, secret, *events = args
+        hook = client.create_webhook(name="switchyard", url=url, events=events, secret=secret)
+        print(f"webhook {hook.webhook_id}", flush=True)
     else:
         raise SystemExit(f"unknown command {cmd}")
 

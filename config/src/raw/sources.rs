@@ -19,6 +19,11 @@ pub struct RawMlflowSource {
     pub poll_interval: Option<S<String>>,
     /// Deadline of each registry call and of each artifact download.
     pub timeout: Option<S<String>>,
+    /// Shared secret of an MLflow webhook: a delivery to the control
+    /// listener's `/sources/mlflow/webhook` signed with it syncs at once.
+    pub webhook_secret: Option<S<String>>,
+    /// The same, read from a file (trailing whitespace trimmed).
+    pub webhook_secret_file: Option<S<String>>,
 }
 
 /// `models[].variants[].features`: inputs fetched from a feature store.

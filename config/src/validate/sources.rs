@@ -111,7 +111,42 @@ pub(super) fn mlflow(
         DEFAULT_MLFLOW_TIMEOUT,
         false,
     );
-    Some((cache_dir, MlflowSource { base_url, model, selector, poll_interval, timeout }))
+    let webhook_secret = mlflow_webhook_secret(errs, path, r, base_dir);
+    Some((cache_dir, MlflowSource { base_url, model, selector, poll_interval, timeout, webhook_secret }))
+}
+
+/// `webhook_secret` or `webhook_secret_file` (not both, never empty).
+fn mlflow_webhook_secret(
+    errs: &mut Errors,
+    path: &str,
+    r: Option<&RawMlflowSource>,
+    base_dir: &std::path::Path,
+) -> Option<WebhookSecret> {
+    let r = r?;
+    let (text, at) = match (&r.webhook_secret, &r.webhook_secret_file) {
+        (None, None) => return None,
+        (Some(_), Some(f)) => {
+            errs.at(
+                format!("{path}.mlflow.webhook_secret_file"),
+                loc(f),
+                "set webhook_secret or webhook_secret_file, not both",
+            );
+            return None;
+        }
+        (Some(s), None) => (s.value.clone(), s),
+        (None, Some(f)) => match std::fs::read_to_string(base_dir.join(&f.value)) {
+            Ok(t) => (t.trim_end().to_owned(), f),
+            Err(e) => {
+                errs.at(format!("{path}.mlflow.webhook_secret_file"), loc(f), format!("cannot read {}: {e}", f.value));
+                return None;
+            }
+        },
+    };
+    if text.is_empty() {
+        errs.at(format!("{path}.mlflow.webhook_secret"), loc(at), "the webhook secret is empty");
+        return None;
+    }
+    Some(WebhookSecret(Arc::from(text.into_bytes())))
 }
 
 /// A variant's `features` block.

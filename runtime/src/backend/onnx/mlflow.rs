@@ -485,6 +485,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        switchyard_stats::sources::remove_webhook(&self.backend, self.owner);
         if switchyard_stats::sources::remove(&self.backend, self.owner) {
             let labels = [&*self.backend, self.src.model.as_str()];
             let _ = SOURCE_UP.remove_label_values(&labels);
@@ -495,16 +496,35 @@ impl Drop for Registry {
 }
 
 /// Polls the registry every `poll_interval` until the backend (which holds
-/// both the registry and the repository) is dropped.
+/// both the registry and the repository) is dropped. With a webhook secret,
+/// a signed registry event for this model (delivered to the control
+/// listener) wakes it at once; wakes during a sync coalesce into one more
+/// sync, and polling stays as the safety net for a lost delivery.
 pub fn spawn_poller(registry: &Arc<Registry>, repo: &Arc<Repository>) {
     let (weak_reg, weak_repo): (Weak<Registry>, Weak<Repository>) = (Arc::downgrade(registry), Arc::downgrade(repo));
     let every = registry.src.poll_interval;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    if let Some(secret) = &registry.src.webhook_secret {
+        let w = wake.clone();
+        switchyard_stats::sources::set_webhook(
+            registry.owner,
+            switchyard_stats::sources::WebhookTarget {
+                backend: registry.backend.to_string(),
+                model: registry.src.model.clone(),
+                secret: secret.0.clone(),
+                wake: Arc::new(move || w.notify_one()),
+            },
+        );
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
             let (Some(registry), Some(repo)) = (weak_reg.upgrade(), weak_repo.upgrade()) else { break };
             registry.sync(&repo).await;
         }
