@@ -5,12 +5,14 @@
 //! offending value and `line:column` in the file, and all errors of a file are
 //! reported at once.
 
+mod graph;
 pub mod pem;
 mod raw;
 mod sources;
 mod validate;
 mod validated;
 
+pub use graph::*;
 pub use sources::*;
 pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

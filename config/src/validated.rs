@@ -73,6 +73,8 @@ pub struct ValidatedConfig {
     pub logging: Logging,
     pub backends: BTreeMap<Arc<str>, BackendConfig>,
     pub models: BTreeMap<Arc<str>, ModelConfig>,
+    /// Inference graphs: routes whose answer is computed by other routes.
+    pub graphs: BTreeMap<Arc<str>, crate::graph::GraphConfig>,
     /// Response cache tiers (restart to change; per-variant policies reload).
     pub cache: CacheConfig,
     /// Control-plane settings beyond its listener (restart to change).
@@ -1008,8 +1010,12 @@ impl ValidatedConfig {
     /// One line for `switchyard validate`.
     pub fn summary(&self) -> String {
         let variants: usize = self.models.values().map(|m| m.variants.len()).sum();
+        let graphs = match self.graphs.len() {
+            0 => String::new(),
+            n => format!(", {n} graph(s)"),
+        };
         format!(
-            "{} model route(s), {} variant(s), {} backend(s); data http {}",
+            "{} model route(s), {} variant(s), {} backend(s){graphs}; data http {}",
             self.models.len(),
             variants,
             self.backends.len(),

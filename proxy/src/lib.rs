@@ -13,6 +13,7 @@ pub mod cache;
 pub mod error;
 pub mod features;
 pub mod feedback;
+pub mod graph;
 pub mod grpc;
 pub mod guards;
 pub mod headers;

@@ -246,6 +246,8 @@ pub async fn infer<X: Exchange>(
             None => Directive::default(),
         };
         let priority = admission::effective_priority(admission::request_priority(&req), call.caller_priority());
+        // A graph route's steps need the client's metadata while the client is watched.
+        let graph_metadata = sel.route.graph.as_ref().map(|_| x.metadata().clone());
         // A drift sample keeps the inputs (refcounted bytes) until the answer is in.
         let drift_inputs = match &sel.variant.drift {
             Some(d) if d.sample() => Some(req.inputs.clone()),
@@ -256,9 +258,13 @@ pub async fn infer<X: Exchange>(
         // that passes while queued never reaches the backend.
         let run = async {
             let mut permits = ticket.admit(priority).await?;
-            let outcome = match &placement {
-                None => execute(&sel, call.model, call.version, req, directive).await,
-                Some(p) => in_sequence(&sel, req, p).await,
+            let outcome = match (&sel.route.graph, &placement) {
+                (Some(g), _) => {
+                    let caller = crate::routing::StepCaller { priority, client: call.client };
+                    g.run(table, graph_metadata.unwrap_or_default(), req, caller).await
+                }
+                (None, None) => execute(&sel, call.model, call.version, req, directive).await,
+                (None, Some(p)) => in_sequence(&sel, req, p).await,
             };
             match &outcome {
                 Ok(_) => permits.record(true),

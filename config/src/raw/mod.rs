@@ -9,6 +9,7 @@
 
 mod backend;
 mod error;
+mod graph;
 mod reliability;
 mod sources;
 
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use backend::*;
+pub use graph::*;
 pub use reliability::*;
 pub use sources::*;
 
@@ -54,6 +56,9 @@ pub struct RawConfig {
     pub backends: BTreeMap<String, S<RawBackend>>,
     #[serde(default)]
     pub models: BTreeMap<String, S<RawModel>>,
+    /// Inference graphs over the models (docs/ensembles.md).
+    #[serde(default)]
+    pub graphs: BTreeMap<String, S<RawGraph>>,
     /// Response cache tiers shared by every cached variant.
     #[serde(default)]
     pub cache: RawCache,

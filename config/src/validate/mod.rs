@@ -3,7 +3,8 @@
 //! once, each pointed at its line:column.
 //!
 //! Module map (edges point at what a module uses; no cycles):
-//! `mod` → `process`, `backends`, `cache`, `models`, `reliability`, `fields`;
+//! `mod` → `process`, `backends`, `cache`, `models`, `graph`, `reliability`, `fields`;
+//! `graph` → `fields`;
 //! `reliability` → `fields`;
 //! `models` → `cache`, `fields`; `backends` → `upstream`, `tls`, `fields`;
 //! `process` → `upstream`, `tls`, `fields`; `security` → `tls`, `fields`; `tls` → `fields`; `cache` → `fields`; `upstream` → `fields`;
@@ -12,6 +13,7 @@
 mod backends;
 mod cache;
 mod fields;
+mod graph;
 mod models;
 mod monitoring;
 mod process;
@@ -62,11 +64,14 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     );
     let cache = cache::cache_config(errs, &raw.cache);
     let control = process::control(errs, &raw.control);
+    let raw_model_names: Vec<String> = raw.models.keys().cloned().collect();
     let models = models::models(
         errs,
         raw.models,
         &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
     );
+    let model_names = raw_model_names.into_iter().collect();
+    let graphs = graph::graphs(errs, raw.graphs, &model_names);
     let resolver = process::resolver(errs, &raw.resolver);
     let mut server = process::server(errs, &raw.server);
     if let Some(b) = &raw.server.metadata_from {
@@ -105,6 +110,7 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
         logging,
         backends,
         models,
+        graphs,
         cache,
         resolver,
         control,

@@ -124,6 +124,15 @@ pub(super) fn features(errs: &mut Errors, path: &str, spanned: &Spanned<RawFeatu
             None
         }
         Some(u) => match parse_http_or_bare(&u.value) {
+            // The feature client speaks plain HTTP: refuse rather than send an https:// URL's traffic in clear.
+            Ok(up) if up.tls => {
+                errs.at(
+                    format!("{path}.feast"),
+                    loc(u),
+                    format!("`{}`: TLS to the feature server is not supported yet; use http://", escaped(&u.value)),
+                );
+                None
+            }
             Ok(up) => Some(format!("http://{}{}", up.authority, up.base_path.trim_end_matches('/'))),
             Err(e) => {
                 errs.at(format!("{path}.feast"), loc(u), e);

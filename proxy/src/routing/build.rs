@@ -175,6 +175,7 @@ impl RoutingTable {
                     .transpose()?,
                 variants,
                 targets,
+                graph: None,
             });
             if is_wild {
                 wildcard = Some(route);
@@ -182,6 +183,7 @@ impl RoutingTable {
                 routes.insert(name.clone(), route);
             }
         }
+        super::graphs::add(cfg, ctx, &mut routes)?;
         if let Some(mon) = ctx.monitoring {
             mon.retain(&monitored);
             mon.retain_quality(&tracked);

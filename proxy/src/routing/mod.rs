@@ -5,6 +5,7 @@
 //! variant serves a request is decided by the pure `select::Picker`.
 
 mod build;
+mod graphs;
 pub mod select;
 
 use std::collections::HashMap;
@@ -135,6 +136,27 @@ pub struct Route {
     pub quality: Option<Arc<crate::monitor::quality::QualityTracker>>,
     /// Live Triton sequences pinned to a variant and endpoint (kept across snapshots).
     pub sequences: Arc<crate::sequence::SequenceTable>,
+    /// A graph route's steps (`crate::graph`): its requests run them instead of a backend call.
+    pub graph: Option<Arc<dyn Composite>>,
+}
+
+/// A route computed by other routes of the same snapshot (`crate::graph`):
+/// the pipeline hands it the decoded request and encodes what it answers.
+pub trait Composite: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        table: &'a RoutingTable,
+        metadata: http::HeaderMap,
+        req: switchyard_runtime::InferRequest,
+        caller: StepCaller,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// What a composite route's steps inherit from the client's call.
+#[derive(Clone, Copy, Debug)]
+pub struct StepCaller {
+    pub priority: Option<u64>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// A routing decision: which variant, and what to ask its backend for.
