@@ -419,6 +419,9 @@ pub struct HttpListener {
     pub tls: Option<TlsConfig>,
     /// Where requests the listener does not understand natively are proxied unchanged.
     pub default_upstream: Option<Upstream>,
+    /// TLS to the default upstream: `Some` exactly when it is `https://`
+    /// (the defaults when the file has no `default_upstream_tls`).
+    pub default_upstream_tls: Option<ClientTlsConfig>,
     /// Worker threads of the data plane (defaults to the machine's cores).
     pub threads: NonZeroUsize,
 }

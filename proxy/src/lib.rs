@@ -80,9 +80,11 @@ pub fn run(
     server.bootstrap();
     lifecycle::watch(server.watch_execution_phase(), drain);
 
-    let plane =
+    let plane = exit_on_err(
         HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
-            .with_guards(guards);
+            .with_upstream_tls(cfg.listeners.http.default_upstream_tls.as_ref()),
+    )
+    .with_guards(guards);
     let app = lifecycle::GuardedApp::new(
         pingora_proxy::http_proxy(&server.configuration, plane),
         lifecycle::ConnectionLimits {

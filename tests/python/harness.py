@@ -115,15 +115,17 @@ def start_mlserver(tmp, procs, http_port=None, grpc_port=None):
     return http_port, grpc_port
 
 
-def start_switchyard(tmp, body, procs, grpc_max_message_bytes=None, default_upstream=None):
+def start_switchyard(tmp, body, procs, grpc_max_message_bytes=None, default_upstream=None, default_upstream_tls=None):
     """`switchyard serve` with every listener on a free loopback port (gRPC only when
-    `grpc_max_message_bytes` is given; `default_upstream` on the HTTP listener when given)
+    `grpc_max_message_bytes` is given; `default_upstream` and `default_upstream_tls`, a
+    YAML flow mapping, on the HTTP listener when given)
     followed by `body`; returns the ports by listener."""
     ports = {name: free_port() for name in ("http", "metrics", "control")}
     listeners = (
         "listeners:\n"
         f"  http:\n    address: 127.0.0.1:{ports['http']}\n"
         + (f"    default_upstream: {default_upstream}\n" if default_upstream else "")
+        + (f"    default_upstream_tls: {default_upstream_tls}\n" if default_upstream_tls else "")
         + f"  metrics:\n    address: 127.0.0.1:{ports['metrics']}\n"
         f"  control:\n    address: 127.0.0.1:{ports['control']}\n"
     )

@@ -286,6 +286,8 @@ pub struct RawHttpListener {
     pub tls: Option<S<RawTls>>,
     pub address: Option<S<String>>,
     pub default_upstream: Option<S<String>>,
+    /// TLS to an `https://` default upstream: CA, client certificate, server name.
+    pub default_upstream_tls: Option<S<RawClientTls>>,
     pub threads: Option<S<u64>>,
 }
 

@@ -193,6 +193,18 @@ models:
     }
 
     #[test]
+    fn an_https_default_upstream_gets_tls_settings() {
+        let c = parse("listeners:\n  http:\n    default_upstream: 'https://h:1'\n", Path::new(".")).unwrap();
+        assert!(c.listeners.http.default_upstream.unwrap().tls);
+        assert_eq!(c.listeners.http.default_upstream_tls, Some(ClientTlsConfig::default()));
+        let yaml = "listeners:\n  http:\n    default_upstream: 'https://10.0.0.7:1'\n    default_upstream_tls: {server_name: up.internal}\n";
+        let tls = parse(yaml, Path::new(".")).unwrap().listeners.http.default_upstream_tls.unwrap();
+        assert_eq!(tls.server_name.as_deref(), Some("up.internal"));
+        let c = parse("listeners:\n  http:\n    default_upstream: 'http://h:1'\n", Path::new(".")).unwrap();
+        assert_eq!(c.listeners.http.default_upstream_tls, None);
+    }
+
+    #[test]
     fn empty_file_is_a_valid_config_with_defaults() {
         let c = parse("", Path::new(".")).unwrap();
         assert!(c.models.is_empty());
@@ -240,7 +252,11 @@ models:
             ("unknown nested field", "backends:\n  b:\n    kind: onnx\n    repository: .\n    version_policy: {latest: 1, newest: 2}\n".into(), "backends.b.version_policy", 5, 33, "unknown field `newest`"),
             ("unknown field in forward_headers", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    forward_headers: {allowed: [a]}\n".into(), "backends.b.forward_headers", 5, 23, "unknown field `allowed`, expected one of allow, deny"),
             // Backends: values.
-            ("https default upstream", "listeners:\n  http:\n    default_upstream: 'https://h:1'\n".into(), "listeners.http.default_upstream", 3, 23, "not supported yet"),
+            ("default upstream CA missing", "listeners:\n  http:\n    default_upstream: 'https://h:1'\n    default_upstream_tls: {ca: /nonexistent/ca.pem}\n".into(), "listeners.http.default_upstream_tls.ca", 4, 32, "/nonexistent/ca.pem"),
+            ("default upstream key without cert", "listeners:\n  http:\n    default_upstream: 'https://h:1'\n    default_upstream_tls: {key: /nonexistent/k.pem}\n".into(), "listeners.http.default_upstream_tls.cert", 4, 33, "needs its `cert`"),
+            ("default upstream bad server name", "listeners:\n  http:\n    default_upstream: 'https://h:1'\n    default_upstream_tls: {server_name: 'a b'}\n".into(), "listeners.http.default_upstream_tls.server_name", 4, 41, "`a b` is not a DNS name or IP address"),
+            ("TLS for an http default upstream", "listeners:\n  http:\n    default_upstream: 'http://h:1'\n    default_upstream_tls: {server_name: h}\n".into(), "listeners.http.default_upstream_tls", 4, 27, "write https://"),
+            ("TLS without a default upstream", "listeners:\n  http:\n    default_upstream_tls: {server_name: h}\n".into(), "listeners.http.default_upstream_tls", 3, 27, "there is no default_upstream"),
             ("jwks over plain http", "auth:\n  jwt:\n    jwks_url: 'http://idp:80/jwks'\n".into(), "auth.jwt.jwks_url", 3, 15, "over https://"),
             ("jwks refresh too short", "auth:\n  jwt:\n    jwks_url: 'https://idp/jwks'\n    jwks_refresh: 1s\n".into(), "auth.jwt.jwks_refresh", 4, 19, "at least 10s"),
             ("mixed schemes", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['https://h:1', 'http://h:2']\n".into(), "backends.b.endpoints[1]", 4, 32, "a backend uses one transport"),

@@ -11,17 +11,24 @@ use crate::validated::*;
 
 pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, cores: usize) -> Listeners {
     let http_raw = raw.http.unwrap_or_default();
-    let default_upstream = http_raw.default_upstream.as_ref().and_then(|u| {
-        let parsed = parse_upstream(&u.value).and_then(|up| {
-            // pingora's upstream TLS is not wired to `switchyard_tls` yet: refuse rather than send plaintext.
-            if up.tls {
-                Err("an https:// default_upstream is not supported yet; use http://".to_string())
-            } else {
-                Ok(up)
-            }
-        });
-        parsed.map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok()
-    });
+    let default_upstream = http_raw
+        .default_upstream
+        .as_ref()
+        .and_then(|u| parse_upstream(&u.value).map_err(|m| errs.at("listeners.http.default_upstream", loc(u), m)).ok());
+    let tls_field = "listeners.http.default_upstream_tls";
+    let default_upstream_tls = match (&default_upstream, &http_raw.default_upstream_tls) {
+        (Some(up), block) if up.tls => Some(super::tls::client(errs, tls_field, block.as_ref(), base_dir)),
+        (Some(_), Some(block)) => {
+            errs.at(tls_field, loc(block), "the default_upstream is http://; write https:// to use TLS settings");
+            None
+        }
+        // A bad default_upstream is reported already; a block without one is an error of its own.
+        (None, Some(block)) if http_raw.default_upstream.is_none() => {
+            errs.at(tls_field, loc(block), "there is no default_upstream to connect to with TLS");
+            None
+        }
+        _ => None,
+    };
     let tls = |t: &Option<S<RawTls>>| {
         t.as_ref().map(|t| TlsConfig {
             cert: base_dir.join(&t.value.cert.value),
@@ -33,6 +40,7 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
         tls: tls(&http_raw.tls),
         address: address(errs, "listeners.http.address", &http_raw.address, DEFAULT_HTTP_ADDRESS),
         default_upstream,
+        default_upstream_tls,
         threads: positive(errs, "listeners.http.threads", &http_raw.threads, cores),
     };
     let metrics_tls = raw.metrics.as_ref().filter(|m| m.enabled != Some(false)).and_then(|m| tls(&m.tls));

@@ -12,6 +12,7 @@ mod reply;
 mod tfserving;
 mod triton;
 mod upstream;
+mod upstream_tls;
 mod v2;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error as PError, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use switchyard_config::{Limits, Upstream};
+use switchyard_config::{ClientTlsConfig, Limits, Upstream};
 
 use self::classify::{classify, Endpoint};
 use self::reply::Reply;
@@ -62,6 +63,16 @@ impl HttpListener {
             default_upstream: default_upstream.map(ResolvedUpstream::start),
             guards: Guards::default(),
         }
+    }
+
+    /// Loads the TLS settings of an `https://` default upstream (`tls`:
+    /// `Some` exactly then, as validation guarantees); a file that no longer
+    /// loads is an error naming it.
+    pub fn with_upstream_tls(mut self, tls: Option<&ClientTlsConfig>) -> Result<HttpListener, String> {
+        if let (Some(up), Some(cfg)) = (self.default_upstream.as_mut(), tls) {
+            up.set_tls(upstream_tls::UpstreamTls::load(cfg, &up.config.authority)?);
+        }
+        Ok(self)
     }
 
     /// Credentials on every path but the probes and `GET /v2`, rate limits, body hashes.
@@ -361,7 +372,7 @@ impl ProxyHttp for HttpListener {
             .as_ref()
             .ok_or_else(|| PError::explain(ErrorType::InternalError, "no default upstream"))?;
         match up.addr() {
-            Some(addr) => Ok(Box::new(HttpPeer::new(addr, false, String::new()))),
+            Some(addr) => up.peer(addr).map(Box::new).map_err(|e| PError::explain(ErrorType::InternalError, e)),
             // Answered 502 by `fail_to_proxy`, naming the host.
             None => Err(PError::create(
                 ErrorType::ConnectNoRoute,
@@ -443,9 +454,14 @@ impl ProxyHttp for HttpListener {
                     } else {
                         BackendFailure::Unreachable
                     };
+                    // A TLS failure's context says why (an unknown issuer, a name mismatch).
+                    let why = match e.context.as_ref() {
+                        Some(c) => format!("{}: {}", e.etype().as_str(), c.as_str()),
+                        None => e.etype().as_str().to_string(),
+                    };
                     Some(Error::new(
                         ErrorKind::Backend(failure),
-                        format!("default upstream {} failed: {}", upstream(), e.etype().as_str()),
+                        format!("default upstream {} failed: {why}", upstream()),
                     ))
                 }
                 ErrorSource::Downstream => match e.etype() {

@@ -4,13 +4,17 @@
 //! request only reads the last good address (one atomic load). A failed
 //! lookup keeps the last good address; with none yet, requests get 502
 //! naming the host instead of blocking a worker on DNS or panicking.
+//! An `https://` upstream is dialled with its [`UpstreamTls`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use pingora_core::upstreams::peer::HttpPeer;
 use switchyard_config::Upstream;
+
+use super::upstream_tls::UpstreamTls;
 
 /// How often a hostname upstream is looked up again (the system resolver
 /// does not report record TTLs).
@@ -19,6 +23,8 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 pub struct ResolvedUpstream {
     pub config: Upstream,
     addr: Arc<ArcSwapOption<SocketAddr>>,
+    /// Set for an `https://` upstream by [`ResolvedUpstream::set_tls`].
+    tls: Option<UpstreamTls>,
 }
 
 impl ResolvedUpstream {
@@ -27,7 +33,7 @@ impl ResolvedUpstream {
         let addr = Arc::new(ArcSwapOption::empty());
         if let Ok(ip) = config.authority.parse::<SocketAddr>() {
             addr.store(Some(Arc::new(ip)));
-            return ResolvedUpstream { config, addr };
+            return ResolvedUpstream { config, addr, tls: None };
         }
         refresh(&config.authority, &addr);
         let (authority, slot) = (config.authority.clone(), Arc::downgrade(&addr));
@@ -40,12 +46,26 @@ impl ResolvedUpstream {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the default upstream's DNS refresh thread");
         }
-        ResolvedUpstream { config, addr }
+        ResolvedUpstream { config, addr, tls: None }
+    }
+
+    pub fn set_tls(&mut self, tls: UpstreamTls) {
+        self.tls = Some(tls);
     }
 
     /// The address to dial now, if any lookup has succeeded.
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr.load().as_deref().copied()
+    }
+
+    /// The peer to dial at `addr`: over TLS for an `https://` upstream
+    /// (an error, never plaintext, if its TLS settings were not loaded).
+    pub fn peer(&self, addr: SocketAddr) -> Result<HttpPeer, String> {
+        match (self.config.tls, &self.tls) {
+            (false, _) => Ok(HttpPeer::new(addr, false, String::new())),
+            (true, Some(tls)) => Ok(tls.peer(addr)),
+            (true, None) => Err(format!("{}: no TLS settings loaded", self.config)),
+        }
     }
 }
 
