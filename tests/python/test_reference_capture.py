@@ -161,9 +161,13 @@ def test_a_captured_reference_replaces_the_file_and_judges_later_traffic(tmp_pat
             time.sleep(0.02)
         print(f"drift against the captured reference flagged after {rows_after} rows")
 
-        # Audited like any control mutation.
-        audit = (tmp_path / "audit.log").read_text()
-        assert "drift reference capture of model mlp" in audit and "POST /ml/models/mlp/drift/reference" in audit
+        # Audited like any control mutation (the log's writer thread flushes on an interval: wait for the lines).
+        def audited():
+            log = tmp_path / "audit.log"
+            text = log.read_text() if log.exists() else ""
+            return "drift reference capture of model mlp" in text and "POST /ml/models/mlp/drift/reference" in text
+
+        wait("the capture's audit lines", audited)
 
         # It survives a restart: the state file names it.
         procs.pop().stop()
