@@ -205,18 +205,7 @@ impl ProxyHttp for HttpListener {
         // default upstream's when there is one (a TF Serving behind), else 404.
         if let Endpoint::TfPredict(m, ..) | Endpoint::TfStatus(m, _) | Endpoint::TfMetadata(m, _) = endpoint {
             if table.route(m).is_err() && self.default_upstream.is_some() {
-                if let Some(p) = principal {
-                    if let Err(e) =
-                        p.require("passthrough", &format!("call {} through the default upstream", uri.path()))
-                    {
-                        let reply = Reply::error(&e);
-                        ctx.remember(&reply);
-                        reply::write(session, reply).await?;
-                        return Ok(true);
-                    }
-                }
-                ctx.passthrough = true;
-                return Ok(false);
+                return pass_through(session, ctx, true).await;
             }
         }
         if endpoint == Endpoint::Other {
@@ -257,18 +246,7 @@ impl ProxyHttp for HttpListener {
             Some(triton::Outcome::PassThrough) => {
                 // A request that names no model reaches the upstream unchanged: as any pass-through path.
                 let modelless = matches!(endpoint, Endpoint::ModelStats(None, _) | Endpoint::RepositoryIndex);
-                if let (Some(p), true) = (principal, modelless) {
-                    if let Err(e) =
-                        p.require("passthrough", &format!("call {} through the default upstream", uri.path()))
-                    {
-                        let reply = Reply::error(&e);
-                        ctx.remember(&reply);
-                        reply::write(session, reply).await?;
-                        return Ok(true);
-                    }
-                }
-                ctx.passthrough = true;
-                return Ok(false);
+                return pass_through(session, ctx, modelless).await;
             }
             Some(triton::Outcome::Reply(reply)) => {
                 ctx.remember(&reply);
@@ -523,4 +501,21 @@ impl ProxyHttp for HttpListener {
         }
         .write();
     }
+}
+
+/// Hands the request to the default upstream unchanged. `check`: the path
+/// names no routed model, so the principal (when auth is on) must hold
+/// `passthrough`; a refusal is answered here (`Ok(true)`).
+async fn pass_through(session: &mut Session, ctx: &mut Ctx, check: bool) -> Result<bool> {
+    if let (true, Some(p)) = (check, ctx.principal.as_deref()) {
+        let what = format!("call {} through the default upstream", session.req_header().uri.path());
+        if let Err(e) = p.require("passthrough", &what) {
+            let reply = Reply::error(&e);
+            ctx.remember(&reply);
+            reply::write(session, reply).await?;
+            return Ok(true);
+        }
+    }
+    ctx.passthrough = true;
+    Ok(false)
 }
