@@ -31,6 +31,7 @@ pub mod sequence;
 pub mod shadow;
 pub mod shm;
 pub mod tls;
+pub mod torchserve;
 pub mod trace;
 pub mod triton;
 

@@ -348,6 +348,23 @@ fn put_value(v: &Json, dt: DataType, out: &mut Vec<u8>) -> Result<(), CodecError
     Ok(())
 }
 
+/// One whole tensor of `dt` from a JSON value: nested lists give the shape,
+/// TF Serving's typing rules give the values (integers in range only, no
+/// lossy floats, strings or `{"b64": ...}` for BYTES). For other JSON front
+/// ends (TorchServe's translated bodies) as for the columnar form.
+pub fn json_tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
+    tensor(name, v, dt)
+}
+
+/// A tensor's values as nested JSON lists, written as TF Serving writes them.
+pub fn tensor_json(t: &Tensor) -> Result<String, CodecError> {
+    let w = Writer::new(t)?;
+    let mut out = String::with_capacity(t.data.len() * 3 + 2);
+    let mut at = 0;
+    w.values(&mut out, 0, &mut at)?;
+    Ok(out)
+}
+
 /// One whole tensor from a JSON value (columnar form).
 fn tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
     let shape = dense_shape(v);
