@@ -355,6 +355,37 @@ mod tests {
         assert!(e.contains("nothing at JSON pointer '/instances'"), "{e}");
     }
 
+    /// A `torchserve` backend's call: the bodies travel as they came, under
+    /// their names, with the content type; explanations and predictions of
+    /// the same bytes never share a cache key.
+    #[tokio::test]
+    async fn opaque_bodies_go_through_unchanged() {
+        let call = |explain: bool| {
+            let mut c = TsCall::new("m", Some("image/png".into()), explain);
+            c.inputs =
+                vec![("data".into(), Bytes::from_static(b"\x89PNG\0raw")), ("aux".into(), Bytes::from_static(b"1"))];
+            c.plan = Some(Plan::Opaque);
+            c
+        };
+        let mut predict = call(false);
+        let req = predict.decode().await.unwrap();
+        let bodies = ts::request_bodies(&req).unwrap();
+        assert_eq!(&bodies[0]["data"][..], b"\x89PNG\0raw");
+        assert_eq!(&bodies[0]["aux"][..], b"1");
+        assert_eq!(ts::content_type(&req.parameters), Some("image/png"));
+        let explain = call(true).decode().await.unwrap();
+        assert!(ts::is_explanation(&explain) && !ts::is_explanation(&req));
+        assert_ne!(crate::cache::key::request_digest(&req), crate::cache::key::request_digest(&explain));
+
+        let answer =
+            ts::response_from_bodies("m", None, &[&b"\x00\xffbytes"[..]], Some("application/octet-stream")).unwrap();
+        let (body, ct) = predict.encode(answer).unwrap();
+        assert_eq!((&body[..], ct.as_deref()), (&b"\x00\xffbytes"[..], Some("application/octet-stream")));
+        // A backend that broke the contract is the backend's fault (502), not the client's.
+        let e = predict.encode(InferResponse::default()).unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Backend(_)), "{e:?}");
+    }
+
     #[test]
     fn answers_are_written_as_declared() {
         let y = Tensor::new(
