@@ -9,4 +9,7 @@ pub mod model;
 pub mod rest;
 
 pub use model::{input_specs, metadata_json, status_json, VersionState};
-pub use rest::{decode_predict, encode_predict, Format, InputSpec, Predict, DEFAULT_SIGNATURE};
+pub use rest::{
+    decode_predict, decode_predict_doc, encode_predict, parse_json, signature_name, Format, InputSpec, Predict,
+    DEFAULT_SIGNATURE,
+};
