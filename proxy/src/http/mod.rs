@@ -37,6 +37,7 @@ use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::guards::Guards;
 use crate::metrics::Metrics;
 use crate::pipeline::Call;
+use crate::protocol::Protocol;
 use crate::routing::RoutingTable;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
@@ -289,6 +290,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Infer(m, v) => {
                 let call = Call {
+                    protocol: Protocol::V2Http,
+                    path: Some(uri.path()),
                     model: m,
                     version: v,
                     variant: None,
@@ -304,6 +307,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Predict(m) => {
                 let call = Call {
+                    protocol: Protocol::V2Http,
+                    path: Some(uri.path()),
                     model: m,
                     version: None,
                     variant: None,
@@ -319,6 +324,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::TfPredict(m, servable, method) => {
                 let call = Call {
+                    protocol: Protocol::TfServingRest,
+                    path: Some(uri.path()),
                     model: m,
                     version: None,
                     variant: None,
