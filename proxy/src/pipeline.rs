@@ -41,11 +41,6 @@ pub trait Exchange: Send {
     /// The client's request metadata: HTTP headers or gRPC metadata.
     fn metadata(&self) -> &HeaderMap;
 
-    /// Told the variant the request goes to, before `decode`: for a protocol
-    /// whose bodies depend on it (TorchServe's: unchanged for a `torchserve`
-    /// backend, translated for a tensor one). Most protocols ignore it.
-    fn selected(&mut self, _sel: &Selection<'_>) {}
-
     /// Reads (if need be) and decodes the request into the tensor model.
     fn decode(&mut self) -> impl Future<Output = Result<InferRequest, Error>> + Send;
 
@@ -225,7 +220,6 @@ pub async fn infer<X: Exchange>(
     mark(&mut marks.routed);
     // What the run learnt, kept for the answer and the record (the response itself moves on).
     let (mut batch_rows, mut cache, mut backend_time) = (None, None, Duration::ZERO);
-    x.selected(&sel);
     let decoded = async {
         let req = x.decode().await?;
         mark(&mut marks.decoded);

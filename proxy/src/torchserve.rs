@@ -21,7 +21,7 @@ use switchyard_runtime::tensor::RequestedOutput;
 use switchyard_runtime::{Backend, InferRequest, InferResponse, ModelTarget};
 
 use crate::error::{Error, ErrorKind};
-use crate::routing::Selection;
+use crate::pipeline::Routed;
 
 /// `Backend::kind()` of the backend that takes TorchServe bodies unchanged.
 pub const BACKEND_KIND: &str = "torchserve";
@@ -112,8 +112,11 @@ impl TsCall {
         TsCall { model: model.to_owned(), inputs: Vec::new(), content_type, explain, plan: None }
     }
 
-    /// The lifecycle chose `sel`: opaque for a `torchserve` backend, translated where declared.
-    pub fn selected(&mut self, sel: &Selection<'_>) {
+    /// The lifecycle chose the variant: opaque for a `torchserve` backend, translated where declared.
+    pub fn routed(&mut self, routed: &Routed<'_>) {
+        let sel = routed.selection;
+        // A content-routing rule may have sent the call to another model.
+        self.model = routed.model.to_owned();
         let v = sel.variant;
         let plan = if v.backend.kind() == BACKEND_KIND {
             Plan::Opaque

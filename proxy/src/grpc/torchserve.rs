@@ -25,9 +25,9 @@ use crate::access_log::SharedNote;
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
-use crate::pipeline::{self, Answer, Call, Exchange};
+use crate::pipeline::{self, Answer, Call, Exchange, Routed};
+use crate::protocol::Protocol;
 use crate::respond;
-use crate::routing::Selection;
 use crate::torchserve::{self, TsCall};
 
 pub use pb::InferenceServer;
@@ -53,8 +53,8 @@ impl Exchange for TsGrpcExchange<'_> {
         self.headers
     }
 
-    fn selected(&mut self, sel: &Selection<'_>) {
-        self.call.selected(sel);
+    fn routed(&mut self, routed: &Routed<'_>) {
+        self.call.routed(routed);
     }
 
     async fn decode(&mut self) -> Result<InferRequest, Error> {
@@ -89,6 +89,7 @@ impl TorchServeFront {
     async fn run(
         &self,
         headers: &HeaderMap,
+        path: &str,
         msg: ipb::PredictionsRequest,
         principal: Option<&Principal>,
         client: Option<std::net::IpAddr>,
@@ -108,6 +109,8 @@ impl TorchServeFront {
         call.inputs = msg.input.into_iter().collect();
         let mut x = TsGrpcExchange { headers, call, max_message_bytes: self.shared.max_message_bytes };
         let c = Call {
+            protocol: Protocol::TorchServeGrpc,
+            path: Some(path),
             model: &msg.model_name,
             version: version_opt(&msg.model_version),
             variant: None,
@@ -122,9 +125,10 @@ impl TorchServeFront {
         Ok(pipeline::infer(&table, &self.shared.metrics, &mut x, c).await)
     }
 
-    /// Predictions and StreamPredictions: one answer, with the `x-switchyard-*` metadata.
+    /// Predictions and StreamPredictions (`method`): one answer, with the `x-switchyard-*` metadata.
     async fn unary(
         &self,
+        method: &str,
         request: Request<ipb::PredictionsRequest>,
     ) -> Result<Response<ipb::PredictionResponse>, Status> {
         let (md, ext, msg) = request.into_parts();
@@ -134,7 +138,8 @@ impl TorchServeFront {
         let note = ext.get::<SharedNote>().cloned();
         let (model, version, bytes_in) =
             (msg.model_name.clone(), msg.model_version.clone(), prost::Message::encoded_len(&msg));
-        let answer = self.run(&headers, msg, principal.as_deref(), client).await;
+        let path = format!("{PREFIX}{method}");
+        let answer = self.run(&headers, &path, msg, principal.as_deref(), client).await;
         if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
             n.model = Some(model).filter(|m| !m.is_empty());
             n.version = Some(version).filter(|v| !v.is_empty());
@@ -182,14 +187,14 @@ impl pb::InferenceService for TorchServeFront {
         &self,
         request: Request<ipb::PredictionsRequest>,
     ) -> Result<Response<ipb::PredictionResponse>, Status> {
-        self.unary(request).await
+        self.unary("Predictions", request).await
     }
 
     type StreamPredictionsStream = Answers;
 
     /// A backend that answers once (every backend Switchyard runs): the stream is that one answer.
     async fn stream_predictions(&self, request: Request<ipb::PredictionsRequest>) -> Result<Response<Answers>, Status> {
-        let (md, resp, _) = self.unary(request).await?.into_parts();
+        let (md, resp, _) = self.unary("StreamPredictions", request).await?.into_parts();
         let mut out: Response<Answers> = Response::new(Box::pin(futures_util::stream::iter([Ok(resp)])));
         *out.metadata_mut() = md;
         Ok(out)
@@ -209,6 +214,7 @@ impl pb::InferenceService for TorchServeFront {
         let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let front = self.clone();
+        let path = format!("{PREFIX}StreamPredictions2");
         tokio::spawn(async move {
             loop {
                 let msg = match inbound.message().await {
@@ -220,7 +226,7 @@ impl pb::InferenceService for TorchServeFront {
                     }
                 };
                 let sequence_id = msg.sequence_id.clone();
-                let status = match front.run(&headers, msg, principal.as_deref(), client).await {
+                let status = match front.run(&headers, &path, msg, principal.as_deref(), client).await {
                     Ok(a) => a.result.map_err(|e| respond::grpc_status(&e)),
                     Err(s) => Err(s),
                 };

@@ -347,6 +347,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::TsPredict(m, v, explain) => {
                 let call = Call {
+                    protocol: Protocol::TorchServeRest,
+                    path: Some(uri.path()),
                     model: m,
                     version: v,
                     variant: None,

@@ -15,9 +15,9 @@ use super::body;
 use super::reply::Reply;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Call, Exchange};
+use crate::pipeline::{self, Call, Exchange, Routed};
 use crate::respond;
-use crate::routing::{RoutingTable, Selection};
+use crate::routing::RoutingTable;
 use crate::torchserve::{self, TsCall};
 
 /// An error in TorchServe's form.
@@ -53,8 +53,8 @@ impl Exchange for TsExchange<'_> {
         &self.session.req_header().headers
     }
 
-    fn selected(&mut self, sel: &Selection<'_>) {
-        self.call.selected(sel);
+    fn routed(&mut self, routed: &Routed<'_>) {
+        self.call.routed(routed);
     }
 
     async fn decode(&mut self) -> Result<switchyard_runtime::InferRequest, Error> {
