@@ -381,3 +381,77 @@ models:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_auth_rate_limits_and_access_log(tmp_path, stubs):
+    """Authentication, permissions and rate limits apply to TorchServe calls,
+    answered in TorchServe's form (REST) and with gRPC's codes; `/ping` and
+    gRPC Ping stay open; the access log names the model."""
+    import hashlib
+
+    pb, pb_grpc = stubs
+    key, other = "ts-secret-key", "other-secret-key"
+    sha = lambda k: hashlib.sha256(k.encode()).hexdigest()  # noqa: E731
+    procs = []
+    try:
+        ports = start_switchyard(
+            tmp_path,
+            f"""
+auth:
+  api_keys:
+    - {{principal: client, sha256: "sha256:{sha(key)}", permissions: ["model:mlp:infer"]}}
+    - {{principal: other, sha256: "sha256:{sha(other)}", permissions: ["model:else:infer"]}}
+rate_limits:
+  per_model:
+    mlp: {{requests_per_second: 0.01, burst: 2}}
+backends:
+  local: {{kind: onnx, repository: {MODELS}, version_policy: {{all: true}}}}
+models:
+  mlp:
+    variants:
+      - {{name: stable, backend: local, version: 1, torchserve: {{body: row}}}}
+""",
+            procs,
+            grpc_max_message_bytes=1024 * 1024,
+        )
+        base = f"http://127.0.0.1:{ports['http']}"
+        body = json.dumps(rows(1, seed=9)[0].tolist())
+        assert requests.get(f"{base}/ping", timeout=10).status_code == 200
+        ts_error(post(base, "/predictions/mlp", body), 401, "InvalidKeyException", "")
+        ts_error(post(base, "/predictions/mlp", body, {"x-api-key": other}), 403, "InvalidKeyException",
+                 "model:mlp:infer")
+        assert post(base, "/predictions/mlp", body, {"x-api-key": key}).status_code == 200
+        with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
+            stub = pb_grpc.InferenceAPIsServiceStub(ch)
+            from google.protobuf import empty_pb2
+
+            assert json.loads(stub.Ping(empty_pb2.Empty()).health) == {"status": "Healthy"}
+            req = pb.PredictionsRequest(model_name="mlp", input={"data": body.encode()})
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predictions(req)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # The second of the burst of 2.
+            stub.Predictions(req, metadata=[("x-api-key", key)])
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predictions(req, metadata=[("x-api-key", key)])
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        r = post(base, "/predictions/mlp", body, {"x-api-key": key})
+        ts_error(r, 429, "TooManyRequestsException", "")
+        assert int(r.headers["retry-after"]) >= 1
+
+        def logged():
+            lines = [json.loads(x) for x in procs[0].log().splitlines() if x.startswith("{")]
+            return {(x.get("path"), x.get("model"), x.get("status") or x.get("grpc_status")) for x in lines}
+
+        want = {
+            ("/predictions/mlp", "mlp", 200),
+            ("/predictions/mlp", "mlp", 429),
+            ("/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions", "mlp", 8),
+        }
+        deadline = time.monotonic() + 10
+        while not want <= logged():
+            assert time.monotonic() < deadline, (want - logged(), procs[0].log())
+            time.sleep(0.05)
+    finally:
+        for p in reversed(procs):
+            p.stop()
