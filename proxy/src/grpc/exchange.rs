@@ -55,14 +55,7 @@ impl Exchange for GrpcExchange<'_> {
     }
 
     fn parameter(&self, name: &str) -> Option<Param<'_>> {
-        use pb::infer_parameter::ParameterChoice;
-        Some(match self.message.as_ref()?.parameters.get(name)?.parameter_choice.as_ref()? {
-            ParameterChoice::StringParam(s) => Param::Str(s),
-            ParameterChoice::BoolParam(b) => Param::Bool(*b),
-            ParameterChoice::Int64Param(i) => Param::Int(*i),
-            ParameterChoice::Uint64Param(u) => Param::Uint(*u),
-            ParameterChoice::DoubleParam(f) => Param::Float(*f),
-        })
+        parameter(&self.message.as_ref()?.parameters, name)
     }
 
     async fn closed(&mut self) {
@@ -88,6 +81,21 @@ impl Exchange for GrpcExchange<'_> {
 /// The gRPC method paths of the two inference RPCs (content-routing rules match on them).
 pub const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 pub const MODEL_STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+/// A `ModelInferRequest` parameter as content-routing rules see it.
+pub fn parameter<'a>(
+    params: &'a std::collections::HashMap<String, pb::InferParameter>,
+    name: &str,
+) -> Option<Param<'a>> {
+    use pb::infer_parameter::ParameterChoice;
+    Some(match params.get(name)?.parameter_choice.as_ref()? {
+        ParameterChoice::StringParam(s) => Param::Str(s),
+        ParameterChoice::BoolParam(b) => Param::Bool(*b),
+        ParameterChoice::Int64Param(i) => Param::Int(*i),
+        ParameterChoice::Uint64Param(u) => Param::Uint(*u),
+        ParameterChoice::DoubleParam(f) => Param::Float(*f),
+    })
+}
 
 pub fn version_opt(v: &str) -> Option<&str> {
     Some(v).filter(|v| !v.is_empty())

@@ -134,6 +134,7 @@ impl GrpcInferenceService for FrontEnd {
             n.model = Some(model);
             n.version = Some(version).filter(|v| !v.is_empty());
             n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+            n.rule.clone_from(&a.rule);
             n.bytes_in = bytes_in as u64;
             n.body_sha256 = body_sha256;
             match &a.result {
