@@ -209,3 +209,30 @@ async fn a_rule_change_reloads_and_a_bad_rule_keeps_the_last_good_config() {
     assert_eq!(http_variant(&sy, INFER, &[("x-tenant", "platinum")], json_body(0, None)).await, "fast");
     assert_ne!(http_variant(&sy, INFER, &[("x-tenant", "gold")], json_body(0, None)).await, "gold");
 }
+
+/// A redirect is the operator's delegation: authorization is the model the
+/// client asked for, never the target's (docs/routing.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_authorized_as_the_model_asked_for() {
+    let hash = |k: &str| -> String {
+        switchyard_proxy::auth::sha256(k.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let auth = format!(
+        "auth:\n  api_keys:\n    - {{principal: front, sha256: \"sha256:{}\", permissions: [\"model:mlp:infer\"]}}\n    - {{principal: direct, sha256: \"sha256:{}\", permissions: [\"model:other:infer\"]}}\n",
+        hash("front-key"),
+        hash("direct-key")
+    );
+    let sy = Switchyard::config(&format!("{auth}{}", body("gold", "gold"))).start().await;
+    let heavy = || json_body(4, Some(json!({"experiment": "heavy"})));
+    // Allowed `mlp` only: the rule takes it to `other`.
+    assert_eq!(http_variant(&sy, INFER, &[("x-api-key", "front-key")], heavy()).await, "other-main");
+    let r = sy.post("/v2/models/other/infer", &[("x-api-key", "front-key")], heavy()).await;
+    assert_eq!(r.status, 403, "front may not call `other` by name: {}", r.text());
+    // Allowed `other` only: asking for `mlp` is refused before any rule is read.
+    let r = sy.post(INFER, &[("x-api-key", "direct-key")], heavy()).await;
+    assert_eq!(r.status, 403, "direct may not call `mlp`: {}", r.text());
+    assert_eq!(
+        http_variant(&sy, "/v2/models/other/infer", &[("x-api-key", "direct-key")], heavy()).await,
+        "other-main"
+    );
+}
