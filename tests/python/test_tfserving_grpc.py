@@ -21,6 +21,7 @@ Run: .venv/bin/python -m pytest tests/python/test_tfserving_grpc.py -q
 
 from harness import REPO, free_port, mlp_reference, start_switchyard  # first: sets XDG_CACHE_HOME
 
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -477,3 +478,51 @@ def test_backend_down_is_unavailable_and_slow_is_deadline_exceeded(stubs):
     # The backend's 1 s timeout passes long before the client's own 30 s: Switchyard's answer.
     code, details = error(stubs[0].Predict, request("slow", x))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
+
+
+def test_auth_permissions_and_rate_limits(tmp_path):
+    """The same credentials and permissions as V2 gRPC, checked before the routes are told;
+    TF calls are charged to the same rate limits."""
+    sha = lambda s: hashlib.sha256(s.encode()).hexdigest()  # noqa: E731
+    procs = []
+    try:
+        ports = start_switchyard(
+            tmp_path,
+            f"""
+auth:
+  api_keys:
+    - {{principal: alice, sha256: "sha256:{sha('alice-key')}", permissions: ["model:mlp:infer"]}}
+rate_limits:
+  per_principal: {{requests_per_second: 0.001, burst: 3}}
+backends:
+  local:
+    kind: onnx
+    repository: {MODELS}
+models:
+  mlp:
+    variants:
+      - {{name: main, backend: local}}
+""",
+            procs,
+            grpc_max_message_bytes=4 * 1024 * 1024,
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            req = request("mlp", {"input": content(rows(1))})
+            key = [("x-api-key", "alice-key")]
+            assert error(stub.Predict, req)[0] == grpc.StatusCode.UNAUTHENTICATED
+            assert error(stub.Predict, req, metadata=[("x-api-key", "wrong")])[0] == grpc.StatusCode.UNAUTHENTICATED
+            # Not allowed on `nope` (and not told that it does not exist).
+            assert error(stub.Predict, request("nope", {"input": content(rows(1))}), metadata=key)[0] == \
+                grpc.StatusCode.PERMISSION_DENIED
+            status = get_model_status_pb2.GetModelStatusRequest()
+            status.model_spec.name = "mlp"
+            assert error(models.GetModelStatus, status, metadata=key)[0] == grpc.StatusCode.PERMISSION_DENIED
+            for _ in range(3):
+                assert predict(stub, req, key)[1]["x-switchyard-variant"] == "main"
+            code, _ = error(stub.Predict, req, metadata=key)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for p in reversed(procs):
+            p.stop()
