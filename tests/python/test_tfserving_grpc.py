@@ -24,6 +24,7 @@ from harness import REPO, free_port, mlp_reference, start_switchyard  # first: s
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
@@ -523,6 +524,22 @@ models:
                 assert predict(stub, req, key)[1]["x-switchyard-variant"] == "main"
             code, _ = error(stub.Predict, req, metadata=key)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The access log (stdout) has a line per call, as for V2 gRPC: model, variant, principal, status.
+        def lines():
+            out = []
+            for line in procs[-1].log().splitlines():
+                if line.startswith("{") and "/tensorflow.serving." in line:
+                    out.append(json.loads(line))
+            return out
+
+        deadline = time.monotonic() + 10
+        while len(lines()) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        predicts = [d for d in lines() if d["path"] == "/tensorflow.serving.PredictionService/Predict"]
+        ok = [d for d in predicts if d["grpc_status"] == 0]
+        assert len(ok) == 3 and all(d["model"] == "mlp" and d["variant"] == "main" and d["principal"] == "alice"
+                                    and d["bytes_in"] > 64 and d["bytes_out"] > 0 for d in ok), predicts
+        assert {d["grpc_status"] for d in predicts} == {0, 7, 8, 16}, predicts
     finally:
         for p in reversed(procs):
             p.stop()
