@@ -17,7 +17,7 @@ use switchyard_runtime::{Backend, ModelTarget};
 
 use crate::auth::{Action, Principal};
 use crate::error::{Error, ErrorKind};
-use crate::pipeline::{self, Call};
+use crate::pipeline::{self, Call, Routed};
 use crate::routing::{Route, RoutingTable, Selection};
 
 /// Which servable of a model a TF Serving request names.
@@ -122,14 +122,16 @@ pub fn name_servable<'a>(route: &'a Route, servable: TfServable<'a>, call: &mut 
     Ok(())
 }
 
-/// The backend and target whose signature types a request: every variant of
-/// a model shares its signature, so the labelled one, else the first serving one.
-pub fn typed_by(route: &Route, call: &Call<'_>) -> (Arc<dyn Backend>, ModelTarget) {
-    let idx = match call.variant {
-        Some(name) => route.variants.iter().position(|v| v.name.as_ref() == name).unwrap_or(0),
-        None => route.variants.iter().position(|v| v.weight > 0.0).unwrap_or(0),
+/// The backend and target whose signature types a request, once routed:
+/// every variant of a model shares its signature, so the selected one when
+/// the client named it by a label (`labelled`), else the first serving one.
+pub fn typed_by(routed: &Routed<'_>, labelled: bool) -> (Arc<dyn Backend>, ModelTarget) {
+    let r = routed.selection.route;
+    let idx = match labelled {
+        true => routed.selection.index,
+        false => r.variants.iter().position(|v| v.weight > 0.0).unwrap_or(0),
     };
-    (route.variants[idx].backend.clone(), route.target_of(idx, call.model, call.version))
+    (r.variants[idx].backend.clone(), r.target_of(idx, routed.model, routed.version))
 }
 
 /// Classify and regress, refused: every signature Switchyard serves is a

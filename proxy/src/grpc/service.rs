@@ -9,7 +9,9 @@ use std::sync::Arc;
 use switchyard_runtime::codec::grpc::{self as codec, pb};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::exchange::{answer_metadata, grpc_timeout, note_inference, version_opt, AnswerInfo, Shared};
+use super::exchange::{
+    answer_metadata, grpc_timeout, note_inference, version_opt, AnswerInfo, Shared, MODEL_INFER_PATH,
+};
 use super::{embedded, passthrough, stream};
 use prost::Message;
 use tonic::transport::server::TcpConnectInfo;
@@ -128,7 +130,7 @@ impl GrpcInferenceService for FrontEnd {
         let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
         let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
         let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
-        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
+        let a = self.shared.infer(MODEL_INFER_PATH, &headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
         note_inference(note.as_ref(), model, Some(version), bytes_in as u64, body_sha256, &a, |r| r.encoded_len());
         let info = AnswerInfo::of(&a);
         let mut resp = Response::new(a.result.map_err(|e| respond::grpc_status(&e))?);

@@ -30,6 +30,7 @@ use crate::access_log::SharedNote;
 use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::pipeline::{self, Answer, Call, Exchange};
+use crate::protocol::{Param, Protocol};
 use crate::respond;
 use crate::routing::RoutingTable;
 use crate::tfserving::{self as shared, TfMethod, TfServable};
@@ -41,6 +42,8 @@ use sv::model_spec::VersionChoice;
 
 /// The type URL TF Serving packs a `SignatureDefMap` under.
 const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.SignatureDefMap";
+/// Predict's gRPC method path (content-routing rules match on it).
+const PREDICT_PATH: &str = "/tensorflow.serving.PredictionService/Predict";
 /// The one metadata field TF Serving (and Switchyard) answers.
 const SIGNATURE_DEF_FIELD: &str = "signature_def";
 
@@ -116,8 +119,15 @@ fn version_spec(model: &str, version: Option<i64>, signature_name: &str) -> sv::
 struct TfExchange<'a> {
     headers: &'a HeaderMap,
     message: Option<sv::PredictRequest>,
-    /// The backend and target whose signature types the tensors.
-    typed_by: (Arc<dyn Backend>, ModelTarget),
+    /// `model_spec.signature_name`, as content-routing rules see it.
+    signature_name: String,
+    /// Whether the client named its variant by a version label (it then types the tensors).
+    labelled: bool,
+    /// The backend and target whose signature types the tensors, once routed.
+    typed_by: Option<(Arc<dyn Backend>, ModelTarget)>,
+    /// A content-routing rule matched on `signature_name`: the name chose the
+    /// model, and the model's one signature types the tensors.
+    signature_routed: bool,
     max_message_bytes: usize,
     /// The version the client named, for the answer's `model_spec` when the backend names none.
     version: Option<i64>,
@@ -196,11 +206,26 @@ impl Exchange for TfExchange<'_> {
         self.headers
     }
 
+    /// TF Serving's one request-level parameter: `signature_name` (in the message, no read needed).
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        match name {
+            "signature_name" if !self.signature_name.is_empty() => Some(Param::Str(&self.signature_name)),
+            _ => None,
+        }
+    }
+
+    fn routed(&mut self, routed: &pipeline::Routed<'_>) {
+        self.typed_by = Some(shared::typed_by(routed, self.labelled));
+        self.signature_routed = routed.matched_parameter("signature_name");
+    }
+
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let msg = self.message.take().ok_or_else(|| Error::internal("the request was decoded twice"))?;
-        let signature_name = msg.model_spec.as_ref().map_or("", |s| s.signature_name.as_str());
-        tfs::check_signature(signature_name)?;
-        let sig = shared::signature(&self.typed_by.0, &self.typed_by.1).await?;
+        let routed = self.signature_routed.then_some(self.signature_name.as_str());
+        tfs::check_signature(&self.signature_name, routed)?;
+        let (backend, target) =
+            self.typed_by.as_ref().ok_or_else(|| Error::internal("TF Serving tensors decoded before routing"))?;
+        let sig = shared::signature(backend, target).await?;
         self.output_filter = msg.output_filter.clone();
         self.tensors(msg, &sig)
     }
@@ -273,6 +298,8 @@ impl TfFrontEnd {
             Err(e) => return refused(e, start),
         };
         let mut call = Call {
+            protocol: Protocol::TfServingGrpc,
+            path: Some(PREDICT_PATH),
             model,
             version: None,
             variant: None,
@@ -289,7 +316,10 @@ impl TfFrontEnd {
         }
         let mut x = TfExchange {
             headers,
-            typed_by: shared::typed_by(r, &call),
+            signature_name: spec.signature_name.clone(),
+            labelled: call.variant.is_some(),
+            typed_by: None,
+            signature_routed: false,
             message: Some(msg),
             max_message_bytes: self.shared.max_message_bytes,
             version: call.version.and_then(|v| v.parse().ok()),

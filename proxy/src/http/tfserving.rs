@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
+use crate::protocol::Param;
 use crate::routing::RoutingTable;
 use crate::tfserving::{self as shared, TfMethod, TfServable};
 
@@ -27,10 +28,25 @@ use crate::tfserving::{self as shared, TfMethod, TfServable};
 struct TfExchange<'s> {
     session: &'s mut Session,
     limits: &'s Limits,
-    /// The backend and target whose signature types the body.
-    typed_by: (Arc<dyn Backend>, ModelTarget),
+    /// Whether the client named its variant by a version label (it then types the body).
+    labelled: bool,
+    /// The backend and target whose signature types the body, once routed.
+    typed_by: Option<(Arc<dyn Backend>, ModelTarget)>,
+    /// The body, parsed before routing when content-routing rules read its `signature_name`.
+    early: Option<serde_json::Value>,
+    /// A content-routing rule matched on `signature_name`: the name chose the
+    /// model, and the model's one signature types the body.
+    signature_routed: bool,
     format: Format,
     body_len: Option<u64>,
+}
+
+impl TfExchange<'_> {
+    async fn read_json(&mut self) -> Result<serde_json::Value, Error> {
+        let body = body::read(self.session, self.limits).await?;
+        self.body_len = Some(body.len() as u64);
+        Ok(tfs::parse_json(&body)?)
+    }
 }
 
 impl Exchange for TfExchange<'_> {
@@ -40,11 +56,36 @@ impl Exchange for TfExchange<'_> {
         &self.session.req_header().headers
     }
 
+    async fn read_parameters(&mut self) -> Result<(), Error> {
+        if self.early.is_none() {
+            self.early = Some(self.read_json().await?);
+        }
+        Ok(())
+    }
+
+    /// TF Serving's one request-level parameter: `signature_name`.
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        match name {
+            "signature_name" => tfs::signature_name(self.early.as_ref()?).map(Param::Str),
+            _ => None,
+        }
+    }
+
+    fn routed(&mut self, routed: &pipeline::Routed<'_>) {
+        self.typed_by = Some(shared::typed_by(routed, self.labelled));
+        self.signature_routed = routed.matched_parameter("signature_name");
+    }
+
     async fn decode(&mut self) -> Result<InferRequest, Error> {
-        let body = body::read(self.session, self.limits).await?;
-        self.body_len = Some(body.len() as u64);
-        let sig = shared::signature(&self.typed_by.0, &self.typed_by.1).await?;
-        let p = tfs::decode_predict(&body, &sig.inputs)?;
+        let doc = match self.early.take() {
+            Some(doc) => doc,
+            None => self.read_json().await?,
+        };
+        let (backend, target) =
+            self.typed_by.as_ref().ok_or_else(|| Error::internal("TF Serving body decoded before routing"))?;
+        let sig = shared::signature(backend, target).await?;
+        let routed = if self.signature_routed { tfs::signature_name(&doc) } else { None };
+        let p = tfs::decode_predict_doc(&doc, &sig.inputs, routed)?;
         self.format = p.format;
         Ok(p.request)
     }
@@ -86,8 +127,16 @@ pub async fn predict(
     if let Err(e) = shared::name_servable(r, servable, &mut call) {
         return Reply::error(&e);
     }
-    let typed_by = shared::typed_by(r, &call);
-    let mut x = TfExchange { session, limits, typed_by, format: Format::Row, body_len: None };
+    let mut x = TfExchange {
+        session,
+        limits,
+        labelled: call.variant.is_some(),
+        typed_by: None,
+        early: None,
+        signature_routed: false,
+        format: Format::Row,
+        body_len: None,
+    };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(body) => Reply::json(200, body),
