@@ -27,7 +27,7 @@ use crate::shm;
 use pb::grpc_inference_service_server::GrpcInferenceService;
 
 /// The principal `edge::Edge` put on the request; `None` when authentication is off.
-fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
+pub(super) fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
     ext.get::<Arc<Principal>>().cloned()
 }
 

@@ -26,6 +26,7 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::exchange::{answer_metadata, grpc_timeout, note_inference, AnswerInfo, Shared};
+use super::service::principal;
 use crate::access_log::SharedNote;
 use crate::auth::{Action, Principal};
 use crate::error::Error;
@@ -92,11 +93,6 @@ fn check_version(model: &str, named: &Named) -> Result<(), Error> {
         Named::Version(v) if v.starts_with('-') => Err(shared::not_found(model, named.servable())),
         _ => Ok(()),
     }
-}
-
-/// The principal `edge::Edge` put on the request; `None` when authentication is off.
-fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
-    ext.get::<Arc<Principal>>().cloned()
 }
 
 /// Records a non-inference RPC's model and outcome on its access line.
