@@ -1,5 +1,5 @@
 //! Content routing (`models.M.rules`, docs/routing.md) through the built
-//! `switchyard` binary, over V2 HTTP and V2 gRPC, with the embedded ONNX
+//! `switchyard` binary, over V2 HTTP, V2 gRPC and TF Serving gRPC, with the embedded ONNX
 //! Runtime serving the example `mlp` model: a header rule to a dedicated
 //! variant, a request-parameter rule to another model, a protocol rule and
 //! a path rule, the weighted split for everything no rule matches, rule
@@ -15,6 +15,10 @@ use std::time::Duration;
 use common::{repo_root, Switchyard};
 use serde_json::json;
 use switchyard_runtime::codec::grpc::pb;
+use switchyard_runtime::codec::tfserving::pb::tensorflow::serving as tf;
+use switchyard_runtime::codec::tfserving::pb::tensorflow::{
+    tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto,
+};
 use tonic::transport::{Channel, Endpoint};
 
 type Client = pb::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>;
@@ -42,6 +46,9 @@ models:
         variant: {gold_target}
       - name: heavy
         match: {{parameters: {{experiment: heavy}}}}
+        model: other
+      - name: tf-signature
+        match: {{protocol: [tfserving-rest, tfserving-grpc], parameters: {{signature_name: classify}}}}
         model: other
       - name: grpc-fast
         match: {{protocol: v2-grpc, headers: {{x-lane: fast}}}}
@@ -235,4 +242,48 @@ async fn a_redirect_is_authorized_as_the_model_asked_for() {
         http_variant(&sy, "/v2/models/other/infer", &[("x-api-key", "direct-key")], heavy()).await,
         "other-main"
     );
+}
+
+/// The variant that answered a TF Serving gRPC Predict (which must succeed).
+async fn tf_grpc_variant(port: u16, metadata: &[(&'static str, &str)], signature: &str) -> String {
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.expect("connect");
+    let mut c = tf::prediction_service_client::PredictionServiceClient::new(ch);
+    let x = TensorProto {
+        dtype: DataType::DtFloat as i32,
+        tensor_shape: Some(TensorShapeProto {
+            dim: [1, 16].iter().map(|&size| Dim { size, name: String::new() }).collect(),
+            unknown_rank: false,
+        }),
+        float_val: input(5),
+        ..TensorProto::default()
+    };
+    let msg = tf::PredictRequest {
+        model_spec: Some(tf::ModelSpec {
+            name: "mlp".into(),
+            signature_name: signature.into(),
+            ..tf::ModelSpec::default()
+        }),
+        inputs: std::collections::HashMap::from([("input".to_string(), x)]),
+        output_filter: Vec::new(),
+    };
+    let mut r = tonic::Request::new(msg);
+    for (k, v) in metadata {
+        r.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    let resp = c.predict(r).await.unwrap_or_else(|s| panic!("Predict {metadata:?} {signature}: {s}"));
+    let v = resp.metadata().get("x-switchyard-variant").expect("x-switchyard-variant on the TF gRPC answer");
+    v.to_str().unwrap().to_string()
+}
+
+/// The same rules route TF Serving gRPC: its metadata as headers, its
+/// `model_spec.signature_name` as a request parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tf_serving_grpc_is_routed_by_the_same_rules() {
+    let sy = Switchyard::config(&body("gold", "gold")).start().await;
+    assert_eq!(tf_grpc_variant(sy.grpc_port, &[("x-tenant", "gold")], "").await, "gold");
+    assert_eq!(tf_grpc_variant(sy.grpc_port, &[], "classify").await, "other-main");
+    assert!(["a", "b"].contains(&tf_grpc_variant(sy.grpc_port, &[], "serving_default").await.as_str()));
+    let m = sy.metrics().await;
+    let hits = m.get("switchyard_route_rule_matches_total", &[("model", "mlp"), ("rule", "tf-signature")]);
+    assert_eq!(hits, Some(1.0));
 }

@@ -257,7 +257,7 @@ impl Exchange for TfExchange<'_> {
 
 /// An answer the lifecycle never saw (refused before it: no variant was picked).
 fn refused<E>(e: Error, start: Instant) -> Answer<E> {
-    Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead: start.elapsed() }
+    Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead: start.elapsed(), rule: None }
 }
 
 impl TfFrontEnd {
