@@ -10,12 +10,19 @@ TF Serving's JSON printer does), errors as `{"error": "..."}` with TF
 Serving's texts and codes. `tests/python/test_tfserving.py` checks it against
 the real `ovmsclient` before anything relies on it.
 
-Usage: python tfserving_standin.py PORT NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+Faults are explicit settings (`Faults`): `--delay NAME=SECONDS`, `--loading
+NAME`, `--complex-output NAME`. `tests/python/test_tfserving_backend.py` drives
+Switchyard's `tfserving` backend against it.
+
+Usage: python tfserving_standin.py PORT NAME=MODEL_DIR [NAME=MODEL_DIR ...] [faults]
 (MODEL_DIR holds VERSION/model.onnx, as a Switchyard onnx repository).
 """
 
+import argparse
+import base64
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,14 +31,33 @@ import onnxruntime as ort
 
 ONNX_TO_DT = {
     "tensor(float)": ("DT_FLOAT", np.float32), "tensor(double)": ("DT_DOUBLE", np.float64),
+    "tensor(float16)": ("DT_HALF", np.float16), "tensor(int8)": ("DT_INT8", np.int8),
+    "tensor(int16)": ("DT_INT16", np.int16), "tensor(uint8)": ("DT_UINT8", np.uint8),
     "tensor(int32)": ("DT_INT32", np.int32), "tensor(int64)": ("DT_INT64", np.int64),
     "tensor(string)": ("DT_STRING", object), "tensor(bool)": ("DT_BOOL", np.bool_),
 }
 
 
+class Faults:
+    """Explicit fault settings, from the command line: `delay` (model → seconds
+    every predict waits), `loading` (models whose versions report LOADING and
+    are not servable, as TF Serving's are while they load) and `complex_output`
+    (models whose signature also declares an output `c` of DT_COMPLEX64, a
+    type KServe V2 has no datatype for)."""
+
+    def __init__(self, delay=None, loading=(), complex_output=()):
+        self.delay = dict(delay or {})
+        self.loading = set(loading)
+        self.complex_output = set(complex_output)
+
+
 class Model:
-    def __init__(self, name, directory):
+    def __init__(self, name, directory, faults=None):
         self.name = name
+        faults = faults or Faults()
+        self.delay = faults.delay.get(name, 0.0)
+        self.loading = name in faults.loading
+        self.complex_output = name in faults.complex_output
         self.versions = {}
         for d in sorted(Path(directory).iterdir()):
             if d.name.isdigit() and (d / "model.onnx").exists():
@@ -77,7 +103,6 @@ def to_array(v, dtype):
     if dtype is object:
         def leaf(x):
             if isinstance(x, dict) and list(x) == ["b64"]:
-                import base64
                 return base64.b64decode(x["b64"])
             return x
         return np.array(json.loads(json.dumps(v), object_hook=leaf), dtype=object)
@@ -126,23 +151,37 @@ def decode(body, inputs):
     raise TfError(400, "Missing 'inputs' or 'instances' key")
 
 
-def plain(a):
+def plain(a, b64=False):
+    """A tensor as TF Serving's JSON: strings as text, or `{"b64": ...}` for an
+    output named `*_bytes` and for bytes that are not UTF-8."""
     if a.dtype == object:
-        return [plain(x) for x in a] if a.ndim else (a.item().decode() if isinstance(a.item(), bytes) else a.item())
+        if a.ndim:
+            return [plain(x, b64) for x in a]
+        v = a.item()
+        if isinstance(v, bytes):
+            try:
+                if not b64:
+                    return v.decode()
+            except UnicodeDecodeError:
+                pass
+            return {"b64": base64.b64encode(v).decode()}
+        return v
     return a.tolist()
 
 
 def encode(names, outputs, form):
+    b64 = [n.endswith("_bytes") for n in names]
     if form == "columnar":
         if len(names) == 1:
-            return {"outputs": plain(outputs[0])}
-        return {"outputs": {n: plain(o) for n, o in zip(names, outputs)}}
+            return {"outputs": plain(outputs[0], b64[0])}
+        return {"outputs": {n: plain(o, b) for n, o, b in zip(names, outputs, b64)}}
     if len(names) == 1:
-        return {"predictions": plain(outputs[0])}
-    return {"predictions": [{n: plain(o[i]) for n, o in zip(names, outputs)} for i in range(len(outputs[0]))]}
+        return {"predictions": plain(outputs[0], b64[0])}
+    return {"predictions": [{n: plain(o[i], b) for n, o, b in zip(names, outputs, b64)}
+                            for i in range(len(outputs[0]))]}
 
 
-def signature(session):
+def signature(session, complex_output=False):
     def info(ts):
         out = {}
         for t in ts:
@@ -150,7 +189,11 @@ def signature(session):
             out[t.name] = {"dtype": ONNX_TO_DT[t.type][0], "tensorShape": {"dim": dims, "unknownRank": False},
                            "name": t.name}
         return out
-    return {"inputs": info(session.get_inputs()), "outputs": info(session.get_outputs()),
+    outputs = info(session.get_outputs())
+    if complex_output:
+        outputs["c"] = {"dtype": "DT_COMPLEX64", "tensorShape": {"dim": [{"size": "-1", "name": ""}],
+                                                                 "unknownRank": False}, "name": "c:0"}
+    return {"inputs": info(session.get_inputs()), "outputs": outputs,
             "methodName": "tensorflow/serving/predict", "defaults": {}}
 
 
@@ -182,9 +225,8 @@ def make_handler(models):
             elif tail[:1] == ["labels"] and len(tail) >= 2:
                 version, tail = {"stable": None}.get(tail[1], tail[1]), tail[2:]
             model = models.get(name)
-            spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
             if model is None or (version is not None and version not in model.versions):
-                raise TfError(404, f"Servable not found for request: {spec}")
+                raise TfError(404, not_found(name, version))
             return model, version, verb, tail
 
         def do_GET(self):
@@ -194,14 +236,17 @@ def make_handler(models):
                 model, version, _, tail = self.target(self.path)
                 versions = [version] if version is not None else sorted(model.versions)
                 if tail == ["metadata"]:
+                    if model.loading:
+                        raise TfError(404, not_found(model.name, version))
                     v = version if version is not None else max(model.versions)
                     return self.reply(200, {
                         "modelSpec": {"name": model.name, "signatureName": "", "version": str(v)},
                         "metadata": {"signature_def": {
                             "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
-                            "signatureDef": {"serving_default": signature(model.session(v))}}}})
+                            "signatureDef": {"serving_default": signature(model.session(v), model.complex_output)}}}})
+                state = "LOADING" if model.loading else "AVAILABLE"
                 self.reply(200, {"model_version_status": [
-                    {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                    {"version": str(v), "state": state, "status": {"error_code": "OK", "error_message": ""}}
                     for v in versions]})
             except TfError as e:
                 self.reply(e.status, {"error": str(e)})
@@ -212,6 +257,10 @@ def make_handler(models):
                 model, version, verb, _ = self.target(self.path)
                 if verb != "predict":
                     raise TfError(400, f"Expected {verb} signature method_name")
+                if model.loading:
+                    raise TfError(404, not_found(model.name, version))
+                if model.delay:
+                    time.sleep(model.delay)
                 session = model.session(version)
                 feeds, form = decode(body, session.get_inputs())
                 names = [o.name for o in session.get_outputs()]
@@ -226,13 +275,26 @@ def make_handler(models):
     return Handler
 
 
+def not_found(name, version):
+    spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+    return f"Servable not found for request: {spec}"
+
+
 def main():
-    port = int(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("port", type=int)
+    ap.add_argument("models", nargs="+", metavar="NAME=MODEL_DIR")
+    ap.add_argument("--delay", action="append", default=[], metavar="NAME=SECONDS")
+    ap.add_argument("--loading", action="append", default=[], metavar="NAME")
+    ap.add_argument("--complex-output", action="append", default=[], metavar="NAME")
+    args = ap.parse_args()
+    faults = Faults({k: float(v) for k, v in (d.split("=", 1) for d in args.delay)}, args.loading,
+                    args.complex_output)
     models = {}
-    for arg in sys.argv[2:]:
+    for arg in args.models:
         name, directory = arg.split("=", 1)
-        models[name] = Model(name, directory)
-    ThreadingHTTPServer(("127.0.0.1", port), make_handler(models)).serve_forever()
+        models[name] = Model(name, directory, faults)
+    ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(models)).serve_forever()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 //! which one it is; `set` builds a generation's backends; `dns` keeps the
 //! endpoint sets of backends named by DNS current; `health` keeps failing
 //! replicas of a remote backend out of rotation and spreads load by it;
+//! `http_pool` is the pooled HTTP/1.1 transport of the HTTP backends;
 //! `affinity` keeps a Triton sequence on the one replica that holds its state.
 
 pub mod affinity;
@@ -10,8 +11,10 @@ mod contract;
 pub mod dns;
 pub mod forward;
 pub mod health;
+pub mod http_pool;
 pub mod onnx;
 mod set;
+pub mod tfserving;
 pub mod triton;
 pub mod v2_grpc;
 pub mod v2_http;
