@@ -6,6 +6,7 @@
 //! `DT_*` exactly, and a type V2 cannot carry is a 400 that names it.
 //! Readiness is the model's own `GetModelStatus` (a version AVAILABLE).
 
+mod grpc;
 mod rest;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use switchyard_config::{ResolverConfig, TfServingBackend as Config, TfTransport}
 
 use super::contract::{Backend, ModelTarget};
 use super::forward::Forwarding;
+use super::grpc_pool::GrpcPoolConfig;
 use super::http_pool::HttpPoolConfig;
 use crate::codec::tfserving::client::TfSignature;
 use crate::error::BackendError;
@@ -30,6 +32,7 @@ const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Transport {
     Rest(rest::RestTransport),
+    Grpc(grpc::GrpcTransport),
 }
 
 pub struct TfServingBackend {
@@ -55,8 +58,14 @@ impl TfServingBackend {
                 };
                 Transport::Rest(rest::RestTransport::new(name, pool, resolver)?)
             }
-            TfTransport::Grpc { .. } => {
-                return Err(format!("backend `{name}`: protocol grpc is not built yet"));
+            TfTransport::Grpc { max_message_bytes } => {
+                let pool = GrpcPoolConfig {
+                    endpoints: &cfg.endpoints,
+                    connect_timeout: cfg.connect_timeout,
+                    health: &cfg.health,
+                    tls: cfg.tls.as_ref(),
+                };
+                Transport::Grpc(grpc::GrpcTransport::new(name, pool, max_message_bytes, resolver)?)
             }
         };
         Ok(TfServingBackend {
@@ -78,6 +87,7 @@ impl TfServingBackend {
         }
         let sig = Arc::new(match &self.transport {
             Transport::Rest(t) => t.signature(target, &self.signature, self.timeout).await?,
+            Transport::Grpc(t) => t.signature(target, &self.signature, self.timeout).await?,
         });
         let mut cache = self.signatures.lock().expect("signature cache");
         // Only versions the server knows get here: the map is as large as the served versions.
@@ -86,14 +96,16 @@ impl TfServingBackend {
         Ok(sig)
     }
 
+    /// The outputs, and the version that ran when the answer says (gRPC's does).
     async fn predict(
         &self,
         target: &ModelTarget,
         sig: &TfSignature,
-        req: &InferRequest,
-    ) -> Result<Vec<Tensor>, BackendError> {
+        req: InferRequest,
+    ) -> Result<(Vec<Tensor>, Option<String>), BackendError> {
         match &self.transport {
-            Transport::Rest(t) => t.predict(target, &self.signature, sig, req, self.timeout).await,
+            Transport::Rest(t) => Ok((t.predict(target, &self.signature, sig, &req, self.timeout).await?, None)),
+            Transport::Grpc(t) => t.predict(target, &self.signature, sig, req, self.timeout).await,
         }
     }
 }
@@ -111,11 +123,14 @@ impl Backend for TfServingBackend {
     async fn infer(&self, target: &ModelTarget, req: InferRequest) -> Result<InferResponse, BackendError> {
         let sig = self.signature(target).await?;
         sig.check_request(&req)?;
-        let outputs = self.predict(target, &sig, &req).await?;
+        let id = req.id.clone();
+        let (outputs, ran) = self.predict(target, &sig, req).await?;
         Ok(InferResponse {
             model_name: target.name.to_string(),
-            model_version: target.version.as_deref().map(str::to_string).or_else(|| sig.version.clone()),
-            id: req.id,
+            model_version: ran
+                .or_else(|| target.version.as_deref().map(str::to_string))
+                .or_else(|| sig.version.clone()),
+            id,
             parameters: Default::default(),
             outputs,
         })
@@ -128,12 +143,14 @@ impl Backend for TfServingBackend {
     async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError> {
         match &self.transport {
             Transport::Rest(t) => t.available(target, READY_PROBE_TIMEOUT).await,
+            Transport::Grpc(t) => t.available(target, READY_PROBE_TIMEOUT).await,
         }
     }
 
     async fn ready(&self) -> bool {
         match &self.transport {
             Transport::Rest(t) => t.ready(READY_PROBE_TIMEOUT).await,
+            Transport::Grpc(t) => t.ready(READY_PROBE_TIMEOUT).await,
         }
     }
 }

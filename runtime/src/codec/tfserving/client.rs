@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::dtype::{dt_name, from_dt_name, from_dt_number};
 use super::rest::{is_named_object, parse_json, push_str_json, shape_text, tensor, Writer};
+use super::tensor_proto::tf_dtype_name;
 use crate::error::{BackendError, CodecError};
 use crate::tensor::{DataType, InferRequest, RequestedOutput, Tensor};
 
@@ -28,7 +29,7 @@ impl TfType {
 
     /// From TF's `DataType` enum number (gRPC metadata).
     pub fn from_number(n: i32) -> TfType {
-        from_dt_number(n).map_or_else(|| TfType::Unmapped(format!("DataType {n}")), TfType::V2)
+        from_dt_number(n).map_or_else(|| TfType::Unmapped(tf_dtype_name(n)), TfType::V2)
     }
 
     fn name(&self) -> &str {
@@ -183,7 +184,10 @@ impl TfSignature {
             }
         }
         for o in &req.outputs {
-            let info = self.output(&o.name)?;
+            self.output(&o.name)?;
+        }
+        // Every output the answer will carry must have a V2 type: refused before the model runs.
+        for info in self.wanted(&req.outputs) {
             info.datatype("output")?;
         }
         Ok(())
@@ -327,7 +331,12 @@ mod tests {
         let s = sig();
         let x = |dt: DataType, n: usize| Tensor::new("x", dt, vec![1, 2], Bytes::from(vec![0u8; 2 * n]));
         let req = |t: Tensor| InferRequest { inputs: vec![t], ..InferRequest::default() };
-        s.check_request(&req(x(DataType::Fp32, 4))).unwrap();
+        // Every output asked for (none named), one of which V2 cannot carry.
+        let e = s.check_request(&req(x(DataType::Fp32, 4))).unwrap_err().to_string();
+        assert!(e.contains("output 'c' has TF type DT_COMPLEX64"), "{e}");
+        let mut only_y = req(x(DataType::Fp32, 4));
+        only_y.outputs = vec![RequestedOutput { name: "y".into(), binary: None, parameters: Default::default() }];
+        s.check_request(&only_y).unwrap();
         let e = s.check_request(&req(x(DataType::Fp64, 8))).unwrap_err().to_string();
         assert!(e.contains("input 'x' is FP64 but the model's signature takes FP32 (DT_FLOAT)"), "{e}");
         let mut r = req(x(DataType::Fp32, 4));
