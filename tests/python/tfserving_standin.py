@@ -1,4 +1,4 @@
-"""A stand-in for TensorFlow Serving's REST API, for tests and benchmarks.
+"""A stand-in for TensorFlow Serving's REST and gRPC APIs, for tests and benchmarks.
 
 TF Serving itself cannot be installed here, so this server speaks its REST
 protocol as TF Serving documents it and as `tensorflow_serving/util/json_tensor.cc`
@@ -7,8 +7,13 @@ implements it, over ONNX models run by onnxruntime: `POST /v1/models/{m}
 columnar (`inputs` → `outputs`) form, `GET /v1/models/{m}[...]` (status) and
 `.../metadata` (the `serving_default` signature, printed in lowerCamelCase as
 TF Serving's JSON printer does), errors as `{"error": "..."}` with TF
-Serving's texts and codes. `tests/python/test_tfserving.py` checks it against
-the real `ovmsclient` before anything relies on it.
+Serving's texts and codes. With `--grpc-port`, also TF Serving's gRPC API
+(`PredictionService.Predict`/`GetModelMetadata`, `ModelService.GetModelStatus`)
+from the repo's own protos (`runtime/proto`, stubs made by grpcio-tools at
+start): `TensorProto`s read as TensorFlow reads them, written as TF Serving
+writes them. `tests/python/test_tfserving.py` (REST) and
+`test_tfserving_backend.py` (gRPC) check it against the real `ovmsclient`
+before anything relies on it.
 
 Faults are explicit settings (`Faults`): `--delay NAME=SECONDS`, `--loading
 NAME`, `--complex-output NAME`. `tests/python/test_tfserving_backend.py` drives
@@ -98,12 +103,21 @@ def check_dense(v, shape, level=0):
                            f"Expected at level: {len(shape)}")
 
 
+def text(b):
+    """ONNX Runtime's strings are text: UTF-8 bytes are given to it as `str` (it
+    would hold the `repr` of a `bytes`)."""
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return b
+
+
 def to_array(v, dtype):
     check_dense(v, dense_shape(v))
     if dtype is object:
         def leaf(x):
             if isinstance(x, dict) and list(x) == ["b64"]:
-                return base64.b64decode(x["b64"])
+                return text(base64.b64decode(x["b64"]))
             return x
         return np.array(json.loads(json.dumps(v), object_hook=leaf), dtype=object)
     try:
@@ -154,19 +168,20 @@ def decode(body, inputs):
 def plain(a, b64=False):
     """A tensor as TF Serving's JSON: strings as text, or `{"b64": ...}` for an
     output named `*_bytes` and for bytes that are not UTF-8."""
-    if a.dtype == object:
-        if a.ndim:
-            return [plain(x, b64) for x in a]
-        v = a.item()
-        if isinstance(v, bytes):
-            try:
-                if not b64:
-                    return v.decode()
-            except UnicodeDecodeError:
-                pass
-            return {"b64": base64.b64encode(v).decode()}
-        return v
-    return a.tolist()
+    if isinstance(a, np.ndarray) and a.dtype != object:
+        return a.tolist()
+    if isinstance(a, np.ndarray):
+        return [plain(x, b64) for x in a] if a.ndim else plain(a.item(), b64)
+    if isinstance(a, bytes):
+        try:
+            if not b64:
+                return a.decode()
+        except UnicodeDecodeError:
+            pass
+        return {"b64": base64.b64encode(a).decode()}
+    if isinstance(a, str) and b64:
+        return {"b64": base64.b64encode(a.encode()).decode()}
+    return a
 
 
 def encode(names, outputs, form):
@@ -275,6 +290,188 @@ def make_handler(models):
     return Handler
 
 
+# TF's DataType numbers (tensorflow/core/framework/types.proto) ↔ numpy.
+DT_NUMBERS = {"DT_FLOAT": 1, "DT_DOUBLE": 2, "DT_INT32": 3, "DT_UINT8": 4, "DT_INT16": 5, "DT_INT8": 6,
+              "DT_STRING": 7, "DT_COMPLEX64": 8, "DT_INT64": 9, "DT_BOOL": 10, "DT_UINT16": 17, "DT_HALF": 19,
+              "DT_UINT32": 22, "DT_UINT64": 23}
+NP_OF_DT = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object,
+            9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
+# The typed field of each dtype, as TensorFlow reads one (`Tensor::FromProto`).
+VAL_FIELD = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
+             7: "string_val", 9: "int64_val", 10: "bool_val", 17: "int_val", 19: "half_val", 22: "uint32_val",
+             23: "uint64_val"}
+
+
+def generate_stubs(out_dir):
+    """Python messages and stubs of the repo's TF Serving protos (runtime/proto), made
+    with grpcio-tools; `google/protobuf/*` are protobuf's own (the repo's copies are
+    only for prost)."""
+    from grpc_tools import protoc
+    import grpc_tools
+    proto_root = Path(__file__).resolve().parents[2] / "runtime" / "proto"
+    files = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto")
+                   if p.parts[-3:-1] != ("google", "protobuf") and
+                   p.relative_to(proto_root).parts[0] in ("tensorflow", "tensorflow_serving"))
+    well_known = str(Path(grpc_tools.__file__).parent / "_proto")
+    rc = protoc.main(["protoc", f"-I{well_known}", f"-I{proto_root}", f"--python_out={out_dir}",
+                      f"--grpc_python_out={out_dir}", *files])
+    if rc != 0:
+        raise SystemExit(f"protoc failed ({rc}) on {files}")
+    sys.path.insert(0, str(out_dir))
+
+
+def proto_to_array(tp):
+    """A TensorProto as TensorFlow reads it: `tensor_content` when set, else the
+    dtype's typed field, one value filling the shape."""
+    shape = [d.size for d in tp.tensor_shape.dim]
+    if tp.dtype not in NP_OF_DT:
+        raise TfError(400, f"Unsupported dtype {tp.dtype}")
+    dtype = NP_OF_DT[tp.dtype]
+    count = int(np.prod(shape)) if shape else 1
+    if dtype is object:
+        values = [text(b) for b in tp.string_val]
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+    elif tp.tensor_content:
+        arr = np.frombuffer(tp.tensor_content, dtype=dtype)
+    else:
+        values = list(getattr(tp, VAL_FIELD[tp.dtype]))
+        if tp.dtype == 19:
+            arr = np.array(values, dtype=np.uint16).view(np.float16)
+        else:
+            arr = np.array(values, dtype=dtype)
+    if arr.size == 1 and count != 1:
+        arr = np.full(count, arr[0], dtype=arr.dtype)
+    if arr.size != count:
+        raise TfError(400, f"tensor of shape {shape} holds {arr.size} values")
+    return arr.reshape(shape)
+
+
+def array_to_proto(pb, a):
+    """As TF Serving writes predict outputs: `tensor_content` for numbers, `string_val` for strings."""
+    a = np.asarray(a)
+    tp = pb["tensor"].TensorProto()
+    for d in a.shape:
+        tp.tensor_shape.dim.add().size = d
+    if a.dtype == object:
+        tp.dtype = 7
+        tp.string_val.extend(x if isinstance(x, bytes) else str(x).encode() for x in a.reshape(-1))
+        return tp
+    number = {np.dtype(v): k for k, v in NP_OF_DT.items() if v is not object}[a.dtype]
+    tp.dtype = number
+    tp.tensor_content = np.ascontiguousarray(a).tobytes()
+    return tp
+
+
+def serve_grpc(port, models):
+    """TF Serving's gRPC API: PredictionService (Predict, GetModelMetadata) and
+    ModelService (GetModelStatus), with TF Serving's status codes and texts."""
+    from concurrent import futures
+    import importlib
+    import grpc
+    pb = {name: importlib.import_module(mod) for name, mod in [
+        ("predict", "tensorflow_serving.apis.predict_pb2"),
+        ("metadata", "tensorflow_serving.apis.get_model_metadata_pb2"),
+        ("status", "tensorflow_serving.apis.get_model_status_pb2"),
+        ("prediction_grpc", "tensorflow_serving.apis.prediction_service_pb2_grpc"),
+        ("model_grpc", "tensorflow_serving.apis.model_service_pb2_grpc"),
+        ("tensor", "tensorflow.core.framework.tensor_pb2"),
+        ("meta_graph", "tensorflow.core.protobuf.meta_graph_pb2"),
+    ]}
+    codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
+
+    def target(spec, context):
+        model = models.get(spec.name)
+        # 0 is "latest" to OpenVINO Model Server, whose client always names a version.
+        version = (spec.version.value or None) if spec.HasField("version") else None
+        if spec.version_label:
+            version = {"stable": None}.get(spec.version_label, spec.version_label)
+        if model is None or (version is not None and version not in model.versions) or model.loading:
+            context.abort(grpc.StatusCode.NOT_FOUND, not_found(spec.name, version))
+        return model, version if version is not None else max(model.versions)
+
+    def check_signature(spec, context):
+        if spec.signature_name not in ("", "serving_default"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f'Serving signature name: "{spec.signature_name}" not found in signature def')
+
+    class Prediction(pb["prediction_grpc"].PredictionServiceServicer):
+        def Predict(self, request, context):
+            model, version = target(request.model_spec, context)
+            check_signature(request.model_spec, context)
+            if model.delay:
+                time.sleep(model.delay)
+            session = model.session(version)
+            names = [o.name for o in session.get_outputs()]
+            wanted = list(request.output_filter) or names
+            for n in wanted:
+                if n not in names:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: {n}")
+            expected = {i.name for i in session.get_inputs()}
+            if set(request.inputs) != expected:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"input size does not match signature: {len(request.inputs)}!={len(expected)}")
+            try:
+                feeds = {k: proto_to_array(v) for k, v in request.inputs.items()}
+                outputs = session.run(wanted, feeds)
+            except TfError as e:
+                context.abort(codes[e.status], str(e))
+            except Exception as e:  # the model refused the tensors
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            resp = pb["predict"].PredictResponse()
+            resp.model_spec.name = model.name
+            resp.model_spec.version.value = version
+            resp.model_spec.signature_name = "serving_default"
+            for n, o in zip(wanted, outputs):
+                resp.outputs[n].CopyFrom(array_to_proto(pb, o))
+            return resp
+
+        def GetModelMetadata(self, request, context):
+            model, version = target(request.model_spec, context)
+            if list(request.metadata_field) != ["signature_def"]:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field signature_def is required")
+            sig = signature(model.session(version), model.complex_output)
+            defs = pb["metadata"].SignatureDefMap()
+            d = defs.signature_def["serving_default"]
+            d.method_name = sig["methodName"]
+            for role in ("inputs", "outputs"):
+                for name, info in sig[role].items():
+                    ti = getattr(d, role)[name]
+                    ti.name = info["name"]
+                    ti.dtype = DT_NUMBERS[info["dtype"]]
+                    for dim in info["tensorShape"]["dim"]:
+                        ti.tensor_shape.dim.add().size = int(dim["size"])
+            resp = pb["metadata"].GetModelMetadataResponse()
+            resp.model_spec.name = model.name
+            resp.model_spec.version.value = version
+            resp.metadata["signature_def"].Pack(defs)
+            return resp
+
+    class Status(pb["model_grpc"].ModelServiceServicer):
+        def GetModelStatus(self, request, context):
+            spec = request.model_spec
+            model = models.get(spec.name)
+            version = (spec.version.value or None) if spec.HasField("version") else None
+            if model is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+            if version is not None and version not in model.versions:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {spec.name}")
+            resp = pb["status"].GetModelStatusResponse()
+            state = pb["status"].ModelVersionStatus.LOADING if model.loading else \
+                pb["status"].ModelVersionStatus.AVAILABLE
+            for v in ([version] if version is not None else sorted(model.versions)):
+                s = resp.model_version_status.add()
+                s.version, s.state = v, state
+            return resp
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    pb["prediction_grpc"].add_PredictionServiceServicer_to_server(Prediction(), server)
+    pb["model_grpc"].add_ModelServiceServicer_to_server(Status(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
 def not_found(name, version):
     spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
     return f"Servable not found for request: {spec}"
@@ -287,6 +484,8 @@ def main():
     ap.add_argument("--delay", action="append", default=[], metavar="NAME=SECONDS")
     ap.add_argument("--loading", action="append", default=[], metavar="NAME")
     ap.add_argument("--complex-output", action="append", default=[], metavar="NAME")
+    ap.add_argument("--grpc-port", type=int, help="also serve TF Serving's gRPC API on this port")
+    ap.add_argument("--stubs-dir", help="where the gRPC stubs are generated (default: a new temporary directory)")
     args = ap.parse_args()
     faults = Faults({k: float(v) for k, v in (d.split("=", 1) for d in args.delay)}, args.loading,
                     args.complex_output)
@@ -294,6 +493,12 @@ def main():
     for arg in args.models:
         name, directory = arg.split("=", 1)
         models[name] = Model(name, directory, faults)
+    if args.grpc_port:
+        import tempfile
+        stubs = args.stubs_dir or tempfile.mkdtemp(prefix="tfserving-standin-stubs-")
+        Path(stubs).mkdir(parents=True, exist_ok=True)
+        generate_stubs(stubs)
+        grpc_server = serve_grpc(args.grpc_port, models)  # noqa: F841 (serves while the process lives)
     ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(models)).serve_forever()
 
 
