@@ -807,4 +807,76 @@ mod tests {
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn tfserving_rest_and_grpc_share_the_remote_fields() {
+        let BackendConfig::TfServing(r) = backend(
+            "    kind: tfserving\n    endpoints: ['http://tf:8501/prefix']\n    timeout: 3s\n    pool_size: 8\n    eject_after_failures: 2\n    forward_headers: {allow: [X-Tenant]}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.transport, TfTransport::Rest { pool_size: 8 });
+        assert_eq!(&*r.signature_name, DEFAULT_TF_SIGNATURE);
+        assert_eq!(r.timeout, Duration::from_secs(3));
+        assert_eq!(r.health.eject_after_failures, 2);
+        assert_eq!(r.forward_headers.allow, Some(names(&["x-tenant"])));
+        let Endpoints::List(l) = &r.endpoints else { panic!() };
+        assert_eq!((l[0].authority.as_str(), l[0].base_path.as_str()), ("tf:8501", "/prefix"));
+        let BackendConfig::TfServing(g) = backend(
+            "    kind: tfserving\n    protocol: grpc\n    dns: tf-headless:8500\n    signature_name: predict_images\n    max_message_bytes: 1024\n    health_check: {interval: 1s}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(g.transport, TfTransport::Grpc { max_message_bytes: 1024 });
+        assert_eq!(&*g.signature_name, "predict_images");
+        assert!(matches!(g.endpoints, Endpoints::Dns(DnsEndpoints { port: 8500, .. })));
+        assert!(g.health.health_check.is_some());
+    }
+
+    #[test]
+    fn tfserving_errors_name_their_field() {
+        let cases = [
+            ("{kind: tfserving}", "backends.b.endpoints", "needs at least one endpoint"),
+            (
+                "{kind: tfserving, protocol: http2, endpoints: ['http://h:1']}",
+                "backends.b.protocol",
+                "unknown protocol `http2` (expected rest or grpc)",
+            ),
+            (
+                "{kind: tfserving, protocol: grpc, endpoints: ['h:1'], pool_size: 4}",
+                "backends.b.pool_size",
+                "applies only with `protocol: rest`",
+            ),
+            (
+                "{kind: tfserving, endpoints: ['http://h:1'], max_message_bytes: 4}",
+                "backends.b.max_message_bytes",
+                "applies only with `protocol: grpc`",
+            ),
+            ("{kind: tfserving, protocol: grpc, endpoints: ['h:1/v1']}", "backends.b.endpoints[0]", ""),
+            ("{kind: tfserving, endpoints: ['ftp://h:1']}", "backends.b.endpoints[0]", ""),
+            (
+                "{kind: tfserving, endpoints: ['http://h:1'], signature_name: ''}",
+                "backends.b.signature_name",
+                "non-empty",
+            ),
+            ("{kind: tfserving, endpoints: ['http://h:1'], timeout: soon}", "backends.b.timeout", ""),
+            (
+                "{kind: tfserving, endpoints: ['http://h:1'], health_check: {interval: 1s, timeout: 2s}}",
+                "backends.b.health_check.timeout",
+                "longer than",
+            ),
+        ];
+        for (yaml, path, words) in cases {
+            let errs = parse(&format!("backends:\n  b: {yaml}\n"), Path::new(".")).unwrap_err().errors;
+            assert_eq!(errs.len(), 1, "{yaml}: {errs:?}");
+            assert_eq!(errs[0].path, path, "{yaml}: {errs:?}");
+            assert!(errs[0].message.contains(words), "{yaml}: {errs:?}");
+        }
+        // Fields no TF Serving backend has are unknown to the kind.
+        let e = parse("backends:\n  b: {kind: tfserving, endpoints: ['http://h:1'], binary: auto}\n", Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("binary"));
+        let e =
+            parse("backends:\n  b: {kind: tfserving, endpoints: ['http://h:1'], load_metrics: {}}\n", Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("load_metrics"));
+    }
 }
