@@ -9,30 +9,10 @@
 pub mod client;
 pub mod dtype;
 pub mod model;
+pub mod pb;
 pub mod rest;
 pub mod tensor_proto;
 
-/// Generated from the trimmed, wire-compatible TF Serving protos under
-/// `runtime/proto/` (`tensorflow_serving/apis/*.proto`,
-/// `tensorflow/core/...`), nested as prost lays the packages out:
-/// `pb::tensorflow` (`TensorProto`, `DataType`, `SignatureDef`, ...),
-/// `pb::tensorflow::serving` (requests, responses, and the
-/// `prediction_service_{client,server}` / `model_service_{client,server}`
-/// modules), `pb::tensorflow::error` (`Code`). `google.protobuf` types are
-/// `prost_types`'.
-#[allow(clippy::all, missing_docs)]
-pub mod pb {
-    pub mod tensorflow {
-        tonic::include_proto!("tensorflow");
-        pub mod serving {
-            tonic::include_proto!("tensorflow.serving");
-        }
-        pub mod error {
-            tonic::include_proto!("tensorflow.error");
-        }
-    }
-}
-
-pub use model::{input_specs, metadata_json, status_json, VersionState};
-pub use rest::{decode_predict, encode_predict, Format, InputSpec, Predict, DEFAULT_SIGNATURE};
+pub use model::{input_specs, metadata_json, output_names, signature_def_map, status_json, VersionState};
+pub use rest::{check_signature, decode_predict, encode_predict, Format, InputSpec, Predict, DEFAULT_SIGNATURE};
 pub use tensor_proto::{tensor_from_proto, tensor_to_proto};

@@ -25,6 +25,16 @@ pub const DEFAULT_SIGNATURE: &str = "serving_default";
 /// read wherever a number may stand.
 const MARK_KEY: &str = "\u{0}";
 
+/// A request's `signature_name`: empty or `serving_default` (the one every
+/// model has), else TF Serving's refusal.
+pub fn check_signature(name: &str) -> Result<(), CodecError> {
+    if name.is_empty() || name == DEFAULT_SIGNATURE {
+        Ok(())
+    } else {
+        Err(CodecError::invalid(format!("Serving signature name: \"{name}\" not found in signature def")))
+    }
+}
+
 /// How the client laid its request out; the answer is laid out alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -183,9 +193,7 @@ pub fn decode_predict(body: &[u8], inputs: &[InputSpec]) -> Result<Predict, Code
             )))
         }
     };
-    if let Some(s) = signature_name.as_deref().filter(|s| !s.is_empty() && *s != DEFAULT_SIGNATURE) {
-        return Err(invalid(format!("Serving signature name: \"{s}\" not found in signature def")));
-    }
+    check_signature(signature_name.as_deref().unwrap_or(""))?;
     if inputs.is_empty() {
         return Err(invalid(format!(
             "Failed to get input map for signature: {}",
