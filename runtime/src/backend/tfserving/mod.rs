@@ -31,7 +31,8 @@ const SIGNATURE_TTL: Duration = Duration::from_secs(10);
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Transport {
-    Rest(rest::RestTransport),
+    // Boxed: the HTTP client is several times the size of a channel pool.
+    Rest(Box<rest::RestTransport>),
     Grpc(grpc::GrpcTransport),
 }
 
@@ -56,7 +57,7 @@ impl TfServingBackend {
                     health: &cfg.health,
                     tls: cfg.tls.as_ref(),
                 };
-                Transport::Rest(rest::RestTransport::new(name, pool, resolver)?)
+                Transport::Rest(Box::new(rest::RestTransport::new(name, pool, resolver)?))
             }
             TfTransport::Grpc { max_message_bytes } => {
                 let pool = GrpcPoolConfig {
