@@ -93,6 +93,7 @@ def server(tmp_path_factory, standin):
             f"  complex_{p}:\n    variants: [{{name: main, backend: tf_{p}, model: complex}}]\n",
             f"  pair_{p}:\n    variants: [{{name: main, backend: pair_{p}, model: mlp}}]\n",
             f"  down_{p}:\n    variants: [{{name: main, backend: down_{p}, model: mlp}}]\n",
+            f"  probed_{p}:\n    variants: [{{name: main, backend: probed_{p}, model: mlp}}]\n",
         ]
     try:
         ports = start_switchyard(
@@ -126,6 +127,15 @@ backends:
     endpoints: ["{grpc_ep}", "{dead}"]
     eject_after_failures: 1
     eject_for: 60s
+  probed_rest:
+    kind: tfserving
+    endpoints: ["http://{rest}", "http://{dead}"]
+    health_check: {{interval: 200ms, timeout: 200ms, unhealthy_after: 1, healthy_after: 1}}
+  probed_grpc:
+    kind: tfserving
+    protocol: grpc
+    endpoints: ["{grpc_ep}", "{dead}"]
+    health_check: {{interval: 200ms, timeout: 200ms, unhealthy_after: 1, healthy_after: 1}}
   down_rest:
     kind: tfserving
     endpoints: ["http://{dead}"]
@@ -283,7 +293,8 @@ def test_a_dtype_that_cannot_map_is_a_400_naming_it(server, protocol):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_model_not_available_is_not_ready(server, protocol):
     base = f"http://{url(server)}/v2/models/loading_{protocol}"
-    assert requests.get(f"{base}/ready", timeout=10).status_code != 200
+    r = requests.get(f"{base}/ready", timeout=10)
+    assert r.status_code == 503 and "is not ready" in r.json()["error"], r.text
     assert requests.get(f"http://{url(server)}/v2/models/mlp_{protocol}/ready", timeout=10).status_code == 200
     status = requests.get(f"http://{url(server)}/v1/models/loading_{protocol}", timeout=10).json()
     assert status["model_version_status"][0]["state"] == "UNKNOWN", status
@@ -297,7 +308,8 @@ def test_a_model_not_available_is_not_ready(server, protocol):
 def test_a_backend_down_is_502_and_not_ready(server, protocol):
     r = v2_infer(server, f"down_{protocol}", rows(1))
     assert r.status_code == 502, r.text
-    assert requests.get(f"http://{url(server)}/v2/models/down_{protocol}/ready", timeout=10).status_code != 200
+    # Not reachable: the readiness question itself fails, as for the V2 backends.
+    assert requests.get(f"http://{url(server)}/v2/models/down_{protocol}/ready", timeout=10).status_code == 502
     r = requests.post(f"http://{url(server)}/v1/models/down_{protocol}:predict", json={"instances": [[0.0] * 16]},
                       timeout=10)
     assert r.status_code == 502 and "error" in r.json(), r.text
@@ -322,6 +334,27 @@ def test_a_dead_endpoint_is_ejected(server, reference, protocol):
                                    atol=TOLERANCE)
     ejected = [line for line in sy.log().splitlines() if "endpoint ejected" in line and f"pair_{protocol}" in line]
     assert ejected and all(dead in line for line in ejected), sy.log()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_probes_ask_the_status_api(server, standin, protocol):
+    # TF Serving has no server health call: a probe asks its status API about a model no
+    # server has, and TF's NOT_FOUND is an endpoint serving; the dead one goes out of rotation.
+    _, sy, dead = server
+    live = standin[0] if protocol == "rest" else standin[1]
+
+    def out_of_rotation(endpoint):
+        return [line for line in sy.log().splitlines()
+                if "out of rotation" in line and f"probed_{protocol}" in line and endpoint in line]
+
+    deadline = time.monotonic() + PATIENCE_S
+    while not out_of_rotation(dead):
+        assert time.monotonic() < deadline, sy.log()
+        time.sleep(0.05)
+    assert not out_of_rotation(live), sy.log()
+    for _ in range(6):
+        assert v2_infer(server, f"probed_{protocol}", rows(1)).status_code == 200
+    assert requests.get(f"http://{url(server)}/v2/models/probed_{protocol}/ready", timeout=10).status_code == 200
 
 
 def test_ab_split_between_tfserving_and_onnx(server, reference):

@@ -136,6 +136,26 @@ struct RemoteFields<'a> {
     tls: Option<&'a Spanned<RawClientTls>>,
 }
 
+/// The `RemoteFields` of a raw remote kind's struct (every kind names them
+/// alike), with its `load_metrics` (a kind without them passes `&None`).
+macro_rules! remote_fields {
+    ($r:expr, $load_metrics:expr) => {
+        RemoteFields {
+            endpoints: EndpointFields { list: &$r.endpoints, dns: &$r.dns, dns_refresh: &$r.dns_refresh },
+            timeout: &$r.timeout,
+            connect_timeout: &$r.connect_timeout,
+            eject_after_failures: &$r.eject_after_failures,
+            eject_for: &$r.eject_for,
+            health_check: &$r.health_check,
+            outlier_detection: &$r.outlier_detection,
+            retry_budget: &$r.retry_budget,
+            load_metrics: $load_metrics,
+            forward_headers: &$r.forward_headers,
+            tls: $r.tls.as_ref(),
+        }
+    };
+}
+
 /// How a remote kind's endpoints are written: the rule for each listed one
 /// and for `dns`, and the error when there are none.
 struct EndpointRules {
@@ -209,19 +229,7 @@ fn v2_http(
     base_dir: &Path,
     defaults: &Defaults,
 ) -> V2HttpBackend {
-    let fields = RemoteFields {
-        endpoints: EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh },
-        timeout: &r.timeout,
-        connect_timeout: &r.connect_timeout,
-        eject_after_failures: &r.eject_after_failures,
-        eject_for: &r.eject_for,
-        health_check: &r.health_check,
-        outlier_detection: &r.outlier_detection,
-        retry_budget: &r.retry_budget,
-        load_metrics: &r.load_metrics,
-        forward_headers: &r.forward_headers,
-        tls: r.tls.as_ref(),
-    };
+    let fields = remote_fields!(r, &r.load_metrics);
     let rules = http_endpoints("a v2-http backend needs at least one endpoint (or `dns: host:port`)");
     let c = remote(errs, path, at, fields, rules, base_dir, defaults);
     let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
@@ -261,19 +269,7 @@ fn v2_grpc(
     base_dir: &Path,
     defaults: &Defaults,
 ) -> V2GrpcBackend {
-    let fields = RemoteFields {
-        endpoints: EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh },
-        timeout: &r.timeout,
-        connect_timeout: &r.connect_timeout,
-        eject_after_failures: &r.eject_after_failures,
-        eject_for: &r.eject_for,
-        health_check: &r.health_check,
-        outlier_detection: &r.outlier_detection,
-        retry_budget: &r.retry_budget,
-        load_metrics: &r.load_metrics,
-        forward_headers: &r.forward_headers,
-        tls: r.tls.as_ref(),
-    };
+    let fields = remote_fields!(r, &r.load_metrics);
     let rules = grpc_endpoints("a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)");
     let c = remote(errs, path, at, fields, rules, base_dir, defaults);
     V2GrpcBackend {
@@ -315,20 +311,8 @@ fn tfserving(
             errs.at(format!("{path}.{field}"), loc(v), format!("`{field}` applies only with `protocol: {protocol}`"));
         }
     };
-    let fields = RemoteFields {
-        endpoints: EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh },
-        timeout: &r.timeout,
-        connect_timeout: &r.connect_timeout,
-        eject_after_failures: &r.eject_after_failures,
-        eject_for: &r.eject_for,
-        health_check: &r.health_check,
-        outlier_detection: &r.outlier_detection,
-        retry_budget: &r.retry_budget,
-        // TF Serving exports no queue figures in the names load-aware picking reads.
-        load_metrics: &None,
-        forward_headers: &r.forward_headers,
-        tls: r.tls.as_ref(),
-    };
+    // TF Serving exports no queue figures in the names load-aware picking reads.
+    let fields = remote_fields!(r, &None);
     let (rules, transport) = if grpc {
         only(errs, "pool_size", r.pool_size.as_ref(), "rest");
         let max_message_bytes = message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes);

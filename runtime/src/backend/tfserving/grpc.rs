@@ -16,7 +16,7 @@ use tonic::Code;
 use super::super::contract::ModelTarget;
 use super::super::grpc_pool::{self, GrpcPool, GrpcPoolConfig, Idempotent};
 use super::super::health::Probe;
-use crate::codec::tfserving::client::{TfSignature, TfTensorInfo, TfType};
+use crate::codec::tfserving::client::{self, TfSignature, TfTensorInfo, TfType};
 use crate::codec::tfserving::pb::tensorflow::serving::model_service_client::ModelServiceClient;
 use crate::codec::tfserving::pb::tensorflow::serving::model_spec::VersionChoice;
 use crate::codec::tfserving::pb::tensorflow::serving::model_version_status::State;
@@ -116,17 +116,9 @@ impl GrpcTransport {
         let defs = SignatureDefMap::decode(any.value.as_slice())
             .map_err(|e| BackendError::Protocol(format!("signature_def: {e}")))?;
         let Some(def) = defs.signature_def.get(signature) else {
-            let mut known: Vec<&str> = defs.signature_def.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(BackendError::InvalidInput(format!(
-                "the model has no signature `{signature}` (it has: {})",
-                known.join(", ")
-            )));
+            return Err(client::no_signature(signature, defs.signature_def.keys()));
         };
-        let version = resp.model_spec.and_then(|s| match s.version_choice {
-            Some(VersionChoice::Version(v)) => Some(v.to_string()),
-            _ => None,
-        });
+        let version = ran_version(resp.model_spec);
         Ok(TfSignature { version, inputs: infos(&def.inputs), outputs: infos(&def.outputs) })
     }
 
@@ -178,10 +170,7 @@ impl GrpcTransport {
                 async move { c.predict(r).await }
             })
             .await?;
-        let version = resp.model_spec.and_then(|s| match s.version_choice {
-            Some(VersionChoice::Version(v)) => Some(v.to_string()),
-            _ => None,
-        });
+        let version = ran_version(resp.model_spec.take());
         let mut out = Vec::new();
         for info in sig.wanted(&req.outputs) {
             let Some(p) = resp.outputs.remove(&info.name) else {
@@ -217,6 +206,14 @@ impl GrpcTransport {
             Err(BackendError::Grpc { code, .. }) => code == Code::NotFound as i32,
             Err(_) => false,
         }
+    }
+}
+
+/// The version an answer's `model_spec` names, if it names one.
+fn ran_version(spec: Option<ModelSpec>) -> Option<String> {
+    match spec?.version_choice {
+        Some(VersionChoice::Version(v)) => Some(v.to_string()),
+        _ => None,
     }
 }
 

@@ -125,13 +125,16 @@ pub fn signature_from_metadata(doc: &Json, signature: &str) -> Result<TfSignatur
         .and_then(Json::as_object)
         .ok_or_else(|| protocol("model metadata has no signature_def map"))?;
     let Some(def) = defs.get(signature) else {
-        let known: Vec<&str> = defs.keys().map(String::as_str).collect();
-        return Err(BackendError::InvalidInput(format!(
-            "the model has no signature `{signature}` (it has: {})",
-            known.join(", ")
-        )));
+        return Err(no_signature(signature, defs.keys()));
     };
     Ok(TfSignature { version, inputs: tensor_infos(def.get("inputs"))?, outputs: tensor_infos(def.get("outputs"))? })
+}
+
+/// The 400 for a signature the model does not have, naming the ones it has.
+pub fn no_signature<'a>(signature: &str, known: impl Iterator<Item = &'a String>) -> BackendError {
+    let mut known: Vec<&str> = known.map(String::as_str).collect();
+    known.sort_unstable();
+    BackendError::InvalidInput(format!("the model has no signature `{signature}` (it has: {})", known.join(", ")))
 }
 
 impl TfSignature {
