@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod pipeline;
+pub mod protocol;
 pub mod ratelimit;
 pub mod respond;
 pub mod routing;

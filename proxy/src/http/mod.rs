@@ -36,6 +36,7 @@ use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::guards::Guards;
 use crate::metrics::Metrics;
 use crate::pipeline::Call;
+use crate::protocol::Protocol;
 use crate::routing::RoutingTable;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
@@ -270,6 +271,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Infer(m, v) => {
                 let call = Call {
+                    protocol: Protocol::V2Http,
+                    path: Some(uri.path()),
                     model: m,
                     version: v,
                     variant: None,
@@ -285,6 +288,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Predict(m) => {
                 let call = Call {
+                    protocol: Protocol::V2Http,
+                    path: Some(uri.path()),
                     model: m,
                     version: None,
                     variant: None,
@@ -300,6 +305,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::TfPredict(m, servable, method) => {
                 let call = Call {
+                    protocol: Protocol::TfServingRest,
+                    path: Some(uri.path()),
                     model: m,
                     version: None,
                     variant: None,

@@ -155,6 +155,7 @@ pub trait Composite: Send + Sync {
 /// What a composite route's steps inherit from the client's call.
 #[derive(Clone, Copy, Debug)]
 pub struct StepCaller {
+    pub protocol: crate::protocol::Protocol,
     pub priority: Option<u64>,
     pub client: Option<std::net::IpAddr>,
 }

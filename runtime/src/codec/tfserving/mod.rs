@@ -14,5 +14,8 @@ pub mod rest;
 pub mod tensor_proto;
 
 pub use model::{input_specs, metadata_json, output_names, signature_def_map, status_json, VersionState};
-pub use rest::{check_signature, decode_predict, encode_predict, Format, InputSpec, Predict, DEFAULT_SIGNATURE};
+pub use rest::{
+    check_signature, decode_predict, decode_predict_doc, encode_predict, parse_json, signature_name, Format, InputSpec,
+    Predict, DEFAULT_SIGNATURE,
+};
 pub use tensor_proto::{tensor_from_proto, tensor_to_proto};
