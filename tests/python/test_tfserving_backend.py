@@ -357,6 +357,18 @@ def test_probes_ask_the_status_api(server, standin, protocol):
     assert requests.get(f"http://{url(server)}/v2/models/probed_{protocol}/ready", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_client_headers_reach_tf_serving(server, standin, protocol):
+    tenant = f"tenant-{protocol}"
+    x = rows(1)
+    body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    r = requests.post(f"http://{url(server)}/v2/models/mlp_{protocol}/infer", json=body,
+                      headers={"x-tenant": tenant}, timeout=10)
+    assert r.status_code == 200, r.text
+    seen = requests.get(f"http://{standin[0]}/standin/tenants", timeout=10).json()
+    assert [protocol, "mlp", tenant] in seen, seen
+
+
 def test_ab_split_between_tfserving_and_onnx(server, reference):
     x = rows(3)
     seen = {}

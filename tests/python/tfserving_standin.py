@@ -16,7 +16,8 @@ writes them. `tests/python/test_tfserving.py` (REST) and
 before anything relies on it.
 
 Faults are explicit settings (`Faults`): `--delay NAME=SECONDS`, `--loading
-NAME`, `--complex-output NAME`. `tests/python/test_tfserving_backend.py` drives
+NAME`, `--complex-output NAME`. `GET /standin/tenants` lists the `x-tenant`
+header of every predict (what a proxy forwarded). `tests/python/test_tfserving_backend.py` drives
 Switchyard's `tfserving` backend against it.
 
 Usage: python tfserving_standin.py PORT NAME=MODEL_DIR [NAME=MODEL_DIR ...] [faults]
@@ -212,6 +213,12 @@ def signature(session, complex_output=False):
             "methodName": "tensorflow/serving/predict", "defaults": {}}
 
 
+# The `x-tenant` header (gRPC: metadata) of every predict, in order, as
+# ("rest" | "grpc", model, value): what `GET /standin/tenants` answers, so a
+# test can see which client headers a proxy forwarded. Not part of TF Serving.
+TENANTS = []
+
+
 def make_handler(models):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -245,6 +252,8 @@ def make_handler(models):
             return model, version, verb, tail
 
         def do_GET(self):
+            if self.path == "/standin/tenants":
+                return self.reply(200, TENANTS)
             try:
                 if not self.path.startswith("/v1/models/"):
                     raise TfError(404, "Malformed request")
@@ -270,6 +279,7 @@ def make_handler(models):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
                 model, version, verb, _ = self.target(self.path)
+                TENANTS.append(("rest", model.name, self.headers.get("x-tenant")))
                 if verb != "predict":
                     raise TfError(400, f"Expected {verb} signature method_name")
                 if model.loading:
@@ -398,6 +408,7 @@ def serve_grpc(port, models):
     class Prediction(pb["prediction_grpc"].PredictionServiceServicer):
         def Predict(self, request, context):
             model, version = target(request.model_spec, context)
+            TENANTS.append(("grpc", model.name, dict(context.invocation_metadata()).get("x-tenant")))
             check_signature(request.model_spec, context)
             if model.delay:
                 time.sleep(model.delay)
