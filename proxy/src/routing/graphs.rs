@@ -85,5 +85,6 @@ fn route(name: &Arc<str>, graph: Arc<Graph>, ctx: &BuildContext<'_>) -> Route {
         quality: None,
         sequences,
         graph: Some(graph),
+        rules: Default::default(),
     }
 }
