@@ -541,6 +541,7 @@ pub struct Logging {
 pub enum BackendConfig {
     V2Http(V2HttpBackend),
     V2Grpc(V2GrpcBackend),
+    TfServing(TfServingBackend),
     Onnx(OnnxBackend),
 }
 
@@ -549,6 +550,7 @@ impl BackendConfig {
         match self {
             BackendConfig::V2Http(_) => "v2-http",
             BackendConfig::V2Grpc(_) => "v2-grpc",
+            BackendConfig::TfServing(_) => "tfserving",
             BackendConfig::Onnx(_) => "onnx",
         }
     }
@@ -723,6 +725,46 @@ pub struct V2GrpcBackend {
     pub forward_headers: ForwardHeaders,
     /// `Some`: gRPC over TLS to every endpoint (load scrapes too).
     pub tls: Option<ClientTlsConfig>,
+}
+
+/// The signature a `tfserving` backend runs when none is configured: TF's default key.
+pub const DEFAULT_TF_SIGNATURE: &str = "serving_default";
+
+/// A remote TensorFlow Serving server (docs/tfserving.md, "TF Serving as a
+/// backend"): the same endpoints, pooling, ejection, probes, timeouts, TLS
+/// and forwarding as the V2 kinds, over TF's REST or gRPC API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TfServingBackend {
+    /// REST: base URLs (`base_path` kept); gRPC: `host:port` (`base_path` empty).
+    pub endpoints: Endpoints,
+    pub transport: TfTransport,
+    /// The `signature_name` every request names; its inputs and outputs are the model's.
+    pub signature_name: Arc<str>,
+    /// Per request (sent as the `grpc-timeout` deadline over gRPC).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub health: EndpointHealth,
+    pub forward_headers: ForwardHeaders,
+    /// `Some`: every endpoint over TLS (probes too).
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// How a `tfserving` backend talks to TF Serving, with the settings only that way has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TfTransport {
+    /// `POST /v1/models/{m}[/versions/{v}]:predict`, JSON, pooled HTTP/1.1.
+    Rest { pool_size: usize },
+    /// `tensorflow.serving.PredictionService/Predict`, `TensorProto`s, HTTP/2.
+    Grpc { max_message_bytes: usize },
+}
+
+impl TfTransport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TfTransport::Rest { .. } => "rest",
+            TfTransport::Grpc { .. } => "grpc",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,12 @@
 //! TensorFlow Serving's protocol over the tensor model: REST predict bodies
 //! (`rest`), gRPC `TensorProto`s (`tensor_proto`) and the generated gRPC
 //! messages, clients and servers (`pb`), the `DT_*` type mapping (`dtype`),
-//! and the status and metadata documents built from a model's V2 metadata
-//! (`model`). Every model is served under one predict signature,
-//! `serving_default`, whose inputs and outputs are the model's own.
+//! the status and metadata documents built from a model's V2 metadata
+//! (`model`), and the client's direction for the `tfserving` backend
+//! (`client`). The front end serves every model under one predict
+//! signature, `serving_default`, whose inputs and outputs are the model's own.
 
+pub mod client;
 pub mod dtype;
 pub mod model;
 pub mod pb;

@@ -135,7 +135,7 @@ fn literal(v: &Json) -> Option<f64> {
 }
 
 /// An object that names tensors: neither `{"b64"}` nor a marked literal.
-fn is_named_object(v: &Json) -> bool {
+pub(super) fn is_named_object(v: &Json) -> bool {
     v.is_object() && b64_object(v).is_none() && literal(v).is_none()
 }
 
@@ -387,7 +387,7 @@ pub fn tensor_json(t: &Tensor) -> Result<String, CodecError> {
 }
 
 /// One whole tensor from a JSON value (columnar form).
-fn tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
+pub(super) fn tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
     let shape = dense_shape(v);
     let mut data = Vec::new();
     fill(v, 0, &shape, dt, &mut data)?;
@@ -445,7 +445,7 @@ impl Column<'_> {
     }
 }
 
-fn shape_text(s: &[i64]) -> String {
+pub(super) fn shape_text(s: &[i64]) -> String {
     format!("[{}]", s.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
 }
 
@@ -583,7 +583,7 @@ pub fn encode_predict(resp: &InferResponse, format: Format) -> Result<Bytes, Cod
 }
 
 /// Writes one output tensor's values as nested JSON arrays.
-struct Writer<'t> {
+pub(super) struct Writer<'t> {
     t: &'t Tensor,
     /// Element start offsets of a BYTES tensor.
     strings: Vec<&'t [u8]>,
@@ -591,7 +591,7 @@ struct Writer<'t> {
 }
 
 impl<'t> Writer<'t> {
-    fn new(t: &'t Tensor) -> Result<Writer<'t>, CodecError> {
+    pub(super) fn new(t: &'t Tensor) -> Result<Writer<'t>, CodecError> {
         t.validate().map_err(|e| invalid(format!("output '{}': {e}", t.name)))?;
         let strings = if t.datatype == DataType::Bytes {
             bytes_elements(&t.data).collect::<Result<Vec<_>, _>>()?
@@ -601,7 +601,7 @@ impl<'t> Writer<'t> {
         Ok(Writer { t, strings, as_b64: t.datatype == DataType::Bytes && t.name.ends_with("_bytes") })
     }
 
-    fn values(&self, out: &mut String, dim: usize, at: &mut usize) -> Result<(), CodecError> {
+    pub(super) fn values(&self, out: &mut String, dim: usize, at: &mut usize) -> Result<(), CodecError> {
         let shape = &self.t.shape;
         if dim >= shape.len() {
             self.one(out, *at);
@@ -673,7 +673,7 @@ fn float_text(x: f64, single: bool) -> String {
     s
 }
 
-fn push_str_json(out: &mut String, s: &str) {
+pub(super) fn push_str_json(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
 }
 
