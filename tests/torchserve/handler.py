@@ -5,8 +5,8 @@ Each request of a batch carries a JSON list of numbers (or an object
 ``{"sum": ..., "batch_size": ..., "version": ..., "explain": ...}``, so the
 tests can see how many requests TorchServe handed the worker at once, which
 model version answered and whether the request came as an explanation.
-``fail`` raises a PredictionException with that status code (the error
-mapping tests); ``sleep`` delays the whole batch (the timeout tests).
+``fail`` raises a PredictionException with that status code and ``crash``
+any other exception (the error mapping tests); ``sleep`` delays the whole batch (the timeout tests).
 """
 
 import json
@@ -43,6 +43,8 @@ def handle(data, context):
     out = []
     for i, body in enumerate(bodies):
         if isinstance(body, dict):
+            if body.get("crash"):
+                raise RuntimeError("asked to crash")
             if "fail" in body:
                 raise PredictionException(f"asked to fail with {body['fail']}", int(body["fail"]))
             values = body.get("values", [])

@@ -32,24 +32,27 @@ pub(super) fn backends(
     defaults: &Defaults,
 ) -> BTreeMap<Arc<str>, BackendConfig> {
     let mut out = BTreeMap::new();
-    for (name, b) in raw {
+    for (name, mut b) in raw {
         let path = format!("backends.{name}");
-        let cfg = match &b.value.fields {
+        let cfg = match b.value.fields.take() {
             Some(RawBackendFields::V2Http(r)) => {
-                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), r, base_dir, defaults)))
+                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), &r, base_dir, defaults, "v2-http")))
             }
             Some(RawBackendFields::V2Grpc(r)) => {
-                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), r, base_dir, defaults)))
+                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), &r, base_dir, defaults, "v2-grpc")))
             }
             Some(RawBackendFields::Onnx(r)) => {
-                onnx(errs, &path, loc(&b), r, base_dir, defaults).map(BackendConfig::Onnx)
+                onnx(errs, &path, loc(&b), &r, base_dir, defaults).map(BackendConfig::Onnx)
+            }
+            Some(RawBackendFields::TorchServe(r)) => {
+                Some(BackendConfig::TorchServe(torchserve(errs, &path, loc(&b), *r, base_dir, defaults)))
             }
             None => {
                 let kind = &b.value.kind;
                 errs.at(
                     format!("{path}.kind"),
                     loc(kind),
-                    format!("unknown backend kind `{}` (expected v2-http, v2-grpc or onnx)", kind.value),
+                    format!("unknown backend kind `{}` (expected v2-http, v2-grpc, onnx or torchserve)", kind.value),
                 );
                 None
             }
@@ -125,10 +128,11 @@ fn v2_http(
     r: &RawV2HttpBackend,
     base_dir: &Path,
     defaults: &Defaults,
+    kind: &str,
 ) -> V2HttpBackend {
     let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
-    let when_empty = "a v2-http backend needs at least one endpoint (or `dns: host:port`)";
-    let endpoints = endpoints(errs, path, at, fields, parse_upstream, parse_http_or_bare, when_empty);
+    let when_empty = format!("a {kind} backend needs at least one endpoint (or `dns: host:port`)");
+    let endpoints = endpoints(errs, path, at, fields, parse_upstream, parse_http_or_bare, &when_empty);
     let tls = remote_tls(errs, path, &r.endpoints, r.dns.as_ref(), r.tls.as_ref(), base_dir);
     let endpoints = with_scheme(endpoints, tls.is_some());
     let health = health(
@@ -176,10 +180,11 @@ fn v2_grpc(
     r: &RawV2GrpcBackend,
     base_dir: &Path,
     defaults: &Defaults,
+    kind: &str,
 ) -> V2GrpcBackend {
-    let when_empty = "a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)";
+    let when_empty = format!("a {kind} backend needs at least one endpoint (host:port, or `dns: host:port`)");
     let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
-    let endpoints = endpoints(errs, path, at, fields, parse_grpc_endpoint, parse_grpc_endpoint, when_empty);
+    let endpoints = endpoints(errs, path, at, fields, parse_grpc_endpoint, parse_grpc_endpoint, &when_empty);
     let tls = remote_tls(errs, path, &r.endpoints, r.dns.as_ref(), r.tls.as_ref(), base_dir);
     let endpoints = with_scheme(endpoints, tls.is_some());
     let health = health(
@@ -204,6 +209,93 @@ fn v2_grpc(
         forward_headers: forward_headers(errs, path, &r.forward_headers),
         tls,
     }
+}
+
+/// A TorchServe backend: its transport fields validated as the V2 kind that
+/// speaks the same protocol (one code path for both), a field of the other
+/// transport refused, and the management URL.
+fn torchserve(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: RawTorchServeBackend,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> TorchServeBackend {
+    let grpc = match r.protocol.as_ref().map(|p| (p.value.as_str(), p)) {
+        None | Some(("rest", _)) => false,
+        Some(("grpc", _)) => true,
+        Some((other, p)) => {
+            errs.at(
+                format!("{path}.protocol"),
+                loc(p),
+                format!("unknown protocol `{}` (expected rest or grpc)", escaped(other)),
+            );
+            false
+        }
+    };
+    let (only, wrong) = if grpc { ("rest", &r.pool_size) } else { ("grpc", &r.max_message_bytes) };
+    if let Some(w) = wrong {
+        let field = if grpc { "pool_size" } else { "max_message_bytes" };
+        errs.at(format!("{path}.{field}"), loc(w), format!("applies only with `protocol: {only}`"));
+    }
+    let transport = if grpc {
+        let raw = RawV2GrpcBackend {
+            endpoints: r.endpoints,
+            dns: r.dns,
+            dns_refresh: r.dns_refresh,
+            timeout: r.timeout,
+            connect_timeout: r.connect_timeout,
+            max_message_bytes: r.max_message_bytes,
+            eject_after_failures: r.eject_after_failures,
+            eject_for: r.eject_for,
+            health_check: r.health_check,
+            outlier_detection: r.outlier_detection,
+            retry_budget: r.retry_budget,
+            load_metrics: r.load_metrics,
+            forward_headers: r.forward_headers,
+            tls: r.tls,
+        };
+        TorchServeTransport::Grpc(v2_grpc(errs, path, at, &raw, base_dir, defaults, "torchserve"))
+    } else {
+        let raw = RawV2HttpBackend {
+            endpoints: r.endpoints,
+            dns: r.dns,
+            dns_refresh: r.dns_refresh,
+            timeout: r.timeout,
+            connect_timeout: r.connect_timeout,
+            pool_size: r.pool_size,
+            eject_after_failures: r.eject_after_failures,
+            eject_for: r.eject_for,
+            health_check: r.health_check,
+            outlier_detection: r.outlier_detection,
+            retry_budget: r.retry_budget,
+            load_metrics: r.load_metrics,
+            // Bodies are TorchServe's own: nothing is encoded as V2 JSON or binary.
+            binary: None,
+            forward_headers: r.forward_headers,
+            tls: r.tls,
+        };
+        TorchServeTransport::Rest(v2_http(errs, path, at, &raw, base_dir, defaults, "torchserve"))
+    };
+    let tls = match &transport {
+        TorchServeTransport::Rest(c) => c.tls.clone(),
+        TorchServeTransport::Grpc(c) => c.tls.clone(),
+    };
+    let management = r.management.as_ref().and_then(|m| {
+        let up = parse_upstream(&m.value).map_err(|e| errs.at(format!("{path}.management"), loc(m), e)).ok()?;
+        if up.tls != tls.is_some() {
+            let (this, those) = if up.tls { ("https://", "http://") } else { ("http://", "https://") };
+            errs.at(
+                format!("{path}.management"),
+                loc(m),
+                format!("the management API is {this} but the endpoints are {those}; a backend uses one transport (and one `tls` block)"),
+            );
+        }
+        Some(up)
+    });
+    let management_tls = management.as_ref().filter(|m| m.tls).and(tls);
+    TorchServeBackend { transport, management, management_tls }
 }
 
 /// A remote backend's TLS: `Some` when its endpoints use it (see
@@ -651,5 +743,50 @@ mod tests {
             ],
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_torchserve_backend_takes_the_v2_transport_of_its_protocol() {
+        let BackendConfig::TorchServe(t) = backend(
+            "    kind: torchserve\n    endpoints: ['http://ts:8080']\n    management: http://ts:8081/\n    pool_size: 4\n    timeout: 3s\n",
+        ) else {
+            panic!()
+        };
+        let TorchServeTransport::Rest(r) = &t.transport else { panic!("rest by default") };
+        assert_eq!((r.pool_size, r.timeout, r.binary), (4, Duration::from_secs(3), BinaryMode::Auto));
+        let m = t.management.unwrap();
+        assert_eq!((m.authority.as_str(), m.tls, t.management_tls), ("ts:8081", false, None));
+        let BackendConfig::TorchServe(t) =
+            backend("    kind: torchserve\n    protocol: grpc\n    dns: ts.svc:7070\n    max_message_bytes: 1024\n")
+        else {
+            panic!()
+        };
+        let TorchServeTransport::Grpc(g) = &t.transport else { panic!("grpc") };
+        assert_eq!(g.max_message_bytes, 1024);
+        assert!(matches!(g.endpoints, Endpoints::Dns(DnsEndpoints { port: 7070, .. })));
+        assert_eq!(t.management, None);
+    }
+
+    #[test]
+    fn torchserve_errors_name_their_field() {
+        let errs = parse(
+            "backends:\n  a: {kind: torchserve, protocol: http2, endpoints: ['http://h:1']}\n  b: {kind: torchserve, protocol: grpc, endpoints: ['h:1'], pool_size: 2}\n  c: {kind: torchserve, endpoints: ['http://h:1'], max_message_bytes: 10, management: 'https://h:2'}\n  d: {kind: torchserve, management: 'ftp://h'}\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .errors;
+        let got: Vec<(&str, &str)> = errs.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        let want = [
+            ("backends.a.protocol", "unknown protocol `http2`"),
+            ("backends.b.pool_size", "only with `protocol: rest`"),
+            ("backends.c.max_message_bytes", "only with `protocol: grpc`"),
+            ("backends.c.management", "one transport"),
+            ("backends.d.endpoints", "a torchserve backend needs at least one endpoint"),
+            ("backends.d.management", "must start with http://"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((path, msg), (wp, wm)) in got.iter().zip(want) {
+            assert!(*path == wp && msg.contains(wm), "{path}: {msg} (wanted {wp}: {wm})");
+        }
     }
 }

@@ -10,6 +10,7 @@ mod classify;
 mod ml;
 mod reply;
 mod tfserving;
+pub mod torchserve_management;
 mod triton;
 mod upstream;
 mod upstream_tls;

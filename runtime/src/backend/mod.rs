@@ -3,7 +3,8 @@
 //! which one it is; `set` builds a generation's backends; `dns` keeps the
 //! endpoint sets of backends named by DNS current; `health` keeps failing
 //! replicas of a remote backend out of rotation and spreads load by it;
-//! `affinity` keeps a Triton sequence on the one replica that holds its state.
+//! `affinity` keeps a Triton sequence on the one replica that holds its state;
+//! `torchserve` is a TorchServe server on the V2 kinds' transports.
 
 pub mod affinity;
 mod contract;
@@ -12,6 +13,7 @@ pub mod forward;
 pub mod health;
 pub mod onnx;
 mod set;
+pub mod torchserve;
 pub mod triton;
 pub mod v2_grpc;
 pub mod v2_http;

@@ -34,7 +34,7 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Whether a call may be sent again to another endpoint once it may have reached one.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Idempotent {
+pub(crate) enum Idempotent {
     Yes,
     No,
 }
@@ -43,8 +43,11 @@ pub struct V2GrpcBackend {
     name: Arc<str>,
     /// `host:port, ...` (or `dns host:port`) for error messages.
     endpoints: String,
-    /// One lazily connected channel per endpoint, picked per call by `backend::health`.
-    pool: Arc<Pool<Client>>,
+    /// One lazily connected channel per endpoint, picked per call by
+    /// `backend::health`; a call wraps it in the client of its service.
+    pool: Arc<Pool<Channel>>,
+    /// Largest message either way.
+    max_message_bytes: usize,
     /// Feeds the pool for a `dns:` backend; stops with the backend.
     _dns: Option<DnsWatch>,
     /// Probes, outlier sweeps, load scrapes; stop with the backend.
@@ -60,18 +63,36 @@ pub struct V2GrpcBackend {
 impl V2GrpcBackend {
     /// Builds the channels (connections are made lazily, on first use); needs a tokio runtime.
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2GrpcBackend, String> {
+        let max = cfg.max_message_bytes;
+        let probe: Probe<Channel> = Arc::new(move |m, timeout| {
+            Box::pin(async move {
+                let mut client = v2_client(m.transport.clone(), max);
+                let call = client.server_ready(V2GrpcBackend::request(pb::ServerReadyRequest {}, timeout));
+                matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if r.get_ref().ready)
+            })
+        });
+        Self::with_probe(name, cfg, resolver, probe)
+    }
+
+    /// `new`, with the endpoints' active probe (`health_check`) of the caller's
+    /// own: the transport of gRPC servers whose health API is not V2's.
+    pub(crate) fn with_probe(
+        name: &str,
+        cfg: &Config,
+        resolver: &ResolverConfig,
+        probe: Probe<Channel>,
+    ) -> Result<V2GrpcBackend, String> {
         let connect_timeout = cfg.connect_timeout;
         let max = cfg.max_message_bytes;
         // gRPC over TLS offers h2 by ALPN; the files are watched while the backend lives.
         let tls = cfg.tls.as_ref().map(|t| ClientTls::load(t, &[b"h2"], &format!("backend `{name}`"))).transpose()?;
         let connector = Connector::new(Some(connect_timeout), tls.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let member = move |authority: &str| -> Result<Arc<Member<Client>>, String> {
+        let member = move |authority: &str| -> Result<Arc<Member<Channel>>, String> {
             let channel = channel_endpoint(scheme, authority, connect_timeout)
                 .map_err(|e| format!("endpoint `{authority}`: {e}"))?
                 .connect_with_connector_lazy(connector.clone());
-            let client = Client::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
-            Ok(Arc::new(Member::new(authority.to_string(), client)))
+            Ok(Arc::new(Member::new(authority.to_string(), channel)))
         };
         let (members, source) = match &cfg.endpoints {
             Endpoints::List(list) => {
@@ -114,19 +135,13 @@ impl V2GrpcBackend {
                 Some(DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply))
             }
         };
-        let probe: Probe<Client> = Arc::new(|m, timeout| {
-            Box::pin(async move {
-                let mut client = m.transport.clone();
-                let call = client.server_ready(V2GrpcBackend::request(pb::ServerReadyRequest {}, timeout));
-                matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if r.get_ref().ready)
-            })
-        });
         let scrape_tls = super::health::scrape_tls(&cfg.health, cfg.tls.as_ref(), name)?;
         let health = pool.start(probe, scrape_tls);
         Ok(V2GrpcBackend {
             name: Arc::from(name),
             endpoints: source,
             pool,
+            max_message_bytes: max,
             _dns: dns,
             _health: health,
             timeout: cfg.timeout,
@@ -135,8 +150,19 @@ impl V2GrpcBackend {
         })
     }
 
+    /// With active probes (`health_check`), their verdict on the backend
+    /// (an endpoint in rotation); `None` without: the caller asks the server.
+    pub(crate) fn probes_decide(&self) -> Option<bool> {
+        self.pool.policy().health_check.is_some().then(|| self.pool.any_in_rotation())
+    }
+
+    /// Largest message either way (`max_message_bytes`), for a client of another service.
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// A request carrying `timeout` as its `grpc-timeout` deadline.
-    fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    pub(crate) fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(timeout);
         r
@@ -165,6 +191,23 @@ impl V2GrpcBackend {
     ) -> Result<T, BackendError>
     where
         F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let max = self.max_message_bytes;
+        self.call_channel(timeout, idempotent, affinity, |ch| f(v2_client(ch, max))).await
+    }
+
+    /// `call_on` for any service of the server: `f` makes the call on the
+    /// picked endpoint's channel.
+    pub(crate) async fn call_channel<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        idempotent: Idempotent,
+        affinity: Option<Affinity<'_>>,
+        f: F,
+    ) -> Result<T, BackendError>
+    where
+        F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let eps = self.pool.members();
@@ -286,6 +329,11 @@ fn refused(s: &Status) -> bool {
     false
 }
 
+/// The V2 client on one endpoint's channel (a cheap handle: the channel is shared).
+fn v2_client(channel: Channel, max_message_bytes: usize) -> Client {
+    Client::new(channel).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes)
+}
+
 /// One replica of the channel, with the connection settings every replica shares.
 fn channel_endpoint(
     scheme: &str,
@@ -314,7 +362,7 @@ impl V2GrpcBackend {
             Status::unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
         })?;
         let call = self.pool.begin(&eps[i]);
-        let r = f(call.member().transport.clone()).await;
+        let r = f(v2_client(call.member().transport.clone(), self.max_message_bytes)).await;
         let outcome = match r.as_ref().map_err(|s| s.code()) {
             Err(Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => Outcome::Failure,
             Err(Code::Internal | Code::Unknown | Code::DataLoss) => Outcome::ServerError,

@@ -71,10 +71,11 @@ pub struct V2HttpBackend {
     forward: Forwarding,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
+/// A backend's answer, read whole.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 enum CallError {
@@ -96,6 +97,17 @@ impl V2HttpBackend {
     /// whose authority is no valid `Host` value; config validation rejects
     /// those first.
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2HttpBackend, String> {
+        Self::with_probe(name, cfg, resolver, "/v2/health/ready")
+    }
+
+    /// `new`, with the endpoints' active probe (`health_check`) asking `probe_path`
+    /// (200: in rotation): the transport of the servers whose health API is not V2's.
+    pub(crate) fn with_probe(
+        name: &str,
+        cfg: &Config,
+        resolver: &ResolverConfig,
+        probe_path: &'static str,
+    ) -> Result<V2HttpBackend, String> {
         // TLS settings are loaded (and their files watched) once per backend;
         // a reload that keeps the backend keeps them.
         let tls =
@@ -144,7 +156,7 @@ impl V2HttpBackend {
         let probe: Probe<HttpEndpoint> = Arc::new(move |m, timeout| {
             let client = probe_client.clone();
             Box::pin(async move {
-                let Ok(uri) = Uri::try_from(format!("{}/v2/health/ready", m.transport.base_uri)) else { return false };
+                let Ok(uri) = Uri::try_from(format!("{}{probe_path}", m.transport.base_uri)) else { return false };
                 let mut req = Request::new(Full::new(Bytes::new()));
                 *req.uri_mut() = uri;
                 req.headers_mut().insert(HOST, m.transport.host.clone());
@@ -169,7 +181,7 @@ impl V2HttpBackend {
     }
 
     /// Sends a request to an endpoint; `path` is the pieces of the path, joined.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &[&str],
@@ -179,6 +191,12 @@ impl V2HttpBackend {
         timeout: Duration,
     ) -> Result<Reply, BackendError> {
         self.send_on(method, path, body, headers, client, timeout, None).await
+    }
+
+    /// With active probes (`health_check`), their verdict on the backend
+    /// (an endpoint in rotation); `None` without: the caller asks the server.
+    pub(crate) fn probes_decide(&self) -> Option<bool> {
+        self.pool.policy().health_check.is_some().then(|| self.pool.any_in_rotation())
     }
 
     /// `send`, for a request of a Triton sequence on its pinned endpoint
@@ -346,10 +364,11 @@ impl V2HttpBackend {
     }
 }
 
-/// The backend's own error message: V2 `{"error": ...}`, else the last line of its text.
-fn backend_message(body: &Bytes) -> String {
+/// The backend's own error message: V2 `{"error": ...}` (TorchServe's
+/// `{"message": ...}`), else the last line of its text.
+pub(crate) fn backend_message(body: &Bytes) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        if let Some(e) = v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()) {
             return e.to_string();
         }
         if let Some(d) = v.get("detail") {
@@ -361,7 +380,7 @@ fn backend_message(body: &Bytes) -> String {
     line.trim().chars().take(512).collect()
 }
 
-fn status_error(reply: &Reply) -> BackendError {
+pub(crate) fn status_error(reply: &Reply) -> BackendError {
     BackendError::Status {
         status: reply.status.as_u16(),
         message: backend_message(&reply.body),

@@ -1,0 +1,237 @@
+"""`kind: torchserve` backends (docs/torchserve-backend.md) against a real
+TorchServe (tests/python/torchserve_server.py: its Java front end and Python
+worker, the handler tests/torchserve/handler.py as `adder` 1.0 and 2.0 and
+`slow`), one server and one Switchyard for the module; the tests run in file
+order, TorchServe killed last.
+
+The client is Switchyard's KServe V2 front end carrying TorchServe bodies as
+`codec::torchserve` defines them (a BYTES input `data`, the content type as
+the `content_type` parameter); the management API is called with plain HTTP
+on `listeners.torchserve_management`.
+
+Run: .venv/bin/python -m pytest tests/python/test_torchserve_backend.py -q
+(after `scripts/setup.sh`, which creates .switchyard/venvs/torchserve, and `cargo build`).
+"""
+
+from harness import start_switchyard  # first: sets XDG_CACHE_HOME
+
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from torchserve_server import TorchServe  # noqa: E402
+from harness import free_port  # noqa: E402
+
+PATIENCE_S = 60.0
+POLL_S = 0.05
+
+
+def wait_for(what, check, patience_s=PATIENCE_S):
+    deadline = time.monotonic() + patience_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not within {patience_s}s: {what}")
+        time.sleep(POLL_S)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("torchserve")
+    procs = []
+    try:
+        ts = TorchServe(tmp, procs)
+        ts.archive("slow", "1.0")
+        ts.start()
+        # 1.0 batches up to 4 requests (waiting up to 2 s for them); 2.0 takes them one by one.
+        ts.register("adder-1.0", batch_size=4, max_batch_delay_ms=2000)
+        ts.register("adder-2.0")
+        ts.register("slow-1.0")
+        mgmt_port = free_port()
+        p = ts.ports
+        rest = f"endpoints: ['http://127.0.0.1:{p['inference']}']"
+        ports = start_switchyard(
+            tmp,
+            f"""  torchserve_management:
+    address: 127.0.0.1:{mgmt_port}
+    backend: ts
+backends:
+  ts:
+    kind: torchserve
+    {rest}
+    management: http://127.0.0.1:{p['management']}
+    timeout: 10s
+    health_check: {{interval: 200ms, timeout: 200ms}}
+  ts-grpc:
+    kind: torchserve
+    protocol: grpc
+    endpoints: ['127.0.0.1:{p['grpc']}']
+    management: http://127.0.0.1:{p['management']}
+  ts-short:
+    kind: torchserve
+    {rest}
+    timeout: 1s
+models:
+  adder:
+    variants:
+      - {{name: v1, backend: ts, version: "1.0"}}
+  adder-v2:
+    variants:
+      - {{name: v2, backend: ts, model: adder, version: "2.0"}}
+  adder-ab:
+    variants:
+      - {{name: one, backend: ts, model: adder, version: "1.0", weight: 50}}
+      - {{name: two, backend: ts, model: adder, version: "2.0", weight: 50}}
+  adder-batched:
+    variants:
+      - name: v1
+        backend: ts
+        model: adder
+        version: "1.0"
+        batching: {{max_batch_size: 4, max_queue_delay: 1s}}
+  adder-grpc:
+    variants:
+      - {{name: g, backend: ts-grpc, model: adder, version: "2.0"}}
+  slow:
+    variants:
+      - {{name: s, backend: ts-short}}
+""",
+            procs,
+        )
+        # The listener config above is spliced after start_switchyard's own listeners.
+        yield {
+            "ts": ts,
+            "url": f"http://127.0.0.1:{ports['http']}",
+            "mgmt": f"http://127.0.0.1:{mgmt_port}",
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def infer(world, model, body, params=None, timeout=30):
+    """A TorchServe body through the V2 front end; returns (status, answer body, response)."""
+    parameters = {"content_type": "application/json", **(params or {})}
+    req = {
+        "inputs": [{"name": "data", "datatype": "BYTES", "shape": [1], "data": [json.dumps(body)]}],
+        "parameters": parameters,
+    }
+    r = requests.post(f"{world['url']}/v2/models/{model}/infer", json=req, timeout=timeout)
+    if r.status_code != 200:
+        return r.status_code, r.text, r
+    out = next(o for o in r.json()["outputs"] if o["name"] == "data")
+    assert out["datatype"] == "BYTES" and out["shape"] == [1], out
+    return 200, json.loads(out["data"][0]), r
+
+
+def test_predictions_equal_torchserve_s_own_answer(world):
+    direct = world["ts"].predict("adder", json.dumps([1, 2, 3.5]), "1.0").json()
+    status, got, _ = infer(world, "adder", [1, 2, 3.5])
+    assert status == 200, got
+    assert got == direct == {"sum": 6.5, "batch_size": 1, "version": "1.0", "explain": False}
+
+
+def test_a_variant_s_version_reaches_that_version(world):
+    status, got, _ = infer(world, "adder-v2", [5])
+    assert (status, got["version"], got["sum"]) == (200, "2.0", 5)
+
+
+def test_an_ab_split_reaches_both_versions(world):
+    seen = {infer(world, "adder-ab", [1])[1]["version"] for _ in range(40)}
+    assert seen == {"1.0", "2.0"}
+
+
+def test_switchyard_s_batch_reaches_the_handler_as_one_torchserve_batch(world):
+    results, errors = [], []
+
+    def one(i):
+        try:
+            status, got, r = infer(world, "adder-batched", [i, i])
+            assert status == 200, got
+            results.append((got, r.headers.get("x-switchyard-batch-size")))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # Each answer is its own request's, and all four rode one Switchyard batch,
+    # which TorchServe's worker saw as one batch of four.
+    assert sorted(g["sum"] for g, _ in results) == [0, 2, 4, 6]
+    assert {h for _, h in results} == {"4"}, results
+    assert {g["batch_size"] for g, _ in results} == {4}, results
+
+
+def test_an_explanation_goes_to_the_explanations_api(world):
+    status, got, _ = infer(world, "adder-v2", [1], {"torchserve_explain": True})
+    assert (status, got["explain"]) == (200, True), got
+
+
+def test_torchserve_s_4xx_reaches_the_client_with_its_message(world):
+    status, text, r = infer(world, "adder-v2", {"fail": 422})
+    assert status == 422, text
+    assert "asked to fail with 422" in text
+    status, text, _ = infer(world, "adder-v2", {"values": "not a list"})
+    assert status == 400 and "JSON list of numbers" in text, text
+    # A handler that crashes is TorchServe's 503 "Prediction failed": the backend failed (502).
+    status, text, _ = infer(world, "adder-v2", {"values": [1], "crash": True})
+    assert status == 502 and "Prediction failed" in text, text
+
+
+def test_grpc_transport_gives_the_same_answers(world):
+    direct = world["ts"].predict("adder", json.dumps([2, 3]), "2.0").json()
+    status, got, _ = infer(world, "adder-grpc", [2, 3])
+    assert status == 200 and got == direct, got
+    # TorchServe's gRPC errors keep their meaning.
+    status, text, _ = infer(world, "adder-grpc", {"fail": 400})
+    assert status == 400 and "asked to fail" in text, text
+
+
+def test_metadata_lists_torchserve_s_versions(world):
+    meta = requests.get(f"{world['url']}/v2/models/adder-v2", timeout=5).json()
+    assert meta["platform"] == "torchserve" and sorted(meta["versions"]) == ["1.0", "2.0"], meta
+    assert meta["inputs"] == [{"name": "data", "datatype": "BYTES", "shape": [-1]}]
+
+
+def test_a_slow_handler_answers_504(world):
+    status, text, _ = infer(world, "slow", {"values": [1], "sleep": 3})
+    assert status == 504, text
+
+
+def test_management_pass_through_lists_describes_and_scales(world):
+    m = world["mgmt"]
+    listed = requests.get(f"{m}/models", timeout=10).json()
+    assert {x["modelName"] for x in listed["models"]} == {"adder", "slow"}, listed
+    described = requests.get(f"{m}/models/adder/2.0", timeout=10).json()
+    assert described[0]["modelVersion"] == "2.0" and len(described[0]["workers"]) == 1
+    # Unknown model: TorchServe's own 404, relayed.
+    r = requests.get(f"{m}/models/nope", timeout=10)
+    assert r.status_code == 404 and r.json()["type"] == "ModelNotFoundException", r.text
+    ready = f"{world['url']}/v2/models/adder-v2/ready"
+    assert requests.get(ready, timeout=5).status_code == 200
+    # No workers: the model is not ready through Switchyard.
+    r = requests.put(f"{m}/models/adder/2.0", params={"min_worker": 0, "max_worker": 0, "synchronous": "true"},
+                     timeout=60)
+    assert r.status_code == 200, r.text
+    wait_for("adder 2.0 not ready", lambda: requests.get(ready, timeout=5).status_code != 200)
+    r = requests.put(f"{m}/models/adder/2.0", params={"min_worker": 1, "synchronous": "true"}, timeout=60)
+    assert r.status_code == 200, r.text
+    wait_for("adder 2.0 ready again", lambda: requests.get(ready, timeout=5).status_code == 200)
+    assert infer(world, "adder-v2", [7])[1]["sum"] == 7
+
+
+def test_torchserve_killed_answers_unavailable(world):
+    world["ts"].kill()
+    status, text, _ = infer(world, "adder-v2", [1])
+    assert status in (502, 503), text
+    wait_for("not ready", lambda: requests.get(f"{world['url']}/v2/models/adder-v2/ready", timeout=5).status_code != 200)
+    r = requests.get(f"{world['mgmt']}/models", timeout=10)
+    assert r.status_code == 502 and r.json()["type"] == "BadGatewayException", r.text
