@@ -15,6 +15,7 @@ Run: .venv/bin/python -m pytest tests/python/test_torchserve_backend.py -q
 
 from harness import start_switchyard  # first: sets XDG_CACHE_HOME
 
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -222,10 +223,54 @@ def test_management_pass_through_lists_describes_and_scales(world):
                      timeout=60)
     assert r.status_code == 200, r.text
     wait_for("adder 2.0 not ready", lambda: requests.get(ready, timeout=5).status_code != 200)
+    # TorchServe's "no worker" 503 is unavailability, not a backend failure.
+    status, text, _ = infer(world, "adder-v2", [1])
+    assert status == 503 and "no worker" in text, text
     r = requests.put(f"{m}/models/adder/2.0", params={"min_worker": 1, "synchronous": "true"}, timeout=60)
     assert r.status_code == 200, r.text
     wait_for("adder 2.0 ready again", lambda: requests.get(ready, timeout=5).status_code == 200)
     assert infer(world, "adder-v2", [7])[1]["sum"] == 7
+
+
+def test_management_calls_need_their_permissions_when_auth_is_on(world, tmp_path):
+    """A second Switchyard with `auth:` relaying to the same TorchServe."""
+    sha = lambda k: hashlib.sha256(k.encode()).hexdigest()  # noqa: E731
+    mgmt_port, procs = free_port(), []
+    try:
+        start_switchyard(
+            tmp_path,
+            f"""  torchserve_management: {{address: '127.0.0.1:{mgmt_port}', backend: ts}}
+auth:
+  api_keys:
+    - {{principal: reader, sha256: "sha256:{sha('reader-key')}", permissions: ["model:adder:metadata"]}}
+    - {{principal: admin, sha256: "sha256:{sha('admin-key')}", permissions: ["model:adder:admin", "torchserve-management"]}}
+backends:
+  ts:
+    kind: torchserve
+    endpoints: ['http://127.0.0.1:{world["ts"].ports["inference"]}']
+    management: http://127.0.0.1:{world["ts"].ports["management"]}
+""",
+            procs,
+        )
+        m = f"http://127.0.0.1:{mgmt_port}"
+
+        def call(method, path, key=None, **params):
+            headers = {"x-api-key": key} if key else {}
+            return requests.request(method, f"{m}{path}", params=params, headers=headers, timeout=60)
+
+        r = call("GET", "/models/adder")
+        assert r.status_code == 401 and r.json()["type"] == "UnauthorizedException", r.text
+        assert call("GET", "/models/adder", "reader-key").status_code == 200
+        r = call("PUT", "/models/adder/2.0", "reader-key", min_worker=1)
+        assert r.status_code == 403 and "model:adder/2.0:admin" in r.json()["message"], r.text
+        r = call("GET", "/models", "reader-key")
+        assert r.status_code == 403 and "torchserve-management" in r.json()["message"], r.text
+        assert call("GET", "/models", "admin-key").status_code == 200
+        r = call("PUT", "/models/adder/2.0", "admin-key", min_worker=1, synchronous="true")
+        assert r.status_code == 200, r.text
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
 
 
 def test_torchserve_killed_answers_unavailable(world):

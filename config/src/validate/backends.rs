@@ -239,6 +239,19 @@ fn torchserve(
         let field = if grpc { "pool_size" } else { "max_message_bytes" };
         errs.at(format!("{path}.{field}"), loc(w), format!("applies only with `protocol: {only}`"));
     }
+    // The load scrape reads Triton's queue gauges; TorchServe publishes none, so
+    // its endpoints are picked by the requests Switchyard has in flight on each.
+    let load_metrics = match r.load_metrics {
+        Some(m) => {
+            errs.at(
+                format!("{path}.load_metrics"),
+                loc(&m),
+                "TorchServe publishes no queue depth to scrape: endpoints are picked by the requests in flight on each",
+            );
+            None
+        }
+        None => None,
+    };
     let transport = if grpc {
         let raw = RawV2GrpcBackend {
             endpoints: r.endpoints,
@@ -252,7 +265,7 @@ fn torchserve(
             health_check: r.health_check,
             outlier_detection: r.outlier_detection,
             retry_budget: r.retry_budget,
-            load_metrics: r.load_metrics,
+            load_metrics,
             forward_headers: r.forward_headers,
             tls: r.tls,
         };
@@ -270,7 +283,7 @@ fn torchserve(
             health_check: r.health_check,
             outlier_detection: r.outlier_detection,
             retry_budget: r.retry_budget,
-            load_metrics: r.load_metrics,
+            load_metrics,
             // Bodies are TorchServe's own: nothing is encoded as V2 JSON or binary.
             binary: None,
             forward_headers: r.forward_headers,
@@ -770,18 +783,21 @@ mod tests {
     #[test]
     fn torchserve_errors_name_their_field() {
         let errs = parse(
-            "backends:\n  a: {kind: torchserve, protocol: http2, endpoints: ['http://h:1']}\n  b: {kind: torchserve, protocol: grpc, endpoints: ['h:1'], pool_size: 2}\n  c: {kind: torchserve, endpoints: ['http://h:1'], max_message_bytes: 10, management: 'https://h:2'}\n  d: {kind: torchserve, management: 'ftp://h'}\n",
+            "backends:\n  a: {kind: torchserve, protocol: http2, endpoints: ['http://h:1']}\n  b: {kind: torchserve, protocol: grpc, endpoints: ['h:1'], pool_size: 2}\n  c: {kind: torchserve, endpoints: ['http://h:1'], max_message_bytes: 10, management: 'https://h:2'}\n  d: {kind: torchserve, management: 'ftp://h', load_metrics: {port: 8082}}\n",
             Path::new("."),
         )
         .unwrap_err()
         .errors;
-        let got: Vec<(&str, &str)> = errs.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        let mut got: Vec<(&str, &str)> = errs.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        // Reported in file order; compared by path.
+        got.sort();
         let want = [
             ("backends.a.protocol", "unknown protocol `http2`"),
             ("backends.b.pool_size", "only with `protocol: rest`"),
-            ("backends.c.max_message_bytes", "only with `protocol: grpc`"),
             ("backends.c.management", "one transport"),
+            ("backends.c.max_message_bytes", "only with `protocol: grpc`"),
             ("backends.d.endpoints", "a torchserve backend needs at least one endpoint"),
+            ("backends.d.load_metrics", "publishes no queue depth"),
             ("backends.d.management", "must start with http://"),
         ];
         assert_eq!(got.len(), want.len(), "{got:?}");
