@@ -109,6 +109,7 @@ models:
             "ts": ts,
             "url": f"http://127.0.0.1:{ports['http']}",
             "mgmt": f"http://127.0.0.1:{mgmt_port}",
+            "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         }
     finally:
         for proc in reversed(procs):
@@ -135,6 +136,10 @@ def test_predictions_equal_torchserve_s_own_answer(world):
     status, got, _ = infer(world, "adder", [1, 2, 3.5])
     assert status == 200, got
     assert got == direct == {"sum": 6.5, "batch_size": 1, "version": "1.0", "explain": False}
+    # Counted like any backend's call.
+    text = requests.get(world["metrics"], timeout=5).text
+    line = 'switchyard_backend_request_duration_seconds_count{model="adder",variant="v1"} '
+    assert any(l.startswith(line) and float(l.rsplit(" ", 1)[1]) >= 1 for l in text.splitlines()), text[:2000]
 
 
 def test_a_variant_s_version_reaches_that_version(world):

@@ -420,6 +420,28 @@ mod tests {
     }
 
     #[test]
+    fn torchserve_errors_take_the_v2_classes() {
+        let reply = |status: u16, body: &'static str| Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        let bad = reply(400, r#"{"code": 400, "type": "InternalServerException", "message": "not numbers"}"#);
+        let BackendError::Status { status: 400, message, body: Some(body), .. } = rest_error("ts", &bad) else {
+            panic!("a 4xx is relayed")
+        };
+        assert_eq!((message.as_str(), body), ("not numbers", bad.body.clone()));
+        let busy = reply(
+            503,
+            r#"{"code": 503, "type": "ServiceUnavailableException", "message": "Model \"m\" has no worker to serve inference request."}"#,
+        );
+        let BackendError::Unavailable(m) = rest_error("ts", &busy) else { panic!("no worker: unavailable") };
+        assert!(m.contains("backend `ts`") && m.contains("no worker"), "{m}");
+        let failed = reply(503, r#"{"code": 503, "type": "InternalServerException", "message": "Prediction failed"}"#);
+        assert!(matches!(rest_error("ts", &failed), BackendError::Status { status: 503, .. }));
+    }
+
+    #[test]
     fn readiness_reads_workers_and_health() {
         let ready = serde_json::json!([{"workers": [{"status": "UNLOADING"}, {"status": "READY"}]}]);
         let none = serde_json::json!([{"workers": []}]);
