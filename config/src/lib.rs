@@ -7,12 +7,14 @@
 
 mod graph;
 pub mod pem;
+mod protocol;
 mod raw;
 mod sources;
 mod validate;
 mod validated;
 
 pub use graph::*;
+pub use protocol::Protocol;
 pub use sources::*;
 pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

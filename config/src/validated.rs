@@ -919,6 +919,34 @@ pub struct VariantConfig {
     pub labels: Vec<Arc<str>>,
     /// Inputs completed from a feature store before the model runs.
     pub features: Option<crate::FeaturesConfig>,
+    /// How TorchServe clients' JSON bodies map to this variant's tensors; `None`:
+    /// only a `kind: torchserve` backend serves TorchServe clients (bodies unchanged).
+    pub torchserve: Option<TorchServeTranslation>,
+}
+
+/// `variants[].torchserve`: how a TorchServe client's body becomes the one
+/// input tensor of a tensor model (embedded ONNX, a V2 server), and how the
+/// answer's tensor is written back (docs/torchserve.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TorchServeTranslation {
+    /// JSON pointer (RFC 6901) to the nested list in the body; "" is the whole body.
+    pub input: String,
+    /// `None`: the answer is the bare nested list; `Some(key)`: `{"key": list}`.
+    pub output: Option<String>,
+    /// Whether a body is the whole tensor or one row of a batched input.
+    pub body: TorchServeBody,
+    /// The output that answers; `None`: the model's only output.
+    pub output_tensor: Option<String>,
+}
+
+/// What one TorchServe body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchServeBody {
+    /// The whole input tensor: its shape is the nesting, batch dimension included.
+    Tensor,
+    /// One row: the tensor is `[1, ...nesting]`, and the answer's batch dimension
+    /// (one row) is dropped when written.
+    Row,
 }
 
 /// In-process L1 bound when not given (256 MiB).

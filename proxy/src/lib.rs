@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod pipeline;
+pub mod protocol;
 pub mod ratelimit;
 pub mod respond;
 pub mod routing;
@@ -31,6 +32,7 @@ pub mod sequence;
 pub mod shadow;
 pub mod shm;
 pub mod tls;
+pub mod torchserve;
 pub mod trace;
 pub mod triton;
 

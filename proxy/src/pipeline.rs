@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -24,6 +25,7 @@ use crate::cache::{CacheStatus, Directive};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::outcome::{Executed, Outcome};
+use crate::protocol::{Param, Protocol};
 use crate::ratelimit::RateLimiter;
 use crate::respond;
 use crate::routing::{RoutingTable, Selection, Variant};
@@ -53,6 +55,45 @@ pub trait Exchange: Send {
 
     /// Encodes a successful response in the client's format.
     fn encode(&mut self, response: InferResponse) -> Result<Self::Encoded, Error>;
+
+    /// Reads the request far enough for `parameter` to answer (the body,
+    /// where parameters travel in it), before typed decoding; `decode` then
+    /// uses what was read. Called at most once, and only for a model whose
+    /// content-routing rules match on request parameters, so no other
+    /// request pays for it. The default reads nothing.
+    fn read_parameters(&mut self) -> impl Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    /// A request parameter as content-routing rules see it (V2 `parameters`,
+    /// TF Serving's `signature_name`): `None` when absent, not read yet, or
+    /// when the protocol has none.
+    fn parameter(&self, _name: &str) -> Option<Param<'_>> {
+        None
+    }
+
+    /// Told which variant serves the request once routing decided, before
+    /// `decode`: a protocol whose decoding depends on the model (TF Serving
+    /// REST types its body by the model's signature) learns it here.
+    fn routed(&mut self, _routed: &Routed<'_>) {}
+}
+
+/// Routing's decision as `Exchange::routed` sees it.
+pub struct Routed<'a> {
+    pub selection: &'a Selection<'a>,
+    /// The model the selection was made for: the client's, or a content-routing rule's target.
+    pub model: &'a str,
+    pub version: Option<&'a str>,
+    /// The request parameters the deciding content-routing rule matched on:
+    /// routing used them (a TF Serving `signature_name` that names a model, not a signature).
+    pub matched_parameters: &'a [Arc<str>],
+}
+
+impl Routed<'_> {
+    /// Whether the deciding rule matched on parameter `name`.
+    pub fn matched_parameter(&self, name: &str) -> bool {
+        self.matched_parameters.iter().any(|p| p.as_ref() == name)
+    }
 }
 
 /// What the lifecycle hands back to the listener to write.
@@ -69,6 +110,11 @@ pub struct Answer<E> {
 /// Names an inference: the client's model and version, and its deadline.
 #[derive(Clone, Copy, Debug)]
 pub struct Call<'a> {
+    /// The front end the request arrived on (content-routing rules match on it).
+    pub protocol: Protocol,
+    /// The request's path: the HTTP path, or the gRPC method's (`/package.Service/Method`);
+    /// `None` where there is none (a graph step).
+    pub path: Option<&'a str>,
     pub model: &'a str,
     pub version: Option<&'a str>,
     /// A variant the protocol itself names (a TF Serving version label):
@@ -145,6 +191,7 @@ pub async fn infer<X: Exchange>(
             return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
         }
     };
+    x.routed(&Routed { selection: &sel, model: call.model, version: call.version, matched_parameters: &[] });
     let mut variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
     // Admission before work: a saturated model or backend refuses before the body is read.
     let refused = |sel: &Selection<'_>, e: Error| {
@@ -260,7 +307,7 @@ pub async fn infer<X: Exchange>(
             let mut permits = ticket.admit(priority).await?;
             let outcome = match (&sel.route.graph, &placement) {
                 (Some(g), _) => {
-                    let caller = crate::routing::StepCaller { priority, client: call.client };
+                    let caller = crate::routing::StepCaller { protocol: call.protocol, priority, client: call.client };
                     g.run(table, graph_metadata.unwrap_or_default(), req, caller).await
                 }
                 (None, None) => execute(&sel, call.model, call.version, req, directive).await,

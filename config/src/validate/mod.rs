@@ -6,7 +6,7 @@
 //! `mod` → `process`, `backends`, `cache`, `models`, `graph`, `reliability`, `fields`;
 //! `graph` → `fields`;
 //! `reliability` → `fields`;
-//! `models` → `cache`, `fields`; `backends` → `upstream`, `tls`, `fields`;
+//! `models` → `cache`, `torchserve`, `fields`; `torchserve` → `fields`; `backends` → `upstream`, `tls`, `fields`;
 //! `process` → `upstream`, `tls`, `fields`; `security` → `tls`, `fields`; `tls` → `fields`; `cache` → `fields`; `upstream` → `fields`;
 //! `fields` is the leaf.
 
@@ -21,6 +21,7 @@ mod reliability;
 mod security;
 mod sources;
 mod tls;
+mod torchserve;
 mod upstream;
 
 use std::path::Path;

@@ -194,6 +194,7 @@ fn variant(
         deterministic: v.deterministic.unwrap_or(true),
         labels: v.labels.iter().map(|l| Arc::from(l.value.as_str())).collect(),
         features: v.features.as_ref().and_then(|f| super::sources::features(errs, &format!("{vp}.features"), f)),
+        torchserve: v.torchserve.as_ref().map(|t| super::torchserve::translation(errs, &format!("{vp}.torchserve"), t)),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::auth::Principal;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Answer, Call, Exchange};
+use crate::protocol::{Param, Protocol};
 use crate::routing::RoutingTable;
 use crate::shm;
 
@@ -53,6 +54,17 @@ impl Exchange for GrpcExchange<'_> {
         Ok(req)
     }
 
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        use pb::infer_parameter::ParameterChoice;
+        Some(match self.message.as_ref()?.parameters.get(name)?.parameter_choice.as_ref()? {
+            ParameterChoice::StringParam(s) => Param::Str(s),
+            ParameterChoice::BoolParam(b) => Param::Bool(*b),
+            ParameterChoice::Int64Param(i) => Param::Int(*i),
+            ParameterChoice::Uint64Param(u) => Param::Uint(*u),
+            ParameterChoice::DoubleParam(f) => Param::Float(*f),
+        })
+    }
+
     async fn closed(&mut self) {
         // tonic drops the handler's future when the client cancels.
         std::future::pending().await
@@ -73,14 +85,19 @@ impl Exchange for GrpcExchange<'_> {
     }
 }
 
+/// The gRPC method paths of the two inference RPCs (content-routing rules match on them).
+pub const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub const MODEL_STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
 pub fn version_opt(v: &str) -> Option<&str> {
     Some(v).filter(|v| !v.is_empty())
 }
 
 impl Shared {
-    /// One inference, start to end, through `pipeline::infer`.
+    /// One inference, start to end, through `pipeline::infer`; `path` is the RPC's.
     pub async fn infer(
         &self,
+        path: &str,
         headers: &HeaderMap,
         mut msg: pb::ModelInferRequest,
         deadline: Option<Duration>,
@@ -102,6 +119,8 @@ impl Shared {
             shm_out: Vec::new(),
         };
         let call = Call {
+            protocol: Protocol::V2Grpc,
+            path: Some(path),
             model: &model,
             version: version_opt(&version),
             variant: None,

@@ -8,7 +8,7 @@
 //! gRPC half of an inference, `stream` serves ModelStreamInfer, and
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
 //! `v2-grpc` backend; `ml` serves Switchyard's own `switchyard.ml.v1.Feedback`
-//! beside it. It runs as one of pingora's services (`GrpcService`), on
+//! beside it, and `torchserve` TorchServe's `InferenceAPIsService`. It runs as one of pingora's services (`GrpcService`), on
 //! a runtime of its own, and drains and upgrades with the HTTP listener.
 
 mod edge;
@@ -19,6 +19,7 @@ mod passthrough;
 mod service;
 mod stream;
 mod tls;
+mod torchserve;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -134,12 +135,16 @@ impl pingora_core::services::Service for GrpcService {
         let feedback = ml::FeedbackServer::new(ml::FeedbackService { shared: self.shared.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let torchserve = torchserve::InferenceServer::new(torchserve::TorchServeFront { shared: self.shared.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let svc = Edge {
             inner: ResourceExhaustedOverLimit(ByService {
                 inference: GrpcInferenceServiceServer::new(front)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
                 feedback,
+                torchserve,
             }),
             auth: self.shared.guards.auth.clone(),
         };
@@ -181,32 +186,36 @@ impl pingora_core::services::Service for GrpcService {
     }
 }
 
-/// Calls go to the service their path names: `switchyard.ml.v1.Feedback`
-/// or, for everything else, KServe V2 (which answers UNIMPLEMENTED for what it
-/// does not know). Both generated servers are always ready.
+/// Calls go to the service their path names: `switchyard.ml.v1.Feedback`,
+/// TorchServe's `InferenceAPIsService` or, for everything else, KServe V2
+/// (which answers UNIMPLEMENTED for what it does not know). The generated
+/// servers are always ready.
 #[derive(Clone)]
-struct ByService<I, F> {
+struct ByService<I, F, T> {
     inference: I,
     feedback: F,
+    torchserve: T,
 }
 
 /// The path prefix of `switchyard.ml.v1.Feedback`'s methods.
 const FEEDBACK_PREFIX: &str = "/switchyard.ml.v1.Feedback/";
 
-impl<I, F, B> Service<http::Request<B>> for ByService<I, F>
+impl<I, F, T, B> Service<http::Request<B>> for ByService<I, F, T>
 where
     I: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
     F: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    T: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
     I::Future: Send + 'static,
     F::Future: Send + 'static,
+    T::Future: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        match (self.inference.poll_ready(cx), self.feedback.poll_ready(cx)) {
-            (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
+        match (self.inference.poll_ready(cx), self.feedback.poll_ready(cx), self.torchserve.poll_ready(cx)) {
+            (Poll::Ready(_), Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
     }
@@ -214,6 +223,8 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path().starts_with(FEEDBACK_PREFIX) {
             Box::pin(self.feedback.call(req))
+        } else if req.uri().path().starts_with(torchserve::PREFIX) {
+            Box::pin(self.torchserve.call(req))
         } else {
             Box::pin(self.inference.call(req))
         }

@@ -10,7 +10,7 @@ use http::HeaderValue;
 use switchyard_runtime::codec::grpc::{self as codec, pb};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::exchange::{grpc_timeout, version_opt, Shared};
+use super::exchange::{grpc_timeout, version_opt, Shared, MODEL_INFER_PATH};
 use super::{embedded, passthrough, stream};
 use prost::Message;
 use tonic::transport::server::TcpConnectInfo;
@@ -129,7 +129,7 @@ impl GrpcInferenceService for FrontEnd {
         let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
         let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
         let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
-        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
+        let a = self.shared.infer(MODEL_INFER_PATH, &headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
         if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
             n.model = Some(model);
             n.version = Some(version).filter(|v| !v.is_empty());

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::monitor::features::for_each_value;
 use crate::monitor::quality::FeedbackBody;
 use crate::pipeline::{self, Call, Exchange};
+use crate::protocol::Param;
 use crate::routing::RoutingTable;
 
 /// `POST /ml/models/{m}/feedback`.
@@ -148,6 +149,10 @@ impl Exchange for PredictExchange<'_> {
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         let r = self.request.take().ok_or_else(|| Error::internal("predict request decoded twice"))?;
         self.to_v2(r)
+    }
+
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        self.request.as_ref()?.parameters.get(name).and_then(Param::from_json)
     }
 
     async fn closed(&mut self) {

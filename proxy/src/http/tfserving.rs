@@ -24,6 +24,7 @@ use crate::auth::{Action, Principal};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
+use crate::protocol::Param;
 use crate::routing::{Route, RoutingTable, Selection};
 
 /// How long a model's signature is trusted before its backend is asked again.
@@ -113,10 +114,25 @@ fn select<'t>(
 struct TfExchange<'s> {
     session: &'s mut Session,
     limits: &'s Limits,
-    /// The backend and target whose signature types the body.
-    typed_by: (Arc<dyn Backend>, ModelTarget),
+    /// Whether the client named its variant by a version label (it then types the body).
+    labelled: bool,
+    /// The backend and target whose signature types the body, once routed.
+    typed_by: Option<(Arc<dyn Backend>, ModelTarget)>,
+    /// The body, parsed before routing when content-routing rules read its `signature_name`.
+    early: Option<serde_json::Value>,
+    /// A content-routing rule matched on `signature_name`: the name chose the
+    /// model, and the model's one signature types the body.
+    signature_routed: bool,
     format: Format,
     body_len: Option<u64>,
+}
+
+impl TfExchange<'_> {
+    async fn read_json(&mut self) -> Result<serde_json::Value, Error> {
+        let body = body::read(self.session, self.limits).await?;
+        self.body_len = Some(body.len() as u64);
+        Ok(tfs::parse_json(&body)?)
+    }
 }
 
 impl Exchange for TfExchange<'_> {
@@ -126,11 +142,43 @@ impl Exchange for TfExchange<'_> {
         &self.session.req_header().headers
     }
 
+    async fn read_parameters(&mut self) -> Result<(), Error> {
+        if self.early.is_none() {
+            self.early = Some(self.read_json().await?);
+        }
+        Ok(())
+    }
+
+    /// TF Serving's one request-level parameter: `signature_name`.
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        match name {
+            "signature_name" => tfs::signature_name(self.early.as_ref()?).map(Param::Str),
+            _ => None,
+        }
+    }
+
+    fn routed(&mut self, routed: &pipeline::Routed<'_>) {
+        // Every variant of a model shares its signature: the labelled one, else the first serving one.
+        let r = routed.selection.route;
+        let typed_idx = match self.labelled {
+            true => routed.selection.index,
+            false => r.variants.iter().position(|v| v.weight > 0.0).unwrap_or(0),
+        };
+        self.typed_by =
+            Some((r.variants[typed_idx].backend.clone(), r.target_of(typed_idx, routed.model, routed.version)));
+        self.signature_routed = routed.matched_parameter("signature_name");
+    }
+
     async fn decode(&mut self) -> Result<InferRequest, Error> {
-        let body = body::read(self.session, self.limits).await?;
-        self.body_len = Some(body.len() as u64);
-        let inputs = signature(&self.typed_by.0, &self.typed_by.1).await?;
-        let p = tfs::decode_predict(&body, &inputs)?;
+        let doc = match self.early.take() {
+            Some(doc) => doc,
+            None => self.read_json().await?,
+        };
+        let (backend, target) =
+            self.typed_by.as_ref().ok_or_else(|| Error::internal("TF Serving body decoded before routing"))?;
+        let inputs = signature(backend, target).await?;
+        let routed = if self.signature_routed { tfs::signature_name(&doc) } else { None };
+        let p = tfs::decode_predict_doc(&doc, &inputs, routed)?;
         self.format = p.format;
         Ok(p.request)
     }
@@ -188,13 +236,16 @@ pub async fn predict(
         TfServable::Version(v) => call.version = Some(v),
         TfServable::Latest => {}
     }
-    // Every variant of a model shares its signature: the labelled one, else the first serving one.
-    let typed_idx = match call.variant {
-        Some(name) => r.variants.iter().position(|v| v.name.as_ref() == name).unwrap_or(0),
-        None => r.variants.iter().position(|v| v.weight > 0.0).unwrap_or(0),
+    let mut x = TfExchange {
+        session,
+        limits,
+        labelled: call.variant.is_some(),
+        typed_by: None,
+        early: None,
+        signature_routed: false,
+        format: Format::Row,
+        body_len: None,
     };
-    let typed_by = (r.variants[typed_idx].backend.clone(), r.target_of(typed_idx, call.model, call.version));
-    let mut x = TfExchange { session, limits, typed_by, format: Format::Row, body_len: None };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
         Ok(body) => Reply::json(200, body),

@@ -120,6 +120,7 @@ impl RoutingTable {
                     drift,
                     shadow_percent: v.shadow_percent,
                     labels: v.labels.clone(),
+                    torchserve: v.torchserve.clone().map(Arc::new),
                     cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
                     features: match &v.features {
                         None => None,

@@ -80,6 +80,8 @@ pub struct Variant {
     pub labels: Vec<Arc<str>>,
     /// Inputs completed from a feature store before the request runs; `None`: the client sends every input.
     pub features: Option<Arc<crate::features::Enricher>>,
+    /// How TorchServe clients' JSON bodies map to this variant's tensors (`variants[].torchserve`).
+    pub torchserve: Option<Arc<switchyard_config::TorchServeTranslation>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.
@@ -155,6 +157,7 @@ pub trait Composite: Send + Sync {
 /// What a composite route's steps inherit from the client's call.
 #[derive(Clone, Copy, Debug)]
 pub struct StepCaller {
+    pub protocol: crate::protocol::Protocol,
     pub priority: Option<u64>,
     pub client: Option<std::net::IpAddr>,
 }
