@@ -4,10 +4,11 @@ worker, the handler tests/torchserve/handler.py as `adder` 1.0 and 2.0 and
 `slow`), one server and one Switchyard for the module; the tests run in file
 order, TorchServe killed last.
 
-The client is Switchyard's KServe V2 front end carrying TorchServe bodies as
-`codec::torchserve` defines them (a BYTES input `data`, the content type as
-the `content_type` parameter); the management API is called with plain HTTP
-on `listeners.torchserve_management`.
+The clients are TorchServe's: `curl` and `requests` on Switchyard's
+TorchServe REST front end (`/predictions`, `/explanations`), TorchServe's gRPC
+stubs (generated from runtime/proto/torchserve) on its gRPC front end, and
+plain HTTP on `listeners.torchserve_management`; one test sends the same
+body as a KServe V2 client would (a BYTES input `data`).
 
 Run: .venv/bin/python -m pytest tests/python/test_torchserve_backend.py -q
 (after `scripts/setup.sh`, which creates .switchyard/venvs/torchserve, and `cargo build`).
@@ -17,6 +18,7 @@ from harness import start_switchyard  # first: sets XDG_CACHE_HOME
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -25,6 +27,7 @@ import requests  # noqa: E402
 
 from torchserve_server import TorchServe  # noqa: E402
 from harness import free_port  # noqa: E402
+from test_torchserve_front import stubs  # noqa: E402,F401 - the gRPC stubs fixture
 
 PATIENCE_S = 60.0
 POLL_S = 0.05
@@ -103,11 +106,13 @@ models:
       - {{name: s, backend: ts-short}}
 """,
             procs,
+            grpc_max_message_bytes=1024 * 1024,
         )
         # The listener config above is spliced after start_switchyard's own listeners.
         yield {
             "ts": ts,
             "url": f"http://127.0.0.1:{ports['http']}",
+            "grpc": f"127.0.0.1:{ports['grpc']}",
             "mgmt": f"http://127.0.0.1:{mgmt_port}",
             "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
         }
@@ -116,26 +121,30 @@ models:
             proc.stop()
 
 
-def infer(world, model, body, params=None, timeout=30):
-    """A TorchServe body through the V2 front end; returns (status, answer body, response)."""
-    parameters = {"content_type": "application/json", **(params or {})}
-    req = {
-        "inputs": [{"name": "data", "datatype": "BYTES", "shape": [1], "data": [json.dumps(body)]}],
-        "parameters": parameters,
-    }
-    r = requests.post(f"{world['url']}/v2/models/{model}/infer", json=req, timeout=timeout)
+def infer(world, model, body, version=None, explain=False, headers=None):
+    """A TorchServe client's call on Switchyard's REST front end; returns (status, answer, response)."""
+    api = "explanations" if explain else "predictions"
+    path = f"{model}/{version}" if version else model
+    h = {"Content-Type": "application/json", **(headers or {})}
+    r = requests.post(f"{world['url']}/{api}/{path}", data=json.dumps(body), headers=h, timeout=30)
     if r.status_code != 200:
         return r.status_code, r.text, r
-    out = next(o for o in r.json()["outputs"] if o["name"] == "data")
-    assert out["datatype"] == "BYTES" and out["shape"] == [1], out
-    return 200, json.loads(out["data"][0]), r
+    return 200, r.json(), r
 
 
-def test_predictions_equal_torchserve_s_own_answer(world):
-    direct = world["ts"].predict("adder", json.dumps([1, 2, 3.5]), "1.0").json()
-    status, got, _ = infer(world, "adder", [1, 2, 3.5])
-    assert status == 200, got
-    assert got == direct == {"sum": 6.5, "batch_size": 1, "version": "1.0", "explain": False}
+def test_curl_predictions_equal_torchserve_s_own_answer(world):
+    direct = world["ts"].predict("adder", json.dumps([1, 2, 3.5]), "1.0")
+    out = subprocess.run(
+        ["curl", "-sS", "-H", "Expect:", "-H", "content-type: application/json", "-D", "-",
+         f"{world['url']}/predictions/adder", "-d", "[1, 2, 3.5]"],
+        capture_output=True, check=True, text=True, timeout=30,
+    ).stdout
+    head, _, payload = out.replace("\r\n", "\n").partition("\n\n")
+    assert head.startswith("HTTP/1.1 200"), out
+    assert "x-switchyard-variant: v1" in head
+    # The handler's answer, byte for byte.
+    assert payload == direct.text
+    assert json.loads(payload) == {"sum": 6.5, "batch_size": 1, "version": "1.0", "explain": False}
     # Counted like any backend's call.
     text = requests.get(world["metrics"], timeout=5).text
     line = 'switchyard_backend_request_duration_seconds_count{model="adder",variant="v1"} '
@@ -145,6 +154,21 @@ def test_predictions_equal_torchserve_s_own_answer(world):
 def test_a_variant_s_version_reaches_that_version(world):
     status, got, _ = infer(world, "adder-v2", [5])
     assert (status, got["version"], got["sum"]) == (200, "2.0", 5)
+    # A version in the path with no variant pinned to it: the backend is asked for it.
+    status, got, _ = infer(world, "adder-v2", [5], version="1.0")
+    assert (status, got["version"]) == (200, "1.0"), got
+
+
+def test_a_v2_client_s_bytes_body_reaches_torchserve_too(world):
+    req = {
+        "inputs": [{"name": "data", "datatype": "BYTES", "shape": [1], "data": ["[4, 5]"]}],
+        "parameters": {"content_type": "application/json"},
+    }
+    r = requests.post(f"{world['url']}/v2/models/adder-v2/infer", json=req, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert (out["name"], out["datatype"], out["shape"]) == ("data", "BYTES", [1])
+    assert json.loads(out["data"][0])["sum"] == 9
 
 
 def test_an_ab_split_reaches_both_versions(world):
@@ -177,8 +201,11 @@ def test_switchyard_s_batch_reaches_the_handler_as_one_torchserve_batch(world):
 
 
 def test_an_explanation_goes_to_the_explanations_api(world):
-    status, got, _ = infer(world, "adder-v2", [1], {"torchserve_explain": True})
+    status, got, _ = infer(world, "adder-v2", [1], explain=True)
     assert (status, got["explain"]) == (200, True), got
+    # The explanations API of the gRPC transport does not exist: said, not faked.
+    status, text, _ = infer(world, "adder-grpc", [1], explain=True)
+    assert status == 400 and "no explanations" in text, text
 
 
 def test_torchserve_s_4xx_reaches_the_client_with_its_message(world):
@@ -199,6 +226,23 @@ def test_grpc_transport_gives_the_same_answers(world):
     # TorchServe's gRPC errors keep their meaning.
     status, text, _ = infer(world, "adder-grpc", {"fail": 400})
     assert status == 400 and "asked to fail" in text, text
+
+
+def test_torchserve_s_grpc_stubs_through_switchyard(world, stubs):
+    """TorchServe's own gRPC client on Switchyard's gRPC port, to both transports."""
+    import grpc
+
+    pb, pb_grpc = stubs
+    direct = world["ts"].predict("adder", json.dumps([3, 4]), "2.0").json()
+    with grpc.insecure_channel(world["grpc"]) as ch:
+        stub = pb_grpc.InferenceAPIsServiceStub(ch)
+        for model in ("adder-v2", "adder-grpc"):
+            got = stub.Predictions(pb.PredictionsRequest(model_name=model, input={"data": b"[3, 4]"}), timeout=30)
+            assert json.loads(got.prediction) == direct, model
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predictions(pb.PredictionsRequest(model_name="adder-grpc", input={"data": b'{"fail": 400}'}),
+                             timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "asked to fail" in e.value.details()
 
 
 def test_metadata_lists_torchserve_s_versions(world):
