@@ -351,12 +351,12 @@ impl Backend for TorchServeBackend {
         }))
     }
 
-    /// With a management URL: a worker of that model (version) is READY.
-    /// Without one: the server's own health (TorchServe has no per-model
-    /// readiness on its inference API).
+    /// With a management URL: a worker of that model (version) is READY, and
+    /// the inference endpoints can take requests. Without one: the server's
+    /// own health (TorchServe has no per-model readiness on its inference API).
     async fn model_ready(&self, target: &ModelTarget) -> Result<bool, BackendError> {
         match self.describe(target, false).await {
-            Ok(Some(entries)) => Ok(any_worker_ready(&entries)),
+            Ok(Some(entries)) => Ok(any_worker_ready(&entries) && self.ready().await),
             Ok(None) => Ok(self.ready().await),
             Err(BackendError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
