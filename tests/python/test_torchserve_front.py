@@ -213,6 +213,25 @@ def test_curl_prediction_matches_onnxruntime(base, reference):
     np.testing.assert_allclose(json.loads(payload), reference("1", x)[0], atol=TOLERANCE)
 
 
+def test_curl_upload_is_a_put(base, reference, tmp_path):
+    # TorchServe's own examples send a file with `curl -T` (PUT).
+    x = rows(1, seed=10)
+    f = tmp_path / "row.json"
+    f.write_text(json.dumps(x[0].tolist()))
+    out = subprocess.run(["curl", "-sS", "-f", f"{base}/predictions/mlp/2", "-T", str(f)],
+                         capture_output=True, check=True, text=True).stdout
+    np.testing.assert_allclose(json.loads(out), reference("2", x)[0], atol=TOLERANCE)
+
+
+def test_query_parameters(base, reference):
+    # Inputs of their own (a handler's options); a translated body is still `data`.
+    x = rows(1, seed=11)
+    r = post(base, "/predictions/mlp/1?topk=3", x[0].tolist())
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json(), reference("1", x)[0], atol=TOLERANCE)
+    ts_error(post(base, "/predictions/mlp?data=1", x[0].tolist()), 400, "BadRequestException", "would shadow the body")
+
+
 def test_versions_pin_variants(base, reference):
     x = rows(1, seed=2)
     for version, variant in (("1", "stable"), ("2", "canary")):

@@ -194,7 +194,22 @@ fn variant(
         deterministic: v.deterministic.unwrap_or(true),
         labels: v.labels.iter().map(|l| Arc::from(l.value.as_str())).collect(),
         features: v.features.as_ref().and_then(|f| super::sources::features(errs, &format!("{vp}.features"), f)),
-        torchserve: v.torchserve.as_ref().map(|t| super::torchserve::translation(errs, &format!("{vp}.torchserve"), t)),
+        torchserve: v.torchserve.as_ref().map(|t| {
+            // A TorchServe behind takes the bodies as they came: there is nothing to translate to.
+            if let Some(b) = cx.backends.get(v.backend.value.as_str()).filter(|b| b.kind() == "torchserve") {
+                errs.at(
+                    format!("{vp}.torchserve"),
+                    loc(t),
+                    format!(
+                        "backend `{}` is kind {}: TorchServe bodies reach it unchanged; a translation is for tensor \
+                         backends (remove `torchserve`)",
+                        v.backend.value,
+                        b.kind()
+                    ),
+                );
+            }
+            super::torchserve::translation(errs, &format!("{vp}.torchserve"), t)
+        }),
     }
 }
 

@@ -40,7 +40,7 @@ pub enum Endpoint<'a> {
     TfStatus(&'a str, TfServable<'a>),
     /// TF Serving's `GET /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata`.
     TfMetadata(&'a str, TfServable<'a>),
-    /// TorchServe's `POST /predictions/{m}[/{v}]` (`false`) or `/explanations/{m}[/{v}]` (`true`).
+    /// TorchServe's `POST` (or `PUT`) `/predictions/{m}[/{v}]` (`false`) or `/explanations/{m}[/{v}]` (`true`).
     TsPredict(&'a str, Option<&'a str>, bool),
     /// TorchServe's `GET /ping`.
     TsPing,
@@ -144,6 +144,8 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
             };
             return match v {
                 Some("") => Endpoint::Other,
+                // TorchServe's own examples upload with `curl -T` (a PUT).
+                v if method == Method::PUT => Endpoint::TsPredict(m, v, explain),
                 v => post(method, Endpoint::TsPredict(m, v, explain)),
             };
         }
@@ -297,6 +299,7 @@ mod tests {
             (&post, "/explanations/mlp", Endpoint::TsPredict("mlp", None, true)),
             (&post, "/explanations/mlp/1", Endpoint::TsPredict("mlp", Some("1"), true)),
             (&get, "/predictions/mlp", Endpoint::WrongMethod("POST")),
+            (&Method::PUT, "/predictions/mlp", Endpoint::TsPredict("mlp", None, false)),
             (&post, "/predictions/", Endpoint::Other),
             (&post, "/predictions/mlp/", Endpoint::Other),
             (&post, "/predictions/mlp/1/extra", Endpoint::Other),

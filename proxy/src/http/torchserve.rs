@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use pingora_proxy::Session;
 use switchyard_config::Limits;
+use switchyard_runtime::codec::torchserve::BODY_INPUT;
 
 use super::body;
 use super::reply::Reply;
@@ -38,6 +39,26 @@ pub fn is_torchserve_path(path: &str) -> bool {
     path == "/ping" || path.starts_with("/predictions/") || path.starts_with("/explanations/")
 }
 
+/// The query string's parameters as inputs (TorchServe hands each to the
+/// handler as one, its value as text). `data` is the body's name: a query
+/// parameter of that name is refused rather than silently shadowed.
+fn query_inputs(query: Option<&str>) -> Result<Vec<(String, Bytes)>, Error> {
+    let mut out: Vec<(String, Bytes)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if k == BODY_INPUT {
+            return Err(Error::bad_field(
+                BODY_INPUT,
+                format!("query parameter '{BODY_INPUT}' would shadow the body, which travels as input '{BODY_INPUT}'"),
+            ));
+        }
+        if out.iter().any(|(name, _)| *name == k) {
+            return Err(Error::bad_field(k.to_string(), format!("query parameter '{k}' is given more than once")));
+        }
+        out.push((k.into_owned(), Bytes::from(v.into_owned())));
+    }
+    Ok(out)
+}
+
 /// A TorchServe REST inference on a pingora session.
 struct TsExchange<'s> {
     session: &'s mut Session,
@@ -58,9 +79,12 @@ impl Exchange for TsExchange<'_> {
     }
 
     async fn decode(&mut self) -> Result<switchyard_runtime::InferRequest, Error> {
+        // Query-string parameters are inputs of their own, as TorchServe makes them.
+        let mut inputs = query_inputs(self.session.req_header().uri.query())?;
         let body = body::read(self.session, self.limits).await?;
         self.body_len = Some(body.len() as u64);
-        self.call.inputs = vec![(switchyard_runtime::codec::torchserve::BODY_INPUT.to_owned(), body)];
+        inputs.push((BODY_INPUT.to_owned(), body));
+        self.call.inputs = inputs;
         self.call.decode().await
     }
 
@@ -117,4 +141,20 @@ pub async fn predict(
 pub async fn ping(table: &RoutingTable) -> Reply {
     let ok = torchserve::healthy(table).await;
     Reply::json(if ok { 200 } else { 500 }, torchserve::health_json(ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_inputs() {
+        let got = query_inputs(Some("topk=3&label=a%20b")).unwrap();
+        assert_eq!(got, vec![("topk".into(), Bytes::from("3")), ("label".into(), Bytes::from("a b"))]);
+        assert!(query_inputs(None).unwrap().is_empty());
+        let e = query_inputs(Some("data=x")).unwrap_err();
+        assert!(e.message.contains("would shadow the body"), "{e}");
+        let e = query_inputs(Some("k=1&k=2")).unwrap_err();
+        assert!(e.message.contains("more than once"), "{e}");
+    }
 }
