@@ -792,6 +792,8 @@ pub struct ModelConfig {
     pub quality: Option<QualityConfig>,
     /// Triton sequence affinity (always on; these are its bounds).
     pub sequences: SequenceConfig,
+    /// Content-routing rules, tried in order before the weighted split.
+    pub rules: Vec<crate::RuleConfig>,
 }
 
 /// The bounds of a model's table of live Triton sequences (`sequence_id` →

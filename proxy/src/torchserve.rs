@@ -8,9 +8,7 @@
 //! answer's tensor is written back as nested JSON lists. What cannot map is a
 //! 400 that says why; a variant that declares no translation answers 501.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::Value as Json;
@@ -27,39 +25,6 @@ use crate::pipeline::Routed;
 pub const BACKEND_KIND: &str = "torchserve";
 /// The input names a translated body may travel under (TorchServe's handlers read `data` or `body`).
 const BODY_NAMES: [&str; 2] = [ts::BODY_INPUT, "body"];
-
-/// How long a model's inputs are trusted before its backend is asked again.
-const SIGNATURE_TTL: Duration = Duration::from_secs(10);
-/// Signatures kept at most; past it the map starts over.
-const MAX_SIGNATURES: usize = 1024;
-
-type Signatures = RwLock<HashMap<(usize, ModelTarget), (Instant, Arc<[InputSpec]>)>>;
-
-fn signatures() -> &'static Signatures {
-    static CACHE: OnceLock<Signatures> = OnceLock::new();
-    CACHE.get_or_init(|| RwLock::new(HashMap::new()))
-}
-
-/// The inputs of `target` on `backend` (cached): what a translated body is typed by.
-async fn signature(backend: &Arc<dyn Backend>, target: &ModelTarget) -> Result<Arc<[InputSpec]>, Error> {
-    let key = (Arc::as_ptr(backend) as *const () as usize, target.clone());
-    let hit = signatures()
-        .read()
-        .ok()
-        .and_then(|m| m.get(&key).filter(|(at, _)| at.elapsed() < SIGNATURE_TTL).map(|(_, s)| s.clone()));
-    if let Some(s) = hit {
-        return Ok(s);
-    }
-    let meta = backend.model_metadata(target).await?;
-    let specs: Arc<[InputSpec]> = tfs::input_specs(&meta)?.into();
-    if let Ok(mut m) = signatures().write() {
-        if m.len() >= MAX_SIGNATURES {
-            m.clear();
-        }
-        m.insert(key, (Instant::now(), specs.clone()));
-    }
-    Ok(specs)
-}
 
 /// TorchServe's words for a model nobody serves.
 pub fn model_not_found(model: &str) -> Error {
@@ -163,7 +128,17 @@ impl TsCall {
             )?),
             Plan::Translate { t, backend, target, variant } => {
                 let body = translated_body(&inputs)?;
-                let spec = one_input(&signature(backend, target).await?, &self.model, variant)?;
+                // The signature TF Serving's front ends type bodies by (cached per backend and target).
+                let sig = crate::tfserving::signature(backend, target).await?;
+                let spec = one_input(&sig.inputs, &self.model, variant)?;
+                if let Some(name) = t.output_tensor.as_ref().filter(|n| !sig.outputs.contains(n)) {
+                    return Err(not_served(format!(
+                        "variant '{variant}' of model '{}' declares output_tensor '{name}', which the model does \
+                         not have (outputs: {})",
+                        self.model,
+                        sig.outputs.join(", ")
+                    )));
+                }
                 Ok(translate_request(body, t, &spec)?)
             }
         }

@@ -129,6 +129,9 @@ models:
   dtypes:
     variants:
       - {{name: main, backend: tests, torchserve: {{}}}}
+  badout:
+    variants:
+      - {{name: main, backend: local, model: mlp, version: 1, torchserve: {{body: row, output_tensor: nosuch}}}}
   plain:
     variants:
       - {{name: main, backend: local, model: mlp, version: 1}}
@@ -317,6 +320,7 @@ BAD = [
     ("mlp", '{"a": 1}', 400, "BadRequestException", "is an object"),
     ("dtypes", "[[1, 2]]", 501, "NotImplementedException", "has 10 inputs"),
     ("plain", "[1]", 501, "NotImplementedException", "declares no TorchServe translation"),
+    ("badout", "[1]", 501, "NotImplementedException", "output_tensor 'nosuch', which the model does not have"),
     ("nosuch", "[1]", 404, "ModelNotFoundException", "Model not found: nosuch"),
 ]
 

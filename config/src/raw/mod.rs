@@ -11,6 +11,7 @@ mod backend;
 mod error;
 mod graph;
 mod reliability;
+mod rules;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde_saphyr::Spanned;
 pub use backend::*;
 pub use graph::*;
 pub use reliability::*;
+pub use rules::*;
 pub use sources::*;
 
 use crate::validated::FieldError;
@@ -387,6 +389,9 @@ pub struct RawModel {
     pub monitoring: Option<S<RawMonitoring>>,
     /// Triton sequence affinity: the table of live `sequence_id`s (docs/triton.md).
     pub sequences: Option<S<RawSequences>>,
+    /// Content routing: rules tried in order before the weighted split (docs/routing.md).
+    #[serde(default)]
+    pub rules: Vec<S<RawRule>>,
 }
 
 #[derive(Debug, Deserialize)]

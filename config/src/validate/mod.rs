@@ -6,7 +6,7 @@
 //! `mod` → `process`, `backends`, `cache`, `models`, `graph`, `reliability`, `fields`;
 //! `graph` → `fields`;
 //! `reliability` → `fields`;
-//! `models` → `cache`, `torchserve`, `fields`; `torchserve` → `fields`; `backends` → `upstream`, `tls`, `fields`;
+//! `models` → `cache`, `rules`, `torchserve`, `fields`; `rules` → `fields`; `torchserve` → `fields`; `backends` → `upstream`, `tls`, `fields`;
 //! `process` → `upstream`, `tls`, `fields`; `security` → `tls`, `fields`; `tls` → `fields`; `cache` → `fields`; `upstream` → `fields`;
 //! `fields` is the leaf.
 
@@ -18,6 +18,7 @@ mod models;
 mod monitoring;
 mod process;
 mod reliability;
+mod rules;
 mod security;
 mod sources;
 mod tls;
@@ -67,10 +68,11 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let cache = cache::cache_config(errs, &raw.cache);
     let control = process::control(errs, &raw.control);
     let raw_model_names: Vec<String> = raw.models.keys().cloned().collect();
+    let graph_names = raw.graphs.keys().cloned().collect();
     let models = models::models(
         errs,
         raw.models,
-        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
+        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir, graphs: &graph_names },
     );
     let model_names = raw_model_names.into_iter().collect();
     let graphs = graph::graphs(errs, raw.graphs, &model_names);

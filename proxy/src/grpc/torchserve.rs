@@ -147,6 +147,7 @@ impl TorchServeFront {
             match &answer {
                 Ok(a) => {
                     n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+                    n.rule.clone_from(&a.rule);
                     match &a.result {
                         Ok(b) => n.bytes_out = b.len() as u64,
                         Err(e) => n.error = Some(e.kind.label()),

@@ -4,6 +4,8 @@
 
 use http::Method;
 
+pub use crate::tfserving::{TfMethod, TfServable};
+
 /// What a request path asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint<'a> {
@@ -48,23 +50,6 @@ pub enum Endpoint<'a> {
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
     Other,
-}
-
-/// Which servable of a model a TF Serving path names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TfServable<'a> {
-    /// No version or label: the A/B split picks.
-    Latest,
-    Version(&'a str),
-    Label(&'a str),
-}
-
-/// The verb after `:` on a TF Serving inference path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TfMethod {
-    Predict,
-    Classify,
-    Regress,
 }
 
 /// `/v1/models/...` as TF Serving's REST API routes it; `Other` for what it would not serve.

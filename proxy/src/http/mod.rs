@@ -98,6 +98,7 @@ pub struct Ctx {
     variant: Option<http::HeaderValue>,
     error: Option<&'static str>,
     body_sha256: Option<String>,
+    rule: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -106,6 +107,7 @@ impl Ctx {
         self.variant.clone_from(&reply.variant);
         self.error = reply.error;
         self.body_sha256.clone_from(&reply.body_sha256);
+        self.rule.clone_from(&reply.rule);
     }
 }
 
@@ -138,6 +140,7 @@ impl ProxyHttp for HttpListener {
             variant: None,
             error: None,
             body_sha256: None,
+            rule: None,
         }
     }
 
@@ -544,6 +547,7 @@ impl ProxyHttp for HttpListener {
             bytes_in: downstream.body_bytes_read() as u64,
             bytes_out: downstream.body_bytes_sent() as u64,
             body_sha256: ctx.body_sha256.take(),
+            rule: ctx.rule.take(),
         };
         Record {
             protocol: "http",

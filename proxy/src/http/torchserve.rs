@@ -134,6 +134,7 @@ pub async fn predict(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.rule = a.rule;
     reply
 }
 

@@ -158,6 +158,7 @@ pub async fn infer(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.rule = a.rule;
     reply.body_sha256 = x.body_sha256.flatten();
     reply
 }

@@ -163,7 +163,10 @@ impl RoutingTable {
                     }
                     None => crate::sequence::SequenceTable::new(name.clone(), &m.sequences, &metrics.sequences),
                 };
+            let names: Vec<&str> = variants.iter().map(|v| v.name.as_ref()).collect();
+            let rules = super::rules::Rules::build(name, &m.rules, &names, |r| metrics.rule(name, r))?;
             let route = Arc::new(Route {
+                rules,
                 sequences,
                 quality,
                 shadows,

@@ -86,5 +86,6 @@ fn route(name: &Arc<str>, graph: Arc<Graph>, ctx: &BuildContext<'_>) -> Route {
         quality: None,
         sequences,
         graph: Some(graph),
+        rules: Default::default(),
     }
 }

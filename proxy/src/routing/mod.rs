@@ -2,10 +2,12 @@
 //! weight. A `RoutingTable` is an immutable snapshot assembled off the
 //! request path (`build`: backends, queues and metric handles resolved
 //! once); requests load it once and keep that generation to the end. Which
-//! variant serves a request is decided by the pure `select::Picker`.
+//! variant serves a request is decided by the route's content-routing
+//! rules (`rules`, first match) and else by the pure `select::Picker`.
 
 mod build;
 mod graphs;
+pub mod rules;
 pub mod select;
 
 use std::collections::HashMap;
@@ -140,6 +142,8 @@ pub struct Route {
     pub sequences: Arc<crate::sequence::SequenceTable>,
     /// A graph route's steps (`crate::graph`): its requests run them instead of a backend call.
     pub graph: Option<Arc<dyn Composite>>,
+    /// Content-routing rules, tried before the split (`pipeline::choose`).
+    pub rules: rules::Rules,
 }
 
 /// A route computed by other routes of the same snapshot (`crate::graph`):
