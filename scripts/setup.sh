@@ -21,8 +21,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # What building Switchyard needs (both modes): cmake builds pingora's zlib,
 # protoc compiles the gRPC protocol. The tests and benchmarks add the peers.
 BUILD_PKGS=(cmake:cmake protoc:protobuf-compiler)
+# The JRE runs TorchServe's front end (tests/python/test_torchserve_backend.py).
 # prometheus (with promtool) runs the autoscaling rules' queries in tests/python/test_autoscaling.py.
-TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk prometheus:prometheus openssl:openssl curl:curl)
+TEST_PKGS=(redis-server:redis-server nginx:nginx haproxy:haproxy wrk:wrk prometheus:prometheus openssl:openssl curl:curl
+  java:default-jre-headless)
 WANT=("${BUILD_PKGS[@]}")
 [ "$RUNTIME_ONLY" -eq 0 ] && WANT+=("${TEST_PKGS[@]}")
 
@@ -90,7 +92,7 @@ fi
 # Servers the tests start whose dependencies conflict with .venv's and with each
 # other's: each gets its own venv under .switchyard/venvs/NAME, installed from
 # scripts/requirements-NAME.txt and skipped while that file (and Python) are
-# unchanged. No test imports them: they run bin/mlflow, bin/feast by path.
+# unchanged. No test imports them: they run bin/mlflow, bin/feast, bin/torchserve by path.
 tool_venv() {
   local name="$1" req="$REPO/scripts/requirements-$1.txt" dir="$REPO/.switchyard/venvs/$1"
   local hash
@@ -109,8 +111,10 @@ if [ "$RUNTIME_ONLY" -eq 0 ]; then
   # Side by side: the installs wait on downloads more than on the CPU (~2.5 min each alone).
   tool_venv mlflow & mlflow_pid=$!
   tool_venv feast & feast_pid=$!
+  tool_venv torchserve & torchserve_pid=$!
   wait "$mlflow_pid"
   wait "$feast_pid"
+  wait "$torchserve_pid"
 fi
 
 # ---------------------------------------------------------------- Kubernetes tools

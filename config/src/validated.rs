@@ -21,6 +21,8 @@ pub const DEFAULT_GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:8002";
 /// Control API: loopback only unless configured otherwise.
 pub const DEFAULT_CONTROL_ADDRESS: &str = "127.0.0.1:9901";
+/// TorchServe's own management port, on loopback: it registers and scales models.
+pub const DEFAULT_TORCHSERVE_MANAGEMENT_ADDRESS: &str = "127.0.0.1:8081";
 /// Largest request body accepted on the data port (64 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a client may take to send its request headers.
@@ -401,6 +403,15 @@ pub struct Listeners {
     pub control: Option<ControlListener>,
     /// KServe V2 gRPC; `None` when `listeners.grpc.enabled: false`.
     pub grpc: Option<GrpcListener>,
+    /// TorchServe's management API, relayed to a `kind: torchserve` backend.
+    pub torchserve_management: Option<TorchServeManagementListener>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TorchServeManagementListener {
+    pub address: SocketAddr,
+    /// A `kind: torchserve` backend with a `management` URL (checked by validation).
+    pub backend: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -543,6 +554,25 @@ pub enum BackendConfig {
     V2Grpc(V2GrpcBackend),
     TfServing(TfServingBackend),
     Onnx(OnnxBackend),
+    TorchServe(TorchServeBackend),
+}
+
+/// A TorchServe server (`kind: torchserve`): its inference API over REST or
+/// gRPC with the V2 remote kinds' transport settings, and its management API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TorchServeBackend {
+    pub transport: TorchServeTransport,
+    /// The management API (`http[s]://host:port[/prefix]`).
+    pub management: Option<Upstream>,
+    /// TLS to the management API: `Some` exactly when it is `https://` (the backend's `tls` block).
+    pub management_tls: Option<ClientTlsConfig>,
+}
+
+/// How the inference API is reached: the settings of the V2 kind that speaks the same transport.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TorchServeTransport {
+    Rest(V2HttpBackend),
+    Grpc(V2GrpcBackend),
 }
 
 impl BackendConfig {
@@ -552,6 +582,7 @@ impl BackendConfig {
             BackendConfig::V2Grpc(_) => "v2-grpc",
             BackendConfig::TfServing(_) => "tfserving",
             BackendConfig::Onnx(_) => "onnx",
+            BackendConfig::TorchServe(_) => "torchserve",
         }
     }
 }

@@ -83,6 +83,7 @@ pub fn run(
     server.bootstrap();
     lifecycle::watch(server.watch_execution_phase(), drain);
 
+    let guards_auth = guards.auth.clone();
     let plane = exit_on_err(
         HttpListener::new(table, metrics.clone(), cfg.limits.clone(), cfg.listeners.http.default_upstream.clone())
             .with_upstream_tls(cfg.listeners.http.default_upstream_tls.as_ref()),
@@ -130,6 +131,9 @@ pub fn run(
     if let Some(g) = grpc {
         server.add_service(g);
     }
+    if let Some(t) = &cfg.listeners.torchserve_management {
+        server.add_service(exit_on_err(torchserve_management_service(&server, cfg, t, guards_auth)));
+    }
     tracing::info!(
         http = %cfg.listeners.http.address,
         metrics = ?cfg.listeners.metrics,
@@ -139,6 +143,33 @@ pub fn run(
     );
     let _keep_tls = keep_tls;
     server.run_forever()
+}
+
+/// `listeners.torchserve_management`: a proxy of its own to the backend's management URL.
+fn torchserve_management_service(
+    server: &Server,
+    cfg: &ValidatedConfig,
+    t: &switchyard_config::TorchServeManagementListener,
+    auth: Option<Arc<auth::Auth>>,
+) -> Result<Service<pingora_proxy::HttpProxy<http::torchserve_management::ManagementProxy>>, String> {
+    let Some(switchyard_config::BackendConfig::TorchServe(b)) = cfg.backends.get(&t.backend) else {
+        return Err(format!("listeners.torchserve_management: backend `{}` is not a torchserve backend", t.backend));
+    };
+    let management = b
+        .management
+        .clone()
+        .ok_or_else(|| format!("listeners.torchserve_management: backend `{}` has no management URL", t.backend))?;
+    let app = http::torchserve_management::ManagementProxy::new(
+        t.backend.clone(),
+        management,
+        b.management_tls.as_ref(),
+        auth,
+    )?;
+    let mut svc =
+        Service::new("switchyard-torchserve-management".into(), pingora_proxy::http_proxy(&server.configuration, app));
+    svc.threads = Some(1);
+    svc.add_tcp(&t.address.to_string());
+    Ok(svc)
 }
 
 /// A listener that cannot start stops the process with the reason (as a taken port does).

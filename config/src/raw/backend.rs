@@ -42,6 +42,7 @@ pub enum RawBackendFields {
     V2Grpc(Box<RawV2GrpcBackend>),
     TfServing(Box<RawTfServingBackend>),
     Onnx(Box<RawOnnxBackend>),
+    TorchServe(Box<RawTorchServeBackend>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +119,35 @@ pub struct RawTfServingBackend {
     pub health_check: Option<S<RawHealthCheck>>,
     pub outlier_detection: Option<S<RawOutlierDetection>>,
     pub retry_budget: Option<S<RawRetryBudget>>,
+    pub forward_headers: Option<S<RawForwardHeaders>>,
+    pub tls: Option<S<RawClientTls>>,
+}
+
+/// A TorchServe server (docs/torchserve-backend.md): the V2 remote kinds'
+/// fields (validated by the same code: `pool_size` only over REST,
+/// `max_message_bytes` only over gRPC), plus the protocol and the management API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTorchServeBackend {
+    /// `rest` (the inference API, default) or `grpc` (its gRPC inference API).
+    pub protocol: Option<S<String>>,
+    /// The management API's base URL (`http://host:8081`): model readiness,
+    /// metadata and the management listener's pass-through.
+    pub management: Option<S<String>>,
+    #[serde(default)]
+    pub endpoints: Vec<S<String>>,
+    pub dns: Option<S<String>>,
+    pub dns_refresh: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub pool_size: Option<S<u64>>,
+    pub max_message_bytes: Option<S<u64>>,
+    pub eject_after_failures: Option<S<u64>>,
+    pub eject_for: Option<S<String>>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub outlier_detection: Option<S<RawOutlierDetection>>,
+    pub retry_budget: Option<S<RawRetryBudget>>,
+    pub load_metrics: Option<S<RawLoadMetrics>>,
     pub forward_headers: Option<S<RawForwardHeaders>>,
     pub tls: Option<S<RawClientTls>>,
 }
@@ -223,6 +253,7 @@ enum Kind {
     V2Grpc,
     TfServing,
     Onnx,
+    TorchServe,
 }
 
 impl Kind {
@@ -232,6 +263,7 @@ impl Kind {
             "v2-grpc" => Some(Kind::V2Grpc),
             "tfserving" => Some(Kind::TfServing),
             "onnx" => Some(Kind::Onnx),
+            "torchserve" => Some(Kind::TorchServe),
             _ => None,
         }
     }
@@ -384,6 +416,7 @@ impl<'de> Visitor<'de> for Backend<'_> {
             Kind::V2Grpc => RawBackendFields::V2Grpc(Box::new(RawV2GrpcBackend::deserialize(d)?)),
             Kind::TfServing => RawBackendFields::TfServing(Box::new(RawTfServingBackend::deserialize(d)?)),
             Kind::Onnx => RawBackendFields::Onnx(Box::new(RawOnnxBackend::deserialize(d)?)),
+            Kind::TorchServe => RawBackendFields::TorchServe(Box::new(RawTorchServeBackend::deserialize(d)?)),
         })
     }
 }

@@ -271,6 +271,16 @@ pub struct RawListeners {
     pub metrics: Option<RawPlainListener>,
     pub control: Option<RawControlListener>,
     pub grpc: Option<RawGrpcListener>,
+    pub torchserve_management: Option<S<RawTorchServeManagementListener>>,
+}
+
+/// TorchServe's management API relayed to a `kind: torchserve` backend (docs/torchserve-backend.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTorchServeManagementListener {
+    pub address: Option<S<String>>,
+    /// The backend whose `management` URL receives every request.
+    pub backend: S<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

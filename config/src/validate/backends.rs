@@ -32,27 +32,33 @@ pub(super) fn backends(
     defaults: &Defaults,
 ) -> BTreeMap<Arc<str>, BackendConfig> {
     let mut out = BTreeMap::new();
-    for (name, b) in raw {
+    for (name, mut b) in raw {
         let path = format!("backends.{name}");
-        let cfg = match &b.value.fields {
+        let cfg = match b.value.fields.take() {
             Some(RawBackendFields::V2Http(r)) => {
-                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), r, base_dir, defaults)))
+                Some(BackendConfig::V2Http(v2_http(errs, &path, loc(&b), &r, base_dir, defaults, "v2-http")))
             }
             Some(RawBackendFields::V2Grpc(r)) => {
-                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), r, base_dir, defaults)))
+                Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), &r, base_dir, defaults, "v2-grpc")))
             }
             Some(RawBackendFields::TfServing(r)) => {
-                Some(BackendConfig::TfServing(tfserving(errs, &path, loc(&b), r, base_dir, defaults)))
+                Some(BackendConfig::TfServing(tfserving(errs, &path, loc(&b), &r, base_dir, defaults)))
             }
             Some(RawBackendFields::Onnx(r)) => {
-                onnx(errs, &path, loc(&b), r, base_dir, defaults).map(BackendConfig::Onnx)
+                onnx(errs, &path, loc(&b), &r, base_dir, defaults).map(BackendConfig::Onnx)
+            }
+            Some(RawBackendFields::TorchServe(r)) => {
+                Some(BackendConfig::TorchServe(torchserve(errs, &path, loc(&b), *r, base_dir, defaults)))
             }
             None => {
                 let kind = &b.value.kind;
                 errs.at(
                     format!("{path}.kind"),
                     loc(kind),
-                    format!("unknown backend kind `{}` (expected v2-http, v2-grpc, tfserving or onnx)", kind.value),
+                    format!(
+                        "unknown backend kind `{}` (expected v2-http, v2-grpc, tfserving, onnx or torchserve)",
+                        kind.value
+                    ),
                 );
                 None
             }
@@ -161,16 +167,16 @@ macro_rules! remote_fields {
 struct EndpointRules {
     parse: fn(&str) -> Result<Upstream, String>,
     parse_dns: fn(&str) -> Result<Upstream, String>,
-    when_empty: &'static str,
+    when_empty: String,
 }
 
 /// Base URLs (`http[s]://host:port[/prefix]`).
-fn http_endpoints(when_empty: &'static str) -> EndpointRules {
+fn http_endpoints(when_empty: String) -> EndpointRules {
     EndpointRules { parse: parse_upstream, parse_dns: parse_http_or_bare, when_empty }
 }
 
 /// `host:port` (or `http[s]://host:port`, no path).
-fn grpc_endpoints(when_empty: &'static str) -> EndpointRules {
+fn grpc_endpoints(when_empty: String) -> EndpointRules {
     EndpointRules { parse: parse_grpc_endpoint, parse_dns: parse_grpc_endpoint, when_empty }
 }
 
@@ -196,7 +202,7 @@ fn remote(
 ) -> Remote {
     let list = r.endpoints.list;
     let dns = r.endpoints.dns.as_ref();
-    let endpoints = endpoints(errs, path, at, r.endpoints, rules.parse, rules.parse_dns, rules.when_empty);
+    let endpoints = endpoints(errs, path, at, r.endpoints, rules.parse, rules.parse_dns, &rules.when_empty);
     let tls = remote_tls(errs, path, list, dns, r.tls, base_dir);
     let health = health(
         errs,
@@ -228,9 +234,10 @@ fn v2_http(
     r: &RawV2HttpBackend,
     base_dir: &Path,
     defaults: &Defaults,
+    kind: &str,
 ) -> V2HttpBackend {
     let fields = remote_fields!(r, &r.load_metrics);
-    let rules = http_endpoints("a v2-http backend needs at least one endpoint (or `dns: host:port`)");
+    let rules = http_endpoints(format!("a {kind} backend needs at least one endpoint (or `dns: host:port`)"));
     let c = remote(errs, path, at, fields, rules, base_dir, defaults);
     let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
         None | Some(("auto", _)) => BinaryMode::Auto,
@@ -268,9 +275,11 @@ fn v2_grpc(
     r: &RawV2GrpcBackend,
     base_dir: &Path,
     defaults: &Defaults,
+    kind: &str,
 ) -> V2GrpcBackend {
     let fields = remote_fields!(r, &r.load_metrics);
-    let rules = grpc_endpoints("a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)");
+    let rules =
+        grpc_endpoints(format!("a {kind} backend needs at least one endpoint (host:port, or `dns: host:port`)"));
     let c = remote(errs, path, at, fields, rules, base_dir, defaults);
     V2GrpcBackend {
         endpoints: c.endpoints,
@@ -316,12 +325,14 @@ fn tfserving(
     let (rules, transport) = if grpc {
         only(errs, "pool_size", r.pool_size.as_ref(), "rest");
         let max_message_bytes = message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes);
-        let rules = grpc_endpoints("a tfserving backend needs at least one endpoint (host:port, or `dns: host:port`)");
+        let rules =
+            grpc_endpoints("a tfserving backend needs at least one endpoint (host:port, or `dns: host:port`)".into());
         (rules, TfTransport::Grpc { max_message_bytes })
     } else {
         only(errs, "max_message_bytes", r.max_message_bytes.as_ref(), "grpc");
-        let rules =
-            http_endpoints("a tfserving backend needs at least one endpoint (http://host:port, or `dns: host:port`)");
+        let rules = http_endpoints(
+            "a tfserving backend needs at least one endpoint (http://host:port, or `dns: host:port`)".into(),
+        );
         (rules, TfTransport::Rest { pool_size: pool_size(errs, path, &r.pool_size) })
     };
     let c = remote(errs, path, at, fields, rules, base_dir, defaults);
@@ -343,6 +354,106 @@ fn tfserving(
         forward_headers: c.forward_headers,
         tls: c.tls,
     }
+}
+
+/// A TorchServe backend: its transport fields validated as the V2 kind that
+/// speaks the same protocol (one code path for both), a field of the other
+/// transport refused, and the management URL.
+fn torchserve(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: RawTorchServeBackend,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> TorchServeBackend {
+    let grpc = match r.protocol.as_ref().map(|p| (p.value.as_str(), p)) {
+        None | Some(("rest", _)) => false,
+        Some(("grpc", _)) => true,
+        Some((other, p)) => {
+            errs.at(
+                format!("{path}.protocol"),
+                loc(p),
+                format!("unknown protocol `{}` (expected rest or grpc)", escaped(other)),
+            );
+            false
+        }
+    };
+    let (only, wrong) = if grpc { ("rest", &r.pool_size) } else { ("grpc", &r.max_message_bytes) };
+    if let Some(w) = wrong {
+        let field = if grpc { "pool_size" } else { "max_message_bytes" };
+        errs.at(format!("{path}.{field}"), loc(w), format!("applies only with `protocol: {only}`"));
+    }
+    // The load scrape reads Triton's queue gauges; TorchServe publishes none, so
+    // its endpoints are picked by the requests Switchyard has in flight on each.
+    let load_metrics = match r.load_metrics {
+        Some(m) => {
+            errs.at(
+                format!("{path}.load_metrics"),
+                loc(&m),
+                "TorchServe publishes no queue depth to scrape: endpoints are picked by the requests in flight on each",
+            );
+            None
+        }
+        None => None,
+    };
+    let transport = if grpc {
+        let raw = RawV2GrpcBackend {
+            endpoints: r.endpoints,
+            dns: r.dns,
+            dns_refresh: r.dns_refresh,
+            timeout: r.timeout,
+            connect_timeout: r.connect_timeout,
+            max_message_bytes: r.max_message_bytes,
+            eject_after_failures: r.eject_after_failures,
+            eject_for: r.eject_for,
+            health_check: r.health_check,
+            outlier_detection: r.outlier_detection,
+            retry_budget: r.retry_budget,
+            load_metrics,
+            forward_headers: r.forward_headers,
+            tls: r.tls,
+        };
+        TorchServeTransport::Grpc(v2_grpc(errs, path, at, &raw, base_dir, defaults, "torchserve"))
+    } else {
+        let raw = RawV2HttpBackend {
+            endpoints: r.endpoints,
+            dns: r.dns,
+            dns_refresh: r.dns_refresh,
+            timeout: r.timeout,
+            connect_timeout: r.connect_timeout,
+            pool_size: r.pool_size,
+            eject_after_failures: r.eject_after_failures,
+            eject_for: r.eject_for,
+            health_check: r.health_check,
+            outlier_detection: r.outlier_detection,
+            retry_budget: r.retry_budget,
+            load_metrics,
+            // Bodies are TorchServe's own: nothing is encoded as V2 JSON or binary.
+            binary: None,
+            forward_headers: r.forward_headers,
+            tls: r.tls,
+        };
+        TorchServeTransport::Rest(v2_http(errs, path, at, &raw, base_dir, defaults, "torchserve"))
+    };
+    let tls = match &transport {
+        TorchServeTransport::Rest(c) => c.tls.clone(),
+        TorchServeTransport::Grpc(c) => c.tls.clone(),
+    };
+    let management = r.management.as_ref().and_then(|m| {
+        let up = parse_upstream(&m.value).map_err(|e| errs.at(format!("{path}.management"), loc(m), e)).ok()?;
+        if up.tls != tls.is_some() {
+            let (this, those) = if up.tls { ("https://", "http://") } else { ("http://", "https://") };
+            errs.at(
+                format!("{path}.management"),
+                loc(m),
+                format!("the management API is {this} but the endpoints are {those}; a backend uses one transport (and one `tls` block)"),
+            );
+        }
+        Some(up)
+    });
+    let management_tls = management.as_ref().filter(|m| m.tls).and(tls);
+    TorchServeBackend { transport, management, management_tls }
 }
 
 /// A remote backend's TLS: `Some` when its endpoints use it (see
@@ -862,5 +973,53 @@ mod tests {
         let e =
             parse("backends:\n  b: {kind: tfserving, endpoints: ['http://h:1'], load_metrics: {}}\n", Path::new("."));
         assert!(e.unwrap_err().to_string().contains("load_metrics"));
+    }
+
+    #[test]
+    fn a_torchserve_backend_takes_the_v2_transport_of_its_protocol() {
+        let BackendConfig::TorchServe(t) = backend(
+            "    kind: torchserve\n    endpoints: ['http://ts:8080']\n    management: http://ts:8081/\n    pool_size: 4\n    timeout: 3s\n",
+        ) else {
+            panic!()
+        };
+        let TorchServeTransport::Rest(r) = &t.transport else { panic!("rest by default") };
+        assert_eq!((r.pool_size, r.timeout, r.binary), (4, Duration::from_secs(3), BinaryMode::Auto));
+        let m = t.management.unwrap();
+        assert_eq!((m.authority.as_str(), m.tls, t.management_tls), ("ts:8081", false, None));
+        let BackendConfig::TorchServe(t) =
+            backend("    kind: torchserve\n    protocol: grpc\n    dns: ts.svc:7070\n    max_message_bytes: 1024\n")
+        else {
+            panic!()
+        };
+        let TorchServeTransport::Grpc(g) = &t.transport else { panic!("grpc") };
+        assert_eq!(g.max_message_bytes, 1024);
+        assert!(matches!(g.endpoints, Endpoints::Dns(DnsEndpoints { port: 7070, .. })));
+        assert_eq!(t.management, None);
+    }
+
+    #[test]
+    fn torchserve_errors_name_their_field() {
+        let errs = parse(
+            "backends:\n  a: {kind: torchserve, protocol: http2, endpoints: ['http://h:1']}\n  b: {kind: torchserve, protocol: grpc, endpoints: ['h:1'], pool_size: 2}\n  c: {kind: torchserve, endpoints: ['http://h:1'], max_message_bytes: 10, management: 'https://h:2'}\n  d: {kind: torchserve, management: 'ftp://h', load_metrics: {port: 8082}}\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .errors;
+        let mut got: Vec<(&str, &str)> = errs.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+        // Reported in file order; compared by path.
+        got.sort();
+        let want = [
+            ("backends.a.protocol", "unknown protocol `http2`"),
+            ("backends.b.pool_size", "only with `protocol: rest`"),
+            ("backends.c.management", "one transport"),
+            ("backends.c.max_message_bytes", "only with `protocol: grpc`"),
+            ("backends.d.endpoints", "a torchserve backend needs at least one endpoint"),
+            ("backends.d.load_metrics", "publishes no queue depth"),
+            ("backends.d.management", "must start with http://"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((path, msg), (wp, wm)) in got.iter().zip(want) {
+            assert!(*path == wp && msg.contains(wm), "{path}: {msg} (wanted {wp}: {wm})");
+        }
     }
 }

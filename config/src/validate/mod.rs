@@ -52,6 +52,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError
 /// to the cache tiers.
 fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ts_management_at = raw.listeners.torchserve_management.as_ref().map(|t| *fields::loc(&t.value.backend));
     let listeners = process::listeners(errs, raw.listeners, base_dir, cores);
     let limits = process::limits(errs, &raw.limits);
     let (routing, default_sticky) = process::routing(errs, &raw.routing);
@@ -98,6 +99,14 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
                     b.value
                 ),
             ),
+            Some(BackendConfig::TorchServe(_)) => errs.at(
+                "server.metadata_from",
+                fields::loc(b),
+                format!(
+                    "backend `{}` is TorchServe, which has no V2 server metadata: metadata_from names a v2-http or v2-grpc backend",
+                    b.value
+                ),
+            ),
             // Its own errors are reported where it is defined.
             None if backend_names.contains(&b.value) => {}
             None => errs.at(
@@ -105,6 +114,30 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
                 fields::loc(b),
                 format!("unknown backend `{}` (defined: {})", b.value, backend_names.join(", ")),
             ),
+        }
+    }
+    if let (Some(t), Some(at)) = (&listeners.torchserve_management, &ts_management_at) {
+        let path = "listeners.torchserve_management.backend";
+        match backends.get(&t.backend) {
+            Some(BackendConfig::TorchServe(b)) if b.management.is_some() => {}
+            Some(BackendConfig::TorchServe(_)) => errs.at(
+                path,
+                at,
+                format!("backend `{}` has no `management` URL to relay the management API to", t.backend),
+            ),
+            Some(other) => errs.at(
+                path,
+                at,
+                format!(
+                    "backend `{}` is {}: the management API is relayed to a torchserve backend",
+                    t.backend,
+                    other.kind()
+                ),
+            ),
+            None if backend_names.iter().any(|n| **n == *t.backend) => {}
+            None => {
+                errs.at(path, at, format!("unknown backend `{}` (defined: {})", t.backend, backend_names.join(", ")))
+            }
         }
     }
     let admission = reliability::admission(errs, &raw.admission, &models, &backends);
@@ -253,7 +286,7 @@ models:
             ("server metadata from the embedded runtime", "backends:\n  e: {kind: onnx, repository: .}\nserver:\n  metadata_from: e\n".into(), "server.metadata_from", 4, 18, "is the embedded runtime"),
             ("zero warm-up requests", "backends:\n  b:\n    kind: onnx\n    repository: .\n    warmup_requests: 0\n".into(), "backends.b.warmup_requests", 5, 22, "must be 1 to 1000"),
             // Backends: the shape of each kind (read in the second pass, locations kept).
-            ("unknown kind", "backends:\n  b:\n    kind: grpc9\n".into(), "backends.b.kind", 3, 11, "unknown backend kind `grpc9` (expected v2-http, v2-grpc, tfserving or onnx)"),
+            ("unknown kind", "backends:\n  b:\n    kind: grpc9\n".into(), "backends.b.kind", 3, 11, "unknown backend kind `grpc9` (expected v2-http, v2-grpc, tfserving, onnx or torchserve)"),
             ("unknown field in v2-http", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    bogus: 1\n".into(), "backends.b.bogus", 5, 5, "unknown field `bogus`, expected one of endpoints,"),
             ("wrong type in v2-http", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    pool_size: lots\n".into(), "backends.b.pool_size", 5, 16, "invalid u64"),
             ("field of another kind", "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1']\n    binary: always\n".into(), "backends.b.binary", 5, 5, "unknown field `binary`"),
@@ -402,6 +435,32 @@ models:
         ] {
             let errs = errors(&yaml);
             assert!(errs.iter().any(|e| e.path.contains(needle)), "{needle}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn the_torchserve_management_listener_names_a_torchserve_backend_with_a_management_url() {
+        let ok = ValidatedConfig::parse(
+            "listeners:\n  torchserve_management: {address: '127.0.0.1:9081', backend: ts}\nbackends:\n  ts: {kind: torchserve, endpoints: ['http://h:8080'], management: 'http://h:8081'}\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let t = ok.listeners.torchserve_management.unwrap();
+        assert_eq!((t.address.port(), &*t.backend), (9081, "ts"));
+        for (backend, want) in [
+            ("ts", "has no `management` URL"),
+            ("v2", "is v2-http: the management API is relayed to a torchserve backend"),
+            ("nope", "unknown backend `nope`"),
+        ] {
+            let errs = ValidatedConfig::parse(
+                &format!("listeners:\n  torchserve_management: {{backend: {backend}}}\nbackends:\n  ts: {{kind: torchserve, endpoints: ['http://h:8080']}}\n  v2: {{kind: v2-http, endpoints: ['http://h:1']}}\n"),
+                Path::new("."),
+            )
+            .unwrap_err()
+            .errors;
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].path, "listeners.torchserve_management.backend");
+            assert!(errs[0].message.contains(want), "{}", errs[0].message);
         }
     }
 }

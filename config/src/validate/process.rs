@@ -75,7 +75,16 @@ pub(super) fn listeners(errs: &mut Errors, raw: RawListeners, base_dir: &Path, c
             state_file: c.state_file.map(|p| base_dir.join(p)),
         }),
     };
-    Listeners { http, metrics, metrics_tls, control, grpc }
+    let torchserve_management = raw.torchserve_management.map(|t| TorchServeManagementListener {
+        address: address(
+            errs,
+            "listeners.torchserve_management.address",
+            &t.value.address,
+            DEFAULT_TORCHSERVE_MANAGEMENT_ADDRESS,
+        ),
+        backend: Arc::from(t.value.backend.value.as_str()),
+    });
+    Listeners { http, metrics, metrics_tls, control, grpc, torchserve_management }
 }
 
 pub(super) fn limits(errs: &mut Errors, raw: &RawLimits) -> Limits {

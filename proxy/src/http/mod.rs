@@ -11,6 +11,7 @@ mod ml;
 mod reply;
 mod tfserving;
 mod torchserve;
+pub mod torchserve_management;
 mod triton;
 mod upstream;
 mod upstream_tls;

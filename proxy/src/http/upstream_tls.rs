@@ -93,7 +93,12 @@ impl UpstreamTls {
     /// them while the returned value lives. `authority`: the upstream's
     /// `host:port`, whose host is the name verified without `server_name`.
     pub fn load(cfg: &ClientTlsConfig, authority: &str) -> Result<UpstreamTls, String> {
-        let what = format!("listeners.http.default_upstream_tls ({authority})");
+        Self::load_named(cfg, authority, "listeners.http.default_upstream_tls")
+    }
+
+    /// `load`, for the upstream that errors call `what`.
+    pub fn load_named(cfg: &ClientTlsConfig, authority: &str, what: &str) -> Result<UpstreamTls, String> {
+        let what = format!("{what} ({authority})");
         let sni = match &cfg.server_name {
             Some(n) => n.clone(),
             None => {

@@ -4,7 +4,7 @@
 //! endpoint sets of backends named by DNS current; `health` keeps failing
 //! replicas of a remote backend out of rotation and spreads load by it;
 //! `http_pool` and `grpc_pool` are the pooled transports of the HTTP and
-//! gRPC backends;
+//! gRPC backends (`v2_http`, `v2_grpc`, `tfserving`, `torchserve`);
 //! `affinity` keeps a Triton sequence on the one replica that holds its state.
 
 pub mod affinity;
@@ -17,6 +17,7 @@ pub mod http_pool;
 pub mod onnx;
 mod set;
 pub mod tfserving;
+pub mod torchserve;
 pub mod triton;
 pub mod v2_grpc;
 pub mod v2_http;

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use switchyard_config::{BackendConfig, Endpoints, ResolverConfig, ValidatedConfig};
+use switchyard_config::{BackendConfig, Endpoints, ResolverConfig, TorchServeTransport, ValidatedConfig};
 
 use super::contract::{Backend, Backends};
-use super::{onnx, tfserving, v2_grpc, v2_http};
+use super::{onnx, tfserving, torchserve, v2_grpc, v2_http};
 
 /// The built backends of one config generation, with the configs they were
 /// built from, so that the next generation reuses every backend whose config
@@ -43,6 +43,7 @@ impl BackendSet {
                 BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c, &cfg.resolver)?),
                 BackendConfig::V2Grpc(c) => Arc::new(v2_grpc::V2GrpcBackend::new(name, c, &cfg.resolver)?),
                 BackendConfig::TfServing(c) => Arc::new(tfserving::TfServingBackend::new(name, c, &cfg.resolver)?),
+                BackendConfig::TorchServe(c) => Arc::new(torchserve::TorchServeBackend::new(name, c, &cfg.resolver)?),
                 BackendConfig::Onnx(c) => {
                     let shared = match &out.onnx {
                         Some(s) => s.clone(),
@@ -70,6 +71,10 @@ fn uses_dns(b: &BackendConfig) -> bool {
         BackendConfig::V2Http(c) => matches!(c.endpoints, Endpoints::Dns(_)),
         BackendConfig::V2Grpc(c) => matches!(c.endpoints, Endpoints::Dns(_)),
         BackendConfig::TfServing(c) => matches!(c.endpoints, Endpoints::Dns(_)),
+        BackendConfig::TorchServe(c) => match &c.transport {
+            TorchServeTransport::Rest(c) => matches!(c.endpoints, Endpoints::Dns(_)),
+            TorchServeTransport::Grpc(c) => matches!(c.endpoints, Endpoints::Dns(_)),
+        },
         BackendConfig::Onnx(_) => false,
     }
 }
