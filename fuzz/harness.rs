@@ -197,3 +197,36 @@ pub fn tfserving_request(data: &[u8]) {
         encode_predict(&resp, Format::Row).expect("row tensors encode as rows");
     }
 }
+
+/// A TF Serving REST predict answer, as the `tfserving` backend receives it:
+/// decoded against a signature's outputs, what is accepted must come back
+/// unchanged from the backend's own writer (the outputs written as a request
+/// body's `inputs`, then read again as an answer's `outputs`).
+pub fn tfserving_response(data: &[u8]) {
+    use switchyard_runtime::codec::tfserving::client::{
+        decode_predict_response, encode_predict_request, TfSignature, TfTensorInfo, TfType,
+    };
+    let Some((pick, body)) = data.split_first() else { return };
+    let outputs = tf_signature(*pick)
+        .into_iter()
+        .map(|s| TfTensorInfo { name: s.name, dtype: TfType::V2(s.datatype), shape: None })
+        .collect();
+    let sig = TfSignature { version: None, inputs: Vec::new(), outputs };
+    let Ok(tensors) = decode_predict_response(body, &sig, &[]) else { return };
+    for t in &tensors {
+        t.validate().expect("a decoded output is valid");
+    }
+    let req = InferRequest { inputs: tensors.clone(), ..InferRequest::default() };
+    let enc = match encode_predict_request(&req, "serving_default") {
+        Ok(enc) => enc,
+        // JSON has no shape for an empty list's inner dimensions: refused by name, never guessed.
+        Err(e) if e.to_string().contains("cannot travel as TF Serving JSON") => return,
+        Err(e) => panic!("decoded outputs do not encode: {e}"),
+    };
+    let prefix = b"{\"signature_name\":\"serving_default\",\"inputs\"";
+    assert!(enc.starts_with(prefix), "request body starts with its signature and inputs");
+    let mut again = b"{\"outputs\"".to_vec();
+    again.extend_from_slice(&enc[prefix.len()..]);
+    let back = decode_predict_response(&again, &sig, &[]).expect("re-encoded outputs decode");
+    assert_eq!(back, tensors, "tensors changed by a round trip");
+}

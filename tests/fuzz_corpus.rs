@@ -65,3 +65,8 @@ fn jwt_corpus() {
 fn tfserving_request_corpus() {
     replay("tfserving_request", harness::tfserving_request);
 }
+
+#[test]
+fn tfserving_response_corpus() {
+    replay("tfserving_response", harness::tfserving_response);
+}

@@ -8,12 +8,16 @@
 pub mod cpus;
 mod graph;
 pub mod pem;
+mod protocol;
 mod raw;
+mod rules;
 mod sources;
 mod validate;
 mod validated;
 
 pub use graph::*;
+pub use protocol::Protocol;
+pub use rules::*;
 pub use sources::*;
 pub use validate::{check_permission, parse_duration, parse_sha256};
 pub use validated::*;

@@ -541,6 +541,7 @@ pub struct Logging {
 pub enum BackendConfig {
     V2Http(V2HttpBackend),
     V2Grpc(V2GrpcBackend),
+    TfServing(TfServingBackend),
     Onnx(OnnxBackend),
 }
 
@@ -549,6 +550,7 @@ impl BackendConfig {
         match self {
             BackendConfig::V2Http(_) => "v2-http",
             BackendConfig::V2Grpc(_) => "v2-grpc",
+            BackendConfig::TfServing(_) => "tfserving",
             BackendConfig::Onnx(_) => "onnx",
         }
     }
@@ -725,6 +727,46 @@ pub struct V2GrpcBackend {
     pub tls: Option<ClientTlsConfig>,
 }
 
+/// The signature a `tfserving` backend runs when none is configured: TF's default key.
+pub const DEFAULT_TF_SIGNATURE: &str = "serving_default";
+
+/// A remote TensorFlow Serving server (docs/tfserving.md, "TF Serving as a
+/// backend"): the same endpoints, pooling, ejection, probes, timeouts, TLS
+/// and forwarding as the V2 kinds, over TF's REST or gRPC API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TfServingBackend {
+    /// REST: base URLs (`base_path` kept); gRPC: `host:port` (`base_path` empty).
+    pub endpoints: Endpoints,
+    pub transport: TfTransport,
+    /// The `signature_name` every request names; its inputs and outputs are the model's.
+    pub signature_name: Arc<str>,
+    /// Per request (sent as the `grpc-timeout` deadline over gRPC).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub health: EndpointHealth,
+    pub forward_headers: ForwardHeaders,
+    /// `Some`: every endpoint over TLS (probes too).
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// How a `tfserving` backend talks to TF Serving, with the settings only that way has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TfTransport {
+    /// `POST /v1/models/{m}[/versions/{v}]:predict`, JSON, pooled HTTP/1.1.
+    Rest { pool_size: usize },
+    /// `tensorflow.serving.PredictionService/Predict`, `TensorProto`s, HTTP/2.
+    Grpc { max_message_bytes: usize },
+}
+
+impl TfTransport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TfTransport::Rest { .. } => "rest",
+            TfTransport::Grpc { .. } => "grpc",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionPolicy {
     Latest(NonZeroUsize),
@@ -761,6 +803,8 @@ pub struct ModelConfig {
     pub quality: Option<QualityConfig>,
     /// Triton sequence affinity (always on; these are its bounds).
     pub sequences: SequenceConfig,
+    /// Content-routing rules, tried in order before the weighted split.
+    pub rules: Vec<crate::RuleConfig>,
 }
 
 /// The bounds of a model's table of live Triton sequences (`sequence_id` →
@@ -888,6 +932,34 @@ pub struct VariantConfig {
     pub labels: Vec<Arc<str>>,
     /// Inputs completed from a feature store before the model runs.
     pub features: Option<crate::FeaturesConfig>,
+    /// How TorchServe clients' JSON bodies map to this variant's tensors; `None`:
+    /// only a `kind: torchserve` backend serves TorchServe clients (bodies unchanged).
+    pub torchserve: Option<TorchServeTranslation>,
+}
+
+/// `variants[].torchserve`: how a TorchServe client's body becomes the one
+/// input tensor of a tensor model (embedded ONNX, a V2 server), and how the
+/// answer's tensor is written back (docs/torchserve.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TorchServeTranslation {
+    /// JSON pointer (RFC 6901) to the nested list in the body; "" is the whole body.
+    pub input: String,
+    /// `None`: the answer is the bare nested list; `Some(key)`: `{"key": list}`.
+    pub output: Option<String>,
+    /// Whether a body is the whole tensor or one row of a batched input.
+    pub body: TorchServeBody,
+    /// The output that answers; `None`: the model's only output.
+    pub output_tensor: Option<String>,
+}
+
+/// What one TorchServe body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchServeBody {
+    /// The whole input tensor: its shape is the nesting, batch dimension included.
+    Tensor,
+    /// One row: the tensor is `[1, ...nesting]`, and the answer's batch dimension
+    /// (one row) is dropped when written.
+    Row,
 }
 
 /// In-process L1 bound when not given (256 MiB).

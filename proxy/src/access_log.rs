@@ -26,6 +26,8 @@ pub struct Note {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub body_sha256: Option<String>,
+    /// The content-routing rule that routed the request (`models.M.rules[].name`).
+    pub rule: Option<std::sync::Arc<str>>,
 }
 
 /// A `Note` a gRPC handler fills and the `edge` layer reads after the call.
@@ -71,6 +73,7 @@ impl Record<'_> {
             .opt("model", self.note.model.as_deref())
             .opt("version", self.note.version.as_deref())
             .opt("variant", self.note.variant.as_deref())
+            .opt("rule", self.note.rule.as_deref())
             .num(status_key, self.status)
             .num("latency_us", self.latency.as_micros())
             .num("bytes_in", self.note.bytes_in)

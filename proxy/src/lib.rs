@@ -24,13 +24,16 @@ pub mod metrics;
 pub mod monitor;
 pub mod outcome;
 pub mod pipeline;
+pub mod protocol;
 pub mod ratelimit;
 pub mod respond;
 pub mod routing;
 pub mod sequence;
 pub mod shadow;
 pub mod shm;
+pub mod tfserving;
 pub mod tls;
+pub mod torchserve;
 pub mod trace;
 pub mod triton;
 

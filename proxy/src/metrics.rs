@@ -35,6 +35,7 @@ pub struct Metrics {
     shadow_requests: IntCounterVec,
     shadow_rows: IntCounterVec,
     shadow_max_abs_error: HistogramVec,
+    rule_matches: IntCounterVec,
     task_panics: IntGaugeVec,
     /// Read from `switchyard_stats::access_log::dropped` at scrape time.
     access_log_dropped: IntCounter,
@@ -211,8 +212,17 @@ impl Metrics {
             &["model", "variant"],
         )
         .expect("valid metric");
+        let rule_matches = IntCounterVec::new(
+            Opts::new(
+                "switchyard_route_rule_matches_total",
+                "Requests a content-routing rule matched, by the model whose rule it is and the rule's name",
+            ),
+            &["model", "rule"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rule_matches.clone()),
             Box::new(request_duration.clone()),
             Box::new(backend_duration.clone()),
             Box::new(in_flight.clone()),
@@ -252,6 +262,7 @@ impl Metrics {
             shadow_requests,
             shadow_rows,
             shadow_max_abs_error,
+            rule_matches,
             task_panics,
             access_log_dropped,
         }
@@ -269,6 +280,11 @@ impl Metrics {
             rejected_timeout: reason("timeout"),
             rejected_cancelled: reason("cancelled"),
         }
+    }
+
+    /// The match counter of content-routing rule `rule` of `model` (resolved when a snapshot is built).
+    pub fn rule(&self, model: &str, rule: &str) -> IntCounter {
+        self.rule_matches.with_label_values(&[model, rule])
     }
 
     pub fn variant(&self, model: &str, variant: &str) -> VariantMetrics {

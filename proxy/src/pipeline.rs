@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -24,8 +25,10 @@ use crate::cache::{CacheStatus, Directive};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::outcome::{Executed, Outcome};
+use crate::protocol::{Param, Protocol};
 use crate::ratelimit::RateLimiter;
 use crate::respond;
+use crate::routing::rules::{Facts, Parameters, Rule, Target, Verdict};
 use crate::routing::{RoutingTable, Selection, Variant};
 use crate::sequence;
 use crate::shadow;
@@ -53,6 +56,47 @@ pub trait Exchange: Send {
 
     /// Encodes a successful response in the client's format.
     fn encode(&mut self, response: InferResponse) -> Result<Self::Encoded, Error>;
+
+    /// Reads the request far enough for `parameter` to answer (the body,
+    /// where parameters travel in it), before typed decoding; `decode` then
+    /// uses what was read. Called at most once, and only for a model whose
+    /// content-routing rules match on request parameters, so no other
+    /// request pays for it. The default reads nothing.
+    fn read_parameters(&mut self) -> impl Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    /// A request parameter as content-routing rules see it (V2 `parameters`,
+    /// TF Serving's `signature_name`): `None` when absent, not read yet, or
+    /// when the protocol has none.
+    fn parameter(&self, _name: &str) -> Option<Param<'_>> {
+        None
+    }
+
+    /// Told which variant serves the request once routing decided, before
+    /// `decode`: a protocol whose decoding depends on the model (TF Serving
+    /// REST types its body by the model's signature) learns it here.
+    fn routed(&mut self, _routed: &Routed<'_>) {}
+}
+
+/// Routing's decision as `Exchange::routed` sees it.
+pub struct Routed<'a> {
+    pub selection: &'a Selection<'a>,
+    /// The model the selection was made for: the client's, or a content-routing rule's target.
+    pub model: &'a str,
+    pub version: Option<&'a str>,
+    /// The request parameters the deciding content-routing rule matched on:
+    /// routing used them (a TF Serving `signature_name` that names a model, not a signature).
+    pub matched_parameters: &'a [Arc<str>],
+    /// Those of the target model's own rule, when a redirected request matched one too.
+    pub also_matched: &'a [Arc<str>],
+}
+
+impl Routed<'_> {
+    /// Whether a deciding rule matched on parameter `name`.
+    pub fn matched_parameter(&self, name: &str) -> bool {
+        self.matched_parameters.iter().chain(self.also_matched).any(|p| p.as_ref() == name)
+    }
 }
 
 /// What the lifecycle hands back to the listener to write.
@@ -64,11 +108,18 @@ pub struct Answer<E> {
     pub cache: Option<CacheStatus>,
     /// Time in Switchyard, the backend call excluded (`x-switchyard-overhead-us`).
     pub overhead: Duration,
+    /// The content-routing rule (of the client's model) that routed the request, for the access log.
+    pub rule: Option<Arc<str>>,
 }
 
 /// Names an inference: the client's model and version, and its deadline.
 #[derive(Clone, Copy, Debug)]
 pub struct Call<'a> {
+    /// The front end the request arrived on (content-routing rules match on it).
+    pub protocol: Protocol,
+    /// The request's path: the HTTP path, or the gRPC method's (`/package.Service/Method`);
+    /// `None` where there is none (a graph step).
+    pub path: Option<&'a str>,
     pub model: &'a str,
     pub version: Option<&'a str>,
     /// A variant the protocol itself names (a TF Serving version label):
@@ -131,20 +182,34 @@ pub async fn infer<X: Exchange>(
     call: Call<'_>,
 ) -> Answer<X::Encoded> {
     let _in_flight = InFlight::new(&metrics.in_flight);
-    let guarded = call.guard().await;
-    let mut sel = match guarded.and_then(|()| match call.variant {
-        Some(v) => select_named(table, call.model, call.version, v),
-        None => select(table, call.model, call.version, x.metadata(), call.principal),
-    }) {
-        Ok(s) => s,
+    let chosen = match call.guard().await {
+        Ok(()) => route(table, x, &call).await,
+        Err(e) => Err(e),
+    };
+    let Choice { selection: mut sel, redirect, rules } = match chosen {
+        Ok(c) => {
+            c.count();
+            c
+        }
         Err(e) => {
             // Labelled by model only when it names a route: refused clients cannot grow the label set.
             let known_route = table.route(call.model).is_ok();
             metrics.count_unrouted(known_route.then_some(call.model), respond::http_status(&e));
             let overhead = call.start.elapsed();
-            return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead };
+            return Answer { result: Err(e), variant: None, batch_rows: None, cache: None, overhead, rule: None };
         }
     };
+    // The model whose variants serve: the client's, or the one a rule sent the request to
+    // (cache keys, mirrors and sequences are that model's).
+    let model = redirect.unwrap_or(call.model);
+    let rule = rules[0].map(|r| r.name.clone());
+    x.routed(&Routed {
+        selection: &sel,
+        model,
+        version: call.version,
+        matched_parameters: rules[0].map_or(&[], |r| r.parameter_names()),
+        also_matched: rules[1].map_or(&[], |r| r.parameter_names()),
+    });
     let mut variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
     // Admission before work: a saturated model or backend refuses before the body is read.
     let refused = |sel: &Selection<'_>, e: Error| {
@@ -156,6 +221,7 @@ pub async fn infer<X: Exchange>(
             batch_rows: None,
             cache: None,
             overhead: total,
+            rule: rule.clone(),
         }
     };
     let mut ticket = match table.admission.enter(&sel.route.name, &sel.variant.backend_name) {
@@ -185,7 +251,7 @@ pub async fn infer<X: Exchange>(
         // A Triton sequence stays on the variant (and endpoint) it was opened on.
         let placement = match sequence::params(&req)? {
             None => None,
-            Some(seq) => Some(sel.route.sequences.place(call.model, &seq, &sel.variant.name)?),
+            Some(seq) => Some(sel.route.sequences.place(model, &seq, &sel.variant.name)?),
         };
         Ok::<_, Error>((req, placement))
     }
@@ -202,7 +268,7 @@ pub async fn infer<X: Exchange>(
                 ));
                 return refused(&sel, e);
             };
-            sel = sel.route.selection_of(idx, call.model, call.version);
+            sel = sel.route.selection_of(idx, model, call.version);
             variant_in_flight = InFlight::new(&sel.variant.metrics.in_flight);
             ticket = match table.admission.enter(&sel.route.name, &sel.variant.backend_name) {
                 Ok(t) => t,
@@ -261,10 +327,10 @@ pub async fn infer<X: Exchange>(
             let mut permits = ticket.admit(priority).await?;
             let outcome = match (&sel.route.graph, &placement) {
                 (Some(g), _) => {
-                    let caller = crate::routing::StepCaller { priority, client: call.client };
+                    let caller = crate::routing::StepCaller { protocol: call.protocol, priority, client: call.client };
                     g.run(table, graph_metadata.unwrap_or_default(), req, caller).await
                 }
-                (None, None) => execute(&sel, call.model, call.version, req, directive).await,
+                (None, None) => execute(&sel, model, call.version, req, directive).await,
                 (None, Some(p)) => in_sequence(&sel, req, p).await,
             };
             match &outcome {
@@ -328,7 +394,114 @@ pub async fn infer<X: Exchange>(
         batch_rows,
         cache,
         overhead: total.saturating_sub(backend_time),
+        rule,
     }
+}
+
+/// Routing's decision for one inference.
+pub struct Choice<'t> {
+    pub selection: Selection<'t>,
+    /// The model a content-routing rule sent the request to, when it names another one.
+    pub redirect: Option<&'t str>,
+    /// The rules that decided: the client's model's, then the target model's own.
+    pub rules: [Option<&'t Rule>; 2],
+}
+
+impl<'t> Choice<'t> {
+    fn plain(selection: Selection<'t>) -> Choice<'t> {
+        Choice { selection, redirect: None, rules: [None, None] }
+    }
+
+    /// Counts the request against the rules that routed it.
+    pub fn count(&self) {
+        self.rules.iter().flatten().for_each(|r| r.hit());
+    }
+}
+
+/// Chooses the variant of an inference, reading its parameters first only
+/// when a rule of its model needs them (`Exchange::read_parameters`).
+async fn route<'t, X: Exchange>(table: &'t RoutingTable, x: &mut X, call: &Call<'_>) -> Result<Choice<'t>, Error> {
+    if let Some(c) = choose(table, call, x.metadata(), None)? {
+        return Ok(c);
+    }
+    x.read_parameters().await?;
+    let x = &*x;
+    let params = |name: &str| x.parameter(name);
+    choose(table, call, x.metadata(), Some(&params))?
+        .ok_or_else(|| Error::internal("content routing asked for the request's parameters twice"))
+}
+
+/// Chooses the variant of an inference: a variant the protocol names (a TF
+/// Serving label) or the override header (when allowed) first, then the
+/// model's content-routing rules (first match; docs/routing.md), then the
+/// weighted split. `params`: the request's parameters, `None` when not read
+/// yet; `Ok(None)` asks for them (a rule that could match needs them).
+/// A rule naming another model goes one hop: that model's own rules may
+/// pick its variant, then its split. Counts nothing: the caller that acts on
+/// the choice counts its rules (`Choice::count`), so a request is counted once.
+pub fn choose<'t>(
+    table: &'t RoutingTable,
+    call: &Call<'_>,
+    metadata: &HeaderMap,
+    params: Option<Parameters<'_>>,
+) -> Result<Option<Choice<'t>>, Error> {
+    if let Some(v) = call.variant {
+        return Ok(Some(Choice::plain(select_named(table, call.model, call.version, v)?)));
+    }
+    let route = table.route(call.model)?;
+    let overridden = table.allow_override && metadata.contains_key(&table.override_header);
+    if route.rules.is_empty() || overridden {
+        return Ok(Some(Choice::plain(select(table, call.model, call.version, metadata, call.principal)?)));
+    }
+    let facts = Facts { protocol: call.protocol, path: call.path, headers: metadata };
+    let first = match route.rules.evaluate(&facts, params) {
+        Verdict::NeedsParameters => return Ok(None),
+        Verdict::NoMatch => {
+            return Ok(Some(Choice::plain(select(table, call.model, call.version, metadata, call.principal)?)))
+        }
+        Verdict::Matched(r) => r,
+    };
+    let (model, variant) = match &first.target {
+        Target::Variant(i) => {
+            let selection = route.selection_of(*i, call.model, call.version);
+            return Ok(Some(Choice { selection, redirect: None, rules: [Some(first), None] }));
+        }
+        Target::Route { model, variant } => (model, variant),
+    };
+    let target = table.routes.get(model.as_ref()).ok_or_else(|| {
+        Error::unavailable(format!(
+            "rule `{}` of model '{}' sends requests to model '{model}', which has no route",
+            first.name, route.name
+        ))
+    })?;
+    let (index, second) = match variant {
+        Some(v) => {
+            let i = target.variants.iter().position(|x| x.name == *v).ok_or_else(|| {
+                Error::unavailable(format!(
+                    "rule `{}` of model '{}' names variant '{v}', which model '{model}' does not have",
+                    first.name, route.name
+                ))
+            })?;
+            (Some(i), None)
+        }
+        None => match target.rules.evaluate(&facts, params) {
+            Verdict::NeedsParameters => return Ok(None),
+            // One hop: validation refuses a redirect to a model that redirects again.
+            Verdict::Matched(r) => match r.target {
+                Target::Variant(i) => (Some(i), Some(r)),
+                Target::Route { .. } => (None, None),
+            },
+            Verdict::NoMatch => (None, None),
+        },
+    };
+    let selection = match index {
+        Some(i) => target.selection_of(i, model, call.version),
+        None => {
+            let sticky = target.sticky_header.as_ref().and_then(|h| metadata.get(h)).map(|v| v.as_bytes());
+            target.select(model, call.version, None, sticky)?
+        }
+    };
+    Ok(Some(Choice { selection, redirect: Some(target.name.as_ref()), rules: [Some(first), second] }))
 }
 
 /// When a traced request reached each phase.

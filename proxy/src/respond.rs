@@ -91,6 +91,39 @@ pub fn v2_http(e: &Error) -> HttpError {
     }
 }
 
+/// TorchServe's exception name for an error: the `type` of its error body.
+fn torchserve_type(e: &Error, status: u16) -> &'static str {
+    match status {
+        400 => "BadRequestException",
+        401 | 403 => "InvalidKeyException",
+        404 if e.message.starts_with("Model not found") => "ModelNotFoundException",
+        404 if e.message.starts_with("Model version") => "ModelVersionNotFoundException",
+        404 => "ResourceNotFoundException",
+        405 => "MethodNotAllowedException",
+        408 | 504 => "RequestTimeoutException",
+        413 => "RequestEntityTooLargeException",
+        429 => "TooManyRequestsException",
+        501 => "NotImplementedException",
+        503 => "ServiceUnavailableException",
+        _ => "InternalServerException",
+    }
+}
+
+/// TorchServe's REST answer: status and `{"code": status, "type":
+/// "<exception>", "message": ...}` (its `ErrorResponse`) — or a backend's
+/// 4xx body as it sent it (a TorchServe behind a `torchserve` backend).
+pub fn torchserve_http(e: &Error) -> HttpError {
+    let mut a = v2_http(e);
+    if let ErrorKind::Backend(BackendFailure::Http { reply: Some(_), .. }) = &e.kind {
+        if (400..500).contains(&a.status) {
+            return a;
+        }
+    }
+    let body = serde_json::json!({"code": a.status, "type": torchserve_type(e, a.status), "message": e.message});
+    a.body = Bytes::from(serde_json::to_vec_pretty(&body).unwrap_or_default());
+    a
+}
+
 /// The gRPC status: a gRPC backend's code unchanged, else the code that says who failed.
 pub fn grpc_status(e: &Error) -> tonic::Status {
     let code = match &e.kind {
@@ -209,6 +242,35 @@ mod tests {
         let a = v2_http(&e);
         assert_eq!(a.status, 502);
         assert_eq!(&a.body[..], br#"{"error":"backend error (HTTP 500): boom"}"#);
+    }
+
+    #[test]
+    fn torchserve_errors_are_its_error_response() {
+        let doc = |e: &Error| {
+            let a = torchserve_http(e);
+            (a.status, serde_json::from_slice::<serde_json::Value>(&a.body).unwrap(), a.retry_after)
+        };
+        let (status, body, _) = doc(&Error::not_found("Model not found: m"));
+        assert_eq!(status, 404);
+        assert_eq!(
+            body,
+            serde_json::json!({"code": 404, "type": "ModelNotFoundException", "message": "Model not found: m"})
+        );
+        let (status, body, retry) = doc(&Error::overloaded(2, "queue full"));
+        assert_eq!((status, body["type"].as_str(), retry), (503, Some("ServiceUnavailableException"), Some(2)));
+        assert_eq!(doc(&CodecError::invalid("x").into()).1["type"], "BadRequestException");
+        assert_eq!(doc(&Error::too_large("x")).1["type"], "RequestEntityTooLargeException");
+        // A TorchServe behind answered 4xx in its own words: relayed as they came.
+        let body =
+            Bytes::from_static(b"{\"code\": 400, \"type\": \"PredictionException\", \"message\": \"bad image\"}");
+        let e: Error = BackendError::Status {
+            status: 400,
+            message: "bad image".into(),
+            body: Some(body.clone()),
+            content_type: None,
+        }
+        .into();
+        assert_eq!(torchserve_http(&e).body, body);
     }
 
     #[test]

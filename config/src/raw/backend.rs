@@ -40,6 +40,7 @@ pub enum RawBackendFields {
     // Boxed: every field optional and spanned makes each kind large.
     V2Http(Box<RawV2HttpBackend>),
     V2Grpc(Box<RawV2GrpcBackend>),
+    TfServing(Box<RawTfServingBackend>),
     Onnx(Box<RawOnnxBackend>),
 }
 
@@ -89,6 +90,35 @@ pub struct RawV2GrpcBackend {
     pub load_metrics: Option<S<RawLoadMetrics>>,
     pub forward_headers: Option<S<RawForwardHeaders>>,
     /// TLS to the endpoints: set it (or write `https://host:port`) for gRPC over TLS.
+    pub tls: Option<S<RawClientTls>>,
+}
+
+/// A remote TensorFlow Serving server, over its REST or its gRPC API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTfServingBackend {
+    /// `rest` (default) or `grpc`.
+    pub protocol: Option<S<String>>,
+    /// REST: base URLs of the replicas; gRPC: `host:port` of each.
+    #[serde(default)]
+    pub endpoints: Vec<S<String>>,
+    /// `host:port` whose A/AAAA records are the replicas.
+    pub dns: Option<S<String>>,
+    pub dns_refresh: Option<S<String>>,
+    /// The signature every request runs (default `serving_default`).
+    pub signature_name: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    /// REST only: idle keep-alive connections kept per endpoint.
+    pub pool_size: Option<S<u64>>,
+    /// gRPC only: largest message either way.
+    pub max_message_bytes: Option<S<u64>>,
+    pub eject_after_failures: Option<S<u64>>,
+    pub eject_for: Option<S<String>>,
+    pub health_check: Option<S<RawHealthCheck>>,
+    pub outlier_detection: Option<S<RawOutlierDetection>>,
+    pub retry_budget: Option<S<RawRetryBudget>>,
+    pub forward_headers: Option<S<RawForwardHeaders>>,
     pub tls: Option<S<RawClientTls>>,
 }
 
@@ -191,6 +221,7 @@ pub struct RawForwardHeaders {
 enum Kind {
     V2Http,
     V2Grpc,
+    TfServing,
     Onnx,
 }
 
@@ -199,6 +230,7 @@ impl Kind {
         match name {
             "v2-http" => Some(Kind::V2Http),
             "v2-grpc" => Some(Kind::V2Grpc),
+            "tfserving" => Some(Kind::TfServing),
             "onnx" => Some(Kind::Onnx),
             _ => None,
         }
@@ -350,6 +382,7 @@ impl<'de> Visitor<'de> for Backend<'_> {
         Ok(match self.kind {
             Kind::V2Http => RawBackendFields::V2Http(Box::new(RawV2HttpBackend::deserialize(d)?)),
             Kind::V2Grpc => RawBackendFields::V2Grpc(Box::new(RawV2GrpcBackend::deserialize(d)?)),
+            Kind::TfServing => RawBackendFields::TfServing(Box::new(RawTfServingBackend::deserialize(d)?)),
             Kind::Onnx => RawBackendFields::Onnx(Box::new(RawOnnxBackend::deserialize(d)?)),
         })
     }

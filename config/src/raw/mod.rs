@@ -11,6 +11,7 @@ mod backend;
 mod error;
 mod graph;
 mod reliability;
+mod rules;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde_saphyr::Spanned;
 pub use backend::*;
 pub use graph::*;
 pub use reliability::*;
+pub use rules::*;
 pub use sources::*;
 
 use crate::validated::FieldError;
@@ -377,6 +379,9 @@ pub struct RawModel {
     pub monitoring: Option<S<RawMonitoring>>,
     /// Triton sequence affinity: the table of live `sequence_id`s (docs/triton.md).
     pub sequences: Option<S<RawSequences>>,
+    /// Content routing: rules tried in order before the weighted split (docs/routing.md).
+    #[serde(default)]
+    pub rules: Vec<S<RawRule>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +463,22 @@ pub struct RawVariant {
     pub labels: Vec<S<String>>,
     /// Inputs fetched from a feature store (docs/features.md).
     pub features: Option<S<RawFeatures>>,
+    /// How TorchServe clients' JSON bodies map to this variant's tensors (docs/torchserve.md).
+    pub torchserve: Option<S<RawTorchServe>>,
+}
+
+/// `variants[].torchserve`: a TorchServe body ↔ the model's one input tensor.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTorchServe {
+    /// JSON pointer to the tensor in the body; "" (the default) is the whole body.
+    pub input: Option<S<String>>,
+    /// The answer: "" (the default) the bare nested list, else `{"<output>": list}`.
+    pub output: Option<S<String>>,
+    /// `tensor` (the default): a body is the whole tensor; `row`: one row of a batched input.
+    pub body: Option<S<String>>,
+    /// Which of the model's outputs answers; unset: the model must have exactly one.
+    pub output_tensor: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

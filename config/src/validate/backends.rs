@@ -41,6 +41,9 @@ pub(super) fn backends(
             Some(RawBackendFields::V2Grpc(r)) => {
                 Some(BackendConfig::V2Grpc(v2_grpc(errs, &path, loc(&b), r, base_dir, defaults)))
             }
+            Some(RawBackendFields::TfServing(r)) => {
+                Some(BackendConfig::TfServing(tfserving(errs, &path, loc(&b), r, base_dir, defaults)))
+            }
             Some(RawBackendFields::Onnx(r)) => {
                 onnx(errs, &path, loc(&b), r, base_dir, defaults).map(BackendConfig::Onnx)
             }
@@ -49,7 +52,7 @@ pub(super) fn backends(
                 errs.at(
                     format!("{path}.kind"),
                     loc(kind),
-                    format!("unknown backend kind `{}` (expected v2-http, v2-grpc or onnx)", kind.value),
+                    format!("unknown backend kind `{}` (expected v2-http, v2-grpc, tfserving or onnx)", kind.value),
                 );
                 None
             }
@@ -118,6 +121,106 @@ fn connect_timeout(errs: &mut Errors, path: &str, raw: &Option<Spanned<String>>)
     duration(errs, &format!("{path}.connect_timeout"), raw, DEFAULT_CONNECT_TIMEOUT, false)
 }
 
+/// The fields every remote kind (v2-http, v2-grpc, tfserving) shares, as read from the file.
+struct RemoteFields<'a> {
+    endpoints: EndpointFields<'a>,
+    timeout: &'a Option<Spanned<String>>,
+    connect_timeout: &'a Option<Spanned<String>>,
+    eject_after_failures: &'a Option<Spanned<u64>>,
+    eject_for: &'a Option<Spanned<String>>,
+    health_check: &'a Option<Spanned<RawHealthCheck>>,
+    outlier_detection: &'a Option<Spanned<RawOutlierDetection>>,
+    retry_budget: &'a Option<Spanned<RawRetryBudget>>,
+    load_metrics: &'a Option<Spanned<RawLoadMetrics>>,
+    forward_headers: &'a Option<Spanned<RawForwardHeaders>>,
+    tls: Option<&'a Spanned<RawClientTls>>,
+}
+
+/// The `RemoteFields` of a raw remote kind's struct (every kind names them
+/// alike), with its `load_metrics` (a kind without them passes `&None`).
+macro_rules! remote_fields {
+    ($r:expr, $load_metrics:expr) => {
+        RemoteFields {
+            endpoints: EndpointFields { list: &$r.endpoints, dns: &$r.dns, dns_refresh: &$r.dns_refresh },
+            timeout: &$r.timeout,
+            connect_timeout: &$r.connect_timeout,
+            eject_after_failures: &$r.eject_after_failures,
+            eject_for: &$r.eject_for,
+            health_check: &$r.health_check,
+            outlier_detection: &$r.outlier_detection,
+            retry_budget: &$r.retry_budget,
+            load_metrics: $load_metrics,
+            forward_headers: &$r.forward_headers,
+            tls: $r.tls.as_ref(),
+        }
+    };
+}
+
+/// How a remote kind's endpoints are written: the rule for each listed one
+/// and for `dns`, and the error when there are none.
+struct EndpointRules {
+    parse: fn(&str) -> Result<Upstream, String>,
+    parse_dns: fn(&str) -> Result<Upstream, String>,
+    when_empty: &'static str,
+}
+
+/// Base URLs (`http[s]://host:port[/prefix]`).
+fn http_endpoints(when_empty: &'static str) -> EndpointRules {
+    EndpointRules { parse: parse_upstream, parse_dns: parse_http_or_bare, when_empty }
+}
+
+/// `host:port` (or `http[s]://host:port`, no path).
+fn grpc_endpoints(when_empty: &'static str) -> EndpointRules {
+    EndpointRules { parse: parse_grpc_endpoint, parse_dns: parse_grpc_endpoint, when_empty }
+}
+
+/// The validated settings every remote kind shares.
+struct Remote {
+    endpoints: Endpoints,
+    timeout: Duration,
+    connect_timeout: Duration,
+    health: EndpointHealth,
+    forward_headers: ForwardHeaders,
+    tls: Option<ClientTlsConfig>,
+}
+
+/// One rule for the shared fields of every remote kind.
+fn remote(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: RemoteFields<'_>,
+    rules: EndpointRules,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> Remote {
+    let list = r.endpoints.list;
+    let dns = r.endpoints.dns.as_ref();
+    let endpoints = endpoints(errs, path, at, r.endpoints, rules.parse, rules.parse_dns, rules.when_empty);
+    let tls = remote_tls(errs, path, list, dns, r.tls, base_dir);
+    let health = health(
+        errs,
+        path,
+        HealthFields {
+            eject_after_failures: r.eject_after_failures,
+            eject_for: r.eject_for,
+            health_check: r.health_check,
+            outlier_detection: r.outlier_detection,
+            retry_budget: r.retry_budget,
+            load_metrics: r.load_metrics,
+            backend_tls: tls.is_some(),
+        },
+    );
+    Remote {
+        endpoints: with_scheme(endpoints, tls.is_some()),
+        timeout: duration(errs, &format!("{path}.timeout"), r.timeout, defaults.timeout, false),
+        connect_timeout: connect_timeout(errs, path, r.connect_timeout),
+        health,
+        forward_headers: forward_headers(errs, path, r.forward_headers),
+        tls,
+    }
+}
+
 fn v2_http(
     errs: &mut Errors,
     path: &str,
@@ -126,24 +229,9 @@ fn v2_http(
     base_dir: &Path,
     defaults: &Defaults,
 ) -> V2HttpBackend {
-    let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
-    let when_empty = "a v2-http backend needs at least one endpoint (or `dns: host:port`)";
-    let endpoints = endpoints(errs, path, at, fields, parse_upstream, parse_http_or_bare, when_empty);
-    let tls = remote_tls(errs, path, &r.endpoints, r.dns.as_ref(), r.tls.as_ref(), base_dir);
-    let endpoints = with_scheme(endpoints, tls.is_some());
-    let health = health(
-        errs,
-        path,
-        HealthFields {
-            eject_after_failures: &r.eject_after_failures,
-            eject_for: &r.eject_for,
-            health_check: &r.health_check,
-            outlier_detection: &r.outlier_detection,
-            retry_budget: &r.retry_budget,
-            load_metrics: &r.load_metrics,
-            backend_tls: tls.is_some(),
-        },
-    );
+    let fields = remote_fields!(r, &r.load_metrics);
+    let rules = http_endpoints("a v2-http backend needs at least one endpoint (or `dns: host:port`)");
+    let c = remote(errs, path, at, fields, rules, base_dir, defaults);
     let binary = match r.binary.as_ref().map(|s| (s.value.as_str(), s)) {
         None | Some(("auto", _)) => BinaryMode::Auto,
         Some(("always", _)) => BinaryMode::Always,
@@ -158,15 +246,19 @@ fn v2_http(
         }
     };
     V2HttpBackend {
-        endpoints,
-        timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
-        connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
-        pool_size: positive(errs, &format!("{path}.pool_size"), &r.pool_size, DEFAULT_POOL_SIZE).get(),
-        health,
+        endpoints: c.endpoints,
+        timeout: c.timeout,
+        connect_timeout: c.connect_timeout,
+        pool_size: pool_size(errs, path, &r.pool_size),
+        health: c.health,
         binary,
-        forward_headers: forward_headers(errs, path, &r.forward_headers),
-        tls,
+        forward_headers: c.forward_headers,
+        tls: c.tls,
     }
+}
+
+fn pool_size(errs: &mut Errors, path: &str, raw: &Option<Spanned<u64>>) -> usize {
+    positive(errs, &format!("{path}.pool_size"), raw, DEFAULT_POOL_SIZE).get()
 }
 
 fn v2_grpc(
@@ -177,32 +269,79 @@ fn v2_grpc(
     base_dir: &Path,
     defaults: &Defaults,
 ) -> V2GrpcBackend {
-    let when_empty = "a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)";
-    let fields = EndpointFields { list: &r.endpoints, dns: &r.dns, dns_refresh: &r.dns_refresh };
-    let endpoints = endpoints(errs, path, at, fields, parse_grpc_endpoint, parse_grpc_endpoint, when_empty);
-    let tls = remote_tls(errs, path, &r.endpoints, r.dns.as_ref(), r.tls.as_ref(), base_dir);
-    let endpoints = with_scheme(endpoints, tls.is_some());
-    let health = health(
-        errs,
-        path,
-        HealthFields {
-            eject_after_failures: &r.eject_after_failures,
-            eject_for: &r.eject_for,
-            health_check: &r.health_check,
-            outlier_detection: &r.outlier_detection,
-            retry_budget: &r.retry_budget,
-            load_metrics: &r.load_metrics,
-            backend_tls: tls.is_some(),
-        },
-    );
+    let fields = remote_fields!(r, &r.load_metrics);
+    let rules = grpc_endpoints("a v2-grpc backend needs at least one endpoint (host:port, or `dns: host:port`)");
+    let c = remote(errs, path, at, fields, rules, base_dir, defaults);
     V2GrpcBackend {
-        endpoints,
-        timeout: duration(errs, &format!("{path}.timeout"), &r.timeout, defaults.timeout, false),
-        connect_timeout: connect_timeout(errs, path, &r.connect_timeout),
+        endpoints: c.endpoints,
+        timeout: c.timeout,
+        connect_timeout: c.connect_timeout,
         max_message_bytes: message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes),
-        health,
-        forward_headers: forward_headers(errs, path, &r.forward_headers),
-        tls,
+        health: c.health,
+        forward_headers: c.forward_headers,
+        tls: c.tls,
+    }
+}
+
+/// A `tfserving` backend: the shared remote fields under the rules of its
+/// `protocol`, and the fields only one protocol has refused on the other.
+fn tfserving(
+    errs: &mut Errors,
+    path: &str,
+    at: &Location,
+    r: &RawTfServingBackend,
+    base_dir: &Path,
+    defaults: &Defaults,
+) -> TfServingBackend {
+    let grpc = match r.protocol.as_ref().map(|s| (s.value.as_str(), s)) {
+        None | Some(("rest", _)) => false,
+        Some(("grpc", _)) => true,
+        Some((other, s)) => {
+            errs.at(
+                format!("{path}.protocol"),
+                loc(s),
+                format!("unknown protocol `{}` (expected rest or grpc)", escaped(other)),
+            );
+            false
+        }
+    };
+    // A setting of the other protocol would be read and never used: refused.
+    let only = |errs: &mut Errors, field: &str, v: Option<&Spanned<u64>>, protocol: &str| {
+        if let Some(v) = v {
+            errs.at(format!("{path}.{field}"), loc(v), format!("`{field}` applies only with `protocol: {protocol}`"));
+        }
+    };
+    // TF Serving exports no queue figures in the names load-aware picking reads.
+    let fields = remote_fields!(r, &None);
+    let (rules, transport) = if grpc {
+        only(errs, "pool_size", r.pool_size.as_ref(), "rest");
+        let max_message_bytes = message_bytes(errs, &format!("{path}.max_message_bytes"), &r.max_message_bytes);
+        let rules = grpc_endpoints("a tfserving backend needs at least one endpoint (host:port, or `dns: host:port`)");
+        (rules, TfTransport::Grpc { max_message_bytes })
+    } else {
+        only(errs, "max_message_bytes", r.max_message_bytes.as_ref(), "grpc");
+        let rules =
+            http_endpoints("a tfserving backend needs at least one endpoint (http://host:port, or `dns: host:port`)");
+        (rules, TfTransport::Rest { pool_size: pool_size(errs, path, &r.pool_size) })
+    };
+    let c = remote(errs, path, at, fields, rules, base_dir, defaults);
+    let signature_name = match &r.signature_name {
+        None => Arc::from(DEFAULT_TF_SIGNATURE),
+        Some(s) if s.value.is_empty() || s.value.chars().any(char::is_control) => {
+            errs.at(format!("{path}.signature_name"), loc(s), "must be a non-empty name without control characters");
+            Arc::from(DEFAULT_TF_SIGNATURE)
+        }
+        Some(s) => Arc::from(s.value.as_str()),
+    };
+    TfServingBackend {
+        endpoints: c.endpoints,
+        transport,
+        signature_name,
+        timeout: c.timeout,
+        connect_timeout: c.connect_timeout,
+        health: c.health,
+        forward_headers: c.forward_headers,
+        tls: c.tls,
     }
 }
 
@@ -651,5 +790,77 @@ mod tests {
             ],
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn tfserving_rest_and_grpc_share_the_remote_fields() {
+        let BackendConfig::TfServing(r) = backend(
+            "    kind: tfserving\n    endpoints: ['http://tf:8501/prefix']\n    timeout: 3s\n    pool_size: 8\n    eject_after_failures: 2\n    forward_headers: {allow: [X-Tenant]}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.transport, TfTransport::Rest { pool_size: 8 });
+        assert_eq!(&*r.signature_name, DEFAULT_TF_SIGNATURE);
+        assert_eq!(r.timeout, Duration::from_secs(3));
+        assert_eq!(r.health.eject_after_failures, 2);
+        assert_eq!(r.forward_headers.allow, Some(names(&["x-tenant"])));
+        let Endpoints::List(l) = &r.endpoints else { panic!() };
+        assert_eq!((l[0].authority.as_str(), l[0].base_path.as_str()), ("tf:8501", "/prefix"));
+        let BackendConfig::TfServing(g) = backend(
+            "    kind: tfserving\n    protocol: grpc\n    dns: tf-headless:8500\n    signature_name: predict_images\n    max_message_bytes: 1024\n    health_check: {interval: 1s}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(g.transport, TfTransport::Grpc { max_message_bytes: 1024 });
+        assert_eq!(&*g.signature_name, "predict_images");
+        assert!(matches!(g.endpoints, Endpoints::Dns(DnsEndpoints { port: 8500, .. })));
+        assert!(g.health.health_check.is_some());
+    }
+
+    #[test]
+    fn tfserving_errors_name_their_field() {
+        let cases = [
+            ("{kind: tfserving}", "backends.b.endpoints", "needs at least one endpoint"),
+            (
+                "{kind: tfserving, protocol: http2, endpoints: ['http://h:1']}",
+                "backends.b.protocol",
+                "unknown protocol `http2` (expected rest or grpc)",
+            ),
+            (
+                "{kind: tfserving, protocol: grpc, endpoints: ['h:1'], pool_size: 4}",
+                "backends.b.pool_size",
+                "applies only with `protocol: rest`",
+            ),
+            (
+                "{kind: tfserving, endpoints: ['http://h:1'], max_message_bytes: 4}",
+                "backends.b.max_message_bytes",
+                "applies only with `protocol: grpc`",
+            ),
+            ("{kind: tfserving, protocol: grpc, endpoints: ['h:1/v1']}", "backends.b.endpoints[0]", ""),
+            ("{kind: tfserving, endpoints: ['ftp://h:1']}", "backends.b.endpoints[0]", ""),
+            (
+                "{kind: tfserving, endpoints: ['http://h:1'], signature_name: ''}",
+                "backends.b.signature_name",
+                "non-empty",
+            ),
+            ("{kind: tfserving, endpoints: ['http://h:1'], timeout: soon}", "backends.b.timeout", ""),
+            (
+                "{kind: tfserving, endpoints: ['http://h:1'], health_check: {interval: 1s, timeout: 2s}}",
+                "backends.b.health_check.timeout",
+                "longer than",
+            ),
+        ];
+        for (yaml, path, words) in cases {
+            let errs = parse(&format!("backends:\n  b: {yaml}\n"), Path::new(".")).unwrap_err().errors;
+            assert_eq!(errs.len(), 1, "{yaml}: {errs:?}");
+            assert_eq!(errs[0].path, path, "{yaml}: {errs:?}");
+            assert!(errs[0].message.contains(words), "{yaml}: {errs:?}");
+        }
+        // Fields no TF Serving backend has are unknown to the kind.
+        let e = parse("backends:\n  b: {kind: tfserving, endpoints: ['http://h:1'], binary: auto}\n", Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("binary"));
+        let e =
+            parse("backends:\n  b: {kind: tfserving, endpoints: ['http://h:1'], load_metrics: {}}\n", Path::new("."));
+        assert!(e.unwrap_err().to_string().contains("load_metrics"));
     }
 }

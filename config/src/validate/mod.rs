@@ -6,7 +6,7 @@
 //! `mod` → `process`, `backends`, `cache`, `models`, `graph`, `reliability`, `fields`;
 //! `graph` → `fields`;
 //! `reliability` → `fields`;
-//! `models` → `cache`, `fields`; `backends` → `upstream`, `tls`, `fields`;
+//! `models` → `cache`, `rules`, `torchserve`, `fields`; `rules` → `fields`; `torchserve` → `fields`; `backends` → `upstream`, `tls`, `fields`;
 //! `process` → `upstream`, `tls`, `fields`; `security` → `tls`, `fields`; `tls` → `fields`; `cache` → `fields`; `upstream` → `fields`;
 //! `fields` is the leaf.
 
@@ -18,9 +18,11 @@ mod models;
 mod monitoring;
 mod process;
 mod reliability;
+mod rules;
 mod security;
 mod sources;
 mod tls;
+mod torchserve;
 mod upstream;
 
 use std::path::Path;
@@ -66,10 +68,11 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
     let cache = cache::cache_config(errs, &raw.cache);
     let control = process::control(errs, &raw.control);
     let raw_model_names: Vec<String> = raw.models.keys().cloned().collect();
+    let graph_names = raw.graphs.keys().cloned().collect();
     let models = models::models(
         errs,
         raw.models,
-        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir },
+        &models::Context { backends: &backends, cache: &cache, default_sticky, base_dir, graphs: &graph_names },
     );
     let model_names = raw_model_names.into_iter().collect();
     let graphs = graph::graphs(errs, raw.graphs, &model_names);
@@ -80,6 +83,14 @@ fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig 
             Some(BackendConfig::V2Http(_) | BackendConfig::V2Grpc(_)) => {
                 server.metadata_from = Some(Arc::from(b.value.as_str()))
             }
+            Some(BackendConfig::TfServing(_)) => errs.at(
+                "server.metadata_from",
+                fields::loc(b),
+                format!(
+                    "backend `{}` is TF Serving, which has no V2 server metadata: metadata_from names a v2-http or v2-grpc backend",
+                    b.value
+                ),
+            ),
             Some(BackendConfig::Onnx(_)) => errs.at(
                 "server.metadata_from",
                 fields::loc(b),
@@ -243,7 +254,7 @@ models:
             ("server metadata from the embedded runtime", "backends:\n  e: {kind: onnx, repository: .}\nserver:\n  metadata_from: e\n".into(), "server.metadata_from", 4, 18, "is the embedded runtime"),
             ("zero warm-up requests", "backends:\n  b:\n    kind: onnx\n    repository: .\n    warmup_requests: 0\n".into(), "backends.b.warmup_requests", 5, 22, "must be 1 to 1000"),
             // Backends: the shape of each kind (read in the second pass, locations kept).
-            ("unknown kind", "backends:\n  b:\n    kind: grpc9\n".into(), "backends.b.kind", 3, 11, "unknown backend kind `grpc9` (expected v2-http, v2-grpc or onnx)"),
+            ("unknown kind", "backends:\n  b:\n    kind: grpc9\n".into(), "backends.b.kind", 3, 11, "unknown backend kind `grpc9` (expected v2-http, v2-grpc, tfserving or onnx)"),
             ("unknown field in v2-http", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    bogus: 1\n".into(), "backends.b.bogus", 5, 5, "unknown field `bogus`, expected one of endpoints,"),
             ("wrong type in v2-http", "backends:\n  b:\n    kind: v2-http\n    endpoints: ['http://h:1']\n    pool_size: lots\n".into(), "backends.b.pool_size", 5, 16, "invalid u64"),
             ("field of another kind", "backends:\n  b:\n    kind: v2-grpc\n    endpoints: ['h:1']\n    binary: always\n".into(), "backends.b.binary", 5, 5, "unknown field `binary`"),

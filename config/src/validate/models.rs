@@ -1,5 +1,6 @@
 //! The `models` section: routes, their variants (references to backends,
-//! weights, shadows, cache opt-in), dynamic batching and canary rollouts.
+//! weights, shadows, cache opt-in), dynamic batching, canary rollouts, and
+//! their content-routing rules (`rules`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
@@ -21,6 +22,8 @@ pub(super) struct Context<'a> {
     pub(super) default_sticky: Option<String>,
     /// The config file's directory: reference profiles are relative to it.
     pub(super) base_dir: &'a std::path::Path,
+    /// The graphs' names: a content-routing rule may send requests to one.
+    pub(super) graphs: &'a BTreeSet<String>,
 }
 
 pub(super) fn models(
@@ -29,13 +32,15 @@ pub(super) fn models(
     cx: &Context<'_>,
 ) -> BTreeMap<Arc<str>, ModelConfig> {
     let mut models = BTreeMap::new();
-    for (name, m) in raw {
+    let targets = super::rules::Targets { models: &raw, graphs: cx.graphs };
+    for (name, m) in &raw {
         let path = format!("models.{name}");
         if name.is_empty() {
-            errs.at(&path, loc(&m), "model name must not be empty");
+            errs.at(&path, loc(m), "model name must not be empty");
             continue;
         }
-        let model = model(errs, &path, &name, &m.value, cx);
+        let mut model = model(errs, &path, name, &m.value, cx);
+        model.rules = super::rules::rules(errs, &path, name, &m.value, &targets);
         models.insert(Arc::<str>::from(name.as_str()), model);
     }
     models
@@ -126,7 +131,16 @@ fn model(errs: &mut Errors, path: &str, name: &str, m: &RawModel, cx: &Context<'
             max_active: positive(errs, &format!("{p}.max_active"), &s.value.max_active, DEFAULT_MAX_SEQUENCES),
         }
     });
-    ModelConfig { name: Arc::from(name), sticky_header, variants, rollout, drift, quality, sequences }
+    ModelConfig {
+        name: Arc::from(name),
+        sticky_header,
+        variants,
+        rollout,
+        drift,
+        quality,
+        sequences,
+        rules: Vec::new(),
+    }
 }
 
 fn variant(
@@ -194,6 +208,22 @@ fn variant(
         deterministic: v.deterministic.unwrap_or(true),
         labels: v.labels.iter().map(|l| Arc::from(l.value.as_str())).collect(),
         features: v.features.as_ref().and_then(|f| super::sources::features(errs, &format!("{vp}.features"), f)),
+        torchserve: v.torchserve.as_ref().map(|t| {
+            // A TorchServe behind takes the bodies as they came: there is nothing to translate to.
+            if let Some(b) = cx.backends.get(v.backend.value.as_str()).filter(|b| b.kind() == "torchserve") {
+                errs.at(
+                    format!("{vp}.torchserve"),
+                    loc(t),
+                    format!(
+                        "backend `{}` is kind {}: TorchServe bodies reach it unchanged; a translation is for tensor \
+                         backends (remove `torchserve`)",
+                        v.backend.value,
+                        b.kind()
+                    ),
+                );
+            }
+            super::torchserve::translation(errs, &format!("{vp}.torchserve"), t)
+        }),
     }
 }
 

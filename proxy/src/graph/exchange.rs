@@ -8,6 +8,7 @@ use switchyard_runtime::{InferRequest, InferResponse};
 
 use crate::error::Error;
 use crate::pipeline::Exchange;
+use crate::protocol::Param;
 
 pub struct StepExchange<'a> {
     pub metadata: &'a HeaderMap,
@@ -23,6 +24,10 @@ impl Exchange for StepExchange<'_> {
 
     async fn decode(&mut self) -> Result<InferRequest, Error> {
         self.request.take().ok_or_else(|| Error::internal("a graph step's request was read twice"))
+    }
+
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        self.request.as_ref()?.parameters.get(name).and_then(Param::from_json)
     }
 
     async fn closed(&mut self) {

@@ -249,6 +249,9 @@ impl Run<'_> {
         // The graph is the unit the client was authorized and charged for: its
         // steps run on its authority, under no rate limit of their own.
         let call = Call {
+            // A step is routed as the graph's client asked: its protocol, no path of its own.
+            protocol: self.caller.protocol,
+            path: None,
             model,
             version: None,
             variant: None,

@@ -26,6 +26,7 @@ const OPEN: &[&str] = &[
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
     "/inference.GRPCInferenceService/ServerMetadata",
+    "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping",
 ];
 
 #[derive(Clone)]

@@ -8,16 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use prost::Message;
 use switchyard_runtime::codec::grpc::{self as codec, pb};
 use switchyard_runtime::{InferRequest, InferResponse};
 use tonic::Status;
 
+use crate::access_log::SharedNote;
 use crate::auth::Principal;
 use crate::error::Error;
+use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Answer, Call, Exchange};
+use crate::protocol::{Param, Protocol};
 use crate::routing::RoutingTable;
 use crate::shm;
 
@@ -53,6 +56,10 @@ impl Exchange for GrpcExchange<'_> {
         Ok(req)
     }
 
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        parameter(&self.message.as_ref()?.parameters, name)
+    }
+
     async fn closed(&mut self) {
         // tonic drops the handler's future when the client cancels.
         std::future::pending().await
@@ -73,14 +80,85 @@ impl Exchange for GrpcExchange<'_> {
     }
 }
 
+/// Fills the access line's note of a unary inference RPC (the `edge` layer writes it).
+pub fn note_inference<E>(
+    note: Option<&SharedNote>,
+    model: String,
+    version: Option<String>,
+    bytes_in: u64,
+    body_sha256: Option<String>,
+    a: &Answer<E>,
+    bytes_out: impl FnOnce(&E) -> usize,
+) {
+    if let Some(n) = note.and_then(|n| n.lock().ok()).as_deref_mut() {
+        n.model = Some(model);
+        n.version = version.filter(|v| !v.is_empty());
+        n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+        n.rule.clone_from(&a.rule);
+        n.bytes_in = bytes_in;
+        n.body_sha256 = body_sha256;
+        match &a.result {
+            Ok(r) => n.bytes_out = bytes_out(r) as u64,
+            Err(e) => n.error = Some(e.kind.label()),
+        }
+    }
+}
+
+/// The answer's Switchyard metadata (variant, overhead, batch size, cache), as on HTTP.
+pub fn answer_metadata(h: &mut HeaderMap, variant: Option<HeaderValue>, a: &AnswerInfo) {
+    if let Some(v) = variant {
+        h.insert(VARIANT_HEADER, v);
+    }
+    h.insert(OVERHEAD_HEADER, HeaderValue::from(a.overhead.as_micros() as u64));
+    if let Some(rows) = a.batch_rows {
+        h.insert(BATCH_SIZE_HEADER, HeaderValue::from(rows));
+    }
+    if let Some(status) = a.cache {
+        h.insert(CACHE_HEADER, status.header_value());
+    }
+}
+
+/// What an answer says besides its result (read before the result moves on).
+pub struct AnswerInfo {
+    pub overhead: Duration,
+    pub batch_rows: Option<usize>,
+    pub cache: Option<crate::cache::CacheStatus>,
+}
+
+impl AnswerInfo {
+    pub fn of<E>(a: &Answer<E>) -> AnswerInfo {
+        AnswerInfo { overhead: a.overhead, batch_rows: a.batch_rows, cache: a.cache }
+    }
+}
+
+/// The gRPC method paths of the two inference RPCs (content-routing rules match on them).
+pub const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub const MODEL_STREAM_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+/// A `ModelInferRequest` parameter as content-routing rules see it.
+pub fn parameter<'a>(
+    params: &'a std::collections::HashMap<String, pb::InferParameter>,
+    name: &str,
+) -> Option<Param<'a>> {
+    use pb::infer_parameter::ParameterChoice;
+    Some(match params.get(name)?.parameter_choice.as_ref()? {
+        ParameterChoice::StringParam(s) => Param::Str(s),
+        ParameterChoice::BoolParam(b) => Param::Bool(*b),
+        ParameterChoice::Int64Param(i) => Param::Int(*i),
+        ParameterChoice::Uint64Param(u) => Param::Uint(*u),
+        ParameterChoice::DoubleParam(f) => Param::Float(*f),
+    })
+}
+
 pub fn version_opt(v: &str) -> Option<&str> {
     Some(v).filter(|v| !v.is_empty())
 }
 
 impl Shared {
-    /// One inference, start to end, through `pipeline::infer`.
+    /// One inference, start to end, through `pipeline::infer`; `path` is the RPC's.
     pub async fn infer(
         &self,
+        path: &str,
         headers: &HeaderMap,
         mut msg: pb::ModelInferRequest,
         deadline: Option<Duration>,
@@ -102,6 +180,8 @@ impl Shared {
             shm_out: Vec::new(),
         };
         let call = Call {
+            protocol: Protocol::V2Grpc,
+            path: Some(path),
             model: &model,
             version: version_opt(&version),
             variant: None,

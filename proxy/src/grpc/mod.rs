@@ -8,7 +8,9 @@
 //! gRPC half of an inference, `stream` serves ModelStreamInfer, and
 //! `passthrough` relays ModelConfig, ModelStatistics and Repository* to a
 //! `v2-grpc` backend; `ml` serves Switchyard's own `switchyard.ml.v1.Feedback`
-//! beside it. It runs as one of pingora's services (`GrpcService`), on
+//! beside it, `tfserving` TensorFlow Serving's `PredictionService` and
+//! `ModelService`, and `torchserve` TorchServe's `InferenceAPIsService`
+//! (through the same lifecycle). It runs as one of pingora's services (`GrpcService`), on
 //! a runtime of its own, and drains and upgrades with the HTTP listener.
 
 mod edge;
@@ -18,7 +20,9 @@ mod ml;
 mod passthrough;
 mod service;
 mod stream;
+mod tfserving;
 mod tls;
+mod torchserve;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -134,15 +138,32 @@ impl pingora_core::services::Service for GrpcService {
         let feedback = ml::FeedbackServer::new(ml::FeedbackService { shared: self.shared.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let svc = Edge {
-            inner: ResourceExhaustedOverLimit(ByService {
-                inference: GrpcInferenceServiceServer::new(front)
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
-                feedback,
-            }),
-            auth: self.shared.guards.auth.clone(),
+        let tf = tfserving::TfFrontEnd { shared: self.shared.clone() };
+        let tf_predict = tfserving::PredictionServiceServer::new(tf.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let tf_model =
+            tfserving::ModelServiceServer::new(tf).max_decoding_message_size(max).max_encoding_message_size(max);
+        let torchserve = torchserve::InferenceServer::new(torchserve::TorchServeFront { shared: self.shared.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let inference =
+            GrpcInferenceServiceServer::new(front).max_decoding_message_size(max).max_encoding_message_size(max);
+        // Everything no other service claims goes to KServe V2 (UNIMPLEMENTED for what it does not know).
+        let routes = ByPrefix {
+            prefix: FEEDBACK_PREFIX,
+            matched: feedback,
+            other: ByPrefix {
+                prefix: TF_PREDICTION_PREFIX,
+                matched: tf_predict,
+                other: ByPrefix {
+                    prefix: TF_MODEL_PREFIX,
+                    matched: tf_model,
+                    other: ByPrefix { prefix: torchserve::PREFIX, matched: torchserve, other: inference },
+                },
+            },
         };
+        let svc = Edge { inner: ResourceExhaustedOverLimit(routes), auth: self.shared.guards.auth.clone() };
         tracing::info!(grpc = ?local_addr, tls = self.tls.is_some(), max_message_bytes = max, "gRPC listener started");
         let stop = async move {
             tokio::select! {
@@ -181,41 +202,45 @@ impl pingora_core::services::Service for GrpcService {
     }
 }
 
-/// Calls go to the service their path names: `switchyard.ml.v1.Feedback`
-/// or, for everything else, KServe V2 (which answers UNIMPLEMENTED for what it
-/// does not know). Both generated servers are always ready.
+/// Calls whose path starts with `prefix` go to `matched`, the rest to
+/// `other`: nested, they route `switchyard.ml.v1.Feedback`, TF Serving's two
+/// services, TorchServe's inference service and, for everything else, KServe V2. Generated servers are
+/// always ready.
 #[derive(Clone)]
-struct ByService<I, F> {
-    inference: I,
-    feedback: F,
+struct ByPrefix<M, O> {
+    prefix: &'static str,
+    matched: M,
+    other: O,
 }
 
-/// The path prefix of `switchyard.ml.v1.Feedback`'s methods.
+/// The path prefixes of `switchyard.ml.v1.Feedback`'s and TF Serving's methods.
 const FEEDBACK_PREFIX: &str = "/switchyard.ml.v1.Feedback/";
+const TF_PREDICTION_PREFIX: &str = "/tensorflow.serving.PredictionService/";
+const TF_MODEL_PREFIX: &str = "/tensorflow.serving.ModelService/";
 
-impl<I, F, B> Service<http::Request<B>> for ByService<I, F>
+impl<M, O, B> Service<http::Request<B>> for ByPrefix<M, O>
 where
-    I: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
-    F: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
-    I::Future: Send + 'static,
-    F::Future: Send + 'static,
+    M: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    O: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    M::Future: Send + 'static,
+    O::Future: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        match (self.inference.poll_ready(cx), self.feedback.poll_ready(cx)) {
+        match (self.matched.poll_ready(cx), self.other.poll_ready(cx)) {
             (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path().starts_with(FEEDBACK_PREFIX) {
-            Box::pin(self.feedback.call(req))
+        if req.uri().path().starts_with(self.prefix) {
+            Box::pin(self.matched.call(req))
         } else {
-            Box::pin(self.inference.call(req))
+            Box::pin(self.other.call(req))
         }
     }
 }

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
-use http::HeaderValue;
 use switchyard_runtime::codec::grpc::{self as codec, pb};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::exchange::{grpc_timeout, version_opt, Shared};
+use super::exchange::{
+    answer_metadata, grpc_timeout, note_inference, version_opt, AnswerInfo, Shared, MODEL_INFER_PATH,
+};
 use super::{embedded, passthrough, stream};
 use prost::Message;
 use tonic::transport::server::TcpConnectInfo;
@@ -18,7 +19,7 @@ use tonic::transport::server::TcpConnectInfo;
 use crate::access_log::SharedNote;
 use crate::auth::{Action, Principal, SHM_PERMISSION};
 use crate::error::Error;
-use crate::headers::{BATCH_SIZE_HEADER, CACHE_HEADER, OVERHEAD_HEADER, VARIANT_HEADER};
+use crate::headers::VARIANT_HEADER;
 use crate::pipeline;
 use crate::respond;
 use crate::shm;
@@ -26,7 +27,7 @@ use crate::shm;
 use pb::grpc_inference_service_server::GrpcInferenceService;
 
 /// The principal `edge::Edge` put on the request; `None` when authentication is off.
-fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
+pub(super) fn principal(ext: &tonic::Extensions) -> Option<Arc<Principal>> {
     ext.get::<Arc<Principal>>().cloned()
 }
 
@@ -129,30 +130,11 @@ impl GrpcInferenceService for FrontEnd {
         let (model, version, bytes_in) = (msg.model_name.clone(), msg.model_version.clone(), msg.encoded_len());
         let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
         let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&msg.encode_to_vec()));
-        let a = self.shared.infer(&headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
-        if let Some(n) = note.as_ref().and_then(|n| n.lock().ok()).as_deref_mut() {
-            n.model = Some(model);
-            n.version = Some(version).filter(|v| !v.is_empty());
-            n.variant = a.variant.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
-            n.bytes_in = bytes_in as u64;
-            n.body_sha256 = body_sha256;
-            match &a.result {
-                Ok(r) => n.bytes_out = r.encoded_len() as u64,
-                Err(e) => n.error = Some(e.kind.label()),
-            }
-        }
+        let a = self.shared.infer(MODEL_INFER_PATH, &headers, msg, grpc_timeout(&headers), p.as_deref(), client).await;
+        note_inference(note.as_ref(), model, Some(version), bytes_in as u64, body_sha256, &a, |r| r.encoded_len());
+        let info = AnswerInfo::of(&a);
         let mut resp = Response::new(a.result.map_err(|e| respond::grpc_status(&e))?);
-        let h = resp.metadata_mut().as_mut();
-        if let Some(v) = a.variant {
-            h.insert(VARIANT_HEADER, v);
-        }
-        h.insert(OVERHEAD_HEADER, HeaderValue::from(a.overhead.as_micros() as u64));
-        if let Some(rows) = a.batch_rows {
-            h.insert(BATCH_SIZE_HEADER, HeaderValue::from(rows));
-        }
-        if let Some(status) = a.cache {
-            h.insert(CACHE_HEADER, status.header_value());
-        }
+        answer_metadata(resp.metadata_mut().as_mut(), a.variant, &info);
         Ok(resp)
     }
 

@@ -25,11 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::exchange::{over_limit, version_opt, Shared};
+use super::exchange::{over_limit, parameter, version_opt, Shared, MODEL_STREAM_INFER_PATH};
 use crate::admission;
 use crate::auth::Principal;
 use crate::error::Error;
-use crate::pipeline::Call;
+use crate::pipeline::{Call, Choice};
+use crate::protocol::Protocol;
 use crate::sequence::{self, SequenceId};
 use crate::{pipeline, respond};
 
@@ -137,10 +138,12 @@ async fn one(
     let answer = match relay(shared, headers, principal, client, msg, &out).await {
         Relay::Done => return,
         Relay::Failed(message) => failed(message),
-        Relay::Pipeline(msg) => match shared.infer(headers, msg, None, principal, client).await.result {
-            Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
-            Err(e) => failed(e.message),
-        },
+        Relay::Pipeline(msg) => {
+            match shared.infer(MODEL_STREAM_INFER_PATH, headers, msg, None, principal, client).await.result {
+                Ok(r) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
+                Err(e) => failed(e.message),
+            }
+        }
     };
     let _ = out.send(answer).await;
 }
@@ -175,6 +178,8 @@ async fn relay(
     let start = Instant::now();
     let table = shared.table.load_full();
     let call = Call {
+        protocol: Protocol::V2Grpc,
+        path: Some(MODEL_STREAM_INFER_PATH),
         model: &msg.model_name,
         version: version_opt(&msg.model_version),
         variant: None,
@@ -187,10 +192,13 @@ async fn relay(
         priority: None,
     };
     // The lifecycle's guards, in its order: a refused request is refused here, in its words.
-    let Ok(sel) = pipeline::select(&table, call.model, call.version, headers, principal) else {
+    // Routing as the lifecycle routes (content-routing rules see the message's parameters).
+    let params = |name: &str| parameter(&msg.parameters, name);
+    let Ok(Some(choice)) = pipeline::choose(&table, &call, headers, Some(&params)) else {
         // An unknown model or variant answers from the lifecycle, in its words.
         return Relay::Pipeline(msg);
     };
+    let Choice { selection: sel, .. } = &choice;
     let variant = sel.variant;
     let relayed = match variant.backend.grpc_passthrough() {
         Some(b) if variant.batcher.is_none() && variant.cache.is_none() => b.relays_streams().await.then_some(b),
@@ -199,6 +207,7 @@ async fn relay(
     let Some(backend) = relayed else {
         return Relay::Pipeline(msg);
     };
+    choice.count();
     if let Err(e) = call.guard().await {
         return Relay::Failed(e.message);
     }

@@ -4,6 +4,8 @@
 
 use http::Method;
 
+pub use crate::tfserving::{TfMethod, TfServable};
+
 /// What a request path asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint<'a> {
@@ -40,27 +42,14 @@ pub enum Endpoint<'a> {
     TfStatus(&'a str, TfServable<'a>),
     /// TF Serving's `GET /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata`.
     TfMetadata(&'a str, TfServable<'a>),
+    /// TorchServe's `POST` (or `PUT`) `/predictions/{m}[/{v}]` (`false`) or `/explanations/{m}[/{v}]` (`true`).
+    TsPredict(&'a str, Option<&'a str>, bool),
+    /// TorchServe's `GET /ping`.
+    TsPing,
     /// A path we know, with the wrong method.
     WrongMethod(&'static str),
     /// Anything else: passed through to the default upstream.
     Other,
-}
-
-/// Which servable of a model a TF Serving path names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TfServable<'a> {
-    /// No version or label: the A/B split picks.
-    Latest,
-    Version(&'a str),
-    Label(&'a str),
-}
-
-/// The verb after `:` on a TF Serving inference path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TfMethod {
-    Predict,
-    Classify,
-    Regress,
 }
 
 /// `/v1/models/...` as TF Serving's REST API routes it; `Other` for what it would not serve.
@@ -129,7 +118,22 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
         "/v2/repository/index" => return post(method, Endpoint::RepositoryIndex),
         "/v2/systemsharedmemory/status" => return simple(Endpoint::ShmStatus(None)),
         "/v2/systemsharedmemory/unregister" => return post(method, Endpoint::ShmUnregister(None)),
+        "/ping" => return simple(Endpoint::TsPing),
         _ => {}
+    }
+    for (prefix, explain) in [("/predictions/", false), ("/explanations/", true)] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let mut parts = rest.split('/');
+            let (Some(m), v, None) = (parts.next().filter(|m| !m.is_empty()), parts.next(), parts.next()) else {
+                return Endpoint::Other;
+            };
+            return match v {
+                Some("") => Endpoint::Other,
+                // TorchServe's own examples upload with `curl -T` (a PUT).
+                v if method == Method::PUT => Endpoint::TsPredict(m, v, explain),
+                v => post(method, Endpoint::TsPredict(m, v, explain)),
+            };
+        }
     }
     if let Some(rest) = path.strip_prefix("/v2/systemsharedmemory/region/") {
         return match rest.split_once('/') {
@@ -273,6 +277,17 @@ mod tests {
             (&post, "/ml/models/mlp/feedback", Endpoint::Feedback("mlp")),
             (&get, "/ml/models/mlp/predict", Endpoint::WrongMethod("POST")),
             (&post, "/ml/models/mlp/metrics", Endpoint::Other),
+            (&get, "/ping", Endpoint::TsPing),
+            (&post, "/ping", Endpoint::WrongMethod("GET")),
+            (&post, "/predictions/mlp", Endpoint::TsPredict("mlp", None, false)),
+            (&post, "/predictions/mlp/2.0", Endpoint::TsPredict("mlp", Some("2.0"), false)),
+            (&post, "/explanations/mlp", Endpoint::TsPredict("mlp", None, true)),
+            (&post, "/explanations/mlp/1", Endpoint::TsPredict("mlp", Some("1"), true)),
+            (&get, "/predictions/mlp", Endpoint::WrongMethod("POST")),
+            (&Method::PUT, "/predictions/mlp", Endpoint::TsPredict("mlp", None, false)),
+            (&post, "/predictions/", Endpoint::Other),
+            (&post, "/predictions/mlp/", Endpoint::Other),
+            (&post, "/predictions/mlp/1/extra", Endpoint::Other),
         ];
         for (m, p, want) in cases {
             assert_eq!(classify(m, p), want, "{m} {p}");

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::monitor::features::for_each_value;
 use crate::monitor::quality::FeedbackBody;
 use crate::pipeline::{self, Call, Exchange};
+use crate::protocol::Param;
 use crate::routing::RoutingTable;
 
 /// `POST /ml/models/{m}/feedback`.
@@ -150,6 +151,10 @@ impl Exchange for PredictExchange<'_> {
         self.to_v2(r)
     }
 
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        self.request.as_ref()?.parameters.get(name).and_then(Param::from_json)
+    }
+
     async fn closed(&mut self) {
         self.session.set_abort_on_close(true);
         match self.session.read_body_or_idle(true).await {
@@ -241,9 +246,12 @@ pub async fn predict(
             Err(_) => return Reply::error(&Error::bad_field("user_id", "user_id must be printable text")),
         }
     }
-    // The signature maps `input_data` onto typed tensors; every variant of a model shares it.
-    let sel = match pipeline::select(table, model, None, &headers, call.principal) {
-        Ok(s) => s,
+    // The signature maps `input_data` onto typed tensors; every variant of a
+    // model shares it. Content-routing rules may send the request to another model: its signature.
+    let params = |name: &str| request.parameters.get(name).and_then(Param::from_json);
+    let sel = match pipeline::choose(table, &call, &headers, Some(&params)) {
+        Ok(Some(c)) => c.selection,
+        Ok(None) => return Reply::error(&Error::internal("content routing asked for read parameters")),
         Err(e) => return Reply::error(&e),
     };
     let meta = match sel.variant.backend.model_metadata(&sel.target).await {
@@ -285,6 +293,7 @@ pub async fn predict(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.rule = a.rule;
     reply
 }
 

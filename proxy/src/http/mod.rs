@@ -10,6 +10,7 @@ mod classify;
 mod ml;
 mod reply;
 mod tfserving;
+mod torchserve;
 mod triton;
 mod upstream;
 mod upstream_tls;
@@ -36,6 +37,7 @@ use crate::error::{BackendFailure, Error, ErrorKind};
 use crate::guards::Guards;
 use crate::metrics::Metrics;
 use crate::pipeline::Call;
+use crate::protocol::Protocol;
 use crate::routing::RoutingTable;
 
 /// The HTTP listener's state, shared by pingora's worker threads.
@@ -95,6 +97,7 @@ pub struct Ctx {
     variant: Option<http::HeaderValue>,
     error: Option<&'static str>,
     body_sha256: Option<String>,
+    rule: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -103,6 +106,7 @@ impl Ctx {
         self.variant.clone_from(&reply.variant);
         self.error = reply.error;
         self.body_sha256.clone_from(&reply.body_sha256);
+        self.rule.clone_from(&reply.rule);
     }
 }
 
@@ -116,6 +120,7 @@ fn needs_auth(e: &Endpoint<'_>) -> bool {
             | Endpoint::V2Live
             | Endpoint::V2Ready
             | Endpoint::V2Server
+            | Endpoint::TsPing
             | Endpoint::WrongMethod(_)
     )
 }
@@ -134,6 +139,7 @@ impl ProxyHttp for HttpListener {
             variant: None,
             error: None,
             body_sha256: None,
+            rule: None,
         }
     }
 
@@ -193,7 +199,10 @@ impl ProxyHttp for HttpListener {
             match checked {
                 Ok(p) => ctx.principal = Some(p),
                 Err(e) => {
-                    let reply = Reply::error(&e);
+                    let reply = match endpoint {
+                        Endpoint::TsPredict(..) => torchserve::error(&e),
+                        _ => Reply::error(&e),
+                    };
                     ctx.remember(&reply);
                     reply::write(session, reply).await?;
                     return Ok(true);
@@ -204,6 +213,12 @@ impl ProxyHttp for HttpListener {
         // TF Serving paths of a model with no route are someone else's: the
         // default upstream's when there is one (a TF Serving behind), else 404.
         if let Endpoint::TfPredict(m, ..) | Endpoint::TfStatus(m, _) | Endpoint::TfMetadata(m, _) = endpoint {
+            if table.route(m).is_err() && self.default_upstream.is_some() {
+                return pass_through(session, ctx, true).await;
+            }
+        }
+        // TorchServe paths too: a TorchServe behind keeps serving the models Switchyard does not route.
+        if let Endpoint::TsPredict(m, ..) = endpoint {
             if table.route(m).is_err() && self.default_upstream.is_some() {
                 return pass_through(session, ctx, true).await;
             }
@@ -220,8 +235,16 @@ impl ProxyHttp for HttpListener {
                 }
                 return Ok(false);
             }
-            let e = Error::not_found(format!("no route for {} {}", method, uri.path()));
-            let reply = Reply::error(&e);
+            // TorchServe's paths answer in its form (`/predictions/m/v/extra`, say).
+            let reply = if torchserve::is_torchserve_path(uri.path()) {
+                torchserve::error(&Error::not_found(format!(
+                    "Requested resource is not found, please refer to API document. ({} {})",
+                    method,
+                    uri.path()
+                )))
+            } else {
+                Reply::error(&Error::not_found(format!("no route for {} {}", method, uri.path())))
+            };
             ctx.remember(&reply);
             reply::write(session, reply).await?;
             return Ok(true);
@@ -270,6 +293,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Infer(m, v) => {
                 let call = Call {
+                    protocol: Protocol::V2Http,
+                    path: Some(uri.path()),
                     model: m,
                     version: v,
                     variant: None,
@@ -285,6 +310,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::Predict(m) => {
                 let call = Call {
+                    protocol: Protocol::V2Http,
+                    path: Some(uri.path()),
                     model: m,
                     version: None,
                     variant: None,
@@ -300,6 +327,8 @@ impl ProxyHttp for HttpListener {
             }
             Endpoint::TfPredict(m, servable, method) => {
                 let call = Call {
+                    protocol: Protocol::TfServingRest,
+                    path: Some(uri.path()),
                     model: m,
                     version: None,
                     variant: None,
@@ -319,11 +348,39 @@ impl ProxyHttp for HttpListener {
             Endpoint::TfMetadata(m, servable) => {
                 tfserving::metadata(&session.req_header().headers, &table, m, servable, principal).await
             }
+            Endpoint::TsPredict(m, v, explain) => {
+                let call = Call {
+                    protocol: Protocol::TorchServeRest,
+                    path: Some(uri.path()),
+                    model: m,
+                    version: v,
+                    variant: None,
+                    deadline: None,
+                    start: ctx.start,
+                    principal,
+                    limiter: self.guards.limiter.as_deref(),
+                    client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+                    input_bytes: body::declared_length(session.req_header()),
+                    priority: None,
+                };
+                torchserve::predict(session, &table, &self.metrics, &self.limits, explain, call).await
+            }
+            Endpoint::TsPing => torchserve::ping(&table).await,
             // Ground truth changes what quality figures (and a canary's verdict) say: its own permission.
             Endpoint::Feedback(m) => match crate::pipeline::authorize(principal, m, None, Action::Feedback) {
                 Ok(()) => ml::feedback(session, &table, &self.limits, m).await,
                 Err(e) => Reply::error(&e),
             },
+            Endpoint::WrongMethod(allowed) if torchserve::is_torchserve_path(uri.path()) => {
+                torchserve::error(&Error::new(
+                    ErrorKind::MethodNotAllowed { allowed },
+                    format!(
+                        "Requested method is not allowed, please refer to API document. ({} {}: use {allowed})",
+                        method,
+                        uri.path()
+                    ),
+                ))
+            }
             Endpoint::WrongMethod(allowed) => Reply::error(&Error::new(
                 ErrorKind::MethodNotAllowed { allowed },
                 format!("{} is not allowed on {} (use {allowed})", method, uri.path()),
@@ -474,7 +531,10 @@ impl ProxyHttp for HttpListener {
         let Some(uri) = &ctx.uri else { return };
         let req = session.req_header();
         let (model, version) = match classify(&req.method, uri.path()) {
-            Endpoint::Infer(m, v) | Endpoint::ModelMetadata(m, v) | Endpoint::ModelReady(m, v) => (Some(m), v),
+            Endpoint::Infer(m, v)
+            | Endpoint::ModelMetadata(m, v)
+            | Endpoint::ModelReady(m, v)
+            | Endpoint::TsPredict(m, v, _) => (Some(m), v),
             _ => (None, None),
         };
         let downstream = session.as_downstream();
@@ -486,6 +546,7 @@ impl ProxyHttp for HttpListener {
             bytes_in: downstream.body_bytes_read() as u64,
             bytes_out: downstream.body_bytes_sent() as u64,
             body_sha256: ctx.body_sha256.take(),
+            rule: ctx.rule.take(),
         };
         Record {
             protocol: "http",

@@ -34,6 +34,8 @@ pub struct Reply {
     pub error: Option<&'static str>,
     /// SHA-256 of the request body, when `access_log.body_hash` is on.
     pub body_sha256: Option<String>,
+    /// The content-routing rule that routed the request, for the access log.
+    pub rule: Option<std::sync::Arc<str>>,
 }
 
 impl Reply {

@@ -16,6 +16,7 @@ use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
+use crate::protocol::Param;
 use crate::routing::RoutingTable;
 use crate::shm;
 
@@ -48,6 +49,8 @@ struct HttpExchange<'s> {
     /// `Some` when the body's hash is wanted (`access_log.body_hash`); filled by `decode`.
     body_sha256: Option<Option<String>>,
     body_len: Option<u64>,
+    /// The request, decoded before routing when content-routing rules read its parameters.
+    early: Option<InferRequest>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -64,24 +67,23 @@ impl Exchange for HttpExchange<'_> {
     }
 
     async fn decode(&mut self) -> Result<InferRequest, Error> {
-        let header_len = body::inference_header_length(self.session.req_header())?;
-        let body = body::read(self.session, self.limits).await?;
-        self.body_len = Some(body.len() as u64);
-        if let Some(h) = &mut self.body_sha256 {
-            *h = Some(crate::access_log::body_hash(&body));
+        match self.early.take() {
+            Some(req) => Ok(req),
+            None => self.read_and_decode().await,
         }
-        let mut req = v2::decode_request(&body, header_len)?;
-        let in_shm = req.inputs.iter().any(|t| t.in_shared_memory());
-        self.shm_out = shm::resolve(&mut req, self.shm)?;
-        // Only an output's own `binary_data` can differ from the default.
-        let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
-        self.prefs = OutputPrefs { outputs, default_binary: req.binary_output };
-        // Plain JSON both ways: a JSON backend gets the client's own bytes
-        // (checked above by the full decode), not a re-encoding of them.
-        if header_len.is_none() && !in_shm && self.shm_out.is_empty() && !self.prefs.any_binary() {
-            req.raw_json = Some(body);
+    }
+
+    /// V2 decoding needs nothing of the route: the whole request is decoded
+    /// now, and `decode` hands it over (one read, one parse).
+    async fn read_parameters(&mut self) -> Result<(), Error> {
+        if self.early.is_none() {
+            self.early = Some(self.read_and_decode().await?);
         }
-        Ok(req)
+        Ok(())
+    }
+
+    fn parameter(&self, name: &str) -> Option<Param<'_>> {
+        self.early.as_ref()?.parameters.get(name).and_then(Param::from_json)
     }
 
     async fn closed(&mut self) {
@@ -112,6 +114,30 @@ impl Exchange for HttpExchange<'_> {
     }
 }
 
+impl HttpExchange<'_> {
+    /// Reads the body and decodes it: V2 JSON, or the binary extension.
+    async fn read_and_decode(&mut self) -> Result<InferRequest, Error> {
+        let header_len = body::inference_header_length(self.session.req_header())?;
+        let body = body::read(self.session, self.limits).await?;
+        self.body_len = Some(body.len() as u64);
+        if let Some(h) = &mut self.body_sha256 {
+            *h = Some(crate::access_log::body_hash(&body));
+        }
+        let mut req = v2::decode_request(&body, header_len)?;
+        let in_shm = req.inputs.iter().any(|t| t.in_shared_memory());
+        self.shm_out = shm::resolve(&mut req, self.shm)?;
+        // Only an output's own `binary_data` can differ from the default.
+        let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
+        self.prefs = OutputPrefs { outputs, default_binary: req.binary_output };
+        // Plain JSON both ways: a JSON backend gets the client's own bytes
+        // (checked above by the full decode), not a re-encoding of them.
+        if header_len.is_none() && !in_shm && self.shm_out.is_empty() && !self.prefs.any_binary() {
+            req.raw_json = Some(body);
+        }
+        Ok(req)
+    }
+}
+
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
 pub async fn infer(
     session: &mut Session,
@@ -129,6 +155,7 @@ pub async fn infer(
         shm_out: Vec::new(),
         body_sha256: body_hash.then_some(None),
         body_len: None,
+        early: None,
     };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {
@@ -149,6 +176,7 @@ pub async fn infer(
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
     reply.overhead = Some(a.overhead);
+    reply.rule = a.rule;
     reply.body_sha256 = x.body_sha256.flatten();
     reply
 }

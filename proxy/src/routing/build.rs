@@ -120,6 +120,7 @@ impl RoutingTable {
                     drift,
                     shadow_percent: v.shadow_percent,
                     labels: v.labels.clone(),
+                    torchserve: v.torchserve.clone().map(Arc::new),
                     cache: ctx.cache.and_then(|c| c.variant(name, v, cfg.backends.get(&v.backend))),
                     features: match &v.features {
                         None => None,
@@ -162,7 +163,10 @@ impl RoutingTable {
                     }
                     None => crate::sequence::SequenceTable::new(name.clone(), &m.sequences, &metrics.sequences),
                 };
+            let names: Vec<&str> = variants.iter().map(|v| v.name.as_ref()).collect();
+            let rules = super::rules::Rules::build(name, &m.rules, &names, |r| metrics.rule(name, r))?;
             let route = Arc::new(Route {
+                rules,
                 sequences,
                 quality,
                 shadows,

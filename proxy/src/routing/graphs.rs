@@ -78,6 +78,7 @@ fn route(name: &Arc<str>, graph: Arc<Graph>, ctx: &BuildContext<'_>) -> Route {
             drift: None,
             labels: Vec::new(),
             features: None,
+            torchserve: None,
         }],
         targets: vec![Some(ModelTarget { name: name.clone(), version: None })],
         picker: Picker::new(name.clone(), vec![Arm::new(variant, 1.0, None)]),
@@ -85,5 +86,6 @@ fn route(name: &Arc<str>, graph: Arc<Graph>, ctx: &BuildContext<'_>) -> Route {
         quality: None,
         sequences,
         graph: Some(graph),
+        rules: Default::default(),
     }
 }

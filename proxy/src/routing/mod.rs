@@ -2,10 +2,12 @@
 //! weight. A `RoutingTable` is an immutable snapshot assembled off the
 //! request path (`build`: backends, queues and metric handles resolved
 //! once); requests load it once and keep that generation to the end. Which
-//! variant serves a request is decided by the pure `select::Picker`.
+//! variant serves a request is decided by the route's content-routing
+//! rules (`rules`, first match) and else by the pure `select::Picker`.
 
 mod build;
 mod graphs;
+pub mod rules;
 pub mod select;
 
 use std::collections::HashMap;
@@ -80,6 +82,8 @@ pub struct Variant {
     pub labels: Vec<Arc<str>>,
     /// Inputs completed from a feature store before the request runs; `None`: the client sends every input.
     pub features: Option<Arc<crate::features::Enricher>>,
+    /// How TorchServe clients' JSON bodies map to this variant's tensors (`variants[].torchserve`).
+    pub torchserve: Option<Arc<switchyard_config::TorchServeTranslation>>,
 }
 
 /// Most queues made on demand per variant; requests for further versions run unbatched.
@@ -138,6 +142,8 @@ pub struct Route {
     pub sequences: Arc<crate::sequence::SequenceTable>,
     /// A graph route's steps (`crate::graph`): its requests run them instead of a backend call.
     pub graph: Option<Arc<dyn Composite>>,
+    /// Content-routing rules, tried before the split (`pipeline::choose`).
+    pub rules: rules::Rules,
 }
 
 /// A route computed by other routes of the same snapshot (`crate::graph`):
@@ -155,6 +161,7 @@ pub trait Composite: Send + Sync {
 /// What a composite route's steps inherit from the client's call.
 #[derive(Clone, Copy, Debug)]
 pub struct StepCaller {
+    pub protocol: crate::protocol::Protocol,
     pub priority: Option<u64>,
     pub client: Option<std::net::IpAddr>,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use switchyard_config::{BackendConfig, Endpoints, ResolverConfig, ValidatedConfig};
 
 use super::contract::{Backend, Backends};
-use super::{onnx, v2_grpc, v2_http};
+use super::{onnx, tfserving, v2_grpc, v2_http};
 
 /// The built backends of one config generation, with the configs they were
 /// built from, so that the next generation reuses every backend whose config
@@ -42,6 +42,7 @@ impl BackendSet {
             let backend: Arc<dyn Backend> = match b {
                 BackendConfig::V2Http(c) => Arc::new(v2_http::V2HttpBackend::new(name, c, &cfg.resolver)?),
                 BackendConfig::V2Grpc(c) => Arc::new(v2_grpc::V2GrpcBackend::new(name, c, &cfg.resolver)?),
+                BackendConfig::TfServing(c) => Arc::new(tfserving::TfServingBackend::new(name, c, &cfg.resolver)?),
                 BackendConfig::Onnx(c) => {
                     let shared = match &out.onnx {
                         Some(s) => s.clone(),
@@ -68,6 +69,7 @@ fn uses_dns(b: &BackendConfig) -> bool {
     match b {
         BackendConfig::V2Http(c) => matches!(c.endpoints, Endpoints::Dns(_)),
         BackendConfig::V2Grpc(c) => matches!(c.endpoints, Endpoints::Dns(_)),
+        BackendConfig::TfServing(c) => matches!(c.endpoints, Endpoints::Dns(_)),
         BackendConfig::Onnx(_) => false,
     }
 }

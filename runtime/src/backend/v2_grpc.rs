@@ -11,44 +11,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchyard_config::{Endpoints, ResolverConfig, V2GrpcBackend as Config};
-use switchyard_tls::{ClientTls, Connector};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use switchyard_config::{ResolverConfig, V2GrpcBackend as Config};
+use tonic::transport::Channel;
+use tonic::Status;
 
 use super::affinity::Affinity;
 use super::contract::{Backend, GrpcPassthrough, ModelTarget};
-use super::dns::{self, DnsWatch};
 use super::forward::Forwarding;
-use super::health::{Member, Outcome, Pool, Probe, Tasks};
+use super::grpc_pool::{GrpcPool, GrpcPoolConfig, Idempotent};
+use super::health::Probe;
 use crate::codec::grpc::{self, pb};
-use crate::error::{error_chain, BackendError};
+use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse};
 
 type Client = pb::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>;
 
 /// How long a readiness probe of the backend may take.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings keep idle connections known-good (and find dead ones before a request does).
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Whether a call may be sent again to another endpoint once it may have reached one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Idempotent {
-    Yes,
-    No,
-}
 
 pub struct V2GrpcBackend {
-    name: Arc<str>,
-    /// `host:port, ...` (or `dns host:port`) for error messages.
-    endpoints: String,
-    /// One lazily connected channel per endpoint, picked per call by `backend::health`.
-    pool: Arc<Pool<Client>>,
-    /// Feeds the pool for a `dns:` backend; stops with the backend.
-    _dns: Option<DnsWatch>,
-    /// Probes, outlier sweeps, load scrapes; stop with the backend.
-    _health: Tasks,
+    /// The endpoints' channels, picked per call by load (`backend::grpc_pool`).
+    pool: GrpcPool,
+    max_message_bytes: usize,
     timeout: Duration,
     forward: Forwarding,
     /// Whether the server is Triton, whose `ModelStreamInfer` answers
@@ -60,75 +44,22 @@ pub struct V2GrpcBackend {
 impl V2GrpcBackend {
     /// Builds the channels (connections are made lazily, on first use); needs a tokio runtime.
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2GrpcBackend, String> {
-        let connect_timeout = cfg.connect_timeout;
-        let max = cfg.max_message_bytes;
-        // gRPC over TLS offers h2 by ALPN; the files are watched while the backend lives.
-        let tls = cfg.tls.as_ref().map(|t| ClientTls::load(t, &[b"h2"], &format!("backend `{name}`"))).transpose()?;
-        let connector = Connector::new(Some(connect_timeout), tls.clone());
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let member = move |authority: &str| -> Result<Arc<Member<Client>>, String> {
-            let channel = channel_endpoint(scheme, authority, connect_timeout)
-                .map_err(|e| format!("endpoint `{authority}`: {e}"))?
-                .connect_with_connector_lazy(connector.clone());
-            let client = Client::new(channel).max_decoding_message_size(max).max_encoding_message_size(max);
-            Ok(Arc::new(Member::new(authority.to_string(), client)))
-        };
-        let (members, source) = match &cfg.endpoints {
-            Endpoints::List(list) => {
-                if list.is_empty() {
-                    return Err(format!("backend `{name}` has no endpoints"));
-                }
-                let set = list
-                    .iter()
-                    .map(|up| member(&up.authority).map_err(|e| format!("backend `{name}`: {e}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (set, list.iter().map(|u| u.authority.as_str()).collect::<Vec<_>>().join(", "))
-            }
-            Endpoints::Dns(d) => (Vec::new(), format!("dns {}:{}", d.host, d.port)),
-        };
-        let pool = Arc::new(Pool::new(Arc::from(name), members, cfg.health.clone()));
-        let dns = match &cfg.endpoints {
-            Endpoints::List(_) => None,
-            Endpoints::Dns(d) => {
-                let feed = Arc::downgrade(&pool);
-                let backend = name.to_string();
-                let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
-                    let Some(pool) = feed.upgrade() else { return };
-                    let old = pool.members();
-                    // An endpoint that stays keeps its connection, load and health state.
-                    let set = addrs
-                        .iter()
-                        .filter_map(|a| {
-                            let authority = a.to_string();
-                            if let Some(m) = old.iter().find(|m| m.authority == authority) {
-                                return Some(m.clone());
-                            }
-                            member(&authority)
-                                .inspect_err(|e| tracing::error!(backend = %backend, error = %e, "endpoint not added"))
-                                .ok()
-                        })
-                        .collect();
-                    pool.replace(set);
-                };
-                let resolver = dns::resolver(resolver).map_err(|e| format!("backend `{name}`: {e}"))?;
-                Some(DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply))
-            }
-        };
-        let probe: Probe<Client> = Arc::new(|m, timeout| {
+        let probe: Probe<Channel> = Arc::new(|m, timeout| {
             Box::pin(async move {
-                let mut client = m.transport.clone();
+                let mut client = Client::new(m.transport.clone());
                 let call = client.server_ready(V2GrpcBackend::request(pb::ServerReadyRequest {}, timeout));
                 matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if r.get_ref().ready)
             })
         });
-        let scrape_tls = super::health::scrape_tls(&cfg.health, cfg.tls.as_ref(), name)?;
-        let health = pool.start(probe, scrape_tls);
+        let pool = GrpcPoolConfig {
+            endpoints: &cfg.endpoints,
+            connect_timeout: cfg.connect_timeout,
+            health: &cfg.health,
+            tls: cfg.tls.as_ref(),
+        };
         Ok(V2GrpcBackend {
-            name: Arc::from(name),
-            endpoints: source,
-            pool,
-            _dns: dns,
-            _health: health,
+            pool: GrpcPool::new(name, pool, resolver, probe)?,
+            max_message_bytes: cfg.max_message_bytes,
             timeout: cfg.timeout,
             forward: Forwarding::new(&cfg.forward_headers),
             triton: tokio::sync::OnceCell::new(),
@@ -137,15 +68,16 @@ impl V2GrpcBackend {
 
     /// A request carrying `timeout` as its `grpc-timeout` deadline.
     fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.set_timeout(timeout);
-        r
+        super::grpc_pool::request(msg, timeout)
     }
 
-    /// Runs one call on an endpoint picked by load, with the deadline enforced
-    /// locally as well; `f` makes the call on a given endpoint's client (again
-    /// on another endpoint when the first refused the connection, or for an
-    /// idempotent call that failed in transport, within the retry budget).
+    /// The V2 client on one endpoint's channel, with the backend's message size limit.
+    fn client(&self, channel: Channel) -> Client {
+        let max = self.max_message_bytes;
+        Client::new(channel).max_decoding_message_size(max).max_encoding_message_size(max)
+    }
+
+    /// `GrpcPool::call` with the V2 client.
     async fn call<T, F, Fut>(&self, timeout: Duration, idempotent: Idempotent, f: F) -> Result<T, BackendError>
     where
         F: Fn(Client) -> Fut,
@@ -154,8 +86,7 @@ impl V2GrpcBackend {
         self.call_on(timeout, idempotent, None, f).await
     }
 
-    /// `call`, for a request of a Triton sequence on its pinned endpoint
-    /// (`backend::affinity`): never retried elsewhere once the sequence is placed.
+    /// `GrpcPool::call_on` with the V2 client.
     async fn call_on<T, F, Fut>(
         &self,
         timeout: Duration,
@@ -167,46 +98,7 @@ impl V2GrpcBackend {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let eps = self.pool.members();
-        self.pool.count_request();
-        let mut tried: Vec<usize> = Vec::new();
-        let pinned = affinity.is_some_and(|a| !a.start);
-        loop {
-            let i = self
-                .pool
-                .choose(&eps, &tried, affinity)
-                .map_err(|miss| miss.error(&self.name, affinity.expect("a miss needs a pin").pin))?
-                .ok_or_else(|| {
-                    BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
-                })?;
-            let call = self.pool.begin(&eps[i]);
-            let status = match tokio::time::timeout(timeout, f(call.member().transport.clone())).await {
-                Err(_) => {
-                    self.pool.finish(&call, Outcome::Failure);
-                    return Err(BackendError::Timeout(timeout));
-                }
-                Ok(Ok(r)) => {
-                    self.pool.finish(&call, Outcome::Success);
-                    return Ok(r.into_inner());
-                }
-                Ok(Err(s)) => s,
-            };
-            let outcome = match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Outcome::Failure,
-                Code::Internal | Code::Unknown | Code::DataLoss => Outcome::ServerError,
-                _ => Outcome::Success,
-            };
-            self.pool.finish(&call, outcome);
-            tried.push(i);
-            let transport = status.code() == Code::Unavailable && std::error::Error::source(&status).is_some();
-            let retry =
-                transport && !pinned && (idempotent == Idempotent::Yes || refused(&status)) && tried.len() < eps.len();
-            if retry && self.pool.may_retry() {
-                tracing::debug!(backend = %self.name, endpoint = %eps[i].authority, error = %error_chain(&status), "retrying on another endpoint");
-                continue;
-            }
-            return Err(self.error(status, &eps[i].authority, timeout));
-        }
+        self.pool.call_on(timeout, idempotent, affinity, |ch| f(self.client(ch))).await
     }
 
     /// One inference, on the sequence's pinned endpoint when `affinity` says so.
@@ -218,110 +110,27 @@ impl V2GrpcBackend {
     ) -> Result<InferResponse, BackendError> {
         let client_metadata = std::mem::take(&mut req.metadata);
         let msg = grpc::encode_request(req, &target.name, target.version.as_deref());
-        let mut md = tonic::metadata::MetadataMap::new();
-        // Already filtered (`forwarding`): the client's metadata as it may go on.
-        if !client_metadata.is_empty() {
-            let map = md.as_mut();
-            // A repeated name comes as `None` after its first entry.
-            let mut last: Option<http::HeaderName> = None;
-            for (k, v) in client_metadata {
-                if k.is_some() {
-                    last = k;
-                }
-                if let Some(name) = &last {
-                    map.append(name.clone(), v);
-                }
-            }
-        }
+        let md = super::grpc_pool::metadata(client_metadata);
         let timeout = self.timeout;
         // Tensor contents are `Bytes`: a second attempt's copy of the message shares them.
         let resp = self
             .call_on(timeout, Idempotent::No, affinity, |mut client| {
-                let mut request = Self::request(msg.clone(), timeout);
-                if !md.is_empty() {
-                    *request.metadata_mut() = md.clone();
-                    request.set_timeout(timeout);
-                }
+                let request = super::grpc_pool::with_metadata(msg.clone(), &md, timeout);
                 async move { client.model_infer(request).await }
             })
             .await?;
         grpc::decode_response(resp).map_err(|e| BackendError::Protocol(e.to_string()))
     }
-
-    /// A backend's gRPC status → who failed, in the runtime's terms.
-    fn error(&self, s: Status, endpoint: &str, timeout: Duration) -> BackendError {
-        let msg = s.message().to_owned();
-        match s.code() {
-            // A transport failure carries its cause; a status the server sent does not.
-            Code::Unavailable if std::error::Error::source(&s).is_some() => {
-                BackendError::Connect { endpoint: format!("{} ({endpoint})", self.name), message: error_chain(&s) }
-            }
-            Code::Unavailable => BackendError::Unavailable(format!("backend `{}`: {msg}", self.name)),
-            // Any other transport failure (a TLS alert after the handshake, a
-            // reset): the connection broke, the server answered nothing.
-            code if std::error::Error::source(&s).is_some()
-                && !matches!(code, Code::DeadlineExceeded | Code::Cancelled) =>
-            {
-                BackendError::Unavailable(format!("backend `{}` ({endpoint}): {}", self.name, error_chain(&s)))
-            }
-            // tonic's own enforcement of the deadline we sent answers CANCELLED "Timeout expired".
-            Code::DeadlineExceeded | Code::Cancelled => BackendError::Timeout(timeout),
-            // The server's own answer: its code travels on unchanged (gRPC clients get it as is).
-            code => BackendError::Grpc { code: code as i32, message: msg },
-        }
-    }
-}
-
-/// Whether the connection was refused: the request provably never left.
-fn refused(s: &Status) -> bool {
-    let mut cause = std::error::Error::source(s);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        cause = e.source();
-    }
-    false
-}
-
-/// One replica of the channel, with the connection settings every replica shares.
-fn channel_endpoint(
-    scheme: &str,
-    authority: &str,
-    connect_timeout: Duration,
-) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("{scheme}://{authority}"))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_while_idle(true))
 }
 
 impl V2GrpcBackend {
-    /// A pass-through call on an endpoint picked by load: the backend's answer
-    /// or its status, unchanged. Counted in the endpoint's health like any call.
+    /// `GrpcPool::relay` with the V2 client.
     async fn relay<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let eps = self.pool.members();
-        self.pool.count_request();
-        let i = self.pool.pick(&eps, &[]).ok_or_else(|| {
-            Status::unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
-        })?;
-        let call = self.pool.begin(&eps[i]);
-        let r = f(call.member().transport.clone()).await;
-        let outcome = match r.as_ref().map_err(|s| s.code()) {
-            Err(Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => Outcome::Failure,
-            Err(Code::Internal | Code::Unknown | Code::DataLoss) => Outcome::ServerError,
-            _ => Outcome::Success,
-        };
-        self.pool.finish(&call, outcome);
-        r.map(|r| r.into_inner())
+        self.pool.relay(|ch| f(self.client(ch))).await
     }
 }
 

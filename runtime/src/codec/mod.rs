@@ -2,4 +2,5 @@
 
 pub mod grpc;
 pub mod tfserving;
+pub mod torchserve;
 pub mod v2;

@@ -2,12 +2,17 @@
 //! predict signature's inputs (what REST bodies are typed by), the
 //! `GetModelMetadata` answer (a `SignatureDefMap` with one predict
 //! signature, `serving_default`, printed as TF Serving's JSON printer does:
-//! lowerCamelCase fields, int64 as strings) and the `GetModelStatus` answer.
+//! lowerCamelCase fields, int64 as strings; over gRPC as the protobuf
+//! `SignatureDefMap`) and the `GetModelStatus` answer.
 
 use serde_json::{json, Map, Value as Json};
 
-use super::dtype::dt_name;
+use std::collections::HashMap;
+
+use super::dtype::{dt_name, dt_number};
+use super::pb::tensorflow as pb;
 use super::rest::{InputSpec, DEFAULT_SIGNATURE};
+use super::tensor_proto::shape_to_proto;
 use crate::error::CodecError;
 use crate::tensor::DataType;
 
@@ -31,6 +36,11 @@ fn tensors(meta: &Json, key: &str) -> Result<Vec<(String, DataType, Vec<i64>)>, 
             Ok((name.to_string(), datatype, shape))
         })
         .collect()
+}
+
+/// The model's output names, in its order: what an output filter may name.
+pub fn output_names(meta: &Json) -> Result<Vec<String>, CodecError> {
+    Ok(tensors(meta, "outputs")?.into_iter().map(|(name, _, _)| name).collect())
 }
 
 /// The model's inputs, in its order: what a predict body is typed by.
@@ -64,6 +74,31 @@ pub fn metadata_json(model: &str, version: &str, meta: &Json) -> Result<Json, Co
             }}
         }}
     }))
+}
+
+fn tensor_info_pb(list: Vec<(String, DataType, Vec<i64>)>) -> HashMap<String, pb::TensorInfo> {
+    list.into_iter()
+        .map(|(name, dt, shape)| {
+            let info = pb::TensorInfo {
+                dtype: dt_number(dt),
+                tensor_shape: Some(shape_to_proto(&shape)),
+                encoding: Some(pb::tensor_info::Encoding::Name(name.clone())),
+            };
+            (name, info)
+        })
+        .collect()
+}
+
+/// The `SignatureDefMap` of gRPC `GetModelMetadata`: one predict signature,
+/// `serving_default`, with the model's inputs and outputs.
+pub fn signature_def_map(meta: &Json) -> Result<pb::serving::SignatureDefMap, CodecError> {
+    let def = pb::SignatureDef {
+        inputs: tensor_info_pb(tensors(meta, "inputs")?),
+        outputs: tensor_info_pb(tensors(meta, "outputs")?),
+        method_name: PREDICT_METHOD.to_string(),
+        defaults: HashMap::new(),
+    };
+    Ok(pb::serving::SignatureDefMap { signature_def: HashMap::from([(DEFAULT_SIGNATURE.to_string(), def)]) })
 }
 
 /// One version's state in a status answer.
@@ -102,6 +137,16 @@ mod tests {
         assert_eq!(sig["inputs"]["input"]["tensorShape"]["dim"][1]["size"], "16");
         assert_eq!(sig["outputs"]["probabilities"]["tensorShape"]["dim"][0]["size"], "-1");
         assert_eq!(doc["modelSpec"]["version"], "2");
+        assert_eq!(output_names(&meta).unwrap(), vec!["probabilities".to_string()]);
+        let map = signature_def_map(&meta).unwrap();
+        let def = &map.signature_def[DEFAULT_SIGNATURE];
+        assert_eq!(def.method_name, PREDICT_METHOD);
+        let input = &def.inputs["input"];
+        assert_eq!(input.dtype, pb::DataType::DtFloat as i32);
+        assert_eq!(input.encoding, Some(pb::tensor_info::Encoding::Name("input".into())));
+        let dims: Vec<i64> = input.tensor_shape.as_ref().unwrap().dim.iter().map(|d| d.size).collect();
+        assert_eq!(dims, vec![-1, 16]);
+        assert!(def.outputs.contains_key("probabilities"));
         let bad = json!({"inputs": [{"name": "x", "datatype": "COMPLEX"}]});
         assert!(input_specs(&bad).unwrap_err().to_string().contains("TF cannot carry"));
     }

@@ -25,6 +25,17 @@ pub const DEFAULT_SIGNATURE: &str = "serving_default";
 /// read wherever a number may stand.
 const MARK_KEY: &str = "\u{0}";
 
+/// A request's `signature_name`: empty or `serving_default` (the one every
+/// model has) or the one a content-routing rule matched (`routed`), else TF
+/// Serving's refusal.
+pub fn check_signature(name: &str, routed: Option<&str>) -> Result<(), CodecError> {
+    if name.is_empty() || name == DEFAULT_SIGNATURE || Some(name) == routed {
+        Ok(())
+    } else {
+        Err(CodecError::invalid(format!("Serving signature name: \"{name}\" not found in signature def")))
+    }
+}
+
 /// How the client laid its request out; the answer is laid out alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -124,7 +135,7 @@ fn literal(v: &Json) -> Option<f64> {
 }
 
 /// An object that names tensors: neither `{"b64"}` nor a marked literal.
-fn is_named_object(v: &Json) -> bool {
+pub(super) fn is_named_object(v: &Json) -> bool {
     v.is_object() && b64_object(v).is_none() && literal(v).is_none()
 }
 
@@ -169,9 +180,21 @@ fn b64_object(v: &Json) -> Option<&str> {
 /// Decodes a `:predict` body against the model's inputs. `inputs` is the
 /// signature in the model's order; the request's tensors come out in it.
 pub fn decode_predict(body: &[u8], inputs: &[InputSpec]) -> Result<Predict, CodecError> {
-    let doc = parse_json(body)?;
-    let Json::Object(obj) = &doc else {
-        return Err(invalid(format!("JSON Value: {} Is not object", show(&doc))));
+    decode_predict_doc(&parse_json(body)?, inputs, None)
+}
+
+/// The `signature_name` of a parsed predict body, when it is a string (any
+/// other type is refused by `decode_predict_doc`).
+pub fn signature_name(doc: &Json) -> Option<&str> {
+    doc.get("signature_name").and_then(Json::as_str)
+}
+
+/// `decode_predict` on a body already parsed (`parse_json`). `routed`: a
+/// signature name that routing accepted for this model (a content-routing
+/// rule matched on it), typed by the model's one signature like the default.
+pub fn decode_predict_doc(doc: &Json, inputs: &[InputSpec], routed: Option<&str>) -> Result<Predict, CodecError> {
+    let Json::Object(obj) = doc else {
+        return Err(invalid(format!("JSON Value: {} Is not object", show(doc))));
     };
     let signature_name = match obj.get("signature_name") {
         None => None,
@@ -179,13 +202,11 @@ pub fn decode_predict(body: &[u8], inputs: &[InputSpec]) -> Result<Predict, Code
         Some(_) => {
             return Err(invalid(format!(
                 "JSON Value: {} not formatted correctly. 'signature_name' key must be a string value.",
-                show(&doc)
+                show(doc)
             )))
         }
     };
-    if let Some(s) = signature_name.as_deref().filter(|s| !s.is_empty() && *s != DEFAULT_SIGNATURE) {
-        return Err(invalid(format!("Serving signature name: \"{s}\" not found in signature def")));
-    }
+    check_signature(signature_name.as_deref().unwrap_or(""), routed)?;
     if inputs.is_empty() {
         return Err(invalid(format!(
             "Failed to get input map for signature: {}",
@@ -196,15 +217,15 @@ pub fn decode_predict(body: &[u8], inputs: &[InputSpec]) -> Result<Predict, Code
         (Some(_), Some(_)) => {
             return Err(invalid(format!(
                 "JSON Value: {} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ",
-                show(&doc)
+                show(doc)
             )))
         }
         (Some(Json::Array(rows)), None) if rows.is_empty() => {
-            return Err(invalid(format!("JSON Value: {} No values in 'instances' array", show(&doc))))
+            return Err(invalid(format!("JSON Value: {} No values in 'instances' array", show(doc))))
         }
         (Some(Json::Array(rows)), None) => (Format::Row, from_instances(rows, inputs)?),
         (Some(_), None) => {
-            return Err(invalid(format!("JSON Value: {} Excepting 'instances' to be an list/array", show(&doc))))
+            return Err(invalid(format!("JSON Value: {} Excepting 'instances' to be an list/array", show(doc))))
         }
         (None, Some(v)) => (Format::Columnar, from_inputs(v, inputs)?),
         (None, None) => return Err(invalid("Missing 'inputs' or 'instances' key")),
@@ -348,8 +369,25 @@ fn put_value(v: &Json, dt: DataType, out: &mut Vec<u8>) -> Result<(), CodecError
     Ok(())
 }
 
+/// One whole tensor of `dt` from a JSON value: nested lists give the shape,
+/// TF Serving's typing rules give the values (integers in range only, no
+/// lossy floats, strings or `{"b64": ...}` for BYTES). For other JSON front
+/// ends (TorchServe's translated bodies) as for the columnar form.
+pub fn json_tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
+    tensor(name, v, dt)
+}
+
+/// A tensor's values as nested JSON lists, written as TF Serving writes them.
+pub fn tensor_json(t: &Tensor) -> Result<String, CodecError> {
+    let w = Writer::new(t)?;
+    let mut out = String::with_capacity(t.data.len() * 3 + 2);
+    let mut at = 0;
+    w.values(&mut out, 0, &mut at)?;
+    Ok(out)
+}
+
 /// One whole tensor from a JSON value (columnar form).
-fn tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
+pub(super) fn tensor(name: &str, v: &Json, dt: DataType) -> Result<Tensor, CodecError> {
     let shape = dense_shape(v);
     let mut data = Vec::new();
     fill(v, 0, &shape, dt, &mut data)?;
@@ -407,7 +445,7 @@ impl Column<'_> {
     }
 }
 
-fn shape_text(s: &[i64]) -> String {
+pub(super) fn shape_text(s: &[i64]) -> String {
     format!("[{}]", s.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
 }
 
@@ -545,7 +583,7 @@ pub fn encode_predict(resp: &InferResponse, format: Format) -> Result<Bytes, Cod
 }
 
 /// Writes one output tensor's values as nested JSON arrays.
-struct Writer<'t> {
+pub(super) struct Writer<'t> {
     t: &'t Tensor,
     /// Element start offsets of a BYTES tensor.
     strings: Vec<&'t [u8]>,
@@ -553,7 +591,7 @@ struct Writer<'t> {
 }
 
 impl<'t> Writer<'t> {
-    fn new(t: &'t Tensor) -> Result<Writer<'t>, CodecError> {
+    pub(super) fn new(t: &'t Tensor) -> Result<Writer<'t>, CodecError> {
         t.validate().map_err(|e| invalid(format!("output '{}': {e}", t.name)))?;
         let strings = if t.datatype == DataType::Bytes {
             bytes_elements(&t.data).collect::<Result<Vec<_>, _>>()?
@@ -563,7 +601,7 @@ impl<'t> Writer<'t> {
         Ok(Writer { t, strings, as_b64: t.datatype == DataType::Bytes && t.name.ends_with("_bytes") })
     }
 
-    fn values(&self, out: &mut String, dim: usize, at: &mut usize) -> Result<(), CodecError> {
+    pub(super) fn values(&self, out: &mut String, dim: usize, at: &mut usize) -> Result<(), CodecError> {
         let shape = &self.t.shape;
         if dim >= shape.len() {
             self.one(out, *at);
@@ -635,7 +673,7 @@ fn float_text(x: f64, single: bool) -> String {
     s
 }
 
-fn push_str_json(out: &mut String, s: &str) {
+pub(super) fn push_str_json(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
 }
 
