@@ -1,5 +1,5 @@
 //! Micro benchmark of the V2 REST codec on the bodies of
-//! `benches/proxy_overhead.sh` (a ~1 KB FP32 [1,64] request as Python clients
+//! `benches/run proxy` (a ~1 KB FP32 [1,64] request as Python clients
 //! write it, a small FP32 [1,10] response): per operation, nanoseconds and heap
 //! allocations. No criterion: meant to run under callgrind for deterministic
 //! instruction counts, where wall time on a shared machine is noise.
@@ -49,7 +49,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// What `benches/proxy_overhead.py payloads` writes (json.dumps defaults).
+/// What `benches/run` sends as `request.json` (json.dumps defaults).
 const REQUEST: &str = r#"{"id": "bench-1", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [-1.33755036, -1.07621022, -0.0316639641, 0.568910648, -0.396671404, -1.96154756, -0.368151481, 0.625586514, -0.940664597, -1.93547621, 0.227379343, 0.225284263, -0.530081963, 0.656339122, -0.508221692, -0.377764791, 0.872623899, 0.172253746, 0.0801200302, 0.842657984, -0.591333865, 0.349346821, 1.37561157, -0.228875742, -0.120324458, -0.961052038, 1.75873016, -0.754385424, 0.033817102, 1.57495564, 1.22500464, -0.440374334, -0.667687112, 0.707712459, 0.622224157, -1.06813385, 1.39843098, -0.603600972, 0.615297382, -1.34666278, -0.636163639, 0.627085661, 1.49831042, -0.39407911, -0.372122184, 0.248783604, -1.36810693, 0.808125199, -1.00309478, 1.79358668, 1.01156338, 0.908794118, -0.144484975, -0.328224724, -0.793340833, -1.2601088, -0.363595881, -1.56852368, -0.803051499, -2.59678289, 0.768780429, -0.472454078, -2.36380524, -0.638615912]}], "outputs": [{"name": "output"}]}"#;
 const RESPONSE: &str = r#"{"model_name":"mlp","model_version":"1","id":"bench-1","outputs":[{"name":"output","shape":[1,10],"datatype":"FP32","data":[0.0298776,2.831088,0.6617957,-4.783355,-0.8189006,0.4112349,0.6978393,-6.637157,3.828298,-3.131191]}]}"#;
 

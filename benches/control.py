@@ -39,7 +39,20 @@ import time
 import urllib.parse
 import urllib.request
 
-from proxy_overhead import freeports  # the same free-port helper as the other benches
+
+
+def freeports(n):
+    """Prints n free 127.0.0.1 ports, all held until chosen so they differ."""
+    import socket
+
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    print("\n".join(str(s.getsockname()[1]) for s in socks))
+    for s in socks:
+        s.close()
 
 
 def body(out):

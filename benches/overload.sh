@@ -36,7 +36,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --bins >&2
 fi
 SY=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
-python3 benches/embedded_tools.py bodies "$OUT" >/dev/null
 # 128 rows per request (binary extension: little to decode) on one ONNX thread:
 # the backend is the bottleneck, at a rate a Python load generator can offer
 # three times over on a small machine.

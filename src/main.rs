@@ -212,9 +212,9 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
 
     // The control plane, backends (repository watching, batch schedulers) and
     // the control API run on a background runtime; pingora runs the data plane
-    // on runtimes of its own.
+    // on runtimes of its own. Two threads, or one where the process may use one CPU.
     let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(switchyard_config::cpus::available_cpus().min(2))
         .thread_name("switchyard-bg")
         .enable_all()
         .build()

@@ -5,6 +5,7 @@
 //! offending value and `line:column` in the file, and all errors of a file are
 //! reported at once.
 
+pub mod cpus;
 mod graph;
 pub mod pem;
 mod protocol;

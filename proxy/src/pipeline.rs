@@ -303,6 +303,7 @@ pub async fn infer<X: Exchange>(
         }
         // Features first: the cache key, the batch and the backend see the whole input.
         if let Some(f) = &sel.variant.features {
+            req.raw_json = None;
             f.enrich(&mut req).await?;
         }
         let id = req.id.clone();
@@ -361,7 +362,17 @@ pub async fn infer<X: Exchange>(
         if let (Some(d), Some(inputs)) = (&sel.variant.drift, drift_inputs) {
             d.submit(inputs, resp.outputs.clone());
         }
-        resp.model_name = call.model.to_string();
+        // The backend's body goes to the client as is only while it says what
+        // the answer says: same model name and id, not rebuilt by a graph or quality tap.
+        if resp.raw_json.is_some()
+            && (resp.model_name != call.model
+                || (id.is_some() && resp.id != id)
+                || sel.route.graph.is_some()
+                || sel.route.quality.is_some())
+        {
+            resp.raw_json = None;
+        }
+        call.model.clone_into(&mut resp.model_name);
         if id.is_some() {
             resp.id = id;
         }

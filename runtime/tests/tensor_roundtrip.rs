@@ -105,6 +105,7 @@ fn request(rng: &mut fastrand::Rng, utf8: bool) -> InferRequest {
         parameters: parameters(rng),
         binary_output: false,
         metadata: Default::default(),
+        raw_json: None,
     }
 }
 
@@ -115,6 +116,7 @@ fn response(rng: &mut fastrand::Rng, utf8: bool) -> InferResponse {
         id: rng.bool().then(|| name(rng)),
         parameters: parameters(rng),
         outputs: tensors(rng, utf8, 0),
+        raw_json: None,
     }
 }
 

@@ -51,7 +51,8 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<ValidatedConfig, ConfigError
 /// their defaults from `limits` and `runtime`, models refer to backends and
 /// to the cache tiers.
 fn build(raw: RawConfig, base_dir: &Path, errs: &mut Errors) -> ValidatedConfig {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // The cgroup CPU quota when one is set, not the host's core count.
+    let cores = crate::cpus::available_cpus();
     let ts_management_at = raw.listeners.torchserve_management.as_ref().map(|t| *fields::loc(&t.value.backend));
     let listeners = process::listeners(errs, raw.listeners, base_dir, cores);
     let limits = process::limits(errs, &raw.limits);

@@ -89,7 +89,10 @@ pub fn decode(buf: Bytes) -> Option<(InferResponse, u64)> {
     if r.pos != buf.len() {
         return None;
     }
-    Some((InferResponse { model_name: String::new(), model_version, id: None, parameters, outputs }, expires))
+    Some((
+        InferResponse { model_name: String::new(), model_version, id: None, parameters, outputs, raw_json: None },
+        expires,
+    ))
 }
 
 fn put_bytes32(b: &mut BytesMut, s: &[u8]) {
@@ -164,6 +167,7 @@ mod tests {
                 Tensor { parameters: p, ..Tensor::new("s", DataType::Bytes, vec![2], Bytes::from(s)) },
                 Tensor::new("e", DataType::Int64, vec![0, 4], Bytes::new()),
             ],
+            raw_json: None,
         }
     }
 

@@ -215,6 +215,7 @@ mod tests {
             parameters: p,
             binary_output: false,
             metadata: Default::default(),
+            raw_json: None,
         }
     }
 

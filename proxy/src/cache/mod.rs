@@ -374,6 +374,7 @@ impl<T: Stored> VariantCache<T> {
             id: None,
             parameters: resp.parameters.clone(),
             outputs: resp.outputs.clone(),
+            raw_json: None,
         };
         let expires = Instant::now() + self.policy.ttl;
         if self.l2 {

@@ -31,6 +31,11 @@ impl OutputPrefs {
     fn binary(&self, name: &str) -> bool {
         self.outputs.iter().find(|o| o.name == name).and_then(|o| o.binary).unwrap_or(self.default_binary)
     }
+
+    /// Whether any output may go out in the binary extension.
+    fn any_binary(&self) -> bool {
+        self.default_binary || self.outputs.iter().any(|o| o.binary == Some(true))
+    }
 }
 
 /// A V2 REST inference on a pingora session.
@@ -95,6 +100,13 @@ impl Exchange for HttpExchange<'_> {
     }
 
     fn encode(&mut self, mut resp: InferResponse) -> Result<Encoded, Error> {
+        // The backend's JSON answer, relayed as it came (the lifecycle dropped
+        // it if anything changed the answer since).
+        if let Some(body) = resp.raw_json.take() {
+            if self.shm_out.is_empty() && !self.prefs.any_binary() {
+                return Ok(Encoded { body, header_len: None });
+            }
+        }
         shm::write_outputs(&mut resp, &self.shm_out)?;
         let prefs = &self.prefs;
         let enc = v2::encode_response(&resp, |n| prefs.binary(n)).map_err(Error::unencodable)?;
@@ -112,10 +124,16 @@ impl HttpExchange<'_> {
             *h = Some(crate::access_log::body_hash(&body));
         }
         let mut req = v2::decode_request(&body, header_len)?;
+        let in_shm = req.inputs.iter().any(|t| t.in_shared_memory());
         self.shm_out = shm::resolve(&mut req, self.shm)?;
         // Only an output's own `binary_data` can differ from the default.
         let outputs = if req.outputs.iter().any(|o| o.binary.is_some()) { req.outputs.clone() } else { Vec::new() };
         self.prefs = OutputPrefs { outputs, default_binary: req.binary_output };
+        // Plain JSON both ways: a JSON backend gets the client's own bytes
+        // (checked above by the full decode), not a re-encoding of them.
+        if header_len.is_none() && !in_shm && self.shm_out.is_empty() && !self.prefs.any_binary() {
+            req.raw_json = Some(body);
+        }
         Ok(req)
     }
 }

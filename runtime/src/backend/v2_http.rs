@@ -109,7 +109,11 @@ impl V2HttpBackend {
         affinity: Option<Affinity<'_>>,
     ) -> Result<InferResponse, BackendError> {
         let binary = self.use_binary().await;
-        let enc = v2::encode_request(&req, binary).map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+        let enc = match &req.raw_json {
+            // The client's JSON, already checked by its decode: sent as it came.
+            Some(body) if !binary => v2::Encoded { body: body.clone(), header_len: None },
+            _ => v2::encode_request(&req, binary).map_err(|e| BackendError::InvalidInput(e.to_string()))?,
+        };
         let binary_headers;
         let headers: &[(HeaderName, HeaderValue)] = match enc.header_len {
             Some(n) => {
@@ -136,7 +140,12 @@ impl V2HttpBackend {
                     .ok_or_else(|| BackendError::Protocol("bad Inference-Header-Content-Length".into()))?,
             ),
         };
-        v2::decode_response(&reply.body, header_len).map_err(|e| BackendError::Protocol(e.to_string()))
+        let mut resp =
+            v2::decode_response(&reply.body, header_len).map_err(|e| BackendError::Protocol(e.to_string()))?;
+        if header_len.is_none() {
+            resp.raw_json = Some(reply.body);
+        }
+        Ok(resp)
     }
 
     /// `/v2/models/{name}[/versions/{version}]{suffix}`, in pieces for `send`.

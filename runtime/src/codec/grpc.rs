@@ -255,6 +255,7 @@ pub fn decode_request(msg: pb::ModelInferRequest) -> Result<DecodedRequest, Code
         parameters: parameters_from_pb(msg.parameters)?,
         binary_output: false,
         metadata: Default::default(),
+        raw_json: None,
     };
     request.validate()?;
     Ok(DecodedRequest {
@@ -356,6 +357,7 @@ pub fn decode_response(msg: pb::ModelInferResponse) -> Result<InferResponse, Cod
         id: Some(msg.id).filter(|s| !s.is_empty()),
         parameters: parameters_from_pb(msg.parameters)?,
         outputs,
+        raw_json: None,
     })
 }
 

@@ -146,6 +146,7 @@ where
         parameters: first.parameters.clone(),
         binary_output: first.binary_output,
         metadata: common_metadata(requests),
+        raw_json: None,
     })
 }
 
@@ -180,6 +181,7 @@ pub fn split(resp: InferResponse, rows: &[usize]) -> Result<Vec<InferResponse>, 
             id: None,
             parameters: resp.parameters.clone(),
             outputs: Vec::with_capacity(resp.outputs.len()),
+            raw_json: None,
         })
         .collect();
     for t in &resp.outputs {

@@ -229,6 +229,11 @@ pub struct InferRequest {
     /// remote backends may receive (`backend::forward` decides which). Left
     /// empty for backends that take none.
     pub metadata: http::HeaderMap,
+    /// The client's V2 JSON body exactly as received, while the request is
+    /// what that body says: a backend that takes V2 JSON sends these bytes
+    /// instead of encoding the tensors again. Whatever changes the inputs,
+    /// outputs or parameters after decoding sets it to `None`.
+    pub raw_json: Option<Bytes>,
 }
 
 impl InferRequest {
@@ -258,6 +263,10 @@ pub struct InferResponse {
     pub id: Option<String>,
     pub parameters: Parameters,
     pub outputs: Vec<Tensor>,
+    /// The backend's V2 JSON body this response was decoded from, while the
+    /// response is what that body says: a V2 JSON client gets these bytes
+    /// instead of an encoding of the tensors. `None` once anything changed.
+    pub raw_json: Option<Bytes>,
 }
 
 /// A tensor's signature as a model declares it: -1 for a dynamic dim.

@@ -214,6 +214,7 @@ impl Backend for OnnxBackend {
             id,
             parameters: Default::default(),
             outputs,
+            raw_json: None,
         })
     }
 

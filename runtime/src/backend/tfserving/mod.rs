@@ -134,6 +134,7 @@ impl Backend for TfServingBackend {
             id,
             parameters: Default::default(),
             outputs,
+            raw_json: None,
         })
     }
 

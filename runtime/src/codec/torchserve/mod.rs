@@ -204,6 +204,7 @@ pub fn response_from_bodies<B: AsRef<[u8]>>(
         id: None,
         parameters: parameters(content_type, false),
         outputs: vec![Tensor::new(OUTPUT, DataType::Bytes, vec![bodies.len() as i64], data)],
+        raw_json: None,
     })
 }
 

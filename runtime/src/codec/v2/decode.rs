@@ -398,7 +398,15 @@ fn request_from_raw(raw: RawRequest, binary: &Bytes) -> Result<InferRequest, Cod
             Ok(RequestedOutput { name: o.name, binary, parameters })
         })
         .collect::<Result<Vec<_>, CodecError>>()?;
-    let req = InferRequest { id: raw.id, inputs, outputs, parameters, binary_output, metadata: Default::default() };
+    let req = InferRequest {
+        id: raw.id,
+        inputs,
+        outputs,
+        parameters,
+        binary_output,
+        metadata: Default::default(),
+        raw_json: None,
+    };
     req.validate()?;
     Ok(req)
 }
@@ -431,6 +439,7 @@ fn response_from_raw(raw: RawResponse, binary: &Bytes) -> Result<InferResponse, 
         id: raw.id,
         parameters: raw.parameters.unwrap_or_default(),
         outputs,
+        raw_json: None,
     })
 }
 

@@ -48,11 +48,34 @@ impl<'a> Flatten<'a> {
     }
 
     fn float<E: de::Error>(self, v: f64) -> Result<(), E> {
-        match self.dt {
-            DataType::Fp32 => self.out.put_f32_le(v as f32),
+        // A JSON number (always finite) that the datatype can only hold as
+        // infinity is out of its range, as an integer would be: refused here,
+        // so the request is never forwarded (its JSON bytes may be, as sent).
+        let dt = self.dt;
+        let range = || E::custom(format!("value {v} is out of range for {dt}"));
+        match dt {
+            DataType::Fp32 => {
+                let x = v as f32;
+                if x.is_infinite() {
+                    return Err(range());
+                }
+                self.out.put_f32_le(x)
+            }
             DataType::Fp64 => self.out.put_f64_le(v),
-            DataType::Fp16 => self.out.put_u16_le(f16::from_f64(v).to_bits()),
-            DataType::Bf16 => self.out.put_u16_le(bf16::from_f64(v).to_bits()),
+            DataType::Fp16 => {
+                let x = f16::from_f64(v);
+                if x.is_infinite() {
+                    return Err(range());
+                }
+                self.out.put_u16_le(x.to_bits())
+            }
+            DataType::Bf16 => {
+                let x = bf16::from_f64(v);
+                if x.is_infinite() {
+                    return Err(range());
+                }
+                self.out.put_u16_le(x.to_bits())
+            }
             dt => return Err(E::custom(format!("expected an integer for {dt}, got {v}"))),
         }
         Ok(())
@@ -260,6 +283,8 @@ mod tests {
             (DataType::Fp32, r#"["a"]"#, "expected FP32 values, got a string"),
             (DataType::Bytes, "[1]", "expected a string for BYTES"),
             (DataType::Fp32, "[null]", "null is not a FP32 value"),
+            (DataType::Fp32, "[1e39]", "is out of range for FP32"),
+            (DataType::Fp16, "[70000]", "value 70000 is out of range for FP16"),
             (DataType::Fp32, r#"{"a":1}"#, "FP32 values (flat or nested arrays)"),
         ];
         for &(dt, json, needle) in cases {
