@@ -31,6 +31,7 @@ pub mod routing;
 pub mod sequence;
 pub mod shadow;
 pub mod shm;
+pub mod tfrelay;
 pub mod tfserving;
 pub mod tls;
 pub mod torchserve;

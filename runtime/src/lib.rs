@@ -7,6 +7,6 @@ pub mod codec;
 pub mod error;
 pub mod tensor;
 
-pub use backend::{Backend, Backends, ModelTarget};
+pub use backend::{Backend, Backends, ModelTarget, TfRelay, TfVerb};
 pub use error::{BackendError, CodecError, TensorError};
 pub use tensor::{DataType, InferRequest, InferResponse, Tensor};

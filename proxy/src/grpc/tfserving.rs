@@ -1,7 +1,8 @@
 //! TensorFlow Serving's gRPC API on the data gRPC port, beside KServe V2:
 //! `tensorflow.serving.PredictionService` (Predict through the shared
-//! lifecycle; Classify, Regress and MultiInference refused as TF Serving
-//! refuses a predict-only signature; GetModelMetadata) and
+//! lifecycle; Classify and Regress relayed to a `tfserving` backend
+//! (`crate::tfrelay`), else refused as TF Serving refuses a predict-only
+//! signature, as MultiInference always is; GetModelMetadata) and
 //! `tensorflow.serving.ModelService` (GetModelStatus;
 //! HandleReloadConfigRequest refused). `model_spec` names the servable as on
 //! REST (`crate::tfserving`): `version_label` → the variant of that label,
@@ -21,7 +22,7 @@ use switchyard_runtime::codec::tfserving::pb::tensorflow::error::Code as TfCode;
 use switchyard_runtime::codec::tfserving::pb::tensorflow::serving as sv;
 use switchyard_runtime::codec::tfserving::{self as tfs};
 use switchyard_runtime::tensor::RequestedOutput;
-use switchyard_runtime::{Backend, InferRequest, InferResponse, ModelTarget};
+use switchyard_runtime::{Backend, InferRequest, InferResponse, ModelTarget, TfRelay};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -34,6 +35,7 @@ use crate::pipeline::{self, Answer, Call, Exchange};
 use crate::protocol::{Param, Protocol};
 use crate::respond;
 use crate::routing::RoutingTable;
+use crate::tfrelay;
 use crate::tfserving::{self as shared, TfMethod, TfServable};
 
 pub use sv::model_service_server::ModelServiceServer;
@@ -45,6 +47,8 @@ use sv::model_spec::VersionChoice;
 const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.SignatureDefMap";
 /// Predict's gRPC method path (content-routing rules match on it).
 const PREDICT_PATH: &str = "/tensorflow.serving.PredictionService/Predict";
+const CLASSIFY_PATH: &str = "/tensorflow.serving.PredictionService/Classify";
+const REGRESS_PATH: &str = "/tensorflow.serving.PredictionService/Regress";
 /// The one metadata field TF Serving (and Switchyard) answers.
 const SIGNATURE_DEF_FIELD: &str = "signature_def";
 
@@ -324,24 +328,87 @@ impl TfFrontEnd {
         pipeline::infer(table, &self.shared.metrics, &mut x, call).await
     }
 
-    /// Classify and Regress: the servable must exist; then TF Serving's refusal of a predict signature.
-    fn refuse(&self, ext: &tonic::Extensions, spec: Option<sv::ModelSpec>, method: TfMethod) -> Status {
-        let table = self.shared.table.load_full();
-        let p = principal(ext);
-        let model = spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let checked = model_spec(spec).and_then(|spec| {
-            let named = Named::of(&spec);
-            pipeline::authorize(p.as_deref(), &spec.name, None, Action::Infer)?;
-            check_version(&spec.name, &named)?;
-            let r = shared::route(&table, &spec.name, named.servable())?;
-            if let Named::Label(l) = &named {
-                shared::label_variant(r, l)?;
-            }
-            Ok(())
-        });
-        let e = checked.err().unwrap_or_else(|| shared::refuse_method(method, &model, "Predict"));
-        note_call(ext, &model, Some(&e));
-        respond::grpc_status(&e)
+    /// One Classify or Regress, start to end: servable → `tfrelay::relay`,
+    /// whose `run` makes the backend call with the variant's target.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_call<'t, T, F, Fut>(
+        &self,
+        headers: &HeaderMap,
+        table: &'t RoutingTable,
+        spec: Option<sv::ModelSpec>,
+        method: TfMethod,
+        input_bytes: u64,
+        principal: Option<&Principal>,
+        client: Option<std::net::IpAddr>,
+        run: F,
+    ) -> Answer<T>
+    where
+        F: FnOnce(&'t dyn TfRelay, ModelTarget, HeaderMap) -> Fut,
+        Fut: std::future::Future<Output = Result<T, switchyard_runtime::BackendError>>,
+    {
+        let start = Instant::now();
+        let spec = match model_spec(spec) {
+            Ok(s) => s,
+            Err(e) => return refused(e, start),
+        };
+        let named = Named::of(&spec);
+        let model = spec.name.as_str();
+        let version = match &named {
+            Named::Version(v) => Some(v.as_str()),
+            _ => None,
+        };
+        // Authorized before anything of the routes is told.
+        if let Err(e) =
+            pipeline::authorize(principal, model, version, Action::Infer).and_then(|()| check_version(model, &named))
+        {
+            return refused(e, start);
+        }
+        let servable = named.servable();
+        let r = match shared::route(table, model, servable) {
+            Ok(r) => r,
+            Err(e) => return refused(e, start),
+        };
+        let mut call = Call {
+            protocol: Protocol::TfServingGrpc,
+            path: Some(if method == TfMethod::Classify { CLASSIFY_PATH } else { REGRESS_PATH }),
+            model,
+            version: None,
+            variant: None,
+            deadline: grpc_timeout(headers),
+            start,
+            principal,
+            limiter: self.shared.guards.limiter.as_deref(),
+            client,
+            input_bytes: Some(input_bytes),
+            priority: None,
+        };
+        if let Err(e) = shared::name_servable(r, servable, &mut call) {
+            return refused(e, start);
+        }
+        let signature = Some(spec.signature_name.as_str());
+        tfrelay::relay(table, &self.shared.metrics, headers, call, method, signature, "Predict", |_| 200, run).await
+    }
+
+    /// Writes a relayed answer: its access line, the variant metadata, the
+    /// response with `model_spec` naming the client's model.
+    fn relayed<T: Message>(
+        &self,
+        ext: &tonic::Extensions,
+        model: String,
+        version: Option<String>,
+        bytes_in: u64,
+        a: Answer<T>,
+        spec_of: fn(&mut T) -> Option<&mut sv::ModelSpec>,
+    ) -> Result<Response<T>, Status> {
+        note_inference(ext.get::<SharedNote>(), model.clone(), version, bytes_in, None, &a, |r| r.encoded_len());
+        let info = AnswerInfo::of(&a);
+        let mut out = a.result.map_err(|e| respond::grpc_status(&e))?;
+        if let Some(s) = spec_of(&mut out) {
+            s.name = model;
+        }
+        let mut resp = Response::new(out);
+        answer_metadata(resp.metadata_mut().as_mut(), a.variant, &info);
+        Ok(resp)
     }
 
     /// MultiInference, checked as TF Serving checks its tasks; every task
@@ -407,16 +474,32 @@ impl sv::prediction_service_server::PredictionService for TfFrontEnd {
         &self,
         request: Request<sv::ClassificationRequest>,
     ) -> Result<Response<sv::ClassificationResponse>, Status> {
-        let (_, ext, m) = request.into_parts();
-        Err(self.refuse(&ext, m.model_spec, TfMethod::Classify))
+        let (md, ext, m) = request.into_parts();
+        let headers = md.into_headers();
+        let (model, version, bytes_in) = described(m.model_spec.as_ref(), m.encoded_len());
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        let table = self.shared.table.load_full();
+        let p = principal(&ext);
+        let spec = m.model_spec.clone();
+        let run = |relay, target, md| async move { TfRelay::classify(relay, &target, m, md).await };
+        let a = self.relay_call(&headers, &table, spec, TfMethod::Classify, bytes_in, p.as_deref(), client, run).await;
+        self.relayed(&ext, model, version, bytes_in, a, |r| r.model_spec.as_mut())
     }
 
     async fn regress(
         &self,
         request: Request<sv::RegressionRequest>,
     ) -> Result<Response<sv::RegressionResponse>, Status> {
-        let (_, ext, m) = request.into_parts();
-        Err(self.refuse(&ext, m.model_spec, TfMethod::Regress))
+        let (md, ext, m) = request.into_parts();
+        let headers = md.into_headers();
+        let (model, version, bytes_in) = described(m.model_spec.as_ref(), m.encoded_len());
+        let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
+        let table = self.shared.table.load_full();
+        let p = principal(&ext);
+        let spec = m.model_spec.clone();
+        let run = |relay, target, md| async move { TfRelay::regress(relay, &target, m, md).await };
+        let a = self.relay_call(&headers, &table, spec, TfMethod::Regress, bytes_in, p.as_deref(), client, run).await;
+        self.relayed(&ext, model, version, bytes_in, a, |r| r.model_spec.as_mut())
     }
 
     async fn predict(&self, request: Request<sv::PredictRequest>) -> Result<Response<sv::PredictResponse>, Status> {
@@ -488,6 +571,16 @@ impl sv::prediction_service_server::PredictionService for TfFrontEnd {
         resp.metadata_mut().as_mut().insert(crate::headers::VARIANT_HEADER, variant);
         Ok(resp)
     }
+}
+
+/// The model and version a request names, and its size, for its access line.
+fn described(spec: Option<&sv::ModelSpec>, len: usize) -> (String, Option<String>, u64) {
+    let model = spec.map(|s| s.name.clone()).unwrap_or_default();
+    let version = spec.map(Named::of).and_then(|n| match n {
+        Named::Version(v) => Some(v),
+        _ => None,
+    });
+    (model, version, len as u64)
 }
 
 /// One version's `ModelVersionStatus` (AVAILABLE, or UNKNOWN with UNAVAILABLE and why), as on REST.

@@ -1,7 +1,8 @@
 //! TensorFlow Serving's REST API on the data port: `:predict` through the
 //! shared lifecycle (`TfExchange` decodes row/columnar JSON against the
 //! model's signature and encodes `predictions`/`outputs`), `:classify` and
-//! `:regress` refused as TF Serving refuses a predict-only signature, model
+//! `:regress` relayed to a `tfserving` backend (`crate::tfrelay`) or refused
+//! as TF Serving refuses a predict-only signature, model
 //! status and metadata from the selected variant's backend. Labels, versions
 //! and the reads are shared with the gRPC front end (`crate::tfserving`).
 //! Errors are TF Serving's `{"error": "…"}` with its status codes.
@@ -12,7 +13,7 @@ use http::HeaderMap;
 use pingora_proxy::Session;
 use switchyard_config::Limits;
 use switchyard_runtime::codec::tfserving::{self as tfs, Format};
-use switchyard_runtime::{Backend, InferRequest, InferResponse, ModelTarget};
+use switchyard_runtime::{Backend, InferRequest, InferResponse, ModelTarget, TfVerb};
 
 use super::body;
 use super::reply::Reply;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, Call, Exchange};
 use crate::protocol::Param;
 use crate::routing::RoutingTable;
+use crate::tfrelay;
 use crate::tfserving::{self as shared, TfMethod, TfServable};
 
 /// A TF Serving REST predict on a pingora session.
@@ -121,11 +123,11 @@ pub async fn predict(
         Ok(r) => r,
         Err(e) => return Reply::error(&e),
     };
-    if method != TfMethod::Predict {
-        return Reply::error(&shared::refuse_method(method, call.model, ":predict"));
-    }
     if let Err(e) = shared::name_servable(r, servable, &mut call) {
         return Reply::error(&e);
+    }
+    if let Some(verb) = tfrelay::verb(method) {
+        return relay(session, table, metrics, limits, method, verb, call).await;
     }
     let mut x = TfExchange {
         session,
@@ -145,6 +147,47 @@ pub async fn predict(
     reply.variant = a.variant;
     reply.batch_rows = a.batch_rows;
     reply.cache = a.cache;
+    reply.overhead = Some(a.overhead);
+    reply.rule = a.rule;
+    reply
+}
+
+/// `:classify`/`:regress`: the body as it is to the variant's TF Serving
+/// backend, its answer (status and body) as it is back.
+async fn relay(
+    session: &mut Session,
+    table: &RoutingTable,
+    metrics: &Metrics,
+    limits: &Limits,
+    method: TfMethod,
+    verb: TfVerb,
+    call: Call<'_>,
+) -> Reply {
+    let body = match body::read(session, limits).await {
+        Ok(b) => b,
+        Err(e) => return Reply::error(&e),
+    };
+    // Read only for content-routing rules; TF Serving judges the body itself.
+    let doc: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let signature = doc.as_ref().and_then(tfs::signature_name);
+    let headers = &session.req_header().headers;
+    let a = tfrelay::relay(
+        table,
+        metrics,
+        headers,
+        call,
+        method,
+        signature,
+        ":predict",
+        |(status, _): &(http::StatusCode, bytes::Bytes)| status.as_u16(),
+        |relay, target, md| async move { relay.rest(&target, verb, body, md).await },
+    )
+    .await;
+    let mut reply = match a.result {
+        Ok((status, body)) => Reply::json(status.as_u16(), body),
+        Err(e) => Reply::error(&e),
+    };
+    reply.variant = a.variant;
     reply.overhead = Some(a.overhead);
     reply.rule = a.rule;
     reply

@@ -1,6 +1,6 @@
 //! What every backend is: the `Backend` trait the data plane calls, the
-//! target it is asked for, and the gRPC pass-through a `v2-grpc` backend
-//! offers. A leaf: backends implement it, the data plane calls it.
+//! target it is asked for, the gRPC pass-through a `v2-grpc` backend
+//! offers, and the classify/regress relay a `tfserving` backend offers. A leaf: backends implement it, the data plane calls it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use super::affinity::Affinity;
 use super::forward::Forwarding;
 use super::triton::TritonModels;
 use crate::codec::grpc::pb;
+use crate::codec::tfserving::pb::tensorflow::serving as tf;
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse};
 
@@ -85,6 +86,65 @@ pub trait Backend: Send + Sync + 'static {
     fn triton(&self) -> Option<&dyn TritonModels> {
         None
     }
+
+    /// TF Serving's Classify and Regress, relayed to a backend that is a TF
+    /// Serving server (`kind: tfserving`). `None`: the backend serves predict
+    /// signatures only, and the front ends refuse those methods as TF Serving does.
+    fn tf_relay(&self) -> Option<&dyn TfRelay> {
+        None
+    }
+}
+
+/// A TF Serving method beside Predict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TfVerb {
+    Classify,
+    Regress,
+}
+
+impl TfVerb {
+    /// The REST verb (`:classify`) and gRPC method name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TfVerb::Classify => "classify",
+            TfVerb::Regress => "regress",
+        }
+    }
+}
+
+/// TF Serving's Classify and Regress relayed as they are to a TF Serving
+/// backend, the model named as the variant rewrites it (`target`). Each
+/// transport relays its own: tf.Example inputs are not converted between
+/// REST's JSON and gRPC's protobuf, so a call on the other transport is an
+/// `InvalidInput` that says so. `metadata`: the client's, already filtered by
+/// `Backend::forwarding`.
+#[async_trait]
+pub trait TfRelay: Send + Sync {
+    /// REST: the client's JSON body to `POST /v1/models/{target}[/versions/{v}]:{verb}`;
+    /// TF Serving's status and body as it answered (its 4xx included).
+    async fn rest(
+        &self,
+        target: &ModelTarget,
+        verb: TfVerb,
+        body: bytes::Bytes,
+        metadata: http::HeaderMap,
+    ) -> Result<(http::StatusCode, bytes::Bytes), BackendError>;
+
+    /// gRPC `PredictionService/Classify`, `model_spec` rewritten to `target`.
+    async fn classify(
+        &self,
+        target: &ModelTarget,
+        req: tf::ClassificationRequest,
+        metadata: http::HeaderMap,
+    ) -> Result<tf::ClassificationResponse, BackendError>;
+
+    /// gRPC `PredictionService/Regress`, `model_spec` rewritten to `target`.
+    async fn regress(
+        &self,
+        target: &ModelTarget,
+        req: tf::RegressionRequest,
+        metadata: http::HeaderMap,
+    ) -> Result<tf::RegressionResponse, BackendError>;
 }
 
 /// KServe V2 gRPC RPCs relayed unchanged to a gRPC backend: its answer or its status.

@@ -22,5 +22,5 @@ pub mod triton;
 pub mod v2_grpc;
 pub mod v2_http;
 
-pub use contract::{Backend, Backends, GrpcPassthrough, ModelTarget};
+pub use contract::{Backend, Backends, GrpcPassthrough, ModelTarget, TfRelay, TfVerb};
 pub use set::{build_backends, BackendSet};

@@ -22,7 +22,8 @@ use crate::codec::tfserving::pb::tensorflow::serving::model_spec::VersionChoice;
 use crate::codec::tfserving::pb::tensorflow::serving::model_version_status::State;
 use crate::codec::tfserving::pb::tensorflow::serving::prediction_service_client::PredictionServiceClient;
 use crate::codec::tfserving::pb::tensorflow::serving::{
-    GetModelMetadataRequest, GetModelStatusRequest, ModelSpec, PredictRequest, SignatureDefMap,
+    ClassificationRequest, ClassificationResponse, GetModelMetadataRequest, GetModelStatusRequest, ModelSpec,
+    PredictRequest, RegressionRequest, RegressionResponse, SignatureDefMap,
 };
 use crate::codec::tfserving::pb::tensorflow::TensorInfo;
 use crate::codec::tfserving::{tensor_from_proto, tensor_to_proto};
@@ -190,6 +191,46 @@ impl GrpcTransport {
             out.push(t);
         }
         Ok((out, version))
+    }
+
+    /// `Classify` with `model_spec` naming `target` (the client's signature kept).
+    pub async fn classify(
+        &self,
+        target: &ModelTarget,
+        mut msg: ClassificationRequest,
+        metadata: http::HeaderMap,
+        timeout: Duration,
+    ) -> Result<ClassificationResponse, BackendError> {
+        let signature = msg.model_spec.take().map(|s| s.signature_name).unwrap_or_default();
+        msg.model_spec = Some(Self::spec(target, &signature)?);
+        let md = grpc_pool::metadata(metadata);
+        self.pool
+            .call(timeout, Idempotent::No, |ch| {
+                let mut c = self.predictions(ch);
+                let r = grpc_pool::with_metadata(msg.clone(), &md, timeout);
+                async move { c.classify(r).await }
+            })
+            .await
+    }
+
+    /// `Regress` with `model_spec` naming `target` (the client's signature kept).
+    pub async fn regress(
+        &self,
+        target: &ModelTarget,
+        mut msg: RegressionRequest,
+        metadata: http::HeaderMap,
+        timeout: Duration,
+    ) -> Result<RegressionResponse, BackendError> {
+        let signature = msg.model_spec.take().map(|s| s.signature_name).unwrap_or_default();
+        msg.model_spec = Some(Self::spec(target, &signature)?);
+        let md = grpc_pool::metadata(metadata);
+        self.pool
+            .call(timeout, Idempotent::No, |ch| {
+                let mut c = self.predictions(ch);
+                let r = grpc_pool::with_metadata(msg.clone(), &md, timeout);
+                async move { c.regress(r).await }
+            })
+            .await
     }
 
     pub async fn ready(&self, timeout: Duration) -> bool {

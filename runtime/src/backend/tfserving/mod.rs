@@ -5,6 +5,8 @@
 //! briefly per model and version): V2 datatypes must match the signature's
 //! `DT_*` exactly, and a type V2 cannot carry is a 400 that names it.
 //! Readiness is the model's own `GetModelStatus` (a version AVAILABLE).
+//! Classify and Regress are relayed as they are (`TfRelay`), each on its own
+//! transport: REST's JSON to REST, gRPC's messages to gRPC.
 
 mod grpc;
 mod rest;
@@ -16,11 +18,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use switchyard_config::{ResolverConfig, TfServingBackend as Config, TfTransport};
 
-use super::contract::{Backend, ModelTarget};
+use super::contract::{Backend, ModelTarget, TfRelay, TfVerb};
 use super::forward::Forwarding;
 use super::grpc_pool::GrpcPoolConfig;
 use super::http_pool::HttpPoolConfig;
 use crate::codec::tfserving::client::TfSignature;
+use crate::codec::tfserving::pb::tensorflow::serving as tf;
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse, Tensor};
 
@@ -153,6 +156,60 @@ impl Backend for TfServingBackend {
         match &self.transport {
             Transport::Rest(t) => t.ready(READY_PROBE_TIMEOUT).await,
             Transport::Grpc(t) => t.ready(READY_PROBE_TIMEOUT).await,
+        }
+    }
+
+    fn tf_relay(&self) -> Option<&dyn TfRelay> {
+        Some(self)
+    }
+}
+
+/// Why a call cannot cross transports: tf.Example inputs are JSON on REST and
+/// protobuf on gRPC, and Switchyard does not convert them.
+fn mismatch(verb: TfVerb, client: &str, backend: &str) -> BackendError {
+    BackendError::InvalidInput(format!(
+        "{} over {client} cannot be relayed: this model's TF Serving backend speaks {backend}, and Switchyard \
+         does not convert tf.Example inputs between REST's JSON and gRPC's protobuf (call it over {backend})",
+        verb.as_str()
+    ))
+}
+
+#[async_trait]
+impl TfRelay for TfServingBackend {
+    async fn rest(
+        &self,
+        target: &ModelTarget,
+        verb: TfVerb,
+        body: bytes::Bytes,
+        metadata: http::HeaderMap,
+    ) -> Result<(http::StatusCode, bytes::Bytes), BackendError> {
+        match &self.transport {
+            Transport::Rest(t) => t.relay(target, verb, body, &metadata, self.timeout).await,
+            Transport::Grpc(_) => Err(mismatch(verb, "REST", "gRPC")),
+        }
+    }
+
+    async fn classify(
+        &self,
+        target: &ModelTarget,
+        req: tf::ClassificationRequest,
+        metadata: http::HeaderMap,
+    ) -> Result<tf::ClassificationResponse, BackendError> {
+        match &self.transport {
+            Transport::Grpc(t) => t.classify(target, req, metadata, self.timeout).await,
+            Transport::Rest(_) => Err(mismatch(TfVerb::Classify, "gRPC", "REST")),
+        }
+    }
+
+    async fn regress(
+        &self,
+        target: &ModelTarget,
+        req: tf::RegressionRequest,
+        metadata: http::HeaderMap,
+    ) -> Result<tf::RegressionResponse, BackendError> {
+        match &self.transport {
+            Transport::Grpc(t) => t.regress(target, req, metadata, self.timeout).await,
+            Transport::Rest(_) => Err(mismatch(TfVerb::Regress, "gRPC", "REST")),
         }
     }
 }

@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, StatusCode};
 use serde_json::Value as Json;
 use switchyard_config::ResolverConfig;
 
-use super::super::contract::ModelTarget;
+use super::super::contract::{ModelTarget, TfVerb};
 use super::super::http_pool::{backend_message, status_error, HttpPool, HttpPoolConfig, ProbeSpec, Reply};
 use crate::codec::tfserving::client::{self, TfSignature};
 use crate::error::BackendError;
@@ -110,6 +110,29 @@ impl RestTransport {
             return Err(self.error(&reply));
         }
         client::decode_predict_response(&reply.body, sig, &req.outputs)
+    }
+
+    /// `:classify`/`:regress` with the client's body: TF Serving's answer as
+    /// it is, its 4xx included; its 503 and 5xx are the backend failing.
+    pub async fn relay(
+        &self,
+        target: &ModelTarget,
+        verb: TfVerb,
+        body: bytes::Bytes,
+        metadata: &http::HeaderMap,
+        timeout: Duration,
+    ) -> Result<(StatusCode, bytes::Bytes), BackendError> {
+        let suffix = match verb {
+            TfVerb::Classify => ":classify",
+            TfVerb::Regress => ":regress",
+        };
+        let headers = [(CONTENT_TYPE, APPLICATION_JSON)];
+        let reply =
+            self.http.send(Method::POST, &model_path(target, suffix), body, &headers, Some(metadata), timeout).await?;
+        if reply.status.is_server_error() {
+            return Err(self.error(&reply));
+        }
+        Ok((reply.status, reply.body))
     }
 
     pub async fn ready(&self, timeout: Duration) -> bool {
