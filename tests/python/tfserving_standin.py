@@ -15,6 +15,21 @@ writes them. `tests/python/test_tfserving.py` (REST) and
 `test_tfserving_backend.py` (gRPC) check it against the real `ovmsclient`
 before anything relies on it.
 
+Classify and Regress (REST `:classify`/`:regress`, gRPC `Classify`/`Regress`)
+run every model through two more signatures of the stand-in's own making, as
+a TF Serving model exported with them would have: `classification`
+(`tensorflow/serving/classify`: the model's first output per example, labels
+`"0"`, `"1"`, … with the output's values as scores) and `regression`
+(`tensorflow/serving/regress`: the first value of the first output per
+example). Each tf.Example's features (plus the context's) are the model's
+inputs by name, flattened per example. Asking either method of the
+`serving_default` signature (the default) is TF Serving's refusal of a
+predict signature. REST bodies follow TF Serving's documented form
+(`{"signature_name", "context", "examples": [{feature: value | [values] |
+{"b64": …}}]}` → `{"results": …}`); gRPC's are `Input.example_list`
+(`_with_context`) of tf.Examples → `ClassificationResult`/`RegressionResult`.
+This is a stand-in, not TF Serving's feature parsing (`tf.parse_example`).
+
 Faults are explicit settings (`Faults`): `--delay NAME=SECONDS`, `--loading
 NAME`, `--complex-output NAME`. `GET /standin/tenants` lists the `x-tenant`
 header of every predict (what a proxy forwarded). `tests/python/test_tfserving_backend.py` drives
@@ -197,6 +212,72 @@ def encode(names, outputs, form):
                             for i in range(len(outputs[0]))]}
 
 
+# The stand-in's classification and regression signatures (see the module doc).
+EXAMPLE_SIGNATURES = {"classify": ("classification", "classification"),
+                      "regress": ("regression", "regression")}
+
+
+def run_examples(session, verb, signature_name, examples, context):
+    """Classify or regress `examples` (each {feature: list of values}) on `session`:
+    TF Serving's answer as Python values, or TfError with its text."""
+    kind, wanted = EXAMPLE_SIGNATURES[verb]
+    if signature_name in ("", "serving_default"):
+        raise TfError(400, f"Expected {kind} signature method_name to be tensorflow/serving/{verb}. "
+                           "Was: tensorflow/serving/predict")
+    if signature_name != wanted:
+        raise TfError(400, f'Serving signature name: "{signature_name}" not found in signature def')
+    if not examples:
+        raise TfError(400, "Input is empty.")
+    feeds = {}
+    for i in session.get_inputs():
+        dtype = ONNX_TO_DT[i.type][1]
+        column = []
+        for ex in examples:
+            values = {**context, **ex}.get(i.name)
+            if values is None:
+                raise TfError(400, f"Feature: {i.name} (data type: {ONNX_TO_DT[i.type][0]}) is required "
+                                   "but could not be found.")
+            column.append(values)
+        try:
+            a = np.array(column, dtype=dtype)
+            feeds[i.name] = a.reshape([len(examples)] + [d if isinstance(d, int) else -1 for d in i.shape[1:]])
+        except (TypeError, ValueError) as e:
+            raise TfError(400, f"Feature: {i.name}: {e}") from e
+    try:
+        out = session.run([session.get_outputs()[0].name], feeds)[0].reshape(len(examples), -1)
+    except Exception as e:  # the model refused the tensors
+        raise TfError(400, str(e)) from e
+    if verb == "classify":
+        return [[(str(k), float(v)) for k, v in enumerate(row)] for row in out]
+    return [float(row[0]) for row in out]
+
+
+def json_feature(v):
+    """A REST example's feature value as a list: a value or a list of values, `{"b64": …}` bytes."""
+    items = v if isinstance(v, list) else [v]
+    return [base64.b64decode(x["b64"]) if isinstance(x, dict) and list(x) == ["b64"] else x for x in items]
+
+
+def rest_examples(model, version, verb, body):
+    try:
+        doc = json.loads(body or b"")
+    except ValueError as e:
+        raise TfError(400, f"JSON Parse error: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("examples"), list):
+        raise TfError(400, "'examples' array is missing or empty")
+    context = {k: json_feature(v) for k, v in (doc.get("context") or {}).items()}
+    examples = [{k: json_feature(v) for k, v in ex.items()} for ex in doc["examples"]]
+    results = run_examples(model.session(version), verb, doc.get("signature_name", ""), examples, context)
+    if verb == "classify":
+        return {"results": [[[label, score] for label, score in r] for r in results]}
+    return {"results": results}
+
+
+def proto_feature(f):
+    kind = f.WhichOneof("kind")
+    return list(getattr(f, kind).value) if kind else []
+
+
 def signature(session, complex_output=False):
     def info(ts):
         out = {}
@@ -280,10 +361,14 @@ def make_handler(models):
             try:
                 model, version, verb, _ = self.target(self.path)
                 TENANTS.append(("rest", model.name, self.headers.get("x-tenant")))
-                if verb != "predict":
-                    raise TfError(400, f"Expected {verb} signature method_name")
+                if verb not in ("predict", "classify", "regress"):
+                    raise TfError(404, "Malformed request")
                 if model.loading:
                     raise TfError(404, not_found(model.name, version))
+                if verb != "predict":
+                    if model.delay:
+                        time.sleep(model.delay)
+                    return self.reply(200, rest_examples(model, version, verb, body))
                 if model.delay:
                     time.sleep(model.delay)
                 session = model.session(version)
@@ -381,6 +466,8 @@ def serve_grpc(port, models):
     import grpc
     pb = {name: importlib.import_module(mod) for name, mod in [
         ("predict", "tensorflow_serving.apis.predict_pb2"),
+        ("classification", "tensorflow_serving.apis.classification_pb2"),
+        ("regression", "tensorflow_serving.apis.regression_pb2"),
         ("metadata", "tensorflow_serving.apis.get_model_metadata_pb2"),
         ("status", "tensorflow_serving.apis.get_model_status_pb2"),
         ("prediction_grpc", "tensorflow_serving.apis.prediction_service_pb2_grpc"),
@@ -435,6 +522,50 @@ def serve_grpc(port, models):
             resp.model_spec.signature_name = "serving_default"
             for n, o in zip(wanted, outputs):
                 resp.outputs[n].CopyFrom(array_to_proto(pb, o))
+            return resp
+
+        def examples(self, request, verb, context):
+            model, version = target(request.model_spec, context)
+            TENANTS.append(("grpc", model.name, dict(context.invocation_metadata()).get("x-tenant")))
+            if model.delay:
+                time.sleep(model.delay)
+            kind = request.input.WhichOneof("kind")
+            if kind is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+            listed = getattr(request.input, kind)
+            ctx = {}
+            if kind == "example_list_with_context":
+                ctx = {k: proto_feature(f) for k, f in listed.context.features.feature.items()}
+            examples = [{k: proto_feature(f) for k, f in ex.features.feature.items()} for ex in listed.examples]
+            try:
+                results = run_examples(model.session(version), verb, request.model_spec.signature_name, examples,
+                                       ctx)
+            except TfError as e:
+                context.abort(codes[e.status], str(e))
+            return model, version, results
+
+        def answer_spec(self, resp, model, version, verb):
+            resp.model_spec.name = model.name
+            resp.model_spec.version.value = version
+            resp.model_spec.signature_name = EXAMPLE_SIGNATURES[verb][1]
+
+        def Classify(self, request, context):
+            model, version, results = self.examples(request, "classify", context)
+            resp = pb["classification"].ClassificationResponse()
+            self.answer_spec(resp, model, version, "classify")
+            for r in results:
+                c = resp.result.classifications.add()
+                for label, score in r:
+                    cls = c.classes.add()
+                    cls.label, cls.score = label, score
+            return resp
+
+        def Regress(self, request, context):
+            model, version, results = self.examples(request, "regress", context)
+            resp = pb["regression"].RegressionResponse()
+            self.answer_spec(resp, model, version, "regress")
+            for v in results:
+                resp.result.regressions.add().value = v
             return resp
 
         def GetModelMetadata(self, request, context):
