@@ -396,11 +396,12 @@ impl TfFrontEnd {
         ext: &tonic::Extensions,
         model: String,
         version: Option<String>,
-        bytes_in: u64,
+        (bytes_in, body_sha256): (u64, Option<String>),
         a: Answer<T>,
         spec_of: fn(&mut T) -> Option<&mut sv::ModelSpec>,
     ) -> Result<Response<T>, Status> {
-        note_inference(ext.get::<SharedNote>(), model.clone(), version, bytes_in, None, &a, |r| r.encoded_len());
+        let note = ext.get::<SharedNote>();
+        note_inference(note, model.clone(), version, bytes_in, body_sha256, &a, |r| r.encoded_len());
         let info = AnswerInfo::of(&a);
         let mut out = a.result.map_err(|e| respond::grpc_status(&e))?;
         if let Some(s) = spec_of(&mut out) {
@@ -477,13 +478,14 @@ impl sv::prediction_service_server::PredictionService for TfFrontEnd {
         let (md, ext, m) = request.into_parts();
         let headers = md.into_headers();
         let (model, version, bytes_in) = described(m.model_spec.as_ref(), m.encoded_len());
+        let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&m.encode_to_vec()));
         let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
         let table = self.shared.table.load_full();
         let p = principal(&ext);
         let spec = m.model_spec.clone();
         let run = |relay, target, md| async move { TfRelay::classify(relay, &target, m, md).await };
         let a = self.relay_call(&headers, &table, spec, TfMethod::Classify, bytes_in, p.as_deref(), client, run).await;
-        self.relayed(&ext, model, version, bytes_in, a, |r| r.model_spec.as_mut())
+        self.relayed(&ext, model, version, (bytes_in, body_sha256), a, |r| r.model_spec.as_mut())
     }
 
     async fn regress(
@@ -493,13 +495,14 @@ impl sv::prediction_service_server::PredictionService for TfFrontEnd {
         let (md, ext, m) = request.into_parts();
         let headers = md.into_headers();
         let (model, version, bytes_in) = described(m.model_spec.as_ref(), m.encoded_len());
+        let body_sha256 = self.shared.guards.body_hash.then(|| crate::access_log::body_hash(&m.encode_to_vec()));
         let client = ext.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).map(|a| a.ip());
         let table = self.shared.table.load_full();
         let p = principal(&ext);
         let spec = m.model_spec.clone();
         let run = |relay, target, md| async move { TfRelay::regress(relay, &target, m, md).await };
         let a = self.relay_call(&headers, &table, spec, TfMethod::Regress, bytes_in, p.as_deref(), client, run).await;
-        self.relayed(&ext, model, version, bytes_in, a, |r| r.model_spec.as_mut())
+        self.relayed(&ext, model, version, (bytes_in, body_sha256), a, |r| r.model_spec.as_mut())
     }
 
     async fn predict(&self, request: Request<sv::PredictRequest>) -> Result<Response<sv::PredictResponse>, Status> {

@@ -161,12 +161,14 @@ async fn relay(
     limits: &Limits,
     method: TfMethod,
     verb: TfVerb,
-    call: Call<'_>,
+    mut call: Call<'_>,
 ) -> Reply {
     let body = match body::read(session, limits).await {
         Ok(b) => b,
         Err(e) => return Reply::error(&e),
     };
+    // A body of unknown size (chunked) is charged its bytes as read: the guards run after.
+    call.input_bytes = call.input_bytes.or(Some(body.len() as u64));
     // Read only for content-routing rules; TF Serving judges the body itself.
     let doc: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let signature = doc.as_ref().and_then(tfs::signature_name);
