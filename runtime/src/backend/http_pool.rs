@@ -290,10 +290,10 @@ impl HttpPool {
 }
 
 /// The backend's own error message: `{"error": ...}` (V2's and TF Serving's
-/// form), else the last line of its text.
+/// form), `{"message": ...}` (TorchServe's), else the last line of its text.
 pub fn backend_message(body: &Bytes) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        if let Some(e) = v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()) {
             return e.to_string();
         }
         if let Some(d) = v.get("detail") {
