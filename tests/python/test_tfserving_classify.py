@@ -77,7 +77,8 @@ def standin(tmp_path_factory):
 def server(tmp_path_factory, standin):
     """Switchyard with auth on (alice may infer, bob may only read metadata),
     per transport a route of two variants on the stand-in (stable: version 1,
-    canary: version 2, label `beta`), one on a dead port and one on `slow`;
+    canary: version 2, label `beta`; a content-routing rule sends
+    `signature_name: regression` to canary), one on a dead port and one on `slow`;
     and `local_mlp` on the embedded runtime. Yields (ports, grpc channel)."""
     tmp = tmp_path_factory.mktemp("tf-classify")
     rest, grpc_ep = standin
@@ -86,7 +87,9 @@ def server(tmp_path_factory, standin):
     routes = ""
     for t in ("rest", "grpc"):
         routes += (
-            f"  cls_{t}:\n    variants:\n"
+            f"  cls_{t}:\n    rules:\n"
+            "      - {name: regressions, match: {parameters: {signature_name: regression}}, variant: canary}\n"
+            f"    variants:\n"
             f"      - {{name: stable, backend: tf_{t}, model: mlp, version: 1, weight: 100}}\n"
             f"      - {{name: canary, backend: tf_{t}, model: mlp, version: 2, weight: 0, labels: [beta]}}\n"
             f"  down_{t}:\n    variants: [{{name: main, backend: down_{t}, model: mlp}}]\n"
@@ -179,8 +182,10 @@ def error(fn, req, metadata=ALICE):
 @pytest.mark.parametrize("verb,signature", [("classify", "classification"), ("regress", "regression")])
 def test_rest_relay_equals_the_backend_and_routes(server, standin, verb, signature):
     x = rows()
+    # The rule on `signature_name` sends regressions to canary.
+    default = ("stable", 1) if verb == "classify" else ("canary", 2)
     for path, variant, version in [
-        ("cls_rest", "stable", 1),
+        ("cls_rest", *default),
         ("cls_rest/labels/beta", "canary", 2),
         ("cls_rest/versions/2", "canary", 2),
     ]:
@@ -191,7 +196,7 @@ def test_rest_relay_equals_the_backend_and_routes(server, standin, verb, signatu
         assert r.json() == direct.json()
         assert r.headers["x-switchyard-variant"] == variant
     # The two versions answer differently: the route really chose.
-    v1 = post(sy(server), f"/v1/models/cls_rest:{verb}", rest_body(x, signature), ALICE).json()
+    v1 = post(sy(server), f"/v1/models/cls_rest/labels/stable:{verb}", rest_body(x, signature), ALICE).json()
     v2 = post(sy(server), f"/v1/models/cls_rest/labels/beta:{verb}", rest_body(x, signature), ALICE).json()
     assert v1 != v2
     shape = {"classify": (3, 4, 2), "regress": (3,)}[verb]
@@ -217,7 +222,9 @@ def test_grpc_relay_equals_the_backend_and_routes(server, standin, method, cls, 
     stub = prediction_service_pb2_grpc.PredictionServiceStub(server[1])
     with grpc.insecure_channel(standin[1]) as ch:
         direct_stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        for kw, variant, version in [({}, "stable", 1), ({"label": "beta"}, "canary", 2), ({"version": 2}, "canary", 2)]:
+        # The rule on `signature_name` sends regressions to canary.
+        default = ("stable", 1) if method == "Classify" else ("canary", 2)
+        for kw, variant, version in [({}, *default), ({"label": "beta"}, "canary", 2), ({"version": 2}, "canary", 2)]:
             direct = getattr(direct_stub, method)(grpc_request(cls, "mlp", x, signature, version=version), timeout=30)
             resp, md = call(getattr(stub, method), grpc_request(cls, "cls_grpc", x, signature, **kw))
             assert resp.result == direct.result
