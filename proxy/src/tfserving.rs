@@ -3,8 +3,8 @@
 //! it maps onto variants — a version label names a variant (its name, or a
 //! label it declares), a version the variant pinned to it, neither the A/B
 //! split — TF Serving's words for an unknown servable, the model signatures
-//! requests are typed by (cached), the refusal of classify/regress, and the
-//! status and metadata reads.
+//! requests are typed by (cached), the refusal of classify/regress where no
+//! TF Serving backend relays them, and the status and metadata reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -134,8 +134,9 @@ pub fn typed_by(routed: &Routed<'_>, labelled: bool) -> (Arc<dyn Backend>, Model
     (r.variants[idx].backend.clone(), r.target_of(idx, routed.model, routed.version))
 }
 
-/// Classify and regress, refused: every signature Switchyard serves is a
-/// predict signature (TF Serving's refusal, word for word, and what to do).
+/// Classify and regress on a variant whose backend relays neither (not a TF
+/// Serving server, `crate::tfrelay`): every signature it serves is a predict
+/// signature (TF Serving's refusal, word for word, and what to do).
 pub fn refuse_method(method: TfMethod, model: &str, predict_hint: &str) -> Error {
     let (kind, name) = match method {
         TfMethod::Classify => ("classification", "classify"),
