@@ -97,11 +97,19 @@ tool_venv() {
   local name="$1" req="$REPO/scripts/requirements-$1.txt" dir="$REPO/.switchyard/venvs/$1"
   local hash
   hash="$( { "$PY" --version 2>&1; cat "$req"; } | sha256sum | cut -d' ' -f1)"
-  if [ "$(cat "$dir/.switchyard-stamp" 2>/dev/null || true)" = "$hash" ]; then
+  # pip writes the venv's absolute path into its scripts' shebangs: a venv
+  # made under another path (a moved or shared .switchyard) is made again.
+  local here=1
+  case "$(head -c 200 "$dir/bin/pip" 2>/dev/null | head -n 1)" in
+    "#!$dir/bin/python"*) ;;
+    *) here=0 ;;
+  esac
+  if [ "$here" -eq 1 ] && [ "$(cat "$dir/.switchyard-stamp" 2>/dev/null || true)" = "$hash" ]; then
     log "venv $name up to date"
     return
   fi
   log "installing $name into $dir (this takes ~2.5 min)"
+  [ "$here" -eq 1 ] || rm -rf "$dir"
   [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
