@@ -265,6 +265,48 @@ fn refused<E>(e: Error, start: Instant) -> Answer<E> {
 }
 
 impl TfFrontEnd {
+    /// What every TF call does before its method's own work: authorize the
+    /// model (before anything of the routes is told), find its route, and
+    /// name the servable the spec asks for (label → variant, version).
+    #[allow(clippy::too_many_arguments)]
+    fn open_call<'a>(
+        &'a self,
+        headers: &HeaderMap,
+        table: &'a RoutingTable,
+        spec: &'a sv::ModelSpec,
+        named: &'a Named,
+        path: &'static str,
+        input_bytes: u64,
+        principal: Option<&'a Principal>,
+        client: Option<std::net::IpAddr>,
+        start: Instant,
+    ) -> Result<Call<'a>, Error> {
+        let model = spec.name.as_str();
+        let version = match named {
+            Named::Version(v) => Some(v.as_str()),
+            _ => None,
+        };
+        pipeline::authorize(principal, model, version, Action::Infer).and_then(|()| check_version(model, named))?;
+        let servable = named.servable();
+        let r = shared::route(table, model, servable)?;
+        let mut call = Call {
+            protocol: Protocol::TfServingGrpc,
+            path: Some(path),
+            model,
+            version: None,
+            variant: None,
+            deadline: grpc_timeout(headers),
+            start,
+            principal,
+            limiter: self.shared.guards.limiter.as_deref(),
+            client,
+            input_bytes: Some(input_bytes),
+            priority: None,
+        };
+        shared::name_servable(r, servable, &mut call)?;
+        Ok(call)
+    }
+
     /// One Predict, start to end: servable → `pipeline::infer`.
     async fn predict_call(
         &self,
@@ -275,45 +317,17 @@ impl TfFrontEnd {
         client: Option<std::net::IpAddr>,
     ) -> Answer<sv::PredictResponse> {
         let start = Instant::now();
-        let input_bytes = Some(msg.encoded_len() as u64);
+        let input_bytes = msg.encoded_len() as u64;
         let spec = match model_spec(msg.model_spec.clone()) {
             Ok(s) => s,
             Err(e) => return refused(e, start),
         };
         let named = Named::of(&spec);
-        let model = spec.name.as_str();
-        // Authorized before anything of the routes is told.
-        let version = match &named {
-            Named::Version(v) => Some(v.as_str()),
-            _ => None,
-        };
-        if let Err(e) =
-            pipeline::authorize(principal, model, version, Action::Infer).and_then(|()| check_version(model, &named))
-        {
-            return refused(e, start);
-        }
-        let servable = named.servable();
-        let r = match shared::route(table, model, servable) {
-            Ok(r) => r,
-            Err(e) => return refused(e, start),
-        };
-        let mut call = Call {
-            protocol: Protocol::TfServingGrpc,
-            path: Some(PREDICT_PATH),
-            model,
-            version: None,
-            variant: None,
-            deadline: grpc_timeout(headers),
-            start,
-            principal,
-            limiter: self.shared.guards.limiter.as_deref(),
-            client,
-            input_bytes,
-            priority: None,
-        };
-        if let Err(e) = shared::name_servable(r, servable, &mut call) {
-            return refused(e, start);
-        }
+        let call =
+            match self.open_call(headers, table, &spec, &named, PREDICT_PATH, input_bytes, principal, client, start) {
+                Ok(c) => c,
+                Err(e) => return refused(e, start),
+            };
         let mut x = TfExchange {
             headers,
             signature_name: spec.signature_name.clone(),
@@ -352,39 +366,11 @@ impl TfFrontEnd {
             Err(e) => return refused(e, start),
         };
         let named = Named::of(&spec);
-        let model = spec.name.as_str();
-        let version = match &named {
-            Named::Version(v) => Some(v.as_str()),
-            _ => None,
-        };
-        // Authorized before anything of the routes is told.
-        if let Err(e) =
-            pipeline::authorize(principal, model, version, Action::Infer).and_then(|()| check_version(model, &named))
-        {
-            return refused(e, start);
-        }
-        let servable = named.servable();
-        let r = match shared::route(table, model, servable) {
-            Ok(r) => r,
+        let path = if method == TfMethod::Classify { CLASSIFY_PATH } else { REGRESS_PATH };
+        let call = match self.open_call(headers, table, &spec, &named, path, input_bytes, principal, client, start) {
+            Ok(c) => c,
             Err(e) => return refused(e, start),
         };
-        let mut call = Call {
-            protocol: Protocol::TfServingGrpc,
-            path: Some(if method == TfMethod::Classify { CLASSIFY_PATH } else { REGRESS_PATH }),
-            model,
-            version: None,
-            variant: None,
-            deadline: grpc_timeout(headers),
-            start,
-            principal,
-            limiter: self.shared.guards.limiter.as_deref(),
-            client,
-            input_bytes: Some(input_bytes),
-            priority: None,
-        };
-        if let Err(e) = shared::name_servable(r, servable, &mut call) {
-            return refused(e, start);
-        }
         let signature = Some(spec.signature_name.as_str());
         tfrelay::relay(table, &self.shared.metrics, headers, call, method, signature, "Predict", |_| 200, run).await
     }
