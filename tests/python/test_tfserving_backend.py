@@ -130,12 +130,12 @@ backends:
   probed_rest:
     kind: tfserving
     endpoints: ["http://{rest}", "http://{dead}"]
-    health_check: {{interval: 200ms, timeout: 200ms, unhealthy_after: 1, healthy_after: 1}}
+    health_check: {{interval: 500ms, timeout: 500ms, unhealthy_after: 1, healthy_after: 1}}
   probed_grpc:
     kind: tfserving
     protocol: grpc
     endpoints: ["{grpc_ep}", "{dead}"]
-    health_check: {{interval: 200ms, timeout: 200ms, unhealthy_after: 1, healthy_after: 1}}
+    health_check: {{interval: 500ms, timeout: 500ms, unhealthy_after: 1, healthy_after: 1}}
   down_rest:
     kind: tfserving
     endpoints: ["http://{dead}"]

@@ -70,7 +70,7 @@ backends:
     {rest}
     management: http://127.0.0.1:{p['management']}
     timeout: 10s
-    health_check: {{interval: 200ms, timeout: 200ms}}
+    health_check: {{interval: 500ms, timeout: 500ms}}
   ts-grpc:
     kind: torchserve
     protocol: grpc

@@ -51,6 +51,7 @@ class Replica:
         self.sums = {}
         self.requests = 0
         self.ready = True
+        self.ready_probes = 0  # ready answers given to Switchyard's health checks
         self.lock = threading.Lock()
 
     def infer(self, seq_id, start, end, value, proto):
@@ -91,7 +92,9 @@ def http_face(replica):
 
         def do_GET(self):
             if self.path == "/v2/health/ready":
-                self.reply(200 if replica.ready else 503, {})
+                ready = replica.ready
+                self.reply(200 if ready else 503, {})
+                replica.ready_probes += ready
             elif self.path == "/v2":
                 # No binary extension: Switchyard sends JSON, and its parameters as they came.
                 self.reply(200, {"name": "acc-stand-in", "version": "0", "extensions": []})
@@ -175,7 +178,9 @@ backends:
     kind: v2-http
     endpoints: [{http_endpoints}]
     connect_timeout: 5s
-    health_check: {{interval: 100ms, timeout: 100ms, unhealthy_after: 1, healthy_after: 1}}
+    # Two late probes in a row eject: under the concurrent test a busy stand-in answers
+    # one late, and only the not-ready test (prompt 503s) is meant to eject a replica.
+    health_check: {{interval: 500ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 1}}
   acc_grpc:
     kind: v2-grpc
     endpoints: [{grpc_endpoints}]
@@ -449,7 +454,13 @@ def test_a_sequence_whose_replica_is_ejected_fails_clearly_and_never_moves(stack
         # Other sequences go on where they are.
         assert http_step(c, "acc", other_seq, 3, end=True) == (3, placed[other_seq] * 10)
     finally:
+        seen = replica.ready_probes
         replica.ready = True
+        # Back in rotation once a ready probe has been answered (healthy_after: 1), and
+        # another one after it, before the next test counts on every replica.
+        deadline = time.monotonic() + PATIENCE_S
+        while replica.ready_probes < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def test_pins_survive_a_reload_and_a_removed_replica_fails_its_sequences(stack):
