@@ -1,5 +1,6 @@
-//! L2: Redis (standalone or cluster) through one multiplexed connection,
-//! behind a per-call timeout and a circuit breaker.
+//! L2: Redis (standalone or cluster) through multiplexed connections, one
+//! per thread that calls it, behind a per-call timeout and one circuit
+//! breaker.
 //!
 //! The cache may be lost, the request never: every GET and SET is bounded by
 //! `cache.redis.timeout`; `breaker_failures` consecutive failures (errors,
@@ -8,9 +9,17 @@
 //! success closes the breaker, its failure re-opens it. Connecting happens in
 //! the background, never on a request: a request that finds no connection
 //! just skips L2 (and wakes the connector).
+//!
+//! A multiplexed connection is a task on the runtime that made it; a call
+//! from another runtime's thread would wake that task across threads and be
+//! woken back. So each thread that calls Redis gets its own connection, made
+//! by a task on its own runtime the first time it calls; until then its
+//! calls use the shared one (made on the runtime that built the cache).
+//! Every connection feeds the one breaker.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -52,11 +61,35 @@ pub struct L2Metrics {
     pub breaker_state: IntGauge,
 }
 
-pub struct L2 {
-    cfg: RedisConfig,
-    client: Client,
+/// A connection as it is made and replaced: shared, or one thread's.
+#[derive(Default)]
+struct Slot {
     conn: ArcSwapOption<Conn>,
     connecting: AtomicBool,
+}
+
+/// One thread's connection to one `L2`, and the runtime whose task drives it.
+struct ThreadSlot {
+    l2: u64,
+    owner: Weak<Slot>,
+    runtime: tokio::runtime::Id,
+    slot: Arc<Slot>,
+}
+
+thread_local! {
+    /// Dropped with the thread, with the runtime's tasks that drove them.
+    static SLOTS: RefCell<Vec<ThreadSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Source of the `L2`s' identities in the threads' slot lists.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct L2 {
+    id: u64,
+    cfg: RedisConfig,
+    client: Client,
+    /// Made on `runtime`; used until a thread has its own, and off the request path.
+    shared: Arc<Slot>,
     breaker: Breaker,
     runtime: tokio::runtime::Handle,
     metrics: L2Metrics,
@@ -85,24 +118,26 @@ impl L2 {
             Client::Single(redis::Client::open(url.as_str()).map_err(|e| format!("cache.redis.url `{url}`: {e}"))?)
         };
         let l2 = Arc::new(L2 {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             breaker: Breaker::new(name, cfg.breaker_failures, cfg.breaker_cooldown, metrics.breaker_state.clone()),
             cfg: cfg.clone(),
             client,
-            conn: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
+            shared: Arc::new(Slot::default()),
             runtime: tokio::runtime::Handle::try_current().map_err(|_| "the cache needs a tokio runtime")?,
             metrics,
         });
-        l2.connect_in_background();
+        l2.connect_in_background(&l2.shared, &l2.runtime);
         Ok(l2)
     }
 
-    fn connect_in_background(self: &Arc<Self>) {
-        if self.connecting.swap(true, Ordering::AcqRel) {
+    /// Connects `slot` by a task on `runtime` (whose tasks then drive the connection).
+    fn connect_in_background(self: &Arc<Self>, slot: &Arc<Slot>, runtime: &tokio::runtime::Handle) {
+        if slot.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
-        self.runtime.spawn(async move {
+        let slot = slot.clone();
+        runtime.spawn(async move {
             let attempt = async {
                 match &this.client {
                     Client::Single(c) => {
@@ -118,7 +153,7 @@ impl L2 {
                 Ok(Ok(conn)) => {
                     // A connection is not proof of health (a cluster connects while a
                     // master is down): an open breaker stays open until its probe succeeds.
-                    this.conn.store(Some(Arc::new(conn)));
+                    slot.conn.store(Some(Arc::new(conn)));
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "redis connect failed");
@@ -130,32 +165,69 @@ impl L2 {
                     this.breaker.failure();
                 }
             }
-            this.connecting.store(false, Ordering::Release);
+            slot.connecting.store(false, Ordering::Release);
         });
     }
 
-    /// The connection to use now, if the breaker lets a call through.
-    fn conn(self: &Arc<Self>) -> Option<Arc<Conn>> {
+    /// This thread's slot, made (and its connection started on the current
+    /// runtime) on first call; `None` outside a runtime.
+    fn thread_slot(self: &Arc<Self>) -> Option<(Arc<Slot>, tokio::runtime::Handle)> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let runtime = rt.id();
+        let slot = SLOTS.with(|s| {
+            let mut list = s.borrow_mut();
+            if let Some(ts) = list.iter().find(|ts| ts.l2 == self.id) {
+                if ts.runtime == runtime {
+                    return ts.slot.clone();
+                }
+            }
+            // Sweep slots of `L2`s that are gone and the one of a runtime this thread left.
+            list.retain(|ts| ts.owner.strong_count() > 0 && ts.l2 != self.id);
+            let slot = Arc::new(Slot::default());
+            list.push(ThreadSlot { l2: self.id, owner: Arc::downgrade(&self.shared), runtime, slot: slot.clone() });
+            slot
+        });
+        Some((slot, rt))
+    }
+
+    /// The connection to use now, and the slot it came from, if the breaker
+    /// lets a call through: this thread's, else (while this thread's is being
+    /// made) the shared one.
+    fn conn(self: &Arc<Self>) -> Option<(Arc<Slot>, Arc<Conn>)> {
         if !self.breaker.allow() {
             self.metrics.skipped.inc();
             return None;
         }
-        match self.conn.load_full() {
-            Some(c) => Some(c),
+        if let Some((slot, rt)) = self.thread_slot() {
+            if let Some(c) = slot.conn.load_full() {
+                return Some((slot, c));
+            }
+            // Started only once Redis was reached: a Redis that is down is not
+            // dialled from every thread.
+            if self.shared.conn.load().is_some() {
+                self.connect_in_background(&slot, &rt);
+            }
+        }
+        match self.shared.conn.load_full() {
+            Some(c) => Some((self.shared.clone(), c)),
             None => {
                 self.metrics.skipped.inc();
                 // A probe that finds no connection counts as a failed probe (the
                 // breaker re-opens for another cool-down) instead of holding the
                 // half-open slot forever.
                 self.breaker.no_connection();
-                self.connect_in_background();
+                self.connect_in_background(&self.shared, &self.runtime);
                 None
             }
         }
     }
 
     /// Runs one command under the timeout; failures feed the breaker.
-    async fn call<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, cmd: redis::Cmd) -> Option<T> {
+    async fn call<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        conn: (Arc<Slot>, Arc<Conn>),
+        cmd: redis::Cmd,
+    ) -> Option<T> {
         self.exec(conn, Query::Cmd(&cmd)).await
     }
 
@@ -166,7 +238,8 @@ impl L2 {
         self.exec(conn, Query::Pipe(pipe)).await
     }
 
-    async fn exec<T: redis::FromRedisValue>(self: &Arc<Self>, conn: Arc<Conn>, q: Query<'_>) -> Option<T> {
+    async fn exec<T: redis::FromRedisValue>(self: &Arc<Self>, conn: (Arc<Slot>, Arc<Conn>), q: Query<'_>) -> Option<T> {
+        let (slot, conn) = conn;
         let mut c = (*conn).clone();
         let fut = async {
             match (&mut c, q) {
@@ -185,11 +258,14 @@ impl L2 {
                 self.metrics.errors.with_label_values(&["error"]).inc();
                 // A multiplexed connection whose server went away fails every call (not always
                 // as an I/O error): drop it (if nobody replaced it yet) and reconnect off the
-                // request path. A cluster connection repairs itself (slot refresh,
-                // reconnects per node), so it is kept.
+                // request path (the shared one now; this thread's on its next call).
+                // A cluster connection repairs itself (slot refresh, reconnects per
+                // node), so it is kept.
                 if matches!(*conn, Conn::Single(_)) {
-                    let _ = self.conn.compare_and_swap(&Some(conn), None);
-                    self.connect_in_background();
+                    let _ = slot.conn.compare_and_swap(&Some(conn), None);
+                    if Arc::ptr_eq(&slot, &self.shared) {
+                        self.connect_in_background(&self.shared, &self.runtime);
+                    }
                 }
                 tracing::debug!(error = %e, "redis call failed");
                 self.breaker.failure();
@@ -214,11 +290,13 @@ impl L2 {
         }
     }
 
-    /// `SET key value PX ttl`, off the request path.
+    /// `SET key value PX ttl`, off the request path: a task of its own, on
+    /// the caller's runtime (where its connection lives).
     pub fn set_in_background(self: &Arc<Self>, key: String, value: Bytes, ttl: Duration) {
         let Some(conn) = self.conn() else { return };
         let this = self.clone();
-        self.runtime.spawn(async move {
+        let runtime = tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
+        runtime.spawn(async move {
             let mut cmd = redis::cmd("SET");
             cmd.arg(key).arg(value.as_ref()).arg("PX").arg(ttl.as_millis().max(1) as u64);
             this.call::<()>(conn, cmd).await;
@@ -228,7 +306,7 @@ impl L2 {
     /// Deletes every key matching `pattern` (standalone only), off the request path.
     pub fn purge_in_background(self: &Arc<Self>, pattern: String) {
         let Some(conn) = self.conn() else { return };
-        if matches!(*conn, Conn::Cluster(_)) {
+        if matches!(*conn.1, Conn::Cluster(_)) {
             tracing::warn!(pattern, "cache purge in Redis Cluster is not supported; entries expire by TTL");
             return;
         }

@@ -1,13 +1,24 @@
 //! The gRPC transport every gRPC backend shares (`v2-grpc`, `tfserving` over
-//! gRPC): a tonic channel per endpoint (HTTP/2, requests multiplexed on one
-//! connection, made lazily), each call on an endpoint picked by load with
+//! gRPC): a tonic channel per endpoint and thread (HTTP/2, requests
+//! multiplexed on one connection, made lazily), each call on an endpoint picked by load with
 //! ejection, probes and a retry budget (`backend::health`), the deadline
 //! sent as `grpc-timeout` and enforced here too, TLS, and the endpoint set
 //! kept current by DNS (`backend::dns`). A backend wraps a channel in its
 //! service's client; the pool says where a call goes, whether it may be
 //! tried again elsewhere, and what a status means in the runtime's terms.
+//!
+//! A channel's connection and request queue are tasks on the runtime that
+//! made it, so each thread that calls an endpoint makes its own channel
+//! there (on first use; again if that thread has since entered another
+//! runtime): a call and the tasks that carry it stay on one thread, with no
+//! wake-up across runtimes. The channels of one endpoint share its
+//! `Member` (load, health, ejection).
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use switchyard_config::{ClientTlsConfig, EndpointHealth, Endpoints, ResolverConfig};
@@ -39,12 +50,74 @@ pub struct GrpcPoolConfig<'a> {
     pub tls: Option<&'a ClientTlsConfig>,
 }
 
+/// A probe of one endpoint through a channel to it, within a timeout: true when it serves.
+pub type ChannelProbe = Arc<dyn Fn(Channel, Duration) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// How calls reach one replica: a channel per thread that calls it.
+pub struct GrpcEndpoint {
+    id: u64,
+    endpoint: Endpoint,
+    connector: Connector,
+    /// For a caller outside any runtime (none on the data path): made on the
+    /// runtime that built the backend, which outlives it.
+    shared: Channel,
+    /// Dropped with the endpoint: threads' channels to it are then swept.
+    alive: Arc<()>,
+}
+
+/// Source of the endpoints' identities in the threads' channel lists.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One thread's channel to one endpoint, and the runtime whose tasks drive it.
+struct ThreadChannel {
+    endpoint: u64,
+    owner: Weak<()>,
+    runtime: tokio::runtime::Id,
+    channel: Channel,
+}
+
+thread_local! {
+    /// Dropped with the thread, with the runtime's tasks that drove them.
+    static CHANNELS: RefCell<Vec<ThreadChannel>> = const { RefCell::new(Vec::new()) };
+}
+
+impl GrpcEndpoint {
+    /// Needs a tokio runtime (the shared channel's tasks start on it).
+    fn new(endpoint: Endpoint, connector: Connector) -> GrpcEndpoint {
+        let shared = endpoint.clone().connect_with_connector_lazy(connector.clone());
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        GrpcEndpoint { id, endpoint, connector, shared, alive: Arc::new(()) }
+    }
+
+    /// This thread's channel to the endpoint, made on the current runtime when
+    /// the thread has none for it yet (or made it on a runtime it has left).
+    pub fn channel(&self) -> Channel {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return self.shared.clone() };
+        let runtime = rt.id();
+        CHANNELS.with(|c| {
+            let mut list = c.borrow_mut();
+            if let Some(tc) = list.iter().find(|tc| tc.endpoint == self.id) {
+                if tc.runtime == runtime {
+                    return tc.channel.clone();
+                }
+            }
+            // Made inside the runtime context: its tasks start on this thread's runtime.
+            let channel = self.endpoint.clone().connect_with_connector_lazy(self.connector.clone());
+            // Sweep channels of endpoints that are gone (DNS changes, reloads) and the one replaced.
+            list.retain(|tc| tc.owner.strong_count() > 0 && tc.endpoint != self.id);
+            let owner = Arc::downgrade(&self.alive);
+            list.push(ThreadChannel { endpoint: self.id, owner, runtime, channel: channel.clone() });
+            channel
+        })
+    }
+}
+
 pub struct GrpcPool {
     name: Arc<str>,
     /// `host:port, ...` (or `dns host:port`) for error messages.
     endpoints: String,
-    /// One lazily connected channel per endpoint, picked per call by `backend::health`.
-    pool: Arc<Pool<Channel>>,
+    /// The endpoints (lazily connected channels per thread), picked per call by `backend::health`.
+    pool: Arc<Pool<GrpcEndpoint>>,
     /// Feeds the pool for a `dns:` backend; stops with the backend.
     _dns: Option<DnsWatch>,
     /// Probes, outlier sweeps, load scrapes; stop with the backend.
@@ -89,24 +162,24 @@ pub fn with_metadata<T>(msg: T, md: &MetadataMap, timeout: Duration) -> tonic::R
 }
 
 impl GrpcPool {
-    /// Builds the channels (connections are made lazily, on first use);
-    /// `probe` asks one endpoint's channel whether it serves. Needs a tokio runtime.
+    /// Builds the endpoints (channels and connections are made lazily, on
+    /// first use); `probe` asks one endpoint's channel whether it serves.
+    /// Needs a tokio runtime.
     pub fn new(
         name: &str,
         cfg: GrpcPoolConfig<'_>,
         resolver: &ResolverConfig,
-        probe: Probe<Channel>,
+        probe: ChannelProbe,
     ) -> Result<GrpcPool, String> {
         let connect_timeout = cfg.connect_timeout;
         // gRPC over TLS offers h2 by ALPN; the files are watched while the backend lives.
         let tls = cfg.tls.map(|t| ClientTls::load(t, &[b"h2"], &format!("backend `{name}`"))).transpose()?;
         let connector = Connector::new(Some(connect_timeout), tls.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let member = move |authority: &str| -> Result<Arc<Member<Channel>>, String> {
-            let channel = channel_endpoint(scheme, authority, connect_timeout)
-                .map_err(|e| format!("endpoint `{authority}`: {e}"))?
-                .connect_with_connector_lazy(connector.clone());
-            Ok(Arc::new(Member::new(authority.to_string(), channel)))
+        let member = move |authority: &str| -> Result<Arc<Member<GrpcEndpoint>>, String> {
+            let endpoint = channel_endpoint(scheme, authority, connect_timeout)
+                .map_err(|e| format!("endpoint `{authority}`: {e}"))?;
+            Ok(Arc::new(Member::new(authority.to_string(), GrpcEndpoint::new(endpoint, connector.clone()))))
         };
         let (members, source) = match cfg.endpoints {
             Endpoints::List(list) => {
@@ -150,6 +223,7 @@ impl GrpcPool {
             }
         };
         let scrape_tls = super::health::scrape_tls(cfg.health, cfg.tls, name)?;
+        let probe: Probe<GrpcEndpoint> = Arc::new(move |m, timeout| probe(m.transport.channel(), timeout));
         let health = pool.start(probe, scrape_tls);
         Ok(GrpcPool { name: Arc::from(name), endpoints: source, pool, _dns: dns, _health: health })
     }
@@ -200,7 +274,7 @@ impl GrpcPool {
                     BackendError::Unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
                 })?;
             let call = self.pool.begin(&eps[i]);
-            let status = match tokio::time::timeout(timeout, f(call.member().transport.clone())).await {
+            let status = match tokio::time::timeout(timeout, f(call.member().transport.channel())).await {
                 Err(_) => {
                     self.pool.finish(&call, Outcome::Failure);
                     return Err(BackendError::Timeout(timeout));
@@ -237,7 +311,7 @@ impl GrpcPool {
             Status::unavailable(format!("backend `{}` has no endpoints ({})", self.name, self.endpoints))
         })?;
         let call = self.pool.begin(&eps[i]);
-        let r = f(call.member().transport.clone()).await;
+        let r = f(call.member().transport.channel()).await;
         self.pool.finish(&call, r.as_ref().map_or_else(|s| outcome(s.code()), |_| Outcome::Success));
         r.map(|r| r.into_inner())
     }

@@ -14,35 +14,55 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use switchyard_config::{ClientTlsConfig, EndpointHealth, Endpoints, ResolverConfig, Upstream};
 use switchyard_tls::{ClientTls, Connector};
 
 use super::affinity::Affinity;
 use super::dns::{self, DnsWatch};
 use super::health::{Member, Outcome, Pool, Probe, Tasks};
-use crate::error::{error_chain, BackendError};
+use super::http_conn::{CallError, ConnPool};
+use crate::error::BackendError;
 
 /// How requests reach one replica.
 pub struct HttpEndpoint {
     upstream: Upstream,
-    /// `http://authority/base_path`: every request URI starts with it.
-    base_uri: String,
+    /// The path every request's path starts with (origin form; may be empty).
+    base_path: String,
     host: HeaderValue,
+    /// Its connections, driven by the tasks of the requests they carry (`http_conn`).
+    conns: ConnPool,
+}
+
+/// How an endpoint's connections are made.
+#[derive(Clone)]
+struct Dial {
+    connector: Connector,
+    pool_size: usize,
 }
 
 impl HttpEndpoint {
-    fn member(backend: &str, upstream: Upstream) -> Result<Arc<Member<HttpEndpoint>>, String> {
+    fn member(backend: &str, upstream: Upstream, dial: &Dial) -> Result<Arc<Member<HttpEndpoint>>, String> {
         let host = HeaderValue::from_str(&upstream.authority)
             .map_err(|_| format!("backend `{backend}`: endpoint {:?} is not a valid host", upstream.authority))?;
-        let ep = HttpEndpoint { base_uri: upstream.to_string(), host, upstream };
+        let target = Uri::try_from(format!("{}://{}", upstream.scheme(), upstream.authority))
+            .map_err(|e| format!("backend `{backend}`: endpoint {:?}: {e}", upstream.authority))?;
+        let conns = ConnPool::new(dial.connector.clone(), target, dial.pool_size);
+        let ep = HttpEndpoint { base_path: upstream.base_path.clone(), host, upstream, conns };
         Ok(Arc::new(Member::new(ep.upstream.authority.clone(), ep)))
     }
-}
 
-type HttpClient = Client<Connector, Full<Bytes>>;
+    /// The origin-form request target of `path` (its pieces, joined) on this endpoint.
+    fn target(&self, path: &[&str]) -> Result<Uri, BackendError> {
+        let mut uri = String::with_capacity(1 + self.base_path.len() + path.iter().map(|p| p.len()).sum::<usize>());
+        uri.push_str(&self.base_path);
+        path.iter().for_each(|p| uri.push_str(p));
+        if !uri.starts_with('/') {
+            uri.insert(0, '/');
+        }
+        Uri::try_from(uri).map_err(|e| BackendError::Internal(format!("building request: {e}")))
+    }
+}
 
 /// What the pool needs of a backend's config.
 pub struct HttpPoolConfig<'a> {
@@ -62,10 +82,9 @@ pub struct ProbeSpec {
     pub healthy: fn(StatusCode) -> bool,
 }
 
-/// A backend's endpoints and the client that reaches them.
+/// A backend's endpoints and the connections that reach them.
 pub struct HttpPool {
     name: Arc<str>,
-    client: HttpClient,
     pool: Arc<Pool<HttpEndpoint>>,
     /// Where the endpoints come from, for errors: the list, or `dns host:port`.
     source: String,
@@ -83,20 +102,6 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-enum CallError {
-    Request(hyper_util::client::legacy::Error),
-    Body(hyper::Error),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Request(e) => f.write_str(&error_chain(e)),
-            CallError::Body(e) => f.write_str(&error_chain(e)),
-        }
-    }
-}
-
 impl HttpPool {
     /// Fails (instead of panicking the reload that builds it) on an endpoint
     /// whose authority is no valid `Host` value; config validation rejects
@@ -110,14 +115,11 @@ impl HttpPool {
         // TLS settings are loaded (and their files watched) once per backend;
         // a reload that keeps the backend keeps them.
         let tls = cfg.tls.map(|t| ClientTls::load(t, &[b"http/1.1"], &format!("backend `{name}`"))).transpose()?;
-        let connector = Connector::new(Some(cfg.connect_timeout), tls.clone());
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.pool_size)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let dial = Dial { connector: Connector::new(Some(cfg.connect_timeout), tls.clone()), pool_size: cfg.pool_size };
         let (members, source) = match cfg.endpoints {
             Endpoints::List(list) => {
-                let set = list.iter().map(|u| HttpEndpoint::member(name, u.clone())).collect::<Result<_, _>>()?;
+                let set =
+                    list.iter().map(|u| HttpEndpoint::member(name, u.clone(), &dial)).collect::<Result<_, _>>()?;
                 (set, list.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "))
             }
             Endpoints::Dns(d) => (Vec::new(), format!("dns {}:{}", d.host, d.port)),
@@ -129,6 +131,7 @@ impl HttpPool {
                 let feed = Arc::downgrade(&pool);
                 let (backend, base_path) = (Arc::<str>::from(name), d.base_path.clone());
                 let scheme_tls = cfg.tls.is_some();
+                let dial = dial.clone();
                 let apply = move |addrs: &std::collections::BTreeSet<std::net::SocketAddr>| {
                     let Some(pool) = feed.upgrade() else { return };
                     let old = pool.members();
@@ -141,7 +144,7 @@ impl HttpPool {
                                 return Some(m.clone());
                             }
                             let up = Upstream { authority, base_path: base_path.clone(), tls: scheme_tls };
-                            HttpEndpoint::member(&backend, up).ok()
+                            HttpEndpoint::member(&backend, up, &dial).ok()
                         })
                         .collect();
                     pool.replace(set);
@@ -150,21 +153,20 @@ impl HttpPool {
                 Some(DnsWatch::spawn(Arc::from(name), d.clone(), resolver, apply))
             }
         };
-        let probe_client = client.clone();
         let active: Probe<HttpEndpoint> = Arc::new(move |m, timeout| {
-            let client = probe_client.clone();
             Box::pin(async move {
-                let Ok(uri) = Uri::try_from(format!("{}{}", m.transport.base_uri, probe.path)) else { return false };
+                let ep = &m.transport;
+                let Ok(uri) = ep.target(&[probe.path]) else { return false };
                 let mut req = Request::new(Full::new(Bytes::new()));
                 *req.uri_mut() = uri;
-                req.headers_mut().insert(HOST, m.transport.host.clone());
-                let call = async { client.request(req).await.map(|r| (probe.healthy)(r.status())) };
+                req.headers_mut().insert(HOST, ep.host.clone());
+                let call = async { ep.conns.send(req).await.map(|r| (probe.healthy)(r.status())) };
                 matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(true)))
             })
         });
         let scrape_tls = super::health::scrape_tls(cfg.health, cfg.tls, name)?;
         let health = pool.start(active, scrape_tls);
-        Ok(HttpPool { name: Arc::from(name), client, pool, source, probe, _dns: dns, _health: health })
+        Ok(HttpPool { name: Arc::from(name), pool, source, probe, _dns: dns, _health: health })
     }
 
     /// Whether the backend can take requests: with active probes, their
@@ -223,10 +225,7 @@ impl HttpPool {
                 })?;
             let call = self.pool.begin(&eps[i]);
             let ep = &call.member().transport;
-            let mut uri = String::with_capacity(ep.base_uri.len() + path.iter().map(|p| p.len()).sum::<usize>());
-            uri.push_str(&ep.base_uri);
-            path.iter().for_each(|p| uri.push_str(p));
-            let uri = Uri::try_from(uri).map_err(|e| BackendError::Internal(format!("building request: {e}")))?;
+            let uri = ep.target(path)?;
             let mut req = Request::new(Full::new(body.clone()));
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri;
@@ -243,10 +242,10 @@ impl HttpPool {
             for (k, v) in headers {
                 h.append(k.clone(), v.clone());
             }
+            // This task drives the connection while the exchange lasts; a
+            // timeout (or the client hanging up) drops it mid-exchange, closed.
             let exchange = async {
-                let resp = self.client.request(req).await.map_err(CallError::Request)?;
-                let (parts, body) = resp.into_parts();
-                let body = body.collect().await.map_err(CallError::Body)?.to_bytes();
+                let (parts, body) = ep.conns.send(req).await?.into_parts();
                 Ok::<_, CallError>(Reply { status: parts.status, headers: parts.headers, body })
             };
             let (err, sent) = match tokio::time::timeout(timeout, exchange).await {
@@ -263,9 +262,9 @@ impl HttpPool {
                     self.pool.finish(&call, outcome);
                     return Ok(reply);
                 }
-                Ok(Err(CallError::Request(e))) if e.is_connect() => {
+                Ok(Err(e)) if e.not_sent() => {
                     let endpoint = format!("{} (backend `{}`)", ep.upstream, self.name);
-                    let err = BackendError::Connect { endpoint, message: error_chain(&e) };
+                    let err = BackendError::Connect { endpoint, message: e.to_string() };
                     (err, false)
                 }
                 Ok(Err(e)) => {

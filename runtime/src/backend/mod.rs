@@ -13,6 +13,7 @@ pub mod dns;
 pub mod forward;
 pub mod grpc_pool;
 pub mod health;
+mod http_conn;
 pub mod http_pool;
 pub mod onnx;
 mod set;

@@ -27,7 +27,6 @@ use switchyard_tls::{ClientTls, Connector};
 use super::contract::{Backend, ModelTarget};
 use super::forward::Forwarding;
 use super::grpc_pool::{self, GrpcPool, GrpcPoolConfig, Idempotent};
-use super::health::Probe;
 use super::http_pool::{backend_message, status_error, HttpPool, HttpPoolConfig, ProbeSpec, Reply};
 use crate::codec::torchserve::{self as ts, pb};
 use crate::error::{error_chain, BackendError};
@@ -240,10 +239,10 @@ fn rest_error(backend: &str, reply: &Reply) -> BackendError {
 }
 
 /// The active probe of a gRPC endpoint: TorchServe's `Ping` answering "Healthy".
-fn grpc_probe(max: usize) -> Probe<tonic::transport::Channel> {
-    Arc::new(move |m, timeout| {
+fn grpc_probe(max: usize) -> grpc_pool::ChannelProbe {
+    Arc::new(move |channel, timeout| {
         Box::pin(async move {
-            let mut client = inference_client(m.transport.clone(), max);
+            let mut client = inference_client(channel, max);
             let call = client.ping(grpc_pool::request((), timeout));
             matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if healthy(&r.get_ref().health))
         })

@@ -18,8 +18,7 @@ use tonic::Status;
 use super::affinity::Affinity;
 use super::contract::{Backend, GrpcPassthrough, ModelTarget};
 use super::forward::Forwarding;
-use super::grpc_pool::{GrpcPool, GrpcPoolConfig, Idempotent};
-use super::health::Probe;
+use super::grpc_pool::{ChannelProbe, GrpcPool, GrpcPoolConfig, Idempotent};
 use crate::codec::grpc::{self, pb};
 use crate::error::BackendError;
 use crate::tensor::{InferRequest, InferResponse};
@@ -44,9 +43,9 @@ pub struct V2GrpcBackend {
 impl V2GrpcBackend {
     /// Builds the channels (connections are made lazily, on first use); needs a tokio runtime.
     pub fn new(name: &str, cfg: &Config, resolver: &ResolverConfig) -> Result<V2GrpcBackend, String> {
-        let probe: Probe<Channel> = Arc::new(|m, timeout| {
+        let probe: ChannelProbe = Arc::new(|channel, timeout| {
             Box::pin(async move {
-                let mut client = Client::new(m.transport.clone());
+                let mut client = Client::new(channel);
                 let call = client.server_ready(V2GrpcBackend::request(pb::ServerReadyRequest {}, timeout));
                 matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(r)) if r.get_ref().ready)
             })

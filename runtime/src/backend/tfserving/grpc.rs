@@ -15,7 +15,6 @@ use tonic::Code;
 
 use super::super::contract::ModelTarget;
 use super::super::grpc_pool::{self, GrpcPool, GrpcPoolConfig, Idempotent};
-use super::super::health::Probe;
 use crate::codec::tfserving::client::{self, TfSignature, TfTensorInfo, TfType};
 use crate::codec::tfserving::pb::tensorflow::serving::model_service_client::ModelServiceClient;
 use crate::codec::tfserving::pb::tensorflow::serving::model_spec::VersionChoice;
@@ -63,9 +62,9 @@ impl GrpcTransport {
         max_message_bytes: usize,
         resolver: &ResolverConfig,
     ) -> Result<GrpcTransport, String> {
-        let probe: Probe<Channel> = Arc::new(|m, timeout| {
+        let probe: grpc_pool::ChannelProbe = Arc::new(|channel, timeout| {
             Box::pin(async move {
-                let mut client = Models::new(m.transport.clone());
+                let mut client = Models::new(channel);
                 let call = client.get_model_status(probe_request(timeout));
                 matches!(tokio::time::timeout(timeout, call).await, Ok(r) if serving(&r))
             })
