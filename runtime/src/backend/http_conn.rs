@@ -135,7 +135,7 @@ impl ConnPool {
             // closed it as we took it): once more, on a new connection.
             Err(Unsent::Back(req, _)) if reused => {
                 let (mut sender, conn) = self.connect().await?;
-                let (result, conn) = drive(conn, exchange(&mut sender, req)).await;
+                let (result, conn) = drive(conn, exchange(&mut sender, *req)).await;
                 (result, sender, conn)
             }
             r => (r, sender, conn),
@@ -235,7 +235,8 @@ fn usable(sender: &Sender, conn: &mut Conn) -> bool {
 
 /// A failed exchange; the request is handed back when it provably never left.
 enum Unsent {
-    Back(Request<Full<Bytes>>, hyper::Error),
+    /// Boxed: the rare case should not make every result a request's size.
+    Back(Box<Request<Full<Bytes>>>, hyper::Error),
     Failed(hyper::Error),
 }
 
@@ -254,7 +255,7 @@ async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> Result<Resp
         Ok(r) => r,
         Err(mut e) => {
             return Err(match e.take_message() {
-                Some(req) => Unsent::Back(req, e.into_error()),
+                Some(req) => Unsent::Back(Box::new(req), e.into_error()),
                 None => Unsent::Failed(e.into_error()),
             })
         }
