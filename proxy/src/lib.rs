@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
@@ -103,7 +104,12 @@ pub fn run(
     // Kept for the process's life: their certificates reload while they live.
     let mut keep_tls = Vec::new();
     match &cfg.listeners.http.tls {
-        None => data.add_tcp(&cfg.listeners.http.address.to_string()),
+        // Plaintext reads need no L4 buffer in front of pingora's own (the
+        // request head's and the body's): without one an idle keep-alive
+        // connection holds a few KiB instead of 64 KiB more (M1).
+        None => data.add_listener(
+            ListenerConfig::tcp(cfg.listeners.http.address.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+        ),
         Some(t) => {
             let server_tls = exit_on_err(tls::ServerTls::load(t, "listeners.http"));
             data.add_tls_with_settings(

@@ -26,7 +26,9 @@ pub struct Metrics {
     backend_duration: HistogramVec,
     pub in_flight: IntGauge,
     model_in_flight: IntGaugeVec,
-    pub passthrough: IntCounterVec,
+    passthrough: IntCounterVec,
+    /// Pass-through counters of `COMMON_CODES`, resolved on first use (no label lookup per request).
+    passthrough_by_code: Arc<[OnceLock<IntCounter>; COMMON_CODES.len()]>,
     batch_size: HistogramVec,
     batch_queue_time: HistogramVec,
     batch_execution_time: HistogramVec,
@@ -254,6 +256,7 @@ impl Metrics {
             in_flight,
             model_in_flight,
             passthrough,
+            passthrough_by_code: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             batch_size,
             batch_queue_time,
             batch_execution_time,
@@ -299,6 +302,16 @@ impl Metrics {
             request_duration: self.request_duration.with_label_values(&[model, variant]),
             backend_duration: self.backend_duration.with_label_values(&[model, variant]),
             in_flight: self.model_in_flight.with_label_values(&[model, variant]),
+        }
+    }
+
+    /// Counts a request proxied unchanged to the default upstream, answered `code` (0: no answer written).
+    pub fn count_passthrough(&self, code: u16) {
+        match COMMON_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.passthrough_by_code[i]
+                .get_or_init(|| self.passthrough.with_label_values(&[&code.to_string()]))
+                .inc(),
+            None => self.passthrough.with_label_values(&[&code.to_string()]).inc(),
         }
     }
 

@@ -117,6 +117,12 @@ pub fn dropped() -> u64 {
     SINK.get().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
 }
 
+/// Whether per-request lines are on at all: a caller may skip gathering a
+/// line's fields when they are not (`wanted` still decides each line).
+pub fn enabled() -> bool {
+    sink().enabled
+}
+
 /// Whether a request line is due: every error, and `sample` of the rest —
 /// spread evenly (every 10th at 0.1), not by chance, so the rate is exact.
 pub fn wanted(error: bool) -> bool {

@@ -286,7 +286,7 @@ impl<T: Stored> VariantCache<T> {
         if let Some(l1) = &self.cache.l1 {
             if let Some(e) = l1.get(key.0, Instant::now()) {
                 self.metrics.hit_l1.inc();
-                return T::hit(e.response.clone(), CacheStatus::HitL1);
+                return T::hit(e.answer(model, req.id.as_deref()), CacheStatus::HitL1);
             }
             self.metrics.miss_l1.inc();
         }
@@ -302,7 +302,9 @@ impl<T: Stored> VariantCache<T> {
                 },
                 Join::Leader(lead) => {
                     if let Some((resp, expires)) = self.l2_get(key).await {
-                        self.fill_l1(key, &resp, expires);
+                        if self.cache.l1.is_some() {
+                            self.fill_l1(key, resp.clone(), expires);
+                        }
                         let out = T::hit(resp, CacheStatus::HitL2);
                         lead.finish(Arc::new(out.clone()));
                         return out;
@@ -384,16 +386,15 @@ impl<T: Stored> VariantCache<T> {
                 l2.set_in_background(self.cache.l2_key(&self.route, key), value, self.policy.ttl);
             }
         }
-        self.fill_l1(key, &stored, expires);
+        self.fill_l1(key, stored, expires);
     }
 
-    fn fill_l1(&self, key: CacheKey, resp: &InferResponse, expires: Instant) {
+    /// `resp`: a stored answer (no `model_name`, no `id`).
+    fn fill_l1(&self, key: CacheKey, resp: InferResponse, expires: Instant) {
         let Some(l1) = &self.cache.l1 else { return };
-        let weight = L1Entry::weigh(resp);
-        l1.insert(
-            key.0,
-            Arc::new(L1Entry { response: resp.clone(), expires, weight, evictions: self.metrics.evicted_l1.clone() }),
-        );
+        let entry = Arc::new(L1Entry::new(resp, expires, self.metrics.evicted_l1.clone()));
+        let weight = entry.weight;
+        l1.insert(key.0, entry);
         self.metrics.stored_l1.inc_by(weight);
         self.cache.metrics.l1_bytes.set(l1.weight() as i64);
         self.cache.metrics.l1_entries.set(l1.len() as i64);

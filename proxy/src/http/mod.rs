@@ -527,7 +527,11 @@ impl ProxyHttp for HttpListener {
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut Ctx) {
         let code = session.response_written().map_or(0, |r| r.status.as_u16());
         if ctx.passthrough {
-            self.metrics.passthrough.with_label_values(&[&code.to_string()]).inc();
+            self.metrics.count_passthrough(code);
+        }
+        // Access log off: nothing of the line is gathered.
+        if !switchyard_stats::access_log::enabled() {
+            return;
         }
         let Some(uri) = &ctx.uri else { return };
         let req = session.req_header();
