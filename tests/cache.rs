@@ -233,6 +233,26 @@ async fn l2_hits_fill_l1_and_are_shared_between_replicas() {
     assert_eq!(m.value("switchyard_cache_hits_total", &[("tier", "l2"), ("model", "mlp")]), 1.0);
 }
 
+#[tokio::test]
+async fn a_serving_thread_talks_to_redis_on_a_connection_of_its_own() {
+    let redis = Redis::start().await;
+    let cfg = embedded(
+        &examples(),
+        "{latest: 1}",
+        &with_redis(&redis, 1 << 20, ""),
+        "name: main, backend: ex, cache: {ttl: 60s, l2: true}",
+    );
+    let sy = Switchyard::config(&cfg).start().await;
+    assert_eventually!(sy.metrics().await.value("switchyard_cache_redis_breaker_state", &[]) == 0.0, "connected");
+    // Before any request: the one connection made where the cache was built.
+    let clients = || redis.cli(&["CLIENT", "LIST"]).map_or(0, |l| l.lines().count()) - 1;
+    assert_eq!(clients(), 1);
+    // A request's L2 lookup makes its thread's own connection (on its runtime), used from then on.
+    assert_eq!(status(&infer(&sy, 1, &[]).await), "miss");
+    assert_eventually!(clients() >= 2, "the serving thread connected");
+    assert_eventually!(redis.dbsize() == 1, "the answer is written to redis");
+}
+
 /// Drives `workers` concurrent clients over `seeds` distinct inputs until `stop`; returns (ok, failed, max latency).
 async fn load(
     sy: &Switchyard,
