@@ -220,7 +220,9 @@ fn serve(config: PathBuf, log_format: Option<Format>, overrides: Overrides, upgr
         .build()
         .context("starting the background runtime")?;
     let metrics = Metrics::new_unregistered();
-    // Redis connections are driven by the background runtime: the cache is made inside it.
+    // The cache's shared Redis connection (used off the request path, and by a
+    // serving thread until its own is made on its runtime) is driven by the
+    // background runtime: the cache is made inside it.
     let cache = {
         let _rt = background.enter();
         switchyard_proxy::cache::ResponseCache::new(&cfg.cache, &metrics.registry).map_err(|e| anyhow::anyhow!(e))?
