@@ -1,15 +1,9 @@
 //! The execution pool: a fixed set of std threads that run ONNX sessions, fed
-//! by one bounded queue, so no session ever runs on a tokio worker.
-//!
-//! The queue is a mutex-guarded deque with a condition variable: an idle
-//! thread sleeps on the futex at once and is woken only when it is idle.
-//! (A channel's receive spins and `sched_yield`s before it parks: on a busy
-//! machine each yield hands the core away, several times per small job.)
+//! by one bounded MPMC queue, so no session ever runs on a tokio worker.
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
+use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::error::BackendError;
@@ -19,49 +13,31 @@ pub const QUEUE_DEPTH_PER_THREAD: usize = 256;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Threads waiting on `Shared::ready`; a job is signalled only when one is.
-    idle: usize,
-    /// Set when the last `Pool` handle drops: threads finish what is queued and exit.
-    closed: bool,
-}
-
-struct Shared {
-    queue: Mutex<Queue>,
-    ready: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        // Jobs run outside the lock, so a poisoned queue is still consistent.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Threads exit when the last `Pool` handle is dropped.
+/// Threads exit when the last `Pool` handle (and so the queue's sender) is dropped.
 pub struct Pool {
-    shared: Arc<Shared>,
+    tx: Sender<Job>,
     capacity: usize,
 }
 
 impl Pool {
     pub fn new(threads: usize) -> Result<Pool, String> {
         let capacity = threads.max(1) * QUEUE_DEPTH_PER_THREAD;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { jobs: VecDeque::with_capacity(capacity), ..Queue::default() }),
-            ready: Condvar::new(),
-        });
-        let pool = Pool { shared, capacity };
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         for i in 0..threads.max(1) {
-            let shared = pool.shared.clone();
+            let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("switchyard-onnx-{i}"))
-                .spawn(move || work(&shared))
+                .spawn(move || {
+                    for job in rx.iter() {
+                        // A panicking job drops its result sender: its caller sees an error, the thread lives on.
+                        if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("an ONNX job panicked");
+                        }
+                    }
+                })
                 .map_err(|e| format!("cannot start ONNX pool thread: {e}"))?;
         }
-        Ok(pool)
+        Ok(Pool { tx, capacity })
     }
 
     /// Queues `f` and returns where its result arrives. Refuses at once when the
@@ -78,23 +54,13 @@ impl Pool {
             }
             let _ = tx.send(f());
         });
-        let mut q = self.shared.lock();
-        if q.closed {
-            return Err(BackendError::Unavailable("ONNX execution pool stopped".into()));
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                Err(BackendError::Unavailable(format!("ONNX execution queue is full ({} jobs waiting)", self.capacity)))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(BackendError::Unavailable("ONNX execution pool stopped".into())),
         }
-        if q.jobs.len() >= self.capacity {
-            return Err(BackendError::Unavailable(format!(
-                "ONNX execution queue is full ({} jobs waiting)",
-                self.capacity
-            )));
-        }
-        q.jobs.push_back(job);
-        let wake = q.idle > 0;
-        drop(q);
-        if wake {
-            self.shared.ready.notify_one();
-        }
-        Ok(rx)
     }
 
     /// Runs `f` on the pool and waits for it without blocking the reactor.
@@ -106,41 +72,6 @@ impl Pool {
         self.submit(f)?
             .await
             .map_err(|_| BackendError::Internal("the ONNX job ended without a result (it panicked)".into()))
-    }
-
-    /// Jobs waiting for a thread now.
-    pub fn queued(&self) -> usize {
-        self.shared.lock().jobs.len()
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.ready.notify_all();
-    }
-}
-
-/// A pool thread: takes jobs until the pool is dropped and the queue is empty.
-fn work(shared: &Shared) {
-    loop {
-        let mut q = shared.lock();
-        let job = loop {
-            if let Some(job) = q.jobs.pop_front() {
-                break job;
-            }
-            if q.closed {
-                return;
-            }
-            q.idle += 1;
-            q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
-            q.idle -= 1;
-        };
-        drop(q);
-        // A panicking job drops its result sender: its caller sees an error, the thread lives on.
-        if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
-            tracing::error!("an ONNX job panicked");
-        }
     }
 }
 
@@ -164,7 +95,7 @@ mod tests {
         let blocker = pool.submit(move || release_rx.recv().ok()).unwrap();
         // Wait until the worker has taken the blocker off the queue, so the queue holds exactly what we add.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while pool.queued() > 0 {
+        while !pool.tx.is_empty() {
             assert!(std::time::Instant::now() < deadline, "worker never started");
             tokio::task::yield_now().await;
         }
@@ -179,42 +110,5 @@ mod tests {
         for q in queued {
             q.await.unwrap();
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn every_job_from_many_submitters_runs() {
-        // Bursts and gaps from several tasks: a wake-up lost between a push and an idle thread's
-        // sleep would leave a job unanswered and this test hanging.
-        let pool = Arc::new(Pool::new(2).unwrap());
-        let mut tasks = Vec::new();
-        for t in 0..8u64 {
-            let pool = pool.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut sum = 0;
-                for i in 0..500u64 {
-                    sum += pool.run(move || t * 1000 + i).await.unwrap();
-                    if i % 50 == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                sum
-            }));
-        }
-        for (t, task) in tasks.into_iter().enumerate() {
-            let t = t as u64;
-            assert_eq!(task.await.unwrap(), (0..500).map(|i| t * 1000 + i).sum::<u64>());
-        }
-    }
-
-    #[tokio::test]
-    async fn jobs_queued_when_the_pool_drops_still_run() {
-        let pool = Pool::new(1).unwrap();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let blocker = pool.submit(move || release_rx.recv().ok()).unwrap();
-        let queued = pool.submit(|| 5).unwrap();
-        drop(pool);
-        release_tx.send(()).unwrap();
-        assert_eq!(blocker.await.unwrap(), Some(()));
-        assert_eq!(queued.await.unwrap(), 5);
     }
 }
