@@ -12,7 +12,9 @@
 //!       --batches 1,2,4,8,16,32,64 --threads 1,2 --seconds 2
 //!
 //! Prints one TSV line per (model, batch, threads):
-//! `model batch threads calls p50_us p99_us mean_us rows_per_s calls_per_s`.
+//! `model batch threads calls p50_us p99_us mean_us rows_per_s calls_per_s cpu_ticks`,
+//! `cpu_ticks` being the CPU time the timed calls' threads used, in clock ticks
+//! (`getconf CLK_TCK`), from /proc so no load or warm-up counts (0 off Linux and with `--paced`).
 //!
 //! With `--paced RATE` it instead makes RATE calls per second (a low, open-loop
 //! rate like the served latency runs) two ways: `inline` in the timing thread,
@@ -113,6 +115,16 @@ fn call(s: &mut Session, input: &str, output: &str, shape: &[i64], data: &[f32])
     copied.len()
 }
 
+/// CPU time (user + system) of the calling thread so far, in clock ticks; 0 where /proc has no answer.
+fn thread_cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else { return 0 };
+    // The fields after the command name (which may hold spaces) are `) state ppid ...`; utime, stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    tick(11) + tick(12)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -135,7 +147,7 @@ fn print_line(label: &str, batch: usize, way: &str, mut lat: Vec<u64>, secs: f64
     let calls = lat.len();
     let mean = lat.iter().sum::<u64>() as f64 / calls.max(1) as f64;
     println!(
-        "{label}\t{batch}\t{way}\t{calls}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.0}",
+        "{label}\t{batch}\t{way}\t{calls}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.0}\t0",
         percentile(&lat, 0.5) as f64 / 1e3,
         percentile(&lat, 0.99) as f64 / 1e3,
         mean / 1e3,
@@ -215,7 +227,7 @@ fn main() {
         .with_telemetry(false)
         .build()
         .expect("ONNX Runtime environment");
-    println!("model\tbatch\tthreads\tcalls\tp50_us\tp99_us\tmean_us\trows_per_s\tcalls_per_s");
+    println!("model\tbatch\tthreads\tcalls\tp50_us\tp99_us\tmean_us\trows_per_s\tcalls_per_s\tcpu_ticks");
     if let Some(rate) = a.paced {
         paced(&env, &a, rate);
         return;
@@ -243,7 +255,7 @@ fn main() {
             for &threads in &a.threads {
                 let dur = Duration::from_secs_f64(a.seconds);
                 let barrier = Arc::new(Barrier::new(threads));
-                let (lat, elapsed) = std::thread::scope(|scope| {
+                let (lat, elapsed, cpu) = std::thread::scope(|scope| {
                     let handles: Vec<_> = sessions
                         .iter_mut()
                         .take(threads)
@@ -253,6 +265,7 @@ fn main() {
                             scope.spawn(move || {
                                 let mut lat = Vec::with_capacity(1 << 16);
                                 barrier.wait();
+                                let cpu = thread_cpu_ticks();
                                 let start = Instant::now();
                                 let end = start + dur;
                                 loop {
@@ -263,18 +276,20 @@ fn main() {
                                     call(s, input, output, shape, &data);
                                     lat.push(t.elapsed().as_nanos() as u64);
                                 }
-                                (lat, start.elapsed())
+                                (lat, start.elapsed(), thread_cpu_ticks() - cpu)
                             })
                         })
                         .collect();
                     let mut all = Vec::new();
                     let mut elapsed = Duration::ZERO;
+                    let mut cpu = 0;
                     for h in handles {
-                        let (l, e) = h.join().expect("bench thread");
+                        let (l, e, c) = h.join().expect("bench thread");
                         all.extend(l);
                         elapsed = elapsed.max(e);
+                        cpu += c;
                     }
-                    (all, elapsed)
+                    (all, elapsed, cpu)
                 });
                 let mut lat = lat;
                 lat.sort_unstable();
@@ -282,7 +297,7 @@ fn main() {
                 let mean = lat.iter().sum::<u64>() as f64 / calls.max(1) as f64;
                 let secs = elapsed.as_secs_f64();
                 println!(
-                    "{label}\t{batch}\t{threads}\t{calls}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.0}",
+                    "{label}\t{batch}\t{threads}\t{calls}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{:.0}\t{cpu}",
                     percentile(&lat, 0.5) as f64 / 1e3,
                     percentile(&lat, 0.99) as f64 / 1e3,
                     mean / 1e3,

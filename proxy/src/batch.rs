@@ -579,7 +579,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn thousand_concurrent_requests_each_get_their_own_rows() {
-        let backend = Arc::new(TestBackend::default());
+        // The first batch is held at the backend until every other request waits in the
+        // queue, so what follows is batched however slowly the machine runs the tasks.
+        let backend = Arc::new(TestBackend { gate: Some(Semaphore::new(0)), ..Default::default() });
         let b = spawn(backend.clone(), cfg(32, 5));
         let mut tasks = Vec::new();
         for i in 0..1000 {
@@ -595,14 +597,20 @@ mod tests {
                 batch
             }));
         }
+        // Requests in the held batch: each one's first value is its base, a multiple of 10
+        // (its other values are base + 1..=5).
+        let held = || backend.calls.lock().unwrap().first().map(|c| c.iter().filter(|v| **v % 10.0 == 0.0).count());
+        wait_for(|| held().is_some_and(|n| n + b.queued() == 1000)).await;
+        backend.gate.as_ref().unwrap().add_permits(1000);
         let mut max_seen = 0;
         for t in tasks {
             max_seen = max_seen.max(t.await.unwrap());
         }
-        assert!(max_seen > 1, "nothing was batched");
         assert!(max_seen <= 32);
+        // 2,000 rows in all, in batches of up to 32: the queued ones go out (nearly) full.
         let calls = backend.calls.lock().unwrap().len();
-        assert!(calls < 1000, "{calls} backend calls for 1000 requests");
+        assert!(calls <= 1 + 2000 / 24, "{calls} backend calls for 1000 requests");
+        assert!(max_seen >= 30, "largest batch {max_seen} rows");
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! Conversion between Switchyard tensors (row-major little-endian bytes) and
 //! ONNX Runtime values. Inputs whose bytes are aligned for their element type
-//! are handed to ONNX Runtime in place; others are copied once.
+//! are handed to ONNX Runtime in place; others are copied once. Large outputs
+//! are served from ONNX Runtime's own buffer (the value rides along as the
+//! `Bytes` owner); small ones are copied, which costs less than the owner.
 
 use std::fmt::Debug;
 
@@ -120,8 +122,16 @@ fn plain<T: Plain>(shape: Vec<i64>, data: &[u8]) -> ort::Result<SessionInputValu
     OrtTensor::from_array((shape, v)).map(SessionInputValue::from)
 }
 
-/// Copies an output value into a Switchyard tensor.
-pub fn output_tensor(name: &str, v: &DynValue) -> Result<Tensor, String> {
+/// Outputs at least this large keep ONNX Runtime's buffer instead of being copied.
+///
+/// Below it a copy (well under a microsecond) is cheaper than the owner's
+/// allocation and keeps the session's allocator from being pinned by a small
+/// answer that a cache may hold for long.
+pub const ZERO_COPY_MIN: usize = 32 * 1024;
+
+/// Turns an output value into a Switchyard tensor: its buffer shared when at
+/// least [`ZERO_COPY_MIN`] bytes, copied otherwise.
+pub fn output_tensor(name: &str, v: DynValue) -> Result<Tensor, String> {
     let ty = match v.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
         other => return Err(format!("output '{name}' is not a tensor ({other:?})")),
@@ -156,12 +166,37 @@ pub fn output_tensor(name: &str, v: &DynValue) -> Result<Tensor, String> {
     Ok(Tensor::new(name, datatype, shape, data))
 }
 
-fn raw<T: PrimitiveTensorElementType + Copy + 'static>(v: &DynValue) -> ort::Result<(Vec<i64>, Bytes)> {
+fn raw<T: PrimitiveTensorElementType + Copy + 'static>(v: DynValue) -> ort::Result<(Vec<i64>, Bytes)> {
     let (shape, data) = v.try_extract_tensor::<T>()?;
-    // SAFETY: `T` is a primitive number or `bool` (no padding; every byte initialised), so its
-    // memory may be read as bytes; the view lives no longer than `data`.
-    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) };
-    Ok((shape.to_vec(), Bytes::copy_from_slice(bytes)))
+    let shape = shape.to_vec();
+    let (ptr, len) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
+    if len < ZERO_COPY_MIN {
+        // SAFETY: `T` is a primitive number or `bool` (no padding; every byte initialised), so its
+        // memory may be read as bytes; the view lives no longer than `data`.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+        return Ok((shape, Bytes::copy_from_slice(bytes)));
+    }
+    Ok((shape, Bytes::from_owner(OutputBuffer { _value: v, ptr, len })))
+}
+
+/// An output's bytes, kept alive by the ONNX Runtime value that owns them.
+struct OutputBuffer {
+    _value: DynValue,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `DynValue` is `Send`; `ptr` points into the tensor buffer the value owns, which
+// ONNX Runtime neither moves nor writes once `run` returned, and which is freed only when
+// the value drops (after every `Bytes` view of it, as `Bytes::from_owner` guarantees).
+unsafe impl Send for OutputBuffer {}
+
+impl AsRef<[u8]> for OutputBuffer {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see `Send` above; `ptr`/`len` came from the value's CPU-accessible tensor
+        // data (`try_extract_tensor` refuses any other) and stay valid while `_value` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 #[cfg(test)]

@@ -342,17 +342,24 @@ impl LoadedVersion {
             values.push((Cow::Borrowed(t.name.as_str()), convert::input_value(t)?));
         }
         let t1 = Instant::now();
-        let outputs = session.run(values).map_err(|e| e.to_string())?;
+        let mut outputs = session.run(values).map_err(|e| e.to_string())?;
         let t2 = Instant::now();
-        let pick = |name: &str| -> Result<Tensor, String> {
-            let v = outputs.get(name).ok_or_else(|| format!("ONNX Runtime returned no output '{name}'"))?;
-            convert::output_tensor(name, v)
-        };
-        let tensors = if wanted.is_empty() {
-            self.outputs.iter().map(|o| pick(&o.name)).collect::<Result<Vec<_>, _>>()?
+        let names: Vec<&str> = if wanted.is_empty() {
+            self.outputs.iter().map(|o| o.name.as_str()).collect()
         } else {
-            wanted.iter().map(|o| pick(&o.name)).collect::<Result<Vec<_>, _>>()?
+            wanted.iter().map(|o| o.name.as_str()).collect()
         };
+        let mut tensors: Vec<Tensor> = Vec::with_capacity(names.len());
+        for name in names {
+            // Each value is taken out (its buffer may become the response's); a name asked for
+            // twice shares the first tensor's bytes.
+            if let Some(same) = tensors.iter().find(|t| t.name == name) {
+                tensors.push(same.clone());
+                continue;
+            }
+            let v = outputs.remove(name).ok_or_else(|| format!("ONNX Runtime returned no output '{name}'"))?;
+            tensors.push(convert::output_tensor(name, v)?);
+        }
         let phases = Phases { input: t1 - t0, infer: t2 - t1, output: t2.elapsed() };
         Ok((tensors, phases))
     }

@@ -77,6 +77,8 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test]
@@ -110,5 +112,41 @@ mod tests {
         for q in queued {
             q.await.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_job_from_many_submitters_runs() {
+        // Bursts and gaps from several tasks: a lost wake-up would leave a job unanswered.
+        let pool = Arc::new(Pool::new(2).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sum = 0;
+                for i in 0..500u64 {
+                    sum += pool.run(move || t * 1000 + i).await.unwrap();
+                    if i % 50 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                sum
+            }));
+        }
+        for (t, task) in tasks.into_iter().enumerate() {
+            let t = t as u64;
+            assert_eq!(task.await.unwrap(), (0..500).map(|i| t * 1000 + i).sum::<u64>());
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_when_the_pool_drops_still_run() {
+        let pool = Pool::new(1).unwrap();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let blocker = pool.submit(move || release_rx.recv().ok()).unwrap();
+        let queued = pool.submit(|| 5).unwrap();
+        drop(pool);
+        release_tx.send(()).unwrap();
+        assert_eq!(blocker.await.unwrap(), Some(()));
+        assert_eq!(queued.await.unwrap(), 5);
     }
 }

@@ -290,6 +290,36 @@ async fn requested_outputs_in_order_and_unaligned_inputs() {
     assert_eq!(r.outputs[1].data, i64_in.data);
 }
 
+/// `t` with its rows repeated `times` (BYTES elements are self-delimiting, so their bytes repeat too).
+fn repeat_rows(mut t: Tensor, times: usize) -> Tensor {
+    t.shape[0] *= times as i64;
+    t.data = Bytes::from(t.data.repeat(times));
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_share_onnx_runtime_buffers_and_outlive_the_backend() {
+    let b = start(&cfg(&workspace_root().join("tests/models"), latest(1), &["dtypes"])).await;
+    // f32_out: 8192 rows of 2 floats = 64 KiB (shared); u8_out: 16 KiB (copied).
+    let inputs: Vec<Tensor> = dtypes_inputs().into_iter().map(|t| repeat_rows(t, 4096)).collect();
+    let mut req = request(inputs.clone());
+    req.outputs = ["f32_out", "u8_out", "f32_out"]
+        .iter()
+        .map(|n| RequestedOutput { name: n.to_string(), ..Default::default() })
+        .collect();
+    let r = b.infer(&target("dtypes", None), req).await.unwrap();
+    // The answer holds no borrow of the session: it stays valid once the model is gone.
+    drop(b);
+    let input = |n: &str| inputs.iter().find(|t| t.name == n).unwrap();
+    assert!(r.outputs[0].data.len() >= convert::ZERO_COPY_MIN);
+    assert!(r.outputs[1].data.len() < convert::ZERO_COPY_MIN);
+    assert_eq!((&r.outputs[0].shape, &r.outputs[0].data), (&input("f32").shape, &input("f32").data));
+    assert_eq!((&r.outputs[1].shape, &r.outputs[1].data), (&input("u8").shape, &input("u8").data));
+    // An output asked for twice is one buffer, not two copies.
+    assert_eq!(r.outputs[2].name, "f32_out");
+    assert_eq!(r.outputs[2].data.as_ptr(), r.outputs[0].data.as_ptr());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_shape_model() {
     let b = start(&cfg(&workspace_root().join("tests/models"), latest(1), &["fixed"])).await;
