@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::decode::{decode_request, decode_response, BINARY_DATA_SIZE};
-use super::elements::{Count, Flatten};
+use super::elements::Tally;
 use crate::error::CodecError;
 use crate::tensor::{
     element_count, DataType, InferRequest, InferResponse, Parameters, RawJson, RequestedOutput, TensorHeader, Unbuilt,
@@ -202,9 +202,9 @@ impl<'de> Visitor<'de> for TensorSeed {
                 TensorField::Data => {
                     let d = match datatype.and_then(DataType::parse) {
                         Some(dt) => {
-                            let mut n = Count::default();
-                            map.next_value_seed(Flatten::new(dt, &mut n))?;
-                            Data::Counted(n.0)
+                            let mut n = 0;
+                            map.next_value_seed(Tally::new(dt, &mut n))?;
+                            Data::Counted(n)
                         }
                         None => match map.next_value::<Option<&'de RawValue>>()? {
                             Some(raw) => Data::Raw(raw),
@@ -378,10 +378,10 @@ fn check_tensor(t: ScannedTensor<'_>) -> Option<TensorHeader> {
         Data::Absent => return None,
         Data::Counted(n) => n,
         Data::Raw(raw) => {
-            let mut n = Count::default();
+            let mut n = 0;
             let mut de = serde_json::Deserializer::from_str(raw.get());
-            Flatten::new(datatype, &mut n).deserialize(&mut de).ok()?;
-            n.0
+            Tally::new(datatype, &mut n).deserialize(&mut de).ok()?;
+            n
         }
     };
     // `Tensor::validate`: the shape's count (no negative dim, no overflow),
@@ -553,6 +553,15 @@ mod tests {
             ("FP64", "[1.7976931348623157e308,5e-324]"),
             ("FP32", "[1,-2]"),
             ("BYTES", r#"["hello",""]"#),
+            // Counted from their digits, or checked exactly (exponents, long digits).
+            ("FP16", "[9999,-0]"),
+            ("FP16", "[65519,-65504.4]"),
+            ("FP32", "[99999999999999999999999999999999999999,0.000001]"),
+            ("FP32", "[1e2,-1E-2]"),
+            ("FP32", "[340282346638528859811704183484516925440,0]"),
+            ("INT64", "[999999999999999999,-999999999999999999]"),
+            ("UINT8", "[0,0]"),
+            ("FP64", "[1,[2.5]]"),
         ];
         for (dt, data) in boundaries {
             bodies.push(one(dt, "[2]", data));
@@ -656,6 +665,21 @@ mod tests {
             ("FP32", "[1]", "[-Infinity]"),
             ("FP32", "[1]", "[1,]"),
             ("FP32", "[1]", "[01]"),
+            ("FP32", "[1]", "[1.]"),
+            ("FP32", "[1]", "[.5]"),
+            ("FP32", "[1]", "[-]"),
+            ("FP32", "[1]", "[+1]"),
+            ("FP32", "[1]", "[999999999999999999999999999999999999999]"),
+            ("BF16", "[1]", "[999999999999999999999999999999999999999]"),
+            ("FP16", "[1]", "[65520]"),
+            ("INT8", "[1]", "[-0.0]"),
+            ("UINT16", "[1]", "[1.0]"),
+            ("UINT8", "[1]", "[-0]"),
+            ("INT32", "[1]", "[-0]"),
+            ("UINT64", "[1]", "[1e0]"),
+            ("INT64", "[1]", "[-9223372036854775809]"),
+            ("FP32", "[2]", "[[1],[[2],{}]]"),
+            ("INT8", "[2]", r#"[[1],["2"]]"#),
         ];
         for (dt, shape, data) in cases {
             bodies.push(one(dt, shape, data));
