@@ -58,20 +58,38 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bind port 0, read it, drop).
+/// A port on 127.0.0.1 that was free a moment ago, for a server the test starts.
 ///
 /// Never the same port twice in one test process: between this call and the
 /// server's own bind the port is free, and a test running beside it could
 /// otherwise be handed it too (seen: "control API cannot bind ... in use").
+/// Drawn at random below the kernel's ephemeral range where that leaves room:
+/// a port from `bind(0)` is one the kernel may hand next to any outgoing
+/// connection (the load tests open thousands) before the server binds it.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+    let floor = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 12_000);
+    for attempt in 0u32.. {
+        let port = match floor {
+            Some(low) if attempt < 1_000 => {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(attempt);
+                10_000 + (h.finish() % u64::from(low - 10_000)) as u16
+            }
+            _ => TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port(),
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port)
+        {
             return port;
         }
     }
+    unreachable!("the loop returns or panics")
 }
 
 /// `host:port` where nothing listens. It is on 127.0.0.2: test servers bind

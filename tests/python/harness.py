@@ -6,6 +6,7 @@ ports, child processes that are always stopped, and the binary under test.
 cannot share a process: MLServer only ever runs as a child here.
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,10 +26,43 @@ REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.05
 
 
+def _ephemeral_floor():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return low if low > 12_000 else None
+
+
+_EPHEMERAL_FLOOR = _ephemeral_floor()
+_GIVEN = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 free a moment ago, never the same twice in this process.
+
+    Drawn at random below the kernel's ephemeral range where that leaves room:
+    a port from bind(0) is one the kernel may hand next to an outgoing
+    connection (the load tests open thousands) before the server binds it.
+    """
+    for attempt in range(1000):
+        if _EPHEMERAL_FLOOR:
+            port = random.randrange(10_000, _EPHEMERAL_FLOOR)
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port on 127.0.0.1")
 
 
 class Proc:
