@@ -7,7 +7,6 @@ use std::fmt;
 use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
-use serde::Deserializer as _;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -192,11 +191,14 @@ impl<'de, S: Sink> Visitor<'de> for Flatten<'_, S> {
 
 /// Counts the elements of a tensor's `data` (flat or nested arrays, or one
 /// scalar) exactly as `Flatten` checks them, without converting the numbers
-/// that are in range at sight: each element is taken as its JSON text (so
-/// serde_json checks its syntax without the float conversion) and a plain
-/// number short enough to be in the datatype's range is counted from its
-/// digits. Anything else (an exponent, long digits, strings, literals, null)
-/// goes through `Flatten` itself, so what is refused is refused the same.
+/// that are in range at sight. serde_json checks the value's syntax while
+/// skipping it (no float conversion: `&RawValue`); the counting pass then
+/// walks that checked text, where every element is a token between `[`, `]`,
+/// `,` and whitespace. A plain number short enough to be in the datatype's
+/// range, and `true`/`false` for BOOL, are counted from their text; anything
+/// else (an exponent, long digits, strings, objects, null, BYTES at all) has
+/// the whole value checked by `Flatten` itself, so what is refused is refused
+/// the same.
 pub(super) struct Tally<'a> {
     dt: DataType,
     n: &'a mut usize,
@@ -206,42 +208,58 @@ impl<'a> Tally<'a> {
     pub(super) fn new(dt: DataType, n: &'a mut usize) -> Tally<'a> {
         Tally { dt, n }
     }
+}
 
-    fn reborrow(&mut self) -> Tally<'_> {
-        Tally { dt: self.dt, n: self.n }
-    }
-
-    /// Through `Flatten`: the exact check, for what the digits cannot settle.
-    fn exact<V: FnOnce(Flatten<'_, Count>) -> Result<(), E>, E>(self, visit: V) -> Result<(), E> {
+impl<'de> DeserializeSeed<'de> for Tally<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let text = <&'de RawValue as serde::Deserialize<'de>>::deserialize(d)?.get();
+        if let Some(n) = tally_at_sight(self.dt, text.as_bytes()) {
+            *self.n += n;
+            return Ok(());
+        }
         let mut c = Count::default();
-        visit(Flatten::new(self.dt, &mut c))?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        Flatten::new(self.dt, &mut c).deserialize(&mut de).map_err(de::Error::custom)?;
         *self.n += c.0;
         Ok(())
     }
-
-    /// One element's JSON text (syntax already checked by serde_json).
-    fn element<E: de::Error>(mut self, text: &str) -> Result<(), E> {
-        if text.starts_with('[') {
-            let mut de = serde_json::Deserializer::from_str(text);
-            return de.deserialize_seq(self.reborrow()).map_err(E::custom);
-        }
-        if in_range_at_sight(self.dt, text) {
-            *self.n += 1;
-            return Ok(());
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
-        self.exact(|f| f.deserialize(&mut de)).map_err(E::custom)
-    }
 }
 
-/// Whether `text` is a plain JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?`,
-/// no exponent) that `dt` certainly holds: an integer type's value in its
-/// range (at most 18 digits, so it fits an i64 before the check), or a float
-/// type's value with fewer integer digits than its largest finite value has
-/// (FP16 < 10^4 < 65504, FP32 and BF16 < 10^38, FP64 < 10^308): no rounding
-/// of such a value reaches infinity.
-fn in_range_at_sight(dt: DataType, text: &str) -> bool {
-    let b = text.as_bytes();
+/// The element count of `text` (JSON checked by serde_json) when every
+/// element is settled at sight; `None` otherwise.
+fn tally_at_sight(dt: DataType, text: &[u8]) -> Option<usize> {
+    if dt == DataType::Bytes {
+        return None;
+    }
+    let delimiter = |c: &u8| matches!(c, b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r');
+    let (mut n, mut i) = (0, 0);
+    while i < text.len() {
+        if delimiter(&text[i]) {
+            i += 1;
+            continue;
+        }
+        let end = text[i..].iter().position(delimiter).map_or(text.len(), |p| i + p);
+        let settled = match &text[i..end] {
+            b"true" | b"false" => dt == DataType::Bool,
+            token => in_range_at_sight(dt, token),
+        };
+        if !settled {
+            return None;
+        }
+        n += 1;
+        i = end;
+    }
+    Some(n)
+}
+
+/// Whether `b` is a plain JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?`, no
+/// exponent) that `dt` certainly holds: an integer type's value in its range
+/// (at most 18 digits, so it fits an i64 before the check; not `-0`, a float
+/// to serde_json), or a float type's value with fewer integer digits than its
+/// largest finite value has (FP16 < 10^4 < 65504, FP32 and BF16 < 10^38, FP64
+/// < 10^308): no rounding of such a value reaches infinity.
+fn in_range_at_sight(dt: DataType, b: &[u8]) -> bool {
     let (neg, digits) = match b.first() {
         Some(b'-') => (true, &b[1..]),
         _ => (false, b),
@@ -281,63 +299,6 @@ fn in_range_at_sight(dt: DataType, text: &str) -> bool {
         }
     };
     int.len() <= max_int_digits
-}
-
-/// One element of an array, as its JSON text.
-struct TallyElement<'a>(Tally<'a>);
-
-impl<'de> DeserializeSeed<'de> for TallyElement<'_> {
-    type Value = ();
-    #[inline]
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let raw = <&'de RawValue as serde::Deserialize<'de>>::deserialize(d)?;
-        self.0.element(raw.get())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Tally<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Tally<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} values (flat or nested arrays)", self.dt)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(TallyElement(self.reborrow()))?.is_some() {}
-        Ok(())
-    }
-
-    // A scalar `data`: the exact check.
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.exact(|f| f.visit_bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.exact(|f| f.visit_i64(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.exact(|f| f.visit_u64(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.exact(|f| f.visit_f64(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.exact(|f| f.visit_str(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.exact(|f| f.visit_unit())
-    }
 }
 
 /// Serializes a tensor's bytes as a flat JSON array.
