@@ -8,7 +8,6 @@ use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 
 use crate::tensor::{bytes_elements, DataType, Tensor};
 
@@ -187,118 +186,6 @@ impl<'de, S: Sink> Visitor<'de> for Flatten<'_, S> {
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Err(E::custom(format!("null is not a {} value", self.dt)))
     }
-}
-
-/// Counts the elements of a tensor's `data` (flat or nested arrays, or one
-/// scalar) exactly as `Flatten` checks them, without converting the numbers
-/// that are in range at sight. serde_json checks the value's syntax while
-/// skipping it (no float conversion: `&RawValue`); the counting pass then
-/// walks that checked text, where every element is a token between `[`, `]`,
-/// `,` and whitespace. A plain number short enough to be in the datatype's
-/// range, and `true`/`false` for BOOL, are counted from their text; anything
-/// else (an exponent, long digits, strings, objects, null, BYTES at all) has
-/// the whole value checked by `Flatten` itself, so what is refused is refused
-/// the same.
-pub(super) struct Tally<'a> {
-    dt: DataType,
-    n: &'a mut usize,
-}
-
-impl<'a> Tally<'a> {
-    pub(super) fn new(dt: DataType, n: &'a mut usize) -> Tally<'a> {
-        Tally { dt, n }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Tally<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let text = <&'de RawValue as serde::Deserialize<'de>>::deserialize(d)?.get();
-        if let Some(n) = tally_at_sight(self.dt, text.as_bytes()) {
-            *self.n += n;
-            return Ok(());
-        }
-        let mut c = Count::default();
-        let mut de = serde_json::Deserializer::from_str(text);
-        Flatten::new(self.dt, &mut c).deserialize(&mut de).map_err(de::Error::custom)?;
-        *self.n += c.0;
-        Ok(())
-    }
-}
-
-/// The element count of `text` (JSON checked by serde_json) when every
-/// element is settled at sight; `None` otherwise.
-fn tally_at_sight(dt: DataType, text: &[u8]) -> Option<usize> {
-    if dt == DataType::Bytes {
-        return None;
-    }
-    let delimiter = |c: &u8| matches!(c, b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r');
-    let (mut n, mut i) = (0, 0);
-    while i < text.len() {
-        if delimiter(&text[i]) {
-            i += 1;
-            continue;
-        }
-        let end = text[i..].iter().position(delimiter).map_or(text.len(), |p| i + p);
-        let settled = match &text[i..end] {
-            b"true" | b"false" => dt == DataType::Bool,
-            token => in_range_at_sight(dt, token),
-        };
-        if !settled {
-            return None;
-        }
-        n += 1;
-        i = end;
-    }
-    Some(n)
-}
-
-/// Whether `b` is a plain JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?`, no
-/// exponent) that `dt` certainly holds: an integer type's value in its range
-/// (at most 18 digits, so it fits an i64 before the check; not `-0`, a float
-/// to serde_json), or a float type's value with fewer integer digits than its
-/// largest finite value has (FP16 < 10^4 < 65504, FP32 and BF16 < 10^38, FP64
-/// < 10^308): no rounding of such a value reaches infinity.
-fn in_range_at_sight(dt: DataType, b: &[u8]) -> bool {
-    let (neg, digits) = match b.first() {
-        Some(b'-') => (true, &b[1..]),
-        _ => (false, b),
-    };
-    let int_len = digits.iter().position(|c| !c.is_ascii_digit()).unwrap_or(digits.len());
-    let (int, rest) = digits.split_at(int_len);
-    if int.is_empty() || (int.len() > 1 && int[0] == b'0') {
-        return false;
-    }
-    let fraction = match rest {
-        [] => false,
-        [b'.', frac @ ..] if !frac.is_empty() && frac.iter().all(u8::is_ascii_digit) => true,
-        _ => return false,
-    };
-    let max_int_digits = match dt {
-        DataType::Fp16 => 4,
-        DataType::Fp32 | DataType::Bf16 => 38,
-        DataType::Fp64 => 308,
-        DataType::Bool | DataType::Bytes => return false,
-        _ => {
-            // `-0` is a float to serde_json (it keeps the sign): no integer.
-            if fraction || int.len() > 18 || (neg && int == b"0") {
-                return false;
-            }
-            let v = int.iter().fold(0i128, |v, d| v * 10 + i128::from(d - b'0'));
-            let v = if neg { -v } else { v };
-            return match dt {
-                DataType::Uint8 => u8::try_from(v).is_ok(),
-                DataType::Int8 => i8::try_from(v).is_ok(),
-                DataType::Uint16 => u16::try_from(v).is_ok(),
-                DataType::Int16 => i16::try_from(v).is_ok(),
-                DataType::Uint32 => u32::try_from(v).is_ok(),
-                DataType::Int32 => i32::try_from(v).is_ok(),
-                DataType::Uint64 => u64::try_from(v).is_ok(),
-                _ => i64::try_from(v).is_ok(),
-            };
-        }
-    };
-    int.len() <= max_int_digits
 }
 
 /// Serializes a tensor's bytes as a flat JSON array.

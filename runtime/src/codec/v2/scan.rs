@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::decode::{decode_request, decode_response, BINARY_DATA_SIZE};
-use super::elements::Tally;
+use super::elements::{Count, Flatten};
 use crate::error::CodecError;
 use crate::tensor::{
     element_count, DataType, InferRequest, InferResponse, Parameters, RawJson, RequestedOutput, TensorHeader, Unbuilt,
@@ -202,9 +202,9 @@ impl<'de> Visitor<'de> for TensorSeed {
                 TensorField::Data => {
                     let d = match datatype.and_then(DataType::parse) {
                         Some(dt) => {
-                            let mut n = 0;
-                            map.next_value_seed(Tally::new(dt, &mut n))?;
-                            Data::Counted(n)
+                            let mut n = Count::default();
+                            map.next_value_seed(Flatten::new(dt, &mut n))?;
+                            Data::Counted(n.0)
                         }
                         None => match map.next_value::<Option<&'de RawValue>>()? {
                             Some(raw) => Data::Raw(raw),
@@ -378,10 +378,10 @@ fn check_tensor(t: ScannedTensor<'_>) -> Option<TensorHeader> {
         Data::Absent => return None,
         Data::Counted(n) => n,
         Data::Raw(raw) => {
-            let mut n = 0;
+            let mut n = Count::default();
             let mut de = serde_json::Deserializer::from_str(raw.get());
-            Tally::new(datatype, &mut n).deserialize(&mut de).ok()?;
-            n
+            Flatten::new(datatype, &mut n).deserialize(&mut de).ok()?;
+            n.0
         }
     };
     // `Tensor::validate`: the shape's count (no negative dim, no overflow),
@@ -553,7 +553,7 @@ mod tests {
             ("FP64", "[1.7976931348623157e308,5e-324]"),
             ("FP32", "[1,-2]"),
             ("BYTES", r#"["hello",""]"#),
-            // Counted from their digits, or checked exactly (exponents, long digits).
+            // Boundaries: exponents, long digits, -0, nesting.
             ("FP16", "[9999,-0]"),
             ("FP16", "[65519,-65504.4]"),
             ("FP32", "[99999999999999999999999999999999999999,0.000001]"),
