@@ -36,9 +36,29 @@ fn without_output_encoding(mut req: InferRequest) -> InferRequest {
     req
 }
 
+/// The one-pass check of a JSON body (`v2::check_request`, the fast path
+/// of a request forwarded as it came) judges it as the decode does: the same
+/// error, or the same request once its inputs are built.
+fn check_agrees_with_decode(body: &Bytes) {
+    let decoded = v2::decode_request(body, None);
+    let checked = v2::check_request(body);
+    match (decoded, checked) {
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "the check and the decode refuse differently"),
+        (Ok(want), Ok(got)) => {
+            let mut built = v2::build_request(got).expect("a checked request builds");
+            built.raw_json = None;
+            assert_eq!(built, want, "the check and the decode accept differently");
+        }
+        (a, b) => panic!("the decode says {a:?}, the check {b:?}"),
+    }
+}
+
 /// A V2 HTTP infer request body, as a client sends it.
 pub fn v2_request(data: &[u8]) {
     let (body, header_len) = body(data);
+    if header_len.is_none() {
+        check_agrees_with_decode(&body);
+    }
     let Ok(req) = v2::decode_request(&body, header_len) else { return };
     let want = without_output_encoding(req.clone());
     for binary in [false, true] {
@@ -56,6 +76,18 @@ pub fn v2_request(data: &[u8]) {
 /// A V2 HTTP infer response body, as a remote backend sends it.
 pub fn v2_response(data: &[u8]) {
     let (body, header_len) = body(data);
+    if header_len.is_none() {
+        // The one-pass check refuses what the decode refuses, in its words.
+        match (v2::decode_response(&body, None), v2::check_response(&body)) {
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "the check and the decode refuse differently"),
+            (Ok(want), Ok(got)) => assert_eq!(
+                (got.model_name, got.model_version, got.id, got.parameters),
+                (want.model_name, want.model_version, want.id, want.parameters),
+                "the check and the decode read the answer differently"
+            ),
+            (a, b) => panic!("the decode says {a:?}, the check {b:?}"),
+        }
+    }
     let Ok(resp) = v2::decode_response(&body, header_len) else { return };
     for binary in [false, true] {
         let enc = match v2::encode_response(&resp, |_| binary) {

@@ -279,6 +279,12 @@ pub async fn infer<X: Exchange>(
     let _variant_in_flight = variant_in_flight;
     let result = async {
         let (mut req, placement) = decoded?;
+        // Inputs only checked (the V2 JSON fast path) for a variant that needs
+        // them after all: a sequence moved the request, or it was read before
+        // routing for a content rule. Built here, before anything reads them.
+        if req.inputs_pending() && !relays_v2_json(&sel) {
+            req = switchyard_runtime::codec::v2::build_request(req)?;
+        }
         if let Some(forward) = sel.variant.backend.forwarding() {
             // Only what this backend sends on is copied (`runtime::backend::forward`).
             forward.apply(x.metadata(), &mut req.metadata);
@@ -364,7 +370,11 @@ pub async fn infer<X: Exchange>(
         }
         // The backend's body goes to the client as is only while it says what
         // the answer says: same model name and id, not rebuilt by a graph or quality tap.
-        if resp.raw_json.is_some()
+        // A body whose outputs were only checked is all there is of the answer
+        // (no graph or quality tap on such a route): its model name and id are patched.
+        if resp.outputs_pending() {
+            switchyard_runtime::codec::v2::relabel_response(&mut resp, call.model, id.as_deref());
+        } else if resp.raw_json.is_some()
             && (resp.model_name != call.model
                 || (id.is_some() && resp.id != id)
                 || sel.route.graph.is_some()
@@ -396,6 +406,43 @@ pub async fn infer<X: Exchange>(
         overhead: total.saturating_sub(backend_time),
         rule,
     }
+}
+
+/// Whether a V2 JSON request on `sel` may go without its tensors: its body
+/// checked in one pass (`codec::v2::check_request`) and sent to the backend
+/// as the client wrote it, the backend's answer checked the same way and
+/// relayed as it wrote it (`codec::v2::relabel_response` patches the model
+/// name and id). The one place that decides; a request it refuses has its
+/// tensors built before anything reads them (`infer`). Excluded, because each
+/// reads or rewrites the tensors:
+/// - a backend other than `v2-http`: the others encode the tensors (gRPC,
+///   ONNX Runtime, TF Serving, TorchServe); `v2-http` itself builds them when
+///   it speaks the binary extension to its server;
+/// - `features`: adds inputs fetched from the feature store;
+/// - `cache`: the key hashes the inputs' data, and a hit answers from stored outputs;
+/// - batching (the variant's queue and its per-version queues): merges inputs
+///   along the first dimension and splits the outputs;
+/// - `drift`: samples input and output values;
+/// - a graph route: its steps pass tensors between models;
+/// - a quality tap: remembers the answer's outputs for feedback;
+/// - shadows: a mirror's answer is compared with the primary's outputs (and a
+///   mirror on another backend kind would need the inputs encoded).
+///
+/// Content-routing rules and sequences read parameters, headers and the path
+/// only, which the check keeps. Shared memory, the binary extension and
+/// binary outputs are the check's own business: `check_request` hands such
+/// bodies to the full decode.
+pub fn relays_v2_json(sel: &Selection<'_>) -> bool {
+    let (v, route) = (sel.variant, sel.route);
+    v.backend.kind() == "v2-http"
+        && v.features.is_none()
+        && v.cache.is_none()
+        && v.batcher.is_none()
+        && v.other_versions.is_none()
+        && v.drift.is_none()
+        && route.graph.is_none()
+        && route.quality.is_none()
+        && route.shadows.is_empty()
 }
 
 /// Routing's decision for one inference.

@@ -7,7 +7,7 @@ use http::HeaderMap;
 use pingora_proxy::Session;
 use switchyard_config::Limits;
 use switchyard_runtime::codec::v2;
-use switchyard_runtime::tensor::RequestedOutput;
+use switchyard_runtime::tensor::{RawJson, RequestedOutput};
 use switchyard_runtime::{InferRequest, InferResponse};
 
 use super::body;
@@ -15,7 +15,7 @@ use super::reply::Reply;
 use crate::auth::{Action, Principal};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Call, Exchange};
+use crate::pipeline::{self, Call, Exchange, Routed};
 use crate::protocol::Param;
 use crate::routing::RoutingTable;
 use crate::shm;
@@ -51,6 +51,9 @@ struct HttpExchange<'s> {
     body_len: Option<u64>,
     /// The request, decoded before routing when content-routing rules read its parameters.
     early: Option<InferRequest>,
+    /// Whether the chosen variant relays V2 JSON (`pipeline::relays_v2_json`);
+    /// `None` before routing decided.
+    relay: Option<bool>,
 }
 
 /// A successful V2 REST answer: body and, for the binary extension, its JSON header's length.
@@ -99,12 +102,18 @@ impl Exchange for HttpExchange<'_> {
         self.body_len
     }
 
+    fn routed(&mut self, routed: &Routed<'_>) {
+        self.relay = Some(pipeline::relays_v2_json(routed.selection));
+    }
+
     fn encode(&mut self, mut resp: InferResponse) -> Result<Encoded, Error> {
         // The backend's JSON answer, relayed as it came (the lifecycle dropped
         // it if anything changed the answer since).
-        if let Some(body) = resp.raw_json.take() {
-            if self.shm_out.is_empty() && !self.prefs.any_binary() {
-                return Ok(Encoded { body, header_len: None });
+        if let Some(raw) = resp.raw_json.take() {
+            // Outputs only checked (the fast path): the body is the answer. The
+            // request's check took no shared memory and no binary outputs.
+            if raw.unbuilt.is_some() || (self.shm_out.is_empty() && !self.prefs.any_binary()) {
+                return Ok(Encoded { body: raw.body, header_len: None });
             }
         }
         shm::write_outputs(&mut resp, &self.shm_out)?;
@@ -123,7 +132,13 @@ impl HttpExchange<'_> {
         if let Some(h) = &mut self.body_sha256 {
             *h = Some(crate::access_log::body_hash(&body));
         }
-        let mut req = v2::decode_request(&body, header_len)?;
+        // Plain JSON for a variant that relays it (or not routed yet: a
+        // content rule reads the parameters first): checked, not built, when
+        // the check can take it (`v2::check_request`, `pipeline::relays_v2_json`).
+        let mut req = match header_len {
+            None if self.relay != Some(false) => v2::check_request(&body)?,
+            _ => v2::decode_request(&body, header_len)?,
+        };
         let in_shm = req.inputs.iter().any(|t| t.in_shared_memory());
         self.shm_out = shm::resolve(&mut req, self.shm)?;
         // Only an output's own `binary_data` can differ from the default.
@@ -131,8 +146,13 @@ impl HttpExchange<'_> {
         self.prefs = OutputPrefs { outputs, default_binary: req.binary_output };
         // Plain JSON both ways: a JSON backend gets the client's own bytes
         // (checked above by the full decode), not a re-encoding of them.
-        if header_len.is_none() && !in_shm && self.shm_out.is_empty() && !self.prefs.any_binary() {
-            req.raw_json = Some(body);
+        if req.raw_json.is_none()
+            && header_len.is_none()
+            && !in_shm
+            && self.shm_out.is_empty()
+            && !self.prefs.any_binary()
+        {
+            req.raw_json = Some(RawJson::decoded(body));
         }
         Ok(req)
     }
@@ -156,6 +176,7 @@ pub async fn infer(
         body_sha256: body_hash.then_some(None),
         body_len: None,
         early: None,
+        relay: None,
     };
     let a = pipeline::infer(table, metrics, &mut x, call).await;
     let mut reply = match a.result {

@@ -21,7 +21,7 @@ use super::forward::Forwarding;
 use super::http_pool::{backend_message, status_error, HttpPool, HttpPoolConfig, ProbeSpec, Reply};
 use crate::codec::v2::{self, HEADER_CONTENT_LENGTH};
 use crate::error::BackendError;
-use crate::tensor::{InferRequest, InferResponse};
+use crate::tensor::{InferRequest, InferResponse, RawJson};
 
 /// How long a readiness probe of the backend may take.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -109,9 +109,17 @@ impl V2HttpBackend {
         affinity: Option<Affinity<'_>>,
     ) -> Result<InferResponse, BackendError> {
         let binary = self.use_binary().await;
+        // Inputs only checked, not built (`InferRequest::inputs_pending`): the
+        // answer is checked the same way, and relayed as it comes.
+        let pending = req.inputs_pending() && !binary;
+        // The binary extension re-encodes the tensors: built first if they were only checked.
+        let req = match req.inputs_pending() && binary {
+            true => v2::build_request(req).map_err(|e| BackendError::InvalidInput(e.to_string()))?,
+            false => req,
+        };
         let enc = match &req.raw_json {
-            // The client's JSON, already checked by its decode: sent as it came.
-            Some(body) if !binary => v2::Encoded { body: body.clone(), header_len: None },
+            // The client's JSON, already checked by its decode or scan: sent as it came.
+            Some(raw) if !binary => v2::Encoded { body: raw.body.clone(), header_len: None },
             _ => v2::encode_request(&req, binary).map_err(|e| BackendError::InvalidInput(e.to_string()))?,
         };
         let binary_headers;
@@ -140,10 +148,13 @@ impl V2HttpBackend {
                     .ok_or_else(|| BackendError::Protocol("bad Inference-Header-Content-Length".into()))?,
             ),
         };
-        let mut resp =
-            v2::decode_response(&reply.body, header_len).map_err(|e| BackendError::Protocol(e.to_string()))?;
-        if header_len.is_none() {
-            resp.raw_json = Some(reply.body);
+        let mut resp = match header_len {
+            None if pending => v2::check_response(&reply.body),
+            _ => v2::decode_response(&reply.body, header_len),
+        }
+        .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        if header_len.is_none() && resp.raw_json.is_none() {
+            resp.raw_json = Some(RawJson::decoded(reply.body));
         }
         Ok(resp)
     }

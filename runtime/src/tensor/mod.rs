@@ -232,8 +232,9 @@ pub struct InferRequest {
     /// The client's V2 JSON body exactly as received, while the request is
     /// what that body says: a backend that takes V2 JSON sends these bytes
     /// instead of encoding the tensors again. Whatever changes the inputs,
-    /// outputs or parameters after decoding sets it to `None`.
-    pub raw_json: Option<Bytes>,
+    /// outputs or parameters after decoding sets it to `None` — never while
+    /// the inputs are still unbuilt in it (`inputs_pending`).
+    pub raw_json: Option<RawJson>,
 }
 
 impl InferRequest {
@@ -248,6 +249,13 @@ impl InferRequest {
             t.validate().map_err(|e| TensorError::In(t.name.clone(), Box::new(e)))?;
         }
         Ok(())
+    }
+
+    /// Whether the inputs were only checked in `raw_json`, not built (the
+    /// V2 JSON fast path, `codec::v2::check_request`): `inputs` is empty and
+    /// the body holds their data; `codec::v2::build_request` builds them.
+    pub fn inputs_pending(&self) -> bool {
+        self.raw_json.as_ref().is_some_and(|r| r.unbuilt.is_some())
     }
 
     /// Whether the output named `name` should be sent as binary.
@@ -265,8 +273,56 @@ pub struct InferResponse {
     pub outputs: Vec<Tensor>,
     /// The backend's V2 JSON body this response was decoded from, while the
     /// response is what that body says: a V2 JSON client gets these bytes
-    /// instead of an encoding of the tensors. `None` once anything changed.
-    pub raw_json: Option<Bytes>,
+    /// instead of an encoding of the tensors. `None` once anything changed,
+    /// unless the outputs are unbuilt in it (`outputs_pending`): then only
+    /// what `codec::v2::relabel_response` patches may change.
+    pub raw_json: Option<RawJson>,
+}
+
+impl InferResponse {
+    /// Whether the outputs were only checked in `raw_json`, not built
+    /// (`codec::v2::check_response`): `outputs` is empty and the body is the
+    /// answer, relayed as it is.
+    pub fn outputs_pending(&self) -> bool {
+        self.raw_json.as_ref().is_some_and(|r| r.unbuilt.is_some())
+    }
+}
+
+/// A V2 JSON body kept beside the request or response it says (`raw_json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawJson {
+    pub body: Bytes,
+    /// `None`: the tensors were built from `body`. `Some`: `body` was checked
+    /// in one streaming pass (`codec::v2::scan`) as thoroughly as a decode
+    /// would, and its tensors' data was never built: `body` is its only copy,
+    /// and the request's `inputs` (response's `outputs`) are empty.
+    pub unbuilt: Option<Unbuilt>,
+}
+
+impl RawJson {
+    /// A body whose tensors were built from it.
+    pub fn decoded(body: Bytes) -> RawJson {
+        RawJson { body, unbuilt: None }
+    }
+}
+
+/// What the check of a body kept of it besides the tensors' data.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Unbuilt {
+    /// Each tensor's name, datatype and shape, in the body's order.
+    pub tensors: Vec<TensorHeader>,
+    /// Where a response's top-level `model_name` and `id` values lie in the
+    /// body (JSON text, quotes included), for patching what routing changed.
+    pub model_name: Option<std::ops::Range<usize>>,
+    pub id: Option<std::ops::Range<usize>>,
+}
+
+/// A tensor without its data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorHeader {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
 }
 
 /// A tensor's signature as a model declares it: -1 for a dynamic dim.

@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use bytes::BufMut;
 use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -12,19 +11,68 @@ use serde::{Serialize, Serializer};
 
 use crate::tensor::{bytes_elements, DataType, Tensor};
 
-/// Streams (possibly nested) JSON arrays of one datatype into little-endian
-/// bytes, appended to `out`, range-checking every element.
-pub(super) struct Flatten<'a> {
-    dt: DataType,
-    out: &'a mut Vec<u8>,
+/// Where `Flatten` puts the elements it has checked: a tensor's bytes, or
+/// only their count (`Count`, when the body is checked, not decoded). Both
+/// see the same elements after the same checks.
+pub(super) trait Sink {
+    /// One fixed-size element, little-endian.
+    fn fixed<const N: usize>(&mut self, le: [u8; N]);
+    /// One BYTES element (its length already checked to fit the u32 prefix).
+    fn var(&mut self, len: u32, el: &[u8]);
+    /// Room for `additional` more bytes.
+    fn reserve(&mut self, additional: usize);
 }
 
-impl<'a> Flatten<'a> {
-    pub(super) fn new(dt: DataType, out: &'a mut Vec<u8>) -> Flatten<'a> {
+impl Sink for Vec<u8> {
+    #[inline]
+    fn fixed<const N: usize>(&mut self, le: [u8; N]) {
+        self.extend_from_slice(&le);
+    }
+
+    #[inline]
+    fn var(&mut self, len: u32, el: &[u8]) {
+        self.extend_from_slice(&len.to_le_bytes());
+        self.extend_from_slice(el);
+    }
+
+    #[inline]
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
+    }
+}
+
+/// Counts the elements, keeping none of them.
+#[derive(Default)]
+pub(super) struct Count(pub(super) usize);
+
+impl Sink for Count {
+    #[inline]
+    fn fixed<const N: usize>(&mut self, _: [u8; N]) {
+        self.0 += 1;
+    }
+
+    #[inline]
+    fn var(&mut self, _: u32, _: &[u8]) {
+        self.0 += 1;
+    }
+
+    #[inline]
+    fn reserve(&mut self, _: usize) {}
+}
+
+/// Streams (possibly nested) JSON arrays of one datatype into `out` (the
+/// little-endian bytes, or a count), range-checking every element.
+pub(super) struct Flatten<'a, S: Sink = Vec<u8>> {
+    dt: DataType,
+    out: &'a mut S,
+}
+
+impl<'a, S: Sink> Flatten<'a, S> {
+    pub(super) fn new(dt: DataType, out: &'a mut S) -> Flatten<'a, S> {
         Flatten { dt, out }
     }
 
-    fn reborrow(&mut self) -> Flatten<'_> {
+    fn reborrow(&mut self) -> Flatten<'_, S> {
         Flatten { dt: self.dt, out: self.out }
     }
 
@@ -33,14 +81,14 @@ impl<'a> Flatten<'a> {
         let range = || E::custom(format!("value {v} is out of range for {dt}"));
         match dt {
             DataType::Bool => return Err(E::custom(format!("expected true/false for BOOL, got {v}"))),
-            DataType::Uint8 => self.out.push(u8::try_from(v).map_err(|_| range())?),
-            DataType::Int8 => self.out.push(i8::try_from(v).map_err(|_| range())? as u8),
-            DataType::Uint16 => self.out.put_u16_le(u16::try_from(v).map_err(|_| range())?),
-            DataType::Int16 => self.out.put_i16_le(i16::try_from(v).map_err(|_| range())?),
-            DataType::Uint32 => self.out.put_u32_le(u32::try_from(v).map_err(|_| range())?),
-            DataType::Int32 => self.out.put_i32_le(i32::try_from(v).map_err(|_| range())?),
-            DataType::Uint64 => self.out.put_u64_le(u64::try_from(v).map_err(|_| range())?),
-            DataType::Int64 => self.out.put_i64_le(i64::try_from(v).map_err(|_| range())?),
+            DataType::Uint8 => self.out.fixed(u8::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Int8 => self.out.fixed(i8::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Uint16 => self.out.fixed(u16::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Int16 => self.out.fixed(i16::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Uint32 => self.out.fixed(u32::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Int32 => self.out.fixed(i32::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Uint64 => self.out.fixed(u64::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::Int64 => self.out.fixed(i64::try_from(v).map_err(|_| range())?.to_le_bytes()),
             DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64 => return self.float(v as f64),
             DataType::Bytes => return Err(E::custom(format!("expected a string for BYTES, got {v}"))),
         }
@@ -59,22 +107,22 @@ impl<'a> Flatten<'a> {
                 if x.is_infinite() {
                     return Err(range());
                 }
-                self.out.put_f32_le(x)
+                self.out.fixed(x.to_le_bytes())
             }
-            DataType::Fp64 => self.out.put_f64_le(v),
+            DataType::Fp64 => self.out.fixed(v.to_le_bytes()),
             DataType::Fp16 => {
                 let x = f16::from_f64(v);
                 if x.is_infinite() {
                     return Err(range());
                 }
-                self.out.put_u16_le(x.to_bits())
+                self.out.fixed(x.to_bits().to_le_bytes())
             }
             DataType::Bf16 => {
                 let x = bf16::from_f64(v);
                 if x.is_infinite() {
                     return Err(range());
                 }
-                self.out.put_u16_le(x.to_bits())
+                self.out.fixed(x.to_bits().to_le_bytes())
             }
             dt => return Err(E::custom(format!("expected an integer for {dt}, got {v}"))),
         }
@@ -82,7 +130,7 @@ impl<'a> Flatten<'a> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+impl<'de, S: Sink> DeserializeSeed<'de> for Flatten<'_, S> {
     type Value = ();
     #[inline]
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -90,7 +138,7 @@ impl<'de> DeserializeSeed<'de> for Flatten<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Flatten<'_> {
+impl<'de, S: Sink> Visitor<'de> for Flatten<'_, S> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -110,7 +158,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         if self.dt != DataType::Bool {
             return Err(E::custom(format!("expected {} values, got {v}", self.dt)));
         }
-        self.out.push(v as u8);
+        self.out.fixed([v as u8]);
         Ok(())
     }
 
@@ -131,8 +179,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
             return Err(E::custom(format!("expected {} values, got a string", self.dt)));
         }
         let len = u32::try_from(v.len()).map_err(|_| E::custom("BYTES element longer than 4 GiB"))?;
-        self.out.put_u32_le(len);
-        self.out.extend_from_slice(v.as_bytes());
+        self.out.var(len, v.as_bytes());
         Ok(())
     }
 

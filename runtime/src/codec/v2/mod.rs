@@ -4,13 +4,17 @@
 //! `decode` turns bodies into the tensor model and `encode` writes them; both
 //! convert a tensor's JSON `data` through `elements`, which knows datatypes
 //! and nothing of bodies. Neither of `decode` and `encode` uses the other.
+//! `scan` checks a JSON body as `decode` would without building its tensors
+//! (the fast path of a request whose body goes to its backend as it came).
 
 mod decode;
 mod elements;
 mod encode;
+mod scan;
 
 pub use decode::{decode_request, decode_response};
 pub use encode::{encode_request, encode_response, error_body, Encoded};
+pub use scan::{build_request, check_request, check_response, relabel_response};
 
 /// HTTP header that marks a binary-extension body and gives the JSON part's length.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
