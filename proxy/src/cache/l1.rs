@@ -18,6 +18,7 @@ use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use switchyard_runtime::codec::v2;
+use switchyard_runtime::tensor::RawJson;
 use switchyard_runtime::InferResponse;
 
 /// Bytes an entry costs beyond its tensors (key, `Arc`, the response's vectors).
@@ -62,7 +63,7 @@ impl L1Entry {
         if let Some(j) = &self.json {
             r.model_name = model.to_owned();
             r.id = id.map(str::to_owned);
-            r.raw_json = Some(j.body(model, id));
+            r.raw_json = Some(RawJson::decoded(j.body(model, id)));
         }
         r
     }
