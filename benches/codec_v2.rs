@@ -12,7 +12,10 @@
 //! `encode_request_json`, `encode_request_binary`, `decode_response`,
 //! `encode_response`, `proxy_json` (decode request, encode it for a JSON
 //! backend, decode the backend's answer, encode it for the client: the
-//! codec work of one proxied request), or `all` (default: each in turn).
+//! codec work of one proxied request), `check_request` / `check_response`
+//! (the one-pass checks of the relaying fast path, no tensors built),
+//! `relay_json` (both checks: the codec work of one request on that path),
+//! or `all` (default: each in turn).
 //! Prints `op iters ns_per_op allocs_per_op`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -78,7 +81,7 @@ impl Inputs {
     }
 }
 
-const OPS: [&str; 7] = [
+const OPS: [&str; 10] = [
     "decode_request",
     "decode_request_data_first",
     "encode_request_json",
@@ -86,6 +89,9 @@ const OPS: [&str; 7] = [
     "decode_response",
     "encode_response",
     "proxy_json",
+    "check_request",
+    "check_response",
+    "relay_json",
 ];
 
 fn one(op: &str, x: &Inputs) {
@@ -105,6 +111,12 @@ fn one(op: &str, x: &Inputs) {
             let out = v2::encode_response(&resp, |n| prefs.iter().any(|o| o.name == n && o.binary == Some(true)))
                 .expect("encodes");
             black_box(out.body);
+        }
+        "check_request" => drop(black_box(v2::check_request(black_box(&x.request)))),
+        "check_response" => drop(black_box(v2::check_response(black_box(&x.response)))),
+        "relay_json" => {
+            drop(black_box(v2::check_request(black_box(&x.request)).expect("request")));
+            drop(black_box(v2::check_response(black_box(&x.response)).expect("response")));
         }
         other => panic!("unknown op `{other}`; one of {OPS:?} or all"),
     }
