@@ -102,7 +102,7 @@ const DATA_BYTES_PER_JSON_BYTE: usize = 4;
 /// impls do (escaped keys are matched unescaped).
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
-enum TensorField {
+pub(super) enum TensorField {
     Name,
     Shape,
     Datatype,
@@ -115,7 +115,7 @@ enum TensorField {
 /// The keys of a request body; any other key is ignored.
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
-enum RequestField {
+pub(super) enum RequestField {
     Id,
     Parameters,
     Inputs,
@@ -127,7 +127,7 @@ enum RequestField {
 /// The keys of a response body; any other key is ignored.
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
-enum ResponseField {
+pub(super) enum ResponseField {
     ModelName,
     ModelVersion,
     Id,

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::decode::{decode_request, decode_response, BINARY_DATA_SIZE};
+use super::decode::{decode_request, decode_response, RequestField, ResponseField, TensorField, BINARY_DATA_SIZE};
 use super::elements::{Count, Flatten};
 use crate::error::CodecError;
 use crate::tensor::{
@@ -118,42 +118,6 @@ struct ScannedTensor<'a> {
     datatype: &'a str,
     parameters: Option<Parameters>,
     data: Data<'a>,
-}
-
-/// The keys of a tensor object; any other is ignored, as in `decode`.
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum TensorField {
-    Name,
-    Shape,
-    Datatype,
-    Parameters,
-    Data,
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum RequestField {
-    Id,
-    Parameters,
-    Inputs,
-    Outputs,
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum ResponseField {
-    ModelName,
-    ModelVersion,
-    Id,
-    Parameters,
-    Outputs,
-    #[serde(other)]
-    Other,
 }
 
 #[derive(Deserialize)]
