@@ -759,11 +759,11 @@ impl From<BatchError> for Error {
     }
 }
 
-/// Decrements the in-flight gauge however the request ends.
-struct InFlight<'a>(&'a prometheus::IntGauge);
+/// Decrements the in-flight gauge however the request ends (here and in `tfrelay`).
+pub(crate) struct InFlight<'a>(&'a prometheus::IntGauge);
 
 impl<'a> InFlight<'a> {
-    fn new(g: &'a prometheus::IntGauge) -> Self {
+    pub(crate) fn new(g: &'a prometheus::IntGauge) -> Self {
         g.inc();
         InFlight(g)
     }

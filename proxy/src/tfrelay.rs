@@ -17,7 +17,7 @@ use switchyard_runtime::{BackendError, ModelTarget, TfRelay, TfVerb};
 use crate::admission;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Answer, Call};
+use crate::pipeline::{self, Answer, Call, InFlight};
 use crate::protocol::Param;
 use crate::respond;
 use crate::routing::RoutingTable;
@@ -30,22 +30,6 @@ pub fn verb(method: TfMethod) -> Option<TfVerb> {
         TfMethod::Predict => None,
         TfMethod::Classify => Some(TfVerb::Classify),
         TfMethod::Regress => Some(TfVerb::Regress),
-    }
-}
-
-/// Decrements an in-flight gauge however the call ends.
-struct InFlight<'a>(&'a prometheus::IntGauge);
-
-impl<'a> InFlight<'a> {
-    fn new(g: &'a prometheus::IntGauge) -> Self {
-        g.inc();
-        InFlight(g)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
