@@ -200,16 +200,8 @@ impl GrpcTransport {
         metadata: http::HeaderMap,
         timeout: Duration,
     ) -> Result<ClassificationResponse, BackendError> {
-        let signature = msg.model_spec.take().map(|s| s.signature_name).unwrap_or_default();
-        msg.model_spec = Some(Self::spec(target, &signature)?);
-        let md = grpc_pool::metadata(metadata);
-        self.pool
-            .call(timeout, Idempotent::No, |ch| {
-                let mut c = self.predictions(ch);
-                let r = grpc_pool::with_metadata(msg.clone(), &md, timeout);
-                async move { c.classify(r).await }
-            })
-            .await
+        Self::respec(target, &mut msg.model_spec)?;
+        self.relay(msg, metadata, timeout, |mut c, r| async move { c.classify(r).await }).await
     }
 
     /// `Regress` with `model_spec` naming `target` (the client's signature kept).
@@ -220,14 +212,34 @@ impl GrpcTransport {
         metadata: http::HeaderMap,
         timeout: Duration,
     ) -> Result<RegressionResponse, BackendError> {
-        let signature = msg.model_spec.take().map(|s| s.signature_name).unwrap_or_default();
-        msg.model_spec = Some(Self::spec(target, &signature)?);
+        Self::respec(target, &mut msg.model_spec)?;
+        self.relay(msg, metadata, timeout, |mut c, r| async move { c.regress(r).await }).await
+    }
+
+    /// Names `target` in a relayed request's `model_spec`, keeping the client's signature.
+    fn respec(target: &ModelTarget, spec: &mut Option<ModelSpec>) -> Result<(), BackendError> {
+        let signature = spec.take().map(|s| s.signature_name).unwrap_or_default();
+        *spec = Some(Self::spec(target, &signature)?);
+        Ok(())
+    }
+
+    /// One relayed call (never retried: Classify and Regress are not idempotent to us).
+    async fn relay<Req, Resp, F, Fut>(
+        &self,
+        msg: Req,
+        metadata: http::HeaderMap,
+        timeout: Duration,
+        call: F,
+    ) -> Result<Resp, BackendError>
+    where
+        Req: Clone,
+        F: Fn(Predictions, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let md = grpc_pool::metadata(metadata);
         self.pool
             .call(timeout, Idempotent::No, |ch| {
-                let mut c = self.predictions(ch);
-                let r = grpc_pool::with_metadata(msg.clone(), &md, timeout);
-                async move { c.regress(r).await }
+                call(self.predictions(ch), grpc_pool::with_metadata(msg.clone(), &md, timeout))
             })
             .await
     }
